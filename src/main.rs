@@ -1,0 +1,2 @@
+//! The `jobmill` command line.
+fn main() {}

@@ -1,0 +1,320 @@
+//! The in-process queue: a bounded FIFO behind one mutex.
+//!
+//! Every operation takes the lock once, so the state a caller sees is exact:
+//! a `put` that returned is visible to the next `try_get`, and `Closed` is
+//! decided from the same snapshot as "nothing queued, nothing leased".
+//!
+//! Capacity bounds the jobs *waiting* (queued by producers). A blocked `put`
+//! waits for room. Jobs requeued after a failure are not held back by the
+//! capacity: a consumer must never block on its own requeue, so the queue may
+//! briefly hold up to `capacity + leased` jobs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::job::{FailReason, Job, JobId, JobState, NewJob, RetryPolicy, Transition, WorkerId};
+
+use super::{
+    Completion, Counts, Disposition, GetError, Lease, LeaseToken, PutError, Queue, QueueError,
+    TryGetError,
+};
+
+/// A bounded, in-process [`Queue`].
+#[derive(Debug)]
+pub struct MemoryQueue {
+    state: Mutex<State>,
+    /// Signalled when a job is queued, or the queue becomes drained.
+    available: Condvar,
+    /// Signalled when room appears, or the queue is closed.
+    room: Condvar,
+    capacity: usize,
+    policy: RetryPolicy,
+}
+
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    payload: bytes::Bytes,
+    worker: WorkerId,
+    attempt: u32,
+    token: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queued: VecDeque<Job>,
+    leased: HashMap<JobId, Held>,
+    next_id: u64,
+    next_token: u64,
+    closed: bool,
+    counts: Counts,
+}
+
+impl State {
+    fn drained(&self) -> bool {
+        self.closed && self.queued.is_empty() && self.leased.is_empty()
+    }
+
+    fn lease_front(&mut self, worker: WorkerId, policy: RetryPolicy) -> Option<Lease> {
+        let mut job = self.queued.pop_front()?;
+        let next = JobState::Queued {
+            attempts: job.attempts,
+        }
+        .apply(Transition::Lease { worker }, policy)
+        .expect("a queued job can always be leased");
+        let JobState::Leased { attempt, .. } = next else {
+            unreachable!("lease leads to Leased")
+        };
+        job.attempts = attempt;
+        self.next_token += 1;
+        let token = self.next_token;
+        self.leased.insert(
+            job.id,
+            Held {
+                seq: job.seq,
+                payload: job.payload.clone(),
+                worker,
+                attempt,
+                token,
+            },
+        );
+        Some(Lease {
+            job,
+            worker,
+            token: LeaseToken { hi: 0, lo: token },
+        })
+    }
+
+    /// Removes the lease if it is current.
+    fn take_lease(&mut self, lease: &Lease) -> Option<Held> {
+        match self.leased.get(&lease.job.id) {
+            Some(h) if h.token == lease.token.lo && h.worker == lease.worker => {
+                self.leased.remove(&lease.job.id)
+            }
+            _ => None,
+        }
+    }
+
+    fn resolve_failure(
+        &mut self,
+        id: JobId,
+        held: Held,
+        reason: FailReason,
+        policy: RetryPolicy,
+    ) -> Disposition {
+        let next = JobState::Leased {
+            worker: held.worker,
+            attempt: held.attempt,
+        }
+        .apply(Transition::Fail { reason }, policy)
+        .expect("a leased job can always fail");
+        match next {
+            JobState::Queued { attempts } => {
+                self.queued.push_back(Job {
+                    id,
+                    seq: held.seq,
+                    payload: held.payload,
+                    attempts,
+                });
+                Disposition::Requeued { attempts }
+            }
+            JobState::Failed { .. } => {
+                self.counts.failed += 1;
+                Disposition::Final(next)
+            }
+            JobState::Dead { .. } => {
+                self.counts.dead += 1;
+                Disposition::Final(next)
+            }
+            other => unreachable!("fail cannot lead to {other:?}"),
+        }
+    }
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `capacity` waiting jobs (at least 1), giving
+    /// each job the attempts allowed by `policy`.
+    pub fn new(capacity: usize, policy: RetryPolicy) -> Self {
+        MemoryQueue {
+            state: Mutex::new(State::default()),
+            available: Condvar::new(),
+            room: Condvar::new(),
+            capacity: capacity.max(1),
+            policy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a
+        // way that breaks its invariants more than the panic itself did; keep
+        // serving the other threads rather than cascading the panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes consumers if the queue just became drained.
+    fn notify_if_drained(&self, state: &State) {
+        if state.drained() {
+            self.available.notify_all();
+        }
+    }
+}
+
+impl Queue for MemoryQueue {
+    fn put(&self, job: NewJob) -> Result<JobId, PutError> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return Err(PutError::Closed(job));
+            }
+            if state.queued.len() < self.capacity {
+                break;
+            }
+            state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.next_id += 1;
+        let id = JobId(state.next_id);
+        state.queued.push_back(Job {
+            id,
+            seq: job.seq,
+            payload: job.payload,
+            attempts: job.attempts,
+        });
+        state.counts.produced += 1;
+        drop(state);
+        self.available.notify_one();
+        Ok(id)
+    }
+
+    fn get(&self, worker: WorkerId, timeout: Option<Duration>) -> Result<Lease, GetError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        loop {
+            if let Some(lease) = state.lease_front(worker, self.policy) {
+                let room = state.queued.len() < self.capacity;
+                drop(state);
+                if room {
+                    self.room.notify_one();
+                }
+                return Ok(lease);
+            }
+            if state.drained() {
+                return Err(GetError::Closed);
+            }
+            state = match deadline {
+                None => self.available.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(GetError::Timeout);
+                    }
+                    self.available
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    fn try_get(&self, worker: WorkerId) -> Result<Lease, TryGetError> {
+        let mut state = self.lock();
+        if let Some(lease) = state.lease_front(worker, self.policy) {
+            drop(state);
+            self.room.notify_one();
+            return Ok(lease);
+        }
+        if state.drained() {
+            Err(TryGetError::Closed)
+        } else {
+            Err(TryGetError::Empty)
+        }
+    }
+
+    fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
+        let mut state = self.lock();
+        if state.take_lease(lease).is_none() {
+            return Ok(Completion::Stale);
+        }
+        state.counts.done += 1;
+        self.notify_if_drained(&state);
+        Ok(Completion::Recorded)
+    }
+
+    fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
+        let mut state = self.lock();
+        let Some(held) = state.take_lease(lease) else {
+            return Ok(Disposition::Stale);
+        };
+        let disposition = state.resolve_failure(lease.job.id, held, reason, self.policy);
+        if matches!(disposition, Disposition::Requeued { .. }) {
+            drop(state);
+            self.available.notify_one();
+        } else {
+            self.notify_if_drained(&state);
+        }
+        Ok(disposition)
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        let Some(held) = state.take_lease(lease) else {
+            return Ok(());
+        };
+        // Back to the front: it was next in line and never ran.
+        state.queued.push_front(Job {
+            id: lease.job.id,
+            seq: held.seq,
+            payload: held.payload,
+            attempts: held.attempt - 1,
+        });
+        drop(state);
+        self.available.notify_one();
+        Ok(())
+    }
+
+    fn worker_lost(
+        &self,
+        worker: WorkerId,
+        detail: &str,
+    ) -> Result<Vec<(JobId, Disposition)>, QueueError> {
+        let mut state = self.lock();
+        let mut ids: Vec<JobId> = state
+            .leased
+            .iter()
+            .filter(|(_, h)| h.worker == worker)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let held = state.leased.remove(&id).expect("listed under the lock");
+            let reason = FailReason::WorkerLost {
+                detail: detail.to_string(),
+            };
+            let d = state.resolve_failure(id, held, reason, self.policy);
+            out.push((id, d));
+        }
+        drop(state);
+        self.available.notify_all();
+        Ok(out)
+    }
+
+    fn close(&self) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.counts.closed = true;
+        drop(state);
+        self.room.notify_all();
+        self.available.notify_all();
+        Ok(())
+    }
+
+    fn counts(&self) -> Result<Counts, QueueError> {
+        let state = self.lock();
+        let mut c = state.counts;
+        c.queued = state.queued.len() as u64;
+        c.leased = state.leased.len() as u64;
+        Ok(c)
+    }
+}

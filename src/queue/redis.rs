@@ -1,0 +1,1 @@
+//! Redis Streams backend (see docs/REDIS.md).

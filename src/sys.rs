@@ -1,0 +1,1 @@
+//! Operating-system calls that need unsafe.
