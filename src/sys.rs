@@ -1,1 +1,0 @@
-//! Operating-system calls that need unsafe.

@@ -1,0 +1,1 @@
+//! Process calls: wait4 with resource usage, and the like.
