@@ -1,1 +1,810 @@
-//! (to be written)
+//! The worker protocol's frame codec: pure functions from frames to bytes
+//! and back, with no I/O, so that it can be fuzzed.
+//!
+//! The wire format is specified byte by byte in `docs/PROTOCOL.md`. In
+//! short, every frame is
+//!
+//! ```text
+//! u32 LE  body length (the bytes after this 5-byte header)
+//! u8      frame type
+//! [body]
+//! ```
+//!
+//! and all integers are little-endian. [`decode`] takes a byte slice and
+//! returns [`Decoded::Incomplete`] when more bytes are needed, or one
+//! [`Frame`] borrowing from the slice, or a typed [`DecodeError`]. The
+//! `encode_*` functions append one frame to a `Vec<u8>`; several frames
+//! encoded into one buffer go out in one write, which is how both sides
+//! batch.
+//!
+//! Payloads carry a one-byte kind so that a later version can pass a
+//! reference into a shared-memory arena instead of inline bytes; version 1
+//! knows only [`Payload::Inline`].
+//!
+//! [`io`] adds buffered reading of whole frames from a stream.
+
+pub mod io;
+
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+
+/// The four bytes every HELLO starts with.
+pub const MAGIC: [u8; 4] = *b"JMWP";
+
+/// Length of a frame header: `u32` body length and `u8` type.
+pub const HEADER_LEN: usize = 5;
+
+/// Default cap on a frame body, in bytes (64 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Environment variable naming the worker's protocol file descriptor.
+pub const FD_ENV: &str = "JOBMILL_FD";
+
+/// Frame type codes (the byte after the length).
+pub mod kind {
+    /// Worker → coordinator: magic, version, capabilities, name.
+    pub const HELLO: u8 = 0x01;
+    /// Coordinator → worker: the handshake is accepted.
+    pub const WELCOME: u8 = 0x02;
+    /// Coordinator → worker: the handshake is refused; the connection ends.
+    pub const REFUSE: u8 = 0x03;
+    /// Coordinator → worker: one job.
+    pub const JOB: u8 = 0x10;
+    /// Coordinator → worker: end of the answer to a POLL.
+    pub const POLL_END: u8 = 0x11;
+    /// Coordinator → worker: no more jobs will come.
+    pub const CLOSED: u8 = 0x12;
+    /// Worker → coordinator: a job's result.
+    pub const RESULT: u8 = 0x20;
+    /// Worker → coordinator: a job's failure.
+    pub const FAILURE: u8 = 0x21;
+    /// Worker → coordinator: RESULT and FAILURE frames in one frame.
+    pub const BATCH: u8 = 0x22;
+    /// Worker → coordinator: "my buffer is empty, send what you have".
+    pub const POLL: u8 = 0x23;
+    /// Worker → coordinator: "I am leaving; I took this many jobs".
+    pub const LEAVING: u8 = 0x24;
+    /// Either way: a sign of life.
+    pub const HEARTBEAT: u8 = 0x30;
+}
+
+/// Payload kinds (the byte before a payload).
+pub mod payload_kind {
+    /// The payload's bytes follow, to the end of the frame.
+    pub const INLINE: u8 = 0;
+}
+
+/// A job's or result's payload as carried in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// The bytes, inline in the frame.
+    Inline(&'a [u8]),
+}
+
+impl<'a> Payload<'a> {
+    /// The inline bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        match self {
+            Payload::Inline(b) => b,
+        }
+    }
+}
+
+/// HELLO: the worker's opening frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The protocol version the worker speaks.
+    pub version: u16,
+    /// Capability bits the worker offers (none are defined in version 1).
+    pub capabilities: u32,
+    /// Free-form name of the worker library, e.g. `rust/0.1` (for logs).
+    pub name: &'a [u8],
+}
+
+/// WELCOME: the coordinator accepts the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub version: u16,
+    /// Most jobs the coordinator keeps in flight to this worker.
+    pub window: u32,
+    /// Largest frame body the coordinator accepts from the worker.
+    pub max_frame: u32,
+    /// How often the worker should send a HEARTBEAT while alive, in
+    /// milliseconds; 0 means never.
+    pub heartbeat_ms: u32,
+    /// Capability bits granted (a subset of those offered).
+    pub capabilities: u32,
+}
+
+/// REFUSE: the coordinator rejects the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refuse<'a> {
+    /// The version the coordinator speaks.
+    pub version: u16,
+    /// Why, in UTF-8 (not validated).
+    pub reason: &'a [u8],
+}
+
+/// JOB: one job for the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobFrame<'a> {
+    /// The queue's job id; the worker answers with it.
+    pub id: u64,
+    /// The job's sequence number in input order, from 1.
+    pub seq: u64,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// The job's input.
+    pub payload: Payload<'a>,
+}
+
+/// RESULT: a job succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultFrame<'a> {
+    /// The job's id, as received in its JOB frame.
+    pub id: u64,
+    /// The result bytes.
+    pub payload: Payload<'a>,
+}
+
+/// FAILURE: a job failed, by the worker's own verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureFrame<'a> {
+    /// The job's id.
+    pub id: u64,
+    /// Why, in UTF-8 (not validated; shown lossily).
+    pub message: &'a [u8],
+}
+
+/// One entry of a [`Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEntry<'a> {
+    /// A RESULT frame.
+    Result(ResultFrame<'a>),
+    /// A FAILURE frame.
+    Failure(FailureFrame<'a>),
+}
+
+/// BATCH: a body made of complete RESULT and FAILURE frames, validated when
+/// decoded. Iterate with [`Batch::iter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch<'a> {
+    body: &'a [u8],
+    count: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the batch has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> BatchIter<'a> {
+        BatchIter { rest: self.body }
+    }
+}
+
+/// Iterator over the entries of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct BatchIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = BatchEntry<'a>;
+
+    fn next(&mut self) -> Option<BatchEntry<'a>> {
+        // The body was validated when the batch was decoded, so an error
+        // here cannot happen; stopping is the safe answer if it did.
+        match decode_batch_entry(self.rest) {
+            Ok(Some((entry, used))) => {
+                self.rest = &self.rest[used..];
+                Some(entry)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One decoded frame, borrowing its variable parts from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// See [`Hello`].
+    Hello(Hello<'a>),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Refuse`].
+    Refuse(Refuse<'a>),
+    /// See [`JobFrame`].
+    Job(JobFrame<'a>),
+    /// End of the coordinator's answer to a POLL: every job it had for the
+    /// worker when the POLL arrived was sent before this frame.
+    PollEnd,
+    /// No more jobs will come: the queue is closed and drained (or the run
+    /// is stopping). The worker finishes what it holds and exits.
+    Closed,
+    /// See [`ResultFrame`].
+    Result(ResultFrame<'a>),
+    /// See [`FailureFrame`].
+    Failure(FailureFrame<'a>),
+    /// See [`Batch`].
+    Batch(Batch<'a>),
+    /// The worker holds no unread job and asks for what is available.
+    Poll,
+    /// The worker is leaving of its own accord.
+    Leaving {
+        /// How many JOB frames the worker handed to its code, in order.
+        /// Jobs sent after those were never started and are put back
+        /// without counting an attempt.
+        taken: u64,
+    },
+    /// A sign of life.
+    Heartbeat {
+        /// Any value (the sender's clock, a counter); ignored.
+        nonce: u64,
+    },
+}
+
+impl Frame<'_> {
+    /// The frame's type code.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => kind::HELLO,
+            Frame::Welcome(_) => kind::WELCOME,
+            Frame::Refuse(_) => kind::REFUSE,
+            Frame::Job(_) => kind::JOB,
+            Frame::PollEnd => kind::POLL_END,
+            Frame::Closed => kind::CLOSED,
+            Frame::Result(_) => kind::RESULT,
+            Frame::Failure(_) => kind::FAILURE,
+            Frame::Batch(_) => kind::BATCH,
+            Frame::Poll => kind::POLL,
+            Frame::Leaving { .. } => kind::LEAVING,
+            Frame::Heartbeat { .. } => kind::HEARTBEAT,
+        }
+    }
+
+    /// The frame type's name as in `docs/PROTOCOL.md`, for messages.
+    pub fn name(&self) -> &'static str {
+        kind_name(self.kind())
+    }
+}
+
+/// The name of a frame type code, or `"unknown"`.
+pub fn kind_name(code: u8) -> &'static str {
+    match code {
+        kind::HELLO => "HELLO",
+        kind::WELCOME => "WELCOME",
+        kind::REFUSE => "REFUSE",
+        kind::JOB => "JOB",
+        kind::POLL_END => "POLL_END",
+        kind::CLOSED => "CLOSED",
+        kind::RESULT => "RESULT",
+        kind::FAILURE => "FAILURE",
+        kind::BATCH => "BATCH",
+        kind::POLL => "POLL",
+        kind::LEAVING => "LEAVING",
+        kind::HEARTBEAT => "HEARTBEAT",
+        _ => "unknown",
+    }
+}
+
+/// Bytes that are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The header announces a body longer than the cap.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The announced body length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The type byte is not a known frame type.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// The body does not match its frame type's layout.
+    #[error("malformed {frame} frame: {detail}")]
+    Malformed {
+        /// The frame type's name.
+        frame: &'static str,
+        /// What is wrong.
+        detail: &'static str,
+    },
+    /// A payload kind this version does not know.
+    #[error("unknown payload kind {kind} in {frame} frame")]
+    UnknownPayloadKind {
+        /// The frame type's name.
+        frame: &'static str,
+        /// The kind byte.
+        kind: u8,
+    },
+    /// A HELLO that does not start with the magic bytes: the peer does not
+    /// speak this protocol at all.
+    #[error("not a jobmill worker: HELLO does not start with \"JMWP\"")]
+    BadMagic,
+}
+
+/// A frame too large to encode under the given cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+pub struct FrameTooLarge {
+    /// The body length the frame would have.
+    pub len: usize,
+    /// The cap.
+    pub max: usize,
+}
+
+/// What [`decode`] found at the start of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// The input holds only part of a frame; at least `needed` bytes in
+    /// total are required before trying again.
+    Incomplete {
+        /// Total bytes needed (header plus body once the header is known).
+        needed: usize,
+    },
+    /// One complete frame, which took `len` bytes of the input.
+    Frame {
+        /// The frame.
+        frame: Frame<'a>,
+        /// Bytes used, header included.
+        len: usize,
+    },
+}
+
+/// Reads the header at the start of `buf`: the total frame length (header
+/// included), checked against `max_frame`, or `None` if fewer than
+/// [`HEADER_LEN`] bytes are there.
+///
+/// # Errors
+///
+/// [`DecodeError::FrameTooLarge`] if the body length exceeds `max_frame`.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(Some(HEADER_LEN + len))
+}
+
+/// Decodes the frame at the start of `buf`, whose body may be at most
+/// `max_frame` bytes.
+///
+/// # Errors
+///
+/// A [`DecodeError`] when the bytes cannot be a valid frame. The decoder
+/// never panics, whatever the input.
+pub fn decode(buf: &[u8], max_frame: usize) -> Result<Decoded<'_>, DecodeError> {
+    let Some(total) = frame_len(buf, max_frame)? else {
+        return Ok(Decoded::Incomplete { needed: HEADER_LEN });
+    };
+    if buf.len() < total {
+        return Ok(Decoded::Incomplete { needed: total });
+    }
+    let frame = decode_body(buf[4], &buf[HEADER_LEN..total])?;
+    Ok(Decoded::Frame { frame, len: total })
+}
+
+/// A little cursor over a frame body.
+struct Body<'a> {
+    rest: &'a [u8],
+    frame: &'static str,
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(DecodeError::Malformed {
+                frame: self.frame,
+                detail: "body too short",
+            });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn payload(&mut self) -> Result<Payload<'a>, DecodeError> {
+        match self.u8()? {
+            payload_kind::INLINE => Ok(Payload::Inline(std::mem::take(&mut self.rest))),
+            other => Err(DecodeError::UnknownPayloadKind {
+                frame: self.frame,
+                kind: other,
+            }),
+        }
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Malformed {
+                frame: self.frame,
+                detail: "trailing bytes after the body",
+            })
+        }
+    }
+}
+
+fn decode_body(code: u8, body: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    let name = kind_name(code);
+    let mut b = Body {
+        rest: body,
+        frame: name,
+    };
+    let frame = match code {
+        kind::HELLO => {
+            if b.take(4).map_err(|_| DecodeError::BadMagic)? != MAGIC {
+                return Err(DecodeError::BadMagic);
+            }
+            Frame::Hello(Hello {
+                version: b.u16()?,
+                capabilities: b.u32()?,
+                name: b.rest(),
+            })
+        }
+        kind::WELCOME => Frame::Welcome(Welcome {
+            version: b.u16()?,
+            window: b.u32()?,
+            max_frame: b.u32()?,
+            heartbeat_ms: b.u32()?,
+            capabilities: b.u32()?,
+        }),
+        kind::REFUSE => Frame::Refuse(Refuse {
+            version: b.u16()?,
+            reason: b.rest(),
+        }),
+        kind::JOB => Frame::Job(JobFrame {
+            id: b.u64()?,
+            seq: b.u64()?,
+            attempt: b.u32()?,
+            payload: b.payload()?,
+        }),
+        kind::POLL_END => Frame::PollEnd,
+        kind::CLOSED => Frame::Closed,
+        kind::RESULT => Frame::Result(ResultFrame {
+            id: b.u64()?,
+            payload: b.payload()?,
+        }),
+        kind::FAILURE => Frame::Failure(FailureFrame {
+            id: b.u64()?,
+            message: b.rest(),
+        }),
+        kind::BATCH => {
+            let mut rest = b.rest();
+            let mut count = 0usize;
+            while !rest.is_empty() {
+                match decode_batch_entry(rest)? {
+                    Some((_, used)) => {
+                        rest = &rest[used..];
+                        count += 1;
+                    }
+                    None => {
+                        return Err(DecodeError::Malformed {
+                            frame: "BATCH",
+                            detail: "an entry runs past the end of the batch",
+                        })
+                    }
+                }
+            }
+            Frame::Batch(Batch { body, count })
+        }
+        kind::POLL => Frame::Poll,
+        kind::LEAVING => Frame::Leaving { taken: b.u64()? },
+        kind::HEARTBEAT => Frame::Heartbeat { nonce: b.u64()? },
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    b.end()?;
+    Ok(frame)
+}
+
+/// Decodes one entry at the start of a batch body: `None` when the entry is
+/// cut short.
+fn decode_batch_entry(buf: &[u8]) -> Result<Option<(BatchEntry<'_>, usize)>, DecodeError> {
+    // Entries are bounded by the batch, itself bounded by the cap.
+    match decode(buf, usize::MAX)? {
+        Decoded::Incomplete { .. } => Ok(None),
+        Decoded::Frame { frame, len } => match frame {
+            Frame::Result(r) => Ok(Some((BatchEntry::Result(r), len))),
+            Frame::Failure(f) => Ok(Some((BatchEntry::Failure(f), len))),
+            _ => Err(DecodeError::Malformed {
+                frame: "BATCH",
+                detail: "an entry is neither RESULT nor FAILURE",
+            }),
+        },
+    }
+}
+
+fn check(len: usize, max_frame: usize) -> Result<(), FrameTooLarge> {
+    let max = max_frame.min(u32::MAX as usize);
+    if len > max {
+        Err(FrameTooLarge { len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn header(out: &mut Vec<u8>, len: usize, code: u8) {
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(code);
+}
+
+/// Body length of a JOB frame with an inline payload of `payload_len` bytes.
+pub fn job_body_len(payload_len: usize) -> usize {
+    8 + 8 + 4 + 1 + payload_len
+}
+
+/// Body length of a RESULT frame with an inline payload of `payload_len` bytes.
+pub fn result_body_len(payload_len: usize) -> usize {
+    8 + 1 + payload_len
+}
+
+/// Appends a JOB frame with an inline payload.
+///
+/// # Errors
+///
+/// [`FrameTooLarge`] (nothing appended) if the body would exceed `max_frame`.
+pub fn encode_job(
+    out: &mut Vec<u8>,
+    id: u64,
+    seq: u64,
+    attempt: u32,
+    payload: &[u8],
+    max_frame: usize,
+) -> Result<(), FrameTooLarge> {
+    let len = job_body_len(payload.len());
+    check(len, max_frame)?;
+    out.reserve(HEADER_LEN + len);
+    header(out, len, kind::JOB);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&attempt.to_le_bytes());
+    out.push(payload_kind::INLINE);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends a RESULT frame with an inline payload.
+///
+/// # Errors
+///
+/// [`FrameTooLarge`] (nothing appended) if the body would exceed `max_frame`.
+pub fn encode_result(
+    out: &mut Vec<u8>,
+    id: u64,
+    payload: &[u8],
+    max_frame: usize,
+) -> Result<(), FrameTooLarge> {
+    let len = result_body_len(payload.len());
+    check(len, max_frame)?;
+    out.reserve(HEADER_LEN + len);
+    header(out, len, kind::RESULT);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(payload_kind::INLINE);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends a FAILURE frame.
+///
+/// # Errors
+///
+/// [`FrameTooLarge`] (nothing appended) if the body would exceed `max_frame`.
+pub fn encode_failure(
+    out: &mut Vec<u8>,
+    id: u64,
+    message: &[u8],
+    max_frame: usize,
+) -> Result<(), FrameTooLarge> {
+    let len = 8 + message.len();
+    check(len, max_frame)?;
+    header(out, len, kind::FAILURE);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(message);
+    Ok(())
+}
+
+/// Appends a frame with an empty body (POLL_END, CLOSED or POLL) given its
+/// type code.
+pub fn encode_empty(out: &mut Vec<u8>, code: u8) {
+    header(out, 0, code);
+}
+
+/// Appends any frame.
+///
+/// # Errors
+///
+/// [`FrameTooLarge`] (nothing appended) if the body would exceed `max_frame`.
+pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>, max_frame: usize) -> Result<(), FrameTooLarge> {
+    match frame {
+        Frame::Hello(h) => {
+            let len = 4 + 2 + 4 + h.name.len();
+            check(len, max_frame)?;
+            header(out, len, kind::HELLO);
+            out.extend_from_slice(&MAGIC);
+            out.extend_from_slice(&h.version.to_le_bytes());
+            out.extend_from_slice(&h.capabilities.to_le_bytes());
+            out.extend_from_slice(h.name);
+        }
+        Frame::Welcome(w) => {
+            check(18, max_frame)?;
+            header(out, 18, kind::WELCOME);
+            out.extend_from_slice(&w.version.to_le_bytes());
+            out.extend_from_slice(&w.window.to_le_bytes());
+            out.extend_from_slice(&w.max_frame.to_le_bytes());
+            out.extend_from_slice(&w.heartbeat_ms.to_le_bytes());
+            out.extend_from_slice(&w.capabilities.to_le_bytes());
+        }
+        Frame::Refuse(r) => {
+            let len = 2 + r.reason.len();
+            check(len, max_frame)?;
+            header(out, len, kind::REFUSE);
+            out.extend_from_slice(&r.version.to_le_bytes());
+            out.extend_from_slice(r.reason);
+        }
+        Frame::Job(j) => {
+            let Payload::Inline(p) = j.payload;
+            encode_job(out, j.id, j.seq, j.attempt, p, max_frame)?;
+        }
+        Frame::Result(r) => {
+            let Payload::Inline(p) = r.payload;
+            encode_result(out, r.id, p, max_frame)?;
+        }
+        Frame::Failure(f) => encode_failure(out, f.id, f.message, max_frame)?,
+        Frame::Batch(b) => {
+            check(b.body.len(), max_frame)?;
+            header(out, b.body.len(), kind::BATCH);
+            out.extend_from_slice(b.body);
+        }
+        Frame::PollEnd | Frame::Closed | Frame::Poll => encode_empty(out, frame.kind()),
+        Frame::Leaving { taken: n } | Frame::Heartbeat { nonce: n } => {
+            header(out, 8, frame.kind());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Builds a BATCH frame in place at the end of a buffer: [`begin`] writes a
+/// placeholder header, each `push_*` appends one entry, [`finish`] writes the
+/// length (or removes the header again if the batch stayed empty).
+///
+/// [`begin`]: BatchBuilder::begin
+/// [`finish`]: BatchBuilder::finish
+#[derive(Debug)]
+pub struct BatchBuilder {
+    start: usize,
+    count: usize,
+    max_frame: usize,
+}
+
+impl BatchBuilder {
+    /// Starts a batch at the end of `out`, whose body may be at most
+    /// `max_frame` bytes.
+    pub fn begin(out: &mut Vec<u8>, max_frame: usize) -> BatchBuilder {
+        let start = out.len();
+        header(out, 0, kind::BATCH);
+        BatchBuilder {
+            start,
+            count: 0,
+            max_frame: max_frame.min(u32::MAX as usize),
+        }
+    }
+
+    /// Bytes in the batch body so far.
+    pub fn body_len(&self, out: &[u8]) -> usize {
+        out.len() - self.start - HEADER_LEN
+    }
+
+    /// Entries so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether a RESULT with an inline payload of `payload_len` bytes still
+    /// fits under the cap.
+    pub fn fits_result(&self, out: &[u8], payload_len: usize) -> bool {
+        self.body_len(out) + HEADER_LEN + result_body_len(payload_len) <= self.max_frame
+    }
+
+    /// Whether a FAILURE with a message of `message_len` bytes still fits.
+    pub fn fits_failure(&self, out: &[u8], message_len: usize) -> bool {
+        self.body_len(out) + HEADER_LEN + 8 + message_len <= self.max_frame
+    }
+
+    /// Appends a RESULT entry.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameTooLarge`] (nothing appended) if the batch would exceed its cap.
+    pub fn push_result(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: u64,
+        payload: &[u8],
+    ) -> Result<(), FrameTooLarge> {
+        if !self.fits_result(out, payload.len()) {
+            return Err(FrameTooLarge {
+                len: self.body_len(out) + HEADER_LEN + result_body_len(payload.len()),
+                max: self.max_frame,
+            });
+        }
+        encode_result(out, id, payload, usize::MAX)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends a FAILURE entry.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameTooLarge`] (nothing appended) if the batch would exceed its cap.
+    pub fn push_failure(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: u64,
+        message: &[u8],
+    ) -> Result<(), FrameTooLarge> {
+        if !self.fits_failure(out, message.len()) {
+            return Err(FrameTooLarge {
+                len: self.body_len(out) + HEADER_LEN + 8 + message.len(),
+                max: self.max_frame,
+            });
+        }
+        encode_failure(out, id, message, usize::MAX)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Completes the frame. An empty batch is removed from `out` entirely.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.count == 0 {
+            out.truncate(self.start);
+            return;
+        }
+        let len = (self.body_len(out) as u32).to_le_bytes();
+        out[self.start..self.start + 4].copy_from_slice(&len);
+    }
+}
+
+#[cfg(test)]
+mod tests;
