@@ -1,1 +1,1314 @@
-//! (to be written)
+//! The coordinator side of the worker protocol: long-lived worker processes
+//! fed from a [`Queue`].
+//!
+//! [`run`] starts [`Config::workers`] processes of one command, each with a
+//! protocol channel (a `socketpair` end named by `$JOBMILL_FD`), and feeds
+//! them jobs until the queue is closed and drained. It returns when every
+//! worker has been told CLOSED and has exited, or after a [`Stop`].
+//!
+//! ```text
+//!            ┌──── slot thread: spawn, handshake, read results ◀──┐
+//!  queue ────┤                                                     │ socketpair
+//!            └──── feeder thread: lease jobs, write JOB frames ───▶┘ (JOBMILL_FD)
+//! ```
+//!
+//! Per worker:
+//!
+//! - **Window.** The feeder keeps at most [`Config::window`] leased jobs in
+//!   flight to the worker, refilling when half of it has come back, so jobs
+//!   are pipelined and written in batches. A worker that has run out of
+//!   jobs sends POLL; the answer carries what the queue has right now (at
+//!   least one job, even past the window) and ends with POLL_END.
+//! - **Results** arrive in batches and go to [`Queue::complete`] /
+//!   [`Queue::fail`] (the worker's verdict, [`FailReason::Reported`]); each
+//!   outcome is reported to the [`Observer`].
+//! - **Close and drain.** When the queue is closed and drained, the worker
+//!   is sent CLOSED; it exits, and is not replaced.
+//! - **Loss.** A worker that exits, crashes, is killed, breaks the protocol
+//!   or stops heartbeating is killed (its process group), and its in-flight
+//!   jobs are resolved: the oldest one (the job it was running, since
+//!   workers take jobs in order) fails with [`FailReason::WorkerLost`], its
+//!   attempt counted; the ones behind it were never started and are
+//!   released with no attempt counted. A worker that said LEAVING tells
+//!   exactly how many jobs it took. The worker is then replaced.
+//! - **Timeout.** A job running longer than [`Config::timeout`] (measured
+//!   from when it became the worker's oldest job) gets its worker killed;
+//!   the job fails with [`FailReason::Timeout`] and the worker is replaced.
+//! - **Output.** The workers' stdout and stderr are piped and handed line
+//!   by line to [`Observer::output`]; they never touch the protocol.
+//! - **Crash loops.** A slot whose workers die [`Config::max_failed_starts`]
+//!   times in a row without completing a job gives up; [`run`] then fails
+//!   with [`PersistentError::WorkersFailing`] if no other slot could finish
+//!   the queue.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::job::{signal_name, FailReason, Job, WorkerId};
+use crate::protocol::io::{FrameReader, ReadError};
+use crate::protocol::{
+    decode, encode, encode_empty, encode_job, kind, BatchEntry, Decoded, Frame, Refuse, Welcome,
+    FD_ENV, VERSION,
+};
+use crate::queue::{Completion, Disposition, GetError, Lease, Queue, QueueError, TryGetError};
+
+/// How often blocked threads look at stop requests and deadlines.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How long a worker that closed its channel gets to exit before it is
+/// killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How a coordinator runs its workers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The worker command: program and arguments, run without a shell.
+    pub command: Vec<OsString>,
+    /// Extra environment variables for the workers.
+    pub env: Vec<(OsString, OsString)>,
+    /// Number of worker processes (at least 1).
+    pub workers: usize,
+    /// Most jobs in flight per worker (at least 1). Larger windows pipeline
+    /// small jobs better; 1 or 2 balances long jobs better.
+    pub window: usize,
+    /// Per-job timeout; the worker running a job past it is killed.
+    pub timeout: Option<Duration>,
+    /// Cap on a frame body, both ways: bounds one job's payload and one
+    /// result.
+    pub max_frame: usize,
+    /// How long a new worker may take to send HELLO (imports, model loads).
+    pub hello_timeout: Duration,
+    /// If set, workers are asked to send a heartbeat this often, and one
+    /// that holds jobs and sends nothing for four intervals is declared
+    /// lost. Catches a worker stuck outside any job timeout.
+    pub heartbeat: Option<Duration>,
+    /// Consecutive worker deaths, with no job completed in between, after
+    /// which a slot gives up.
+    pub max_failed_starts: u32,
+}
+
+impl Config {
+    /// A configuration with defaults: `workers` processes of `command`,
+    /// window 16, no timeout, 64 MiB frames, 60 s to say hello, no
+    /// heartbeat, give up after 5 failed starts.
+    pub fn new(command: Vec<OsString>, workers: usize) -> Config {
+        Config {
+            command,
+            env: Vec::new(),
+            workers,
+            window: 16,
+            timeout: None,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            hello_timeout: Duration::from_secs(60),
+            heartbeat: None,
+            max_failed_starts: 5,
+        }
+    }
+}
+
+/// Which output stream of a worker a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The worker's stdout.
+    Stdout,
+    /// The worker's stderr.
+    Stderr,
+}
+
+/// What became of one job attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The worker completed the job with this result.
+    Done {
+        /// The result bytes.
+        result: Bytes,
+        /// Whether the queue recorded it ([`Completion::Stale`] if the lease
+        /// had already been resolved).
+        completion: Completion,
+    },
+    /// The attempt failed: reported by the worker, timed out, or lost with
+    /// its worker.
+    Failed {
+        /// Why.
+        reason: FailReason,
+        /// What the queue did with the job.
+        disposition: Disposition,
+    },
+}
+
+/// One job attempt's outcome, as reported to [`Observer::outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The worker slot, from 1 (like `{%}`).
+    pub slot: usize,
+    /// The worker process incarnation that ran it.
+    pub worker: WorkerId,
+    /// The job, `attempts` counting this attempt.
+    pub job: Job,
+    /// What happened.
+    pub kind: OutcomeKind,
+}
+
+/// A change in a worker's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A worker process completed its handshake.
+    Started {
+        /// The slot, from 1.
+        slot: usize,
+        /// Its id for the queue.
+        worker: WorkerId,
+        /// Its process id.
+        pid: u32,
+    },
+    /// A worker ended: told CLOSED and exited, left, or was lost. `detail`
+    /// says which, naming the worker, e.g. "worker 3 (pid 123, slot 1)
+    /// exited with code 1 while running job 7".
+    Ended {
+        /// The slot, from 1.
+        slot: usize,
+        /// Its id.
+        worker: WorkerId,
+        /// Whether it ended abnormally (lost, killed, protocol error).
+        lost: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// A slot gave up restarting workers.
+    GaveUp {
+        /// The slot, from 1.
+        slot: usize,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Receives what happens during [`run`]. Called from several threads at
+/// once; keep it quick (it runs on the path of results).
+pub trait Observer: Sync {
+    /// A job attempt ended.
+    fn outcome(&self, outcome: Outcome);
+
+    /// A worker started or ended. By default, abnormal ends and give-ups
+    /// are written to stderr.
+    fn worker(&self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Ended {
+                lost: true, detail, ..
+            }
+            | WorkerEvent::GaveUp { detail, .. } => eprintln!("jobmill: {detail}"),
+            _ => {}
+        }
+    }
+
+    /// A line (without its newline) a worker printed. By default it goes to
+    /// stderr, prefixed with the slot.
+    fn output(&self, slot: usize, worker: WorkerId, stream: Stream, line: &[u8]) {
+        let _ = (worker, stream);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "[worker {slot}] ");
+        let _ = err.write_all(line);
+        let _ = err.write_all(b"\n");
+    }
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const KILLING: u8 = 2;
+
+/// Asks a running [`run`] to stop, from any thread (e.g. a signal handler
+/// thread).
+#[derive(Debug, Default)]
+pub struct Stop(AtomicU8);
+
+impl Stop {
+    /// Not stopping.
+    pub fn new() -> Stop {
+        Stop(AtomicU8::new(RUNNING))
+    }
+
+    /// Lease no more jobs; let the jobs already sent finish, then tell the
+    /// workers CLOSED (the first Ctrl-C).
+    pub fn drain(&self) {
+        let _ = self
+            .0
+            .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Kill the workers now; their in-flight jobs are released with no
+    /// attempt counted (the second Ctrl-C).
+    pub fn kill(&self) {
+        self.0.store(KILLING, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether a drain or kill was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.state() != RUNNING
+    }
+}
+
+/// What [`run`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Worker processes started (handshake completed).
+    pub started: u64,
+    /// Workers lost (crashed, killed, timed out, broke the protocol).
+    pub lost: u64,
+    /// Jobs completed by workers.
+    pub completed: u64,
+    /// Job failures reported by workers.
+    pub reported_failures: u64,
+}
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistentError {
+    /// The configuration cannot work.
+    #[error("invalid persistent-worker configuration: {0}")]
+    Config(String),
+    /// The worker command could not be started at all.
+    #[error("cannot start worker command {program:?}: {error}")]
+    Spawn {
+        /// The program.
+        program: OsString,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// Every slot gave up while the queue still had jobs.
+    #[error("workers keep failing, giving up: {detail}")]
+    WorkersFailing {
+        /// The last failure seen.
+        detail: String,
+    },
+    /// The queue backend failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Runs workers over `queue` until it is closed and drained (or `stop`).
+///
+/// # Errors
+///
+/// [`PersistentError::Config`] for an empty command, zero workers or a
+/// zero window; [`PersistentError::Spawn`] if the command cannot be
+/// started; [`PersistentError::WorkersFailing`] if every slot gave up with
+/// jobs left; [`PersistentError::Queue`] if the backend fails.
+pub fn run(
+    queue: &dyn Queue,
+    config: &Config,
+    observer: &dyn Observer,
+    stop: &Stop,
+) -> Result<Summary, PersistentError> {
+    if config.command.is_empty() {
+        return Err(PersistentError::Config(
+            "the worker command is empty".into(),
+        ));
+    }
+    if config.workers == 0 || config.window == 0 {
+        return Err(PersistentError::Config(
+            "workers and window must be at least 1".into(),
+        ));
+    }
+    if config.max_frame < 64 {
+        return Err(PersistentError::Config(
+            "the frame limit must be at least 64 bytes".into(),
+        ));
+    }
+    let ctx = Ctx {
+        queue,
+        config,
+        observer,
+        stop,
+        next_worker: AtomicU64::new(1),
+        summary: Mutex::new(Summary::default()),
+    };
+    let results: Vec<Result<(), SlotEnd>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=config.workers)
+            .map(|slot| {
+                let ctx = &ctx;
+                std::thread::Builder::new()
+                    .name(format!("jobmill-slot-{slot}"))
+                    .spawn_scoped(s, move || ctx.slot(slot))
+                    .expect("spawning a thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or(Err(SlotEnd::Failing("a slot thread panicked".into())))
+            })
+            .collect()
+    });
+    let summary = ctx.summary.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut failing = None;
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(SlotEnd::Spawn(program, error)) => {
+                return Err(PersistentError::Spawn { program, error })
+            }
+            Err(SlotEnd::Queue(e)) => return Err(e.into()),
+            Err(SlotEnd::Failing(detail)) => failing = Some(detail),
+        }
+    }
+    if let Some(detail) = failing {
+        if !stop.is_stopping() && !queue.counts()?.is_drained() {
+            return Err(PersistentError::WorkersFailing { detail });
+        }
+    }
+    Ok(summary)
+}
+
+/// Why a slot stopped for good, other than normally.
+enum SlotEnd {
+    Spawn(OsString, std::io::Error),
+    Queue(QueueError),
+    Failing(String),
+}
+
+struct Ctx<'a> {
+    queue: &'a dyn Queue,
+    config: &'a Config,
+    observer: &'a dyn Observer,
+    stop: &'a Stop,
+    next_worker: AtomicU64,
+    summary: Mutex<Summary>,
+}
+
+/// How one worker incarnation ended.
+enum Ended {
+    /// Told CLOSED, channel ended: the normal end.
+    Closed,
+    /// Channel ended without CLOSED.
+    Eof,
+    /// Channel ended before the handshake.
+    EarlyExit,
+    /// The worker broke the protocol.
+    Protocol(String),
+    /// The channel failed.
+    Io(String),
+    /// The oldest job ran past the timeout.
+    Timeout,
+    /// No heartbeat.
+    Silent,
+    /// Stop::kill.
+    Killed,
+    /// The queue backend failed.
+    Queue(QueueError),
+}
+
+/// One job sent to a worker and not yet resolved.
+struct InFlight {
+    lease: Lease,
+    /// Its position among the jobs sent to this worker, from 0.
+    index: u64,
+    sent: Instant,
+}
+
+/// State shared by a worker's reader (slot thread) and feeder.
+struct Flight {
+    inflight: VecDeque<InFlight>,
+    /// When the current oldest in-flight job became the oldest.
+    head_since: Instant,
+    /// Jobs sent so far.
+    sent: u64,
+    /// The worker asked (POLL) and got nothing: send the next job even past
+    /// the window.
+    want: bool,
+    /// The incarnation is over: the feeder must stop.
+    dead: bool,
+    /// Jobs the worker took, from LEAVING.
+    taken: Option<u64>,
+}
+
+/// The write side: held while leasing and writing, so that jobs leased for
+/// the worker are written in lease order and before any POLL_END.
+struct Writer {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+struct Link {
+    /// The worker's slot, from 1.
+    slot: usize,
+    /// CLOSED was written.
+    closed_sent: AtomicBool,
+    flight: Mutex<Flight>,
+    /// Signalled when room opens in the window, on POLL, and on death.
+    cond: Condvar,
+    writer: Mutex<Writer>,
+}
+
+impl Link {
+    fn flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What leasing into a writer found.
+struct Filled {
+    count: usize,
+    closed: bool,
+}
+
+/// A spawned, not yet handshaken worker.
+struct Proc {
+    child: Child,
+    pid: u32,
+}
+
+impl Proc {
+    fn kill_group(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// Waits for the process, killing its group after `grace`.
+    fn reap(&mut self, grace: Duration) -> ExitStatus {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                _ => {
+                    self.kill_group();
+                    match self.child.wait() {
+                        Ok(s) => return s,
+                        Err(_) => return ExitStatus::from_raw(9),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by {}", signal_name(sig)),
+        _ => "ended".into(),
+    }
+}
+
+impl Ctx<'_> {
+    /// Runs one slot: workers one after another until the queue is drained
+    /// or the run stops.
+    fn slot(&self, slot: usize) -> Result<(), SlotEnd> {
+        let mut failures = 0u32;
+        loop {
+            if self.stop.is_stopping() {
+                return Ok(());
+            }
+            let worker = WorkerId(self.next_worker.fetch_add(1, Ordering::Relaxed));
+            let life = self.incarnation(slot, worker)?;
+            match life {
+                Life::Done => return Ok(()),
+                Life::Left => {
+                    failures = 0;
+                    // Replace it once there is work for a replacement.
+                    if !self.wait_for_work()? {
+                        return Ok(());
+                    }
+                }
+                Life::Lost { progressed, detail } => {
+                    failures = if progressed { 0 } else { failures + 1 };
+                    if self.stop.is_stopping() {
+                        return Ok(());
+                    }
+                    if failures >= self.config.max_failed_starts {
+                        let detail = format!(
+                            "slot {slot}: {failures} workers in a row died without completing a job; last: {detail}"
+                        );
+                        self.observer.worker(WorkerEvent::GaveUp {
+                            slot,
+                            detail: detail.clone(),
+                        });
+                        return Err(SlotEnd::Failing(detail));
+                    }
+                    if self.queue.counts().map_err(SlotEnd::Queue)?.is_drained() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a job is queued (true) or the queue is drained or the
+    /// run stops (false).
+    fn wait_for_work(&self) -> Result<bool, SlotEnd> {
+        loop {
+            if self.stop.is_stopping() {
+                return Ok(false);
+            }
+            let c = self.queue.counts().map_err(SlotEnd::Queue)?;
+            if c.is_drained() {
+                return Ok(false);
+            }
+            if c.queued > 0 {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn spawn(&self, slot: usize, worker: WorkerId) -> Result<(Proc, UnixStream), SlotEnd> {
+        let program = &self.config.command[0];
+        let (ours, theirs) = UnixStream::pair().map_err(|e| SlotEnd::Spawn(program.clone(), e))?;
+        for s in [&ours, &theirs] {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, 1 << 20);
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(s, 1 << 20);
+        }
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(&self.config.command[1..])
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .env(FD_ENV, fd.to_string())
+            .env("JOBMILL_WORKER_SLOT", slot.to_string())
+            .env("JOBMILL_WORKER_ID", worker.0.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        crate::sys::fd::keep_open_in_child(&mut cmd, fd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| SlotEnd::Spawn(program.clone(), e))?;
+        drop(theirs);
+        let pid = child.id();
+        Ok((Proc { child, pid }, ours))
+    }
+
+    /// One worker process from spawn to reaping.
+    fn incarnation(&self, slot: usize, worker: WorkerId) -> Result<Life, SlotEnd> {
+        let (mut proc, stream) = self.spawn(slot, worker)?;
+        let name = format!("worker {} (pid {}, slot {slot})", worker.0, proc.pid);
+        let stdout = proc.child.stdout.take();
+        let stderr = proc.child.stderr.take();
+        std::thread::scope(|s| {
+            if let Some(out) = stdout {
+                s.spawn(move || self.pipe_lines(slot, worker, Stream::Stdout, out));
+            }
+            if let Some(err) = stderr {
+                s.spawn(move || self.pipe_lines(slot, worker, Stream::Stderr, err));
+            }
+            self.converse(slot, worker, &name, &mut proc, stream)
+        })
+    }
+
+    fn pipe_lines(&self, slot: usize, worker: WorkerId, stream: Stream, r: impl Read) {
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    self.observer.output(slot, worker, stream, &line);
+                }
+            }
+        }
+    }
+
+    /// Handshake, then the feeder and the read loop, then the end of life.
+    fn converse(
+        &self,
+        slot: usize,
+        worker: WorkerId,
+        name: &str,
+        proc: &mut Proc,
+        stream: UnixStream,
+    ) -> Result<Life, SlotEnd> {
+        let write = match stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                return Ok(self.bury(slot, worker, name, proc, None, Ended::Io(e.to_string()), 0))
+            }
+        };
+        let mut reader = FrameReader::new(stream, self.config.max_frame);
+        let link = Link {
+            slot,
+            closed_sent: AtomicBool::new(false),
+            flight: Mutex::new(Flight {
+                inflight: VecDeque::new(),
+                head_since: Instant::now(),
+                sent: 0,
+                want: false,
+                dead: false,
+                taken: None,
+            }),
+            cond: Condvar::new(),
+            writer: Mutex::new(Writer {
+                stream: write,
+                buf: Vec::with_capacity(64 << 10),
+            }),
+        };
+        if let Err(ended) = self.handshake(&mut reader, &link, name) {
+            return Ok(self.bury(slot, worker, name, proc, Some(&link), ended, 0));
+        }
+        self.observer.worker(WorkerEvent::Started {
+            slot,
+            worker,
+            pid: proc.pid,
+        });
+        self.summary_mut().started += 1;
+        let mut completed = 0u64;
+        let ended = std::thread::scope(|s| {
+            let feeder = std::thread::Builder::new()
+                .name(format!("jobmill-feed-{slot}"))
+                .spawn_scoped(s, || self.feed(worker, &link))
+                .expect("spawning a thread");
+            let ended = self.read_loop(slot, worker, &mut reader, &link, &mut completed);
+            // Stop the feeder before resolving leases, so that none is
+            // taken after.
+            link.flight().dead = true;
+            link.cond.notify_all();
+            if !matches!(ended, Ended::Closed | Ended::Eof | Ended::EarlyExit) {
+                proc.kill_group();
+            }
+            let _ = link.writer().stream.shutdown(std::net::Shutdown::Both);
+            match feeder.join() {
+                Ok(Err(e)) => Ended::Queue(e),
+                _ => ended,
+            }
+        });
+        Ok(self.bury(slot, worker, name, proc, Some(&link), ended, completed))
+    }
+
+    fn summary_mut(&self) -> MutexGuard<'_, Summary> {
+        self.summary.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handshake(
+        &self,
+        reader: &mut FrameReader<UnixStream>,
+        link: &Link,
+        name: &str,
+    ) -> Result<(), Ended> {
+        let deadline = Instant::now() + self.config.hello_timeout;
+        let raw = loop {
+            if self.stop.state() == KILLING {
+                return Err(Ended::Killed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Ended::Protocol(format!(
+                    "sent no HELLO within {:?}",
+                    self.config.hello_timeout
+                )));
+            }
+            let _ = reader.get_ref().set_read_timeout(Some(left.min(TICK)));
+            match reader.read_frame() {
+                Ok(Some(raw)) => break raw,
+                Ok(None) => return Err(Ended::EarlyExit),
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return Err(read_error(e)),
+            }
+        };
+        let hello = match decode(&raw, self.config.max_frame) {
+            Ok(Decoded::Frame {
+                frame: Frame::Hello(h),
+                ..
+            }) => h,
+            Ok(Decoded::Frame { frame, .. }) => {
+                return Err(Ended::Protocol(format!(
+                    "sent {} instead of HELLO",
+                    frame.name()
+                )))
+            }
+            Ok(Decoded::Incomplete { .. }) => unreachable!("whole frames only"),
+            Err(e) => return Err(Ended::Protocol(e.to_string())),
+        };
+        let mut w = link.writer();
+        let mut buf = Vec::new();
+        if hello.version != VERSION {
+            let reason = format!(
+                "{name} speaks protocol version {}, this coordinator speaks {VERSION}",
+                hello.version
+            );
+            let _ = encode(
+                &mut buf,
+                &Frame::Refuse(Refuse {
+                    version: VERSION,
+                    reason: reason.as_bytes(),
+                }),
+                usize::MAX,
+            );
+            let _ = w.stream.write_all(&buf);
+            return Err(Ended::Protocol(reason));
+        }
+        let welcome = Welcome {
+            version: VERSION,
+            window: self.config.window.min(u32::MAX as usize) as u32,
+            max_frame: self.config.max_frame.min(u32::MAX as usize) as u32,
+            heartbeat_ms: self
+                .config
+                .heartbeat
+                .map_or(0, |h| h.as_millis().clamp(1, u32::MAX as u128) as u32),
+            capabilities: 0,
+        };
+        let _ = encode(&mut buf, &Frame::Welcome(welcome), usize::MAX);
+        w.stream
+            .write_all(&buf)
+            .map_err(|e| Ended::Io(format!("writing WELCOME: {e}")))
+    }
+
+    /// Leases up to `n` jobs and encodes them into the writer's buffer,
+    /// registering them as in flight.
+    fn fill(
+        &self,
+        worker: WorkerId,
+        link: &Link,
+        w: &mut Writer,
+        n: usize,
+        first: Option<Lease>,
+    ) -> Result<Filled, QueueError> {
+        let mut leases = Vec::new();
+        let mut closed = false;
+        if let Some(l) = first {
+            leases.push(l);
+        }
+        while leases.len() < n {
+            match self.queue.try_get(worker) {
+                Ok(l) => leases.push(l),
+                Err(TryGetError::Empty) => break,
+                Err(TryGetError::Closed) => {
+                    closed = true;
+                    break;
+                }
+                Err(TryGetError::Backend(e)) => return Err(e),
+            }
+        }
+        let mut sendable = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let j = &lease.job;
+            if encode_job(
+                &mut w.buf,
+                j.id.0,
+                j.seq,
+                j.attempts,
+                &j.payload,
+                self.config.max_frame,
+            )
+            .is_err()
+            {
+                let reason = FailReason::Reported {
+                    message: format!(
+                        "payload of {} bytes exceeds the worker frame limit of {} bytes",
+                        j.payload.len(),
+                        self.config.max_frame
+                    ),
+                };
+                let d = self.queue.fail(&lease, reason.clone())?;
+                self.observer.outcome(Outcome {
+                    slot: link.slot,
+                    worker,
+                    job: lease.job.clone(),
+                    kind: OutcomeKind::Failed {
+                        reason,
+                        disposition: d,
+                    },
+                });
+                continue;
+            }
+            sendable.push(lease);
+        }
+        let count = sendable.len();
+        if count > 0 {
+            let now = Instant::now();
+            let mut f = link.flight();
+            if f.inflight.is_empty() {
+                f.head_since = now;
+            }
+            for lease in sendable {
+                let index = f.sent;
+                f.sent += 1;
+                f.inflight.push_back(InFlight {
+                    lease,
+                    index,
+                    sent: now,
+                });
+            }
+            f.want = false;
+        }
+        Ok(Filled { count, closed })
+    }
+
+    /// Writes CLOSED once.
+    fn push_closed(link: &Link, w: &mut Writer) {
+        if !link.closed_sent.swap(true, Ordering::SeqCst) {
+            encode_empty(&mut w.buf, kind::CLOSED);
+        }
+    }
+
+    fn write_out(w: &mut Writer) -> bool {
+        if w.buf.is_empty() {
+            return true;
+        }
+        let ok = w.stream.write_all(&w.buf).is_ok();
+        w.buf.clear();
+        ok
+    }
+
+    /// The feeder thread: keeps the window full.
+    fn feed(&self, worker: WorkerId, link: &Link) -> Result<(), QueueError> {
+        let window = self.config.window;
+        let refill = (window / 2).max(1);
+        loop {
+            // Wait for room in the window, or a worker asking.
+            let n = {
+                let mut f = link.flight();
+                loop {
+                    if f.dead {
+                        return Ok(());
+                    }
+                    match self.stop.state() {
+                        KILLING => return Ok(()),
+                        DRAINING => {
+                            if f.inflight.is_empty() {
+                                drop(f);
+                                let mut w = link.writer();
+                                Self::push_closed(link, &mut w);
+                                Self::write_out(&mut w);
+                                return Ok(());
+                            }
+                        }
+                        _ => {
+                            let free = window.saturating_sub(f.inflight.len());
+                            if free >= refill || f.want {
+                                break free.max(1);
+                            }
+                        }
+                    }
+                    f = link
+                        .cond
+                        .wait_timeout(f, TICK)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            let mut w = link.writer();
+            let filled = self.fill(worker, link, &mut w, n, None)?;
+            if filled.closed {
+                Self::push_closed(link, &mut w);
+            }
+            let closed = filled.closed;
+            if filled.count == 0 && !closed {
+                drop(w);
+                // Nothing queued: wait for a job, outside the writer lock so
+                // that POLLs are answered meanwhile.
+                match self.queue.get(worker, Some(TICK)) {
+                    Ok(lease) => {
+                        let mut w = link.writer();
+                        let filled = self.fill(worker, link, &mut w, n, Some(lease))?;
+                        if filled.closed {
+                            Self::push_closed(link, &mut w);
+                        }
+                        if !Self::write_out(&mut w) {
+                            return Ok(());
+                        }
+                    }
+                    Err(GetError::Timeout) => {}
+                    Err(GetError::Closed) => {
+                        let mut w = link.writer();
+                        Self::push_closed(link, &mut w);
+                        Self::write_out(&mut w);
+                        return Ok(());
+                    }
+                    Err(GetError::Backend(e)) => return Err(e),
+                }
+                continue;
+            }
+            if !Self::write_out(&mut w) || closed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answers a POLL: the jobs available now (at least one if any is
+    /// queued, even past the window), then POLL_END.
+    fn answer_poll(&self, worker: WorkerId, link: &Link) -> Result<(), Ended> {
+        let mut w = link.writer();
+        let (free, empty_flight) = {
+            let f = link.flight();
+            (
+                self.config.window.saturating_sub(f.inflight.len()),
+                f.inflight.is_empty(),
+            )
+        };
+        let mut got = 0;
+        if self.stop.is_stopping() {
+            if empty_flight {
+                Self::push_closed(link, &mut w);
+            }
+        } else {
+            let filled = self
+                .fill(worker, link, &mut w, free.max(1), None)
+                .map_err(Ended::Queue)?;
+            got = filled.count;
+            if filled.closed {
+                Self::push_closed(link, &mut w);
+            }
+        }
+        encode_empty(&mut w.buf, kind::POLL_END);
+        if got == 0 {
+            link.flight().want = true;
+            link.cond.notify_one();
+        }
+        // A failed write means the worker is gone or going; the read side
+        // sees the end of the channel and decides what it was.
+        Self::write_out(&mut w);
+        Ok(())
+    }
+
+    /// Reads frames until the worker's channel ends or something goes wrong.
+    fn read_loop(
+        &self,
+        slot: usize,
+        worker: WorkerId,
+        reader: &mut FrameReader<UnixStream>,
+        link: &Link,
+        completed: &mut u64,
+    ) -> Ended {
+        let mut last_heard = Instant::now();
+        let silence = self.config.heartbeat.map(|h| h * 4);
+        let mut resolved = Vec::new();
+        let mut poll_every = TICK;
+        if let Some(t) = self.config.timeout {
+            poll_every = poll_every.min(t / 2);
+        }
+        if let Some(h) = self.config.heartbeat {
+            poll_every = poll_every.min(h);
+        }
+        let _ = reader
+            .get_ref()
+            .set_read_timeout(Some(poll_every.max(Duration::from_millis(1))));
+        loop {
+            // Deadlines: the oldest job's timeout, and the heartbeat.
+            let now = Instant::now();
+            if let Some(timeout) = self.config.timeout {
+                let f = link.flight();
+                if let Some(head) = f.inflight.front() {
+                    if now >= head.sent.max(f.head_since) + timeout {
+                        return Ended::Timeout;
+                    }
+                }
+            }
+            if let Some(silence) = silence {
+                let holding = !link.flight().inflight.is_empty();
+                if holding && now >= last_heard + silence {
+                    return Ended::Silent;
+                }
+            }
+            if self.stop.state() == KILLING {
+                return Ended::Killed;
+            }
+            let raw = match reader.read_frame() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => {
+                    return if link.closed_sent.load(Ordering::SeqCst) {
+                        Ended::Closed
+                    } else {
+                        Ended::Eof
+                    }
+                }
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return read_error(e),
+            };
+            last_heard = Instant::now();
+            let frame = match decode(&raw, self.config.max_frame) {
+                Ok(Decoded::Frame { frame, .. }) => frame,
+                Ok(Decoded::Incomplete { .. }) => unreachable!("whole frames only"),
+                Err(e) => return Ended::Protocol(e.to_string()),
+            };
+            let step = match frame {
+                Frame::Result(r) => {
+                    self.take_results(link, [(r.id, Ok(r.payload.bytes()))], &raw, &mut resolved)
+                }
+                Frame::Failure(f) => {
+                    self.take_results(link, [(f.id, Err(f.message))], &raw, &mut resolved)
+                }
+                Frame::Batch(b) => self.take_results(
+                    link,
+                    b.iter().map(|e| match e {
+                        BatchEntry::Result(r) => (r.id, Ok(r.payload.bytes())),
+                        BatchEntry::Failure(f) => (f.id, Err(f.message)),
+                    }),
+                    &raw,
+                    &mut resolved,
+                ),
+                Frame::Poll => {
+                    if let Err(e) = self.answer_poll(worker, link) {
+                        return e;
+                    }
+                    Ok(())
+                }
+                Frame::Leaving { taken } => {
+                    link.flight().taken = Some(taken);
+                    Ok(())
+                }
+                Frame::Heartbeat { .. } => Ok(()),
+                other => Err(format!(
+                    "sent {}, which only a coordinator sends",
+                    other.name()
+                )),
+            };
+            if let Err(detail) = step {
+                return Ended::Protocol(detail);
+            }
+            if let Err(e) = self.report(slot, worker, &mut resolved, completed) {
+                return Ended::Queue(e);
+            }
+        }
+    }
+
+    /// Removes the named jobs from the in-flight list (a protocol error if
+    /// one is not there) and queues their outcomes in `resolved`.
+    fn take_results<'r>(
+        &self,
+        link: &Link,
+        entries: impl IntoIterator<Item = (u64, Result<&'r [u8], &'r [u8]>)>,
+        raw: &Bytes,
+        resolved: &mut Vec<(Lease, Result<Bytes, String>)>,
+    ) -> Result<(), String> {
+        let mut f = link.flight();
+        let before = f.inflight.len();
+        let head = f.inflight.front().map(|h| h.index);
+        for (id, outcome) in entries {
+            let Some(pos) = f.inflight.iter().position(|x| x.lease.job.id.0 == id) else {
+                return Err(format!(
+                    "reported an outcome for job {id}, which it does not hold"
+                ));
+            };
+            let held = f.inflight.remove(pos).expect("position is in range");
+            let outcome = match outcome {
+                Ok(bytes) => Ok(raw.slice_ref(bytes)),
+                Err(msg) => Err(String::from_utf8_lossy(msg).into_owned()),
+            };
+            resolved.push((held.lease, outcome));
+        }
+        if f.inflight.front().map(|h| h.index) != head {
+            f.head_since = Instant::now();
+        }
+        let window = self.config.window;
+        let refill = (window / 2).max(1);
+        let free_before = window.saturating_sub(before);
+        let free_after = window.saturating_sub(f.inflight.len());
+        drop(f);
+        if free_before < refill && free_after >= refill || self.stop.is_stopping() {
+            link.cond.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Applies resolved outcomes to the queue and reports them.
+    fn report(
+        &self,
+        slot: usize,
+        worker: WorkerId,
+        resolved: &mut Vec<(Lease, Result<Bytes, String>)>,
+        completed: &mut u64,
+    ) -> Result<(), QueueError> {
+        if resolved.is_empty() {
+            return Ok(());
+        }
+        let mut done = 0;
+        let mut failed = 0;
+        for (lease, outcome) in resolved.drain(..) {
+            let kind = match outcome {
+                Ok(result) => {
+                    done += 1;
+                    let completion = self.queue.complete(&lease)?;
+                    OutcomeKind::Done { result, completion }
+                }
+                Err(message) => {
+                    failed += 1;
+                    let reason = FailReason::Reported { message };
+                    let disposition = self.queue.fail(&lease, reason.clone())?;
+                    OutcomeKind::Failed {
+                        reason,
+                        disposition,
+                    }
+                }
+            };
+            self.observer.outcome(Outcome {
+                slot,
+                worker,
+                job: lease.job,
+                kind,
+            });
+        }
+        *completed += done + failed;
+        let mut s = self.summary_mut();
+        s.completed += done;
+        s.reported_failures += failed;
+        Ok(())
+    }
+
+    /// Ends a worker's life: reaps it, resolves its in-flight jobs, reports.
+    #[allow(clippy::too_many_arguments)]
+    fn bury(
+        &self,
+        slot: usize,
+        worker: WorkerId,
+        name: &str,
+        proc: &mut Proc,
+        link: Option<&Link>,
+        ended: Ended,
+        completed: u64,
+    ) -> Life {
+        if !matches!(ended, Ended::Closed | Ended::Eof | Ended::EarlyExit) {
+            proc.kill_group();
+        }
+        let status = proc.reap(EXIT_GRACE);
+        let (inflight, taken) = match link {
+            Some(link) => {
+                let mut f = link.flight();
+                (std::mem::take(&mut f.inflight), f.taken)
+            }
+            None => (VecDeque::new(), None),
+        };
+        let running = inflight.front().map(|h| h.lease.job.id);
+        let what = match &ended {
+            Ended::Closed => format!("{name} finished ({})", describe_status(status)),
+            Ended::Eof => format!("{name} {}", describe_status(status)),
+            Ended::EarlyExit => format!(
+                "{name} {} before the protocol handshake (is it a jobmill worker?)",
+                describe_status(status)
+            ),
+            Ended::Protocol(d) => format!("{name} broke the protocol ({d}) and was killed"),
+            Ended::Io(d) => format!("{name} channel failed ({d}); killed"),
+            Ended::Timeout => format!(
+                "{name} ran {} past the timeout of {:?} and was killed",
+                running.map_or("a job".into(), |id| id.to_string()),
+                self.config.timeout.unwrap_or_default()
+            ),
+            Ended::Silent => format!("{name} stopped heartbeating and was killed"),
+            Ended::Killed => format!("{name} was stopped"),
+            Ended::Queue(e) => format!("{name} stopped: {e}"),
+        };
+        let held = inflight.len();
+        let detail = match (running, taken) {
+            (_, Some(_)) | (None, _) => what.clone(),
+            (Some(id), None) => format!("{what} while running {id}"),
+        };
+        // A worker that said LEAVING told how many jobs it took; without it,
+        // the oldest in-flight job is taken to be the one it was running.
+        let started: fn(&InFlight, u64, bool) -> bool = match taken {
+            Some(_) => |i, t, _first| i.index < t,
+            None => |_, _t, first| first,
+        };
+        let killed = matches!(ended, Ended::Killed);
+        let mut lost_jobs = 0;
+        for (i, held) in inflight.into_iter().enumerate() {
+            let was_started = started(&held, taken.unwrap_or(0), i == 0);
+            if !was_started || killed {
+                let _ = self.queue.release(&held.lease);
+                continue;
+            }
+            lost_jobs += 1;
+            let reason = match ended {
+                Ended::Timeout if i == 0 => FailReason::Timeout,
+                _ => FailReason::WorkerLost {
+                    detail: detail.clone(),
+                },
+            };
+            match self.queue.fail(&held.lease, reason.clone()) {
+                Ok(disposition) => self.observer.outcome(Outcome {
+                    slot,
+                    worker,
+                    job: held.lease.job,
+                    kind: OutcomeKind::Failed {
+                        reason,
+                        disposition,
+                    },
+                }),
+                Err(_) => {
+                    // The backend failed; worker_lost below tries again.
+                }
+            }
+        }
+        // Anything still leased to this incarnation (nothing, normally).
+        if let Ok(rest) = self.queue.worker_lost(worker, &detail) {
+            lost_jobs += rest.len();
+        }
+        let clean_exit = status.success() && lost_jobs == 0;
+        let life = match ended {
+            Ended::Closed => Life::Done,
+            Ended::Killed => Life::Done,
+            Ended::Eof if clean_exit => Life::Left,
+            _ => Life::Lost {
+                progressed: completed > 0,
+                detail: detail.clone(),
+            },
+        };
+        let lost = matches!(life, Life::Lost { .. });
+        if lost {
+            self.summary_mut().lost += 1;
+        }
+        let detail = if held > 0 && lost {
+            format!(
+                "{detail}; {held} job(s) were in flight, {lost_jobs} counted as failed attempts"
+            )
+        } else {
+            detail
+        };
+        self.observer.worker(WorkerEvent::Ended {
+            slot,
+            worker,
+            lost,
+            detail,
+        });
+        life
+    }
+}
+
+/// How an incarnation ended, for the slot's decision.
+enum Life {
+    /// Told CLOSED (or stopped): the slot is finished.
+    Done,
+    /// Exited cleanly on its own with nothing lost: replace when needed.
+    Left,
+    /// Died: replace now, unless the slot keeps failing.
+    Lost {
+        /// Whether it completed at least one job.
+        progressed: bool,
+        /// What happened.
+        detail: String,
+    },
+}
+
+fn read_error(e: ReadError) -> Ended {
+    match e {
+        // A process killed with unread data in its socket resets the
+        // connection: that is its end, like EOF.
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ended::Eof,
+        ReadError::Io(e) => Ended::Io(e.to_string()),
+        other => Ended::Protocol(other.to_string()),
+    }
+}
+

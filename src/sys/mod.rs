@@ -2,4 +2,5 @@
 //! that no well-kept crate covers. Each `unsafe` block carries a
 //! `// SAFETY:` comment. One submodule per area.
 
+pub mod fd;
 pub mod process;

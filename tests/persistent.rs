@@ -1,0 +1,485 @@
+//! Persistent workers with real processes: the Rust worker library (this
+//! test binary re-run as a worker fixture) against the coordinator.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fill, fixture, python, wait_until, Recorder};
+use jobmill::job::{FailReason, JobState, RetryPolicy};
+use jobmill::persistent::{self, Config, OutcomeKind, PersistentError, Stop, Stream};
+use jobmill::queue::memory::MemoryQueue;
+use jobmill::queue::{Disposition, Queue};
+use jobmill::worker::{self, TryGetError, Worker};
+
+/// Not a test: the worker side, run when this binary is re-executed by the
+/// coordinator with `JOBMILL_FIXTURE` set. Does nothing otherwise.
+#[test]
+fn fixture_worker() {
+    let Ok(mode) = std::env::var("JOBMILL_FIXTURE") else {
+        return;
+    };
+    let dir = std::env::var("JOBMILL_FIXTURE_DIR").unwrap_or_default();
+    let code = run_fixture(&mode, &dir);
+    std::process::exit(code);
+}
+
+fn run_fixture(mode: &str, dir: &str) -> i32 {
+    let (mode, arg) = mode.split_once(':').unwrap_or((mode, ""));
+    if mode == "serve-panics-on" {
+        let arg = arg.to_string();
+        worker::serve(move |job| {
+            if job.payload == arg.as_bytes() {
+                panic!("cannot handle {arg}");
+            }
+            Ok(job.payload.to_vec())
+        })
+        .unwrap();
+        return 0;
+    }
+    let mut w = Worker::connect().expect("connect");
+    match mode {
+        // Result = payload.
+        "echo" => {
+            while let Some(job) = w.next_job().unwrap() {
+                let p = job.payload.clone();
+                w.complete(job, &p).unwrap();
+            }
+        }
+        // Prints to stdout, then completes with the payload reversed.
+        "print" => {
+            while let Some(job) = w.next_job().unwrap() {
+                println!("printing {}", String::from_utf8_lossy(&job.payload));
+                let mut p = job.payload.to_vec();
+                p.reverse();
+                w.complete(job, &p).unwrap();
+            }
+        }
+        // On payload `arg`, first attempt: mark a file with the pid and
+        // block, to be killed from outside.
+        "block-on" => {
+            while let Some(job) = w.next_job().unwrap() {
+                if job.payload == arg.as_bytes() && job.attempts == 1 {
+                    w.flush().unwrap();
+                    let marker = format!("{dir}/running.{}", std::process::id());
+                    std::fs::write(&marker, b"").unwrap();
+                    std::thread::sleep(Duration::from_secs(120));
+                }
+                let p = job.payload.clone();
+                w.complete(job, &p).unwrap();
+            }
+        }
+        // Completes `arg` jobs, flushes, takes one more and exits with 3.
+        "exit-after" => {
+            let n: usize = arg.parse().unwrap();
+            for _ in 0..n {
+                let Some(job) = w.next_job().unwrap() else {
+                    return 0;
+                };
+                let p = job.payload.clone();
+                w.complete(job, &p).unwrap();
+            }
+            w.flush().unwrap();
+            let _running = w.next_job().unwrap();
+            std::process::exit(3);
+        }
+        // Fails every job whose payload is `arg`.
+        "fail-on" => {
+            while let Some(job) = w.next_job().unwrap() {
+                if job.payload == arg.as_bytes() {
+                    w.fail(job, "bad input").unwrap();
+                } else {
+                    let p = job.payload.clone();
+                    w.complete(job, &p).unwrap();
+                }
+            }
+        }
+        // Only try_get; exits 42 on a false Empty (single worker, queue
+        // filled and closed beforehand).
+        "try-get-only" => loop {
+            match w.try_get() {
+                Ok(job) => {
+                    let p = job.payload.clone();
+                    w.complete(job, &p).unwrap();
+                }
+                Err(TryGetError::Empty) => return 42,
+                Err(TryGetError::Closed) => break,
+                Err(TryGetError::Worker(e)) => panic!("{e}"),
+            }
+        },
+        // The seed's non-blocking strategy: try_get until Empty or Closed.
+        "until-empty" => loop {
+            match w.try_get() {
+                Ok(job) => {
+                    let p = job.payload.clone();
+                    w.complete(job, &p).unwrap();
+                }
+                Err(TryGetError::Empty) | Err(TryGetError::Closed) => break,
+                Err(TryGetError::Worker(e)) => panic!("{e}"),
+            }
+        },
+        other => panic!("unknown fixture mode {other}"),
+    }
+    w.close().unwrap();
+    0
+}
+
+fn config(mode: &str, workers: usize) -> Config {
+    let (command, env) = fixture(mode);
+    let mut c = Config::new(command, workers);
+    c.env = env;
+    c
+}
+
+fn payloads(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("item-{i}").into_bytes()).collect()
+}
+
+fn put_all(q: &MemoryQueue, items: &[Vec<u8>]) {
+    let refs: Vec<&[u8]> = items.iter().map(|v| &v[..]).collect();
+    fill(q, &refs);
+}
+
+#[test]
+fn every_job_is_done_exactly_once_with_its_result() {
+    let q = MemoryQueue::new(10_000, RetryPolicy::default());
+    let items = payloads(2000);
+    put_all(&q, &items);
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("echo", 2);
+    c.window = 8;
+    let summary = persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let done = rec.done();
+    assert_eq!(done.len(), 2000);
+    for o in rec.outcomes.lock().unwrap().iter() {
+        assert_eq!(done[&o.job.id], o.job.payload.to_vec());
+    }
+    assert!(q.counts().unwrap().is_drained());
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+    assert_eq!(summary.started, 2);
+    assert_eq!(summary.lost, 0);
+}
+
+#[test]
+fn worker_killed_mid_job_has_the_job_requeued_and_done_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = MemoryQueue::new(100, RetryPolicy::with_retries(1));
+    let items = payloads(20);
+    put_all(&q, &items);
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("block-on:item-7", 2);
+    c.env
+        .push(("JOBMILL_FIXTURE_DIR".into(), dir.path().into()));
+    c.window = 2;
+    let killer = {
+        let dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut pid = 0;
+            wait_until("a worker to block on item-7", || {
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    if let Some(p) = name.strip_prefix("running.") {
+                        pid = p.parse().unwrap();
+                        return true;
+                    }
+                }
+                false
+            });
+            let pid = rustix::process::Pid::from_raw(pid).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        })
+    };
+    let summary = persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    killer.join().unwrap();
+    let done = rec.done();
+    assert_eq!(done.len(), 20, "every job done once");
+    let item7: Vec<_> = rec
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.job.payload == "item-7")
+        .cloned()
+        .collect();
+    assert_eq!(item7.len(), 2, "{item7:?}");
+    assert!(matches!(
+        &item7[0].kind,
+        OutcomeKind::Failed {
+            reason: FailReason::WorkerLost { detail },
+            disposition: Disposition::Requeued { attempts: 1 },
+        } if detail.contains("SIGKILL") && detail.contains("while running job")
+    ));
+    assert_eq!(item7[1].job.attempts, 2);
+    assert!(matches!(item7[1].kind, OutcomeKind::Done { .. }));
+    assert_eq!(summary.lost, 1);
+    let lost = rec.lost_details();
+    assert_eq!(lost.len(), 1);
+    assert!(lost[0].contains("was killed by SIGKILL"), "{lost:?}");
+    assert_eq!(rec.started(), 3, "the killed worker was replaced");
+}
+
+#[test]
+fn worker_exiting_early_is_replaced_and_only_its_running_job_counts() {
+    let q = MemoryQueue::new(100, RetryPolicy::with_retries(2));
+    let items = payloads(30);
+    put_all(&q, &items);
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("exit-after:4", 1);
+    c.window = 4;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 30);
+    let lost = rec.lost_details();
+    assert!(!lost.is_empty());
+    assert!(
+        lost[0].contains("exited with code 3 while running job"),
+        "{lost:?}"
+    );
+    // Each incarnation loses exactly the job it was running; the rest of
+    // its window is released without counting an attempt.
+    let failed: Vec<_> = rec
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| matches!(o.kind, OutcomeKind::Failed { .. }))
+        .map(|o| o.job.id)
+        .collect();
+    assert_eq!(failed.len(), lost.len());
+    assert!(q.counts().unwrap().is_drained());
+}
+
+#[test]
+fn worker_writing_garbage_is_named_killed_and_replaced() {
+    // A worker that completes the handshake, takes a job, then writes bytes
+    // that are not a frame.
+    let script = r#"
+import os, socket, struct
+s = socket.socket(fileno=int(os.environ["JOBMILL_FD"]))
+body = b"JMWP" + struct.pack("<HI", 1, 0)
+s.sendall(struct.pack("<IB", len(body), 1) + body)
+s.recv(23)
+s.sendall(struct.pack("<IB", 0, 0x23))
+s.recv(4096)
+s.sendall(b"\x05\x00\x00\x00\x99garbage!")
+import time; time.sleep(60)
+"#;
+    let q = MemoryQueue::new(100, RetryPolicy::with_retries(1));
+    put_all(&q, &payloads(3));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let (command, env) = python(script);
+    let mut c = Config::new(command, 1);
+    c.env = env;
+    c.max_failed_starts = 2;
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    assert!(
+        matches!(err, PersistentError::WorkersFailing { .. }),
+        "{err}"
+    );
+    let lost = rec.lost_details();
+    assert_eq!(
+        lost.len(),
+        2,
+        "replaced once, then gave up: {lost:?} {:?}",
+        rec.lines.lock().unwrap()
+    );
+    assert!(
+        lost[0].contains("worker 1 (pid")
+            && lost[0].contains("broke the protocol")
+            && lost[0].contains("unknown frame type 0x99"),
+        "{lost:?}"
+    );
+    // The job it held was counted; nothing is lost.
+    let c = q.counts().unwrap();
+    assert_eq!(c.leased, 0);
+    assert_eq!(c.queued + c.dead, 3);
+}
+
+#[test]
+fn worker_stdout_is_captured_and_never_corrupts_the_protocol() {
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(50));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    persistent::run(&q, &config("print", 2), &rec, &Stop::new()).unwrap();
+    let done = rec.done();
+    assert_eq!(done.len(), 50);
+    for o in rec.outcomes.lock().unwrap().iter() {
+        let mut expect = o.job.payload.to_vec();
+        expect.reverse();
+        assert_eq!(done[&o.job.id], expect);
+    }
+    let lines = rec.lines.lock().unwrap();
+    let printed = lines
+        .iter()
+        .filter(|(_, s, l)| *s == Stream::Stdout && l.contains("printing item-"))
+        .count();
+    assert_eq!(printed, 50, "{lines:?}");
+}
+
+#[test]
+fn blocking_get_ends_on_close_and_drain_with_a_slow_producer() {
+    let q = Arc::new(MemoryQueue::new(4, RetryPolicy::default()));
+    let producer = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || {
+            for i in 0..200u64 {
+                q.put(jobmill::job::NewJob::new(i + 1, i.to_string().into_bytes()))
+                    .unwrap();
+                if i % 50 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            q.close().unwrap();
+        })
+    };
+    let rec = Recorder::default();
+    persistent::run(&*q, &config("echo", 3), &rec, &Stop::new()).unwrap();
+    producer.join().unwrap();
+    assert_eq!(rec.done().len(), 200);
+    assert!(q.counts().unwrap().is_drained());
+    assert!(rec.lost_details().is_empty());
+}
+
+#[test]
+fn try_get_is_never_empty_while_jobs_are_queued() {
+    let q = MemoryQueue::new(1000, RetryPolicy::default());
+    put_all(&q, &payloads(500));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("try-get-only", 1);
+    c.window = 3;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 500);
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
+
+#[test]
+fn job_past_its_timeout_kills_the_worker_and_fails_with_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(6));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("block-on:item-2", 1);
+    c.env
+        .push(("JOBMILL_FIXTURE_DIR".into(), dir.path().into()));
+    c.timeout = Some(Duration::from_millis(300));
+    c.window = 4;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(
+        rec.done().len(),
+        5,
+        "the others ran, none counted as failed"
+    );
+    let outcomes = rec.outcomes.lock().unwrap();
+    let item2: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.job.payload == "item-2")
+        .collect();
+    assert_eq!(item2.len(), 1);
+    assert!(matches!(
+        &item2[0].kind,
+        OutcomeKind::Failed {
+            reason: FailReason::Timeout,
+            disposition: Disposition::Final(JobState::Dead { .. })
+        }
+    ));
+    let lost = rec.lost_details();
+    assert!(lost[0].contains("past the timeout"), "{lost:?}");
+}
+
+#[test]
+fn reported_failure_is_retried_then_final_failed() {
+    let q = MemoryQueue::new(100, RetryPolicy::with_retries(2));
+    put_all(&q, &payloads(10));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    persistent::run(&q, &config("fail-on:item-4", 2), &rec, &Stop::new()).unwrap();
+    let outcomes = rec.outcomes.lock().unwrap();
+    let item4: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.job.payload == "item-4")
+        .map(|o| o.kind.clone())
+        .collect();
+    assert_eq!(item4.len(), 3);
+    assert!(matches!(
+        &item4[2],
+        OutcomeKind::Failed {
+            reason: FailReason::Reported { message },
+            disposition: Disposition::Final(JobState::Failed { attempts: 3, .. })
+        } if message == "bad input"
+    ));
+    assert_eq!(q.counts().unwrap().failed, 1);
+}
+
+#[test]
+fn a_panic_in_serve_fails_that_job_and_the_worker_goes_on() {
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(10));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    persistent::run(&q, &config("serve-panics-on:item-3", 1), &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 9);
+    assert!(rec.lost_details().is_empty());
+    let outcomes = rec.outcomes.lock().unwrap();
+    assert!(outcomes.iter().any(|o| matches!(&o.kind,
+        OutcomeKind::Failed { reason: FailReason::Reported { message }, .. }
+        if message.contains("panicked: cannot handle item-3"))));
+}
+
+#[test]
+fn a_command_that_is_not_a_worker_gives_up_with_a_clear_error() {
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(3));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = Config::new(vec!["true".into()], 1);
+    c.max_failed_starts = 3;
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("3 workers in a row") && msg.contains("is it a jobmill worker"),
+        "{msg}"
+    );
+    assert_eq!(q.counts().unwrap().queued, 3, "no job was touched");
+}
+
+#[test]
+fn a_missing_program_is_a_spawn_error_naming_it() {
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    q.close().unwrap();
+    let c = Config::new(vec!["/nonexistent/jobmill-worker".into()], 2);
+    let err = persistent::run(&q, &c, &Recorder::default(), &Stop::new()).unwrap_err();
+    assert!(matches!(err, PersistentError::Spawn { .. }));
+    assert!(
+        err.to_string().contains("/nonexistent/jobmill-worker"),
+        "{err}"
+    );
+}
+
+#[test]
+fn drain_stop_finishes_sent_jobs_and_leaves_the_rest_queued() {
+    let q = MemoryQueue::new(1000, RetryPolicy::default());
+    put_all(&q, &payloads(1000));
+    let rec = Recorder::default();
+    let stop = Stop::new();
+    let mut c = config("echo", 2);
+    c.window = 4;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            wait_until("some results", || rec.outcomes.lock().unwrap().len() >= 10);
+            stop.drain();
+        });
+        persistent::run(&q, &c, &rec, &stop).unwrap();
+    });
+    let counts = q.counts().unwrap();
+    assert_eq!(counts.leased, 0, "nothing left leased");
+    assert_eq!(counts.done as usize, rec.done().len());
+    assert_eq!(counts.done + counts.queued, 1000);
+    assert!(rec.lost_details().is_empty());
+}
