@@ -398,6 +398,9 @@ enum Ended {
     Eof,
     /// Channel ended before the handshake.
     EarlyExit,
+    /// The worker speaks another protocol version; it was sent REFUSE and
+    /// is given time to exit and say why.
+    Refused(String),
     /// The worker broke the protocol.
     Protocol(String),
     /// The channel failed.
@@ -687,7 +690,10 @@ impl Ctx<'_> {
             // taken after.
             link.flight().dead = true;
             link.cond.notify_all();
-            if !matches!(ended, Ended::Closed | Ended::Eof | Ended::EarlyExit) {
+            if !matches!(
+                ended,
+                Ended::Closed | Ended::Eof | Ended::EarlyExit | Ended::Refused(_)
+            ) {
                 proc.kill_group();
             }
             let _ = link.writer().stream.shutdown(std::net::Shutdown::Both);
@@ -759,7 +765,7 @@ impl Ctx<'_> {
                 usize::MAX,
             );
             let _ = w.stream.write_all(&buf);
-            return Err(Ended::Protocol(reason));
+            return Err(Ended::Refused(reason));
         }
         let welcome = Welcome {
             version: VERSION,
@@ -1181,7 +1187,10 @@ impl Ctx<'_> {
         ended: Ended,
         completed: u64,
     ) -> Life {
-        if !matches!(ended, Ended::Closed | Ended::Eof | Ended::EarlyExit) {
+        if !matches!(
+            ended,
+            Ended::Closed | Ended::Eof | Ended::EarlyExit | Ended::Refused(_)
+        ) {
             proc.kill_group();
         }
         let status = proc.reap(EXIT_GRACE);
@@ -1201,6 +1210,7 @@ impl Ctx<'_> {
                 describe_status(status)
             ),
             Ended::Protocol(d) => format!("{name} broke the protocol ({d}) and was killed"),
+            Ended::Refused(d) => format!("{name} was refused: {d}"),
             Ended::Io(d) => format!("{name} channel failed ({d}); killed"),
             Ended::Timeout => format!(
                 "{name} ran {} past the timeout of {:?} and was killed",
@@ -1311,4 +1321,3 @@ fn read_error(e: ReadError) -> Ended {
         other => Ended::Protocol(other.to_string()),
     }
 }
-

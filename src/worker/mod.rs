@@ -721,4 +721,3 @@ where
     }
     worker.close()
 }
-

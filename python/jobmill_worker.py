@@ -1,0 +1,388 @@
+"""jobmill_worker: long-lived jobmill workers in Python (standard library only).
+
+A worker is started by ``jobmill run --persistent -- python3 script.py`` (or any
+jobmill coordinator) and takes jobs until the queue is closed and drained::
+
+    import jobmill_worker
+
+    for job in jobmill_worker.jobs():
+        job.complete(str(len(job.payload)).encode())   # or job.fail("message")
+
+The loop ends when no job will ever come again: the queue was closed and
+drained. There are no sentinels. ``Worker.try_get()`` raises ``Empty`` only
+when the coordinator had no job queued when it answered.
+
+The protocol runs on the socket named by ``$JOBMILL_FD``; the script's own
+stdout and stderr stay free (jobmill captures them). Jobs arrive pipelined and
+results leave in batches; a background thread writes any result within
+``FLUSH_DELAY`` seconds, so results are never held back while a long job runs.
+See docs/PROTOCOL.md for the wire format.
+"""
+
+import collections
+import os
+import socket
+import struct
+import threading
+import time
+import traceback
+
+__all__ = ["jobs", "serve", "Worker", "Job", "Closed", "Empty", "ProtocolError"]
+__version__ = "0.1.0"
+
+PROTOCOL_VERSION = 1
+FD_ENV = "JOBMILL_FD"
+FLUSH_DELAY = 0.002
+BATCH_ENTRIES = 256
+BATCH_BYTES = 64 * 1024
+READ_CHUNK = 256 * 1024
+
+HELLO, WELCOME, REFUSE = 0x01, 0x02, 0x03
+JOB, POLL_END, CLOSED = 0x10, 0x11, 0x12
+RESULT, FAILURE, BATCH, POLL, LEAVING, HEARTBEAT = 0x20, 0x21, 0x22, 0x23, 0x24, 0x30
+
+_HEADER = struct.Struct("<IB")  # body length, type
+_JOB = struct.Struct("<QQIB")  # id, seq, attempt, payload kind
+_WELCOME = struct.Struct("<HIIII")  # version, window, max_frame, heartbeat_ms, capabilities
+_RESULT = struct.Struct("<IBQB")  # header + id + payload kind
+_FAILURE = struct.Struct("<IBQ")  # header + id
+_U64 = struct.Struct("<Q")
+_POLL_FRAME = _HEADER.pack(0, POLL)
+
+
+class Closed(Exception):
+    """No job will ever come: the queue is closed and drained."""
+
+
+class Empty(Exception):
+    """The coordinator had no job queued when it answered; more may come."""
+
+
+class ProtocolError(Exception):
+    """The channel to the coordinator failed or carried something unexpected."""
+
+
+class Job:
+    """One job: ``id``, ``seq`` (input order, from 1), ``attempt`` (from 1) and
+    ``payload`` (bytes). Finish it exactly once with ``complete`` or ``fail``."""
+
+    __slots__ = ("id", "seq", "attempt", "payload", "_worker", "_done")
+
+    def __init__(self, worker, id, seq, attempt, payload):
+        self.id, self.seq, self.attempt, self.payload = id, seq, attempt, payload
+        self._worker, self._done = worker, False
+
+    def complete(self, result=b""):
+        """Report the job done with ``result`` (bytes, or str as UTF-8)."""
+        if isinstance(result, str):
+            result = result.encode()
+        self._finish()
+        self._worker._push_result(self.id, bytes(result))
+
+    def fail(self, message):
+        """Report the job failed: retried if attempts are left, then final."""
+        self._finish()
+        self._worker._push_failure(self.id, str(message).encode("utf-8", "replace"))
+
+    def _finish(self):
+        if self._done:
+            raise RuntimeError("job %d was already completed or failed" % self.id)
+        self._done = True
+
+    def __repr__(self):
+        return "Job(id=%d, seq=%d, attempt=%d, payload=%d bytes)" % (
+            self.id, self.seq, self.attempt, len(self.payload))
+
+
+class Worker:
+    """A connection to the coordinator (from ``$JOBMILL_FD`` by default)."""
+
+    def __init__(self, fd=None, sock=None):
+        if sock is None:
+            if fd is None:
+                value = os.environ.get(FD_ENV)
+                if value is None:
+                    raise ProtocolError(
+                        "%s is not set: start this script with jobmill as a persistent worker" % FD_ENV)
+                fd = int(value)
+            os.set_inheritable(fd, False)  # children must not hold the channel open
+            sock = socket.socket(fileno=fd)
+        self._sock = sock
+        self._buf = b""
+        self._off = 0
+        self._jobs = collections.deque()
+        self._closed = False
+        self._polls = 0
+        self._taken = 0
+        self._left = False
+        self._max_frame = 64 << 20
+        body = b"JMWP" + struct.pack("<HI", PROTOCOL_VERSION, 0) + b"python/jobmill_worker " + __version__.encode()
+        self._sock.sendall(_HEADER.pack(len(body), HELLO) + body)
+        kind, start, end = self._next_frame()
+        if kind == REFUSE:
+            version = struct.unpack_from("<H", self._buf, start)[0]
+            reason = self._buf[start + 2:end].decode("utf-8", "replace")
+            raise ProtocolError("the coordinator (protocol version %d) refused this worker: %s" % (version, reason))
+        if kind != WELCOME or end - start != _WELCOME.size:
+            raise ProtocolError("expected WELCOME, got frame type 0x%02x" % kind)
+        _, self.window, self._max_frame, beat_ms, _ = _WELCOME.unpack_from(self._buf, start)
+        self._lock = threading.Condition(threading.Lock())
+        self._pending = []
+        self._pending_count = 0
+        self._pending_bytes = 0
+        self._first_pending = None
+        self._heartbeat = beat_ms / 1000.0 if beat_ms else None
+        self._last_write = time.monotonic()
+        self._error = None
+        self._stop = False
+        self._flusher = threading.Thread(target=self._flush_loop, name="jobmill-flush", daemon=True)
+        self._flusher.start()
+
+    # -- reading ------------------------------------------------------------
+
+    def _recv(self, need):
+        """Read until at least ``need`` bytes are buffered past the offset."""
+        chunks = [self._buf[self._off:]]
+        have = len(chunks[0])
+        while True:
+            data = self._sock.recv(max(READ_CHUNK, need - have))
+            if not data:
+                raise ProtocolError("the coordinator closed the connection")
+            chunks.append(data)
+            have += len(data)
+            if have >= need:
+                break
+        self._buf = b"".join(chunks)
+        self._off = 0
+
+    def _next_frame(self):
+        """The next whole frame as (type, body start, body end), reading as needed."""
+        while True:
+            avail = len(self._buf) - self._off
+            if avail >= 5:
+                n, kind = _HEADER.unpack_from(self._buf, self._off)
+                if n > self._max_frame:
+                    raise ProtocolError("frame of %d bytes exceeds the limit of %d" % (n, self._max_frame))
+                if avail >= 5 + n:
+                    start = self._off + 5
+                    self._off = start + n
+                    return kind, start, start + n
+                self._recv(5 + n)
+            else:
+                self._recv(5)
+
+    def _parse_buffered(self):
+        """Handle every whole frame already buffered, without reading."""
+        buf, off, end_all = self._buf, self._off, len(self._buf)
+        jobs = self._jobs
+        while end_all - off >= 5:
+            n, kind = _HEADER.unpack_from(buf, off)
+            if n > self._max_frame:
+                raise ProtocolError("frame of %d bytes exceeds the limit of %d" % (n, self._max_frame))
+            if end_all - off < 5 + n:
+                break
+            start = off + 5
+            off = start + n
+            if kind == JOB:
+                id, seq, attempt, pkind = _JOB.unpack_from(buf, start)
+                if pkind != 0:
+                    raise ProtocolError("unknown payload kind %d in JOB" % pkind)
+                jobs.append(Job(self, id, seq, attempt, buf[start + 21:off]))
+            else:
+                self._off = off
+                self._control(kind, start, off)
+        self._off = off
+
+    def _control(self, kind, start, end):
+        if kind == POLL_END:
+            self._polls -= 1
+        elif kind == CLOSED:
+            self._closed = True
+        elif kind != HEARTBEAT:
+            raise ProtocolError("unexpected frame type 0x%02x from the coordinator" % kind)
+
+    def _read(self):
+        """Block for at least one more frame, then handle all buffered ones."""
+        avail = len(self._buf) - self._off
+        need = 5
+        if avail >= 5:
+            need = 5 + _HEADER.unpack_from(self._buf, self._off)[0]
+        self._recv(need)
+        self._parse_buffered()
+
+    # -- getting jobs -------------------------------------------------------
+
+    def _send_poll(self):
+        with self._lock:
+            self._flush_locked(extra=_POLL_FRAME)
+        self._polls += 1
+
+    def get(self):
+        """The next job, blocking. Raises ``Closed`` once no job will ever come."""
+        while True:
+            if self._jobs:
+                self._taken += 1
+                return self._jobs.popleft()
+            if self._closed:
+                self.flush()
+                raise Closed()
+            self._parse_buffered()
+            if self._jobs or self._closed:
+                continue
+            if self._polls == 0:
+                self._send_poll()
+            self._read()
+
+    def try_get(self):
+        """The next job if the coordinator has one queued now.
+
+        Raises ``Empty`` if it had none when it answered, ``Closed`` once no
+        job will ever come."""
+        if not self._jobs:
+            self._parse_buffered()
+        if not self._jobs:
+            if self._closed:
+                self.flush()
+                raise Closed()
+            self._send_poll()
+            target = self._polls - 1
+            while not self._jobs and not self._closed and self._polls > target:
+                self._read()
+        if self._jobs:
+            self._taken += 1
+            return self._jobs.popleft()
+        if self._closed:
+            raise Closed()
+        raise Empty()
+
+    def __iter__(self):
+        return jobs(self)
+
+    # -- results ------------------------------------------------------------
+
+    def _push(self, parts, size):
+        with self._lock:
+            if self._error is not None:
+                raise ProtocolError("writing to the coordinator failed: %s" % self._error)
+            if self._pending_bytes + size > self._max_frame:
+                self._flush_locked()
+            self._pending.extend(parts)
+            self._pending_count += 1
+            self._pending_bytes += size
+            if self._pending_count >= BATCH_ENTRIES or self._pending_bytes >= BATCH_BYTES:
+                self._flush_locked()
+            elif self._first_pending is None:
+                self._first_pending = time.monotonic()
+                self._lock.notify()
+
+    def _push_result(self, id, result):
+        if 14 + len(result) > self._max_frame:
+            self._push_failure(id, b"result of %d bytes exceeds the frame limit of %d bytes"
+                               % (len(result), self._max_frame))
+            raise ProtocolError("result of job %d is too large (%d bytes)" % (id, len(result)))
+        self._push((_RESULT.pack(9 + len(result), RESULT, id, 0), result), 14 + len(result))
+
+    def _push_failure(self, id, message):
+        message = message[: max(0, self._max_frame - 64)]
+        self._push((_FAILURE.pack(8 + len(message), FAILURE, id), message), 13 + len(message))
+
+    def _flush_locked(self, extra=b""):
+        if self._error is not None:
+            raise ProtocolError("writing to the coordinator failed: %s" % self._error)
+        out = b""
+        if self._pending:
+            body = b"".join(self._pending)
+            out = _HEADER.pack(len(body), BATCH) + body
+            self._pending = []
+            self._pending_count = 0
+            self._pending_bytes = 0
+        self._first_pending = None
+        if out or extra:
+            try:
+                self._sock.sendall(out + extra if extra else out)
+            except OSError as e:
+                self._error = e
+                raise ProtocolError("writing to the coordinator failed: %s" % e)
+            self._last_write = time.monotonic()
+
+    def flush(self):
+        """Write pending results now."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_loop(self):
+        with self._lock:
+            while not self._stop and self._error is None:
+                now = time.monotonic()
+                due = None if self._first_pending is None else self._first_pending + FLUSH_DELAY
+                if self._heartbeat is not None:
+                    beat = self._last_write + self._heartbeat
+                    due = beat if due is None else min(due, beat)
+                if due is None:
+                    self._lock.wait()
+                elif due > now:
+                    self._lock.wait(due - now)
+                else:
+                    try:
+                        if self._first_pending is not None and self._first_pending + FLUSH_DELAY <= now:
+                            self._flush_locked()
+                        else:
+                            self._flush_locked(extra=_HEADER.pack(8, HEARTBEAT) + _U64.pack(0))
+                    except ProtocolError:
+                        return
+
+    def close(self):
+        """Write pending results and end the connection. If the queue was not
+        closed, say LEAVING so that jobs received but never taken go back to
+        the queue with no attempt counted."""
+        if self._left:
+            return
+        self._left = True
+        with self._lock:
+            extra = b"" if self._closed else _HEADER.pack(8, LEAVING) + _U64.pack(self._taken)
+            try:
+                self._flush_locked(extra=extra)
+            finally:
+                self._stop = True
+                self._lock.notify()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def jobs(worker=None):
+    """Yield jobs until the queue is closed and drained, then close the worker.
+
+    A job that the loop body neither completed nor failed is failed when the
+    loop moves on."""
+    w = worker if worker is not None else Worker()
+    try:
+        while True:
+            try:
+                job = w.get()
+            except Closed:
+                return
+            yield job
+            if not job._done:
+                job.fail("the worker moved on without completing or failing the job")
+    finally:
+        w.close()
+
+
+def serve(fn, worker=None):
+    """Run ``fn(job)`` on every job: its return value (bytes or str, None for
+    empty) completes the job; an exception fails it with the traceback."""
+    for job in jobs(worker):
+        try:
+            result = fn(job)
+        except Exception:
+            job.fail(traceback.format_exc())
+            continue
+        job.complete(b"" if result is None else result)

@@ -1,0 +1,232 @@
+//! The Python worker library (python/jobmill_worker.py) against the
+//! coordinator, with real python3 processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fill, python, wait_until, Recorder};
+use jobmill::job::{FailReason, JobState, RetryPolicy};
+use jobmill::persistent::{self, Config, OutcomeKind, Stop, Stream};
+use jobmill::queue::memory::MemoryQueue;
+use jobmill::queue::{Disposition, Queue};
+
+fn config(script: &str, workers: usize) -> Config {
+    let (command, env) = python(script);
+    let mut c = Config::new(command, workers);
+    c.env = env;
+    c
+}
+
+fn queue_of(n: usize, policy: RetryPolicy) -> MemoryQueue {
+    let q = MemoryQueue::new(n.max(1), policy);
+    let items: Vec<Vec<u8>> = (0..n).map(|i| format!("item-{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = items.iter().map(|v| &v[..]).collect();
+    fill(&q, &refs);
+    q.close().unwrap();
+    q
+}
+
+#[test]
+fn python_jobs_loop_completes_every_job_once() {
+    let q = queue_of(1000, RetryPolicy::default());
+    let rec = Recorder::default();
+    let mut c = config(
+        "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    job.complete(job.payload.upper())\n",
+        2,
+    );
+    c.window = 16;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let done = rec.done();
+    assert_eq!(done.len(), 1000);
+    for o in rec.outcomes.lock().unwrap().iter() {
+        assert_eq!(done[&o.job.id], o.job.payload.to_ascii_uppercase());
+    }
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+    assert!(q.counts().unwrap().is_drained());
+}
+
+#[test]
+fn python_worker_killed_mid_job_has_the_job_done_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+import os, time, jobmill_worker
+for job in jobmill_worker.jobs():
+    if job.payload == b"item-5" and job.attempt == 1:
+        open("{}/running.%d" % os.getpid(), "w").close()
+        time.sleep(120)
+    job.complete(job.payload)
+"#,
+        dir.path().display()
+    );
+    let q = queue_of(12, RetryPolicy::with_retries(1));
+    let rec = Recorder::default();
+    let mut c = config(&script, 2);
+    c.window = 2;
+    let killer = {
+        let dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut pid = 0;
+            wait_until("a python worker to block on item-5", || {
+                std::fs::read_dir(&dir).unwrap().any(|e| {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    name.strip_prefix("running.")
+                        .map(|p| pid = p.parse().unwrap())
+                        .is_some()
+                })
+            });
+            let pid = rustix::process::Pid::from_raw(pid).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        })
+    };
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    killer.join().unwrap();
+    assert_eq!(rec.done().len(), 12);
+    let outcomes = rec.outcomes.lock().unwrap();
+    let item5: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.job.payload == "item-5")
+        .collect();
+    assert_eq!(item5.len(), 2);
+    assert!(matches!(
+        &item5[0].kind,
+        OutcomeKind::Failed {
+            reason: FailReason::WorkerLost { detail },
+            disposition: Disposition::Requeued { attempts: 1 }
+        } if detail.contains("SIGKILL")
+    ));
+    assert!(matches!(item5[1].kind, OutcomeKind::Done { .. }));
+}
+
+#[test]
+fn python_worker_prints_do_not_corrupt_the_protocol() {
+    let q = queue_of(40, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = "import sys, jobmill_worker\nfor job in jobmill_worker.jobs():\n    print('printing', job.payload.decode())\n    print('to stderr', file=sys.stderr)\n    job.complete(b'ok')\n";
+    persistent::run(&q, &config(script, 2), &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 40);
+    assert!(rec.done().values().all(|r| r == b"ok"));
+    let lines = rec.lines.lock().unwrap();
+    let out = lines
+        .iter()
+        .filter(|(_, s, l)| *s == Stream::Stdout && l.starts_with("printing item-"))
+        .count();
+    let err = lines
+        .iter()
+        .filter(|(_, s, l)| *s == Stream::Stderr && l == "to stderr")
+        .count();
+    assert_eq!((out, err), (40, 40));
+}
+
+#[test]
+fn python_try_get_is_never_empty_while_jobs_are_queued() {
+    let q = queue_of(300, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = r#"
+import sys, jobmill_worker as jw
+w = jw.Worker()
+while True:
+    try:
+        job = w.try_get()
+    except jw.Empty:
+        sys.exit(42)
+    except jw.Closed:
+        break
+    job.complete(job.payload)
+w.close()
+"#;
+    let mut c = config(script, 1);
+    c.window = 3;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 300);
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
+
+#[test]
+fn python_worker_exiting_early_is_replaced_and_nothing_is_lost() {
+    let q = queue_of(20, RetryPolicy::with_retries(3));
+    let rec = Recorder::default();
+    let script = r#"
+import sys, jobmill_worker as jw
+w = jw.Worker()
+for i in range(3):
+    job = w.get()
+    job.complete(job.payload)
+w.flush()
+w.get()
+sys.exit(3)
+"#;
+    let mut c = config(script, 1);
+    c.window = 4;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 20);
+    let lost = rec.lost_details();
+    assert!(!lost.is_empty());
+    assert!(
+        lost[0].contains("exited with code 3 while running job"),
+        "{lost:?}"
+    );
+    assert!(q.counts().unwrap().is_drained());
+}
+
+#[test]
+fn python_leaving_worker_gives_back_untaken_jobs_without_counting() {
+    // Takes two jobs, completes them, and leaves with `break`: the jobs it
+    // was sent but never took go back with no attempt counted.
+    let q = queue_of(30, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = r#"
+import jobmill_worker
+for i, job in enumerate(jobmill_worker.jobs()):
+    job.complete(job.payload)
+    if i == 1:
+        break
+"#;
+    let mut c = config(script, 1);
+    c.window = 8;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 30);
+    let outcomes = rec.outcomes.lock().unwrap();
+    assert!(
+        outcomes.iter().all(|o| o.job.attempts == 1),
+        "no attempt counted twice"
+    );
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
+
+#[test]
+fn python_failure_is_retried_then_failed() {
+    let q = queue_of(5, RetryPolicy::with_retries(1));
+    let rec = Recorder::default();
+    let script = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'item-2':\n        job.fail('no good')\n    else:\n        job.complete(b'')\n";
+    persistent::run(&q, &config(script, 1), &rec, &Stop::new()).unwrap();
+    let outcomes = rec.outcomes.lock().unwrap();
+    assert!(outcomes.iter().any(|o| matches!(&o.kind,
+        OutcomeKind::Failed {
+            reason: FailReason::Reported { message },
+            disposition: Disposition::Final(JobState::Failed { attempts: 2, .. })
+        } if message == "no good")));
+}
+
+#[test]
+fn python_worker_with_another_protocol_version_is_refused_by_name() {
+    let q = queue_of(1, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = "import jobmill_worker as jw\njw.PROTOCOL_VERSION = 99\njw.Worker()\n";
+    let mut c = config(script, 1);
+    c.max_failed_starts = 1;
+    c.hello_timeout = Duration::from_secs(30);
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    assert!(
+        err.to_string().contains("speaks protocol version 99"),
+        "{err}"
+    );
+    let lines = rec.lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|(_, _, l)| l.contains("refused this worker")),
+        "the worker saw the refusal: {lines:?}"
+    );
+}
