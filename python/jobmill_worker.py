@@ -244,9 +244,9 @@ class Worker:
             if self._closed:
                 self.flush()
                 raise Closed()
+            # Answers come in order: ours is the last POLL_END outstanding.
             self._send_poll()
-            target = self._polls - 1
-            while not self._jobs and not self._closed and self._polls > target:
+            while not self._jobs and not self._closed and self._polls > 0:
                 self._read()
         if self._jobs:
             self._taken += 1

@@ -798,14 +798,13 @@ impl Ctx<'_> {
         if let Some(l) = first {
             leases.push(l);
         }
-        while leases.len() < n {
-            match self.queue.try_get(worker) {
-                Ok(l) => leases.push(l),
-                Err(TryGetError::Empty) => break,
-                Err(TryGetError::Closed) => {
-                    closed = true;
-                    break;
-                }
+        if leases.len() < n {
+            match self
+                .queue
+                .try_get_many(worker, n - leases.len(), &mut leases)
+            {
+                Ok(_) | Err(TryGetError::Empty) => {}
+                Err(TryGetError::Closed) => closed = true,
                 Err(TryGetError::Backend(e)) => return Err(e),
             }
         }
@@ -1144,28 +1143,35 @@ impl Ctx<'_> {
         }
         let mut done = 0;
         let mut failed = 0;
-        for (lease, outcome) in resolved.drain(..) {
-            let kind = match outcome {
-                Ok(result) => {
-                    done += 1;
-                    let completion = self.queue.complete(&lease)?;
-                    OutcomeKind::Done { result, completion }
-                }
-                Err(message) => {
-                    failed += 1;
-                    let reason = FailReason::Reported { message };
-                    let disposition = self.queue.fail(&lease, reason.clone())?;
-                    OutcomeKind::Failed {
-                        reason,
-                        disposition,
-                    }
-                }
-            };
+        // Completions in one call to the queue, failures one by one.
+        let (oks, fails): (Vec<_>, Vec<_>) = resolved.drain(..).partition(|(_, o)| o.is_ok());
+        if !oks.is_empty() {
+            let leases: Vec<Lease> = oks.iter().map(|(l, _)| l.clone()).collect();
+            let completions = self.queue.complete_many(&leases)?;
+            for ((lease, outcome), completion) in oks.into_iter().zip(completions) {
+                done += 1;
+                let Ok(result) = outcome else { continue };
+                self.observer.outcome(Outcome {
+                    slot,
+                    worker,
+                    job: lease.job,
+                    kind: OutcomeKind::Done { result, completion },
+                });
+            }
+        }
+        for (lease, outcome) in fails {
+            let Err(message) = outcome else { continue };
+            failed += 1;
+            let reason = FailReason::Reported { message };
+            let disposition = self.queue.fail(&lease, reason.clone())?;
             self.observer.outcome(Outcome {
                 slot,
                 worker,
                 job: lease.job,
-                kind,
+                kind: OutcomeKind::Failed {
+                    reason,
+                    disposition,
+                },
             });
         }
         *completed += done + failed;

@@ -202,7 +202,10 @@ impl Queue for MemoryQueue {
                 return Err(GetError::Closed);
             }
             state = match deadline {
-                None => self.available.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .available
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -229,6 +232,52 @@ impl Queue for MemoryQueue {
         } else {
             Err(TryGetError::Empty)
         }
+    }
+
+    fn try_get_many(
+        &self,
+        worker: WorkerId,
+        max: usize,
+        out: &mut Vec<Lease>,
+    ) -> Result<usize, TryGetError> {
+        let mut state = self.lock();
+        let mut n = 0;
+        while n < max {
+            match state.lease_front(worker, self.policy) {
+                Some(lease) => {
+                    out.push(lease);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            drop(state);
+            self.room.notify_all();
+            return Ok(n);
+        }
+        if state.drained() {
+            Err(TryGetError::Closed)
+        } else {
+            Err(TryGetError::Empty)
+        }
+    }
+
+    fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        let mut state = self.lock();
+        let out = leases
+            .iter()
+            .map(|lease| {
+                if state.take_lease(lease).is_none() {
+                    Completion::Stale
+                } else {
+                    state.counts.done += 1;
+                    Completion::Recorded
+                }
+            })
+            .collect();
+        self.notify_if_drained(&state);
+        Ok(out)
     }
 
     fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {

@@ -201,6 +201,44 @@ pub trait Queue: Send + Sync {
     /// queue is not drained; [`TryGetError::Closed`] once closed and drained.
     fn try_get(&self, worker: WorkerId) -> Result<Lease, TryGetError>;
 
+    /// Leases up to `max` jobs queued now for `worker`, appending them to
+    /// `out` in queue order; returns how many. One call instead of `max`
+    /// calls to [`Queue::try_get`] (the default does exactly that; backends
+    /// override it to take their lock once).
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::try_get`], when not even one job could be leased.
+    fn try_get_many(
+        &self,
+        worker: WorkerId,
+        max: usize,
+        out: &mut Vec<Lease>,
+    ) -> Result<usize, TryGetError> {
+        let mut n = 0;
+        while n < max {
+            match self.try_get(worker) {
+                Ok(lease) => {
+                    out.push(lease);
+                    n += 1;
+                }
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Marks several leased jobs done, in order; one [`Completion`] per
+    /// lease. The default calls [`Queue::complete`] for each.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        leases.iter().map(|l| self.complete(l)).collect()
+    }
+
     /// Marks a leased job done.
     ///
     /// # Errors

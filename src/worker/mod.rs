@@ -570,10 +570,10 @@ impl Worker {
             return Err(TryGetError::Closed);
         }
         // A fresh POLL: only an answer given after this call began may
-        // justify "empty".
+        // justify "empty". Answers come in order, so ours is the last
+        // POLL_END outstanding.
         self.send_poll()?;
-        let target = self.polls_pending - 1;
-        while self.buffer.is_empty() && !self.closed && self.polls_pending > target {
+        while self.buffer.is_empty() && !self.closed && self.polls_pending > 0 {
             self.pump()?;
         }
         if let Some(job) = self.pop() {
