@@ -230,3 +230,49 @@ fn python_worker_with_another_protocol_version_is_refused_by_name() {
         "the worker saw the refusal: {lines:?}"
     );
 }
+
+#[test]
+fn minimal_worker_from_the_protocol_doc_works_without_the_library() {
+    let q = queue_of(100, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/python/examples/minimal_worker.py"
+    );
+    let mut c = Config::new(vec!["python3".into(), script.into()], 2);
+    c.window = 4;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let done = rec.done();
+    assert_eq!(done.len(), 100);
+    for o in rec.outcomes.lock().unwrap().iter() {
+        assert_eq!(done[&o.job.id], o.job.payload.to_ascii_uppercase());
+    }
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
+
+#[test]
+fn example_analysis_script_summarises_each_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "the cat sat\nthe cat ran\n").unwrap();
+    let q = MemoryQueue::new(10, RetryPolicy::default());
+    let inputs = [file.to_str().unwrap().as_bytes(), b"dog dog bird"];
+    fill(&q, &inputs);
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/examples/analyze.py");
+    let (_, env) = python("");
+    let mut c = Config::new(vec!["python3".into(), script.into()], 1);
+    c.env = env;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let results: Vec<serde_json::Value> = rec
+        .done()
+        .values()
+        .map(|r| serde_json::from_slice(r).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["lines"], 2);
+    assert_eq!(results[0]["words"], 6);
+    assert_eq!(results[0]["top"][0], serde_json::json!(["cat", 2]));
+    assert_eq!(results[1]["top"][0], serde_json::json!(["dog", 2]));
+}
