@@ -451,3 +451,86 @@ fn sigkill_of_the_supervising_process_stops_its_jobs() {
         wait_until(&format!("job process {pid} to die"), || !alive(pid));
     }
 }
+
+#[test]
+fn stopped_job_is_still_stopped_by_its_timeout() {
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &["sh", "-c", "kill -STOP $$; echo resumed"],
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(20),
+    );
+    assert!(a.timed_out);
+    assert_eq!(
+        a.end,
+        End::Signaled(libc::SIGTERM),
+        "TERM is delivered after CONT"
+    );
+}
+
+#[test]
+fn huge_timeout_and_grace_do_not_overflow() {
+    let sup = supervisor();
+    let a = run_with(&sup, &["true"], Some(Duration::MAX), Duration::MAX);
+    assert_eq!(a.end, End::Exited(0));
+    let a = run_with(
+        &sup,
+        &["sleep", "100"],
+        Some(Duration::from_millis(100)),
+        Duration::MAX,
+    );
+    assert!(a.timed_out);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+}
+
+#[test]
+fn escaped_daemon_holding_the_pipes_does_not_block_the_attempt() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let sup = supervisor();
+    let mut a = run(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 100 & echo $! > \"$1\"; echo main",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+    );
+    let pid = read_pids(&pids, 1)[0];
+    // The daemon left the job's group, so it survives (documented); the
+    // attempt ended without waiting for the pipes it holds.
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(text(&mut a.stdout), "main\n");
+    assert!(a.duration < Duration::from_secs(100), "{:?}", a.duration);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until("the daemon to be killed", || !alive(pid));
+}
+
+#[test]
+fn concurrent_attempts_keep_their_output_apart() {
+    let sup = Arc::new(supervisor());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sup = Arc::clone(&sup);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let word = format!("job-{t}-{i}");
+                    let mut a = run(
+                        &sup,
+                        &["sh", "-c", "echo \"$1\"; echo \"$1\" >&2", "sh", &word],
+                    );
+                    assert_eq!(a.end, End::Exited(0));
+                    assert_eq!(text(&mut a.stdout), format!("{word}\n"));
+                    assert_eq!(text(&mut a.stderr), format!("{word}\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(sup.running(), 0);
+}

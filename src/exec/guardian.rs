@@ -118,8 +118,10 @@ fn stop_groups(groups: &HashSet<i32>, grace: Duration) {
     for &pid in &pids {
         let _ = kill_process_group(pid, Signal::TERM);
     }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && pids.iter().any(|&p| test_kill_process_group(p).is_ok()) {
+    let deadline = Instant::now().checked_add(grace);
+    while deadline.is_none_or(|d| Instant::now() < d)
+        && pids.iter().any(|&p| test_kill_process_group(p).is_ok())
+    {
         std::thread::sleep(GONE_CHECK);
     }
     for &pid in &pids {
