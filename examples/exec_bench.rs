@@ -19,8 +19,11 @@ fn arg(i: usize, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// One job of a variant, callable from any thread.
+type Job = Arc<dyn Fn() + Send + Sync>;
+
 /// Runs `jobs` calls of `one` spread over `threads` threads; returns the time.
-fn timed(jobs: usize, threads: usize, one: Arc<dyn Fn() + Send + Sync>) -> Duration {
+fn timed(jobs: usize, threads: usize, one: Job) -> Duration {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -47,7 +50,7 @@ fn main() {
 
     let p1 = program.clone();
     let p2 = program.clone();
-    let variants: Vec<(&str, Arc<dyn Fn() + Send + Sync>)> = vec![
+    let variants: Vec<(&str, Job)> = vec![
         (
             "Command::status() (inherit stdio)",
             Arc::new(move || {
