@@ -148,7 +148,10 @@ mod tests {
 
     #[test]
     fn trailing_newline_adds_no_empty_record() {
-        assert_eq!(records(b"a\nb\n", b'\n'), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            records(b"a\nb\n", b'\n'),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
     }
 
     #[test]

@@ -257,7 +257,6 @@ pub fn shell_quote_into(value: &[u8], out: &mut Vec<u8>) {
     out.push(b'\'');
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +299,10 @@ mod tests {
             b"42",
             b"3",
         ];
-        assert_eq!(out, want.into_iter().map(|s| s.to_vec()).collect::<Vec<_>>());
+        assert_eq!(
+            out,
+            want.into_iter().map(|s| s.to_vec()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

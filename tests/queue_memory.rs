@@ -24,7 +24,9 @@ fn try_get_after_put_never_reports_empty() {
     let q = MemoryQueue::new(16, RetryPolicy::default());
     for seq in 1..=1000 {
         q.put(job(seq)).unwrap();
-        let lease = q.try_get(W1).expect("a job put a moment ago must be visible");
+        let lease = q
+            .try_get(W1)
+            .expect("a job put a moment ago must be visible");
         assert_eq!(lease.job.seq, seq);
         q.complete(&lease).unwrap();
     }
@@ -139,7 +141,10 @@ fn lost_worker_requeues_its_leases_with_the_attempt_counted() {
     let a = q.try_get(W1).unwrap();
     let b = q.try_get(W2).unwrap();
     let lost = q.worker_lost(W1, "exited with signal SIGKILL").unwrap();
-    assert_eq!(lost, vec![(a.job.id, Disposition::Requeued { attempts: 1 })]);
+    assert_eq!(
+        lost,
+        vec![(a.job.id, Disposition::Requeued { attempts: 1 })]
+    );
     let again = q.try_get(W2).unwrap();
     assert_eq!(again.job.seq, 1);
     assert_eq!(again.job.attempts, 2);
@@ -285,7 +290,11 @@ fn concurrent_producers_and_failing_consumers_lose_and_duplicate_nothing() {
     }
     assert_eq!(finals.len() as u64, JOBS, "every job reached a final state");
     for (seq, states) in &finals {
-        assert_eq!(states.len(), 1, "job {seq} finished more than once: {states:?}");
+        assert_eq!(
+            states.len(),
+            1,
+            "job {seq} finished more than once: {states:?}"
+        );
     }
     let c = q.counts().unwrap();
     assert_eq!(c.produced, JOBS);

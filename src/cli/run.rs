@@ -167,9 +167,15 @@ mod tests {
 
     #[test]
     fn inputs_after_triple_colon_are_split_off() {
-        let words: Vec<OsString> = ["echo", "{}", ":::", "a", "b"].iter().map(Into::into).collect();
+        let words: Vec<OsString> = ["echo", "{}", ":::", "a", "b"]
+            .iter()
+            .map(Into::into)
+            .collect();
         let (cmd, inputs) = split_command(words).unwrap();
         assert_eq!(cmd, vec![OsString::from("echo"), OsString::from("{}")]);
-        assert_eq!(inputs.unwrap(), vec![OsString::from("a"), OsString::from("b")]);
+        assert_eq!(
+            inputs.unwrap(),
+            vec![OsString::from("a"), OsString::from("b")]
+        );
     }
 }

@@ -162,7 +162,14 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_with_a_reason() {
-        for bad in ["later,fail=1", "soon", "soon,fail", "soon,fail=0", "now,fail=200%", "now,x=1"] {
+        for bad in [
+            "later,fail=1",
+            "soon",
+            "soon,fail",
+            "soon,fail=0",
+            "now,fail=200%",
+            "now,x=1",
+        ] {
             let e = bad.parse::<Halt>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }

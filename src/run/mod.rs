@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use crate::exec::{Attempt, AttemptSpec, End, SpillBudget, Supervisor};
+use crate::exec::{Attempt, AttemptSpec, Capture, End, SpillBudget, Supervisor};
 use crate::input::InputError;
 use crate::job::{FailReason, JobState, NewJob, RetryPolicy, WorkerId};
 use crate::queue::memory::MemoryQueue;
@@ -199,6 +199,7 @@ struct Ctx {
     opts: RunOptions,
     queue: MemoryQueue,
     supervisor: Supervisor,
+    budget: SpillBudget,
     control: Control,
     printer: Printer,
     progress: Progress,
@@ -236,7 +237,7 @@ impl Ctx {
         self.stop(Level::Draining);
     }
 
-    fn observe(&self, f: impl Fn(&dyn Observer) -> Result<(), ObserverError>) {
+    fn observe(&self, mut f: impl FnMut(&dyn Observer) -> Result<(), ObserverError>) {
         for o in &self.observers {
             if let Err(e) = f(o.as_ref()) {
                 self.fatal(e.0);
@@ -258,13 +259,12 @@ pub fn run(
     jobs: JobSource,
     observers: Vec<Arc<dyn Observer>>,
 ) -> std::io::Result<RunSummary> {
-    let supervisor = Supervisor::new(
-        opts.guardian.as_deref(),
-        SpillBudget::new(opts.output_memory),
-    )?;
+    let budget = SpillBudget::new(opts.output_memory);
+    let supervisor = Supervisor::new(opts.guardian.as_deref(), budget.clone())?;
     let ctx = Arc::new(Ctx {
         queue: MemoryQueue::new(opts.queue_capacity, RetryPolicy::with_retries(opts.retries)),
         supervisor,
+        budget,
         control: Control::default(),
         printer: Printer::new(opts.keep_order),
         progress: Progress::new(opts.progress),
@@ -428,8 +428,8 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease, argv: &mut Vec<OsString>) {
     match &outcome {
         AttemptOutcome::Requeued { .. } => {}
         AttemptOutcome::Done | AttemptOutcome::Final(_) | AttemptOutcome::Interrupted => {
-            let stdout = std::mem::take(&mut attempt.stdout);
-            let stderr = std::mem::take(&mut attempt.stderr);
+            let stdout = std::mem::replace(&mut attempt.stdout, Capture::new(ctx.budget.clone()));
+            let stderr = std::mem::replace(&mut attempt.stderr, Capture::new(ctx.budget.clone()));
             if let Err(e) = ctx.printer.job_output(job.seq, stdout, stderr) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     // Nobody reads our output any more: stop quietly.
@@ -440,12 +440,12 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease, argv: &mut Vec<OsString>) {
             }
         }
     }
-    if let AttemptOutcome::Final(state) = &outcome {
-        if let JobState::Failed { reason, .. } | JobState::Dead { reason, .. } = state {
-            if matches!(reason, FailReason::Signal { .. } | FailReason::Spawn { .. }) {
-                ctx.progress
-                    .println(&format!("jobmill: job {} {}", job.seq, reason));
-            }
+    if let AttemptOutcome::Final(JobState::Failed { reason, .. } | JobState::Dead { reason, .. }) =
+        &outcome
+    {
+        if !matches!(reason, FailReason::Exit { .. }) {
+            ctx.progress
+                .println(&format!("jobmill: job {} {}", job.seq, reason));
         }
     }
     after_outcome(ctx, &outcome);
@@ -511,7 +511,10 @@ fn after_outcome(ctx: &Ctx, outcome: &AttemptOutcome) {
             ctx.halted.store(true, Ordering::SeqCst);
             let running = ctx.running.load(Ordering::SeqCst);
             let (level, what) = match halt.when {
-                When::Soon => (Level::Draining, format!("waiting for {running} running jobs")),
+                When::Soon => (
+                    Level::Draining,
+                    format!("waiting for {running} running jobs"),
+                ),
                 When::Now => (Level::Killing, format!("stopping {running} running jobs")),
             };
             ctx.progress

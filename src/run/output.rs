@@ -19,8 +19,14 @@ use crate::exec::Capture;
 pub const MAX_HELD: usize = 256;
 
 enum Held {
-    Captured { stdout: Capture, stderr: Capture },
-    Spilled { stdout: (u64, u64), stderr: (u64, u64) },
+    Captured {
+        stdout: Capture,
+        stderr: Capture,
+    },
+    Spilled {
+        stdout: (u64, u64),
+        stderr: (u64, u64),
+    },
 }
 
 struct State {
@@ -147,7 +153,10 @@ fn print_held(st: &mut State, held: Held) -> io::Result<()> {
             write_job(&mut stdout, &mut stderr)
         }
         Held::Spilled { stdout, stderr } => {
-            let file = st.spill.as_mut().expect("spilled entries have a spill file");
+            let file = st
+                .spill
+                .as_mut()
+                .expect("spilled entries have a spill file");
             copy_range(file, stdout, &mut io::stdout().lock())?;
             copy_range(file, stderr, &mut io::stderr().lock())
         }
