@@ -65,12 +65,7 @@ pub struct RunArgs {
     pub output_memory: usize,
 
     /// The command and its arguments, then optionally `::: INPUT...`.
-    #[arg(
-        value_name = "COMMAND",
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
