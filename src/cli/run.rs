@@ -85,9 +85,17 @@ fn split_command(words: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Option<
 
 /// Runs `jobmill run`; returns the exit status.
 pub fn run(a: RunArgs) -> anyhow::Result<u8> {
-    let (command, inputs) = split_command(a.command)?;
+    let (mut command, inputs) = split_command(a.command)?;
+    if command.is_empty() {
+        bail!("no command given after `--`");
+    }
+    if !a.shell {
+        // Resolve the program once, not in every job's spawn.
+        if let Some(path) = resolve_program(&command[0])? {
+            command[0] = path.into_os_string();
+        }
+    }
     let template = Template::parse(&command, a.shell)?;
-    check_program(&command)?;
     let halt: Option<Halt> = a.halt.as_deref().map(str::parse).transpose()?;
     if a.jobs == Some(0) {
         bail!("--jobs must be at least 1");
@@ -128,27 +136,31 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     Ok(summary.exit_code() as u8)
 }
 
-/// Refuses a program that cannot be found, once, instead of failing every job.
-fn check_program(command: &[OsString]) -> anyhow::Result<()> {
+/// Finds the program on `PATH` once, instead of in every job's spawn, and
+/// refuses one that cannot be found instead of failing every job. `None`
+/// when the program name comes from the input (`{}` in it).
+fn resolve_program(program: &OsString) -> anyhow::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
-    let program = &command[0];
     if program.as_bytes().contains(&b'{') {
-        return Ok(()); // The program itself comes from the input.
+        return Ok(None);
     }
     let found = if program.as_bytes().contains(&b'/') {
-        is_executable(&PathBuf::from(program))
+        let p = PathBuf::from(program);
+        is_executable(&p).then_some(p)
     } else {
-        std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| is_executable(&dir.join(program)))
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| is_executable(p))
         })
     };
-    if !found {
-        bail!(
+    match found {
+        Some(p) => Ok(Some(p)),
+        None => bail!(
             "command not found or not executable: {}",
             program.to_string_lossy()
-        );
+        ),
     }
-    Ok(())
 }
 
 fn is_executable(path: &std::path::Path) -> bool {
