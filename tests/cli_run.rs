@@ -450,3 +450,75 @@ fn broken_stdout_pipe_exits_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
 }
+
+/// The first job starts while the input is still open, and a producer far
+/// ahead of the jobs is held back: jobmill reads only a bounded amount of a
+/// 10-million-line input while its jobs are busy.
+#[test]
+fn input_is_read_lazily_with_bounded_memory() {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo $1 >> started; while [ ! -e release ]; do sleep 0.05; done";
+    let mut child = common::jobmill()
+        .current_dir(dir.path())
+        .args(["run", "-j", "2", "--", "sh", "-c", script, "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\n").unwrap();
+    stdin.flush().unwrap();
+    let started = dir.path().join("started");
+    wait_until("the first job starts before the input ends", || {
+        std::fs::read_to_string(&started).is_ok_and(|s| s.starts_with("first"))
+    });
+
+    // Now offer 10 million lines without blocking; jobmill must stop reading
+    // once its queue is full.
+    rustix::io::ioctl_fionbio(&stdin, true).unwrap();
+    let total: u64 = 10_000_000;
+    let mut written: u64 = 1;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stalled = false;
+    while written < total || !pending.is_empty() {
+        if pending.is_empty() {
+            for i in written..(written + 1000).min(total) {
+                pending.extend_from_slice(format!("{i}\n").as_bytes());
+            }
+            written = (written + 1000).min(total);
+        }
+        match stdin.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let fd = stdin.as_fd();
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                let ready = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 3, tv_nsec: 0 }))
+                    .unwrap();
+                if ready == 0 {
+                    stalled = true;
+                    break;
+                }
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(stalled, "jobmill read all {total} lines while its jobs were blocked");
+    assert!(written < 1_000_000, "jobmill read {written} lines ahead of its jobs");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "jobmill holds {rss_kib} KiB");
+    send_signal("KILL", child.id());
+    wait_exit(&mut child);
+}
