@@ -534,3 +534,12 @@ fn concurrent_attempts_keep_their_output_apart() {
     }
     assert_eq!(sup.running(), 0);
 }
+
+#[test]
+fn supervisor_and_attempt_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Supervisor>();
+    send_sync::<SpillBudget>();
+    send::<Attempt>();
+}

@@ -300,6 +300,15 @@ impl Watch {
             if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
                 err = None;
             }
+            let exited = match &pidfd {
+                Some(_) => ready[2],
+                None => self.exited_without_pidfd(),
+            };
+            if exited {
+                // An attempt that ended by itself is not marked terminated,
+                // even if `terminate_all` came in the same instant.
+                break;
+            }
             if ready[3] && !stop_seen {
                 stop_seen = true;
                 if !stopped.timed_out {
@@ -307,13 +316,6 @@ impl Watch {
                     self.stop_gently();
                     kill_at = earliest(kill_at, Instant::now().checked_add(self.grace));
                 }
-            }
-            let exited = match &pidfd {
-                Some(_) => ready[2],
-                None => self.exited_without_pidfd(),
-            };
-            if exited {
-                break;
             }
         }
 
