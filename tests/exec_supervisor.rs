@@ -241,17 +241,23 @@ fn timeout_stops_the_whole_group_leaving_no_sleep() {
 
 #[test]
 fn timeout_escalates_to_kill_after_grace_when_term_is_ignored() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
     let sup = supervisor();
     let a = run_with(
         &sup,
         &[
             "sh",
             "-c",
-            "trap '' TERM; echo ready; while :; do sleep 1; done",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+            ready.to_str().unwrap(),
         ],
-        Some(Duration::from_millis(300)),
+        // Generous, so that the trap is set before the timeout.
+        Some(Duration::from_secs(2)),
         Duration::from_millis(300),
     );
+    assert!(ready.exists(), "the job ignored TERM before its timeout");
     assert!(a.timed_out);
     assert_eq!(a.end, End::Signaled(libc::SIGKILL));
 }
@@ -292,19 +298,31 @@ fn stray_background_child_of_an_exited_job_is_killed() {
 
 #[test]
 fn terminate_all_stops_running_jobs() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let ready_arg = ready.to_str().unwrap().to_owned();
     let sup = Arc::new(supervisor());
     let threads: Vec<_> = [
-        vec!["sleep", "100"],
+        vec!["sleep".to_owned(), "100".to_owned()],
         // Ignores TERM: gets KILL after the grace period.
-        vec!["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done".to_owned(),
+            "sh".to_owned(),
+            ready_arg,
+        ],
     ]
     .into_iter()
     .map(|args| {
         let sup = Arc::clone(&sup);
-        std::thread::spawn(move || run_with(&sup, &args, None, Duration::from_millis(200)))
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with(&sup, &args, None, Duration::from_millis(200))
+        })
     })
     .collect();
-    wait_until("both jobs to run", || sup.running() == 2);
+    wait_until("both jobs to run", || sup.running() == 2 && ready.exists());
     sup.terminate_all();
     let ends: Vec<Attempt> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(ends[0].end, End::Signaled(libc::SIGTERM));
@@ -352,11 +370,19 @@ fn guardian_stops_registered_groups_when_its_input_ends() {
         .process_group(0)
         .spawn()
         .unwrap();
+    let dir = tmp();
+    let ready = dir.path().join("ready");
     let mut stubborn = Command::new("sh")
-        .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+        .args([
+            "-c",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+        ])
+        .arg(&ready)
         .process_group(0)
         .spawn()
         .unwrap();
+    wait_until("the stubborn job to ignore TERM", || ready.exists());
     let mut g = start_guardian(200);
     let mut stdin = g.stdin.take().unwrap();
     write!(stdin, "+{}\n+{}\n", term.id(), stubborn.id()).unwrap();
