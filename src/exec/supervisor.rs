@@ -198,9 +198,19 @@ impl Supervisor {
     }
 }
 
-/// The program name for messages, in backquotes.
+/// The program name for messages, in backquotes, with control characters
+/// escaped so that the message stays one printable line.
 fn quoted(program: &OsStr) -> String {
-    format!("`{}`", program.to_string_lossy())
+    let mut out = String::from("`");
+    for c in program.to_string_lossy().chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('`');
+    out
 }
 
 /// How an attempt was stopped, if it was.
