@@ -9,14 +9,21 @@
 //! per run, in its own process group (so the terminal's Ctrl-C does not
 //! reach it), with a pipe as its stdin. jobmill's end of the pipe is
 //! close-on-exec, so jobs never hold it. After spawning a job jobmill
-//! writes `+<pgid>\n`, after reaping it `-<pgid>\n` (one small atomic write
-//! each). The guardian keeps the set of live groups. When its stdin ends —
-//! jobmill exited or was killed, even by SIGKILL — it sends SIGTERM to every
-//! group still registered, waits up to the grace period for them to go,
-//! sends SIGKILL, and exits.
+//! writes `+<pgid>\n`; once the job has ended and its group has had
+//! SIGKILL, and before reaping it, `-<pgid>\n` (one small write each,
+//! atomic on a pipe, so slot threads need no lock). The guardian keeps the
+//! set of live groups. When its stdin ends — jobmill exited or was killed,
+//! even by SIGKILL — it sends SIGTERM to every group still registered,
+//! waits up to the grace period for them to go, sends SIGKILL, and exits.
+//! When jobmill exits normally nothing is registered and the guardian
+//! exits at once; dropping the [`super::Supervisor`] also reaps it.
 //!
-//! Known window: a job spawned but not yet registered when jobmill is
-//! SIGKILLed (a few microseconds) is not covered.
+//! Known windows: a job spawned but not yet registered when jobmill is
+//! SIGKILLed (microseconds) is not covered; and if a job's main process
+//! has already been reaped by init when the guardian signals its group, a
+//! group id reused in between would be hit (the kernel does not reuse a
+//! pid while its group has members, so this needs the whole group gone
+//! and a new group leader given the same pid within the grace period).
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};

@@ -172,6 +172,12 @@ impl Supervisor {
         .watch(self, pipes, &mut attempt);
         attempt.timed_out = flags.timed_out;
         attempt.terminated = flags.terminated;
+        // The whole group has had SIGKILL by now: nothing is left for the
+        // guardian to stop. Unregistering before reaping means the
+        // guardian never holds a group id that could be reused.
+        if let Some(g) = &self.guardian {
+            g.unregister(raw_pid);
+        }
 
         attempt.end = match wait4(raw_pid) {
             Ok(reaped) => {
@@ -188,9 +194,6 @@ impl Supervisor {
                 quoted(program)
             )),
         };
-        if let Some(g) = &self.guardian {
-            g.unregister(raw_pid);
-        }
         self.running.fetch_sub(1, Ordering::AcqRel);
         drop(child);
         attempt.duration = t0.elapsed();
