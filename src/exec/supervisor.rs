@@ -30,6 +30,11 @@ pub const DEFAULT_GUARDIAN_GRACE: Duration = Duration::from_secs(2);
 /// (the default pipe capacity on Linux).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Pipe size and read buffer for a stream that turned out to be large (a
+/// read filled the whole small buffer): fewer wake-ups and system calls
+/// per byte. 1 MiB is the default `/proc/sys/fs/pipe-max-size`.
+const BIG_CHUNK: usize = 1 << 20;
+
 /// After the main process of a job has exited, how long to keep reading
 /// what is left in its pipes (bounds the case of a process that left the
 /// job's group and keeps writing).
@@ -245,7 +250,7 @@ impl Watch {
     ) -> Stopped {
         let (mut out, mut err) = pipes;
         let mut stopped = Stopped::default();
-        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::new();
         // Without a pidfd, exit is found by polling `waitid` every tick.
         let pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
         // A timeout too large to represent is no timeout.
@@ -307,10 +312,10 @@ impl Watch {
                 !fds[2].revents().is_empty(),
                 !fds[3].revents().is_empty(),
             ];
-            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
                 out = None;
             }
-            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
                 err = None;
             }
             let exited = match &pidfd {
@@ -350,10 +355,10 @@ impl Watch {
                 Err(_) => break,
             }
             let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
-            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
                 out = None;
             }
-            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
                 err = None;
             }
             if Instant::now() >= drain_until {
@@ -399,20 +404,69 @@ fn poll_entry<'a, F: AsFd>(fd: Option<&'a F>, placeholder: &'a OwnedFd) -> PollF
     }
 }
 
-/// Reads once from a pipe that poll reported ready into `capture`. Returns
-/// false at end of file (or on an error, which ends the stream too).
-fn read_once<F: AsFd>(fd: Option<&F>, buf: &mut [MaybeUninit<u8>], capture: &mut Capture) -> bool {
-    let Some(fd) = fd else { return false };
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(([], _)) => return false,
-            Ok((data, _)) => {
-                capture.append(data);
-                return true;
+/// The buffer reads from a job's pipes go through: [`READ_CHUNK`] bytes on
+/// the stack, which is all small outputs ever use (no allocation). When a
+/// read fills it, the stream is large: its pipe is enlarged to
+/// [`BIG_CHUNK`] (one `fcntl`, failure ignored) and reads go through a heap
+/// buffer of that size from then on.
+struct ReadBuf {
+    small: [MaybeUninit<u8>; READ_CHUNK],
+    big: Vec<MaybeUninit<u8>>,
+    /// Pipe descriptors already enlarged.
+    boosted: [Option<i32>; 2],
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        Self {
+            small: [MaybeUninit::uninit(); READ_CHUNK],
+            big: Vec::new(),
+            boosted: [None; 2],
+        }
+    }
+
+    /// Reads once from a pipe that poll reported ready into `capture`.
+    /// Returns false at end of file (or on an error, which ends the stream
+    /// too).
+    fn read_once<F: AsFd>(&mut self, fd: Option<&F>, capture: &mut Capture) -> bool {
+        let Some(fd) = fd else { return false };
+        let buf: &mut [MaybeUninit<u8>] = if self.big.is_empty() {
+            &mut self.small
+        } else {
+            &mut self.big
+        };
+        let full = buf.len();
+        let n = loop {
+            match rustix::io::read(fd, &mut *buf) {
+                Ok(([], _)) => return false,
+                Ok((data, _)) => {
+                    capture.append(data);
+                    break data.len();
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return true,
+                Err(_) => return false,
             }
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => return true,
-            Err(_) => return false,
+        };
+        if n == full {
+            self.boost(fd);
+        }
+        true
+    }
+
+    /// Enlarges the pipe behind `fd` (once) and switches to the big buffer.
+    fn boost<F: AsFd>(&mut self, fd: &F) {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_fd().as_raw_fd();
+        if self.boosted.contains(&Some(raw)) {
+            return;
+        }
+        if let Some(slot) = self.boosted.iter_mut().find(|b| b.is_none()) {
+            *slot = Some(raw);
+        }
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, BIG_CHUNK);
+        if self.big.is_empty() {
+            self.big = vec![MaybeUninit::uninit(); BIG_CHUNK];
         }
     }
 }
