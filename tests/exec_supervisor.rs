@@ -241,17 +241,23 @@ fn timeout_stops_the_whole_group_leaving_no_sleep() {
 
 #[test]
 fn timeout_escalates_to_kill_after_grace_when_term_is_ignored() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
     let sup = supervisor();
     let a = run_with(
         &sup,
         &[
             "sh",
             "-c",
-            "trap '' TERM; echo ready; while :; do sleep 1; done",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+            ready.to_str().unwrap(),
         ],
-        Some(Duration::from_millis(300)),
+        // Generous, so that the trap is set before the timeout.
+        Some(Duration::from_secs(2)),
         Duration::from_millis(300),
     );
+    assert!(ready.exists(), "the job ignored TERM before its timeout");
     assert!(a.timed_out);
     assert_eq!(a.end, End::Signaled(libc::SIGKILL));
 }
@@ -292,19 +298,31 @@ fn stray_background_child_of_an_exited_job_is_killed() {
 
 #[test]
 fn terminate_all_stops_running_jobs() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let ready_arg = ready.to_str().unwrap().to_owned();
     let sup = Arc::new(supervisor());
     let threads: Vec<_> = [
-        vec!["sleep", "100"],
+        vec!["sleep".to_owned(), "100".to_owned()],
         // Ignores TERM: gets KILL after the grace period.
-        vec!["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done".to_owned(),
+            "sh".to_owned(),
+            ready_arg,
+        ],
     ]
     .into_iter()
     .map(|args| {
         let sup = Arc::clone(&sup);
-        std::thread::spawn(move || run_with(&sup, &args, None, Duration::from_millis(200)))
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with(&sup, &args, None, Duration::from_millis(200))
+        })
     })
     .collect();
-    wait_until("both jobs to run", || sup.running() == 2);
+    wait_until("both jobs to run", || sup.running() == 2 && ready.exists());
     sup.terminate_all();
     let ends: Vec<Attempt> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(ends[0].end, End::Signaled(libc::SIGTERM));
@@ -352,11 +370,19 @@ fn guardian_stops_registered_groups_when_its_input_ends() {
         .process_group(0)
         .spawn()
         .unwrap();
+    let dir = tmp();
+    let ready = dir.path().join("ready");
     let mut stubborn = Command::new("sh")
-        .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+        .args([
+            "-c",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+        ])
+        .arg(&ready)
         .process_group(0)
         .spawn()
         .unwrap();
+    wait_until("the stubborn job to ignore TERM", || ready.exists());
     let mut g = start_guardian(200);
     let mut stdin = g.stdin.take().unwrap();
     write!(stdin, "+{}\n+{}\n", term.id(), stubborn.id()).unwrap();
@@ -450,4 +476,96 @@ fn sigkill_of_the_supervising_process_stops_its_jobs() {
     for pid in job_pids {
         wait_until(&format!("job process {pid} to die"), || !alive(pid));
     }
+}
+
+#[test]
+fn stopped_job_is_still_stopped_by_its_timeout() {
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &["sh", "-c", "kill -STOP $$; echo resumed"],
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(20),
+    );
+    assert!(a.timed_out);
+    assert_eq!(
+        a.end,
+        End::Signaled(libc::SIGTERM),
+        "TERM is delivered after CONT"
+    );
+}
+
+#[test]
+fn huge_timeout_and_grace_do_not_overflow() {
+    let sup = supervisor();
+    let a = run_with(&sup, &["true"], Some(Duration::MAX), Duration::MAX);
+    assert_eq!(a.end, End::Exited(0));
+    let a = run_with(
+        &sup,
+        &["sleep", "100"],
+        Some(Duration::from_millis(100)),
+        Duration::MAX,
+    );
+    assert!(a.timed_out);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+}
+
+#[test]
+fn escaped_daemon_holding_the_pipes_does_not_block_the_attempt() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let sup = supervisor();
+    let mut a = run(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 100 & echo $! > \"$1\"; echo main",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+    );
+    let pid = read_pids(&pids, 1)[0];
+    // The daemon left the job's group, so it survives (documented); the
+    // attempt ended without waiting for the pipes it holds.
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(text(&mut a.stdout), "main\n");
+    assert!(a.duration < Duration::from_secs(100), "{:?}", a.duration);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until("the daemon to be killed", || !alive(pid));
+}
+
+#[test]
+fn concurrent_attempts_keep_their_output_apart() {
+    let sup = Arc::new(supervisor());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sup = Arc::clone(&sup);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let word = format!("job-{t}-{i}");
+                    let mut a = run(
+                        &sup,
+                        &["sh", "-c", "echo \"$1\"; echo \"$1\" >&2", "sh", &word],
+                    );
+                    assert_eq!(a.end, End::Exited(0));
+                    assert_eq!(text(&mut a.stdout), format!("{word}\n"));
+                    assert_eq!(text(&mut a.stderr), format!("{word}\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn supervisor_and_attempt_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Supervisor>();
+    send_sync::<SpillBudget>();
+    send::<Attempt>();
 }

@@ -1,25 +1,40 @@
 //! Captured output of one stream of one attempt, in memory up to a budget
-//! shared by the whole run, spilled to an anonymous temporary file past it.
+//! shared by the whole run, spilled to a temporary file past it.
 //!
 //! The budget counts the *capacity* of the in-memory buffers of live
 //! captures, so the memory really held stays within the cap. When a
-//! capture would push the total over the cap, that capture moves its
-//! content to `tempfile::tempfile()` (unlinked at once, gone when closed)
-//! and appends there from then on; its memory goes back to the budget.
-//! Dropping a capture gives its memory back too.
+//! capture would push the total over the cap, its content moves to the
+//! run's spill file and it appends there from then on; its memory goes
+//! back to the budget. Dropping a capture gives its memory back too.
+//!
+//! All captures of a budget share **one** spill file
+//! (`tempfile::tempfile()`: unlinked at once, gone when closed), so that
+//! thousands of spilled outputs waiting for `--keep-order` do not need
+//! thousands of file descriptors. Each append reserves a range at the end
+//! of the file with an atomic counter and writes it with `pwrite`, without
+//! a lock; a capture keeps its list of ranges (adjacent ones merged). When
+//! a spilled capture is dropped, its ranges are punched out of the file
+//! (`FALLOC_FL_PUNCH_HOLE`), so disk space is given back as output is
+//! printed.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustix::fs::{fallocate, FallocateFlags};
 
 /// Smallest in-memory buffer a capture allocates, so that tiny outputs do
 /// not regrow many times.
 const MIN_BUFFER: usize = 256;
 
+/// Chunk size for reading spilled output back.
+const READ_BACK_CHUNK: usize = 64 * 1024;
+
 /// Memory budget shared by all captures of a run: the bytes held in memory
-/// by live captures stay at or under `cap`. Cloning shares the budget.
+/// by live captures stay at or under `cap`. Past it, captures spill to one
+/// shared temporary file. Cloning shares the budget and the file.
 #[derive(Clone, Debug)]
 pub struct SpillBudget {
     inner: Arc<BudgetInner>,
@@ -29,16 +44,25 @@ pub struct SpillBudget {
 struct BudgetInner {
     cap: usize,
     used: AtomicUsize,
+    /// The spill file, created on first need.
+    file: OnceLock<File>,
+    /// Serialises creating the spill file.
+    create: Mutex<()>,
+    /// End of the spill file: the next append's offset.
+    end: AtomicU64,
 }
 
 impl SpillBudget {
     /// A budget of `cap_bytes` bytes of memory; `0` spills every non-empty
-    /// capture to a file.
+    /// capture to the file.
     pub fn new(cap_bytes: usize) -> Self {
         Self {
             inner: Arc::new(BudgetInner {
                 cap: cap_bytes,
                 used: AtomicUsize::new(0),
+                file: OnceLock::new(),
+                create: Mutex::new(()),
+                end: AtomicU64::new(0),
             }),
         }
     }
@@ -74,21 +98,66 @@ impl SpillBudget {
             self.inner.used.fetch_sub(n, Ordering::AcqRel);
         }
     }
+
+    /// The spill file, created on first call.
+    fn file(&self) -> io::Result<&File> {
+        if let Some(f) = self.inner.file.get() {
+            return Ok(f);
+        }
+        let _guard = self.inner.create.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = self.inner.file.get() {
+            return Ok(f);
+        }
+        let f = tempfile::tempfile()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create spill file: {e}")))?;
+        Ok(self.inner.file.get_or_init(|| f))
+    }
+
+    /// Writes `data` at a newly reserved range of the spill file; returns
+    /// its offset.
+    fn write(&self, data: &[u8]) -> io::Result<u64> {
+        let file = self.file()?;
+        let offset = self
+            .inner
+            .end
+            .fetch_add(data.len() as u64, Ordering::AcqRel);
+        file.write_all_at(data, offset)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write spill file: {e}")))?;
+        Ok(offset)
+    }
+
+    /// Frees the disk space of a range no longer needed.
+    fn release(&self, seg: Segment) {
+        if let Some(f) = self.inner.file.get() {
+            // Punching holes is an optimisation: a file system without it
+            // just keeps the space until the run ends.
+            let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            let _ = fallocate(f, mode, seg.offset, seg.len);
+        }
+    }
+}
+
+/// A range of the spill file holding part of a capture.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    offset: u64,
+    len: u64,
 }
 
 /// Captured output of one stream (stdout or stderr) of one attempt.
 ///
 /// If writing to the spill file fails (disk full), the capture keeps what
 /// it has, drops what follows and reports the error from
-/// [`Capture::copy_to`] and [`Capture::head`].
+/// [`Capture::copy_to`] and [`Capture::head`]. If no spill file can be
+/// created at all, the output stays in memory, over budget but not lost.
 #[derive(Debug)]
 pub struct Capture {
     /// In-memory content while not spilled.
     mem: Vec<u8>,
     /// Bytes of `mem`'s capacity taken from the budget.
     accounted: usize,
-    /// The spill file, once spilled; holds the whole content.
-    file: Option<File>,
+    /// Once spilled: the ranges of the spill file holding the content.
+    segments: Option<Vec<Segment>>,
     /// Total content length.
     len: u64,
     /// First error writing the spill file, if any.
@@ -102,7 +171,7 @@ impl Capture {
         Self {
             mem: Vec::new(),
             accounted: 0,
-            file: None,
+            segments: None,
             len: 0,
             error: None,
             budget,
@@ -119,9 +188,9 @@ impl Capture {
         self.len == 0
     }
 
-    /// Whether the content was moved to a temporary file.
+    /// Whether the content was moved to the spill file.
     pub fn is_spilled(&self) -> bool {
-        self.file.is_some()
+        self.segments.is_some()
     }
 
     /// Appends `data`, in memory while the budget allows, else to the spill
@@ -130,27 +199,33 @@ impl Capture {
         if data.is_empty() || self.error.is_some() {
             return;
         }
-        if self.file.is_none() && !self.grow_in_budget(data.len()) {
-            self.spill();
-            if self.file.is_none() {
-                // No file could be made: keep the output in memory, over
-                // budget but not lost.
-                let before = self.mem.capacity();
-                self.mem.reserve(data.len());
-                self.budget.force_take(self.mem.capacity() - before);
-                self.accounted = self.mem.capacity();
-            }
+        if self.segments.is_none() && !self.grow_in_budget(data.len()) && !self.spill() {
+            // No spill file: keep the output in memory, over budget but
+            // not lost.
+            let before = self.mem.capacity();
+            self.mem.reserve(data.len());
+            self.budget.force_take(self.mem.capacity() - before);
+            self.accounted = self.mem.capacity();
         }
-        match &mut self.file {
-            None => self.mem.extend_from_slice(data),
-            Some(file) => {
-                if let Err(e) = file.write_all(data) {
-                    self.error = Some((e.kind(), format!("cannot write spilled output: {e}")));
-                    return;
-                }
-            }
+        if self.segments.is_none() {
+            self.mem.extend_from_slice(data);
+        } else if let Err(e) = self.write_spilled(data) {
+            self.error = Some((e.kind(), e.to_string()));
+            return;
         }
         self.len += data.len() as u64;
+    }
+
+    /// Appends `data` to the spill file and records its range.
+    fn write_spilled(&mut self, data: &[u8]) -> io::Result<()> {
+        let offset = self.budget.write(data)?;
+        let len = data.len() as u64;
+        let segments = self.segments.get_or_insert_with(Vec::new);
+        match segments.last_mut() {
+            Some(last) if last.offset + last.len == offset => last.len += len,
+            _ => segments.push(Segment { offset, len }),
+        }
+        Ok(())
     }
 
     /// Makes room for `extra` more bytes in `mem`, charging the budget.
@@ -180,16 +255,26 @@ impl Capture {
         true
     }
 
-    /// Moves the in-memory content to a new temporary file and gives the
-    /// memory back. If no file can be made, leaves everything as it was.
-    fn spill(&mut self) {
-        let file = tempfile::tempfile().and_then(|mut f| f.write_all(&self.mem).map(|()| f));
-        if let Ok(f) = file {
-            self.file = Some(f);
-            self.mem = Vec::new();
-            self.budget.give_back(self.accounted);
-            self.accounted = 0;
+    /// Moves the in-memory content to the spill file and gives the memory
+    /// back. Returns false, changing nothing, if that fails.
+    fn spill(&mut self) -> bool {
+        let mut segments = Vec::new();
+        if !self.mem.is_empty() {
+            match self.budget.write(&self.mem) {
+                Ok(offset) => segments.push(Segment {
+                    offset,
+                    len: self.mem.len() as u64,
+                }),
+                Err(_) => return false,
+            }
+        } else if self.budget.file().is_err() {
+            return false;
         }
+        self.segments = Some(segments);
+        self.mem = Vec::new();
+        self.budget.give_back(self.accounted);
+        self.accounted = 0;
+        true
     }
 
     fn check(&self) -> io::Result<()> {
@@ -199,6 +284,35 @@ impl Capture {
         }
     }
 
+    /// Calls `sink` with the content in order, up to `limit` bytes.
+    fn read_back(
+        &self,
+        limit: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.check()?;
+        let Some(segments) = &self.segments else {
+            let n = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(self.mem.len());
+            return sink(&self.mem[..n]);
+        };
+        let file = self.budget.file()?;
+        let mut buf = vec![0u8; READ_BACK_CHUNK];
+        let mut left = limit;
+        for seg in segments {
+            let mut done = 0u64;
+            while done < seg.len && left > 0 {
+                let want = (seg.len - done).min(left).min(READ_BACK_CHUNK as u64) as usize;
+                file.read_exact_at(&mut buf[..want], seg.offset + done)?;
+                sink(&buf[..want])?;
+                done += want as u64;
+                left -= want as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the whole content to `w`.
     ///
     /// # Errors
@@ -206,23 +320,7 @@ impl Capture {
     /// An error writing to `w`, reading the spill file, or the error that
     /// stopped the capture earlier.
     pub fn copy_to(&mut self, w: &mut dyn Write) -> io::Result<()> {
-        self.check()?;
-        match &self.file {
-            None => w.write_all(&self.mem),
-            Some(file) => {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut offset = 0u64;
-                while offset < self.len {
-                    let want = usize::try_from(self.len - offset)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    file.read_exact_at(&mut buf[..want], offset)?;
-                    w.write_all(&buf[..want])?;
-                    offset += want as u64;
-                }
-                Ok(())
-            }
-        }
+        self.read_back(u64::MAX, &mut |chunk| w.write_all(chunk))
     }
 
     /// The first `limit` bytes of the content, and whether there was more.
@@ -232,17 +330,14 @@ impl Capture {
     /// An error reading the spill file, or the error that stopped the
     /// capture earlier.
     pub fn head(&mut self, limit: usize) -> io::Result<(Vec<u8>, bool)> {
-        self.check()?;
-        let n = usize::try_from(self.len).unwrap_or(usize::MAX).min(limit);
-        let truncated = (n as u64) < self.len;
-        match &self.file {
-            None => Ok((self.mem[..n].to_vec(), truncated)),
-            Some(file) => {
-                let mut out = vec![0u8; n];
-                file.read_exact_at(&mut out, 0)?;
-                Ok((out, truncated))
-            }
-        }
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX).min(self.len);
+        let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0));
+        self.read_back(limit, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        let truncated = limit < self.len;
+        Ok((out, truncated))
     }
 
     /// The whole content as a vector (convenient for small outputs and tests).
@@ -258,6 +353,11 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.budget.give_back(self.accounted);
+        if let Some(segments) = &self.segments {
+            for &seg in segments {
+                self.budget.release(seg);
+            }
+        }
     }
 }
 
@@ -317,6 +417,44 @@ mod tests {
         drop(a);
         assert_eq!(budget.in_memory(), 0);
         assert_eq!(b.to_vec().unwrap(), vec![2u8; 6000]);
+    }
+
+    #[test]
+    fn interleaved_spilled_captures_keep_their_own_content() {
+        let budget = SpillBudget::new(0);
+        let mut a = Capture::new(budget.clone());
+        let mut b = Capture::new(budget.clone());
+        let (mut ea, mut eb) = (Vec::new(), Vec::new());
+        for i in 0..500u32 {
+            let la = format!("a{i}\n");
+            let lb = format!("b{i}\n");
+            a.append(la.as_bytes());
+            b.append(lb.as_bytes());
+            ea.extend_from_slice(la.as_bytes());
+            eb.extend_from_slice(lb.as_bytes());
+        }
+        assert!(a.is_spilled() && b.is_spilled());
+        let mut out = Vec::new();
+        b.copy_to(&mut out).unwrap();
+        assert_eq!(out, eb);
+        // Dropping one capture punches its ranges out; the other is intact.
+        let mut out_a = Vec::new();
+        a.copy_to(&mut out_a).unwrap();
+        assert_eq!(out_a, ea);
+        drop(a);
+        assert_eq!(b.to_vec().unwrap(), eb);
+        assert_eq!(b.head(3).unwrap(), (b"b0\n".to_vec(), true));
+    }
+
+    #[test]
+    fn adjacent_appends_merge_into_one_segment() {
+        let budget = SpillBudget::new(0);
+        let mut c = Capture::new(budget);
+        for _ in 0..100 {
+            c.append(b"0123456789");
+        }
+        assert_eq!(c.segments.as_ref().map(Vec::len), Some(1));
+        assert_eq!(c.len(), 1000);
     }
 
     #[test]

@@ -59,21 +59,6 @@ pub fn run_guardian(grace: Duration) -> ! {
     std::process::exit(0)
 }
 
-/// Runs the guardian when the process was started as
-/// `<exe> __guardian <grace_ms>`; returns otherwise. Call it first thing in
-/// `main`.
-pub fn dispatch_from_args() {
-    let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(GUARDIAN_ARG)) {
-        return;
-    }
-    let grace_ms = args
-        .next()
-        .and_then(|a| a.to_str().and_then(|s| s.parse::<u64>().ok()))
-        .unwrap_or(2000);
-    run_guardian(Duration::from_millis(grace_ms))
-}
-
 /// Reads `+pgid` / `-pgid` lines until end of input (or a read error) and
 /// returns the groups still registered.
 fn read_registrations(mut input: impl BufRead) -> HashSet<i32> {
@@ -118,8 +103,10 @@ fn stop_groups(groups: &HashSet<i32>, grace: Duration) {
     for &pid in &pids {
         let _ = kill_process_group(pid, Signal::TERM);
     }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && pids.iter().any(|&p| test_kill_process_group(p).is_ok()) {
+    let deadline = Instant::now().checked_add(grace);
+    while deadline.is_none_or(|d| Instant::now() < d)
+        && pids.iter().any(|&p| test_kill_process_group(p).is_ok())
+    {
         std::thread::sleep(GONE_CHECK);
     }
     for &pid in &pids {

@@ -23,8 +23,9 @@
 //!   `setsid`). It then takes what is left in the pipes and reaps the main
 //!   process with `wait4`, which also gives its peak memory. A job killed by
 //!   a signal ends [`End::Signaled`].
-//! - **Timeout.** SIGTERM to the whole group, SIGKILL `grace` later if the
-//!   main process is still there; the attempt is marked `timed_out`.
+//! - **Timeout.** SIGTERM to the whole group (followed by SIGCONT, so that a
+//!   stopped job gets to handle it), SIGKILL to the group `grace` later if
+//!   the main process is still there; the attempt is marked `timed_out`.
 //! - **Interrupt.** [`Supervisor::terminate_all`] does the same to every
 //!   running attempt (and to any started after it), marking them
 //!   `terminated`: stopped by jobmill, not the job's fault.

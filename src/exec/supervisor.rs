@@ -235,7 +235,8 @@ impl Watch {
         let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         // Without a pidfd, exit is found by polling `waitid` every tick.
         let pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
-        let mut term_at = self.timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent is no timeout.
+        let mut term_at = self.timeout.and_then(|t| Instant::now().checked_add(t));
         let mut kill_at: Option<Instant> = None;
         let mut stop_seen = false;
 
@@ -246,8 +247,8 @@ impl Watch {
                 if term_at.is_some_and(|t| now >= t) {
                     term_at = None;
                     stopped.timed_out = true;
-                    self.signal(Signal::TERM);
-                    kill_at = Some(earliest(kill_at, now + self.grace));
+                    self.stop_gently();
+                    kill_at = earliest(kill_at, now.checked_add(self.grace));
                 }
                 if kill_at.is_some_and(|k| now >= k) {
                     kill_at = None;
@@ -299,20 +300,22 @@ impl Watch {
             if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
                 err = None;
             }
-            if ready[3] && !stop_seen {
-                stop_seen = true;
-                if !stopped.timed_out {
-                    stopped.terminated = true;
-                    self.signal(Signal::TERM);
-                    kill_at = Some(earliest(kill_at, Instant::now() + self.grace));
-                }
-            }
             let exited = match &pidfd {
                 Some(_) => ready[2],
                 None => self.exited_without_pidfd(),
             };
             if exited {
+                // An attempt that ended by itself is not marked terminated,
+                // even if `terminate_all` came in the same instant.
                 break;
+            }
+            if ready[3] && !stop_seen {
+                stop_seen = true;
+                if !stopped.timed_out {
+                    stopped.terminated = true;
+                    self.stop_gently();
+                    kill_at = earliest(kill_at, Instant::now().checked_add(self.grace));
+                }
             }
         }
 
@@ -345,6 +348,13 @@ impl Watch {
             }
         }
         stopped
+    }
+
+    /// SIGTERM to the job's process group, then SIGCONT so that a stopped
+    /// job gets to handle it (KILL follows after the grace period anyway).
+    fn stop_gently(&self) {
+        self.signal(Signal::TERM);
+        self.signal(Signal::CONT);
     }
 
     /// Sends `sig` to the job's process group. Errors (the group is gone)
@@ -394,6 +404,10 @@ fn read_once<F: AsFd>(fd: Option<&F>, buf: &mut [MaybeUninit<u8>], capture: &mut
     }
 }
 
-fn earliest(a: Option<Instant>, b: Instant) -> Instant {
-    a.map_or(b, |a| a.min(b))
+/// The earlier of two deadlines, `None` being never.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
