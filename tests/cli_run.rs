@@ -336,15 +336,8 @@ fn first_sigint_drains_running_jobs_and_starts_no_more() {
     let started = dir.path().join("started");
     wait_until("two jobs started", || read_pids(&started).len() == 2);
     signal_group("INT", child.id());
-    let mut stderr = child.stderr.take().unwrap();
     // jobmill announces the drain before we let the jobs finish.
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("Ctrl-C again") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "stderr closed before the drain message: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = read_stderr_until(&mut child, "Ctrl-C again");
     assert!(seen.contains("2 running"), "{seen}");
     std::fs::write(dir.path().join("release"), "").unwrap();
     let status = wait_exit(&mut child);
@@ -364,14 +357,7 @@ fn second_sigint_stops_running_jobs_and_leaves_no_child() {
     let pids_file = dir.path().join("pids");
     wait_until("two jobs started", || read_pids(&pids_file).len() == 4);
     signal_group("INT", child.id());
-    let mut stderr = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("Ctrl-C again") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "stderr closed early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_stderr_until(&mut child, "Ctrl-C again");
     signal_group("INT", child.id());
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(130));
