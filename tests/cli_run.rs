@@ -336,15 +336,8 @@ fn first_sigint_drains_running_jobs_and_starts_no_more() {
     let started = dir.path().join("started");
     wait_until("two jobs started", || read_pids(&started).len() == 2);
     signal_group("INT", child.id());
-    let mut stderr = child.stderr.take().unwrap();
     // jobmill announces the drain before we let the jobs finish.
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("Ctrl-C again") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "stderr closed before the drain message: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = read_stderr_until(&mut child, "Ctrl-C again");
     assert!(seen.contains("2 running"), "{seen}");
     std::fs::write(dir.path().join("release"), "").unwrap();
     let status = wait_exit(&mut child);
@@ -364,14 +357,7 @@ fn second_sigint_stops_running_jobs_and_leaves_no_child() {
     let pids_file = dir.path().join("pids");
     wait_until("two jobs started", || read_pids(&pids_file).len() == 4);
     signal_group("INT", child.id());
-    let mut stderr = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("Ctrl-C again") {
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "stderr closed early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_stderr_until(&mut child, "Ctrl-C again");
     signal_group("INT", child.id());
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(130));
@@ -499,8 +485,14 @@ fn input_is_read_lazily_with_bounded_memory() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let fd = stdin.as_fd();
                 let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-                let ready = poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 3, tv_nsec: 0 }))
-                    .unwrap();
+                let ready = poll(
+                    &mut fds,
+                    Some(&rustix::event::Timespec {
+                        tv_sec: 3,
+                        tv_nsec: 0,
+                    }),
+                )
+                .unwrap();
                 if ready == 0 {
                     stalled = true;
                     break;
@@ -509,8 +501,14 @@ fn input_is_read_lazily_with_bounded_memory() {
             Err(e) => panic!("write: {e}"),
         }
     }
-    assert!(stalled, "jobmill read all {total} lines while its jobs were blocked");
-    assert!(written < 1_000_000, "jobmill read {written} lines ahead of its jobs");
+    assert!(
+        stalled,
+        "jobmill read all {total} lines while its jobs were blocked"
+    );
+    assert!(
+        written < 1_000_000,
+        "jobmill read {written} lines ahead of its jobs"
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let rss_kib: u64 = status
         .lines()
@@ -521,4 +519,105 @@ fn input_is_read_lazily_with_bounded_memory() {
     assert!(rss_kib < 200 * 1024, "jobmill holds {rss_kib} KiB");
     send_signal("KILL", child.id());
     wait_exit(&mut child);
+}
+
+/// With `-k`, hundreds of finished jobs wait behind a slow first job; their
+/// output is held (and past a limit spilled to one file), then printed in
+/// order and intact.
+#[test]
+fn keep_order_holds_many_finished_jobs_behind_a_slow_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "if [ $1 = 1 ]; then while [ ! -e release ]; do sleep 0.05; done; fi; \
+                  printf '%s\\n' \"$1\" \"$1-second-line\"; echo $1 >> finished";
+    let mut child = common::jobmill()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "-k",
+            "-j",
+            "4",
+            "--output-memory",
+            "4K",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let input: String = (1..=600).map(|i| format!("{i}\n")).collect();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let finished = dir.path().join("finished");
+    wait_until("every job but the first finished", || {
+        std::fs::read_to_string(&finished).is_ok_and(|s| s.lines().count() == 599)
+    });
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    let want: String = (1..=600)
+        .map(|i| format!("{i}\n{i}-second-line\n"))
+        .collect();
+    assert_eq!(out, want);
+}
+
+#[test]
+fn halt_now_stops_running_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Job 1 fails as soon as job 2 is running; job 2 would run forever.
+    let script = "if [ $1 = 1 ]; then while [ ! -e pid2 ]; do sleep 0.05; done; exit 3; \
+                  else echo $$ > pid$1; exec sleep 100; fi";
+    run_cmd()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "-j",
+            "2",
+            "--grace",
+            "1",
+            "--halt",
+            "now,fail=1",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ":::",
+            "1",
+            "2",
+            "3",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("--halt now,fail=1"));
+    let pid2 = read_pids(&dir.path().join("pid2"));
+    assert_eq!(pid2.len(), 1);
+    wait_until("the running job was stopped", || !pid_alive(pid2[0]));
+    assert!(
+        !dir.path().join("pid3").exists(),
+        "no job started after the halt"
+    );
+}
+
+#[test]
+fn progress_draws_nothing_when_stderr_is_not_a_terminal() {
+    run_cmd()
+        .args(["run", "--progress", "-k", "--", "echo", ":::", "a", "b"])
+        .assert()
+        .code(0)
+        .stdout("a\nb\n")
+        .stderr("");
 }

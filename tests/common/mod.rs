@@ -94,3 +94,18 @@ pub fn spawn_in_own_group(cmd: &mut Command) -> Child {
         .spawn()
         .expect("spawn jobmill")
 }
+
+/// Reads the child's piped stderr until it contains `needle`; returns what
+/// was read. Panics if stderr closes first.
+pub fn read_stderr_until(child: &mut Child, needle: &str) -> String {
+    use std::io::Read;
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains(needle) {
+        let n = stderr.read(&mut buf).expect("read stderr");
+        assert!(n > 0, "stderr closed before {needle:?} appeared: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}
