@@ -28,11 +28,12 @@
 use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 /// The hidden first argument that starts the guardian mode of the binary.
@@ -40,6 +41,9 @@ pub const GUARDIAN_ARG: &str = "__guardian";
 
 /// What the guardian prints on stdout once it is ready.
 const READY: &[u8] = b"ready\n";
+
+/// How long [`GuardianLink::start`] waits for the guardian to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the guardian checks, during the grace period, whether the
 /// groups it terminated are gone.
@@ -133,6 +137,11 @@ pub(crate) struct GuardianLink {
 impl GuardianLink {
     /// Starts `exe __guardian <grace_ms>` and waits until it is ready.
     pub(crate) fn start(exe: &Path, grace: Duration) -> io::Result<Self> {
+        Self::start_within(exe, grace, READY_TIMEOUT)
+    }
+
+    /// As [`GuardianLink::start`], waiting at most `ready_timeout` for it.
+    fn start_within(exe: &Path, grace: Duration, ready_timeout: Duration) -> io::Result<Self> {
         use std::os::unix::process::CommandExt;
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let mut child = Command::new(exe)
@@ -152,9 +161,7 @@ impl GuardianLink {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(io::Error::other("guardian started without pipes"));
         };
-        let mut ready = Vec::with_capacity(READY.len());
-        let read = stdout.take(READY.len() as u64).read_to_end(&mut ready);
-        if read.is_err() || ready != READY {
+        if read_ready(stdout, ready_timeout).is_err() {
             let _ = child.kill();
             let _ = child.wait();
             return Err(io::Error::other(format!(
@@ -210,6 +217,36 @@ impl Drop for GuardianLink {
     }
 }
 
+/// Waits up to `timeout` for the guardian's `ready` line.
+fn read_ready(mut stdout: ChildStdout, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now().checked_add(timeout);
+    let mut got = Vec::with_capacity(READY.len());
+    let mut buf = [0u8; 16];
+    while got.len() < READY.len() {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let left = left.and_then(|l| Timespec::try_from(l).ok());
+        let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
+        match poll(&mut fds, left.as_ref()) {
+            Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let want = READY.len() - got.len();
+        match stdout.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got == READY {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::InvalidData.into())
+    }
+}
+
 /// Writes `op` then the decimal `pgid` then `\n` into `buf`; returns the length.
 fn encode(op: u8, pgid: i32, buf: &mut [u8; 16]) -> usize {
     let mut digits = [0u8; 11];
@@ -233,6 +270,18 @@ fn encode(op: u8, pgid: i32, buf: &mut [u8; 16]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guardian_that_never_answers_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("silent");
+        std::fs::write(&exe, "#!/bin/sh\nexec sleep 100\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = GuardianLink::start_within(&exe, Duration::ZERO, Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.to_string().contains("silent"), "{err}");
+    }
 
     #[test]
     fn registration_lines_encode_pgid() {
