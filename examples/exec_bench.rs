@@ -6,6 +6,8 @@
 //! spaces into the program and its arguments). Prints the median of
 //! the rounds for each variant, in jobs per second. A fifth argument runs
 //! only the variants whose name contains it (e.g. `jobmill`, for strace).
+//! With `JOBMILL_BIN` set to the jobmill binary, a variant with the
+//! guardian process is added.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
@@ -52,7 +54,12 @@ fn main() {
 
     let w1 = words.clone();
     let w2 = words.clone();
-    let variants: Vec<(&str, Job)> = vec![
+    let guarded = std::env::var_os("JOBMILL_BIN").map(|bin| {
+        let sup = Supervisor::new(Some(bin.as_ref()), SpillBudget::new(64 << 20))
+            .expect("supervisor with guardian");
+        (Arc::new(sup), Arc::clone(&argv))
+    });
+    let mut variants: Vec<(&str, Job)> = vec![
         (
             "Command::status() (inherit stdio)",
             Arc::new(move || {
@@ -82,6 +89,20 @@ fn main() {
             }),
         ),
     ];
+    if let Some((sup, argv)) = guarded {
+        variants.push((
+            "jobmill Supervisor::run, with guardian",
+            Arc::new(move || {
+                let a = sup.run(&AttemptSpec {
+                    argv: &argv,
+                    env: &[],
+                    timeout: None,
+                    grace: Duration::from_secs(2),
+                });
+                assert!(matches!(a.end, End::Exited(_)), "{:?}", a.end);
+            }),
+        ));
+    }
 
     println!("{jobs} x `{program}` on {threads} threads, median of {rounds} rounds");
     let mut results = Vec::new();
