@@ -98,7 +98,8 @@ pub struct Attempt {
     pub duration: Duration,
     /// How it ended.
     pub end: End,
-    /// Stopped by its timeout.
+    /// Stopped by its timeout (TERM was sent), whatever `end` says: a job
+    /// that handles TERM may still exit with status 0.
     pub timed_out: bool,
     /// Stopped by [`Supervisor::terminate_all`] (an interrupt): not the
     /// job's fault. Not set when the timeout had already stopped it.
