@@ -14,7 +14,8 @@
 //! atomic on a pipe, so slot threads need no lock). The guardian keeps the
 //! set of live groups, reading it in batches (it pauses 20 ms after
 //! emptying the pipe, and the pipe is 1 MiB), so it wakes up at most ~50
-//! times a second rather than twice per job. When its stdin ends — jobmill exited or was killed,
+//! times a second rather than twice per job; the pause ends at once when
+//! the pipe closes. When its stdin ends — jobmill exited or was killed,
 //! even by SIGKILL — it sends SIGTERM to every group still registered,
 //! waits up to the grace period for them to go, sends SIGKILL, and exits.
 //! When jobmill exits normally nothing is registered and the guardian
@@ -29,6 +30,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,16 +90,23 @@ pub fn run_guardian(grace: Duration) -> ! {
 /// most about `1 / pause` times a second instead of twice per job, leaving
 /// the CPU to the jobs. jobmill's end of the pipe is enlarged so that its
 /// writes never wait for the guardian.
+///
+/// The pause is a `poll` for no event: the kernel does not wake it when
+/// data arrives, but does when the pipe's writer goes away (`POLLHUP`), so
+/// the end of jobmill is seen at once.
 struct Coalescing<R> {
     inner: R,
     pause: Duration,
 }
 
-impl<R: Read> Read for Coalescing<R> {
+impl<R: Read + AsFd> Read for Coalescing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0 && n < buf.len() && !self.pause.is_zero() {
-            std::thread::sleep(self.pause);
+        if n > 0 && n < buf.len() {
+            let mut fds = [PollFd::new(&self.inner, PollFlags::empty())];
+            let pause = Timespec::try_from(self.pause).unwrap_or_default();
+            // An interrupted or failed pause only makes the batch smaller.
+            let _ = poll(&mut fds, Some(&pause));
         }
         Ok(n)
     }
