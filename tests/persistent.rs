@@ -1,12 +1,12 @@
 //! Persistent workers with real processes: the Rust worker library (this
 //! test binary re-run as a worker fixture) against the coordinator.
 
-mod common;
+mod workers_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fill, fixture, python, wait_until, Recorder};
+use workers_common::{fill, fixture, python, wait_until, Recorder};
 use jobmill::job::{FailReason, JobState, RetryPolicy};
 use jobmill::persistent::{self, Config, OutcomeKind, PersistentError, Stop, Stream};
 use jobmill::queue::memory::MemoryQueue;

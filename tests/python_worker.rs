@@ -1,11 +1,11 @@
 //! The Python worker library (python/jobmill_worker.py) against the
 //! coordinator, with real python3 processes.
 
-mod common;
+mod workers_common;
 
 use std::time::Duration;
 
-use common::{fill, python, wait_until, Recorder};
+use workers_common::{fill, python, wait_until, Recorder};
 use jobmill::job::{FailReason, JobState, RetryPolicy};
 use jobmill::persistent::{self, Config, OutcomeKind, Stop, Stream};
 use jobmill::queue::memory::MemoryQueue;

@@ -1,124 +1,111 @@
-//! Helpers shared by the persistent-worker tests: a recording observer, a
-//! queue filler, and waiting on a condition with a deadline.
+//! Helpers shared by the integration tests: the binary, deadlines, process
+//! liveness.
 
 #![allow(dead_code)]
 
-use std::ffi::OsString;
-use std::sync::Mutex;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use jobmill::job::{JobId, NewJob, WorkerId};
-use jobmill::persistent::{Observer, Outcome, OutcomeKind, Stream, WorkerEvent};
-use jobmill::queue::{Completion, Queue};
-
-/// Records everything a coordinator reports.
-#[derive(Default)]
-pub struct Recorder {
-    pub outcomes: Mutex<Vec<Outcome>>,
-    pub events: Mutex<Vec<WorkerEvent>>,
-    pub lines: Mutex<Vec<(usize, Stream, String)>>,
+/// The `jobmill` binary under test.
+pub fn jobmill() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_jobmill"))
 }
 
-impl Observer for Recorder {
-    fn outcome(&self, outcome: Outcome) {
-        self.outcomes.lock().unwrap().push(outcome);
-    }
+/// A generous deadline for conditions in tests on a shared, noisy machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
-    fn worker(&self, event: WorkerEvent) {
-        self.events.lock().unwrap().push(event);
-    }
-
-    fn output(&self, slot: usize, _worker: WorkerId, stream: Stream, line: &[u8]) {
-        self.lines
-            .lock()
-            .unwrap()
-            .push((slot, stream, String::from_utf8_lossy(line).into_owned()));
+/// Polls `cond` until it holds, panicking with `what` after `PATIENCE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-impl Recorder {
-    /// Results of recorded completions, by job id. Panics if a job was
-    /// recorded done twice.
-    pub fn done(&self) -> std::collections::BTreeMap<JobId, Vec<u8>> {
-        let mut map = std::collections::BTreeMap::new();
-        for o in self.outcomes.lock().unwrap().iter() {
-            if let OutcomeKind::Done {
-                result,
-                completion: Completion::Recorded,
-            } = &o.kind
-            {
-                let prev = map.insert(o.job.id, result.to_vec());
-                assert!(prev.is_none(), "{} recorded done twice", o.job.id);
-            }
+/// Whether `pid` is a live process (not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
         }
-        map
-    }
-
-    /// The `detail` of every lost-worker event.
-    pub fn lost_details(&self) -> Vec<String> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                WorkerEvent::Ended {
-                    lost: true, detail, ..
-                } => Some(detail.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Number of Started events.
-    pub fn started(&self) -> usize {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| matches!(e, WorkerEvent::Started { .. }))
-            .count()
+        Err(_) => false,
     }
 }
 
-/// Puts `payloads` on `queue` in order, returning their ids.
-pub fn fill(queue: &dyn Queue, payloads: &[&[u8]]) -> Vec<JobId> {
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| queue.put(NewJob::new(i as u64 + 1, p.to_vec())).unwrap())
+/// Reads whitespace-separated pids from `file` (empty if it is missing).
+pub fn read_pids(file: &Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
         .collect()
 }
 
-/// Polls `cond` until it holds, failing the test after 30 s.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
+/// Sends `signal` (e.g. "INT") to `pid` with kill(1).
+pub fn send_signal(signal: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid} failed");
+}
+
+/// Sends `signal` to every process of group `pgid`, as a terminal would.
+pub fn signal_group(signal: &str, pgid: u32) {
+    let ok = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} -{pgid} failed");
+}
+
+/// Waits for `child` to exit within `PATIENCE`; kills it and panics if not.
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("jobmill did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// The command that re-runs this test binary as a worker fixture in `mode`
-/// (see `fixture_worker` in each test file).
-pub fn fixture(mode: &str) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
-    let exe = std::env::current_exe().unwrap();
-    (
-        vec![
-            exe.into(),
-            "fixture_worker".into(),
-            "--exact".into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-        vec![("JOBMILL_FIXTURE".into(), mode.into())],
-    )
+/// Spawns jobmill in a process group of its own (as a shell would for a
+/// foreground job), with piped stderr and null stdin.
+pub fn spawn_in_own_group(cmd: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn jobmill")
 }
 
-/// `python3 -u python/jobmill_worker-based SCRIPT` with the library on the path.
-pub fn python(script: &str) -> (Vec<OsString>, Vec<(OsString, OsString)>) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    (
-        vec!["python3".into(), "-u".into(), "-c".into(), script.into()],
-        vec![("PYTHONPATH".into(), format!("{root}/python").into())],
-    )
+/// Reads the child's piped stderr until it contains `needle`; returns what
+/// was read. Panics if stderr closes first.
+pub fn read_stderr_until(child: &mut Child, needle: &str) -> String {
+    use std::io::Read;
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains(needle) {
+        let n = stderr.read(&mut buf).expect("read stderr");
+        assert!(n > 0, "stderr closed before {needle:?} appeared: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
 }
