@@ -20,6 +20,7 @@ See docs/PROTOCOL.md for the wire format.
 """
 
 import collections
+import mmap
 import os
 import socket
 import struct
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 
 PROTOCOL_VERSION = 1
 FD_ENV = "JOBMILL_FD"
+STATE_FD_ENV = "JOBMILL_STATE_FD"
+CAP_RUNNING_PAGE = 1
 FLUSH_DELAY = 0.002
 BATCH_ENTRIES = 256
 BATCH_BYTES = 64 * 1024
@@ -98,6 +101,16 @@ class Worker:
     """A connection to the coordinator (from ``$JOBMILL_FD`` by default)."""
 
     def __init__(self, fd=None, sock=None):
+        # The state page: where this worker keeps the id of the job it runs,
+        # so that a crash is blamed on the right job. Optional.
+        self._page = None
+        page_fd = os.environ.get(STATE_FD_ENV) if sock is None else None
+        if page_fd is not None:
+            try:
+                os.set_inheritable(int(page_fd), False)
+                self._page = mmap.mmap(int(page_fd), 4096)
+            except (OSError, ValueError):
+                self._page = None
         if sock is None:
             if fd is None:
                 value = os.environ.get(FD_ENV)
@@ -116,7 +129,8 @@ class Worker:
         self._taken = 0
         self._left = False
         self._max_frame = 64 << 20
-        body = b"JMWP" + struct.pack("<HI", PROTOCOL_VERSION, 0) + b"python/jobmill_worker " + __version__.encode()
+        caps = CAP_RUNNING_PAGE if self._page is not None else 0
+        body = b"JMWP" + struct.pack("<HI", PROTOCOL_VERSION, caps) + b"python/jobmill_worker " + __version__.encode()
         self._sock.sendall(_HEADER.pack(len(body), HELLO) + body)
         kind, start, end = self._next_frame()
         if kind == REFUSE:
@@ -125,7 +139,9 @@ class Worker:
             raise ProtocolError("the coordinator (protocol version %d) refused this worker: %s" % (version, reason))
         if kind != WELCOME or end - start != _WELCOME.size:
             raise ProtocolError("expected WELCOME, got frame type 0x%02x" % kind)
-        _, self.window, self._max_frame, beat_ms, _ = _WELCOME.unpack_from(self._buf, start)
+        _, self.window, self._max_frame, beat_ms, granted = _WELCOME.unpack_from(self._buf, start)
+        if not granted & CAP_RUNNING_PAGE:
+            self._page = None
         self._lock = threading.Condition(threading.Lock())
         self._pending = []
         self._pending_count = 0
@@ -221,8 +237,7 @@ class Worker:
         """The next job, blocking. Raises ``Closed`` once no job will ever come."""
         while True:
             if self._jobs:
-                self._taken += 1
-                return self._jobs.popleft()
+                return self._take()
             if self._closed:
                 self.flush()
                 raise Closed()
@@ -249,18 +264,27 @@ class Worker:
             while not self._jobs and not self._closed and self._polls > 0:
                 self._read()
         if self._jobs:
-            self._taken += 1
-            return self._jobs.popleft()
+            return self._take()
         if self._closed:
             raise Closed()
         raise Empty()
+
+    def _take(self):
+        job = self._jobs.popleft()
+        self._taken += 1
+        if self._page is not None:
+            _U64.pack_into(self._page, 0, job.id)
+        return job
 
     def __iter__(self):
         return jobs(self)
 
     # -- results ------------------------------------------------------------
 
-    def _push(self, parts, size):
+    def _push(self, id, parts, size):
+        page = self._page
+        if page is not None and _U64.unpack_from(page, 0)[0] == id:
+            _U64.pack_into(page, 0, 0)
         with self._lock:
             if self._error is not None:
                 raise ProtocolError("writing to the coordinator failed: %s" % self._error)
@@ -280,11 +304,11 @@ class Worker:
             self._push_failure(id, b"result of %d bytes exceeds the frame limit of %d bytes"
                                % (len(result), self._max_frame))
             raise ProtocolError("result of job %d is too large (%d bytes)" % (id, len(result)))
-        self._push((_RESULT.pack(9 + len(result), RESULT, id, 0), result), 14 + len(result))
+        self._push(id, (_RESULT.pack(9 + len(result), RESULT, id, 0), result), 14 + len(result))
 
     def _push_failure(self, id, message):
         message = message[: max(0, self._max_frame - 64)]
-        self._push((_FAILURE.pack(8 + len(message), FAILURE, id), message), 13 + len(message))
+        self._push(id, (_FAILURE.pack(8 + len(message), FAILURE, id), message), 13 + len(message))
 
     def _flush_locked(self, extra=b""):
         if self._error is not None:

@@ -70,6 +70,18 @@ fn run_fixture(mode: &str, dir: &str) -> i32 {
                 w.complete(job, &p).unwrap();
             }
         }
+        // On payload `arg`, first attempt: SIGKILL itself at once, with the
+        // results of the jobs before it still unsent in its batch.
+        "kill-self-on" => {
+            while let Some(job) = w.next_job().unwrap() {
+                if job.payload == arg.as_bytes() && job.attempts == 1 {
+                    let me = rustix::process::getpid();
+                    rustix::process::kill_process(me, rustix::process::Signal::KILL).unwrap();
+                }
+                let p = job.payload.clone();
+                w.complete(job, &p).unwrap();
+            }
+        }
         // Completes `arg` jobs, flushes, takes one more and exits with 3.
         "exit-after" => {
             let n: usize = arg.parse().unwrap();
@@ -482,4 +494,28 @@ fn drain_stop_finishes_sent_jobs_and_leaves_the_rest_queued() {
     assert_eq!(counts.done as usize, rec.done().len());
     assert_eq!(counts.done + counts.queued, 1000);
     assert!(rec.lost_details().is_empty());
+}
+
+#[test]
+fn a_crash_is_blamed_on_the_running_job_not_on_unsent_results_before_it() {
+    // No retries: a wrongly blamed job would end dead.
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(30));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("kill-self-on:item-9", 1);
+    c.window = 8;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let failed: Vec<_> = rec
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| matches!(o.kind, OutcomeKind::Failed { .. }))
+        .map(|o| String::from_utf8_lossy(&o.job.payload).into_owned())
+        .collect();
+    assert_eq!(failed, vec!["item-9"]);
+    assert_eq!(rec.done().len(), 29);
+    let c = q.counts().unwrap();
+    assert_eq!((c.done, c.dead, c.leased, c.queued), (29, 1, 0, 0));
 }

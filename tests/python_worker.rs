@@ -276,3 +276,23 @@ fn example_analysis_script_summarises_each_input() {
     assert_eq!(results[0]["top"][0], serde_json::json!(["cat", 2]));
     assert_eq!(results[1]["top"][0], serde_json::json!(["dog", 2]));
 }
+
+#[test]
+fn python_crash_is_blamed_on_the_running_job_only() {
+    let q = queue_of(30, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'item-9' and job.attempt == 1:\n        os.kill(os.getpid(), 9)\n    job.complete(job.payload)\n";
+    let mut c = config(script, 1);
+    c.window = 8;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let failed: Vec<_> = rec
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| matches!(o.kind, OutcomeKind::Failed { .. }))
+        .map(|o| String::from_utf8_lossy(&o.job.payload).into_owned())
+        .collect();
+    assert_eq!(failed, vec!["item-9"]);
+    assert_eq!(rec.done().len(), 29);
+}

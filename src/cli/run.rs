@@ -10,6 +10,7 @@ use clap::Args;
 use jobmill::input::{Records, Source};
 use jobmill::job::NewJob;
 use jobmill::run::halt::Halt;
+use jobmill::run::persistent::PersistentOptions;
 use jobmill::run::{self as runner, JobSource, RunOptions};
 use jobmill::template::Template;
 
@@ -64,6 +65,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = args::size, default_value = "64M")]
     pub output_memory: usize,
 
+    /// Start -j long-lived copies of COMMAND and send them the inputs as
+    /// jobs over the worker protocol (docs/PROTOCOL.md) instead of starting
+    /// a process per input. COMMAND is run as is, without substitution;
+    /// each job's result is printed as its output.
+    #[arg(long)]
+    pub persistent: bool,
+
+    /// With --persistent: most jobs in flight per worker. Large windows
+    /// pipeline small jobs; 1 or 2 balance long jobs best.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "persistent")]
+    pub window: usize,
+
     /// The command and its arguments, then optionally `::: INPUT...`.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -95,6 +108,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
             command[0] = path.into_os_string();
         }
     }
+    if a.persistent && a.shell {
+        bail!("--shell cannot be used with --persistent: the worker command is run as is");
+    }
+    if a.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    let persistent = a.persistent.then(|| PersistentOptions {
+        command: command.clone(),
+        window: a.window,
+    });
     let template = Template::parse(&command, a.shell)?;
     let halt: Option<Halt> = a.halt.as_deref().map(str::parse).transpose()?;
     if a.jobs == Some(0) {
@@ -127,6 +150,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
     opts.output_memory = a.output_memory;
     opts.guardian = std::env::current_exe().ok();
     opts.handle_signals = true;
+    opts.persistent = persistent;
 
     let summary = runner::run(opts, jobs, Vec::new()).context("cannot start the run")?;
     if let Some(e) = &summary.error {

@@ -58,9 +58,10 @@ use crate::job::{signal_name, FailReason, Job, WorkerId};
 use crate::protocol::io::{FrameReader, ReadError};
 use crate::protocol::{
     decode, encode, encode_empty, encode_job, kind, BatchEntry, Decoded, Frame, Refuse, Welcome,
-    FD_ENV, VERSION,
+    CAP_RUNNING_PAGE, FD_ENV, STATE_FD_ENV, VERSION,
 };
 use crate::queue::{Completion, Disposition, GetError, Lease, Queue, QueueError, TryGetError};
+use crate::sys::shm::SharedPage;
 
 /// How often blocked threads look at stop requests and deadlines.
 const TICK: Duration = Duration::from_millis(50);
@@ -196,6 +197,13 @@ pub enum WorkerEvent {
 /// Receives what happens during [`run`]. Called from several threads at
 /// once; keep it quick (it runs on the path of results).
 pub trait Observer: Sync {
+    /// A job was leased for a worker and is being sent to it: its attempt
+    /// starts now, as far as the coordinator can tell (it may wait in the
+    /// worker's window first). By default nothing.
+    fn sent(&self, slot: usize, worker: WorkerId, job: &Job) {
+        let _ = (slot, worker, job);
+    }
+
     /// A job attempt ended.
     fn outcome(&self, outcome: Outcome);
 
@@ -226,10 +234,40 @@ const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const KILLING: u8 = 2;
 
-/// Asks a running [`run`] to stop, from any thread (e.g. a signal handler
-/// thread).
+/// How far [`run`] has been asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    /// Feed the workers as usual.
+    Running,
+    /// Lease no more jobs; let the jobs already sent finish, then tell the
+    /// workers CLOSED.
+    Draining,
+    /// Kill the workers now; their in-flight jobs are released with no
+    /// attempt counted.
+    Killing,
+}
+
+/// Where [`run`] reads whether to stop. Read often (on every loop of its
+/// threads), so it must be cheap, e.g. an atomic load.
+pub trait StopSource: Sync {
+    /// The current level; it should only ever rise.
+    fn level(&self) -> StopLevel;
+}
+
+/// A ready-made [`StopSource`]: ask a running [`run`] to stop from any
+/// thread (e.g. a signal handler thread).
 #[derive(Debug, Default)]
 pub struct Stop(AtomicU8);
+
+impl StopSource for Stop {
+    fn level(&self) -> StopLevel {
+        match self.0.load(Ordering::SeqCst) {
+            RUNNING => StopLevel::Running,
+            DRAINING => StopLevel::Draining,
+            _ => StopLevel::Killing,
+        }
+    }
+}
 
 impl Stop {
     /// Not stopping.
@@ -251,13 +289,9 @@ impl Stop {
         self.0.store(KILLING, Ordering::SeqCst);
     }
 
-    fn state(&self) -> u8 {
-        self.0.load(Ordering::SeqCst)
-    }
-
     /// Whether a drain or kill was requested.
     pub fn is_stopping(&self) -> bool {
-        self.state() != RUNNING
+        self.0.load(Ordering::SeqCst) != RUNNING
     }
 }
 
@@ -311,7 +345,7 @@ pub fn run(
     queue: &dyn Queue,
     config: &Config,
     observer: &dyn Observer,
-    stop: &Stop,
+    stop: &dyn StopSource,
 ) -> Result<Summary, PersistentError> {
     if config.command.is_empty() {
         return Err(PersistentError::Config(
@@ -367,7 +401,7 @@ pub fn run(
         }
     }
     if let Some(detail) = failing {
-        if !stop.is_stopping() && !queue.counts()?.is_drained() {
+        if stop.level() == StopLevel::Running && !queue.counts()?.is_drained() {
             return Err(PersistentError::WorkersFailing { detail });
         }
     }
@@ -385,7 +419,7 @@ struct Ctx<'a> {
     queue: &'a dyn Queue,
     config: &'a Config,
     observer: &'a dyn Observer,
-    stop: &'a Stop,
+    stop: &'a dyn StopSource,
     next_worker: AtomicU64,
     summary: Mutex<Summary>,
 }
@@ -477,6 +511,18 @@ struct Filled {
 struct Proc {
     child: Child,
     pid: u32,
+    /// The worker's state page (the id of the job it runs), used once the
+    /// worker has offered it in HELLO.
+    page: SharedPage,
+    page_granted: bool,
+}
+
+impl Proc {
+    /// The id of the job the worker says it is running (0: none), if it
+    /// keeps the state page.
+    fn running(&self) -> Option<u64> {
+        self.page_granted.then(|| self.page.load(0))
+    }
 }
 
 impl Proc {
@@ -521,7 +567,7 @@ impl Ctx<'_> {
     fn slot(&self, slot: usize) -> Result<(), SlotEnd> {
         let mut failures = 0u32;
         loop {
-            if self.stop.is_stopping() {
+            if self.stopping() {
                 return Ok(());
             }
             let worker = WorkerId(self.next_worker.fetch_add(1, Ordering::Relaxed));
@@ -537,7 +583,7 @@ impl Ctx<'_> {
                 }
                 Life::Lost { progressed, detail } => {
                     failures = if progressed { 0 } else { failures + 1 };
-                    if self.stop.is_stopping() {
+                    if self.stopping() {
                         return Ok(());
                     }
                     if failures >= self.config.max_failed_starts {
@@ -562,7 +608,7 @@ impl Ctx<'_> {
     /// run stops (false).
     fn wait_for_work(&self) -> Result<bool, SlotEnd> {
         loop {
-            if self.stop.is_stopping() {
+            if self.stopping() {
                 return Ok(false);
             }
             let c = self.queue.counts().map_err(SlotEnd::Queue)?;
@@ -584,10 +630,13 @@ impl Ctx<'_> {
             let _ = rustix::net::sockopt::set_socket_recv_buffer_size(s, 1 << 20);
         }
         let fd = theirs.as_raw_fd();
+        let page = SharedPage::create("jobmill-worker-state")
+            .map_err(|e| SlotEnd::Spawn(program.clone(), e))?;
         let mut cmd = Command::new(program);
         cmd.args(&self.config.command[1..])
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .env(FD_ENV, fd.to_string())
+            .env(STATE_FD_ENV, page.fd().to_string())
             .env("JOBMILL_WORKER_SLOT", slot.to_string())
             .env("JOBMILL_WORKER_ID", worker.0.to_string())
             .stdin(Stdio::null())
@@ -595,12 +644,21 @@ impl Ctx<'_> {
             .stderr(Stdio::piped())
             .process_group(0);
         crate::sys::fd::keep_open_in_child(&mut cmd, fd);
+        crate::sys::fd::keep_open_in_child(&mut cmd, page.fd());
         let child = cmd
             .spawn()
             .map_err(|e| SlotEnd::Spawn(program.clone(), e))?;
         drop(theirs);
         let pid = child.id();
-        Ok((Proc { child, pid }, ours))
+        Ok((
+            Proc {
+                child,
+                pid,
+                page,
+                page_granted: false,
+            },
+            ours,
+        ))
     }
 
     /// One worker process from spawn to reaping.
@@ -670,7 +728,7 @@ impl Ctx<'_> {
                 buf: Vec::with_capacity(64 << 10),
             }),
         };
-        if let Err(ended) = self.handshake(&mut reader, &link, name) {
+        if let Err(ended) = self.handshake(&mut reader, &link, name, proc) {
             return Ok(self.bury(slot, worker, name, proc, Some(&link), ended, 0));
         }
         self.observer.worker(WorkerEvent::Started {
@@ -685,7 +743,7 @@ impl Ctx<'_> {
                 .name(format!("jobmill-feed-{slot}"))
                 .spawn_scoped(s, || self.feed(worker, &link))
                 .expect("spawning a thread");
-            let ended = self.read_loop(slot, worker, &mut reader, &link, &mut completed);
+            let ended = self.read_loop(slot, worker, &mut reader, &link, proc, &mut completed);
             // Stop the feeder before resolving leases, so that none is
             // taken after.
             link.flight().dead = true;
@@ -705,6 +763,10 @@ impl Ctx<'_> {
         Ok(self.bury(slot, worker, name, proc, Some(&link), ended, completed))
     }
 
+    fn stopping(&self) -> bool {
+        self.stop.level() != StopLevel::Running
+    }
+
     fn summary_mut(&self) -> MutexGuard<'_, Summary> {
         self.summary.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -714,10 +776,11 @@ impl Ctx<'_> {
         reader: &mut FrameReader<UnixStream>,
         link: &Link,
         name: &str,
+        proc: &mut Proc,
     ) -> Result<(), Ended> {
         let deadline = Instant::now() + self.config.hello_timeout;
         let raw = loop {
-            if self.stop.state() == KILLING {
+            if self.stop.level() == StopLevel::Killing {
                 return Err(Ended::Killed);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -775,8 +838,9 @@ impl Ctx<'_> {
                 .config
                 .heartbeat
                 .map_or(0, |h| h.as_millis().clamp(1, u32::MAX as u128) as u32),
-            capabilities: 0,
+            capabilities: hello.capabilities & CAP_RUNNING_PAGE,
         };
+        proc.page_granted = welcome.capabilities & CAP_RUNNING_PAGE != 0;
         let _ = encode(&mut buf, &Frame::Welcome(welcome), usize::MAX);
         w.stream
             .write_all(&buf)
@@ -840,6 +904,7 @@ impl Ctx<'_> {
                 });
                 continue;
             }
+            self.observer.sent(link.slot, worker, &lease.job);
             sendable.push(lease);
         }
         let count = sendable.len();
@@ -891,9 +956,9 @@ impl Ctx<'_> {
                     if f.dead {
                         return Ok(());
                     }
-                    match self.stop.state() {
-                        KILLING => return Ok(()),
-                        DRAINING => {
+                    match self.stop.level() {
+                        StopLevel::Killing => return Ok(()),
+                        StopLevel::Draining => {
                             if f.inflight.is_empty() {
                                 drop(f);
                                 let mut w = link.writer();
@@ -966,7 +1031,7 @@ impl Ctx<'_> {
             )
         };
         let mut got = 0;
-        if self.stop.is_stopping() {
+        if self.stopping() {
             if empty_flight {
                 Self::push_closed(link, &mut w);
             }
@@ -997,11 +1062,14 @@ impl Ctx<'_> {
         worker: WorkerId,
         reader: &mut FrameReader<UnixStream>,
         link: &Link,
+        proc: &Proc,
         completed: &mut u64,
     ) -> Ended {
         let mut last_heard = Instant::now();
         let silence = self.config.heartbeat.map(|h| h * 4);
         let mut resolved = Vec::new();
+        // The running job as last seen on the state page, and since when.
+        let mut running = (0u64, Instant::now());
         let mut poll_every = TICK;
         if let Some(t) = self.config.timeout {
             poll_every = poll_every.min(t / 2);
@@ -1016,10 +1084,21 @@ impl Ctx<'_> {
             // Deadlines: the oldest job's timeout, and the heartbeat.
             let now = Instant::now();
             if let Some(timeout) = self.config.timeout {
-                let f = link.flight();
-                if let Some(head) = f.inflight.front() {
-                    if now >= head.sent.max(f.head_since) + timeout {
+                if let Some(id) = proc.running() {
+                    // Exact: the worker says which job it runs.
+                    if id != running.0 {
+                        running = (id, now);
+                    } else if id != 0 && now >= running.1 + timeout {
                         return Ended::Timeout;
+                    }
+                } else {
+                    // The oldest unanswered job is taken to be running
+                    // since the previous one was answered.
+                    let f = link.flight();
+                    if let Some(head) = f.inflight.front() {
+                        if now >= head.sent.max(f.head_since) + timeout {
+                            return Ended::Timeout;
+                        }
                     }
                 }
             }
@@ -1029,7 +1108,7 @@ impl Ctx<'_> {
                     return Ended::Silent;
                 }
             }
-            if self.stop.state() == KILLING {
+            if self.stop.level() == StopLevel::Killing {
                 return Ended::Killed;
             }
             let raw = match reader.read_frame() {
@@ -1124,7 +1203,7 @@ impl Ctx<'_> {
         let free_before = window.saturating_sub(before);
         let free_after = window.saturating_sub(f.inflight.len());
         drop(f);
-        if free_before < refill && free_after >= refill || self.stop.is_stopping() {
+        if free_before < refill && free_after >= refill || self.stopping() {
             link.cond.notify_one();
         }
         Ok(())
@@ -1207,7 +1286,20 @@ impl Ctx<'_> {
             }
             None => (VecDeque::new(), None),
         };
-        let running = inflight.front().map(|h| h.lease.job.id);
+        // Which in-flight jobs did the worker start? If it said LEAVING, the
+        // first `taken`; if it keeps the state page, the one named there;
+        // otherwise the oldest, since workers answer in order.
+        let page_running = proc.running();
+        let started = |i: usize, held: &InFlight| match (taken, page_running) {
+            (Some(t), _) => held.index < t,
+            (None, Some(id)) => held.lease.job.id.0 == id,
+            (None, None) => i == 0,
+        };
+        let running = inflight
+            .iter()
+            .enumerate()
+            .find(|(i, h)| taken.is_none() && started(*i, h))
+            .map(|(_, h)| h.lease.job.id);
         let what = match &ended {
             Ended::Closed => format!("{name} finished ({})", describe_status(status)),
             Ended::Eof => format!("{name} {}", describe_status(status)),
@@ -1234,21 +1326,17 @@ impl Ctx<'_> {
         };
         // A worker that said LEAVING told how many jobs it took; without it,
         // the oldest in-flight job is taken to be the one it was running.
-        let started: fn(&InFlight, u64, bool) -> bool = match taken {
-            Some(_) => |i, t, _first| i.index < t,
-            None => |_, _t, first| first,
-        };
         let killed = matches!(ended, Ended::Killed);
         let mut lost_jobs = 0;
-        for (i, held) in inflight.into_iter().enumerate() {
-            let was_started = started(&held, taken.unwrap_or(0), i == 0);
+        for (i, held) in inflight.iter().enumerate() {
+            let was_started = started(i, held);
             if !was_started || killed {
                 let _ = self.queue.release(&held.lease);
                 continue;
             }
             lost_jobs += 1;
             let reason = match ended {
-                Ended::Timeout if i == 0 => FailReason::Timeout,
+                Ended::Timeout if Some(held.lease.job.id) == running => FailReason::Timeout,
                 _ => FailReason::WorkerLost {
                     detail: detail.clone(),
                 },
@@ -1257,7 +1345,7 @@ impl Ctx<'_> {
                 Ok(disposition) => self.observer.outcome(Outcome {
                     slot,
                     worker,
-                    job: held.lease.job,
+                    job: held.lease.job.clone(),
                     kind: OutcomeKind::Failed {
                         reason,
                         disposition,

@@ -40,6 +40,14 @@ pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Environment variable naming the worker's protocol file descriptor.
 pub const FD_ENV: &str = "JOBMILL_FD";
 
+/// Environment variable naming the worker's state page, a shared memory
+/// file where the worker keeps the id of the job it is running.
+pub const STATE_FD_ENV: &str = "JOBMILL_STATE_FD";
+
+/// Capability bit: the worker writes the id of the job it is running (0
+/// when none) as a `u64` at offset 0 of the state page.
+pub const CAP_RUNNING_PAGE: u32 = 1;
+
 /// Frame type codes (the byte after the length).
 pub mod kind {
     /// Worker → coordinator: magic, version, capabilities, name.
@@ -95,7 +103,7 @@ impl<'a> Payload<'a> {
 pub struct Hello<'a> {
     /// The protocol version the worker speaks.
     pub version: u16,
-    /// Capability bits the worker offers (none are defined in version 1).
+    /// Capability bits the worker offers ([`CAP_RUNNING_PAGE`]).
     pub capabilities: u32,
     /// Free-form name of the worker library, e.g. `rust/0.1` (for logs).
     pub name: &'a [u8],

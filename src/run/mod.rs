@@ -16,6 +16,7 @@
 pub mod control;
 pub mod halt;
 pub mod output;
+pub mod persistent;
 pub mod progress;
 
 use std::ffi::OsString;
@@ -64,6 +65,9 @@ pub struct RunOptions {
     pub guardian: Option<PathBuf>,
     /// Install SIGINT/SIGTERM/SIGHUP handlers for the run's duration.
     pub handle_signals: bool,
+    /// Run the jobs in long-lived workers (`--persistent`) instead of a
+    /// process per job; the template is then unused.
+    pub persistent: Option<persistent::PersistentOptions>,
 }
 
 impl RunOptions {
@@ -82,6 +86,7 @@ impl RunOptions {
             queue_capacity: 1024,
             guardian: None,
             handle_signals: false,
+            persistent: None,
         }
     }
 }
@@ -296,14 +301,27 @@ pub fn run(
             .spawn(move || read_input(&ctx, jobs))?;
     }
 
-    let slots: Vec<_> = (1..=ctx.opts.jobs.max(1))
-        .map(|slot| {
-            let ctx = Arc::clone(&ctx);
-            thread::Builder::new()
-                .name(format!("jobmill-slot-{slot}"))
-                .spawn(move || slot_loop(&ctx, slot))
-        })
-        .collect::<Result<_, _>>()?;
+    // `--persistent`: one coordinator of long-lived workers replaces the
+    // slot threads (see `persistent`).
+    let slots: Vec<_> = if ctx.opts.persistent.is_some() {
+        let ctx = Arc::clone(&ctx);
+        vec![thread::Builder::new()
+            .name("jobmill-persistent".into())
+            .spawn(move || {
+                if let Some(p) = &ctx.opts.persistent {
+                    persistent::drive(&ctx, p)
+                }
+            })?]
+    } else {
+        (1..=ctx.opts.jobs.max(1))
+            .map(|slot| {
+                let ctx = Arc::clone(&ctx);
+                thread::Builder::new()
+                    .name(format!("jobmill-slot-{slot}"))
+                    .spawn(move || slot_loop(&ctx, slot))
+            })
+            .collect::<Result<_, _>>()?
+    };
     for s in slots {
         if s.join().is_err() {
             ctx.fatal("internal error: a slot thread panicked".into());

@@ -53,9 +53,10 @@ use bytes::Bytes;
 use crate::job::{Job, JobId};
 use crate::protocol::io::{FrameReader, ReadError};
 use crate::protocol::{
-    decode, encode, encode_empty, kind, BatchBuilder, Decoded, Frame, Hello, DEFAULT_MAX_FRAME,
-    FD_ENV, VERSION,
+    decode, encode, encode_empty, kind, BatchBuilder, Decoded, Frame, Hello, CAP_RUNNING_PAGE,
+    DEFAULT_MAX_FRAME, FD_ENV, STATE_FD_ENV, VERSION,
 };
+use crate::sys::shm::SharedPage;
 
 /// Longest a finished job's result waits in the local batch before the
 /// background thread writes it.
@@ -308,6 +309,9 @@ pub struct Worker {
     max_frame: usize,
     window: u32,
     left: bool,
+    /// The state page, if the coordinator granted it: the id of the job
+    /// being run, so a crash is blamed on the right job.
+    page: Option<Arc<SharedPage>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -337,7 +341,13 @@ impl Worker {
             value: value.clone(),
         })?;
         let stream = crate::sys::fd::adopt_inherited_socket(fd).map_err(WorkerError::Channel)?;
-        Worker::from_stream(stream)
+        // The state page is optional: without it, crashes are blamed on the
+        // oldest unanswered job.
+        let page = std::env::var(STATE_FD_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .and_then(|fd| SharedPage::adopt(fd).ok());
+        Worker::handshake(stream, page)
     }
 
     /// Performs the handshake over an already connected stream.
@@ -349,13 +359,17 @@ impl Worker {
     /// [`WorkerError::Io`] or [`WorkerError::Disconnected`] if the channel
     /// fails.
     pub fn from_stream(stream: UnixStream) -> Result<Worker, WorkerError> {
+        Worker::handshake(stream, None)
+    }
+
+    fn handshake(stream: UnixStream, page: Option<SharedPage>) -> Result<Worker, WorkerError> {
         let mut write = stream.try_clone().map_err(WorkerError::Channel)?;
         let mut hello = Vec::new();
         encode(
             &mut hello,
             &Frame::Hello(Hello {
                 version: VERSION,
-                capabilities: 0,
+                capabilities: if page.is_some() { CAP_RUNNING_PAGE } else { 0 },
                 name: NAME.as_bytes(),
             }),
             DEFAULT_MAX_FRAME,
@@ -424,6 +438,9 @@ impl Worker {
             max_frame,
             window: welcome.window,
             left: false,
+            page: page
+                .filter(|_| welcome.capabilities & CAP_RUNNING_PAGE != 0)
+                .map(Arc::new),
         })
     }
 
@@ -503,6 +520,9 @@ impl Worker {
     fn pop(&mut self) -> Option<Job> {
         let job = self.buffer.pop_front()?;
         self.taken += 1;
+        if let Some(page) = &self.page {
+            page.store(0, job.id.0);
+        }
         Some(job)
     }
 
@@ -586,6 +606,11 @@ impl Worker {
     }
 
     fn push(&mut self, id: JobId, ok: bool, data: &[u8]) -> Result<(), WorkerError> {
+        if let Some(page) = &self.page {
+            if page.load(0) == id.0 {
+                page.store(0, 0);
+            }
+        }
         let mut out = self.outbox.lock();
         match out.push(id.0, ok, data) {
             Ok(wake) => {
