@@ -24,7 +24,16 @@ const UPPER: &str = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n 
 fn persistent_run_prints_each_result_once_in_order_with_k() {
     let out = AssertCommand::new(env!("CARGO_BIN_EXE_jobmill"))
         .env("PYTHONPATH", PYTHONPATH)
-        .args(["run", "-k", "-j", "3", "--persistent", "--window", "2", "--"])
+        .args([
+            "run",
+            "-k",
+            "-j",
+            "3",
+            "--persistent",
+            "--window",
+            "2",
+            "--",
+        ])
         .args(["python3", "-c", UPPER])
         .write_stdin((0..200).map(|i| format!("item{i}\n")).collect::<String>())
         .assert()
@@ -49,8 +58,14 @@ fn persistent_failures_are_retried_then_counted_in_the_exit_status() {
         .clone();
     assert_eq!(lines(&out.stdout), vec!["ok", "ok"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("job 2 attempt 1 failed: cannot parse b'bad'"), "{err}");
-    assert!(err.contains("job 2 attempt 2 failed: cannot parse b'bad'"), "{err}");
+    assert!(
+        err.contains("job 2 attempt 1 failed: cannot parse b'bad'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("job 2 attempt 2 failed: cannot parse b'bad'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -58,7 +73,16 @@ fn persistent_worker_killed_mid_job_is_replaced_and_the_job_retried() {
     let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'die' and job.attempt == 1:\n        os.kill(os.getpid(), 9)\n    job.complete(job.payload + b'\\n')\n";
     let out = AssertCommand::new(env!("CARGO_BIN_EXE_jobmill"))
         .env("PYTHONPATH", PYTHONPATH)
-        .args(["run", "-k", "-j", "2", "--retries", "1", "--persistent", "--"])
+        .args([
+            "run",
+            "-k",
+            "-j",
+            "2",
+            "--retries",
+            "1",
+            "--persistent",
+            "--",
+        ])
         .args(["python3", "-c", script])
         .write_stdin("a\nb\ndie\nc\nd\n")
         .assert()
@@ -67,7 +91,10 @@ fn persistent_worker_killed_mid_job_is_replaced_and_the_job_retried() {
         .clone();
     assert_eq!(lines(&out.stdout), vec!["a", "b", "die", "c", "d"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("was killed by SIGKILL while running job"), "{err}");
+    assert!(
+        err.contains("was killed by SIGKILL while running job"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -75,7 +102,16 @@ fn persistent_timeout_kills_the_worker_and_the_job_is_dead() {
     let script = "import time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'slow':\n        time.sleep(60)\n    job.complete(job.payload + b'\\n')\n";
     let out = AssertCommand::new(env!("CARGO_BIN_EXE_jobmill"))
         .env("PYTHONPATH", PYTHONPATH)
-        .args(["run", "-k", "-j", "1", "--timeout", "500ms", "--persistent", "--"])
+        .args([
+            "run",
+            "-k",
+            "-j",
+            "1",
+            "--timeout",
+            "500ms",
+            "--persistent",
+            "--",
+        ])
         .args(["python3", "-c", script])
         .write_stdin("a\nslow\nb\n")
         .assert()
@@ -138,7 +174,10 @@ fn persistent_first_ctrl_c_drains_and_exits_130() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     let printed = 1 + rest.lines().count();
-    assert!(printed < 200, "the run drained instead of finishing: {printed}");
+    assert!(
+        printed < 200,
+        "the run drained instead of finishing: {printed}"
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!stderr.contains("lost"), "{stderr}");
@@ -152,7 +191,9 @@ fn persistent_rejects_shell_and_a_missing_command() {
         .write_stdin("")
         .assert()
         .failure()
-        .stderr(predicates::str::contains("--shell cannot be used with --persistent"));
+        .stderr(predicates::str::contains(
+            "--shell cannot be used with --persistent",
+        ));
     AssertCommand::new(env!("CARGO_BIN_EXE_jobmill"))
         .args(["run", "--persistent", "--", "/nonexistent/worker"])
         .write_stdin("a\n")

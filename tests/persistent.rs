@@ -6,12 +6,12 @@ mod workers_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use workers_common::{fill, fixture, python, wait_until, Recorder};
 use jobmill::job::{FailReason, JobState, RetryPolicy};
 use jobmill::persistent::{self, Config, OutcomeKind, PersistentError, Stop, Stream};
 use jobmill::queue::memory::MemoryQueue;
 use jobmill::queue::{Disposition, Queue};
 use jobmill::worker::{self, TryGetError, Worker};
+use workers_common::{fill, fixture, python, wait_until, Recorder};
 
 /// Not a test: the worker side, run when this binary is re-executed by the
 /// coordinator with `JOBMILL_FIXTURE` set. Does nothing otherwise.
@@ -500,11 +500,13 @@ fn drain_stop_finishes_sent_jobs_and_leaves_the_rest_queued() {
 fn a_crash_is_blamed_on_the_running_job_not_on_unsent_results_before_it() {
     // No retries: a wrongly blamed job would end dead.
     let q = MemoryQueue::new(100, RetryPolicy::default());
-    put_all(&q, &payloads(30));
+    put_all(&q, &payloads(100));
     q.close().unwrap();
     let rec = Recorder::default();
-    let mut c = config("kill-self-on:item-9", 1);
-    c.window = 8;
+    // The first window (64 jobs) arrives in one write: items 0..19 are
+    // done, their results still in the batch, when item-20 kills it.
+    let mut c = config("kill-self-on:item-20", 1);
+    c.window = 64;
     persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
     let failed: Vec<_> = rec
         .outcomes
@@ -514,8 +516,8 @@ fn a_crash_is_blamed_on_the_running_job_not_on_unsent_results_before_it() {
         .filter(|o| matches!(o.kind, OutcomeKind::Failed { .. }))
         .map(|o| String::from_utf8_lossy(&o.job.payload).into_owned())
         .collect();
-    assert_eq!(failed, vec!["item-9"]);
-    assert_eq!(rec.done().len(), 29);
+    assert_eq!(failed, vec!["item-20"]);
+    assert_eq!(rec.done().len(), 99);
     let c = q.counts().unwrap();
-    assert_eq!((c.done, c.dead, c.leased, c.queued), (29, 1, 0, 0));
+    assert_eq!((c.done, c.dead, c.leased, c.queued), (99, 1, 0, 0));
 }

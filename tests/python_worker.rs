@@ -5,11 +5,11 @@ mod workers_common;
 
 use std::time::Duration;
 
-use workers_common::{fill, python, wait_until, Recorder};
 use jobmill::job::{FailReason, JobState, RetryPolicy};
 use jobmill::persistent::{self, Config, OutcomeKind, Stop, Stream};
 use jobmill::queue::memory::MemoryQueue;
 use jobmill::queue::{Disposition, Queue};
+use workers_common::{fill, python, wait_until, Recorder};
 
 fn config(script: &str, workers: usize) -> Config {
     let (command, env) = python(script);
@@ -279,11 +279,11 @@ fn example_analysis_script_summarises_each_input() {
 
 #[test]
 fn python_crash_is_blamed_on_the_running_job_only() {
-    let q = queue_of(30, RetryPolicy::default());
+    let q = queue_of(100, RetryPolicy::default());
     let rec = Recorder::default();
-    let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'item-9' and job.attempt == 1:\n        os.kill(os.getpid(), 9)\n    job.complete(job.payload)\n";
+    let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'item-20' and job.attempt == 1:\n        os.kill(os.getpid(), 9)\n    job.complete(job.payload)\n";
     let mut c = config(script, 1);
-    c.window = 8;
+    c.window = 64;
     persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
     let failed: Vec<_> = rec
         .outcomes
@@ -293,6 +293,6 @@ fn python_crash_is_blamed_on_the_running_job_only() {
         .filter(|o| matches!(o.kind, OutcomeKind::Failed { .. }))
         .map(|o| String::from_utf8_lossy(&o.job.payload).into_owned())
         .collect();
-    assert_eq!(failed, vec!["item-9"]);
-    assert_eq!(rec.done().len(), 29);
+    assert_eq!(failed, vec!["item-20"]);
+    assert_eq!(rec.done().len(), 99);
 }
