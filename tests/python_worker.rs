@@ -296,3 +296,42 @@ fn python_crash_is_blamed_on_the_running_job_only() {
     assert_eq!(failed, vec!["item-20"]);
     assert_eq!(rec.done().len(), 99);
 }
+
+#[test]
+fn a_silent_worker_holding_a_job_is_declared_lost_when_heartbeats_are_asked() {
+    // A raw worker that takes a job and then hangs without a word.
+    let script = r#"
+import os, socket, struct, time
+s = socket.socket(fileno=int(os.environ["JOBMILL_FD"]))
+body = b"JMWP" + struct.pack("<HI", 1, 0)
+s.sendall(struct.pack("<IB", len(body), 1) + body)
+s.recv(4096)
+time.sleep(60)
+"#;
+    let q = queue_of(1, RetryPolicy::default());
+    let rec = Recorder::default();
+    let mut c = config(script, 1);
+    c.heartbeat = Some(Duration::from_millis(100));
+    c.max_failed_starts = 1;
+    let _ = persistent::run(&q, &c, &rec, &Stop::new());
+    let lost = rec.lost_details();
+    assert!(
+        lost.first().is_some_and(|d| d.contains("stopped heartbeating")),
+        "{lost:?}"
+    );
+    assert_eq!(q.counts().unwrap().dead, 1, "its job was counted");
+}
+
+#[test]
+fn a_library_worker_in_a_long_job_keeps_heartbeating() {
+    // 1 s of work against a 100 ms heartbeat (lost after 400 ms of
+    // silence): the library's background thread keeps it alive.
+    let script = "import time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    time.sleep(1)\n    job.complete(b'ok')\n";
+    let q = queue_of(2, RetryPolicy::default());
+    let rec = Recorder::default();
+    let mut c = config(script, 1);
+    c.heartbeat = Some(Duration::from_millis(100));
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 2);
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
