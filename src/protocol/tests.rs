@@ -401,6 +401,10 @@ proptest! {
             if let Frame::Batch(b) = frame {
                 prop_assert_eq!(b.iter().count(), b.len());
             }
+            // Whatever is accepted re-encodes to the very same bytes.
+            let mut again = Vec::new();
+            encode(&mut again, &frame, max).unwrap();
+            prop_assert_eq!(&again[..], &rest[..len]);
             rest = &rest[len..];
         }
     }
@@ -417,8 +421,13 @@ proptest! {
         let mut buf = (body.len() as u32).to_le_bytes().to_vec();
         buf.push(code);
         buf.extend_from_slice(&body);
-        if let Ok(Decoded::Frame { frame: Frame::Batch(b), .. }) = decode(&buf, DEFAULT_MAX_FRAME) {
-            prop_assert_eq!(b.iter().count(), b.len());
+        if let Ok(Decoded::Frame { frame, len }) = decode(&buf, DEFAULT_MAX_FRAME) {
+            if let Frame::Batch(b) = frame {
+                prop_assert_eq!(b.iter().count(), b.len());
+            }
+            let mut again = Vec::new();
+            encode(&mut again, &frame, DEFAULT_MAX_FRAME).unwrap();
+            prop_assert_eq!(&again[..], &buf[..len]);
         }
     }
 }
