@@ -202,7 +202,10 @@ impl Queue for MemoryQueue {
                 return Err(GetError::Closed);
             }
             state = match deadline {
-                None => self.available.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .available
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
