@@ -184,9 +184,11 @@ fn two_consumers_and_one_producer_run_1000_jobs_exactly_once() {
     let c = producer.counts().unwrap();
     assert_eq!((c.produced, c.done), (N, N));
     assert!(c.is_drained());
-    // Nothing left behind: the stream holds no entry and no lease.
-    let len: u64 = server.cmd(&["XLEN", "jm:{many}:s"]);
-    assert_eq!(len, 0);
+    // Nothing left behind: no pending entry, no lease.
+    let pending: Vec<redis::Value> = server.cmd(&["XPENDING", "jm:{many}:s", "g"]);
+    assert_eq!(pending[0], redis::Value::Int(0));
+    let leases: u64 = server.cmd(&["HLEN", "jm:{many}:l"]);
+    assert_eq!(leases, 0);
 }
 
 #[test]
@@ -528,4 +530,44 @@ fn a_bad_url_is_refused_before_connecting() {
         msg.contains("queue name") && !msg.contains("secret"),
         "{msg}"
     );
+}
+
+#[test]
+fn settled_entries_are_trimmed_but_never_a_pending_one() {
+    let server = RedisServer::start();
+    let q = open(&server, "trim", RedisConfig::default());
+    let jobs: Vec<NewJob> = (1..=3000).map(job).collect();
+    q.put_many(&jobs).unwrap();
+    let oldest = q.get(WorkerId(1), LONG).unwrap();
+    loop {
+        match q.get_many(WorkerId(2), 500, Some(Duration::from_millis(50))) {
+            Ok(ls) => assert!(q
+                .complete_many(&ls)
+                .unwrap()
+                .iter()
+                .all(|c| *c == Completion::Recorded)),
+            Err(GetError::Timeout) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 2999 settled entries, but the oldest is pending: nothing may go.
+    let entry = format!("{}-{}", oldest.token.hi, oldest.token.lo);
+    let found: Vec<redis::Value> = server.cmd(&["XRANGE", "jm:{trim}:s", &entry, &entry]);
+    assert_eq!(found.len(), 1, "the pending entry was trimmed");
+    assert_eq!(q.complete(&oldest).unwrap(), Completion::Recorded);
+    // Once it is settled, the settled entries are trimmed.
+    q.put_many(&jobs).unwrap();
+    q.close().unwrap();
+    loop {
+        match q.get_many(WorkerId(2), 500, LONG) {
+            Ok(ls) => {
+                q.complete_many(&ls).unwrap();
+            }
+            Err(GetError::Closed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let len: u64 = server.cmd(&["XLEN", "jm:{trim}:s"]);
+    assert!(len < 3000, "stream still holds {len} entries");
+    assert_eq!(q.counts().unwrap().done, 6000);
 }

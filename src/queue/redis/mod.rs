@@ -217,6 +217,9 @@ struct Settle {
     action: &'static str,
     attempts: u32,
     record: String,
+    /// Job id and whether its payload has its own key (used by 'd').
+    job: u64,
+    ext: bool,
 }
 
 /// A lease as the server knows it, about to be failed.
@@ -503,7 +506,9 @@ impl Inner {
                     .arg(&s.expected)
                     .arg(s.action)
                     .arg(s.attempts)
-                    .arg(&s.record);
+                    .arg(&s.record)
+                    .arg(s.job)
+                    .arg(if s.ext { "1" } else { "0" });
             }
         })?;
         let out: Vec<bool> = array(OP, v)?.iter().map(|x| int(x) == Some(1)).collect();
@@ -581,6 +586,8 @@ impl Inner {
                 action,
                 attempts,
                 record,
+                job,
+                ext: false,
             },
             disposition,
         ))
@@ -663,9 +670,10 @@ impl Inner {
         }
         let n = |i: usize| int(&a[i]).unwrap_or(0) as u64;
         let leased = n(6);
+        let unfinished = n(1).saturating_sub(n(2) + n(3) + n(4));
         let counts = Counts {
             produced: n(1),
-            queued: n(5).saturating_sub(leased),
+            queued: unfinished.saturating_sub(leased),
             leased,
             done: n(2),
             failed: n(3),
@@ -1006,6 +1014,8 @@ impl RedisQueue {
                 action: "d",
                 attempts: lease.job.attempts,
                 record: String::new(),
+                job: lease.job.id.0,
+                ext: lease.job.payload.len() > INLINE_LIMIT,
             });
         }
         Ok(self
@@ -1237,6 +1247,8 @@ impl Queue for RedisQueue {
             action: "q",
             attempts,
             record: String::new(),
+            job: lease.job.id.0,
+            ext: false,
         }])?;
         Ok(())
     }

@@ -55,6 +55,31 @@ local function drained()
   return v[1] == '1' and (tonumber(v[2]) or 0) ==
     (tonumber(v[3]) or 0) + (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0)
 end
+-- Jobs put and not yet final: queued plus leased.
+local function unfinished()
+  local v = redis.call('HMGET', M, 'produced', 'done', 'failed', 'dead')
+  return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0) - (tonumber(v[4]) or 0)
+end
+-- Settled entries stay in the stream (no XDEL per job) until this trims
+-- them: everything below the oldest pending entry, and never past the
+-- group's last delivered entry, so no pending or undelivered entry is
+-- ever trimmed. Runs only when settled entries outnumber live ones.
+local function trim()
+  local live = unfinished()
+  if redis.call('XLEN', S) < 2 * live + 1000 then return end
+  local p = redis.call('XPENDING', S, G)
+  local cut
+  if p[1] > 0 then
+    cut = p[2]
+  else
+    local groups = redis.call('XINFO', 'GROUPS', S)
+    for _, g in ipairs(groups) do
+      local f = fields(g)
+      if f['name'] == G then cut = f['last-delivered-id'] end
+    end
+  end
+  if cut then redis.call('XTRIM', S, 'MINID', '~', cut) end
+end
 local function wake(what) redis.call('XADD', E, 'MAXLEN', '~', '100', '*', 'w', what) end
 local function payload_of(f)
   if f['x'] == '1' then return redis.call('GET', PFX .. 'p:' .. f['j']) or '' end
@@ -88,7 +113,7 @@ local c = cached()
 if c then return c end
 if num('closed') == 1 then return {0} end
 local k = tonumber(ARGV[5])
-local room = num('capacity') - (redis.call('XLEN', S) - redis.call('HLEN', L))
+local room = num('capacity') - (unfinished() - redis.call('HLEN', L))
 if room <= 0 then return {-1, last_id(E)} end
 local n = math.min(k, room)
 local last = redis.call('HINCRBY', M, 'next_id', n)
@@ -125,19 +150,20 @@ local function entry(out, id, f, attempt)
 end
 local c = cached()
 if c then
+  -- One XREADGROUP delivers consecutive entries: the range first..last
+  -- holds them all; keep those this consumer still holds.
   local out = {1}
-  for _, id in ipairs(c) do
-    local held = redis.call('HGET', L, id)
-    local r = redis.call('XRANGE', S, id, id)
-    if held and r[1] then
+  for _, e in ipairs(redis.call('XRANGE', S, c[1], c[2])) do
+    local held = redis.call('HGET', L, e[1])
+    if held then
       local attempt, owner = string.match(held, '^(%d+)|(.*)$')
-      if owner == ARGV[4] then entry(out, id, fields(r[1][2]), attempt) end
+      if owner == ARGV[4] then entry(out, e[1], fields(e[2]), attempt) end
     end
   end
   return out
 end
 local cap = num('capacity')
-local before = redis.call('XLEN', S) - redis.call('HLEN', L)
+local before = unfinished() - redis.call('HLEN', L)
 local r = redis.call('XREADGROUP', 'GROUP', G, ARGV[4], 'COUNT', ARGV[5], 'STREAMS', S, '>')
 if not r then
   local v = redis.call('HMGET', M, 'closed', 'produced', 'done', 'failed', 'dead', 'producer_seen')
@@ -150,17 +176,16 @@ if not r then
   return out
 end
 local out = {1}
-local ids = {}
-for _, e in ipairs(r[1][2]) do
+local got = r[1][2]
+for _, e in ipairs(got) do
   local id = e[1]
   local f = fields(e[2])
   local attempt = (tonumber(f['a']) or 0) + 1
   redis.call('HSET', L, id, attempt .. '|' .. ARGV[4])
   entry(out, id, f, attempt)
-  ids[#ids + 1] = id
 end
-if before >= cap and before - #ids < cap then wake('room') end
-remember(ids)
+if before >= cap and before - #got < cap then wake('room') end
+remember({got[1][1], got[#got][1]})
 return out
 "#;
 
@@ -199,10 +224,10 @@ return remember(out)
 
 /// Resolves k leases, each only if it is still current (lease hash matches
 /// and XACK returned 1). Actions: 'd' done, 'q' requeue (a new entry with
-/// the attempts given; the old one is acked and deleted), 'f' failed and
-/// 'x' dead (dead-letter record stored).
+/// the attempts given; the old one is acked), 'f' failed and 'x' dead
+/// (dead-letter record stored). Settled entries are left for `trim`.
 /// ARGV[4] = k, then per lease: entry id, expected lease, action, attempts,
-/// record. Returns {1|0 per lease} (0 = stale).
+/// record, job id, external payload flag. Returns {1|0 per lease} (0 = stale).
 const SETTLE: &str = r#"
 local c = cached()
 if c then return c end
@@ -210,27 +235,30 @@ local k = tonumber(ARGV[4])
 local out = {}
 local nd, nf, nx = 0, 0, 0
 for i = 0, k - 1 do
-  local b = 5 + i * 5
+  local b = 5 + i * 7
   local id, action = ARGV[b], ARGV[b + 2]
   local ok = 0
   if redis.call('HGET', L, id) == ARGV[b + 1] then
     redis.call('HDEL', L, id)
-    local e = redis.call('XRANGE', S, id, id)
-    if redis.call('XACK', S, G, id) == 1 and e[1] then
-      ok = 1
-      local f = fields(e[1][2])
-      redis.call('XDEL', S, id)
-      if action == 'q' then
-        if f['x'] == '1' then
-          redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'x', '1')
+    if action == 'd' then
+      if redis.call('XACK', S, G, id) == 1 then
+        ok = 1
+        nd = nd + 1
+        if ARGV[b + 6] == '1' then redis.call('DEL', PFX .. 'p:' .. ARGV[b + 5]) end
+      end
+    else
+      local e = redis.call('XRANGE', S, id, id)
+      if redis.call('XACK', S, G, id) == 1 and e[1] then
+        ok = 1
+        local f = fields(e[1][2])
+        if action == 'q' then
+          if f['x'] == '1' then
+            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'x', '1')
+          else
+            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'p', f['p'] or '')
+          end
         else
-          redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'p', f['p'] or '')
-        end
-      else
-        if f['x'] == '1' then redis.call('DEL', PFX .. 'p:' .. f['j']) end
-        if action == 'd' then
-          nd = nd + 1
-        else
+          if f['x'] == '1' then redis.call('DEL', PFX .. 'p:' .. f['j']) end
           redis.call('HSET', D, f['j'], ARGV[b + 4])
           if action == 'f' then nf = nf + 1 else nx = nx + 1 end
         end
@@ -242,7 +270,10 @@ end
 if nd > 0 then redis.call('HINCRBY', M, 'done', nd) end
 if nf > 0 then redis.call('HINCRBY', M, 'failed', nf) end
 if nx > 0 then redis.call('HINCRBY', M, 'dead', nx) end
-if nd + nf + nx > 0 and drained() then wake('drained') end
+if nd + nf + nx > 0 then
+  if drained() then wake('drained') end
+  trim()
+end
 return remember(out)
 "#;
 
@@ -296,8 +327,8 @@ return 1
 "#;
 
 /// One consistent snapshot of the counters.
-/// Returns {closed, produced, done, failed, dead, stream length, leased,
-/// producer alive, producer seen}.
+/// Returns {closed, produced, done, failed, dead, stream length (settled
+/// entries not yet trimmed included), leased, producer alive, producer seen}.
 const COUNTS: &str = r#"
 local v = redis.call('HMGET', M, 'closed', 'produced', 'done', 'failed', 'dead', 'producer_seen')
 return {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0,
