@@ -303,9 +303,9 @@ impl JobState {
                 worker: *worker,
                 attempt: attempts + 1,
             },
-            (JobState::Leased { attempt, .. }, Transition::Complete) => JobState::Done {
-                attempts: *attempt,
-            },
+            (JobState::Leased { attempt, .. }, Transition::Complete) => {
+                JobState::Done { attempts: *attempt }
+            }
             (JobState::Leased { attempt, .. }, Transition::Release) => JobState::Queued {
                 attempts: attempt - 1,
             },
@@ -448,8 +448,12 @@ mod tests {
     #[test]
     fn queued_cannot_complete_or_fail() {
         let s = JobState::Queued { attempts: 0 };
-        assert!(s.apply(Transition::Complete, RetryPolicy::default()).is_err());
-        assert!(s.apply(Transition::Release, RetryPolicy::default()).is_err());
+        assert!(s
+            .apply(Transition::Complete, RetryPolicy::default())
+            .is_err());
+        assert!(s
+            .apply(Transition::Release, RetryPolicy::default())
+            .is_err());
     }
 
     #[test]

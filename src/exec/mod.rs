@@ -1,1 +1,165 @@
-//! (to be written)
+//! Process supervision: one attempt of a command, from spawn to reaping.
+//!
+//! ## The model
+//!
+//! - **Spawn.** std's [`std::process::Command`], which uses `posix_spawn`
+//!   (a `vfork`-style clone, about twice as fast as fork+exec and
+//!   independent of the parent's size) as long as no `pre_exec` hook is
+//!   set — so none is. The program is looked up in `PATH` like `Command`
+//!   does; arguments are passed as bytes, unchanged.
+//! - **One process group per job** (`process_group(0)`): the job's
+//!   grandchildren share its group, so a signal to the group reaches all of
+//!   them, and the terminal's Ctrl-C (sent to jobmill's foreground group)
+//!   does not reach jobs at all. stdin is `/dev/null`; stdout and stderr are
+//!   two pipes, captured separately.
+//! - **Waiting.** One thread per running attempt polls the two pipes, a
+//!   pidfd of the main process and the supervisor's stop event, with the
+//!   timeout as the poll deadline. Output is read as it comes, so a job
+//!   writing more than a pipe holds never blocks.
+//! - **Exit.** When the main process has exited (still unreaped, so its pid —
+//!   the group id — cannot be reused), jobmill sends SIGKILL to the rest of
+//!   its process group: no background process outlives its job (a job that
+//!   wants a daemon must detach it into another group or session, e.g. with
+//!   `setsid`). It then takes what is left in the pipes and reaps the main
+//!   process with `wait4`, which also gives its peak memory. A job killed by
+//!   a signal ends [`End::Signaled`].
+//! - **Timeout.** SIGTERM to the whole group (followed by SIGCONT, so that a
+//!   stopped job gets to handle it), SIGKILL to the group `grace` later if
+//!   the main process is still there; the attempt is marked `timed_out`.
+//! - **Interrupt.** [`Supervisor::terminate_all`] does the same to every
+//!   running attempt (and to any started after it), marking them
+//!   `terminated`: stopped by jobmill, not the job's fault.
+//! - **jobmill dies.** The [`guardian`] process stops every registered job.
+//! - **Output.** Each stream goes to a [`Capture`]: in memory while the
+//!   run's [`SpillBudget`] allows, then spilled to an unlinked temporary
+//!   file, so output waiting to be printed is never held without bound.
+//!
+//! A supervisor never installs signal handlers and never reaps other
+//! children. It needs `SIGCHLD` not to be ignored (auto-reaping would take
+//! the job's status away).
+
+mod capture;
+pub mod guardian;
+mod supervisor;
+
+pub use capture::{Capture, SpillBudget};
+pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE};
+
+use std::ffi::OsString;
+use std::time::{Duration, SystemTime};
+
+/// What to run for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSpec<'a> {
+    /// The program (`argv[0]`, looked up in `PATH` as `Command` does) and
+    /// its arguments.
+    pub argv: &'a [OsString],
+    /// Extra environment variables for the job (e.g. `JOBMILL_SEQ`), on top
+    /// of jobmill's own environment.
+    pub env: &'a [(&'a str, OsString)],
+    /// Stop the attempt after this long; `None` lets it run.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when stopping the attempt.
+    pub grace: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The main process exited with this status code.
+    Exited(i32),
+    /// The main process was killed by this signal (see [`signal_name`]).
+    Signaled(i32),
+    /// The program could not be run (or, very rarely, its status was lost
+    /// because something else reaped it). The message names the program.
+    SpawnFailed(String),
+}
+
+impl End {
+    /// Whether the attempt succeeded (exit status 0).
+    pub fn is_success(&self) -> bool {
+        matches!(self, End::Exited(0))
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug)]
+pub struct Attempt {
+    /// When the attempt started (wall clock).
+    pub started: SystemTime,
+    /// How long it ran, from spawn to reaping.
+    pub duration: Duration,
+    /// How it ended.
+    pub end: End,
+    /// Stopped by its timeout.
+    pub timed_out: bool,
+    /// Stopped by [`Supervisor::terminate_all`] (an interrupt): not the
+    /// job's fault. Not set when the timeout had already stopped it.
+    pub terminated: bool,
+    /// Peak resident set size of the main process, in KiB (`ru_maxrss`).
+    pub max_rss_kib: u64,
+    /// Everything the job wrote to its stdout.
+    pub stdout: Capture,
+    /// Everything the job wrote to its stderr.
+    pub stderr: Capture,
+}
+
+/// The name of signal `sig` (`"SIGKILL"`), or `"signal N"` when unknown.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(sig).ok().and_then(|i| NAMES.get(i)) {
+        Some(name) if !name.is_empty() => (*name).to_owned(),
+        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => {
+            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
+        }
+        _ => format!("signal {sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_match_libc_numbers() {
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+        assert_eq!(signal_name(libc::SIGSYS), "SIGSYS");
+        assert_eq!(signal_name(0), "signal 0");
+        assert_eq!(signal_name(200), "signal 200");
+    }
+}

@@ -1,0 +1,90 @@
+//! Argument parsing (clap derive; help text comes from these doc comments)
+//! and one module per subcommand.
+
+mod args;
+mod run;
+
+use std::io;
+
+use clap::{Parser, Subcommand};
+
+/// jobmill: run jobs from a queue on N workers, exactly once, never losing one.
+///
+/// `jobmill run -- COMMAND {}` runs COMMAND once per input line, in parallel,
+/// without a shell, with retries, timeouts and clean Ctrl-C handling.
+#[derive(Debug, Parser)]
+#[command(name = "jobmill", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run COMMAND once per input, in parallel.
+    ///
+    /// Inputs come from stdin (one per line), from `-a FILE`, or from
+    /// `::: a b c` after the command. `{}` in the command is replaced by the
+    /// input; without any replacement string the input is appended as the
+    /// last argument. The command is executed directly, never through a
+    /// shell, unless `--shell` is given.
+    ///
+    /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
+    /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
+    Run(run::RunArgs),
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> u8 {
+    if let Some(code) = hidden_modes() {
+        return code;
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return 0;
+            }
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "jobmill: {} (see `jobmill --help`)",
+                first.trim_start_matches("error: ")
+            );
+            return 255;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            eprintln!("jobmill: {e:#}");
+            255
+        }
+    }
+}
+
+/// Modes of the binary that are not user commands: the guardian process.
+fn hidden_modes() -> Option<u8> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()?.to_str()? == jobmill::exec::guardian::GUARDIAN_ARG {
+        let grace_ms: u64 = args
+            .next()
+            .and_then(|a| a.to_str()?.parse().ok())
+            .unwrap_or(2000);
+        jobmill::exec::guardian::run_guardian(std::time::Duration::from_millis(grace_ms));
+    }
+    None
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

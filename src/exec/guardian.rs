@@ -1,0 +1,249 @@
+//! The guardian: a small process that stops every job if jobmill dies.
+//!
+//! `PR_SET_PDEATHSIG` is not used: setting it needs a `pre_exec` hook,
+//! which makes std's `Command` fall back from `posix_spawn` to fork+exec
+//! (twice as slow, and slower still with a large parent), and it only
+//! reaches the direct child, not the rest of the job's process group.
+//!
+//! Instead [`super::Supervisor`] starts `jobmill __guardian <grace_ms>` once
+//! per run, in its own process group (so the terminal's Ctrl-C does not
+//! reach it), with a pipe as its stdin. jobmill's end of the pipe is
+//! close-on-exec, so jobs never hold it. After spawning a job jobmill
+//! writes `+<pgid>\n`, after reaping it `-<pgid>\n` (one small atomic write
+//! each). The guardian keeps the set of live groups. When its stdin ends —
+//! jobmill exited or was killed, even by SIGKILL — it sends SIGTERM to every
+//! group still registered, waits up to the grace period for them to go,
+//! sends SIGKILL, and exits.
+//!
+//! Known window: a job spawned but not yet registered when jobmill is
+//! SIGKILLed (a few microseconds) is not covered.
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
+
+/// The hidden first argument that starts the guardian mode of the binary.
+pub const GUARDIAN_ARG: &str = "__guardian";
+
+/// What the guardian prints on stdout once it is ready.
+const READY: &[u8] = b"ready\n";
+
+/// How often the guardian checks, during the grace period, whether the
+/// groups it terminated are gone.
+const GONE_CHECK: Duration = Duration::from_millis(10);
+
+/// Entry point of `jobmill __guardian <grace_ms>`: reads registrations
+/// from stdin until it ends, then stops every group still registered
+/// (TERM, wait up to `grace`, KILL) and exits with status 0.
+pub fn run_guardian(grace: Duration) -> ! {
+    // Ctrl-C and a terminal hang-up must not end the guardian before
+    // jobmill: catch them into a flag that nothing reads.
+    let ignored = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&ignored)) {
+            eprintln!("jobmill guardian: cannot catch signal {sig}: {e}");
+        }
+    }
+    // If jobmill is no longer listening, carry on anyway.
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(READY).and_then(|()| out.flush());
+
+    let groups = read_registrations(io::stdin().lock());
+    stop_groups(&groups, grace);
+    std::process::exit(0)
+}
+
+/// Reads `+pgid` / `-pgid` lines until end of input (or a read error) and
+/// returns the groups still registered.
+fn read_registrations(mut input: impl BufRead) -> HashSet<i32> {
+    let mut groups = HashSet::new();
+    let mut line = Vec::with_capacity(32);
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let parsed = std::str::from_utf8(text.get(1..).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+            .filter(|&p| p > 1);
+        match (text.first(), parsed) {
+            (Some(b'+'), Some(pgid)) => {
+                groups.insert(pgid);
+            }
+            (Some(b'-'), Some(pgid)) => {
+                groups.remove(&pgid);
+            }
+            _ => eprintln!(
+                "jobmill guardian: ignoring bad registration {:?}",
+                String::from_utf8_lossy(text)
+            ),
+        }
+    }
+    groups
+}
+
+/// TERM to every group, wait until they are gone or `grace` has passed,
+/// then KILL to those left.
+fn stop_groups(groups: &HashSet<i32>, grace: Duration) {
+    let pids: Vec<Pid> = groups.iter().filter_map(|&g| Pid::from_raw(g)).collect();
+    if pids.is_empty() {
+        return;
+    }
+    for &pid in &pids {
+        let _ = kill_process_group(pid, Signal::TERM);
+    }
+    let deadline = Instant::now().checked_add(grace);
+    while deadline.is_none_or(|d| Instant::now() < d)
+        && pids.iter().any(|&p| test_kill_process_group(p).is_ok())
+    {
+        std::thread::sleep(GONE_CHECK);
+    }
+    for &pid in &pids {
+        let _ = kill_process_group(pid, Signal::KILL);
+    }
+}
+
+/// jobmill's side of the guardian: the child process and the pipe to it.
+#[derive(Debug)]
+pub(crate) struct GuardianLink {
+    /// Our end of the guardian's stdin; `None` only while dropping.
+    stdin: Option<ChildStdin>,
+    child: Child,
+    lost: AtomicBool,
+}
+
+impl GuardianLink {
+    /// Starts `exe __guardian <grace_ms>` and waits until it is ready.
+    pub(crate) fn start(exe: &Path, grace: Duration) -> io::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let mut child = Command::new(exe)
+            .arg(GUARDIAN_ARG)
+            .arg(grace_ms.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start guardian {}: {e}", exe.display()),
+                )
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(io::Error::other("guardian started without pipes"));
+        };
+        let mut ready = Vec::with_capacity(READY.len());
+        let read = stdout.take(READY.len() as u64).read_to_end(&mut ready);
+        if read.is_err() || ready != READY {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "guardian {} {GUARDIAN_ARG} did not start (is it the jobmill binary?)",
+                exe.display()
+            )));
+        }
+        Ok(Self {
+            stdin: Some(stdin),
+            child,
+            lost: AtomicBool::new(false),
+        })
+    }
+
+    /// Registers a live group (`+pgid`).
+    pub(crate) fn register(&self, pgid: i32) {
+        self.send(b'+', pgid);
+    }
+
+    /// Unregisters a reaped group (`-pgid`).
+    pub(crate) fn unregister(&self, pgid: i32) {
+        self.send(b'-', pgid);
+    }
+
+    /// Whether a write to the guardian failed (it died).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, op: u8, pgid: i32) {
+        let mut buf = [0u8; 16];
+        let n = encode(op, pgid, &mut buf);
+        // One write of at most 16 bytes: atomic on a pipe, so no lock.
+        let sent = match &self.stdin {
+            Some(stdin) => {
+                let mut w: &ChildStdin = stdin;
+                w.write_all(&buf[..n]).is_ok()
+            }
+            None => false,
+        };
+        if !sent {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for GuardianLink {
+    fn drop(&mut self) {
+        // Closing our end is the guardian's signal to finish: with nothing
+        // registered it exits at once. Reap it so no zombie remains.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `op` then the decimal `pgid` then `\n` into `buf`; returns the length.
+fn encode(op: u8, pgid: i32, buf: &mut [u8; 16]) -> usize {
+    let mut digits = [0u8; 11];
+    let mut v = pgid.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = &digits[i..];
+    buf[0] = op;
+    buf[1..=d.len()].copy_from_slice(d);
+    buf[d.len() + 1] = b'\n';
+    d.len() + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_lines_encode_pgid() {
+        let mut buf = [0u8; 16];
+        let n = encode(b'+', 12345, &mut buf);
+        assert_eq!(&buf[..n], b"+12345\n");
+        let n = encode(b'-', i32::MAX, &mut buf);
+        assert_eq!(&buf[..n], b"-2147483647\n");
+        let n = encode(b'+', 7, &mut buf);
+        assert_eq!(&buf[..n], b"+7\n");
+    }
+
+    #[test]
+    fn registrations_add_and_remove_and_skip_garbage() {
+        let input: &[u8] = b"+100\n+200\n-100\nhello\n+1\n+-5\n+300";
+        let groups = read_registrations(input);
+        let mut v: Vec<_> = groups.into_iter().collect();
+        v.sort();
+        assert_eq!(v, vec![200, 300], "pgid 1 and negatives are refused");
+    }
+}

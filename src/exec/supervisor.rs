@@ -1,0 +1,413 @@
+//! [`Supervisor`]: spawns one attempt, captures its output, enforces its
+//! timeout, reaps it and cleans up its process group.
+
+use std::ffi::OsStr;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{
+    kill_process_group, pidfd_open, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
+};
+
+use super::capture::{Capture, SpillBudget};
+use super::guardian::GuardianLink;
+use super::{Attempt, AttemptSpec, End};
+use crate::sys::process::wait4;
+
+/// Grace period the guardian gives jobs between TERM and KILL when jobmill
+/// dies, unless set with [`Supervisor::with_guardian_grace`].
+pub const DEFAULT_GUARDIAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Size of the stack buffer each read from a job's pipe goes through
+/// (the default pipe capacity on Linux).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// After the main process of a job has exited, how long to keep reading
+/// what is left in its pipes (bounds the case of a process that left the
+/// job's group and keeps writing).
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Poll interval when `pidfd_open` is unavailable (old kernel, or out of
+/// file descriptors) and exit must be detected by polling `waitid`.
+const FALLBACK_TICK: Duration = Duration::from_millis(10);
+
+/// Runs attempts of commands and keeps track of them. `Send + Sync`: the
+/// slot threads of a run share one through an `Arc`.
+#[derive(Debug)]
+pub struct Supervisor {
+    budget: SpillBudget,
+    guardian: Option<GuardianLink>,
+    /// Event fd that becomes (and stays) readable once `terminate_all` is
+    /// called; every running attempt polls it.
+    stop: OwnedFd,
+    stopping: AtomicBool,
+    running: AtomicUsize,
+}
+
+impl Supervisor {
+    /// A supervisor whose captures share `budget`. `guardian`: the path of
+    /// the jobmill binary, to start the guardian process (see
+    /// [`super::guardian`]) with [`DEFAULT_GUARDIAN_GRACE`]; `None` runs
+    /// without one (library use, tests).
+    ///
+    /// # Errors
+    ///
+    /// The guardian cannot be started or did not answer, or no event fd
+    /// could be created.
+    pub fn new(guardian: Option<&Path>, budget: SpillBudget) -> io::Result<Self> {
+        Self::with_guardian_grace(guardian, DEFAULT_GUARDIAN_GRACE, budget)
+    }
+
+    /// As [`Supervisor::new`], with the guardian's grace period between
+    /// TERM and KILL set to `guardian_grace`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Supervisor::new`].
+    pub fn with_guardian_grace(
+        guardian: Option<&Path>,
+        guardian_grace: Duration,
+        budget: SpillBudget,
+    ) -> io::Result<Self> {
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
+        let guardian = match guardian {
+            Some(exe) => Some(GuardianLink::start(exe, guardian_grace)?),
+            None => None,
+        };
+        Ok(Self {
+            budget,
+            guardian,
+            stop,
+            stopping: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    /// Number of attempts running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Supervisor::terminate_all`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether the guardian was started and then lost (a write to it
+    /// failed): jobs are then no longer protected against jobmill's death.
+    pub fn guardian_lost(&self) -> bool {
+        self.guardian.as_ref().is_some_and(GuardianLink::is_lost)
+    }
+
+    /// Sends TERM to every running job's process group now; each gets KILL
+    /// after its grace period, and its attempt is marked `terminated`.
+    ///
+    /// This is sticky: an attempt started afterwards is terminated at once
+    /// (this closes the race with a slot that is spawning right now).
+    pub fn terminate_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        // The event fd's counter only has to be non-zero; it is never read.
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+    }
+
+    /// Runs one attempt to its end, blocking the calling thread. Never
+    /// panics: a program that cannot be started gives
+    /// [`End::SpawnFailed`].
+    pub fn run(&self, spec: &AttemptSpec<'_>) -> Attempt {
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let mut attempt = Attempt {
+            started,
+            duration: Duration::ZERO,
+            end: End::SpawnFailed(String::new()),
+            timed_out: false,
+            terminated: false,
+            max_rss_kib: 0,
+            stdout: Capture::new(self.budget.clone()),
+            stderr: Capture::new(self.budget.clone()),
+        };
+        let Some(program) = spec.argv.first() else {
+            attempt.end = End::SpawnFailed("empty command: no program to run".to_owned());
+            return attempt;
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&spec.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (key, value) in spec.env {
+            cmd.env(key, value);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                attempt.end = End::SpawnFailed(format!("cannot run {}: {e}", quoted(program)));
+                attempt.duration = t0.elapsed();
+                return attempt;
+            }
+        };
+        let pid = Pid::from_child(&child);
+        let raw_pid = pid.as_raw_nonzero().get();
+        self.running.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &self.guardian {
+            g.register(raw_pid);
+        }
+
+        let pipes = (child.stdout.take(), child.stderr.take());
+        let flags = Watch {
+            pid,
+            timeout: spec.timeout,
+            grace: spec.grace,
+        }
+        .watch(self, pipes, &mut attempt);
+        attempt.timed_out = flags.timed_out;
+        attempt.terminated = flags.terminated;
+
+        attempt.end = match wait4(raw_pid) {
+            Ok(reaped) => {
+                attempt.max_rss_kib = reaped.max_rss_kib;
+                let status = ExitStatus::from_raw(reaped.status);
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => End::Exited(code),
+                    (None, Some(sig)) => End::Signaled(sig),
+                    (None, None) => End::Exited(-1),
+                }
+            }
+            Err(e) => End::SpawnFailed(format!(
+                "lost track of {} (pid {raw_pid}): {e}",
+                quoted(program)
+            )),
+        };
+        if let Some(g) = &self.guardian {
+            g.unregister(raw_pid);
+        }
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        drop(child);
+        attempt.duration = t0.elapsed();
+        attempt
+    }
+}
+
+/// The program name for messages, in backquotes.
+fn quoted(program: &OsStr) -> String {
+    format!("`{}`", program.to_string_lossy())
+}
+
+/// How an attempt was stopped, if it was.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stopped {
+    timed_out: bool,
+    terminated: bool,
+}
+
+/// Watching one running attempt until its main process has exited.
+struct Watch {
+    pid: Pid,
+    timeout: Option<Duration>,
+    grace: Duration,
+}
+
+/// One of the job's output pipes while it is open.
+type Pipe<T> = Option<T>;
+
+impl Watch {
+    /// Reads the job's output until its main process exits, enforcing the
+    /// timeout and `terminate_all`; then kills what is left of its process
+    /// group and drains the pipes. Does not reap the main process.
+    fn watch<O: AsFd, E: AsFd>(
+        &self,
+        sup: &Supervisor,
+        pipes: (Pipe<O>, Pipe<E>),
+        attempt: &mut Attempt,
+    ) -> Stopped {
+        let (mut out, mut err) = pipes;
+        let mut stopped = Stopped::default();
+        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        // Without a pidfd, exit is found by polling `waitid` every tick.
+        let pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
+        // A timeout too large to represent is no timeout.
+        let mut term_at = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut kill_at: Option<Instant> = None;
+        let mut stop_seen = false;
+
+        loop {
+            let mut wait = None;
+            if term_at.is_some() || kill_at.is_some() {
+                let now = Instant::now();
+                if term_at.is_some_and(|t| now >= t) {
+                    term_at = None;
+                    stopped.timed_out = true;
+                    self.stop_gently();
+                    kill_at = earliest(kill_at, now.checked_add(self.grace));
+                }
+                if kill_at.is_some_and(|k| now >= k) {
+                    kill_at = None;
+                    self.signal(Signal::KILL);
+                }
+                wait = [term_at, kill_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|d| d.saturating_duration_since(now));
+            }
+            if pidfd.is_none() {
+                wait = Some(wait.map_or(FALLBACK_TICK, |w| w.min(FALLBACK_TICK)));
+            }
+            let placeholder = &sup.stop;
+            let mut fds = [
+                poll_entry(out.as_ref(), placeholder),
+                poll_entry(err.as_ref(), placeholder),
+                poll_entry(pidfd.as_ref(), placeholder),
+                PollFd::new(
+                    &sup.stop,
+                    if stop_seen {
+                        PollFlags::empty()
+                    } else {
+                        PollFlags::IN
+                    },
+                ),
+            ];
+            let timeout = wait.and_then(|w| Timespec::try_from(w).ok());
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(_) => {
+                    // Cannot wait properly (out of memory in the kernel):
+                    // stop the job rather than spin or hang.
+                    self.signal(Signal::KILL);
+                    break;
+                }
+            }
+            let ready = [
+                !fds[0].revents().is_empty(),
+                !fds[1].revents().is_empty(),
+                !fds[2].revents().is_empty(),
+                !fds[3].revents().is_empty(),
+            ];
+            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+                out = None;
+            }
+            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+                err = None;
+            }
+            let exited = match &pidfd {
+                Some(_) => ready[2],
+                None => self.exited_without_pidfd(),
+            };
+            if exited {
+                // An attempt that ended by itself is not marked terminated,
+                // even if `terminate_all` came in the same instant.
+                break;
+            }
+            if ready[3] && !stop_seen {
+                stop_seen = true;
+                if !stopped.timed_out {
+                    stopped.terminated = true;
+                    self.stop_gently();
+                    kill_at = earliest(kill_at, Instant::now().checked_add(self.grace));
+                }
+            }
+        }
+
+        // The main process has exited (and is not reaped yet, so its pid,
+        // which is the group id, cannot be reused): kill whatever it left
+        // running in its group, then take what is left in the pipes.
+        self.signal(Signal::KILL);
+        let drain_until = Instant::now() + DRAIN_LIMIT;
+        while out.is_some() || err.is_some() {
+            let placeholder = &sup.stop;
+            let mut fds = [
+                poll_entry(out.as_ref(), placeholder),
+                poll_entry(err.as_ref(), placeholder),
+            ];
+            match poll(&mut fds, Some(&Timespec::default())) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(_) => break,
+            }
+            let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
+            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+                out = None;
+            }
+            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+                err = None;
+            }
+            if Instant::now() >= drain_until {
+                break;
+            }
+        }
+        stopped
+    }
+
+    /// SIGTERM to the job's process group, then SIGCONT so that a stopped
+    /// job gets to handle it (KILL follows after the grace period anyway).
+    fn stop_gently(&self) {
+        self.signal(Signal::TERM);
+        self.signal(Signal::CONT);
+    }
+
+    /// Sends `sig` to the job's process group. Errors (the group is gone)
+    /// are of no interest.
+    fn signal(&self, sig: Signal) {
+        let _ = kill_process_group(self.pid, sig);
+    }
+
+    /// Whether the main process has exited, without reaping it.
+    fn exited_without_pidfd(&self) -> bool {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        loop {
+            match waitid(WaitId::Pid(self.pid), options) {
+                Ok(status) => return status.is_some(),
+                Err(Errno::INTR) => continue,
+                // Not our child any more: nothing left to wait for.
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// A poll entry watching `fd` for input, or an inert entry on
+/// `placeholder` (an event fd polled for nothing reports nothing).
+fn poll_entry<'a, F: AsFd>(fd: Option<&'a F>, placeholder: &'a OwnedFd) -> PollFd<'a> {
+    match fd {
+        Some(fd) => PollFd::new(fd, PollFlags::IN),
+        None => PollFd::new(placeholder, PollFlags::empty()),
+    }
+}
+
+/// Reads once from a pipe that poll reported ready into `capture`. Returns
+/// false at end of file (or on an error, which ends the stream too).
+fn read_once<F: AsFd>(fd: Option<&F>, buf: &mut [MaybeUninit<u8>], capture: &mut Capture) -> bool {
+    let Some(fd) = fd else { return false };
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(([], _)) => return false,
+            Ok((data, _)) => {
+                capture.append(data);
+                return true;
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The earlier of two deadlines, `None` being never.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

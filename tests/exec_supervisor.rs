@@ -1,0 +1,571 @@
+//! Supervision of real processes: exit codes, signals, output capture,
+//! timeouts, interrupts, stray processes and the guardian.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobmill::exec::{Attempt, AttemptSpec, End, SpillBudget, Supervisor};
+
+/// Generous deadline for conditions that should become true quickly.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn supervisor() -> Supervisor {
+    Supervisor::new(None, SpillBudget::new(64 << 20)).expect("supervisor")
+}
+
+fn argv(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn run_with(
+    sup: &Supervisor,
+    args: &[&str],
+    timeout: Option<Duration>,
+    grace: Duration,
+) -> Attempt {
+    let argv = argv(args);
+    sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[],
+        timeout,
+        grace,
+    })
+}
+
+fn run(sup: &Supervisor, args: &[&str]) -> Attempt {
+    run_with(sup, args, None, Duration::from_secs(2))
+}
+
+fn text(c: &mut jobmill::exec::Capture) -> String {
+    String::from_utf8(c.to_vec().unwrap()).unwrap()
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            !matches!(state, Some('Z' | 'X') | None)
+        }
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after [`DEADLINE`].
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads the pids a script wrote to `path`, once it holds `n` lines.
+fn read_pids(path: &Path, n: usize) -> Vec<i32> {
+    let mut pids = Vec::new();
+    wait_until("the pid file", || {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if !content.ends_with('\n') {
+            return false;
+        }
+        pids = content.lines().map(|l| l.trim().parse().unwrap()).collect();
+        pids.len() >= n
+    });
+    pids
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn exit_codes_are_reported() {
+    let sup = supervisor();
+    assert_eq!(run(&sup, &["true"]).end, End::Exited(0));
+    assert_eq!(run(&sup, &["false"]).end, End::Exited(1));
+    assert_eq!(run(&sup, &["sh", "-c", "exit 42"]).end, End::Exited(42));
+    assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn job_killing_itself_is_reported_as_signaled() {
+    let sup = supervisor();
+    let a = run(&sup, &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(a.end, End::Signaled(9));
+    assert!(!a.timed_out && !a.terminated);
+}
+
+#[test]
+fn stdout_and_stderr_are_captured_separately() {
+    let sup = supervisor();
+    let mut a = run(&sup, &["sh", "-c", "echo out1; echo err1 >&2; echo out2"]);
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(text(&mut a.stdout), "out1\nout2\n");
+    assert_eq!(text(&mut a.stderr), "err1\n");
+    assert!(a.max_rss_kib > 0, "peak memory comes from wait4");
+}
+
+#[test]
+fn output_larger_than_pipe_buffers_on_both_streams_does_not_deadlock() {
+    let sup = supervisor();
+    let a = run(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "head -c 10000000 /dev/zero >&2 & head -c 10000000 /dev/zero; wait",
+        ],
+    );
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(a.stdout.len(), 10_000_000);
+    assert_eq!(a.stderr.len(), 10_000_000);
+}
+
+#[test]
+fn output_past_the_budget_spills_to_a_file_with_content_intact() {
+    let budget = SpillBudget::new(1 << 20);
+    let sup = Supervisor::new(None, budget.clone()).unwrap();
+    let mut a = run(&sup, &["seq", "1", "300000"]);
+    assert_eq!(a.end, End::Exited(0));
+    let expected: String = (1..=300_000).map(|i| format!("{i}\n")).collect();
+    assert!(expected.len() > 1 << 20);
+    assert!(
+        a.stdout.is_spilled(),
+        "output larger than the budget spills"
+    );
+    assert!(budget.in_memory() <= 1 << 20);
+    let mut out = Vec::new();
+    a.stdout.copy_to(&mut out).unwrap();
+    assert_eq!(out, expected.as_bytes());
+    let (head, truncated) = a.stdout.head(8).unwrap();
+    assert_eq!(head, b"1\n2\n3\n4\n");
+    assert!(truncated);
+    drop(a);
+    assert_eq!(budget.in_memory(), 0, "dropped captures give memory back");
+}
+
+#[test]
+fn non_utf8_argument_bytes_arrive_unchanged() {
+    let sup = supervisor();
+    let arg = OsString::from_vec(vec![0xff, 0xfe, b'a', 0x80, b' ', b'$', b'(', b')']);
+    let argv = vec![OsString::from("printf"), OsString::from("%s"), arg.clone()];
+    let mut a = sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[],
+        timeout: None,
+        grace: Duration::from_secs(1),
+    });
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(a.stdout.to_vec().unwrap(), arg.into_vec());
+}
+
+#[test]
+fn extra_environment_reaches_the_job() {
+    let sup = supervisor();
+    let argv = argv(&["sh", "-c", "printf %s \"$JOBMILL_SEQ\""]);
+    let env = [("JOBMILL_SEQ", OsString::from("42"))];
+    let mut a = sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &env,
+        timeout: None,
+        grace: Duration::from_secs(1),
+    });
+    assert_eq!(text(&mut a.stdout), "42");
+}
+
+#[test]
+fn job_stdin_is_empty() {
+    let sup = supervisor();
+    let a = run(&sup, &["cat"]);
+    assert_eq!(a.end, End::Exited(0));
+    assert!(a.stdout.is_empty());
+}
+
+#[test]
+fn missing_program_is_a_spawn_failure_naming_it() {
+    let sup = supervisor();
+    let a = run(&sup, &["jobmill-no-such-program-xyz", "arg"]);
+    match a.end {
+        End::SpawnFailed(msg) => {
+            assert!(msg.contains("jobmill-no-such-program-xyz"), "{msg}");
+        }
+        other => panic!("expected SpawnFailed, got {other:?}"),
+    }
+    assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn empty_command_is_a_spawn_failure() {
+    let sup = supervisor();
+    let a = sup.run(&AttemptSpec {
+        argv: &[],
+        env: &[],
+        timeout: None,
+        grace: Duration::from_secs(1),
+    });
+    assert!(matches!(a.end, End::SpawnFailed(_)), "{:?}", a.end);
+}
+
+#[test]
+fn timeout_stops_the_whole_group_leaving_no_sleep() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "sleep 100 & echo $! > \"$1\"; sleep 100 & echo $! >> \"$1\"; wait",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+        Some(Duration::from_secs(1)),
+        Duration::from_secs(5),
+    );
+    assert!(a.timed_out);
+    assert!(!a.terminated);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+    for pid in read_pids(&pids, 2) {
+        wait_until(&format!("sleep {pid} to die"), || !alive(pid));
+    }
+}
+
+#[test]
+fn timeout_escalates_to_kill_after_grace_when_term_is_ignored() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+            ready.to_str().unwrap(),
+        ],
+        // Generous, so that the trap is set before the timeout.
+        Some(Duration::from_secs(2)),
+        Duration::from_millis(300),
+    );
+    assert!(ready.exists(), "the job ignored TERM before its timeout");
+    assert!(a.timed_out);
+    assert_eq!(a.end, End::Signaled(libc::SIGKILL));
+}
+
+#[test]
+fn fast_job_is_not_timed_out() {
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &["true"],
+        Some(Duration::from_secs(60)),
+        Duration::from_secs(1),
+    );
+    assert_eq!(a.end, End::Exited(0));
+    assert!(!a.timed_out);
+}
+
+#[test]
+fn stray_background_child_of_an_exited_job_is_killed() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let sup = supervisor();
+    let mut a = run(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "sleep 100 & echo $! > \"$1\"; echo done",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(text(&mut a.stdout), "done\n");
+    let pid = read_pids(&pids, 1)[0];
+    wait_until("the stray sleep to die", || !alive(pid));
+}
+
+#[test]
+fn terminate_all_stops_running_jobs() {
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let ready_arg = ready.to_str().unwrap().to_owned();
+    let sup = Arc::new(supervisor());
+    let threads: Vec<_> = [
+        vec!["sleep".to_owned(), "100".to_owned()],
+        // Ignores TERM: gets KILL after the grace period.
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done".to_owned(),
+            "sh".to_owned(),
+            ready_arg,
+        ],
+    ]
+    .into_iter()
+    .map(|args| {
+        let sup = Arc::clone(&sup);
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with(&sup, &args, None, Duration::from_millis(200))
+        })
+    })
+    .collect();
+    wait_until("both jobs to run", || sup.running() == 2 && ready.exists());
+    sup.terminate_all();
+    let ends: Vec<Attempt> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(ends[0].end, End::Signaled(libc::SIGTERM));
+    assert_eq!(ends[1].end, End::Signaled(libc::SIGKILL));
+    for a in &ends {
+        assert!(a.terminated && !a.timed_out);
+    }
+    assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn attempt_started_after_terminate_all_is_terminated_at_once() {
+    let sup = supervisor();
+    sup.terminate_all();
+    assert!(sup.is_stopping());
+    let a = run(&sup, &["sleep", "100"]);
+    assert!(a.terminated);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+}
+
+fn jobmill_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jobmill"))
+}
+
+/// Starts `jobmill __guardian <grace_ms>` with a pipe as stdin, waiting for
+/// it to say it is ready.
+fn start_guardian(grace_ms: u64) -> std::process::Child {
+    use std::io::Read;
+    let mut g = Command::new(jobmill_bin())
+        .args(["__guardian", &grace_ms.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    g.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    g
+}
+
+#[test]
+fn guardian_stops_registered_groups_when_its_input_ends() {
+    let mut term = Command::new("sleep")
+        .arg("100")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let mut stubborn = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' TERM; touch \"$1\"; while :; do sleep 1; done",
+            "sh",
+        ])
+        .arg(&ready)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_until("the stubborn job to ignore TERM", || ready.exists());
+    let mut g = start_guardian(200);
+    let mut stdin = g.stdin.take().unwrap();
+    write!(stdin, "+{}\n+{}\n", term.id(), stubborn.id()).unwrap();
+    drop(stdin);
+    assert!(g.wait().unwrap().success());
+    assert_eq!(term.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(stubborn.wait().unwrap().signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn guardian_leaves_unregistered_groups_alone() {
+    let mut job = Command::new("sleep")
+        .arg("100")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut g = start_guardian(100);
+    let mut stdin = g.stdin.take().unwrap();
+    write!(stdin, "+{0}\n-{0}\n", job.id()).unwrap();
+    drop(stdin);
+    assert!(g.wait().unwrap().success());
+    assert!(
+        job.try_wait().unwrap().is_none(),
+        "an unregistered job runs on"
+    );
+    job.kill().unwrap();
+    job.wait().unwrap();
+}
+
+#[test]
+fn supervisor_with_guardian_runs_jobs() {
+    let sup = Supervisor::new(Some(&jobmill_bin()), SpillBudget::new(1 << 20)).unwrap();
+    let mut a = run(&sup, &["echo", "hi"]);
+    assert_eq!(text(&mut a.stdout), "hi\n");
+    assert!(!sup.guardian_lost());
+}
+
+#[test]
+fn supervisor_refuses_a_guardian_that_is_not_jobmill() {
+    let err = Supervisor::new(Some(Path::new("/bin/true")), SpillBudget::new(1)).unwrap_err();
+    assert!(err.to_string().contains("/bin/true"), "{err}");
+    let err =
+        Supervisor::new(Some(Path::new("/no/such/jobmill")), SpillBudget::new(1)).unwrap_err();
+    assert!(err.to_string().contains("/no/such/jobmill"), "{err}");
+}
+
+/// Env var that makes [`helper_supervising_a_sleep`] act as the process to kill.
+const HELPER_ENV: &str = "JOBMILL_TEST_GUARDIAN_HELPER";
+
+/// Not a test on its own: run by [`sigkill_of_the_supervising_process_stops_its_jobs`]
+/// in a child process, it runs a job under a guarded supervisor and blocks.
+#[test]
+fn helper_supervising_a_sleep() {
+    let Some(pid_file) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    let sup = Supervisor::with_guardian_grace(
+        Some(&jobmill_bin()),
+        Duration::from_millis(200),
+        SpillBudget::new(1 << 20),
+    )
+    .unwrap();
+    let argv = vec![
+        OsString::from("sh"),
+        OsString::from("-c"),
+        OsString::from("sleep 100 & echo $! > \"$1\"; echo $$ >> \"$1\"; wait"),
+        OsString::from("sh"),
+        pid_file,
+    ];
+    sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[],
+        timeout: None,
+        grace: Duration::from_secs(1),
+    });
+}
+
+#[test]
+fn sigkill_of_the_supervising_process_stops_its_jobs() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_supervising_a_sleep", "--nocapture"])
+        .env(HELPER_ENV, &pids)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let job_pids = read_pids(&pids, 2);
+    helper.kill().unwrap(); // SIGKILL
+    helper.wait().unwrap();
+    for pid in job_pids {
+        wait_until(&format!("job process {pid} to die"), || !alive(pid));
+    }
+}
+
+#[test]
+fn stopped_job_is_still_stopped_by_its_timeout() {
+    let sup = supervisor();
+    let a = run_with(
+        &sup,
+        &["sh", "-c", "kill -STOP $$; echo resumed"],
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(20),
+    );
+    assert!(a.timed_out);
+    assert_eq!(
+        a.end,
+        End::Signaled(libc::SIGTERM),
+        "TERM is delivered after CONT"
+    );
+}
+
+#[test]
+fn huge_timeout_and_grace_do_not_overflow() {
+    let sup = supervisor();
+    let a = run_with(&sup, &["true"], Some(Duration::MAX), Duration::MAX);
+    assert_eq!(a.end, End::Exited(0));
+    let a = run_with(
+        &sup,
+        &["sleep", "100"],
+        Some(Duration::from_millis(100)),
+        Duration::MAX,
+    );
+    assert!(a.timed_out);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+}
+
+#[test]
+fn escaped_daemon_holding_the_pipes_does_not_block_the_attempt() {
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let sup = supervisor();
+    let mut a = run(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 100 & echo $! > \"$1\"; echo main",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+    );
+    let pid = read_pids(&pids, 1)[0];
+    // The daemon left the job's group, so it survives (documented); the
+    // attempt ended without waiting for the pipes it holds.
+    assert_eq!(a.end, End::Exited(0));
+    assert_eq!(text(&mut a.stdout), "main\n");
+    assert!(a.duration < Duration::from_secs(100), "{:?}", a.duration);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until("the daemon to be killed", || !alive(pid));
+}
+
+#[test]
+fn concurrent_attempts_keep_their_output_apart() {
+    let sup = Arc::new(supervisor());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sup = Arc::clone(&sup);
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let word = format!("job-{t}-{i}");
+                    let mut a = run(
+                        &sup,
+                        &["sh", "-c", "echo \"$1\"; echo \"$1\" >&2", "sh", &word],
+                    );
+                    assert_eq!(a.end, End::Exited(0));
+                    assert_eq!(text(&mut a.stdout), format!("{word}\n"));
+                    assert_eq!(text(&mut a.stderr), format!("{word}\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn supervisor_and_attempt_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Supervisor>();
+    send_sync::<SpillBudget>();
+    send::<Attempt>();
+}
