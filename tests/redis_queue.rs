@@ -10,7 +10,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jobmill::job::{FailReason, JobState, NewJob, RetryPolicy, WorkerId};
-use jobmill::queue::redis::{OpenError, ProducerState, RedisConfig, RedisQueue, MAX_PAYLOAD};
+use jobmill::queue::redis::{
+    AttemptInfo, OpenError, ProducerState, RedisConfig, RedisQueue, MAX_PAYLOAD,
+};
 use jobmill::queue::{Completion, Disposition, GetError, PutError, Queue, QueueError, TryGetError};
 use redis_support::{wait_until, RedisServer};
 
@@ -324,6 +326,11 @@ fn an_always_failing_job_ends_failed_after_n_attempts_with_a_dead_letter() {
         ),
         (5, "failed", 3, Some(3))
     );
+    assert_eq!(
+        q.results().unwrap(),
+        dl,
+        "a failed job's record is also its result"
+    );
     let c = q.counts().unwrap();
     assert_eq!((c.failed, c.dead, c.done), (1, 0, 0));
     assert!(c.is_drained());
@@ -570,4 +577,32 @@ fn settled_entries_are_trimmed_but_never_a_pending_one() {
     let len: u64 = server.cmd(&["XLEN", "jm:{trim}:s"]);
     assert!(len < 3000, "stream still holds {len} entries");
     assert_eq!(q.counts().unwrap().done, 6000);
+}
+
+#[test]
+fn complete_with_stores_the_result_record_once() {
+    let server = RedisServer::start();
+    let q = open(&server, "results", RedisConfig::default());
+    q.put(job(4)).unwrap();
+    q.put(job(5)).unwrap();
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    let b = q.get(WorkerId(1), LONG).unwrap();
+    let info = AttemptInfo {
+        host: Some("hostA".into()),
+        duration: Some(Duration::from_millis(1500)),
+    };
+    assert_eq!(q.complete_with(&a, &info).unwrap(), Completion::Recorded);
+    assert_eq!(q.complete_with(&a, &info).unwrap(), Completion::Stale);
+    q.complete(&b).unwrap(); // no record asked for
+    let r = q.results().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].seq, r[0].state.as_str(), r[0].attempts, r[0].exit_code),
+        (4, "done", 1, Some(0))
+    );
+    assert_eq!(
+        (r[0].host.as_deref(), r[0].duration_ms),
+        (Some("hostA"), Some(1500))
+    );
+    assert!(q.dead_letters().unwrap().is_empty());
 }

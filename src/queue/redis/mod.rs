@@ -153,14 +153,16 @@ pub struct QueueStatus {
     pub producer: ProducerState,
 }
 
-/// The record kept for a job that ended failed or dead.
+/// The record kept for a job that reached a final state: always for
+/// failed and dead jobs (the dead letters), for done jobs when completed
+/// with [`RedisQueue::complete_with`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
+pub struct JobRecord {
     /// The job's id.
     pub job: u64,
     /// Its sequence number.
     pub seq: u64,
-    /// `"failed"` or `"dead"`.
+    /// `"done"`, `"failed"` or `"dead"`.
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
@@ -170,6 +172,21 @@ pub struct DeadLetter {
     pub exit_code: Option<i32>,
     /// The signal that killed the last attempt, when one did.
     pub signal: Option<i32>,
+    /// The host that ran the last attempt, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// How long the last attempt ran, in milliseconds, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// What a worker observed of an attempt, stored in the job's record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptInfo {
+    /// The host that ran it.
+    pub host: Option<String>,
+    /// How long it ran.
+    pub duration: Option<Duration>,
 }
 
 /// `put_many` stopped before putting every job.
@@ -186,8 +203,8 @@ pub struct PutManyError {
 #[derive(Debug, Clone)]
 struct Keys {
     prefix: String,
-    /// m, s, l, e, d, rp, pr — in the order the scripts expect.
-    all: [String; 7],
+    /// m, s, l, e, d, rp, pr, r — in the order the scripts expect.
+    all: [String; 8],
 }
 
 impl Keys {
@@ -195,7 +212,16 @@ impl Keys {
         let prefix = format!("jm:{{{name}}}:");
         let k = |s: &str| format!("{prefix}{s}");
         Keys {
-            all: [k("m"), k("s"), k("l"), k("e"), k("d"), k("rp"), k("pr")],
+            all: [
+                k("m"),
+                k("s"),
+                k("l"),
+                k("e"),
+                k("d"),
+                k("rp"),
+                k("pr"),
+                k("r"),
+            ],
             prefix,
         }
     }
@@ -207,6 +233,9 @@ impl Keys {
     }
     fn dead(&self) -> &str {
         &self.all[4]
+    }
+    fn results(&self) -> &str {
+        &self.all[7]
     }
 }
 
@@ -531,6 +560,7 @@ impl Inner {
         &self,
         held: HeldLease,
         reason: FailReason,
+        info: &AttemptInfo,
     ) -> Result<(Settle, Disposition), QueueError> {
         let HeldLease {
             entry,
@@ -556,7 +586,7 @@ impl Inner {
                     FailReason::Signal { signal } => (None, Some(*signal)),
                     _ => (None, None),
                 };
-                let rec = DeadLetter {
+                let rec = JobRecord {
                     job,
                     seq,
                     state: next.name().to_string(),
@@ -564,6 +594,8 @@ impl Inner {
                     reason: reason.to_string(),
                     exit_code,
                     signal,
+                    host: info.host.clone(),
+                    duration_ms: info.duration.map(|d| d.as_millis() as u64),
                 };
                 let json = serde_json::to_string(&rec).map_err(|e| protocol("fail", e))?;
                 let action = if matches!(next, JobState::Failed { .. }) {
@@ -653,7 +685,7 @@ impl Inner {
                 worker: WorkerId(0),
                 attempt: attempt.max(1),
             };
-            let (item, _) = self.fail_item(held, reason)?;
+            let (item, _) = self.fail_item(held, reason, &AttemptInfo::default())?;
             items.push(item);
         }
         let n = items.len();
@@ -994,14 +1026,82 @@ impl RedisQueue {
         }
     }
 
-    /// Marks many leases done in one round trip.
+    /// Marks many leases done in one round trip (no result records).
     ///
     /// # Errors
     ///
     /// Only backend failures.
     pub fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        self.complete_records(leases, None)
+    }
+
+    /// Marks a lease done and stores the job's result record (see
+    /// [`RedisQueue::results`]) in the same step.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures. A stale lease gives `Ok(Completion::Stale)`.
+    pub fn complete_with(
+        &self,
+        lease: &Lease,
+        info: &AttemptInfo,
+    ) -> Result<Completion, QueueError> {
+        self.complete_records(std::slice::from_ref(lease), Some(info))?
+            .pop()
+            .ok_or_else(|| protocol("complete", "no reply"))
+    }
+
+    /// As [`Queue::fail`], storing `info` in the record kept if the job
+    /// ends failed or dead.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures. A stale lease gives `Ok(Disposition::Stale)`.
+    pub fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        info: &AttemptInfo,
+    ) -> Result<Disposition, QueueError> {
+        let inner = &self.inner;
+        let held = HeldLease {
+            entry: entry_of(lease.token),
+            expected: inner.expected(lease),
+            job: lease.job.id.0,
+            seq: lease.job.seq,
+            worker: lease.worker,
+            attempt: lease.job.attempts,
+        };
+        let (item, disposition) = inner.fail_item(held, reason, info)?;
+        Ok(if inner.settle(&[item])?.first() == Some(&true) {
+            disposition
+        } else {
+            Disposition::Stale
+        })
+    }
+
+    fn complete_records(
+        &self,
+        leases: &[Lease],
+        info: Option<&AttemptInfo>,
+    ) -> Result<Vec<Completion>, QueueError> {
         let mut items = Vec::with_capacity(leases.len());
         for lease in leases {
+            let record = match info {
+                None => String::new(),
+                Some(info) => serde_json::to_string(&JobRecord {
+                    job: lease.job.id.0,
+                    seq: lease.job.seq,
+                    state: "done".into(),
+                    attempts: lease.job.attempts,
+                    reason: String::new(),
+                    exit_code: Some(0),
+                    signal: None,
+                    host: info.host.clone(),
+                    duration_ms: info.duration.map(|d| d.as_millis() as u64),
+                })
+                .map_err(|e| protocol("complete", e))?,
+            };
             JobState::Leased {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
@@ -1013,7 +1113,7 @@ impl RedisQueue {
                 expected: self.inner.expected(lease),
                 action: "d",
                 attempts: lease.job.attempts,
-                record: String::new(),
+                record,
                 job: lease.job.id.0,
                 ext: lease.job.payload.len() > INLINE_LIMIT,
             });
@@ -1073,20 +1173,30 @@ impl RedisQueue {
     /// # Errors
     ///
     /// Backend failures, or a record that is not valid JSON.
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        let key = self.inner.keys.dead().to_string();
-        let map: HashMap<String, String> =
-            self.inner.pool.call("dead letters", None, |con, _, _| {
-                ::redis::cmd("HGETALL").arg(&key).query(con)
-            })?;
+    pub fn dead_letters(&self) -> Result<Vec<JobRecord>, QueueError> {
+        self.records("dead letters", self.inner.keys.dead())
+    }
+
+    /// The result records of jobs that ended: every failed or dead job, and
+    /// done jobs completed with [`RedisQueue::complete_with`]; by sequence
+    /// number.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures, or a record that is not valid JSON.
+    pub fn results(&self) -> Result<Vec<JobRecord>, QueueError> {
+        self.records("results", self.inner.keys.results())
+    }
+
+    fn records(&self, operation: &'static str, key: &str) -> Result<Vec<JobRecord>, QueueError> {
+        let map: HashMap<String, String> = self.inner.pool.call(operation, None, |con, _, _| {
+            ::redis::cmd("HGETALL").arg(key).query(con)
+        })?;
         let mut out = Vec::with_capacity(map.len());
         for (_, json) in map {
-            out.push(
-                serde_json::from_str::<DeadLetter>(&json)
-                    .map_err(|e| protocol("dead letters", e))?,
-            );
+            out.push(serde_json::from_str::<JobRecord>(&json).map_err(|e| protocol(operation, e))?);
         }
-        out.sort_by_key(|d| d.job);
+        out.sort_by_key(|d| (d.seq, d.job));
         Ok(out)
     }
 
@@ -1213,21 +1323,7 @@ impl Queue for RedisQueue {
     }
 
     fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
-        let inner = &self.inner;
-        let held = HeldLease {
-            entry: entry_of(lease.token),
-            expected: inner.expected(lease),
-            job: lease.job.id.0,
-            seq: lease.job.seq,
-            worker: lease.worker,
-            attempt: lease.job.attempts,
-        };
-        let (item, disposition) = inner.fail_item(held, reason)?;
-        Ok(if inner.settle(&[item])?.first() == Some(&true) {
-            disposition
-        } else {
-            Disposition::Stale
-        })
+        self.fail_with(lease, reason, &AttemptInfo::default())
     }
 
     fn release(&self, lease: &Lease) -> Result<(), QueueError> {
@@ -1252,7 +1348,6 @@ impl Queue for RedisQueue {
         }])?;
         Ok(())
     }
-
     fn worker_lost(
         &self,
         worker: WorkerId,
@@ -1291,7 +1386,7 @@ impl Queue for RedisQueue {
                 worker,
                 attempt,
             };
-            let (item, d) = inner.fail_item(held, reason)?;
+            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default())?;
             items.push(item);
             outcomes.push((JobId(job), d));
         }

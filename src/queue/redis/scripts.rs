@@ -12,6 +12,7 @@
 //! | 5     | `jm:{N}:d`     | dead-letter hash: job id → JSON record |
 //! | 6     | `jm:{N}:rp`    | replay hash: connection slot → last call and reply |
 //! | 7     | `jm:{N}:pr`    | producer liveness key, with a TTL |
+//! | 8     | `jm:{N}:r`     | results hash: job id → JSON record of its end |
 //!
 //! and `ARGV[1]` = key prefix `jm:{N}:` (payload keys `jm:{N}:p:<job id>`
 //! are built from it and share the hash tag), `ARGV[2]` = replay slot,
@@ -24,7 +25,7 @@ use ::redis::Script;
 use std::sync::OnceLock;
 
 const PRELUDE: &str = r#"
-local M, S, L, E, D, RP, PR = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local M, S, L, E, D, RP, PR, R = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local PFX, RK, RN = ARGV[1], ARGV[2], ARGV[3]
 local G = 'g'
 local function cached()
@@ -225,7 +226,8 @@ return remember(out)
 /// Resolves k leases, each only if it is still current (lease hash matches
 /// and XACK returned 1). Actions: 'd' done, 'q' requeue (a new entry with
 /// the attempts given; the old one is acked), 'f' failed and 'x' dead
-/// (dead-letter record stored). Settled entries are left for `trim`.
+/// (record stored as dead letter and as result); 'd' stores its record as
+/// the result when one is given. Settled entries are left for `trim`.
 /// ARGV[4] = k, then per lease: entry id, expected lease, action, attempts,
 /// record, job id, external payload flag. Returns {1|0 per lease} (0 = stale).
 const SETTLE: &str = r#"
@@ -245,6 +247,7 @@ for i = 0, k - 1 do
         ok = 1
         nd = nd + 1
         if ARGV[b + 6] == '1' then redis.call('DEL', PFX .. 'p:' .. ARGV[b + 5]) end
+        if ARGV[b + 4] ~= '' then redis.call('HSET', R, ARGV[b + 5], ARGV[b + 4]) end
       end
     else
       local e = redis.call('XRANGE', S, id, id)
@@ -260,6 +263,7 @@ for i = 0, k - 1 do
         else
           if f['x'] == '1' then redis.call('DEL', PFX .. 'p:' .. f['j']) end
           redis.call('HSET', D, f['j'], ARGV[b + 4])
+          redis.call('HSET', R, f['j'], ARGV[b + 4])
           if action == 'f' then nf = nf + 1 else nx = nx + 1 end
         end
       end
