@@ -606,3 +606,23 @@ fn complete_with_stores_the_result_record_once() {
     );
     assert!(q.dead_letters().unwrap().is_empty());
 }
+
+#[test]
+fn settings_set_by_a_later_client_are_followed_by_an_earlier_one() {
+    let server = RedisServer::start();
+    let url = server.url("settings");
+    let worker = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    assert_eq!(worker.policy(), RetryPolicy::default());
+    let submitter = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    submitter
+        .set_settings(RetryPolicy::with_retries(2), Duration::from_secs(5), 10)
+        .unwrap();
+    submitter.put(job(1)).unwrap();
+    let l = worker.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(worker.policy(), RetryPolicy::with_retries(2));
+    assert_eq!(worker.visibility_timeout(), Duration::from_secs(5));
+    assert_eq!(
+        worker.fail(&l, FailReason::Exit { code: 1 }).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+}

@@ -36,7 +36,7 @@ mod url;
 pub use self::url::{QueueUrl, UrlError};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -291,9 +291,10 @@ struct Inner {
     keys: Keys,
     pool: Pool,
     instance: u64,
-    policy: RetryPolicy,
-    visibility: Duration,
-    capacity: u64,
+    /// The queue's settings as last seen (every lease reply carries them).
+    max_attempts: AtomicU32,
+    visibility_ms: AtomicU64,
+    capacity: AtomicU64,
     producer_ttl: Duration,
     lease_heartbeat: bool,
     io_timeout: Duration,
@@ -400,6 +401,26 @@ impl Inner {
             })
     }
 
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.load(Ordering::Relaxed).max(1),
+        }
+    }
+
+    fn visibility(&self) -> Duration {
+        Duration::from_millis(self.visibility_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    /// Takes the settings from a lease reply.
+    fn follow_settings(&self, max_attempts: Option<i64>, visibility_ms: Option<i64>) {
+        if let Some(m) = max_attempts.filter(|m| *m > 0) {
+            self.max_attempts.store(m as u32, Ordering::Relaxed);
+        }
+        if let Some(v) = visibility_ms.filter(|v| *v > 0) {
+            self.visibility_ms.store(v as u64, Ordering::Relaxed);
+        }
+    }
+
     fn consumer(&self, worker: WorkerId) -> String {
         format!("{}.{}", self.instance, worker.0)
     }
@@ -422,6 +443,9 @@ impl Inner {
         })?;
         let mut a = array(OP, v)?.into_iter();
         let status = a.next().as_ref().and_then(int);
+        let max_attempts = a.next().as_ref().and_then(int);
+        let visibility_ms = a.next().as_ref().and_then(int);
+        self.follow_settings(max_attempts, visibility_ms);
         match status {
             Some(1) => {
                 let rest: Vec<Value> = a.collect();
@@ -443,7 +467,7 @@ impl Inner {
                     let next = JobState::Queued {
                         attempts: recorded.saturating_sub(1),
                     }
-                    .apply(Transition::Lease { worker }, self.policy)
+                    .apply(Transition::Lease { worker }, self.policy())
                     .map_err(|e| protocol(OP, e))?;
                     let JobState::Leased { attempt, .. } = next else {
                         return Err(protocol(OP, "lease did not lead to Leased"));
@@ -575,7 +599,7 @@ impl Inner {
                 Transition::Fail {
                     reason: reason.clone(),
                 },
-                self.policy,
+                self.policy(),
             )
             .map_err(|e| protocol("fail", e))?;
         let (action, attempts, record) = match &next {
@@ -626,7 +650,7 @@ impl Inner {
     }
 
     fn reclaim_interval(&self) -> Duration {
-        (self.visibility / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+        (self.visibility() / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
     }
 
     /// Takes over leases idle past the visibility timeout and fails each
@@ -647,7 +671,7 @@ impl Inner {
             r.0.clone()
         };
         let consumer = format!("{}.reclaim", self.instance);
-        let vis_ms = self.visibility.as_millis() as u64;
+        let vis_ms = self.visibility().as_millis() as u64;
         let v = self.run(OP, &scripts::scripts().reclaim, true, None, &|inv| {
             inv.arg(&consumer).arg(vis_ms).arg(100).arg(&cursor);
         })?;
@@ -869,11 +893,9 @@ impl RedisQueue {
             keys,
             pool,
             instance: instance as u64,
-            policy: RetryPolicy {
-                max_attempts: max_attempts.max(1) as u32,
-            },
-            visibility: Duration::from_millis(vis_ms.max(1) as u64),
-            capacity: capacity.max(1) as u64,
+            max_attempts: AtomicU32::new(max_attempts.max(1) as u32),
+            visibility_ms: AtomicU64::new(vis_ms.max(1) as u64),
+            capacity: AtomicU64::new(capacity.max(1) as u64),
             producer_ttl: config.producer_ttl.max(Duration::from_millis(30)),
             lease_heartbeat: config.lease_heartbeat,
             io_timeout: config.io_timeout,
@@ -886,10 +908,9 @@ impl RedisQueue {
         let heartbeat = {
             let inner = Arc::clone(&inner);
             let stop = Arc::clone(&stop);
-            let every = (inner.visibility / 3).min(inner.producer_ttl / 3);
             std::thread::Builder::new()
                 .name(format!("jobmill-redis-heartbeat-{}", inner.instance))
-                .spawn(move || heartbeat_loop(&inner, &stop, every))
+                .spawn(move || heartbeat_loop(&inner, &stop))
                 .map_err(|e| fail(format!("cannot start the heartbeat thread: {e}")))?
         };
         Ok(RedisQueue {
@@ -904,19 +925,58 @@ impl RedisQueue {
         &self.inner.url
     }
 
-    /// The retry policy recorded for the queue (by whoever created it).
+    /// The retry policy recorded for the queue (by whoever created it, or
+    /// the last [`RedisQueue::set_settings`]), as last seen.
     pub fn policy(&self) -> RetryPolicy {
-        self.inner.policy
+        self.inner.policy()
     }
 
-    /// The visibility timeout recorded for the queue.
+    /// The visibility timeout recorded for the queue, as last seen.
     pub fn visibility_timeout(&self) -> Duration {
-        self.inner.visibility
+        self.inner.visibility()
     }
 
-    /// The capacity recorded for the queue.
+    /// Records new settings for the queue, overriding those of its creator
+    /// (used by `jobmill submit`, whose options are authoritative even when
+    /// a worker created the queue first). Other clients follow on their
+    /// next lease; a job's attempts are judged by the policy in force when
+    /// its attempt is resolved.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    pub fn set_settings(
+        &self,
+        policy: RetryPolicy,
+        visibility_timeout: Duration,
+        capacity: u64,
+    ) -> Result<(), QueueError> {
+        let key = &self.inner.keys.all[0];
+        let max = policy.max_attempts.max(1);
+        let vis = visibility_timeout.as_millis().max(1) as u64;
+        self.inner.pool.call("set settings", None, |con, _, _| {
+            ::redis::cmd("HSET")
+                .arg(key)
+                .arg("max_attempts")
+                .arg(max)
+                .arg("visibility_ms")
+                .arg(vis)
+                .arg("capacity")
+                .arg(capacity.max(1))
+                .query::<i64>(con)
+        })?;
+        self.inner
+            .follow_settings(Some(i64::from(max)), Some(vis as i64));
+        self.inner
+            .capacity
+            .store(capacity.max(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The capacity recorded for the queue, as seen at connect or set by
+    /// [`RedisQueue::set_settings`].
     pub fn capacity(&self) -> u64 {
-        self.inner.capacity
+        self.inner.capacity.load(Ordering::Relaxed)
     }
 
     /// Counts and producer state, from one atomic snapshot.
@@ -1106,7 +1166,7 @@ impl RedisQueue {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
             }
-            .apply(Transition::Complete, self.inner.policy)
+            .apply(Transition::Complete, self.inner.policy())
             .map_err(|e| protocol("complete", e))?;
             items.push(Settle {
                 entry: entry_of(lease.token),
@@ -1228,10 +1288,12 @@ impl RedisQueue {
     }
 }
 
-fn heartbeat_loop(inner: &Inner, stop: &(Mutex<bool>, Condvar), every: Duration) {
-    let every = every.max(Duration::from_millis(10));
+fn heartbeat_loop(inner: &Inner, stop: &(Mutex<bool>, Condvar)) {
     let mut stopped = lock(&stop.0);
     loop {
+        let every = (inner.visibility() / 3)
+            .min(inner.producer_ttl / 3)
+            .max(Duration::from_millis(10));
         let (guard, _) = stop
             .1
             .wait_timeout(stopped, every)
@@ -1332,7 +1394,7 @@ impl Queue for RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
         }
-        .apply(Transition::Release, inner.policy)
+        .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
         let JobState::Queued { attempts } = next else {
             return Err(protocol("release", "release did not lead to Queued"));

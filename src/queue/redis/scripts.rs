@@ -138,9 +138,11 @@ return remember({n, tostring(first)})
 /// Leases up to `count` new entries for a consumer (XREADGROUP `>`), counting
 /// an attempt for each in the lease hash.
 /// ARGV[4] = consumer, ARGV[5] = count.
-/// Returns {1, id, job, seq, attempt, payload, id, ...} or, when nothing is
-/// queued, {0, closed, produced, done, failed, dead, producer_seen,
-/// producer_alive, leased, stream last id, wake last id}.
+/// Returns {1, max_attempts, visibility_ms, id, job, seq, attempt, payload,
+/// id, ...} or, when nothing is queued, {0, max_attempts, visibility_ms,
+/// closed, produced, done, failed, dead, producer_seen, producer_alive,
+/// leased, stream last id, wake last id}. (The settings ride along so that
+/// clients follow a change made by `set_settings`.)
 const LEASE: &str = r#"
 local function entry(out, id, f, attempt)
   out[#out + 1] = id
@@ -153,7 +155,7 @@ local c = cached()
 if c then
   -- One XREADGROUP delivers consecutive entries: the range first..last
   -- holds them all; keep those this consumer still holds.
-  local out = {1}
+  local out = {1, num('max_attempts'), num('visibility_ms')}
   for _, e in ipairs(redis.call('XRANGE', S, c[1], c[2])) do
     local held = redis.call('HGET', L, e[1])
     if held then
@@ -168,7 +170,7 @@ local before = unfinished() - redis.call('HLEN', L)
 local r = redis.call('XREADGROUP', 'GROUP', G, ARGV[4], 'COUNT', ARGV[5], 'STREAMS', S, '>')
 if not r then
   local v = redis.call('HMGET', M, 'closed', 'produced', 'done', 'failed', 'dead', 'producer_seen')
-  local out = {0}
+  local out = {0, num('max_attempts'), num('visibility_ms')}
   for i = 1, 6 do out[#out + 1] = tonumber(v[i]) or 0 end
   out[#out + 1] = redis.call('EXISTS', PR)
   out[#out + 1] = redis.call('HLEN', L)
@@ -176,7 +178,7 @@ if not r then
   out[#out + 1] = last_id(E)
   return out
 end
-local out = {1}
+local out = {1, num('max_attempts'), num('visibility_ms')}
 local got = r[1][2]
 for _, e in ipairs(got) do
   local id = e[1]
