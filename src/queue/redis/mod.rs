@@ -121,12 +121,12 @@ pub enum OpenError {
     #[error(transparent)]
     Url(#[from] UrlError),
     /// The server could not be reached or refused the setup.
-    #[error("cannot open queue {url}: {source}")]
+    #[error("cannot open queue {url}: {error}")]
     Queue {
         /// The queue URL, password redacted.
         url: String,
         /// What failed.
-        source: QueueError,
+        error: QueueError,
     },
 }
 
@@ -849,7 +849,7 @@ impl RedisQueue {
         let shown = url.to_string();
         let fail = |detail: String| OpenError::Queue {
             url: shown.clone(),
-            source: QueueError::Backend {
+            error: QueueError::Backend {
                 operation: "connect",
                 detail,
             },
@@ -865,10 +865,17 @@ impl RedisQueue {
         // The setup runs on its own connection, before any pooled slot gets
         // a replay name (which needs the instance number this returns).
         let mut con = pool.connect().map_err(|e| {
+            let waited = if e.is_timeout() {
+                format!(
+                    " (no answer within {:.1} s)",
+                    config.connect_timeout.as_secs_f64()
+                )
+            } else {
+                String::new()
+            };
             fail(format!(
-                "redis at {} is unreachable: {e} (gave up after {:.1} s)",
-                url.endpoint(),
-                config.connect_timeout.as_secs_f64()
+                "redis at {} is unreachable: {e}{waited}",
+                url.endpoint()
             ))
         })?;
         let mut inv = scripts::scripts().init.prepare_invoke();
