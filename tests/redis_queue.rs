@@ -626,3 +626,38 @@ fn settings_set_by_a_later_client_are_followed_by_an_earlier_one() {
         Disposition::Requeued { attempts: 1 }
     );
 }
+
+#[test]
+fn a_queue_left_open_on_purpose_is_waited_on_not_reported_lost() {
+    let server = RedisServer::start();
+    let url = server.url("leftopen");
+    let cfg = RedisConfig {
+        producer_ttl: Duration::from_millis(100),
+        ..RedisConfig::default()
+    };
+    let consumer = RedisQueue::connect(&url, cfg.clone()).unwrap();
+    {
+        let producer = RedisQueue::connect(&url, cfg.clone()).unwrap();
+        producer.put(job(1)).unwrap();
+        producer.leave_open().unwrap();
+    }
+    let l = consumer.get(WorkerId(1), LONG).unwrap();
+    consumer.complete(&l).unwrap();
+    // Many producer TTLs pass: still waiting, never "lost".
+    assert!(matches!(
+        consumer.get(WorkerId(1), Some(Duration::from_millis(500))),
+        Err(GetError::Timeout)
+    ));
+    assert_eq!(consumer.status().unwrap().producer, ProducerState::NotSeen);
+    // A later producer adds a job and closes.
+    let producer = RedisQueue::connect(&url, cfg).unwrap();
+    producer.put(job(2)).unwrap();
+    producer.close().unwrap();
+    let l = consumer.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(l.job.seq, 2);
+    consumer.complete(&l).unwrap();
+    assert!(matches!(
+        consumer.get(WorkerId(1), None),
+        Err(GetError::Closed)
+    ));
+}

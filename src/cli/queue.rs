@@ -164,7 +164,9 @@ fn submit_all(
         }
         batch.clear();
     }
-    if !keep_open {
+    if keep_open {
+        queue.leave_open()?;
+    } else {
         queue.close()?;
     }
     Ok(total)
@@ -321,7 +323,7 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
         "open"
     };
     let producer = match s.producer {
-        ProducerState::NotSeen => "none yet",
+        ProducerState::NotSeen => "none (waiting for a submit)",
         ProducerState::Alive => "alive",
         ProducerState::Closed => "finished",
         ProducerState::Lost => "LOST (open queue, producer not heard from)",

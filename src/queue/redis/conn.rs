@@ -138,6 +138,23 @@ impl Pool {
         &self,
         operation: &'static str,
         read_timeout: Option<Duration>,
+        f: impl FnMut(&mut Connection, &str, u64) -> RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        self.call_with(operation, read_timeout, true, f)
+    }
+
+    /// As [`Pool::call`]; with `retry` false a transient failure is
+    /// returned at once instead of reconnecting (heartbeats, which try
+    /// again at their next tick, and clean-up on drop).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::call`].
+    pub fn call_with<T>(
+        &self,
+        operation: &'static str,
+        read_timeout: Option<Duration>,
+        retry: bool,
         mut f: impl FnMut(&mut Connection, &str, u64) -> RedisResult<T>,
     ) -> Result<T, QueueError> {
         let mut slot = self.take();
@@ -163,7 +180,7 @@ impl Pool {
                 Ok(v) => break Ok(v),
                 Err(e) if is_transient(&e) => {
                     slot.con = None;
-                    if started.elapsed() + backoff > self.settings.reconnect_for {
+                    if !retry || started.elapsed() + backoff > self.settings.reconnect_for {
                         break Err(QueueError::Backend {
                             operation,
                             detail: format!(

@@ -251,6 +251,17 @@ struct Settle {
     ext: bool,
 }
 
+/// How a script call is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Retried on a new connection, with replay protection (state changes).
+    Replayed,
+    /// Retried on a new connection (idempotent reads and writes).
+    Plain,
+    /// Tried once (heartbeats retry at their next tick; clean-up on drop).
+    Once,
+}
+
 /// A lease as the server knows it, about to be failed.
 struct HeldLease {
     entry: String,
@@ -380,12 +391,16 @@ impl Inner {
         &self,
         operation: &'static str,
         script: &Script,
-        replay: bool,
+        mode: Call,
         read_timeout: Option<Duration>,
         args: &dyn Fn(&mut ::redis::ScriptInvocation<'_>),
     ) -> Result<Value, QueueError> {
-        self.pool
-            .call(operation, read_timeout, |con: &mut Connection, slot, n| {
+        let replay = mode == Call::Replayed;
+        self.pool.call_with(
+            operation,
+            read_timeout,
+            mode != Call::Once,
+            |con: &mut Connection, slot, n| {
                 let mut inv = script.prepare_invoke();
                 for k in &self.keys.all {
                     inv.key(k);
@@ -398,7 +413,8 @@ impl Inner {
                 }
                 args(&mut inv);
                 inv.invoke::<Value>(con)
-            })
+            },
+        )
     }
 
     fn policy(&self) -> RetryPolicy {
@@ -438,9 +454,15 @@ impl Inner {
     ) -> Result<Result<Vec<Lease>, EmptyInfo>, QueueError> {
         const OP: &str = "lease";
         let consumer = self.consumer(worker);
-        let v = self.run(OP, &scripts::scripts().lease, true, None, &|inv| {
-            inv.arg(&consumer).arg(max.max(1));
-        })?;
+        let v = self.run(
+            OP,
+            &scripts::scripts().lease,
+            Call::Replayed,
+            None,
+            &|inv| {
+                inv.arg(&consumer).arg(max.max(1));
+            },
+        )?;
         let mut a = array(OP, v)?.into_iter();
         let status = a.next().as_ref().and_then(int);
         let max_attempts = a.next().as_ref().and_then(int);
@@ -552,18 +574,24 @@ impl Inner {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let v = self.run(OP, &scripts::scripts().settle, true, None, &|inv| {
-            inv.arg(items.len());
-            for s in items {
-                inv.arg(&s.entry)
-                    .arg(&s.expected)
-                    .arg(s.action)
-                    .arg(s.attempts)
-                    .arg(&s.record)
-                    .arg(s.job)
-                    .arg(if s.ext { "1" } else { "0" });
-            }
-        })?;
+        let v = self.run(
+            OP,
+            &scripts::scripts().settle,
+            Call::Replayed,
+            None,
+            &|inv| {
+                inv.arg(items.len());
+                for s in items {
+                    inv.arg(&s.entry)
+                        .arg(&s.expected)
+                        .arg(s.action)
+                        .arg(s.attempts)
+                        .arg(&s.record)
+                        .arg(s.job)
+                        .arg(if s.ext { "1" } else { "0" });
+                }
+            },
+        )?;
         let out: Vec<bool> = array(OP, v)?.iter().map(|x| int(x) == Some(1)).collect();
         if out.len() != items.len() {
             return Err(protocol(OP, "settle reply length"));
@@ -672,9 +700,15 @@ impl Inner {
         };
         let consumer = format!("{}.reclaim", self.instance);
         let vis_ms = self.visibility().as_millis() as u64;
-        let v = self.run(OP, &scripts::scripts().reclaim, true, None, &|inv| {
-            inv.arg(&consumer).arg(vis_ms).arg(100).arg(&cursor);
-        })?;
+        let v = self.run(
+            OP,
+            &scripts::scripts().reclaim,
+            Call::Replayed,
+            None,
+            &|inv| {
+                inv.arg(&consumer).arg(vis_ms).arg(100).arg(&cursor);
+            },
+        )?;
         let a = array(OP, v)?;
         let next = a
             .first()
@@ -719,7 +753,7 @@ impl Inner {
 
     fn status(&self) -> Result<QueueStatus, QueueError> {
         const OP: &str = "counts";
-        let v = self.run(OP, &scripts::scripts().counts, false, None, &|_| {})?;
+        let v = self.run(OP, &scripts::scripts().counts, Call::Plain, None, &|_| {})?;
         let a = array(OP, v)?;
         if a.len() != 9 {
             return Err(protocol(OP, "counts reply length"));
@@ -759,7 +793,7 @@ impl Inner {
             let v = self.run(
                 "heartbeat",
                 &scripts::scripts().heartbeat,
-                false,
+                Call::Once,
                 None,
                 &|inv| {
                     inv.arg(chunk.len());
@@ -781,7 +815,7 @@ impl Inner {
             let v = self.run(
                 "producer heartbeat",
                 &scripts::scripts().producer_alive,
-                false,
+                Call::Once,
                 None,
                 &|inv| {
                     inv.arg(ttl);
@@ -797,7 +831,7 @@ impl Inner {
     fn put_chunk(&self, jobs: &[NewJob]) -> Result<PutChunk, QueueError> {
         const OP: &str = "put";
         let ttl = self.producer_ttl.as_millis() as u64;
-        let v = self.run(OP, &scripts::scripts().put, true, None, &|inv| {
+        let v = self.run(OP, &scripts::scripts().put, Call::Replayed, None, &|inv| {
             inv.arg(ttl).arg(jobs.len());
             for j in jobs {
                 inv.arg(j.seq)
@@ -1210,7 +1244,7 @@ impl RedisQueue {
         let v = self.inner.run(
             "heartbeat",
             &scripts::scripts().heartbeat,
-            false,
+            Call::Plain,
             None,
             &|inv| {
                 inv.arg(leases.len());
@@ -1223,6 +1257,25 @@ impl RedisQueue {
             .iter()
             .map(|x| int(x) == Some(1))
             .collect())
+    }
+
+    /// Ends this client's production without closing the queue, on
+    /// purpose: workers keep waiting for a later producer (another
+    /// `submit`) instead of reporting this one lost.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    pub fn leave_open(&self) -> Result<(), QueueError> {
+        self.inner.producing.store(false, Ordering::Relaxed);
+        self.inner.run(
+            "leave open",
+            &scripts::scripts().leave_open,
+            Call::Plain,
+            None,
+            &|_| {},
+        )?;
+        Ok(())
     }
 
     /// Takes over leases idle past the visibility timeout now (normally done
@@ -1328,13 +1381,17 @@ impl Drop for RedisQueue {
         // Best effort: forget this client's replay slots.
         let names = self.inner.pool.slot_names();
         if !names.is_empty() {
-            let _ = self
-                .inner
-                .run("forget", &scripts::scripts().forget, false, None, &|inv| {
+            let _ = self.inner.run(
+                "forget",
+                &scripts::scripts().forget,
+                Call::Once,
+                None,
+                &|inv| {
                     for n in &names {
                         inv.arg(n);
                     }
-                });
+                },
+            );
         }
     }
 }
@@ -1425,7 +1482,7 @@ impl Queue for RedisQueue {
         const OP: &str = "worker lost";
         let inner = &self.inner;
         let consumer = inner.consumer(worker);
-        let v = inner.run(OP, &scripts::scripts().held, false, None, &|inv| {
+        let v = inner.run(OP, &scripts::scripts().held, Call::Plain, None, &|inv| {
             inv.arg(&consumer);
         })?;
         let a = array(OP, v)?;
@@ -1468,8 +1525,13 @@ impl Queue for RedisQueue {
     }
 
     fn close(&self) -> Result<(), QueueError> {
-        self.inner
-            .run("close", &scripts::scripts().close, false, None, &|_| {})?;
+        self.inner.run(
+            "close",
+            &scripts::scripts().close,
+            Call::Plain,
+            None,
+            &|_| {},
+        )?;
         self.inner.producing.store(false, Ordering::Relaxed);
         Ok(())
     }

@@ -346,6 +346,16 @@ return {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(
 const PRODUCER_ALIVE: &str = r#"
 if num('closed') == 1 then return 0 end
 redis.call('SET', PR, '1', 'PX', ARGV[4])
+redis.call('HSET', M, 'producer_seen', '1')
+return 1
+"#;
+
+/// A producer leaves the queue open on purpose (`submit --keep-open`):
+/// workers go on waiting for a later producer instead of reporting this
+/// one lost. A producer still putting sets `producer_seen` again.
+const LEAVE_OPEN: &str = r#"
+redis.call('HSET', M, 'producer_seen', '0')
+redis.call('DEL', PR)
 return 1
 "#;
 
@@ -367,6 +377,7 @@ pub(crate) struct Scripts {
     pub close: Script,
     pub counts: Script,
     pub producer_alive: Script,
+    pub leave_open: Script,
     pub forget: Script,
 }
 
@@ -386,6 +397,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             close: s(CLOSE),
             counts: s(COUNTS),
             producer_alive: s(PRODUCER_ALIVE),
+            leave_open: s(LEAVE_OPEN),
             forget: s(FORGET),
         }
     })
