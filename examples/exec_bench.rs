@@ -2,9 +2,12 @@
 //! `Command` loops, in the same run.
 //!
 //! `cargo run --release --example exec_bench -- [JOBS] [THREADS] [ROUNDS] [PROGRAM]`
-//! (defaults: 2000 jobs, 2 threads, 3 rounds, `true`). Prints the median of
+//! (defaults: 2000 jobs, 2 threads, 3 rounds, `true`; PROGRAM is split on
+//! spaces into the program and its arguments). Prints the median of
 //! the rounds for each variant, in jobs per second. A fifth argument runs
 //! only the variants whose name contains it (e.g. `jobmill`, for strace).
+//! With `JOBMILL_BIN` set to the jobmill binary, a variant with the
+//! guardian process is added.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
@@ -46,21 +49,28 @@ fn main() {
     let only = arg(5, "");
 
     let sup = Arc::new(Supervisor::new(None, SpillBudget::new(64 << 20)).expect("supervisor"));
-    let argv: Arc<[OsString]> = Arc::from(vec![OsString::from(&program)]);
+    let words: Vec<String> = program.split_whitespace().map(str::to_owned).collect();
+    let argv: Arc<[OsString]> = words.iter().map(OsString::from).collect();
 
-    let p1 = program.clone();
-    let p2 = program.clone();
-    let variants: Vec<(&str, Job)> = vec![
+    let w1 = words.clone();
+    let w2 = words.clone();
+    let guarded = std::env::var_os("JOBMILL_BIN").map(|bin| {
+        let sup = Supervisor::new(Some(bin.as_ref()), SpillBudget::new(64 << 20))
+            .expect("supervisor with guardian");
+        (Arc::new(sup), Arc::clone(&argv))
+    });
+    let mut variants: Vec<(&str, Job)> = vec![
         (
             "Command::status() (inherit stdio)",
             Arc::new(move || {
-                Command::new(&p1).status().expect("spawn");
+                Command::new(&w1[0]).args(&w1[1..]).status().expect("spawn");
             }),
         ),
         (
             "Command::output() (piped, null stdin)",
             Arc::new(move || {
-                Command::new(&p2)
+                Command::new(&w2[0])
+                    .args(&w2[1..])
                     .stdin(Stdio::null())
                     .output()
                     .expect("spawn");
@@ -79,6 +89,20 @@ fn main() {
             }),
         ),
     ];
+    if let Some((sup, argv)) = guarded {
+        variants.push((
+            "jobmill Supervisor::run, with guardian",
+            Arc::new(move || {
+                let a = sup.run(&AttemptSpec {
+                    argv: &argv,
+                    env: &[],
+                    timeout: None,
+                    grace: Duration::from_secs(2),
+                });
+                assert!(matches!(a.end, End::Exited(_)), "{:?}", a.end);
+            }),
+        ));
+    }
 
     println!("{jobs} x `{program}` on {threads} threads, median of {rounds} rounds");
     let mut results = Vec::new();

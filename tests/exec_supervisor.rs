@@ -569,3 +569,47 @@ fn supervisor_and_attempt_cross_threads() {
     send_sync::<SpillBudget>();
     send::<Attempt>();
 }
+
+#[test]
+fn malformed_commands_fail_to_spawn_without_panicking() {
+    let sup = supervisor();
+    let dir = tmp();
+    let not_exec = dir.path().join("not-executable");
+    std::fs::write(&not_exec, "echo hi\n").unwrap();
+    let cases: Vec<Vec<OsString>> = vec![
+        vec![
+            OsString::from("echo"),
+            OsString::from_vec(b"nul\0inside".to_vec()),
+        ],
+        vec![OsString::from_vec(b"prog\0ram".to_vec())],
+        vec![dir.path().as_os_str().to_owned()],
+        vec![not_exec.as_os_str().to_owned()],
+        vec![OsString::new()],
+    ];
+    for argv in &cases {
+        let a = sup.run(&AttemptSpec {
+            argv,
+            env: &[],
+            timeout: None,
+            grace: Duration::from_secs(1),
+        });
+        match &a.end {
+            End::SpawnFailed(msg) => {
+                let program = argv[0].to_string_lossy();
+                let shown = program.split('\0').next().unwrap();
+                assert!(msg.contains(shown), "{msg:?} should name {program:?}");
+                assert!(!msg.contains('\0'), "{msg:?} is printable");
+            }
+            other => panic!("{argv:?}: expected SpawnFailed, got {other:?}"),
+        }
+    }
+    let argv = argv(&["true"]);
+    let a = sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[("BAD\0KEY", OsString::from("v"))],
+        timeout: None,
+        grace: Duration::from_secs(1),
+    });
+    assert!(matches!(a.end, End::SpawnFailed(_)), "{:?}", a.end);
+    assert_eq!(sup.running(), 0);
+}

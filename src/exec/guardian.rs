@@ -9,23 +9,35 @@
 //! per run, in its own process group (so the terminal's Ctrl-C does not
 //! reach it), with a pipe as its stdin. jobmill's end of the pipe is
 //! close-on-exec, so jobs never hold it. After spawning a job jobmill
-//! writes `+<pgid>\n`, after reaping it `-<pgid>\n` (one small atomic write
-//! each). The guardian keeps the set of live groups. When its stdin ends —
-//! jobmill exited or was killed, even by SIGKILL — it sends SIGTERM to every
-//! group still registered, waits up to the grace period for them to go,
-//! sends SIGKILL, and exits.
+//! writes `+<pgid>\n`; once the job has ended and its group has had
+//! SIGKILL, and before reaping it, `-<pgid>\n` (one small write each,
+//! atomic on a pipe, so slot threads need no lock). The guardian keeps the
+//! set of live groups, reading it in batches (it pauses 20 ms after
+//! emptying the pipe, and the pipe is 1 MiB), so it wakes up at most ~50
+//! times a second rather than twice per job; the pause ends at once when
+//! the pipe closes. When its stdin ends — jobmill exited or was killed,
+//! even by SIGKILL — it sends SIGTERM to every group still registered,
+//! waits up to the grace period for them to go, sends SIGKILL, and exits.
+//! When jobmill exits normally nothing is registered and the guardian
+//! exits at once; dropping the [`super::Supervisor`] also reaps it.
 //!
-//! Known window: a job spawned but not yet registered when jobmill is
-//! SIGKILLed (a few microseconds) is not covered.
+//! Known windows: a job spawned but not yet registered when jobmill is
+//! SIGKILLed (microseconds) is not covered; and if a job's main process
+//! has already been reaped by init when the guardian signals its group, a
+//! group id reused in between would be hit (the kernel does not reuse a
+//! pid while its group has members, so this needs the whole group gone
+//! and a new group leader given the same pid within the grace period).
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 /// The hidden first argument that starts the guardian mode of the binary.
@@ -33,6 +45,16 @@ pub const GUARDIAN_ARG: &str = "__guardian";
 
 /// What the guardian prints on stdout once it is ready.
 const READY: &[u8] = b"ready\n";
+
+/// How long the guardian lets registrations pile up between reads.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// Size asked for the registration pipe: 1 MiB holds 100,000 messages,
+/// far more than arrive in one [`COALESCE`] interval.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// How long [`GuardianLink::start`] waits for the guardian to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the guardian checks, during the grace period, whether the
 /// groups it terminated are gone.
@@ -54,9 +76,40 @@ pub fn run_guardian(grace: Duration) -> ! {
     let mut out = io::stdout().lock();
     let _ = out.write_all(READY).and_then(|()| out.flush());
 
-    let groups = read_registrations(io::stdin().lock());
+    let input = Coalescing {
+        inner: io::stdin().lock(),
+        pause: COALESCE,
+    };
+    let groups = read_registrations(io::BufReader::with_capacity(64 * 1024, input));
     stop_groups(&groups, grace);
     std::process::exit(0)
+}
+
+/// A reader that pauses after each read that emptied its pipe, so that
+/// registrations pile up and are taken in batches: the guardian wakes up at
+/// most about `1 / pause` times a second instead of twice per job, leaving
+/// the CPU to the jobs. jobmill's end of the pipe is enlarged so that its
+/// writes never wait for the guardian.
+///
+/// The pause is a `poll` for no event: the kernel does not wake it when
+/// data arrives, but does when the pipe's writer goes away (`POLLHUP`), so
+/// the end of jobmill is seen at once.
+struct Coalescing<R> {
+    inner: R,
+    pause: Duration,
+}
+
+impl<R: Read + AsFd> Read for Coalescing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && n < buf.len() {
+            let mut fds = [PollFd::new(&self.inner, PollFlags::empty())];
+            let pause = Timespec::try_from(self.pause).unwrap_or_default();
+            // An interrupted or failed pause only makes the batch smaller.
+            let _ = poll(&mut fds, Some(&pause));
+        }
+        Ok(n)
+    }
 }
 
 /// Reads `+pgid` / `-pgid` lines until end of input (or a read error) and
@@ -126,6 +179,11 @@ pub(crate) struct GuardianLink {
 impl GuardianLink {
     /// Starts `exe __guardian <grace_ms>` and waits until it is ready.
     pub(crate) fn start(exe: &Path, grace: Duration) -> io::Result<Self> {
+        Self::start_within(exe, grace, READY_TIMEOUT)
+    }
+
+    /// As [`GuardianLink::start`], waiting at most `ready_timeout` for it.
+    fn start_within(exe: &Path, grace: Duration, ready_timeout: Duration) -> io::Result<Self> {
         use std::os::unix::process::CommandExt;
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let mut child = Command::new(exe)
@@ -145,9 +203,7 @@ impl GuardianLink {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(io::Error::other("guardian started without pipes"));
         };
-        let mut ready = Vec::with_capacity(READY.len());
-        let read = stdout.take(READY.len() as u64).read_to_end(&mut ready);
-        if read.is_err() || ready != READY {
+        if read_ready(stdout, ready_timeout).is_err() {
             let _ = child.kill();
             let _ = child.wait();
             return Err(io::Error::other(format!(
@@ -155,6 +211,8 @@ impl GuardianLink {
                 exe.display()
             )));
         }
+        // Best effort: the default 64 KiB still holds 8,000 messages.
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdin, PIPE_SIZE);
         Ok(Self {
             stdin: Some(stdin),
             child,
@@ -203,6 +261,36 @@ impl Drop for GuardianLink {
     }
 }
 
+/// Waits up to `timeout` for the guardian's `ready` line.
+fn read_ready(mut stdout: ChildStdout, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now().checked_add(timeout);
+    let mut got = Vec::with_capacity(READY.len());
+    let mut buf = [0u8; 16];
+    while got.len() < READY.len() {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let left = left.and_then(|l| Timespec::try_from(l).ok());
+        let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
+        match poll(&mut fds, left.as_ref()) {
+            Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let want = READY.len() - got.len();
+        match stdout.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got == READY {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::InvalidData.into())
+    }
+}
+
 /// Writes `op` then the decimal `pgid` then `\n` into `buf`; returns the length.
 fn encode(op: u8, pgid: i32, buf: &mut [u8; 16]) -> usize {
     let mut digits = [0u8; 11];
@@ -226,6 +314,18 @@ fn encode(op: u8, pgid: i32, buf: &mut [u8; 16]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guardian_that_never_answers_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("silent");
+        std::fs::write(&exe, "#!/bin/sh\nexec sleep 100\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = GuardianLink::start_within(&exe, Duration::ZERO, Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.to_string().contains("silent"), "{err}");
+    }
 
     #[test]
     fn registration_lines_encode_pgid() {

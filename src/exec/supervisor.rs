@@ -30,6 +30,11 @@ pub const DEFAULT_GUARDIAN_GRACE: Duration = Duration::from_secs(2);
 /// (the default pipe capacity on Linux).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Pipe size and read buffer for a stream that turned out to be large (a
+/// read filled the whole small buffer): fewer wake-ups and system calls
+/// per byte. 1 MiB is the default `/proc/sys/fs/pipe-max-size`.
+const BIG_CHUNK: usize = 1 << 20;
+
 /// After the main process of a job has exited, how long to keep reading
 /// what is left in its pipes (bounds the case of a process that left the
 /// job's group and keeps writing).
@@ -50,6 +55,8 @@ pub struct Supervisor {
     stop: OwnedFd,
     stopping: AtomicBool,
     running: AtomicUsize,
+    /// Whether to wait on a pidfd (false only in tests of the fallback).
+    use_pidfd: bool,
 }
 
 impl Supervisor {
@@ -89,6 +96,7 @@ impl Supervisor {
             stop,
             stopping: AtomicBool::new(false),
             running: AtomicUsize::new(0),
+            use_pidfd: true,
         })
     }
 
@@ -172,6 +180,12 @@ impl Supervisor {
         .watch(self, pipes, &mut attempt);
         attempt.timed_out = flags.timed_out;
         attempt.terminated = flags.terminated;
+        // The whole group has had SIGKILL by now: nothing is left for the
+        // guardian to stop. Unregistering before reaping means the
+        // guardian never holds a group id that could be reused.
+        if let Some(g) = &self.guardian {
+            g.unregister(raw_pid);
+        }
 
         attempt.end = match wait4(raw_pid) {
             Ok(reaped) => {
@@ -188,9 +202,6 @@ impl Supervisor {
                 quoted(program)
             )),
         };
-        if let Some(g) = &self.guardian {
-            g.unregister(raw_pid);
-        }
         self.running.fetch_sub(1, Ordering::AcqRel);
         drop(child);
         attempt.duration = t0.elapsed();
@@ -198,9 +209,19 @@ impl Supervisor {
     }
 }
 
-/// The program name for messages, in backquotes.
+/// The program name for messages, in backquotes, with control characters
+/// escaped so that the message stays one printable line.
 fn quoted(program: &OsStr) -> String {
-    format!("`{}`", program.to_string_lossy())
+    let mut out = String::from("`");
+    for c in program.to_string_lossy().chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('`');
+    out
 }
 
 /// How an attempt was stopped, if it was.
@@ -232,9 +253,13 @@ impl Watch {
     ) -> Stopped {
         let (mut out, mut err) = pipes;
         let mut stopped = Stopped::default();
-        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::new();
         // Without a pidfd, exit is found by polling `waitid` every tick.
-        let pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
+        let pidfd = if sup.use_pidfd {
+            pidfd_open(self.pid, PidfdFlags::empty()).ok()
+        } else {
+            None
+        };
         // A timeout too large to represent is no timeout.
         let mut term_at = self.timeout.and_then(|t| Instant::now().checked_add(t));
         let mut kill_at: Option<Instant> = None;
@@ -294,10 +319,10 @@ impl Watch {
                 !fds[2].revents().is_empty(),
                 !fds[3].revents().is_empty(),
             ];
-            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
                 out = None;
             }
-            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
                 err = None;
             }
             let exited = match &pidfd {
@@ -337,10 +362,10 @@ impl Watch {
                 Err(_) => break,
             }
             let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
-            if ready[0] && !read_once(out.as_ref(), &mut buf, &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
                 out = None;
             }
-            if ready[1] && !read_once(err.as_ref(), &mut buf, &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
                 err = None;
             }
             if Instant::now() >= drain_until {
@@ -386,20 +411,69 @@ fn poll_entry<'a, F: AsFd>(fd: Option<&'a F>, placeholder: &'a OwnedFd) -> PollF
     }
 }
 
-/// Reads once from a pipe that poll reported ready into `capture`. Returns
-/// false at end of file (or on an error, which ends the stream too).
-fn read_once<F: AsFd>(fd: Option<&F>, buf: &mut [MaybeUninit<u8>], capture: &mut Capture) -> bool {
-    let Some(fd) = fd else { return false };
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(([], _)) => return false,
-            Ok((data, _)) => {
-                capture.append(data);
-                return true;
+/// The buffer reads from a job's pipes go through: [`READ_CHUNK`] bytes on
+/// the stack, which is all small outputs ever use (no allocation). When a
+/// read fills it, the stream is large: its pipe is enlarged to
+/// [`BIG_CHUNK`] (one `fcntl`, failure ignored) and reads go through a heap
+/// buffer of that size from then on.
+struct ReadBuf {
+    small: [MaybeUninit<u8>; READ_CHUNK],
+    big: Vec<MaybeUninit<u8>>,
+    /// Pipe descriptors already enlarged.
+    boosted: [Option<i32>; 2],
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        Self {
+            small: [MaybeUninit::uninit(); READ_CHUNK],
+            big: Vec::new(),
+            boosted: [None; 2],
+        }
+    }
+
+    /// Reads once from a pipe that poll reported ready into `capture`.
+    /// Returns false at end of file (or on an error, which ends the stream
+    /// too).
+    fn read_once<F: AsFd>(&mut self, fd: Option<&F>, capture: &mut Capture) -> bool {
+        let Some(fd) = fd else { return false };
+        let buf: &mut [MaybeUninit<u8>] = if self.big.is_empty() {
+            &mut self.small
+        } else {
+            &mut self.big
+        };
+        let full = buf.len();
+        let n = loop {
+            match rustix::io::read(fd, &mut *buf) {
+                Ok(([], _)) => return false,
+                Ok((data, _)) => {
+                    capture.append(data);
+                    break data.len();
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return true,
+                Err(_) => return false,
             }
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => return true,
-            Err(_) => return false,
+        };
+        if n == full {
+            self.boost(fd);
+        }
+        true
+    }
+
+    /// Enlarges the pipe behind `fd` (once) and switches to the big buffer.
+    fn boost<F: AsFd>(&mut self, fd: &F) {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_fd().as_raw_fd();
+        if self.boosted.contains(&Some(raw)) {
+            return;
+        }
+        if let Some(slot) = self.boosted.iter_mut().find(|b| b.is_none()) {
+            *slot = Some(raw);
+        }
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, BIG_CHUNK);
+        if self.big.is_empty() {
+            self.big = vec![MaybeUninit::uninit(); BIG_CHUNK];
         }
     }
 }
@@ -409,5 +483,55 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `waitid` fallback used when no pidfd can be had; the pidfd path
+    //! is covered by `tests/exec_supervisor.rs`.
+    use super::*;
+    use std::ffi::OsString;
+
+    fn fallback_supervisor() -> Supervisor {
+        let mut sup = Supervisor::new(None, SpillBudget::new(1 << 20)).unwrap();
+        sup.use_pidfd = false;
+        sup
+    }
+
+    fn run(sup: &Supervisor, script: &str, timeout: Option<Duration>) -> Attempt {
+        let argv: Vec<OsString> = ["sh", "-c", script].iter().map(OsString::from).collect();
+        sup.run(&AttemptSpec {
+            argv: &argv,
+            env: &[],
+            timeout,
+            grace: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn without_pidfd_exit_and_output_are_reported() {
+        let sup = fallback_supervisor();
+        let mut a = run(&sup, "echo out; echo err >&2; exit 3", None);
+        assert_eq!(a.end, End::Exited(3));
+        assert_eq!(a.stdout.to_vec().unwrap(), b"out\n");
+        assert_eq!(a.stderr.to_vec().unwrap(), b"err\n");
+    }
+
+    #[test]
+    fn without_pidfd_a_job_leaving_a_background_child_ends() {
+        // The background sleep holds the pipes: only exit detection by
+        // `waitid` lets the attempt end, and the group kill stops the sleep.
+        let sup = fallback_supervisor();
+        let a = run(&sup, "sleep 100 & exit 0", None);
+        assert_eq!(a.end, End::Exited(0));
+    }
+
+    #[test]
+    fn without_pidfd_timeout_stops_the_job() {
+        let sup = fallback_supervisor();
+        let a = run(&sup, "exec sleep 100", Some(Duration::from_millis(100)));
+        assert!(a.timed_out);
+        assert_eq!(a.end, End::Signaled(libc::SIGTERM));
     }
 }

@@ -260,7 +260,8 @@ pub fn run(
     observers: Vec<Arc<dyn Observer>>,
 ) -> std::io::Result<RunSummary> {
     let budget = SpillBudget::new(opts.output_memory);
-    let supervisor = Supervisor::new(opts.guardian.as_deref(), budget.clone())?;
+    let supervisor =
+        Supervisor::with_guardian_grace(opts.guardian.as_deref(), opts.grace, budget.clone())?;
     let ctx = Arc::new(Ctx {
         queue: MemoryQueue::new(opts.queue_capacity, RetryPolicy::with_retries(opts.retries)),
         supervisor,
