@@ -227,3 +227,18 @@ fn an_unreachable_queue_is_a_clear_error_and_status_255() {
         "{err}"
     );
 }
+
+#[test]
+fn a_job_running_longer_than_the_visibility_timeout_keeps_its_lease() {
+    let server = RedisServer::start();
+    let url = server.url("long");
+    submit(&url, &["--visibility", "1s"], "slow\n");
+    // The second worker would take the lease over if heartbeats stopped.
+    let a = spawn_worker(&url, 1, &["sh", "-c", "sleep 3; echo out-$1", "sh", "{}"]);
+    let b = spawn_worker(&url, 1, &["sh", "-c", "sleep 3; echo out-$1", "sh", "{}"]);
+    let (ca, oa, ea) = finish(a);
+    let (cb, ob, eb) = finish(b);
+    assert_eq!((ca, cb), (0, 0), "{ea}\n{eb}");
+    assert_eq!(format!("{oa}{ob}"), "out-slow\n", "ran once, by one worker");
+    assert_eq!(results(&url)[&1], ("done".to_string(), 1));
+}

@@ -154,7 +154,8 @@ fn submit_all(
                 let put = total + e.put as u64;
                 return Err(match e.source {
                     PutError::Closed(_) => anyhow::anyhow!(
-                        "queue {} is closed: {put} jobs were submitted, the rest were not",
+                        "queue {} is closed: {put} jobs were submitted, the rest were not \
+                         (a closed queue takes no more jobs; use another queue name)",
                         queue.url()
                     ),
                     other => anyhow::Error::new(other)
