@@ -242,3 +242,54 @@ fn a_job_running_longer_than_the_visibility_timeout_keeps_its_lease() {
     assert_eq!(format!("{oa}{ob}"), "out-slow\n", "ran once, by one worker");
     assert_eq!(results(&url)[&1], ("done".to_string(), 1));
 }
+
+#[test]
+fn workers_ride_out_a_redis_restart_and_every_job_ends_done_once() {
+    let mut server = RedisServer::start();
+    let url = server.url("restart");
+    let input: String = (1..=400).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| {
+            spawn_worker(
+                &url,
+                2,
+                &["sh", "-c", "sleep 0.02; echo out-$1", "sh", "{}"],
+            )
+        })
+        .collect();
+    wait_until("some jobs to be done", || {
+        let out = jobmill()
+            .args(["status", "--queue", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split(", ")
+            .find_map(|p| p.strip_suffix(" done"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 20)
+    });
+    server.stop();
+    for w in &mut workers {
+        if let Some(st) = w.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("the run ended before the restart: {st:?} {err}");
+        }
+    }
+    server.start_again();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for w in workers {
+        let (code, out, err) = finish(w);
+        assert_eq!(code, 0, "{err}");
+        for l in out.lines() {
+            *seen.entry(l.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 400);
+    assert!(seen.values().all(|&n| n == 1));
+    let r = results(&url);
+    assert_eq!(r.len(), 400);
+    assert!(r.values().all(|(s, _)| s == "done"));
+}

@@ -1354,18 +1354,19 @@ fn heartbeat_loop(inner: &Inner, stop: &(Mutex<bool>, Condvar)) {
         let every = (inner.visibility() / 3)
             .min(inner.producer_ttl / 3)
             .max(Duration::from_millis(10));
+        // Checks the flag before sleeping too: a drop that came before this
+        // thread first took the lock must not cost a whole tick.
         let (guard, _) = stop
             .1
-            .wait_timeout(stopped, every)
+            .wait_timeout_while(stopped, every, |stop| !*stop)
             .unwrap_or_else(|e| e.into_inner());
         stopped = guard;
         if *stopped {
             return;
         }
         drop(stopped);
-        // A failed round is retried at the next tick; the pool already
-        // reconnects with backoff, and a lease only idles out after three
-        // missed rounds.
+        // A failed round is not retried: the next tick tries again, and a
+        // lease only idles out after three missed rounds.
         let _ = inner.beat();
         stopped = lock(&stop.0);
     }
