@@ -93,13 +93,15 @@ fn blocked_get_wakes_on_put_and_on_drain() {
     let server = RedisServer::start();
     let q = Arc::new(open(&server, "wake", RedisConfig::default()));
     let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
     let waiter = {
         let q = Arc::clone(&q);
         std::thread::spawn(move || {
             let l = q.get(WorkerId(2), None).unwrap();
             tx.send(l.job.seq).unwrap();
             q.complete(&l).unwrap();
-            // Now wait for the end: the peer below holds a lease.
+            go_rx.recv().unwrap();
+            // Now wait for the end, while the peer below holds a lease.
             q.get(WorkerId(2), None)
         })
     };
@@ -107,9 +109,10 @@ fn blocked_get_wakes_on_put_and_on_drain() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 7);
     q.put(job(8)).unwrap();
     let held = q.get(WorkerId(1), LONG).unwrap();
+    go_tx.send(()).unwrap();
     q.close().unwrap();
-    // The waiter may not end while job 8 is leased: failing it requeues it
-    // and the waiter receives it.
+    // Closed, but job 8 is leased: the waiter must not end yet. It ends
+    // once job 8 reaches its final state (no retries: failed).
     assert!(matches!(
         q.fail(&held, FailReason::Exit { code: 1 }).unwrap(),
         Disposition::Final(JobState::Failed { .. })
@@ -481,7 +484,7 @@ fn a_producer_that_vanishes_without_closing_is_reported_lost() {
     let server = RedisServer::start();
     let url = server.url("orphan");
     let cfg = RedisConfig {
-        producer_ttl: Duration::from_millis(300),
+        producer_ttl: Duration::from_secs(2),
         ..RedisConfig::default()
     };
     let consumer = RedisQueue::connect(&url, cfg.clone()).unwrap();
