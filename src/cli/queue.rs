@@ -109,8 +109,19 @@ pub struct QueueArgs {
     pub queue: String,
 }
 
+/// Environment variable naming a PEM file of certificate authorities to
+/// trust for `rediss://` (a private CA) instead of the built-in web roots.
+pub const CA_ENV: &str = "JOBMILL_REDIS_CA";
+
 fn connect(url: &str) -> anyhow::Result<RedisQueue> {
-    Ok(RedisQueue::connect(url, RedisConfig::default())?)
+    let mut config = RedisConfig::default();
+    if let Some(path) = std::env::var_os(CA_ENV) {
+        config.tls_ca =
+            Some(std::fs::read(&path).with_context(|| {
+                format!("cannot read {CA_ENV}={}", PathBuf::from(&path).display())
+            })?);
+    }
+    Ok(RedisQueue::connect(url, config)?)
 }
 
 /// Reads `source` on a thread and hands jobs over in batches: as many as

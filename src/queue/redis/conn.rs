@@ -70,10 +70,26 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
 
 impl Pool {
     /// A pool for `server_url` (credentials included); `endpoint` is the
-    /// redacted `host:port` used in messages.
-    pub fn new(server_url: &str, endpoint: String, settings: ConnSettings) -> RedisResult<Pool> {
+    /// redacted `host:port` used in messages. `tls_ca`: PEM root
+    /// certificates to trust instead of the built-in roots (`rediss://`).
+    pub fn new(
+        server_url: &str,
+        endpoint: String,
+        settings: ConnSettings,
+        tls_ca: Option<Vec<u8>>,
+    ) -> RedisResult<Pool> {
+        let client = match tls_ca {
+            Some(pem) => Client::build_with_tls(
+                server_url,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )?,
+            None => Client::open(server_url)?,
+        };
         Ok(Pool {
-            client: Client::open(server_url)?,
+            client,
             endpoint,
             idle: Mutex::new(Vec::new()),
             next_slot: AtomicU32::new(0),

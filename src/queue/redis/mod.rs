@@ -97,6 +97,10 @@ pub struct RedisConfig {
     /// How long a call keeps reconnecting (with backoff) when the server
     /// goes away mid-run, e.g. while it restarts.
     pub reconnect_for: Duration,
+    /// For `rediss://`: PEM certificates of the authorities to trust
+    /// instead of the built-in web roots (a private CA). The CLI reads them
+    /// from the file named by `JOBMILL_REDIS_CA`.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisConfig {
@@ -110,6 +114,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(3),
             io_timeout: Duration::from_secs(60),
             reconnect_for: Duration::from_secs(60),
+            tls_ca: None,
         }
     }
 }
@@ -893,8 +898,13 @@ impl RedisQueue {
             io_timeout: config.io_timeout,
             reconnect_for: config.reconnect_for,
         };
-        let pool = Pool::new(&url.server_url(), url.endpoint(), settings)
-            .map_err(|e| fail(format!("bad server address: {e}")))?;
+        let pool = Pool::new(
+            &url.server_url(),
+            url.endpoint(),
+            settings,
+            config.tls_ca.clone(),
+        )
+        .map_err(|e| fail(format!("bad server address: {e}")))?;
         let keys = Keys::new(&url.name);
         // The setup runs on its own connection, before any pooled slot gets
         // a replay name (which needs the instance number this returns).
