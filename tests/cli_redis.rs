@@ -293,3 +293,18 @@ fn workers_ride_out_a_redis_restart_and_every_job_ends_done_once() {
     assert_eq!(r.len(), 400);
     assert!(r.values().all(|(s, _)| s == "done"));
 }
+
+#[test]
+fn status_of_a_queue_that_does_not_exist_is_an_error_and_creates_nothing() {
+    let server = RedisServer::start();
+    let url = server.url("typo");
+    let out = jobmill()
+        .args(["status", "--queue", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no queue named \"typo\""), "{err}");
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "{keys:?}");
+}

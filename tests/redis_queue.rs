@@ -664,3 +664,48 @@ fn a_queue_left_open_on_purpose_is_waited_on_not_reported_lost() {
         Err(GetError::Closed)
     ));
 }
+
+#[test]
+fn a_missing_queue_is_an_error_when_not_creating_and_destroy_removes_every_key() {
+    let server = RedisServer::start();
+    let url = server.url("gone");
+    let read_only = RedisConfig {
+        create: false,
+        ..RedisConfig::default()
+    };
+    let e = RedisQueue::connect(&url, read_only.clone()).unwrap_err();
+    assert!(e.to_string().contains("no queue named \"gone\""), "{e}");
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "a read-only open created {keys:?}");
+
+    let q = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    q.put(NewJob::new(1, vec![7u8; 100_000])).unwrap(); // payload in its own key
+    q.put(job(2)).unwrap();
+    let l = q.get(WorkerId(1), LONG).unwrap();
+    q.fail(&l, FailReason::Timeout).unwrap();
+    RedisQueue::connect(&url, read_only).expect("exists now");
+    q.destroy().unwrap();
+    drop(q);
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+#[test]
+fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let good = format!("redis://:s3cret@127.0.0.1:{}/auth", server.port);
+    let q = RedisQueue::connect(&good, RedisConfig::default()).expect("password accepted");
+    q.put(job(1)).unwrap();
+    assert_eq!(q.counts().unwrap().produced, 1);
+    let bad = format!("redis://:wrong@127.0.0.1:{}/auth", server.port);
+    let msg = RedisQueue::connect(&bad, RedisConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(!msg.contains("wrong"), "password shown: {msg}");
+    assert!(msg.contains(":***@"), "{msg}");
+    let none = server.url("auth");
+    let msg = RedisQueue::connect(&none, RedisConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.to_lowercase().contains("auth"), "{msg}");
+}

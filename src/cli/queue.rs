@@ -114,7 +114,16 @@ pub struct QueueArgs {
 pub const CA_ENV: &str = "JOBMILL_REDIS_CA";
 
 fn connect(url: &str) -> anyhow::Result<RedisQueue> {
-    let mut config = RedisConfig::default();
+    open_queue(url, true)
+}
+
+/// Opens the queue; with `create` false a queue that does not exist is an
+/// error (read-only commands).
+fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
+    let mut config = RedisConfig {
+        create,
+        ..RedisConfig::default()
+    };
     if let Some(path) = std::env::var_os(CA_ENV) {
         config.tls_ca =
             Some(std::fs::read(&path).with_context(|| {
@@ -324,7 +333,7 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
 
 /// `jobmill status --queue URL`.
 pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
-    let queue = connect(&a.queue)?;
+    let queue = open_queue(&a.queue, false)?;
     let s = queue.status()?;
     let c = s.counts;
     let state = if c.is_drained() {
@@ -362,7 +371,7 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
 /// `jobmill results --queue URL`: one tab-separated line per job that
 /// ended (done jobs run by `jobmill worker`, every failed or dead job).
 pub fn results(a: QueueArgs) -> anyhow::Result<u8> {
-    let queue = connect(&a.queue)?;
+    let queue = open_queue(&a.queue, false)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

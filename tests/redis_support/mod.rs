@@ -49,7 +49,8 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
-        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        // A server with a password answers NOAUTH: it is up all the same.
+        Ok(n) => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
         Err(_) => false,
     }
 }

@@ -101,6 +101,10 @@ pub struct RedisConfig {
     /// instead of the built-in web roots (a private CA). The CLI reads them
     /// from the file named by `JOBMILL_REDIS_CA`.
     pub tls_ca: Option<Vec<u8>>,
+    /// Create the queue if it does not exist (`false`: fail instead; for
+    /// read-only uses such as `jobmill status`, so a mistyped name is an
+    /// error rather than a new empty queue).
+    pub create: bool,
 }
 
 impl Default for RedisConfig {
@@ -115,6 +119,7 @@ impl Default for RedisConfig {
             io_timeout: Duration::from_secs(60),
             reconnect_for: Duration::from_secs(60),
             tls_ca: None,
+            create: true,
         }
     }
 }
@@ -931,10 +936,18 @@ impl RedisQueue {
             .arg(0)
             .arg(config.policy.max_attempts.max(1))
             .arg(config.visibility_timeout.as_millis().max(1) as u64)
-            .arg(config.capacity.max(1));
+            .arg(config.capacity.max(1))
+            .arg(if config.create { "1" } else { "0" });
         let v: Vec<i64> = inv
             .invoke(&mut con)
             .map_err(|e| fail(format!("setup script failed on {}: {e}", url.endpoint())))?;
+        if v[..] == [0] {
+            return Err(fail(format!(
+                "there is no queue named {:?} on {}",
+                url.name,
+                url.endpoint()
+            )));
+        }
         let [instance, max_attempts, vis_ms, capacity] = v[..] else {
             return Err(fail("setup script returned a malformed reply".into()));
         };
@@ -1340,13 +1353,28 @@ impl RedisQueue {
         let keys = &self.inner.keys;
         let pattern = format!("{}p:*", keys.prefix);
         self.inner.pool.call("destroy", None, |con, _, _| {
-            let payloads: Vec<String> = ::redis::cmd("KEYS").arg(&pattern).query(con)?;
-            let mut cmd = ::redis::cmd("DEL");
-            cmd.arg(&keys.all[..]);
-            for p in &payloads {
-                cmd.arg(p);
+            // SCAN, not KEYS: never block a busy server.
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)?;
+                if !found.is_empty() {
+                    ::redis::cmd("DEL").arg(&found).query::<i64>(con)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cmd.query::<i64>(con).map(|_| ())
+            ::redis::cmd("DEL")
+                .arg(&keys.all[..])
+                .query::<i64>(con)
+                .map(|_| ())
         })
     }
 

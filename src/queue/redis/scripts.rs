@@ -90,9 +90,12 @@ end
 
 /// Creates the stream and group if missing, records the settings if unset
 /// (first creator wins) and hands out an instance number.
-/// ARGV[4..6] = max_attempts, visibility_ms, capacity.
-/// Returns {instance, max_attempts, visibility_ms, capacity}.
+/// ARGV[4..7] = max_attempts, visibility_ms, capacity, create ('0': only
+/// open an existing queue). Returns {instance, max_attempts,
+/// visibility_ms, capacity}, or {0} when the queue does not exist and
+/// create is '0'.
 const INIT: &str = r#"
+if ARGV[7] == '0' and redis.call('EXISTS', S) == 0 then return {0} end
 if redis.call('EXISTS', S) == 0 then
   redis.call('XGROUP', 'CREATE', S, G, '0', 'MKSTREAM')
 else
