@@ -308,3 +308,33 @@ fn status_of_a_queue_that_does_not_exist_is_an_error_and_creates_nothing() {
     let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+#[test]
+fn sigterm_stops_a_worker_and_gives_its_running_job_back_unrun() {
+    let server = RedisServer::start();
+    let url = server.url("term");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    submit(&url, &[], "x\n");
+    let script = format!(
+        "echo $JOBMILL_ATTEMPT >> {}; if [ $JOBMILL_ATTEMPT = 1 ] && [ ! -e {}.2 ]; then touch {}.2; sleep 60; fi; echo out-$1",
+        marker.display(),
+        marker.display(),
+        marker.display()
+    );
+    let command = ["sh", "-c", &script, "sh", "{}"];
+    let first = spawn_worker(&url, 1, &command);
+    wait_until("the job to start", || marker.exists());
+    common::send_signal("TERM", first.id());
+    let (code, out, _) = finish(first);
+    assert_eq!(code, 130);
+    assert!(out.is_empty(), "{out}");
+    assert!(status(&url).contains("1 queued"), "{}", status(&url));
+    // The next worker runs it as attempt 1 again: the stopped attempt was
+    // given back, not counted.
+    let second = spawn_worker(&url, 1, &command);
+    let (code, out, err) = finish(second);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "out-x\n");
+    assert_eq!(results(&url)[&1], ("done".to_string(), 1));
+}
