@@ -1,55 +1,37 @@
 #!/usr/bin/env bash
-# jobmill run vs xargs -P, GNU parallel and rust-parallel, measured side by side
-# in the same invocation with hyperfine: 2000 `true` jobs at -j2, and 2000
-# `echo {}` jobs in input order (-k). Prints each tool's median and its ratio
-# against jobmill (ratio > 1: the peer is slower).
+# jobmill run vs xargs -P, GNU parallel and rust-parallel, side by side in one
+# invocation: 2000 `true` jobs at -j2, and 2000 `echo {}` jobs keeping input
+# order. Rounds are interleaved (bench/compare.py), so load on a shared
+# machine hits every tool alike. A ratio above 1 means slower than jobmill.
 #
-# Installs the peers when missing: GNU parallel and hyperfine from Debian,
-# rust-parallel from crates.io.
+# Installs the peers when missing: GNU parallel from Debian, rust-parallel
+# from crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
-RUNS=${RUNS:-7}
+RUNS=${RUNS:-9}
 
-need=()
-command -v parallel >/dev/null || need+=(parallel)
-command -v hyperfine >/dev/null || need+=(hyperfine)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
+command -v parallel >/dev/null || { apt-get update -qq && apt-get install -y -qq parallel; }
 command -v rust-parallel >/dev/null || cargo install --quiet rust-parallel
 cargo build --release --quiet
 JM=$PWD/target/release/jobmill
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 seq "$N" > "$tmp/in"
-export JOBMILL_STATE_DIR="$tmp/state"
+export XDG_STATE_HOME="$tmp/state"
 
-report() { # json-file label-of-baseline
-  python3 - "$1" <<'PY'
-import json, statistics, sys
-res = json.load(open(sys.argv[1]))["results"]
-base = statistics.median(res[0]["times"])
-for r in res:
-    m = statistics.median(r["times"])
-    print(f"  {r['command'][:64]:64s} median {m:7.3f} s   ratio vs jobmill {m / base:5.2f}x")
-PY
-}
-
-echo "== $N x true, 2 at a time =="
-cmds=("$JM run -j2 -- true < $tmp/in")
+journal_variants=("jobmill=$JM run -j2 -- true < $tmp/in")
 if "$JM" run --help | grep -q -- --no-journal; then
-  cmds=("$JM run -j2 --no-journal -- true < $tmp/in" "$JM run -j2 -- true < $tmp/in")
+  journal_variants=("jobmill (no journal)=$JM run -j2 --no-journal -- true < $tmp/in"
+                    "jobmill (journal)=$JM run -j2 -- true < $tmp/in")
 fi
-hyperfine --shell=bash -w 1 -r "$RUNS" --style none --export-json "$tmp/true.json" \
-  "${cmds[@]}" \
-  "xargs -P2 -n1 true < $tmp/in" \
-  "parallel --will-cite -j2 true < $tmp/in" \
-  "rust-parallel -j2 true < $tmp/in" >/dev/null
-report "$tmp/true.json"
+python3 bench/compare.py --runs "$RUNS" --title "$N x true, -j2" \
+  "${journal_variants[@]}" \
+  "xargs -P2=xargs -P2 -n1 true < $tmp/in" \
+  "GNU parallel=parallel --will-cite -j2 true < $tmp/in" \
+  "rust-parallel=rust-parallel -j2 true < $tmp/in"
 
-echo "== $N x echo {}, input order kept (-k) =="
-hyperfine --shell=bash -w 1 -r "$RUNS" --style none --export-json "$tmp/echo.json" \
-  "$JM run -k -j2 -- echo < $tmp/in > /dev/null" \
-  "xargs -P2 -n1 echo < $tmp/in > /dev/null" \
-  "parallel --will-cite -k -j2 echo < $tmp/in > /dev/null" \
-  "rust-parallel -k -j2 echo < $tmp/in > /dev/null" >/dev/null
-report "$tmp/echo.json"
-echo "(xargs cannot keep order; it is listed for scale.)"
+python3 bench/compare.py --runs "$RUNS" --title "$N x echo {}, -j2, input order kept" \
+  "jobmill -k=$JM run -k -j2 -- echo < $tmp/in > /dev/null" \
+  "GNU parallel -k=parallel --will-cite -k -j2 echo < $tmp/in > /dev/null" \
+  "rust-parallel -k=rust-parallel -k -j2 echo < $tmp/in > /dev/null" \
+  "xargs -P2 (unordered)=xargs -P2 -n1 echo < $tmp/in > /dev/null"
