@@ -39,6 +39,8 @@
 //! - [`journal`] is the crash-safe SQLite record of a run;
 //! - [`protocol`], [`worker`] and [`persistent`] are long-lived workers:
 //!   the frame codec, the worker-side library and the coordinator side;
+//! - [`remote`] is `jobmill worker --queue URL`: slots that run the jobs of
+//!   a shared Redis queue;
 //! - [`sys`] holds the few calls into the operating system that need
 //!   `unsafe`.
 
@@ -51,6 +53,7 @@ pub mod journal;
 pub mod persistent;
 pub mod protocol;
 pub mod queue;
+pub mod remote;
 pub mod run;
 pub mod sys;
 pub mod template;

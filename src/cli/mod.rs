@@ -2,6 +2,7 @@
 //! and one module per subcommand.
 
 mod args;
+mod queue;
 mod run;
 
 use std::io;
@@ -32,6 +33,18 @@ enum Command {
     /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
     /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
     Run(run::RunArgs),
+    /// Put jobs on a shared queue (redis://host:port/NAME) for workers on
+    /// any host; closes the queue at the end of input unless --keep-open.
+    Submit(queue::SubmitArgs),
+    /// Run the jobs of a shared queue until it is closed and drained.
+    ///
+    /// Exit status: 0 once the queue is closed and drained; 3 if its
+    /// producer was lost; 130 if interrupted; 255 on an error.
+    Worker(queue::WorkerArgs),
+    /// Show the counts and state of a shared queue.
+    Status(queue::QueueArgs),
+    /// Print one line per finished job of a shared queue.
+    Results(queue::QueueArgs),
 }
 
 /// Runs the command line; returns the process exit status.
@@ -58,6 +71,10 @@ pub fn main() -> u8 {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Submit(args) => queue::submit(args),
+        Command::Worker(args) => queue::worker(args),
+        Command::Status(args) => queue::status(args),
+        Command::Results(args) => queue::results(args),
     };
     match result {
         Ok(code) => code,

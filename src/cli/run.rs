@@ -77,13 +77,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 16, requires = "persistent")]
     pub window: usize,
 
+    /// Run on a shared queue (redis://host:port/NAME) instead of in
+    /// memory: inputs are submitted to it and worked on here; workers on
+    /// other hosts may join with `jobmill worker --queue URL`.
+    #[arg(long, value_name = "URL")]
+    pub queue: Option<String>,
+
     /// The command and its arguments, then optionally `::: INPUT...`.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
 /// Splits `COMMAND... ::: INPUT...` into the command and the inputs.
-fn split_command(words: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Option<Vec<OsString>>)> {
+pub(super) fn split_command(
+    words: Vec<OsString>,
+) -> anyhow::Result<(Vec<OsString>, Option<Vec<OsString>>)> {
     let Some(pos) = words.iter().position(|w| w == ":::") else {
         return Ok((words, None));
     };
@@ -97,7 +105,13 @@ fn split_command(words: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Option<
 }
 
 /// Runs `jobmill run`; returns the exit status.
-pub fn run(a: RunArgs) -> anyhow::Result<u8> {
+pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
+    if a.persistent && a.queue.is_some() {
+        bail!("--persistent with --queue is not supported yet: long-lived workers run on the in-memory queue");
+    }
+    if let Some(url) = a.queue.take() {
+        return super::queue::run_on_queue(&url, a);
+    }
     let (mut command, inputs) = split_command(a.command)?;
     if command.is_empty() {
         bail!("no command given after `--`");
@@ -163,7 +177,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<u8> {
 /// Finds the program on `PATH` once, instead of in every job's spawn, and
 /// refuses one that cannot be found instead of failing every job. `None`
 /// when the program name comes from the input (`{}` in it).
-fn resolve_program(program: &OsString) -> anyhow::Result<Option<PathBuf>> {
+pub(super) fn resolve_program(program: &OsString) -> anyhow::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     if program.as_bytes().contains(&b'{') {
         return Ok(None);

@@ -118,6 +118,15 @@ pub enum QueueError {
         /// What went wrong.
         detail: String,
     },
+    /// The queue is open but nothing is left to do, and its producer
+    /// stopped signalling that it is alive without closing the queue.
+    #[error("producer lost: queue {queue} is still open, but its producer has not been heard from for {ttl:?}")]
+    ProducerLost {
+        /// The queue, e.g. its URL (without password).
+        queue: String,
+        /// How long the producer's liveness signal lasts.
+        ttl: Duration,
+    },
     /// A payload is larger than the backend accepts.
     #[error("job payload of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

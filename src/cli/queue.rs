@@ -1,0 +1,396 @@
+//! The commands on a shared Redis queue: `submit`, `worker`, `status`,
+//! `results`, and `run --queue`.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use jobmill::input::{InputError, Records, Source};
+use jobmill::job::{NewJob, RetryPolicy};
+use jobmill::queue::redis::{ProducerState, RedisConfig, RedisQueue};
+use jobmill::queue::{PutError, Queue};
+use jobmill::remote::{self, WorkOptions};
+use jobmill::template::Template;
+
+use super::args;
+use super::run::{resolve_program, split_command, RunArgs};
+
+/// Most jobs sent to Redis in one call by `submit`.
+const SUBMIT_BATCH: usize = 1000;
+
+/// Options of `jobmill submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The queue: redis://[:password@]host:port/NAME (rediss:// for TLS).
+    #[arg(long, value_name = "URL")]
+    pub queue: String,
+
+    /// Inputs are separated by NUL instead of newline.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+
+    /// Read inputs from FILE instead of stdin.
+    #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
+    pub arg_file: Option<PathBuf>,
+
+    /// Leave the queue open at the end of input (another submit may add
+    /// jobs; an empty submit closes it).
+    #[arg(long)]
+    pub keep_open: bool,
+
+    /// Re-run a failed job up to N more times (a setting of the queue).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// A lease not extended by its worker's heartbeat for this long is
+    /// taken over and its attempt counted as failed (a setting of the
+    /// queue; default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub visibility: Option<Duration>,
+
+    /// Most jobs waiting in the queue before submit waits (a setting of
+    /// the queue; default 100000).
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u64>,
+
+    /// `::: INPUT...` gives the inputs on the command line.
+    #[arg(
+        value_name = "::: INPUT",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub inputs: Vec<OsString>,
+}
+
+/// Options of `jobmill worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The queue: redis://[:password@]host:port/NAME (rediss:// for TLS).
+    #[arg(long, value_name = "URL")]
+    pub queue: String,
+
+    /// Jobs to run at once (default: the number of CPUs).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Run the command with `sh -c`, every substituted value shell-quoted.
+    #[arg(long)]
+    pub shell: bool,
+
+    /// Stop an attempt after DURATION: TERM to its process group, KILL
+    /// after --grace.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub timeout: Option<Duration>,
+
+    /// Time between TERM and KILL when stopping a job.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "2s")]
+    pub grace: Duration,
+
+    /// Job output held in memory before spilling to temporary files.
+    #[arg(long, value_name = "SIZE", value_parser = args::size, default_value = "64M")]
+    pub output_memory: usize,
+
+    /// The command and its arguments.
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+/// Options of `jobmill status --queue` and `jobmill results --queue`.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// The queue: redis://[:password@]host:port/NAME (rediss:// for TLS).
+    #[arg(long, value_name = "URL")]
+    pub queue: String,
+}
+
+/// Environment variable naming a PEM file of certificate authorities to
+/// trust for `rediss://` (a private CA) instead of the built-in web roots.
+pub const CA_ENV: &str = "JOBMILL_REDIS_CA";
+
+fn connect(url: &str) -> anyhow::Result<RedisQueue> {
+    open_queue(url, true)
+}
+
+/// Opens the queue; with `create` false a queue that does not exist is an
+/// error (read-only commands).
+fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
+    let mut config = RedisConfig {
+        create,
+        ..RedisConfig::default()
+    };
+    if let Some(path) = std::env::var_os(CA_ENV) {
+        config.tls_ca =
+            Some(std::fs::read(&path).with_context(|| {
+                format!("cannot read {CA_ENV}={}", PathBuf::from(&path).display())
+            })?);
+    }
+    Ok(RedisQueue::connect(url, config)?)
+}
+
+/// Reads `source` on a thread and hands jobs over in batches: as many as
+/// are ready, up to `SUBMIT_BATCH`, so a trickling input is not delayed.
+fn batches(source: Source, separator: u8) -> mpsc::Receiver<Result<NewJob, InputError>> {
+    let (tx, rx) = mpsc::sync_channel(4 * SUBMIT_BATCH);
+    std::thread::spawn(move || {
+        for (r, seq) in Records::new(source, separator).zip(1u64..) {
+            let item = r.map(|payload| NewJob::new(seq, payload));
+            let stop = item.is_err();
+            if tx.send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Puts every input on `queue`; closes it at the end unless `keep_open`.
+/// Returns the number of jobs put.
+fn submit_all(
+    queue: &RedisQueue,
+    source: Source,
+    separator: u8,
+    keep_open: bool,
+) -> anyhow::Result<u64> {
+    let rx = batches(source, separator);
+    let mut total = 0u64;
+    let mut batch = Vec::with_capacity(SUBMIT_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first?);
+        while batch.len() < SUBMIT_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item?),
+                Err(_) => break,
+            }
+        }
+        match queue.put_many(&batch) {
+            Ok(ids) => total += ids.len() as u64,
+            Err(e) => {
+                let put = total + e.put as u64;
+                return Err(match e.source {
+                    PutError::Closed(_) => anyhow::anyhow!(
+                        "queue {} is closed: {put} jobs were submitted, the rest were not \
+                         (a closed queue takes no more jobs; use another queue name)",
+                        queue.url()
+                    ),
+                    other => anyhow::Error::new(other)
+                        .context(format!("after submitting {put} jobs to {}", queue.url())),
+                });
+            }
+        }
+        batch.clear();
+    }
+    if keep_open {
+        queue.leave_open()?;
+    } else {
+        queue.close()?;
+    }
+    Ok(total)
+}
+
+fn input_source(
+    inputs: Option<Vec<OsString>>,
+    arg_file: &Option<PathBuf>,
+) -> anyhow::Result<Source> {
+    Ok(match (inputs, arg_file) {
+        (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
+        (Some(list), None) => Source::Args(list),
+        (None, Some(path)) => Source::file(path)?,
+        (None, None) => Source::stdin(),
+    })
+}
+
+/// Applies the queue settings given on the command line, keeping the
+/// queue's current values for the others.
+fn apply_settings(
+    queue: &RedisQueue,
+    retries: Option<u32>,
+    visibility: Option<Duration>,
+    capacity: Option<u64>,
+) -> anyhow::Result<()> {
+    if retries.is_none() && visibility.is_none() && capacity.is_none() {
+        return Ok(());
+    }
+    queue.set_settings(
+        retries.map_or(queue.policy(), RetryPolicy::with_retries),
+        visibility.unwrap_or(queue.visibility_timeout()),
+        capacity.unwrap_or(queue.capacity()),
+    )?;
+    Ok(())
+}
+
+/// `jobmill submit`.
+pub fn submit(a: SubmitArgs) -> anyhow::Result<u8> {
+    let inputs = match a.inputs.split_first() {
+        None => None,
+        Some((first, rest)) if first == ":::" => Some(rest.to_vec()),
+        Some((first, _)) => bail!(
+            "unexpected argument {:?}: inputs on the command line follow `:::`",
+            first.to_string_lossy()
+        ),
+    };
+    let source = input_source(inputs, &a.arg_file)?;
+    let queue = connect(&a.queue)?;
+    apply_settings(&queue, a.retries, a.visibility, a.capacity)?;
+    let n = submit_all(&queue, source, if a.null { 0 } else { b'\n' }, a.keep_open)?;
+    eprintln!(
+        "jobmill: submitted {n} job{} to {}{}",
+        if n == 1 { "" } else { "s" },
+        queue.url(),
+        if a.keep_open {
+            " (left open)"
+        } else {
+            " (closed)"
+        }
+    );
+    Ok(0)
+}
+
+fn template_of(command: Vec<OsString>, shell: bool) -> anyhow::Result<Template> {
+    let mut command = command;
+    if command.is_empty() {
+        bail!("no command given after `--`");
+    }
+    if !shell {
+        if let Some(path) = resolve_program(&command[0])? {
+            command[0] = path.into_os_string();
+        }
+    }
+    Ok(Template::parse(&command, shell)?)
+}
+
+/// `jobmill worker`.
+pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
+    if a.jobs == Some(0) {
+        bail!("--jobs must be at least 1");
+    }
+    let template = template_of(a.command, a.shell)?;
+    let queue = Arc::new(connect(&a.queue)?);
+    let mut opts = WorkOptions::new(template);
+    if let Some(j) = a.jobs {
+        opts.jobs = j;
+    }
+    opts.timeout = a.timeout;
+    opts.grace = a.grace;
+    opts.output_memory = a.output_memory;
+    opts.guardian = std::env::current_exe().ok();
+    opts.handle_signals = true;
+    let summary = remote::work(queue, opts).context("cannot start the worker")?;
+    Ok(summary.exit_code() as u8)
+}
+
+/// `jobmill run --queue URL`: submits the inputs, works on them locally
+/// (other workers may join), and reports like `run`.
+pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+    if a.keep_order || a.halt.is_some() {
+        bail!("--keep-order and --halt are not supported with --queue yet");
+    }
+    if a.jobs == Some(0) {
+        bail!("--jobs must be at least 1");
+    }
+    let (command, inputs) = split_command(a.command)?;
+    let template = template_of(command, a.shell)?;
+    let source = input_source(inputs, &a.arg_file)?;
+    let queue = Arc::new(connect(url)?);
+    apply_settings(&queue, Some(a.retries), None, None)?;
+    let submitter = {
+        let queue = Arc::clone(&queue);
+        let separator = if a.null { 0 } else { b'\n' };
+        std::thread::Builder::new()
+            .name("jobmill-submit".into())
+            .spawn(move || submit_all(&queue, source, separator, false))?
+    };
+    let mut opts = WorkOptions::new(template);
+    if let Some(j) = a.jobs {
+        opts.jobs = j;
+    }
+    opts.timeout = a.timeout;
+    opts.grace = a.grace;
+    opts.output_memory = a.output_memory;
+    opts.guardian = std::env::current_exe().ok();
+    opts.handle_signals = true;
+    let summary = remote::work(Arc::clone(&queue), opts).context("cannot start the run")?;
+    if summary.signalled || summary.error.is_some() {
+        // The submitter may be blocked on input; do not wait for it.
+        return Ok(summary.exit_code() as u8);
+    }
+    match submitter.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            eprintln!("jobmill: {e:#}");
+            return Ok(255);
+        }
+        Err(_) => bail!("internal error: the submit thread panicked"),
+    }
+    let c = queue.counts()?;
+    Ok((c.failed + c.dead).min(101) as u8)
+}
+
+/// `jobmill status --queue URL`.
+pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
+    let queue = open_queue(&a.queue, false)?;
+    let s = queue.status()?;
+    let c = s.counts;
+    let state = if c.is_drained() {
+        "drained"
+    } else if c.closed {
+        "closed"
+    } else {
+        "open"
+    };
+    let producer = match s.producer {
+        ProducerState::NotSeen => "none (waiting for a submit)",
+        ProducerState::Alive => "alive",
+        ProducerState::Closed => "finished",
+        ProducerState::Lost => "LOST (open queue, producer not heard from)",
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "queue:    {}", queue.url())?;
+    writeln!(out, "state:    {state}")?;
+    writeln!(out, "producer: {producer}")?;
+    writeln!(
+        out,
+        "jobs:     {} produced, {} queued, {} running, {} done, {} failed, {} dead",
+        c.produced, c.queued, c.leased, c.done, c.failed, c.dead
+    )?;
+    writeln!(
+        out,
+        "settings: {} attempts per job, visibility timeout {:?}, capacity {}",
+        queue.policy().max_attempts,
+        queue.visibility_timeout(),
+        queue.capacity()
+    )?;
+    Ok(0)
+}
+
+/// `jobmill results --queue URL`: one tab-separated line per job that
+/// ended (done jobs run by `jobmill worker`, every failed or dead job).
+pub fn results(a: QueueArgs) -> anyhow::Result<u8> {
+    let queue = open_queue(&a.queue, false)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Seq\tState\tAttempts\tExitval\tSignal\tHost\tJobRuntime\tReason"
+    )?;
+    for r in queue.results()? {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.seq,
+            r.state,
+            r.attempts,
+            opt(r.exit_code.map(|c| c.to_string())),
+            opt(r.signal.map(|s| s.to_string())),
+            opt(r.host),
+            opt(r.duration_ms.map(|d| format!("{:.3}", d as f64 / 1000.0))),
+            if r.reason.is_empty() { "-" } else { &r.reason },
+        )?;
+    }
+    Ok(0)
+}

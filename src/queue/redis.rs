@@ -1,1 +1,0 @@
-//! Redis Streams backend (see docs/REDIS.md).

@@ -1,0 +1,153 @@
+//! The public types of the Redis backend: settings, errors, status and the
+//! records kept for finished jobs.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::RetryPolicy;
+use crate::queue::{Counts, PutError, QueueError};
+
+use super::url::UrlError;
+
+/// Settings of a [`RedisQueue`](super::RedisQueue).
+///
+/// `policy`, `visibility_timeout` and `capacity` belong to the queue: the
+/// client that creates it records them in Redis, and every later client
+/// uses the recorded values (see [`RedisQueue::policy`](super::RedisQueue::policy)).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Attempts per job, if this client creates the queue.
+    pub policy: RetryPolicy,
+    /// A lease not extended for this long is taken over and its attempt
+    /// counted as failed (worker lost), if this client creates the queue.
+    pub visibility_timeout: Duration,
+    /// Most jobs waiting to be leased before `put` blocks, if this client
+    /// creates the queue.
+    pub capacity: u64,
+    /// Extend this client's leases automatically from a background thread
+    /// (every third of the visibility timeout). Turn off only to simulate a
+    /// hung worker or to call [`RedisQueue::heartbeat`](super::RedisQueue::heartbeat) yourself.
+    pub lease_heartbeat: bool,
+    /// Time after which a producer that stopped refreshing its liveness key
+    /// (it refreshes every third of this) is reported lost.
+    pub producer_ttl: Duration,
+    /// Time allowed to open one connection. An unreachable server at
+    /// [`RedisQueue::connect`](super::RedisQueue::connect) fails after this.
+    pub connect_timeout: Duration,
+    /// Read/write timeout of ordinary commands.
+    pub io_timeout: Duration,
+    /// How long a call keeps reconnecting (with backoff) when the server
+    /// goes away mid-run, e.g. while it restarts.
+    pub reconnect_for: Duration,
+    /// For `rediss://`: PEM certificates of the authorities to trust
+    /// instead of the built-in web roots (a private CA). The CLI reads them
+    /// from the file named by `JOBMILL_REDIS_CA`.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Create the queue if it does not exist (`false`: fail instead; for
+    /// read-only uses such as `jobmill status`, so a mistyped name is an
+    /// error rather than a new empty queue).
+    pub create: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            policy: RetryPolicy::default(),
+            visibility_timeout: Duration::from_secs(30),
+            capacity: 100_000,
+            lease_heartbeat: true,
+            producer_ttl: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(3),
+            io_timeout: Duration::from_secs(60),
+            reconnect_for: Duration::from_secs(60),
+            tls_ca: None,
+            create: true,
+        }
+    }
+}
+
+/// Why [`RedisQueue::connect`](super::RedisQueue::connect) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL is malformed.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The server could not be reached or refused the setup.
+    #[error("cannot open queue {url}: {error}")]
+    Queue {
+        /// The queue URL, password redacted.
+        url: String,
+        /// What failed.
+        error: QueueError,
+    },
+}
+
+/// What is known of a queue's producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerState {
+    /// No job was ever put and the queue is open: a producer may still come.
+    NotSeen,
+    /// A producer refreshed its liveness key within its TTL.
+    Alive,
+    /// The queue is closed: no producer is expected.
+    Closed,
+    /// The queue is open, jobs were put, but the producer's liveness key
+    /// expired: it died or was cut off without closing the queue.
+    Lost,
+}
+
+/// Counts plus what is known of the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// Jobs by state.
+    pub counts: Counts,
+    /// The producer.
+    pub producer: ProducerState,
+}
+
+/// The record kept for a job that reached a final state: always for
+/// failed and dead jobs (the dead letters), for done jobs when completed
+/// with [`RedisQueue::complete_with`](super::RedisQueue::complete_with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's id.
+    pub job: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// `"done"`, `"failed"` or `"dead"`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's failure, in words.
+    pub reason: String,
+    /// The last attempt's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the last attempt, when one did.
+    pub signal: Option<i32>,
+    /// The host that ran the last attempt, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// How long the last attempt ran, in milliseconds, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// What a worker observed of an attempt, stored in the job's record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptInfo {
+    /// The host that ran it.
+    pub host: Option<String>,
+    /// How long it ran.
+    pub duration: Option<Duration>,
+}
+
+/// `put_many` stopped before putting every job.
+#[derive(Debug, thiserror::Error)]
+#[error("put {put} jobs of the batch, then: {source}")]
+pub struct PutManyError {
+    /// How many jobs (a prefix of the batch) were put.
+    pub put: usize,
+    /// Why the rest was not.
+    pub source: PutError,
+}

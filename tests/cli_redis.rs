@@ -1,0 +1,340 @@
+//! `jobmill submit | worker | status | results | run --queue` against a real
+//! `redis-server`: many workers, a worker killed with SIGKILL mid-job,
+//! workers ending on close and drain.
+
+mod common;
+mod redis_support;
+
+use std::collections::HashMap;
+use std::process::{Child, Output, Stdio};
+
+use common::{jobmill, wait_until};
+use redis_support::RedisServer;
+
+fn spawn_worker(url: &str, jobs: usize, command: &[&str]) -> Child {
+    jobmill()
+        .args(["worker", "--queue", url, "-j", &jobs.to_string(), "--"])
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobmill worker")
+}
+
+fn submit(url: &str, extra: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = jobmill()
+        .args(["submit", "--queue", url])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobmill submit");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `results` rows by sequence number: (state, attempts).
+fn results(url: &str) -> HashMap<u64, (String, u32)> {
+    let out = jobmill()
+        .args(["results", "--queue", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rows = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let seq: u64 = f[0].parse().unwrap();
+        let prev = rows.insert(seq, (f[1].to_string(), f[2].parse().unwrap()));
+        assert!(prev.is_none(), "job {seq} has two results");
+    }
+    rows
+}
+
+fn status(url: &str) -> String {
+    let out = jobmill().args(["status", "--queue", url]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn two_workers_and_a_submitter_run_1000_jobs_exactly_once() {
+    let server = RedisServer::start();
+    let url = server.url("thousand");
+    let workers: Vec<Child> = (0..2)
+        .map(|_| spawn_worker(&url, 2, &["echo", "out-{}"]))
+        .collect();
+    let input: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    for w in workers {
+        let (code, stdout, stderr) = finish(w);
+        assert_eq!(code, 0, "worker failed: {stderr}");
+        for line in stdout.lines() {
+            let n: u64 = line.strip_prefix("out-").unwrap().parse().unwrap();
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 1000);
+    assert!(seen.values().all(|&c| c == 1), "a job ran twice");
+    let r = results(&url);
+    assert_eq!(r.len(), 1000);
+    assert!(r.values().all(|(s, a)| s == "done" && *a == 1));
+    let st = status(&url);
+    assert!(st.contains("state:    drained"), "{st}");
+    assert!(st.contains("1000 done"), "{st}");
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_its_lease_and_every_job_ends_done_once() {
+    let server = RedisServer::start();
+    let url = server.url("killed");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let input: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    submit(&url, &["--visibility", "1s", "--retries", "2"], &input);
+    // Job 1's first attempt hangs; every other attempt is quick.
+    let script = format!(
+        "echo $1 >> {m}; if [ $1 = 1 ] && [ $JOBMILL_ATTEMPT = 1 ]; then sleep 60; fi; echo out-$1",
+        m = marker.display()
+    );
+    let command = ["sh", "-c", &script, "sh", "{}"];
+    let doomed = spawn_worker(&url, 1, &command);
+    wait_until("the first worker to start job 1", || {
+        std::fs::read_to_string(&marker).is_ok_and(|s| s.lines().any(|l| l == "1"))
+    });
+    let pid = doomed.id();
+    common::send_signal("KILL", pid);
+    let (_, doomed_out, _) = finish(doomed);
+    assert!(
+        !doomed_out.contains("out-1\n"),
+        "job 1 should not have finished"
+    );
+    let survivor = spawn_worker(&url, 2, &command);
+    let (code, out, err) = finish(survivor);
+    assert_eq!(code, 0, "{err}");
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for line in doomed_out.lines().chain(out.lines()) {
+        *seen.entry(line.to_string()).or_default() += 1;
+    }
+    for i in 1..=10 {
+        assert_eq!(seen.get(&format!("out-{i}")), Some(&1), "job {i}: {seen:?}");
+    }
+    let r = results(&url);
+    assert_eq!(r.len(), 10);
+    assert_eq!(
+        r[&1],
+        ("done".to_string(), 2),
+        "the lost attempt is counted"
+    );
+    assert!((2..=10).all(|i| r[&i] == ("done".to_string(), 1)));
+}
+
+#[test]
+fn a_worker_waits_on_an_open_queue_and_exits_once_it_is_closed_and_drained() {
+    let server = RedisServer::start();
+    let url = server.url("opening");
+    // The worker starts before the queue has any job.
+    let mut worker = spawn_worker(&url, 2, &["echo", "out-{}"]);
+    submit(&url, &["--keep-open"], "a\nb\nc\n");
+    wait_until("the three jobs to be done", || {
+        status(&url).contains("3 done")
+    });
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker left an open queue"
+    );
+    assert!(status(&url).contains("state:    open"));
+    // An empty submit closes it; the worker drains and exits 0.
+    submit(&url, &[], "");
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 0, "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["out-a", "out-b", "out-c"]);
+}
+
+#[test]
+fn run_with_a_queue_runs_locally_and_exits_with_the_failure_count() {
+    let server = RedisServer::start();
+    let url = server.url("runq");
+    let out = jobmill()
+        .args(["run", "--queue", &url, "-j", "2", "--retries", "1", "--"])
+        .args(["sh", "-c", "echo out-$1; [ $1 != bad ]", "sh", "{}"])
+        .args([":::", "ok1", "bad", "ok2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for w in ["out-ok1", "out-ok2", "out-bad"] {
+        assert!(stdout.contains(w), "{stdout}");
+    }
+    let r = results(&url);
+    assert_eq!(r[&2], ("failed".to_string(), 2));
+    assert_eq!(r[&1].0, "done");
+}
+
+#[test]
+fn an_unreachable_queue_is_a_clear_error_and_status_255() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = jobmill()
+        .args([
+            "worker",
+            "--queue",
+            &format!("redis://127.0.0.1:{port}/q"),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unreachable") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_job_running_longer_than_the_visibility_timeout_keeps_its_lease() {
+    let server = RedisServer::start();
+    let url = server.url("long");
+    submit(&url, &["--visibility", "1s"], "slow\n");
+    // The second worker would take the lease over if heartbeats stopped.
+    let a = spawn_worker(&url, 1, &["sh", "-c", "sleep 3; echo out-$1", "sh", "{}"]);
+    let b = spawn_worker(&url, 1, &["sh", "-c", "sleep 3; echo out-$1", "sh", "{}"]);
+    let (ca, oa, ea) = finish(a);
+    let (cb, ob, eb) = finish(b);
+    assert_eq!((ca, cb), (0, 0), "{ea}\n{eb}");
+    assert_eq!(format!("{oa}{ob}"), "out-slow\n", "ran once, by one worker");
+    assert_eq!(results(&url)[&1], ("done".to_string(), 1));
+}
+
+#[test]
+fn workers_ride_out_a_redis_restart_and_every_job_ends_done_once() {
+    let mut server = RedisServer::start();
+    let url = server.url("restart");
+    let input: String = (1..=400).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| {
+            spawn_worker(
+                &url,
+                2,
+                &["sh", "-c", "sleep 0.02; echo out-$1", "sh", "{}"],
+            )
+        })
+        .collect();
+    wait_until("some jobs to be done", || {
+        let out = jobmill()
+            .args(["status", "--queue", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split(", ")
+            .find_map(|p| p.strip_suffix(" done"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 20)
+    });
+    server.stop();
+    for w in &mut workers {
+        if let Some(st) = w.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("the run ended before the restart: {st:?} {err}");
+        }
+    }
+    server.start_again();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for w in workers {
+        let (code, out, err) = finish(w);
+        assert_eq!(code, 0, "{err}");
+        for l in out.lines() {
+            *seen.entry(l.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 400);
+    assert!(seen.values().all(|&n| n == 1));
+    let r = results(&url);
+    assert_eq!(r.len(), 400);
+    assert!(r.values().all(|(s, _)| s == "done"));
+}
+
+#[test]
+fn status_of_a_queue_that_does_not_exist_is_an_error_and_creates_nothing() {
+    let server = RedisServer::start();
+    let url = server.url("typo");
+    let out = jobmill()
+        .args(["status", "--queue", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no queue named \"typo\""), "{err}");
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[test]
+fn sigterm_stops_a_worker_and_gives_its_running_job_back_unrun() {
+    let server = RedisServer::start();
+    let url = server.url("term");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    submit(&url, &[], "x\n");
+    let script = format!(
+        "echo $JOBMILL_ATTEMPT >> {}; if [ $JOBMILL_ATTEMPT = 1 ] && [ ! -e {}.2 ]; then touch {}.2; sleep 60; fi; echo out-$1",
+        marker.display(),
+        marker.display(),
+        marker.display()
+    );
+    let command = ["sh", "-c", &script, "sh", "{}"];
+    let first = spawn_worker(&url, 1, &command);
+    wait_until("the job to start", || marker.exists());
+    common::send_signal("TERM", first.id());
+    let (code, out, _) = finish(first);
+    assert_eq!(code, 130);
+    assert!(out.is_empty(), "{out}");
+    assert!(status(&url).contains("1 queued"), "{}", status(&url));
+    // The next worker runs it as attempt 1 again: the stopped attempt was
+    // given back, not counted.
+    let second = spawn_worker(&url, 1, &command);
+    let (code, out, err) = finish(second);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "out-x\n");
+    assert_eq!(results(&url)[&1], ("done".to_string(), 1));
+}

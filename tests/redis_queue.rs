@@ -1,0 +1,711 @@
+//! The Redis backend against a real `redis-server` (one per test): the same
+//! semantics as the memory queue, plus leases that idle out, dead letters,
+//! large payloads, backpressure and a lost producer.
+
+mod redis_support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobmill::job::{FailReason, JobState, NewJob, RetryPolicy, WorkerId};
+use jobmill::queue::redis::{
+    AttemptInfo, OpenError, ProducerState, RedisConfig, RedisQueue, MAX_PAYLOAD,
+};
+use jobmill::queue::{Completion, Disposition, GetError, PutError, Queue, QueueError, TryGetError};
+use redis_support::{wait_until, RedisServer};
+
+const LONG: Option<Duration> = Some(Duration::from_secs(30));
+
+fn open(server: &RedisServer, name: &str, config: RedisConfig) -> RedisQueue {
+    RedisQueue::connect(&server.url(name), config).expect("connect to the test server")
+}
+
+fn job(seq: u64) -> NewJob {
+    NewJob::new(seq, format!("input {seq}").into_bytes())
+}
+
+#[test]
+fn put_get_complete_close_and_drain_like_the_memory_queue() {
+    let server = RedisServer::start();
+    let q = open(&server, "basic", RedisConfig::default());
+    let w = WorkerId(1);
+    let a = q.put(job(1)).unwrap();
+    let b = q.put(job(2)).unwrap();
+    assert_ne!(a, b);
+    let l1 = q.get(w, LONG).unwrap();
+    assert_eq!(l1.job.id, a);
+    assert_eq!(l1.job.seq, 1);
+    assert_eq!(&l1.job.payload[..], b"input 1");
+    assert_eq!(l1.job.attempts, 1);
+    assert_eq!(q.complete(&l1).unwrap(), Completion::Recorded);
+    assert_eq!(
+        q.complete(&l1).unwrap(),
+        Completion::Stale,
+        "second ack is stale"
+    );
+
+    q.close().unwrap();
+    q.close().unwrap(); // idempotent
+    match q.put(job(3)) {
+        Err(PutError::Closed(back)) => assert_eq!(back.seq, 3, "the job comes back"),
+        other => panic!("put after close: {other:?}"),
+    }
+    // Closed but not drained: the queued job is still handed out.
+    let l2 = q.try_get(w).unwrap();
+    assert_eq!(l2.job.id, b);
+    let c = q.counts().unwrap();
+    assert_eq!((c.produced, c.queued, c.leased, c.done), (2, 0, 1, 1));
+    assert!(c.closed && !c.is_drained());
+    // Leased but not finished: not drained yet.
+    assert!(matches!(q.try_get(w), Err(TryGetError::Empty)));
+    assert!(matches!(
+        q.get(w, Some(Duration::from_millis(100))),
+        Err(GetError::Timeout)
+    ));
+    assert_eq!(q.complete(&l2).unwrap(), Completion::Recorded);
+    assert!(matches!(q.try_get(w), Err(TryGetError::Closed)));
+    assert!(matches!(q.get(w, None), Err(GetError::Closed)));
+    let c = q.counts().unwrap();
+    assert!(c.is_drained());
+    assert_eq!(c.done, 2);
+    assert_eq!(q.status().unwrap().producer, ProducerState::Closed);
+}
+
+#[test]
+fn try_get_never_reports_empty_right_after_a_put_from_another_client() {
+    let server = RedisServer::start();
+    let producer = open(&server, "noempty", RedisConfig::default());
+    let consumer = open(&server, "noempty", RedisConfig::default());
+    for i in 1..=300 {
+        producer.put(job(i)).unwrap();
+        let l = consumer
+            .try_get(WorkerId(1))
+            .unwrap_or_else(|e| panic!("job {i} was put but try_get said {e:?}"));
+        assert_eq!(l.job.seq, i);
+        consumer.complete(&l).unwrap();
+    }
+}
+
+#[test]
+fn blocked_get_wakes_on_put_and_on_drain() {
+    let server = RedisServer::start();
+    let q = Arc::new(open(&server, "wake", RedisConfig::default()));
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let waiter = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || {
+            let l = q.get(WorkerId(2), None).unwrap();
+            tx.send(l.job.seq).unwrap();
+            q.complete(&l).unwrap();
+            go_rx.recv().unwrap();
+            // Now wait for the end, while the peer below holds a lease.
+            q.get(WorkerId(2), None)
+        })
+    };
+    q.put(job(7)).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 7);
+    q.put(job(8)).unwrap();
+    let held = q.get(WorkerId(1), LONG).unwrap();
+    go_tx.send(()).unwrap();
+    q.close().unwrap();
+    // Closed, but job 8 is leased: the waiter must not end yet. It ends
+    // once job 8 reaches its final state (no retries: failed).
+    assert!(matches!(
+        q.fail(&held, FailReason::Exit { code: 1 }).unwrap(),
+        Disposition::Final(JobState::Failed { .. })
+    ));
+    let end = waiter.join().unwrap();
+    assert!(matches!(end, Err(GetError::Closed)), "{end:?}");
+}
+
+#[test]
+fn a_failed_lease_is_requeued_to_a_waiting_peer_after_close() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(1),
+        ..RedisConfig::default()
+    };
+    let q = Arc::new(open(&server, "requeue", cfg));
+    q.put(job(1)).unwrap();
+    q.close().unwrap();
+    let held = q.get(WorkerId(1), LONG).unwrap();
+    let waiter = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.get(WorkerId(2), None))
+    };
+    assert_eq!(
+        q.fail(&held, FailReason::Exit { code: 2 }).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+    let again = waiter.join().unwrap().unwrap();
+    assert_eq!(again.job.id, held.job.id);
+    assert_eq!(again.job.attempts, 2);
+    assert_eq!(q.complete(&again).unwrap(), Completion::Recorded);
+    assert!(matches!(q.get(WorkerId(1), None), Err(GetError::Closed)));
+}
+
+#[test]
+fn two_consumers_and_one_producer_run_1000_jobs_exactly_once() {
+    const N: u64 = 1000;
+    let server = RedisServer::start();
+    let url = server.url("many");
+    let cfg = RedisConfig {
+        capacity: 64, // exercise backpressure too
+        ..RedisConfig::default()
+    };
+    let done: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let consumers: Vec<_> = (0..2)
+        .map(|c| {
+            let q = RedisQueue::connect(&url, cfg.clone()).unwrap();
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || loop {
+                match q.get_many(WorkerId(c), 16, None) {
+                    Ok(leases) => {
+                        for (l, r) in leases.iter().zip(q.complete_many(&leases).unwrap()) {
+                            assert_eq!(r, Completion::Recorded);
+                            *done.lock().unwrap().entry(l.job.seq).or_default() += 1;
+                        }
+                    }
+                    Err(GetError::Closed) => return,
+                    Err(e) => panic!("consumer {c}: {e}"),
+                }
+            })
+        })
+        .collect();
+    let producer = RedisQueue::connect(&url, cfg).unwrap();
+    for i in 1..=N {
+        producer.put(job(i)).unwrap();
+    }
+    producer.close().unwrap();
+    for c in consumers {
+        c.join().unwrap();
+    }
+    let done = done.lock().unwrap();
+    assert_eq!(done.len() as u64, N);
+    assert!(done.values().all(|&n| n == 1), "a job was done twice");
+    let c = producer.counts().unwrap();
+    assert_eq!((c.produced, c.done), (N, N));
+    assert!(c.is_drained());
+    // Nothing left behind: no pending entry, no lease.
+    let pending: Vec<redis::Value> = server.cmd(&["XPENDING", "jm:{many}:s", "g"]);
+    assert_eq!(pending[0], redis::Value::Int(0));
+    let leases: u64 = server.cmd(&["HLEN", "jm:{many}:l"]);
+    assert_eq!(leases, 0);
+}
+
+#[test]
+fn an_idle_lease_is_redelivered_with_the_attempt_counted_and_the_late_ack_is_stale() {
+    let server = RedisServer::start();
+    let url = server.url("idle");
+    let hung_cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(3),
+        visibility_timeout: Duration::from_millis(300),
+        lease_heartbeat: false, // this client "hangs": it never extends its lease
+        ..RedisConfig::default()
+    };
+    let hung = RedisQueue::connect(&url, hung_cfg).unwrap();
+    let live = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    assert_eq!(
+        live.visibility_timeout(),
+        Duration::from_millis(300),
+        "first creator wins"
+    );
+    hung.put(job(1)).unwrap();
+    hung.close().unwrap();
+    let old = hung.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(old.job.attempts, 1);
+    let new = live.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(new.job.id, old.job.id);
+    assert_eq!(new.job.attempts, 2, "the lost attempt is counted");
+    assert_eq!(&new.job.payload[..], b"input 1");
+    assert_eq!(hung.complete(&old).unwrap(), Completion::Stale);
+    assert_eq!(
+        hung.fail(&old, FailReason::Timeout).unwrap(),
+        Disposition::Stale
+    );
+    assert_eq!(live.complete(&new).unwrap(), Completion::Recorded);
+    assert_eq!(hung.complete(&old).unwrap(), Completion::Stale);
+    let c = live.counts().unwrap();
+    assert_eq!((c.done, c.failed, c.dead), (1, 0, 0));
+    assert!(c.is_drained());
+}
+
+#[test]
+fn a_lease_idling_out_on_its_last_attempt_is_dead_lettered_as_worker_lost() {
+    let server = RedisServer::start();
+    let url = server.url("lastidle");
+    let cfg = RedisConfig {
+        visibility_timeout: Duration::from_millis(200),
+        lease_heartbeat: false,
+        ..RedisConfig::default()
+    };
+    let hung = RedisQueue::connect(&url, cfg).unwrap();
+    let live = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    hung.put(job(1)).unwrap();
+    hung.close().unwrap();
+    let _old = hung.get(WorkerId(1), LONG).unwrap();
+    // The peer waits, reclaims the idle lease, finds it out of attempts.
+    assert!(matches!(live.get(WorkerId(1), None), Err(GetError::Closed)));
+    let dl = live.dead_letters().unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].state, "dead");
+    assert_eq!(dl[0].attempts, 1);
+    assert!(dl[0].reason.contains("worker lost"), "{}", dl[0].reason);
+}
+
+#[test]
+fn heartbeats_keep_a_long_lease_from_being_taken_over() {
+    let server = RedisServer::start();
+    let url = server.url("beat");
+    let cfg = RedisConfig {
+        visibility_timeout: Duration::from_millis(200),
+        ..RedisConfig::default()
+    };
+    let holder = RedisQueue::connect(&url, cfg.clone()).unwrap();
+    let peer = RedisQueue::connect(&url, cfg).unwrap();
+    holder.put(job(1)).unwrap();
+    let l = holder.get(WorkerId(1), LONG).unwrap();
+    // Ten visibility timeouts pass; the peer keeps reclaiming and finds
+    // nothing idle.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(peer.reclaim_idle().unwrap(), 0);
+        assert!(matches!(
+            peer.get(WorkerId(9), Some(Duration::from_millis(100))),
+            Err(GetError::Timeout)
+        ));
+    }
+    assert_eq!(holder.complete(&l).unwrap(), Completion::Recorded);
+}
+
+#[test]
+fn an_always_failing_job_ends_failed_after_n_attempts_with_a_dead_letter() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(2),
+        ..RedisConfig::default()
+    };
+    let q = open(&server, "failing", cfg);
+    q.put(job(5)).unwrap();
+    q.close().unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let l = match q.get(WorkerId(1), LONG) {
+            Ok(l) => l,
+            Err(GetError::Closed) => break,
+            Err(e) => panic!("{e}"),
+        };
+        seen.push(l.job.attempts);
+        let d = q.fail(&l, FailReason::Exit { code: 3 }).unwrap();
+        match l.job.attempts {
+            1 | 2 => assert_eq!(
+                d,
+                Disposition::Requeued {
+                    attempts: l.job.attempts
+                }
+            ),
+            3 => assert_eq!(
+                d,
+                Disposition::Final(JobState::Failed {
+                    attempts: 3,
+                    reason: FailReason::Exit { code: 3 }
+                })
+            ),
+            n => panic!("attempt {n}"),
+        }
+    }
+    assert_eq!(seen, [1, 2, 3]);
+    let dl = q.dead_letters().unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (
+            dl[0].seq,
+            dl[0].state.as_str(),
+            dl[0].attempts,
+            dl[0].exit_code
+        ),
+        (5, "failed", 3, Some(3))
+    );
+    assert_eq!(
+        q.results().unwrap(),
+        dl,
+        "a failed job's record is also its result"
+    );
+    let c = q.counts().unwrap();
+    assert_eq!((c.failed, c.dead, c.done), (1, 0, 0));
+    assert!(c.is_drained());
+}
+
+#[test]
+fn a_job_killed_by_a_signal_on_its_last_attempt_is_dead() {
+    let server = RedisServer::start();
+    let q = open(&server, "signal", RedisConfig::default());
+    q.put(job(1)).unwrap();
+    let l = q.get(WorkerId(1), LONG).unwrap();
+    let d = q.fail(&l, FailReason::Signal { signal: 9 }).unwrap();
+    assert!(matches!(
+        d,
+        Disposition::Final(JobState::Dead { attempts: 1, .. })
+    ));
+    let dl = q.dead_letters().unwrap();
+    assert_eq!((dl[0].state.as_str(), dl[0].signal), ("dead", Some(9)));
+    assert_eq!(q.counts().unwrap().dead, 1);
+}
+
+#[test]
+fn release_gives_the_attempt_back() {
+    let server = RedisServer::start();
+    let q = open(&server, "release", RedisConfig::default());
+    q.put(job(1)).unwrap();
+    let l = q.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(l.job.attempts, 1);
+    q.release(&l).unwrap();
+    assert_eq!(
+        q.complete(&l).unwrap(),
+        Completion::Stale,
+        "released lease is gone"
+    );
+    let again = q.get(WorkerId(2), LONG).unwrap();
+    assert_eq!(again.job.id, l.job.id);
+    assert_eq!(again.job.attempts, 1, "release does not count an attempt");
+    assert_eq!(q.complete(&again).unwrap(), Completion::Recorded);
+}
+
+#[test]
+fn worker_lost_fails_only_that_workers_leases_with_the_attempt_counted() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(1),
+        ..RedisConfig::default()
+    };
+    let q = open(&server, "lost", cfg);
+    for i in 1..=3 {
+        q.put(job(i)).unwrap();
+    }
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    let b = q.get(WorkerId(1), LONG).unwrap();
+    let other = q.get(WorkerId(2), LONG).unwrap();
+    let mut out = q.worker_lost(WorkerId(1), "exited with SIGKILL").unwrap();
+    out.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        out,
+        vec![
+            (a.job.id, Disposition::Requeued { attempts: 1 }),
+            (b.job.id, Disposition::Requeued { attempts: 1 })
+        ]
+    );
+    assert_eq!(q.complete(&a).unwrap(), Completion::Stale);
+    assert_eq!(q.complete(&other).unwrap(), Completion::Recorded);
+    let r = q.get(WorkerId(3), LONG).unwrap();
+    assert_eq!(r.job.attempts, 2);
+}
+
+#[test]
+fn a_64_mib_payload_round_trips_and_its_key_is_removed_when_done() {
+    let server = RedisServer::start();
+    let q = open(&server, "big", RedisConfig::default());
+    let payload: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let id = q.put(NewJob::new(1, payload.clone())).unwrap();
+    let key = format!("jm:{{big}}:p:{}", id.0);
+    let exists: i64 = server.cmd(&["EXISTS", &key]);
+    assert_eq!(exists, 1, "a large payload lives in its own key");
+    let l = q.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(l.job.payload.len(), payload.len());
+    assert!(l.job.payload[..] == payload[..], "payload differs");
+    assert_eq!(q.complete(&l).unwrap(), Completion::Recorded);
+    let exists: i64 = server.cmd(&["EXISTS", &key]);
+    assert_eq!(exists, 0);
+}
+
+#[test]
+fn a_payload_above_the_limit_is_refused_with_the_sizes() {
+    let server = RedisServer::start();
+    let q = open(&server, "toolarge", RedisConfig::default());
+    // calloc'd and never touched: no real memory is used.
+    let huge = vec![0u8; MAX_PAYLOAD + 1];
+    match q.put(NewJob::new(1, huge)) {
+        Err(PutError::Backend(QueueError::TooLarge { size, limit })) => {
+            assert_eq!((size, limit), (MAX_PAYLOAD + 1, MAX_PAYLOAD));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(q.counts().unwrap().produced, 0);
+}
+
+#[test]
+fn put_blocks_at_capacity_until_a_lease_makes_room_and_wakes_on_close() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        capacity: 2,
+        ..RedisConfig::default()
+    };
+    let q = Arc::new(open(&server, "cap", cfg));
+    q.put(job(1)).unwrap();
+    q.put(job(2)).unwrap();
+    let returned = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (q, returned) = (Arc::clone(&q), Arc::clone(&returned));
+        std::thread::spawn(move || {
+            let r = q.put(job(3));
+            returned.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    // The third put was refused for room and now blocks in XREAD on the
+    // wake-up stream.
+    wait_until(
+        "the third put to block in XREAD",
+        Duration::from_secs(30),
+        || {
+            let clients: String = server.cmd(&["CLIENT", "LIST"]);
+            clients.contains("cmd=xread")
+        },
+    );
+    assert!(!returned.load(Ordering::SeqCst), "put returned while full");
+    assert_eq!(q.counts().unwrap().produced, 2);
+    let _l = q.get(WorkerId(1), LONG).unwrap();
+    t.join().unwrap().unwrap();
+    assert_eq!(q.counts().unwrap().produced, 3);
+
+    // Full again (2 queued): a blocked put wakes with Closed on close.
+    let t = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.put(job(4)))
+    };
+    q.close().unwrap();
+    assert!(matches!(t.join().unwrap(), Err(PutError::Closed(j)) if j.seq == 4));
+}
+
+#[test]
+fn a_producer_that_vanishes_without_closing_is_reported_lost() {
+    let server = RedisServer::start();
+    let url = server.url("orphan");
+    let cfg = RedisConfig {
+        producer_ttl: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let consumer = RedisQueue::connect(&url, cfg.clone()).unwrap();
+    assert_eq!(consumer.status().unwrap().producer, ProducerState::NotSeen);
+    let producer = RedisQueue::connect(&url, cfg).unwrap();
+    producer.put(job(1)).unwrap();
+    assert_eq!(consumer.status().unwrap().producer, ProducerState::Alive);
+    drop(producer); // gone without close
+    let l = consumer.get(WorkerId(1), LONG).unwrap();
+    consumer.complete(&l).unwrap();
+    match consumer.get(WorkerId(1), None) {
+        Err(GetError::Backend(QueueError::ProducerLost { queue, .. })) => {
+            assert!(queue.contains("orphan"), "{queue}")
+        }
+        other => panic!("expected producer lost, got {other:?}"),
+    }
+    assert_eq!(consumer.status().unwrap().producer, ProducerState::Lost);
+}
+
+#[test]
+fn an_unreachable_server_is_an_error_within_seconds() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let e = RedisQueue::connect(
+        &format!("redis://127.0.0.1:{port}/q"),
+        RedisConfig::default(),
+    )
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let msg = e.to_string();
+    assert!(matches!(e, OpenError::Queue { .. }));
+    assert!(
+        msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("unreachable"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_bad_url_is_refused_before_connecting() {
+    let e =
+        RedisQueue::connect("redis://:secret@localhost:6379", RedisConfig::default()).unwrap_err();
+    assert!(matches!(e, OpenError::Url(_)));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("queue name") && !msg.contains("secret"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn settled_entries_are_trimmed_but_never_a_pending_one() {
+    let server = RedisServer::start();
+    let q = open(&server, "trim", RedisConfig::default());
+    let jobs: Vec<NewJob> = (1..=3000).map(job).collect();
+    q.put_many(&jobs).unwrap();
+    let oldest = q.get(WorkerId(1), LONG).unwrap();
+    loop {
+        match q.get_many(WorkerId(2), 500, Some(Duration::from_millis(50))) {
+            Ok(ls) => assert!(q
+                .complete_many(&ls)
+                .unwrap()
+                .iter()
+                .all(|c| *c == Completion::Recorded)),
+            Err(GetError::Timeout) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 2999 settled entries, but the oldest is pending: nothing may go.
+    let entry = format!("{}-{}", oldest.token.hi, oldest.token.lo);
+    let found: Vec<redis::Value> = server.cmd(&["XRANGE", "jm:{trim}:s", &entry, &entry]);
+    assert_eq!(found.len(), 1, "the pending entry was trimmed");
+    assert_eq!(q.complete(&oldest).unwrap(), Completion::Recorded);
+    // Once it is settled, the settled entries are trimmed.
+    q.put_many(&jobs).unwrap();
+    q.close().unwrap();
+    loop {
+        match q.get_many(WorkerId(2), 500, LONG) {
+            Ok(ls) => {
+                q.complete_many(&ls).unwrap();
+            }
+            Err(GetError::Closed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let len: u64 = server.cmd(&["XLEN", "jm:{trim}:s"]);
+    assert!(len < 3000, "stream still holds {len} entries");
+    assert_eq!(q.counts().unwrap().done, 6000);
+}
+
+#[test]
+fn complete_with_stores_the_result_record_once() {
+    let server = RedisServer::start();
+    let q = open(&server, "results", RedisConfig::default());
+    q.put(job(4)).unwrap();
+    q.put(job(5)).unwrap();
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    let b = q.get(WorkerId(1), LONG).unwrap();
+    let info = AttemptInfo {
+        host: Some("hostA".into()),
+        duration: Some(Duration::from_millis(1500)),
+    };
+    assert_eq!(q.complete_with(&a, &info).unwrap(), Completion::Recorded);
+    assert_eq!(q.complete_with(&a, &info).unwrap(), Completion::Stale);
+    q.complete(&b).unwrap(); // no record asked for
+    let r = q.results().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].seq, r[0].state.as_str(), r[0].attempts, r[0].exit_code),
+        (4, "done", 1, Some(0))
+    );
+    assert_eq!(
+        (r[0].host.as_deref(), r[0].duration_ms),
+        (Some("hostA"), Some(1500))
+    );
+    assert!(q.dead_letters().unwrap().is_empty());
+}
+
+#[test]
+fn settings_set_by_a_later_client_are_followed_by_an_earlier_one() {
+    let server = RedisServer::start();
+    let url = server.url("settings");
+    let worker = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    assert_eq!(worker.policy(), RetryPolicy::default());
+    let submitter = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    submitter
+        .set_settings(RetryPolicy::with_retries(2), Duration::from_secs(5), 10)
+        .unwrap();
+    submitter.put(job(1)).unwrap();
+    let l = worker.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(worker.policy(), RetryPolicy::with_retries(2));
+    assert_eq!(worker.visibility_timeout(), Duration::from_secs(5));
+    assert_eq!(
+        worker.fail(&l, FailReason::Exit { code: 1 }).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+}
+
+#[test]
+fn a_queue_left_open_on_purpose_is_waited_on_not_reported_lost() {
+    let server = RedisServer::start();
+    let url = server.url("leftopen");
+    let cfg = RedisConfig {
+        producer_ttl: Duration::from_millis(100),
+        ..RedisConfig::default()
+    };
+    let consumer = RedisQueue::connect(&url, cfg.clone()).unwrap();
+    {
+        let producer = RedisQueue::connect(&url, cfg.clone()).unwrap();
+        producer.put(job(1)).unwrap();
+        producer.leave_open().unwrap();
+    }
+    let l = consumer.get(WorkerId(1), LONG).unwrap();
+    consumer.complete(&l).unwrap();
+    // Many producer TTLs pass: still waiting, never "lost".
+    assert!(matches!(
+        consumer.get(WorkerId(1), Some(Duration::from_millis(500))),
+        Err(GetError::Timeout)
+    ));
+    assert_eq!(consumer.status().unwrap().producer, ProducerState::NotSeen);
+    // A later producer adds a job and closes.
+    let producer = RedisQueue::connect(&url, cfg).unwrap();
+    producer.put(job(2)).unwrap();
+    producer.close().unwrap();
+    let l = consumer.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(l.job.seq, 2);
+    consumer.complete(&l).unwrap();
+    assert!(matches!(
+        consumer.get(WorkerId(1), None),
+        Err(GetError::Closed)
+    ));
+}
+
+#[test]
+fn a_missing_queue_is_an_error_when_not_creating_and_destroy_removes_every_key() {
+    let server = RedisServer::start();
+    let url = server.url("gone");
+    let read_only = RedisConfig {
+        create: false,
+        ..RedisConfig::default()
+    };
+    let e = RedisQueue::connect(&url, read_only.clone()).unwrap_err();
+    assert!(e.to_string().contains("no queue named \"gone\""), "{e}");
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "a read-only open created {keys:?}");
+
+    let q = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    q.put(NewJob::new(1, vec![7u8; 100_000])).unwrap(); // payload in its own key
+    q.put(job(2)).unwrap();
+    let l = q.get(WorkerId(1), LONG).unwrap();
+    q.fail(&l, FailReason::Timeout).unwrap();
+    RedisQueue::connect(&url, read_only).expect("exists now");
+    q.destroy().unwrap();
+    drop(q);
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+#[test]
+fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let good = format!("redis://:s3cret@127.0.0.1:{}/auth", server.port);
+    let q = RedisQueue::connect(&good, RedisConfig::default()).expect("password accepted");
+    q.put(job(1)).unwrap();
+    assert_eq!(q.counts().unwrap().produced, 1);
+    let bad = format!("redis://:wrong@127.0.0.1:{}/auth", server.port);
+    let msg = RedisQueue::connect(&bad, RedisConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(!msg.contains("wrong"), "password shown: {msg}");
+    assert!(msg.contains(":***@"), "{msg}");
+    let none = server.url("auth");
+    let msg = RedisQueue::connect(&none, RedisConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.to_lowercase().contains("auth"), "{msg}");
+}
