@@ -84,10 +84,11 @@ for job in jobmill_worker.jobs():
     killer.join().unwrap();
     assert_eq!(rec.done().len(), 12);
     let outcomes = rec.outcomes.lock().unwrap();
-    let item5: Vec<_> = outcomes
+    let mut item5: Vec<_> = outcomes
         .iter()
         .filter(|o| o.job.payload == "item-5")
         .collect();
+    item5.sort_by_key(|o| o.job.attempts);
     assert_eq!(item5.len(), 2);
     assert!(matches!(
         &item5[0].kind,
@@ -316,7 +317,8 @@ time.sleep(60)
     let _ = persistent::run(&q, &c, &rec, &Stop::new());
     let lost = rec.lost_details();
     assert!(
-        lost.first().is_some_and(|d| d.contains("stopped heartbeating")),
+        lost.first()
+            .is_some_and(|d| d.contains("stopped heartbeating")),
         "{lost:?}"
     );
     assert_eq!(q.counts().unwrap().dead, 1, "its job was counted");
