@@ -26,14 +26,19 @@
 //!   is sent CLOSED; it exits, and is not replaced.
 //! - **Loss.** A worker that exits, crashes, is killed, breaks the protocol
 //!   or stops heartbeating is killed (its process group), and its in-flight
-//!   jobs are resolved: the oldest one (the job it was running, since
-//!   workers take jobs in order) fails with [`FailReason::WorkerLost`], its
-//!   attempt counted; the ones behind it were never started and are
-//!   released with no attempt counted. A worker that said LEAVING tells
-//!   exactly how many jobs it took. The worker is then replaced.
+//!   jobs are resolved: the job it was running fails with
+//!   [`FailReason::WorkerLost`], its attempt counted; the others (never
+//!   started, or finished with their results still unsent in a batch) are
+//!   released with no attempt counted. The running job is the one named on
+//!   the worker's *state page* (a shared memory file, `$JOBMILL_STATE_FD`,
+//!   where the worker libraries write the id of the job they run: no system
+//!   call per job); for a worker without it, the oldest unanswered job. A
+//!   worker that said LEAVING tells exactly how many jobs it took. The
+//!   worker is then replaced (if work remains).
 //! - **Timeout.** A job running longer than [`Config::timeout`] (measured
-//!   from when it became the worker's oldest job) gets its worker killed;
-//!   the job fails with [`FailReason::Timeout`] and the worker is replaced.
+//!   from when its id appeared on the state page; without it, from when it
+//!   became the worker's oldest job) gets its worker killed; the job fails
+//!   with [`FailReason::Timeout`] and the worker is replaced.
 //! - **Output.** The workers' stdout and stderr are piped and handed line
 //!   by line to [`Observer::output`]; they never touch the protocol.
 //! - **Crash loops.** A slot whose workers die [`Config::max_failed_starts`]

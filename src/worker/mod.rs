@@ -36,9 +36,10 @@
 //!   full, when the worker runs out of jobs, and otherwise within
 //!   [`FLUSH_DELAY`] by a background thread, so a result is never held back
 //!   while a long job runs.
-//! - Jobs are handed out in the order received; a worker should complete
-//!   them in that order (the coordinator attributes timeouts and crashes to
-//!   the oldest unfinished job).
+//! - The id of the job being run is kept on the state page the coordinator
+//!   shares (`$JOBMILL_STATE_FD`), so that a crash or a timeout is blamed on
+//!   that job, not on finished jobs whose results were still in the batch.
+//!   It costs one memory store per job.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
