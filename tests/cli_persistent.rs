@@ -215,3 +215,45 @@ fn persistent_command_that_is_not_a_worker_fails_clearly() {
     assert!(err.contains("is it a jobmill worker?"), "{err}");
     assert!(err.contains("workers keep failing"), "{err}");
 }
+
+#[test]
+fn persistent_second_ctrl_c_kills_the_workers_and_exits_130() {
+    let script = "import os, sys, time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    print('started', os.getpid(), file=sys.stderr, flush=True)\n    time.sleep(120)\n    job.complete(b'late\\n')\n";
+    let mut child = jobmill()
+        .env("PYTHONPATH", PYTHONPATH)
+        .args(["run", "-j", "1", "--persistent", "--"])
+        .args(["python3", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a\nb\nc\n").unwrap();
+    }
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut worker_pid = 0u32;
+    let mut line = String::new();
+    while worker_pid == 0 {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended early");
+        if let Some(rest) = line.trim().strip_prefix("[worker 1] started ") {
+            worker_pid = rest.parse().unwrap();
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    wait_until("the drain message", || {
+        line.clear();
+        err.read_line(&mut line).unwrap() > 0 && line.contains("interrupted")
+    });
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_until("the worker to be gone", || !pid_alive(worker_pid));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "", "no job finished");
+}
