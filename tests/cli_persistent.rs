@@ -257,3 +257,34 @@ fn persistent_second_ctrl_c_kills_the_workers_and_exits_130() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert_eq!(out, "", "no job finished");
 }
+
+#[test]
+fn persistent_workers_die_with_a_killed_jobmill() {
+    let script = "import os, sys, time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    print('started', os.getpid(), file=sys.stderr, flush=True)\n    time.sleep(120)\n";
+    let mut child = jobmill()
+        .env("PYTHONPATH", PYTHONPATH)
+        .args(["run", "-j", "1", "--persistent", "--"])
+        .args(["python3", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"a\n").unwrap();
+    }
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut worker_pid = 0u32;
+    let mut line = String::new();
+    while worker_pid == 0 {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended early");
+        if let Some(rest) = line.trim().strip_prefix("[worker 1] started ") {
+            worker_pid = rest.parse().unwrap();
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    wait_until("the guardian to stop the worker", || !pid_alive(worker_pid));
+}

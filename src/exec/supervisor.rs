@@ -110,6 +110,23 @@ impl Supervisor {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// Registers a process group that this supervisor did not start (a
+    /// long-lived worker) with the guardian, so that it is stopped if
+    /// jobmill dies. Pair with [`Supervisor::unguard_group`] before reaping.
+    pub fn guard_group(&self, pgid: u32) {
+        if let Some(g) = &self.guardian {
+            g.register(pgid as i32);
+        }
+    }
+
+    /// Removes a group registered with [`Supervisor::guard_group`]; call it
+    /// before reaping the group's leader.
+    pub fn unguard_group(&self, pgid: u32) {
+        if let Some(g) = &self.guardian {
+            g.unregister(pgid as i32);
+        }
+    }
+
     /// Whether the guardian was started and then lost (a write to it
     /// failed): jobs are then no longer protected against jobmill's death.
     pub fn guardian_lost(&self) -> bool {

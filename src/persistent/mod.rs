@@ -212,6 +212,19 @@ pub trait Observer: Sync {
     /// A job attempt ended.
     fn outcome(&self, outcome: Outcome);
 
+    /// A worker process was started, in its own process group (`pid` is
+    /// also the group id), e.g. to register it with a guardian that kills
+    /// it if the coordinator dies. By default nothing.
+    fn spawned(&self, slot: usize, worker: WorkerId, pid: u32) {
+        let _ = (slot, worker, pid);
+    }
+
+    /// A worker process is about to be reaped: it exited, or its group was
+    /// killed. Its pid must not be signalled after this. By default nothing.
+    fn reaping(&self, slot: usize, worker: WorkerId, pid: u32) {
+        let _ = (slot, worker, pid);
+    }
+
     /// A worker started or ended. By default, abnormal ends and give-ups
     /// are written to stderr.
     fn worker(&self, event: WorkerEvent) {
@@ -669,6 +682,7 @@ impl Ctx<'_> {
     /// One worker process from spawn to reaping.
     fn incarnation(&self, slot: usize, worker: WorkerId) -> Result<Life, SlotEnd> {
         let (mut proc, stream) = self.spawn(slot, worker)?;
+        self.observer.spawned(slot, worker, proc.pid);
         let name = format!("worker {} (pid {}, slot {slot})", worker.0, proc.pid);
         let stdout = proc.child.stdout.take();
         let stderr = proc.child.stderr.take();
@@ -1283,6 +1297,7 @@ impl Ctx<'_> {
         ) {
             proc.kill_group();
         }
+        self.observer.reaping(slot, worker, proc.pid);
         let status = proc.reap(EXIT_GRACE);
         let (inflight, taken) = match link {
             Some(link) => {

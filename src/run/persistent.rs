@@ -15,7 +15,9 @@
 //! - the run's stop [`Control`] is the coordinator's stop source: draining
 //!   stops sending jobs and lets sent ones finish, killing kills the workers
 //!   and leaves their unfinished jobs for resume;
-//! - worker output lines and lost workers are printed to stderr.
+//! - worker output lines and lost workers are printed to stderr;
+//! - worker process groups are registered with the run's guardian, so they
+//!   are stopped even if jobmill is killed.
 //!
 //! Long-lived workers do not report a per-job runtime or resource usage:
 //! attempts carry a zero duration.
@@ -122,6 +124,14 @@ impl persistent::Observer for Adapter<'_> {
         ctx.observe(|obs| obs.attempt_finished(&mut report));
         print(ctx, o.job.seq, attempt, &outcome);
         after_outcome(ctx, &outcome);
+    }
+
+    fn spawned(&self, _slot: usize, _worker: WorkerId, pid: u32) {
+        self.ctx.supervisor.guard_group(pid);
+    }
+
+    fn reaping(&self, _slot: usize, _worker: WorkerId, pid: u32) {
+        self.ctx.supervisor.unguard_group(pid);
     }
 
     fn worker(&self, event: WorkerEvent) {
