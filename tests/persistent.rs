@@ -82,6 +82,15 @@ fn run_fixture(mode: &str, dir: &str) -> i32 {
                 w.complete(job, &p).unwrap();
             }
         }
+        // Each job takes `arg` milliseconds.
+        "sleep-each" => {
+            let ms: u64 = arg.parse().unwrap();
+            while let Some(job) = w.next_job().unwrap() {
+                std::thread::sleep(Duration::from_millis(ms));
+                let p = job.payload.clone();
+                w.complete(job, &p).unwrap();
+            }
+        }
         // Completes `arg` jobs, flushes, takes one more and exits with 3.
         "exit-after" => {
             let n: usize = arg.parse().unwrap();
@@ -528,4 +537,18 @@ fn a_crash_is_blamed_on_the_running_job_not_on_unsent_results_before_it() {
     assert_eq!(rec.done().len(), 99);
     let c = q.counts().unwrap();
     assert_eq!((c.done, c.dead, c.leased, c.queued), (99, 1, 0, 0));
+}
+
+#[test]
+fn rust_worker_in_a_long_job_keeps_heartbeating() {
+    // 800 ms jobs against a 100 ms heartbeat (lost after 400 ms of silence).
+    let q = MemoryQueue::new(10, RetryPolicy::default());
+    put_all(&q, &payloads(2));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = config("sleep-each:800", 1);
+    c.heartbeat = Some(Duration::from_millis(100));
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+    assert_eq!(rec.done().len(), 2);
 }

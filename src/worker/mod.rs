@@ -276,9 +276,15 @@ fn flusher(outbox: Arc<Outbox>) {
                     .0
             }
             Some(_) => {
-                if flush_at.is_some_and(|t| t <= now) {
+                if flush_at.is_some() {
+                    // Pending results (due, or the heartbeat is): sending
+                    // them is the sign of life. A heartbeat must never be
+                    // appended while a batch is open: it would land inside.
                     let _ = out.flush();
                 } else if out.failed.is_none() {
+                    if let Some(b) = out.batch.take() {
+                        b.finish(&mut out.buf);
+                    }
                     let _ = encode(&mut out.buf, &Frame::Heartbeat { nonce: 0 }, usize::MAX);
                     let _ = out.flush();
                 }
