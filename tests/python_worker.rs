@@ -337,3 +337,17 @@ fn a_library_worker_in_a_long_job_keeps_heartbeating() {
     assert_eq!(rec.done().len(), 2);
     assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
 }
+
+#[test]
+fn python_loop_that_forgets_to_answer_a_job_fails_it_instead_of_stalling() {
+    let q = queue_of(3, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload != b'item-1':\n        job.complete(b'ok')\n";
+    persistent::run(&q, &config(script, 1), &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 2);
+    let outcomes = rec.outcomes.lock().unwrap();
+    assert!(outcomes.iter().any(|o| o.job.payload == "item-1"
+        && matches!(&o.kind, OutcomeKind::Failed {
+            reason: FailReason::Reported { message }, ..
+        } if message.contains("without completing or failing"))));
+}
