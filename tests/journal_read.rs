@@ -1182,3 +1182,59 @@ fn journal_open_refuses_a_newer_schema_naming_both_versions() {
     }
     assert!(journal::check(&p).is_err());
 }
+
+/// Where GNU parallel is installed (`apt-get install parallel`), its
+/// `--resume` and `--resume-failed` read our joblog: the logged jobs are
+/// skipped, the failed one re-run. Without it, there is nothing to check.
+#[test]
+fn gnu_parallel_resumes_from_a_joblog_written_by_results() {
+    let has_parallel = std::process::Command::new("parallel")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_parallel {
+        eprintln!("GNU parallel is not installed: nothing to compare with");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.sqlite");
+    let b = Builder::create(&p, "20261130-010000-gnup", &["echo"], "{}", T0);
+    b.session(1, dead_pid(), T0, None)
+        .job(1, b"a", "done", 1, Some(0), None, None, T0, 1.0)
+        .job(2, b"b c", "done", 1, Some(0), None, None, T0, 1.0)
+        .job(
+            3,
+            b"c",
+            "failed",
+            1,
+            Some(1),
+            None,
+            Some("exit code 1"),
+            T0,
+            1.0,
+        )
+        .job(4, b"d", "queued", 0, None, None, None, T0, 0.0)
+        .input_complete(4);
+    drop(b);
+    let log = dir.path().join("joblog");
+    let out = ok(&["results", p.to_str().unwrap(), "--format", "joblog"]);
+    std::fs::write(&log, out).unwrap();
+    let resume = |flag: &str| {
+        let out = std::process::Command::new("parallel")
+            .args(["--will-cite", flag, "--joblog"])
+            .arg(&log)
+            .args(["echo", ":::", "a", "b c", "c", "d"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // --resume-failed first: --resume would append job 4 to the log.
+    assert_eq!(resume("--resume-failed"), "c\nd\n");
+}

@@ -653,7 +653,11 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             _ => writeln!(out, "eta:       unknown (no job finished yet)")?,
         }
     } else if let (Liveness::Interrupted, Some(left)) = (&live, progress.remaining) {
-        writeln!(out, "left:      {left} jobs not finished")?;
+        writeln!(
+            out,
+            "left:      {left} job{} not finished",
+            if left == 1 { "" } else { "s" }
+        )?;
     }
     let slowest = j.slowest(5)?;
     if !slowest.is_empty() {
@@ -669,7 +673,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             write!(
                 out,
                 "  {:>10}  job {:<6} {:<7} ",
-                format_duration(r.duration.unwrap_or(0.0)),
+                match r.duration.unwrap_or(0.0) {
+                    d if d < 60.0 => format!("{d:.3}s"),
+                    d => format_duration(d),
+                },
                 r.seq,
                 r.state.map_or("?", JobState::as_str)
             )?;
