@@ -172,6 +172,14 @@ impl Builder {
     }
 }
 
+/// The lock a running jobmill holds on its journal (an exclusive `flock`
+/// on the file), held until the returned file is dropped.
+fn writer_lock(path: &Path) -> std::fs::File {
+    let f = std::fs::File::open(path).unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    f
+}
+
 /// A pid that no longer runs (a reaped child).
 fn dead_pid() -> i64 {
     let mut c = std::process::Command::new("true").spawn().unwrap();
@@ -405,7 +413,8 @@ fn results_json_lines_parse_back_and_non_utf8_input_is_base64() {
             T0,
             2.0,
         )
-        .job(3, b"waiting", "queued", 0, None, None, None, T0, 0.0);
+        .job(3, b"waiting", "queued", 0, None, None, None, T0, 0.0)
+        .output(2, 1, b"\xff out", 5);
     let out = ok(&["results", p.to_str().unwrap(), "--format", "json"]);
     let rows: Vec<serde_json::Value> = out
         .lines()
@@ -425,6 +434,20 @@ fn results_json_lines_parse_back_and_non_utf8_input_is_base64() {
     assert_eq!(rows[2]["state"], "queued");
     assert_eq!(rows[2]["attempts"], 0);
     assert!(rows[2]["started_at"].is_null());
+
+    // Stored output that is not UTF-8 comes as base64 too.
+    let out = ok(&[
+        "results",
+        p.to_str().unwrap(),
+        "--output",
+        "2",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["stdout"].is_null());
+    assert_eq!(v["stdout_base64"], "/yBvdXQ=");
+    assert_eq!(v["stdout_truncated"], false);
 }
 
 #[test]
@@ -649,7 +672,7 @@ fn status_of_a_killed_run_says_interrupted_and_suggests_resume() {
 }
 
 #[test]
-fn status_of_a_live_run_shows_running_and_an_eta_from_the_done_rate() {
+fn status_of_a_run_whose_journal_is_locked_shows_running_and_an_eta_from_the_done_rate() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.sqlite");
     let t = now() - 100.0;
@@ -675,6 +698,13 @@ fn status_of_a_live_run_shows_running_and_an_eta_from_the_done_rate() {
     }
     b.input_complete(40);
     let j = Journal::open(&p).unwrap();
+    assert_eq!(
+        j.liveness().unwrap(),
+        Liveness::Interrupted,
+        "a live pid without the writer's lock is not a live run"
+    );
+    // The writer holds an flock on the journal while it runs.
+    let _lock = writer_lock(&p);
     assert_eq!(
         j.liveness().unwrap(),
         Liveness::Running {
@@ -1116,6 +1146,7 @@ fn prune_deletes_only_finished_runs_older_than_age_with_their_wal_and_shm() {
     );
     b.session(1, i64::from(std::process::id()), old_ended - day, None);
     drop(b);
+    let _lock = writer_lock(&running);
     // Not a journal: kept, untouched.
     let junk = dir.join("junk.sqlite");
     std::fs::write(&junk, b"garbage").unwrap();

@@ -133,9 +133,9 @@ pub struct Session {
 /// Whether a run is still going.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
-    /// A session has not ended and its process is alive.
+    /// A jobmill process holds the journal's lock.
     Running {
-        /// The jobmill process.
+        /// The jobmill process holding it.
         pid: i64,
     },
     /// The run ended: completed, or stopped by `--halt`.
@@ -542,18 +542,25 @@ impl Journal {
 
     /// Whether the run is running, finished or interrupted.
     ///
-    /// Running: a session has no end and its pid is alive (a pid reused by
-    /// another process after a crash reads as running too, until that
-    /// process ends). Finished: the run ended `complete` or `halted`.
-    /// Anything else is interrupted.
+    /// Running: a process holds the writer's lock on the file (an `flock`,
+    /// seen in `/proc/locks` without taking it, so a starting writer is
+    /// never disturbed). Where `/proc/locks` cannot be read: a session
+    /// has not ended and its pid is alive. Finished: the run ended
+    /// `complete` or `halted`. Anything else is interrupted.
     ///
     /// # Errors
     ///
     /// As [`Journal::run`] and [`Journal::sessions`].
     pub fn liveness(&self) -> Result<Liveness, JournalError> {
-        for s in self.sessions()?.iter().rev() {
-            if s.ended_at.is_none() && pid_alive(s.pid) {
-                return Ok(Liveness::Running { pid: s.pid });
+        match flock_holder(&self.path) {
+            Some(Some(pid)) => return Ok(Liveness::Running { pid }),
+            Some(None) => {}
+            None => {
+                for s in self.sessions()?.iter().rev() {
+                    if s.ended_at.is_none() && s.end_reason.is_none() && pid_alive(s.pid) {
+                        return Ok(Liveness::Running { pid: s.pid });
+                    }
+                }
             }
         }
         let run = self.run()?;
@@ -895,6 +902,35 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     }
     uri.push_str("?mode=ro&immutable=1");
     Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+}
+
+/// The pid of a process holding an `flock` on `path`, from `/proc/locks`:
+/// `Some(Some(pid))` if one does, `Some(None)` if none does, `None` if
+/// `/proc/locks` or the file cannot be read.
+fn flock_holder(path: &Path) -> Option<Option<i64>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    let want = (
+        u64::from(rustix::fs::major(dev)),
+        u64::from(rustix::fs::minor(dev)),
+        meta.ino(),
+    );
+    Some(locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 8229 fe:00:10010876 0 EOF"; a line
+        // may carry a "->" marker for a waiting lock.
+        let mut f = line.split_whitespace().skip(1).filter(|w| *w != "->");
+        if f.next()? != "FLOCK" {
+            return None;
+        }
+        let pid: i64 = f.nth(2)?.parse().ok()?;
+        let mut id = f.next()?.split(':');
+        let major = u64::from_str_radix(id.next()?, 16).ok()?;
+        let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+        let ino: u64 = id.next()?.parse().ok()?;
+        ((major, minor, ino) == want).then_some(pid)
+    }))
 }
 
 /// Whether process `pid` exists (signal 0; a process of another user
