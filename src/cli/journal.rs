@@ -816,3 +816,49 @@ fn describe(e: &JournalError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+    }
+
+    #[test]
+    fn words_are_quoted_like_gnu_parallel_quotes_them() {
+        let q = |w: &[u8]| {
+            let mut out = Vec::new();
+            parallel_quote_into(w, &mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert_eq!(q(b"plain-1.txt"), "plain-1.txt");
+        assert_eq!(q(b"a b"), "'a b'");
+        assert_eq!(q(b"x'y"), "'x'\"'\"'y'");
+        assert_eq!(q(b"$x"), "'$x'");
+        assert_eq!(q(b""), "''");
+        assert_eq!(q(b"a\nb'c"), "$'a\\nb\\'c'");
+    }
+
+    #[test]
+    fn escaping_keeps_text_and_marks_every_other_byte() {
+        let mut out = Vec::new();
+        escape_into(b"caf\xc3\xa9 \\ \t\n\r\x00\x7f\xff", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "café \\\\ \\t\\n\\r\\x00\\x7f\\xff"
+        );
+    }
+}

@@ -979,3 +979,49 @@ pub fn format_duration(secs: f64) -> String {
         format!("{m}m{s:02}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_times_format_for_humans() {
+        assert_eq!(format_duration(6.25), "6.2s");
+        assert_eq!(format_duration(65.0), "1m05s");
+        assert_eq!(format_duration(3723.0), "1h02m03s");
+        assert_eq!(format_duration(7.0 * 86_400.0), "7d00h00m00s");
+        assert_eq!(format_duration(-1.0), "-");
+        assert_eq!(format_utc(0.0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(1_790_000_000.5), "2026-09-21 14:13:20");
+    }
+
+    #[test]
+    fn state_filters_select_the_union_or_everything() {
+        assert_eq!(StateFilter::default().sql(), "1");
+        let f = StateFilter {
+            failed: true,
+            dead: true,
+            ..StateFilter::default()
+        };
+        assert_eq!(f.sql(), "j.state IN ('failed', 'dead')");
+        let f = StateFilter {
+            final_only: true,
+            ..StateFilter::default()
+        };
+        assert_eq!(f.sql(), "j.state IN ('done', 'failed', 'dead')");
+    }
+
+    #[test]
+    fn a_path_with_uri_characters_opens_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a b?c#d%e.sqlite");
+        Connection::open(&p)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (42);")
+            .unwrap();
+        let c = open_read_only(&p).unwrap();
+        let x: i64 = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42);
+        assert!(c.execute("INSERT INTO t VALUES (1)", []).is_err());
+    }
+}
