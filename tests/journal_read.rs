@@ -1269,3 +1269,22 @@ fn gnu_parallel_resumes_from_a_joblog_written_by_results() {
     // --resume-failed first: --resume would append job 4 to the log.
     assert_eq!(resume("--resume-failed"), "c\nd\n");
 }
+
+#[test]
+fn status_shortens_long_inputs_on_a_character_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.sqlite");
+    let long = "é".repeat(100);
+    let b = Builder::create(&p, "20261130-010000-long", &["echo"], "{}", T0);
+    b.session(1, dead_pid(), T0, None)
+        .job(1, long.as_bytes(), "done", 1, Some(0), None, None, T0, 1.0)
+        .finish(T0 + 1.0, "complete", 1);
+    let out = jobmill()
+        .args(["status", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).expect("status output is UTF-8");
+    let line = text.lines().find(|l| l.contains("job 1")).unwrap();
+    assert!(line.ends_with("é..."), "{line}");
+    assert!(line.len() < 120, "{line}");
+}

@@ -667,7 +667,12 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             field.clear();
             escape_into(&r.input, &mut field);
             if field.len() > 60 {
-                field.truncate(57);
+                // The escaped form is UTF-8: cut on a character boundary.
+                let mut cut = 57;
+                while cut > 0 && field[cut] & 0xC0 == 0x80 {
+                    cut -= 1;
+                }
+                field.truncate(cut);
                 field.extend_from_slice(b"...");
             }
             write!(
