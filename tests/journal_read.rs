@@ -1147,11 +1147,16 @@ fn prune_deletes_only_finished_runs_older_than_age_with_their_wal_and_shm() {
     b.session(1, i64::from(std::process::id()), old_ended - day, None);
     drop(b);
     let _lock = writer_lock(&running);
+    // Finished 10 days ago, but a `jobmill resume --failed` holds it now.
+    let resuming = dir.join("20261101-000000-0007.sqlite");
+    finished_run(&resuming, "20261101-000000-0007");
+    set_ended(&resuming, old_ended);
+    let _lock2 = writer_lock(&resuming);
     // Not a journal: kept, untouched.
     let junk = dir.join("junk.sqlite");
     std::fs::write(&junk, b"garbage").unwrap();
     let freed = prune::size_on_disk(&old) + prune::size_on_disk(&halted);
-    let kept: Vec<_> = [&recent, &interrupted, &killed, &running, &junk]
+    let kept: Vec<_> = [&recent, &interrupted, &killed, &running, &resuming, &junk]
         .iter()
         .map(|p| (p.to_path_buf(), sha(p)))
         .collect();

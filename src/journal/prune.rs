@@ -126,10 +126,18 @@ pub fn prune(dir: &Path, age: Duration, now: f64) -> Result<Vec<Pruned>, Journal
         if ended > cutoff {
             continue;
         }
-        // The full check (quick_check) before deleting; then look again,
-        // with the file checked, that the run is still finished.
-        let still_finished = match Journal::open(&entry.path) {
-            Ok(j) => j.liveness().is_ok_and(|l| l == Liveness::Finished),
+        // Take the writer's lock, so no `jobmill resume` can start on the
+        // file while it is checked and deleted (one that holds it now
+        // makes us skip the file); then the full check (quick_check), and
+        // look again that the run is finished and old enough.
+        let Some(_lock) = try_lock(&entry.path) else {
+            continue;
+        };
+        let still_finished = match Journal::open(&entry.path).and_then(|j| j.run()) {
+            Ok(run) => {
+                matches!(run.end_reason.as_deref(), Some("complete") | Some("halted"))
+                    && run.ended_at.is_some_and(|t| t <= cutoff)
+            }
             Err(_) => false,
         };
         if !still_finished {
@@ -147,6 +155,13 @@ pub fn prune(dir: &Path, age: Duration, now: f64) -> Result<Vec<Pruned>, Journal
         });
     }
     Ok(pruned)
+}
+
+/// The writer's lock (an exclusive `flock` on the file), if free.
+fn try_lock(path: &Path) -> Option<std::fs::File> {
+    let f = std::fs::File::open(path).ok()?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(f)
 }
 
 fn remove(path: &Path) -> Result<(), JournalError> {
