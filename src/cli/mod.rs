@@ -2,6 +2,7 @@
 //! and one module per subcommand.
 
 mod args;
+mod journal;
 mod queue;
 mod run;
 
@@ -41,10 +42,15 @@ enum Command {
     /// Exit status: 0 once the queue is closed and drained; 3 if its
     /// producer was lost; 130 if interrupted; 255 on an error.
     Worker(queue::WorkerArgs),
-    /// Show the counts and state of a shared queue.
-    Status(queue::QueueArgs),
-    /// Print one line per finished job of a shared queue.
-    Results(queue::QueueArgs),
+    /// Show a run's counts by state, elapsed time, ETA, slowest jobs and
+    /// top failure reasons (RUN_ID|PATH), or a shared queue's (--queue).
+    Status(journal::StatusArgs),
+    /// Print one row per job of a run (RUN_ID|PATH: tsv, csv, json or
+    /// GNU parallel's joblog) or of a shared queue (--queue).
+    Results(journal::ResultsArgs),
+    /// List the journals in the state directory; --prune AGE deletes
+    /// finished runs older than AGE.
+    Runs(journal::RunsArgs),
 }
 
 /// Runs the command line; returns the process exit status.
@@ -73,8 +79,9 @@ pub fn main() -> u8 {
         Command::Run(args) => run::run(args),
         Command::Submit(args) => queue::submit(args),
         Command::Worker(args) => queue::worker(args),
-        Command::Status(args) => queue::status(args),
-        Command::Results(args) => queue::results(args),
+        Command::Status(args) => journal::status(args),
+        Command::Results(args) => journal::results(args),
+        Command::Runs(args) => journal::runs(args),
     };
     match result {
         Ok(code) => code,

@@ -11,9 +11,10 @@
 //! that refuses files that are not journals (without changing a byte of
 //! them), and where journals live.
 
-use std::path::{Path, PathBuf};
+pub mod prune;
+pub mod read;
 
-use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
 
 /// The schema of a new journal (SQL).
 pub const SCHEMA: &str = include_str!("schema.sql");
@@ -236,11 +237,8 @@ pub fn check(path: &Path) -> Result<(), JournalError> {
     };
     // Read-only: SQLite never writes the main file through this handle (a
     // hot WAL left by a crash is read, not checkpointed into the file).
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(corrupt)?;
+    // (and without a `-wal`, nothing is created next to it either).
+    let conn = read::open_read_only(path).map_err(corrupt)?;
     let app: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(corrupt)?;

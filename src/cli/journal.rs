@@ -1,0 +1,869 @@
+//! Reading journals: `jobmill results RUN_ID|PATH`, `jobmill status
+//! RUN_ID|PATH` and `jobmill runs [--prune AGE]`. `results` and `status`
+//! with `--queue URL` read a shared Redis queue instead (src/cli/queue.rs).
+//!
+//! Every command here opens the journal read-only and never changes it.
+
+use std::ffi::OsString;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use jobmill::journal::prune;
+use jobmill::journal::read::{
+    format_duration, format_utc, JobRow, JobState, Journal, Liveness, Output, RunInfo, StateFilter,
+    Stream,
+};
+use jobmill::journal::{self, JournalError};
+use jobmill::template::Template;
+
+use super::args;
+use super::queue::{self, QueueArgs};
+
+/// Output formats of `jobmill results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tab-separated values with a header line (default).
+    Tsv,
+    /// Comma-separated values (RFC 4180) with a header line.
+    Csv,
+    /// JSON Lines: one object per job.
+    Json,
+    /// GNU parallel's `--joblog` format (finished jobs only).
+    Joblog,
+}
+
+/// Options of `jobmill results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The run: a run id (or a unique prefix of one) in the state
+    /// directory, or the path of a journal file.
+    #[arg(value_name = "RUN_ID|PATH")]
+    pub run: Option<String>,
+
+    /// Read a shared queue (redis://[:password@]host:port/NAME) instead of
+    /// a journal.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["run", "format", "failed", "dead", "done", "output"])]
+    pub queue: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "tsv")]
+    pub format: Format,
+
+    /// Only failed jobs (combines with --dead and --done).
+    #[arg(long)]
+    pub failed: bool,
+
+    /// Only dead jobs (combines with --failed and --done).
+    #[arg(long)]
+    pub dead: bool,
+
+    /// Only done jobs (combines with --failed and --dead).
+    #[arg(long)]
+    pub done: bool,
+
+    /// Print the stored stdout and stderr of the selected jobs instead of
+    /// the table; with SEQ, of that job alone, raw (stdout to stdout,
+    /// stderr to stderr).
+    #[arg(long, value_name = "SEQ", num_args = 0..=1)]
+    pub output: Option<Option<u64>>,
+}
+
+/// Options of `jobmill status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run: a run id (or a unique prefix of one) in the state
+    /// directory, or the path of a journal file.
+    #[arg(value_name = "RUN_ID|PATH")]
+    pub run: Option<String>,
+
+    /// Show a shared queue (redis://[:password@]host:port/NAME) instead of
+    /// a journal.
+    #[arg(long, value_name = "URL", conflicts_with = "run")]
+    pub queue: Option<String>,
+}
+
+/// Options of `jobmill runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Delete the journals of finished runs that ended more than AGE ago
+    /// (e.g. 7d, 12h); running and interrupted runs are always kept.
+    #[arg(long, value_name = "AGE", value_parser = args::duration)]
+    pub prune: Option<Duration>,
+}
+
+fn open(run: &str) -> anyhow::Result<Journal> {
+    let path = journal::locate(run)?;
+    Ok(Journal::open(&path)?)
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `jobmill results`.
+pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
+    let Some(run) = a.run else {
+        let Some(url) = a.queue else {
+            bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");
+        };
+        return queue::results(QueueArgs { queue: url });
+    };
+    let j = open(&run)?;
+    let info = j.run()?;
+    let filter = StateFilter {
+        done: a.done,
+        failed: a.failed,
+        dead: a.dead,
+        final_only: a.format == Format::Joblog && a.output.is_none(),
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
+    match a.output {
+        Some(Some(seq)) => return output_of_one(&j, &info, seq, a.format, &mut out),
+        Some(None) => {
+            j.for_each_job(filter, |row: &JobRow| -> anyhow::Result<()> {
+                let outputs = j.output(row.seq)?;
+                if a.format == Format::Json {
+                    write_json(&mut out, row, Some(&outputs))?;
+                } else {
+                    write_outputs(&mut out, row, &outputs)?;
+                }
+                Ok(())
+            })?;
+        }
+        None => {
+            let mut w = RowWriter::new(a.format, &info)?;
+            w.header(&mut out)?;
+            j.for_each_job(filter, |row: &JobRow| -> anyhow::Result<()> {
+                w.row(&mut out, row)?;
+                Ok(())
+            })?;
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// `--output SEQ`: the job's stdout raw on stdout, its stderr raw on
+/// stderr, truncation notes on stderr; with `--format json` one object.
+fn output_of_one(
+    j: &Journal,
+    info: &RunInfo,
+    seq: u64,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    let Some(row) = j.job(seq)? else {
+        bail!(
+            "run {} ({}) has no job {seq}",
+            info.run_id,
+            j.path().display()
+        );
+    };
+    let outputs = j.output(seq)?;
+    if format == Format::Json {
+        write_json(out, &row, Some(&outputs))?;
+        out.flush()?;
+        return Ok(0);
+    }
+    let mut notes = Vec::new();
+    for o in &outputs {
+        match o.stream {
+            Stream::Stdout => out.write_all(&o.data)?,
+            Stream::Stderr => {
+                out.flush()?;
+                io::stderr().write_all(&o.data)?;
+            }
+        }
+        if o.truncated {
+            notes.push(format!(
+                "jobmill: job {seq}: {} truncated: {} of {} bytes stored",
+                o.stream.as_str(),
+                o.data.len(),
+                o.total_bytes
+            ));
+        }
+    }
+    out.flush()?;
+    if row.state.is_some_and(|s| !s.is_final()) {
+        notes.push(format!(
+            "jobmill: job {seq} is {}: no finished attempt yet",
+            row.state.map_or("?", JobState::as_str)
+        ));
+    }
+    for n in notes {
+        eprintln!("{n}");
+    }
+    Ok(0)
+}
+
+/// `--output` for many jobs: a header line per stored stream, then the
+/// bytes, then a newline if they did not end with one.
+fn write_outputs(out: &mut impl Write, row: &JobRow, outputs: &[Output]) -> io::Result<()> {
+    for o in outputs {
+        if o.total_bytes == 0 && o.data.is_empty() {
+            continue;
+        }
+        write!(
+            out,
+            "==> job {} ({}",
+            row.seq,
+            row.state.map_or("?", JobState::as_str)
+        )?;
+        if let Some(c) = row.exit_code {
+            write!(out, ", exit {c}")?;
+        }
+        if let Some(s) = row.signal {
+            write!(out, ", signal {s}")?;
+        }
+        write!(out, ") {}: ", o.stream.as_str())?;
+        if o.truncated {
+            write!(
+                out,
+                "TRUNCATED, {} of {} bytes stored",
+                o.data.len(),
+                o.total_bytes
+            )?;
+        } else {
+            write!(out, "{} bytes", o.data.len())?;
+        }
+        writeln!(out, " <==")?;
+        out.write_all(&o.data)?;
+        if o.data.last().is_some_and(|&b| b != b'\n') {
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// The column names of tsv, csv and json.
+const COLUMNS: [&str; 10] = [
+    "seq",
+    "state",
+    "attempts",
+    "exit_code",
+    "signal",
+    "started_at",
+    "ended_at",
+    "duration",
+    "reason",
+    "input",
+];
+
+/// Writes rows in one format, reusing its buffers.
+struct RowWriter {
+    format: Format,
+    template: Option<Template>,
+    persistent: bool,
+    command: Vec<OsString>,
+    field: Vec<u8>,
+    argv: Vec<OsString>,
+}
+
+impl RowWriter {
+    fn new(format: Format, info: &RunInfo) -> anyhow::Result<RowWriter> {
+        let template = if format == Format::Joblog {
+            Some(
+                Template::parse(&info.command, info.shell())
+                    .context("the journal's command cannot be rendered")?,
+            )
+        } else {
+            None
+        };
+        Ok(RowWriter {
+            format,
+            template,
+            persistent: info.persistent(),
+            command: info.command.clone(),
+            field: Vec::new(),
+            argv: Vec::new(),
+        })
+    }
+
+    fn header(&self, out: &mut impl Write) -> io::Result<()> {
+        match self.format {
+            Format::Tsv => writeln!(out, "{}", COLUMNS.join("\t")),
+            Format::Csv => write!(out, "{}\r\n", COLUMNS.join(",")),
+            Format::Json => Ok(()),
+            Format::Joblog => writeln!(
+                out,
+                "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+            ),
+        }
+    }
+
+    fn row(&mut self, out: &mut impl Write, r: &JobRow) -> io::Result<()> {
+        match self.format {
+            Format::Tsv | Format::Csv => self.delimited(out, r),
+            Format::Json => write_json(out, r, None),
+            Format::Joblog => self.joblog(out, r),
+        }
+    }
+
+    fn delimited(&mut self, out: &mut impl Write, r: &JobRow) -> io::Result<()> {
+        let csv = self.format == Format::Csv;
+        let sep: &[u8] = if csv { b"," } else { b"\t" };
+        write!(
+            out,
+            "{}{sep}{}{sep}{}{sep}",
+            r.seq,
+            r.state.map_or("?", JobState::as_str),
+            r.attempts,
+            sep = if csv { ',' } else { '\t' }
+        )?;
+        write_opt(out, r.exit_code)?;
+        out.write_all(sep)?;
+        write_opt(out, r.signal)?;
+        out.write_all(sep)?;
+        write_time(out, r.started_at)?;
+        out.write_all(sep)?;
+        write_time(out, r.ended_at)?;
+        out.write_all(sep)?;
+        write_time(out, r.duration)?;
+        out.write_all(sep)?;
+        self.field.clear();
+        if let Some(reason) = &r.reason {
+            escape_into(reason.as_bytes(), &mut self.field);
+        }
+        write_field(out, &self.field, csv)?;
+        out.write_all(sep)?;
+        self.field.clear();
+        escape_into(&r.input, &mut self.field);
+        write_field(out, &self.field, csv)?;
+        out.write_all(if csv { b"\r\n" } else { b"\n" })
+    }
+
+    fn joblog(&mut self, out: &mut impl Write, r: &JobRow) -> io::Result<()> {
+        // GNU parallel: Exitval -1 with the signal for a job it killed
+        // (timeout), 0 with the signal for one killed by someone else.
+        let exitval = r.exit_code.unwrap_or(if r.timed_out || r.signal.is_none() {
+            -1
+        } else {
+            0
+        });
+        write!(
+            out,
+            "{}\t:\t{:.3}\t{:>10.3}\t0\t{}\t{}\t{}\t",
+            r.seq,
+            r.started_at.unwrap_or(0.0),
+            r.duration.unwrap_or(0.0),
+            r.stdout_bytes.unwrap_or(0),
+            exitval,
+            r.signal.unwrap_or(0),
+        )?;
+        self.field.clear();
+        if let Some(t) = &self.template {
+            if self.persistent {
+                // Run as is, without substitution.
+                self.argv.clone_from(&self.command);
+            } else {
+                t.render(
+                    &r.input,
+                    r.seq,
+                    r.slot.unwrap_or(1) as usize,
+                    &mut self.argv,
+                );
+            }
+            if t.is_shell() && !self.persistent {
+                // The script, as GNU parallel logs it (a newline would
+                // end the line: written as `\n`).
+                let script = self.argv.last().map_or(&[][..], |s| s.as_bytes());
+                for &b in script {
+                    match b {
+                        b'\n' => self.field.extend_from_slice(b"\\n"),
+                        b'\r' => self.field.extend_from_slice(b"\\r"),
+                        b => self.field.push(b),
+                    }
+                }
+            } else {
+                for (i, a) in self.argv.iter().enumerate() {
+                    if i > 0 {
+                        self.field.push(b' ');
+                    }
+                    parallel_quote_into(a.as_bytes(), &mut self.field);
+                }
+            }
+        }
+        out.write_all(&self.field)?;
+        out.write_all(b"\n")
+    }
+}
+
+fn write_opt(out: &mut impl Write, v: Option<i64>) -> io::Result<()> {
+    match v {
+        Some(v) => write!(out, "{v}"),
+        None => Ok(()),
+    }
+}
+
+fn write_time(out: &mut impl Write, v: Option<f64>) -> io::Result<()> {
+    match v {
+        Some(v) => write!(out, "{v:.3}"),
+        None => Ok(()),
+    }
+}
+
+/// A CSV field is quoted when it holds a comma, a quote, CR or LF
+/// (RFC 4180); quotes inside are doubled. TSV fields are escaped already.
+fn write_field(out: &mut impl Write, field: &[u8], csv: bool) -> io::Result<()> {
+    if csv
+        && field
+            .iter()
+            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
+        out.write_all(b"\"")?;
+        for chunk in field.split_inclusive(|&b| b == b'"') {
+            out.write_all(chunk)?;
+            if chunk.last() == Some(&b'"') {
+                out.write_all(b"\"")?;
+            }
+        }
+        out.write_all(b"\"")
+    } else {
+        out.write_all(field)
+    }
+}
+
+/// Escapes bytes for one TSV/CSV field: `\` as `\\`, tab as `\t`, newline
+/// as `\n`, CR as `\r`, other control characters and bytes that are not
+/// UTF-8 as `\xHH`. Valid UTF-8 text is kept as is. Reversible.
+pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => hex_byte(c as u8, out),
+                c => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        for &b in chunk.invalid() {
+            hex_byte(b, out);
+        }
+    }
+}
+
+fn hex_byte(b: u8, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(&[
+        b'\\',
+        b'x',
+        HEX[usize::from(b >> 4)],
+        HEX[usize::from(b & 15)],
+    ]);
+}
+
+/// Quotes one word as GNU parallel does in its joblog: unquoted when it
+/// holds only safe characters, else in single quotes with `'` as
+/// `'"'"'`; a word with control characters as `$'...'` (bash), so the
+/// line stays one line.
+fn parallel_quote_into(word: &[u8], out: &mut Vec<u8>) {
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_%+,./:=@-".contains(&b);
+    if !word.is_empty() && word.iter().all(|&b| safe(b)) {
+        out.extend_from_slice(word);
+    } else if word.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        out.extend_from_slice(b"$'");
+        for &b in word {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\'' => out.extend_from_slice(b"\\'"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b if b < 0x20 || b == 0x7f => hex_byte(b, out),
+                b => out.push(b),
+            }
+        }
+        out.push(b'\'');
+    } else {
+        out.push(b'\'');
+        for &b in word {
+            if b == b'\'' {
+                out.extend_from_slice(b"'\"'\"'");
+            } else {
+                out.push(b);
+            }
+        }
+        out.push(b'\'');
+    }
+}
+
+/// Base64 (standard alphabet, padded).
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Writes `"key":` then the bytes as a JSON string if UTF-8; else
+/// `"key":null,"key_base64":"..."`.
+fn write_json_bytes(out: &mut impl Write, key: &str, bytes: &[u8]) -> io::Result<()> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            write!(out, "\"{key}\":")?;
+            serde_json::to_writer(&mut *out, s).map_err(io::Error::from)
+        }
+        Err(_) => write!(out, "\"{key}\":null,\"{key}_base64\":\"{}\"", base64(bytes)),
+    }
+}
+
+fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".into(), |v| v.to_string())
+}
+
+fn json_time(v: Option<f64>) -> String {
+    v.map_or_else(|| "null".into(), |v| format!("{v:.3}"))
+}
+
+/// One JSON object per job on one line; with `outputs`, the stored
+/// streams as `stdout`/`stderr` (or `..._base64`), `..._bytes` and
+/// `..._truncated`.
+fn write_json(out: &mut impl Write, r: &JobRow, outputs: Option<&[Output]>) -> io::Result<()> {
+    write!(
+        out,
+        "{{\"seq\":{},\"state\":\"{}\",\"attempts\":{},\"exit_code\":{},\"signal\":{},\
+         \"started_at\":{},\"ended_at\":{},\"duration\":{},\"timed_out\":{},\
+         \"max_rss_kb\":{},\"reason\":",
+        r.seq,
+        r.state.map_or("?", JobState::as_str),
+        r.attempts,
+        json_opt(r.exit_code),
+        json_opt(r.signal),
+        json_time(r.started_at),
+        json_time(r.ended_at),
+        json_time(r.duration),
+        r.timed_out,
+        json_opt(r.max_rss_kb),
+    )?;
+    serde_json::to_writer(&mut *out, &r.reason).map_err(io::Error::from)?;
+    out.write_all(b",")?;
+    write_json_bytes(out, "input", &r.input)?;
+    if let Some(outputs) = outputs {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let key = stream.as_str();
+            match outputs.iter().find(|o| o.stream == stream) {
+                Some(o) => {
+                    out.write_all(b",")?;
+                    write_json_bytes(out, key, &o.data)?;
+                    write!(
+                        out,
+                        ",\"{key}_bytes\":{},\"{key}_truncated\":{}",
+                        o.total_bytes, o.truncated
+                    )?;
+                }
+                None => write!(
+                    out,
+                    ",\"{key}\":null,\"{key}_bytes\":0,\"{key}_truncated\":false"
+                )?,
+            }
+        }
+    }
+    out.write_all(b"}\n")
+}
+
+/// `jobmill status`.
+pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
+    let Some(run) = a.run else {
+        let Some(url) = a.queue else {
+            bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");
+        };
+        return queue::status(QueueArgs { queue: url });
+    };
+    let j = open(&run)?;
+    let info = j.run()?;
+    let counts = j.counts()?;
+    let live = j.liveness()?;
+    let progress = j.progress(now())?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    writeln!(out, "run:       {}", info.run_id)?;
+    writeln!(out, "journal:   {}", j.path().display())?;
+    writeln!(out, "command:   {}", info.command_display)?;
+    writeln!(
+        out,
+        "started:   {} UTC on {}",
+        format_utc(info.started_at),
+        info.host
+    )?;
+    match &live {
+        Liveness::Running { pid } => writeln!(out, "state:     running (pid {pid})")?,
+        Liveness::Finished => writeln!(
+            out,
+            "state:     finished ({}) at {} UTC",
+            info.end_reason.as_deref().unwrap_or("complete"),
+            format_utc(info.ended_at.unwrap_or(info.started_at))
+        )?,
+        Liveness::Interrupted => writeln!(
+            out,
+            "state:     interrupted ({}); continue it with `jobmill resume {}`",
+            info.end_reason
+                .as_deref()
+                .unwrap_or("jobmill was killed or crashed"),
+            info.run_id
+        )?,
+    }
+    writeln!(out, "elapsed:   {}", format_duration(progress.elapsed))?;
+    let total = match (info.input_complete, info.total_jobs) {
+        (true, Some(t)) => t.to_string(),
+        _ => format!("{}+ (input not complete)", counts.total()),
+    };
+    write!(out, "jobs:      {total} total")?;
+    for s in JobState::ALL {
+        let n = counts.get(s);
+        if n > 0 || s.is_final() {
+            write!(out, ", {n} {}", s.as_str())?;
+        }
+    }
+    writeln!(out)?;
+    if let Liveness::Running { .. } = live {
+        match (progress.eta, progress.rate) {
+            (Some(eta), Some(rate)) => writeln!(
+                out,
+                "eta:       {} ({rate:.2} jobs/s)",
+                format_duration(eta)
+            )?,
+            (None, Some(rate)) => writeln!(
+                out,
+                "eta:       unknown, input not complete ({rate:.2} jobs/s)"
+            )?,
+            _ => writeln!(out, "eta:       unknown (no job finished yet)")?,
+        }
+    } else if let (Liveness::Interrupted, Some(left)) = (&live, progress.remaining) {
+        writeln!(
+            out,
+            "left:      {left} job{} not finished",
+            if left == 1 { "" } else { "s" }
+        )?;
+    }
+    let slowest = j.slowest(5)?;
+    if !slowest.is_empty() {
+        writeln!(out, "slowest:")?;
+        let mut field = Vec::new();
+        for r in &slowest {
+            field.clear();
+            escape_into(&r.input, &mut field);
+            if field.len() > 60 {
+                // The escaped form is UTF-8: cut on a character boundary.
+                let mut cut = 57;
+                while cut > 0 && field[cut] & 0xC0 == 0x80 {
+                    cut -= 1;
+                }
+                field.truncate(cut);
+                field.extend_from_slice(b"...");
+            }
+            write!(
+                out,
+                "  {:>10}  job {:<6} {:<7} ",
+                match r.duration.unwrap_or(0.0) {
+                    d if d < 60.0 => format!("{d:.3}s"),
+                    d => format_duration(d),
+                },
+                r.seq,
+                r.state.map_or("?", JobState::as_str)
+            )?;
+            out.write_all(&field)?;
+            writeln!(out)?;
+        }
+    }
+    let reasons = j.failure_reasons(5)?;
+    if !reasons.is_empty() {
+        writeln!(out, "top failure reasons:")?;
+        for (reason, n) in reasons {
+            writeln!(out, "  {n:>8}  {reason}")?;
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `jobmill runs [--prune AGE]`.
+pub fn runs(a: RunsArgs) -> anyhow::Result<u8> {
+    let dir = journal::state_dir();
+    if let Some(age) = a.prune {
+        let pruned = prune::prune(&dir, age, now())?;
+        let stdout = io::stdout();
+        let mut out = stdout.lock();
+        let mut freed = 0;
+        for p in &pruned {
+            freed += p.size;
+            writeln!(
+                out,
+                "deleted {}  {}  ({})",
+                p.run_id,
+                p.path.display(),
+                human_size(p.size)
+            )?;
+        }
+        writeln!(
+            out,
+            "pruned {} finished run{} older than {}: {} freed",
+            pruned.len(),
+            if pruned.len() == 1 { "" } else { "s" },
+            format_duration(age.as_secs_f64()),
+            human_size(freed)
+        )?;
+        return Ok(0);
+    }
+    let entries = prune::list(&dir)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    if entries.is_empty() {
+        writeln!(out, "no journals in {}", dir.display())?;
+        out.flush()?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<22} {:<19}  {:<11} {:>15} {:>10}  COMMAND",
+        "RUN ID", "STARTED (UTC)", "STATE", "DONE/TOTAL", "SIZE"
+    )?;
+    let mut total = 0;
+    for e in &entries {
+        total += e.size;
+        match &e.summary {
+            Ok(s) => {
+                let jobs = if s.run.input_complete {
+                    format!(
+                        "{}/{}",
+                        s.counts.done,
+                        s.run.total_jobs.unwrap_or(s.counts.total())
+                    )
+                } else {
+                    format!("{}/{}+", s.counts.done, s.counts.total())
+                };
+                writeln!(
+                    out,
+                    "{:<22} {:<19}  {:<11} {:>15} {:>10}  {}",
+                    s.run.run_id,
+                    format_utc(s.run.started_at),
+                    s.liveness.as_str(),
+                    jobs,
+                    human_size(e.size),
+                    s.run.command_display
+                )?;
+            }
+            Err(err) => {
+                let name = e
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "! {name}  {:>10}  not a readable journal, left alone: {}",
+                    human_size(e.size),
+                    describe(err)
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} journal file{}, {} in {}",
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
+        human_size(total),
+        dir.display()
+    )?;
+    out.flush()?;
+    Ok(0)
+}
+
+/// The reason alone, without the path (the listing shows it).
+fn describe(e: &JournalError) -> String {
+    match e {
+        JournalError::Corrupt { detail, .. } => detail.clone(),
+        JournalError::NotAJournal { found, .. } => {
+            format!("an SQLite database with application_id {found:#x}")
+        }
+        JournalError::NewerSchema { found, .. } => {
+            format!("schema version {found}, newer than this jobmill's")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+    }
+
+    #[test]
+    fn words_are_quoted_like_gnu_parallel_quotes_them() {
+        let q = |w: &[u8]| {
+            let mut out = Vec::new();
+            parallel_quote_into(w, &mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert_eq!(q(b"plain-1.txt"), "plain-1.txt");
+        assert_eq!(q(b"a b"), "'a b'");
+        assert_eq!(q(b"x'y"), "'x'\"'\"'y'");
+        assert_eq!(q(b"$x"), "'$x'");
+        assert_eq!(q(b""), "''");
+        assert_eq!(q(b"a\nb'c"), "$'a\\nb\\'c'");
+    }
+
+    #[test]
+    fn escaping_keeps_text_and_marks_every_other_byte() {
+        let mut out = Vec::new();
+        escape_into(b"caf\xc3\xa9 \\ \t\n\r\x00\x7f\xff", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "café \\\\ \\t\\n\\r\\x00\\x7f\\xff"
+        );
+    }
+}
