@@ -1,0 +1,283 @@
+//! `jobmill worker --queue URL --persistent` (and `run --queue URL
+//! --persistent`) against a real `redis-server`, with Python workers (the
+//! library in python/): many jobs through two worker hosts, a worker
+//! process killed with SIGKILL mid-job, close and drain, SIGTERM.
+
+mod common;
+mod redis_support;
+
+use std::collections::HashMap;
+use std::process::{Child, Output, Stdio};
+
+use common::{jobmill, wait_until};
+use redis_support::RedisServer;
+
+const PYTHONPATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python");
+
+/// Completes each job with `r-PAYLOAD` and a newline.
+const ECHO: &str = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    job.complete(b'r-' + job.payload + b'\\n')\n";
+
+fn spawn_worker(url: &str, jobs: usize, extra: &[&str], script: &str) -> Child {
+    jobmill()
+        .env("PYTHONPATH", PYTHONPATH)
+        .args([
+            "worker",
+            "--queue",
+            url,
+            "-j",
+            &jobs.to_string(),
+            "--persistent",
+        ])
+        .args(extra)
+        .args(["--", "python3", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobmill worker --persistent")
+}
+
+fn submit(url: &str, extra: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = jobmill()
+        .args(["submit", "--queue", url])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobmill submit");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `results` rows by sequence number: (state, attempts, host).
+fn results(url: &str) -> HashMap<u64, (String, u32, String)> {
+    let out = jobmill()
+        .args(["results", "--queue", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rows = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let seq: u64 = f[0].parse().unwrap();
+        let row = (f[1].to_string(), f[2].parse().unwrap(), f[5].to_string());
+        let prev = rows.insert(seq, row);
+        assert!(prev.is_none(), "job {seq} has two results");
+    }
+    rows
+}
+
+fn status(url: &str) -> String {
+    let out = jobmill().args(["status", "--queue", url]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Counts `r-N` result lines by N.
+fn tally<'a>(outs: impl IntoIterator<Item = &'a str>) -> HashMap<u64, u32> {
+    let mut seen = HashMap::new();
+    for out in outs {
+        for line in out.lines() {
+            let n: u64 = line
+                .strip_prefix("r-")
+                .unwrap_or_else(|| panic!("unexpected output line {line:?}"))
+                .parse()
+                .unwrap();
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn two_persistent_workers_run_1000_jobs_each_exactly_once() {
+    let server = RedisServer::start();
+    let url = server.url("pthousand");
+    let workers: Vec<Child> = (0..2)
+        .map(|_| spawn_worker(&url, 2, &["--window", "64"], ECHO))
+        .collect();
+    let input: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    let mut outs = Vec::new();
+    for w in workers {
+        let (code, stdout, stderr) = finish(w);
+        assert_eq!(code, 0, "worker failed: {stderr}");
+        outs.push(stdout);
+    }
+    let seen = tally(outs.iter().map(String::as_str));
+    assert_eq!(seen.len(), 1000);
+    assert!(seen.values().all(|&c| c == 1), "a result was printed twice");
+    let r = results(&url);
+    assert_eq!(r.len(), 1000);
+    assert!(
+        r.values()
+            .all(|(s, a, host)| s == "done" && *a == 1 && host != "-"),
+        "every job done once, at its first attempt, with its host"
+    );
+    let st = status(&url);
+    assert!(st.contains("state:    drained"), "{st}");
+    assert!(st.contains("1000 done"), "{st}");
+}
+
+#[test]
+fn a_persistent_worker_process_killed_mid_job_is_replaced_and_every_job_ends_done_once() {
+    let server = RedisServer::start();
+    let url = server.url("pkilled");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pid");
+    let input: String = (1..=60).map(|i| format!("{i}\n")).collect();
+    submit(&url, &["--retries", "2"], &input);
+    // Job 7's first attempt hangs after writing its worker's pid; every
+    // other attempt completes at once.
+    let script = format!(
+        "import os, time, jobmill_worker\n\
+         for job in jobmill_worker.jobs():\n\
+         \x20   if job.payload == b'7' and job.attempt == 1:\n\
+         \x20       with open({m:?} + '.tmp', 'w') as f: f.write(str(os.getpid()))\n\
+         \x20       os.rename({m:?} + '.tmp', {m:?})\n\
+         \x20       time.sleep(60)\n\
+         \x20   job.complete(b'r-' + job.payload + b'\\n')\n",
+        m = marker.display().to_string()
+    );
+    let worker = spawn_worker(&url, 2, &["--window", "4"], &script);
+    wait_until("job 7 to start", || marker.exists());
+    let pid: u32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::send_signal("KILL", pid);
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("while running"), "the loss is reported: {err}");
+    let seen = tally([out.as_str()]);
+    assert_eq!(seen.len(), 60, "{seen:?}");
+    assert!(seen.values().all(|&c| c == 1), "{seen:?}");
+    let r = results(&url);
+    assert_eq!(r.len(), 60);
+    assert_eq!(
+        (r[&7].0.as_str(), r[&7].1),
+        ("done", 2),
+        "the lost attempt is counted"
+    );
+    for i in (1..=60).filter(|&i| i != 7) {
+        assert_eq!(
+            (r[&i].0.as_str(), r[&i].1),
+            ("done", 1),
+            "job {i}: jobs never started by the lost worker go back uncounted"
+        );
+    }
+    assert!(status(&url).contains("state:    drained"));
+}
+
+#[test]
+fn a_persistent_worker_waits_on_an_open_queue_and_exits_0_once_it_is_closed_and_drained() {
+    let server = RedisServer::start();
+    let url = server.url("popen");
+    let mut worker = spawn_worker(&url, 2, &[], ECHO);
+    submit(&url, &["--keep-open"], "1\n2\n3\n");
+    wait_until("the three jobs to be done", || {
+        status(&url).contains("3 done")
+    });
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker left an open queue"
+    );
+    submit(&url, &["--keep-open"], "4\n");
+    wait_until("the fourth job to be done", || {
+        status(&url).contains("4 done")
+    });
+    assert!(worker.try_wait().unwrap().is_none());
+    // An empty submit closes the queue; the worker drains and exits 0.
+    submit(&url, &[], "");
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 0, "{err}");
+    let seen = tally([out.as_str()]);
+    assert_eq!(seen, (1..=4).map(|i| (i, 1)).collect());
+}
+
+#[test]
+fn sigterm_stops_persistent_workers_and_gives_every_lease_back_unrun() {
+    let server = RedisServer::start();
+    let url = server.url("pterm");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let input: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    // The first job a worker gets hangs, the first time only.
+    let script = format!(
+        "import os, time, jobmill_worker\n\
+         for job in jobmill_worker.jobs():\n\
+         \x20   if not os.path.exists({m:?}):\n\
+         \x20       open({m:?}, 'w').close()\n\
+         \x20       time.sleep(60)\n\
+         \x20   job.complete(b'r-' + job.payload + b'\\n')\n",
+        m = marker.display().to_string()
+    );
+    let first = spawn_worker(&url, 1, &["--window", "4"], &script);
+    wait_until("a job to start", || marker.exists());
+    wait_until("the window to be leased", || {
+        status(&url).contains("4 running")
+    });
+    common::send_signal("TERM", first.id());
+    let (code, out, err) = finish(first);
+    assert_eq!(code, 130, "{err}");
+    assert!(out.is_empty(), "{out}");
+    let st = status(&url);
+    assert!(st.contains("10 queued, 0 running, 0 done"), "{st}");
+    // Another worker runs them all, each as attempt 1: the stopped
+    // attempts were given back, not counted.
+    let second = spawn_worker(&url, 2, &[], &script);
+    let (code, out, err) = finish(second);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tally([out.as_str()]).len(), 10);
+    let r = results(&url);
+    assert_eq!(r.len(), 10);
+    assert!(r.values().all(|(s, a, _)| s == "done" && *a == 1), "{r:?}");
+}
+
+#[test]
+fn run_with_a_queue_and_persistent_workers_prints_every_result_once() {
+    let server = RedisServer::start();
+    let url = server.url("prun");
+    let out = jobmill()
+        .env("PYTHONPATH", PYTHONPATH)
+        .args(["run", "--queue", &url, "-j", "2", "--persistent", "--"])
+        .args(["python3", "-c", ECHO])
+        .args([":::", "1", "2", "3", "4", "5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(tally([stdout.as_str()]), (1..=5).map(|i| (i, 1)).collect());
+    assert!(status(&url).contains("state:    drained"));
+}
