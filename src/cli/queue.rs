@@ -344,11 +344,11 @@ impl WorkSpec {
 
 impl Work {
     fn run(self, queue: Arc<RedisQueue>) -> anyhow::Result<WorkSummary> {
-        Ok(match self {
+        match self {
             Work::Processes(opts) => remote::work(queue, opts),
             Work::Persistent(opts) => remote::work_persistent(queue, opts),
         }
-        .context("cannot start the workers")?)
+        .context("cannot start the workers")
     }
 }
 
