@@ -96,6 +96,22 @@ fn status(url: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// (queued, running, done) from `status`.
+fn counts(url: &str) -> (u64, u64, u64) {
+    let st = status(url);
+    let line = st
+        .lines()
+        .find_map(|l| l.strip_prefix("jobs:"))
+        .unwrap_or_else(|| panic!("no jobs line in {st}"));
+    let n = |what: &str| -> u64 {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(what))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {what} in {line}"))
+    };
+    (n(" queued"), n(" running"), n(" done"))
+}
+
 /// Counts `r-N` result lines by N.
 fn tally<'a>(outs: impl IntoIterator<Item = &'a str>) -> HashMap<u64, u32> {
     let mut seen = HashMap::new();
@@ -239,9 +255,7 @@ fn sigterm_stops_persistent_workers_and_gives_every_lease_back_unrun() {
     );
     let first = spawn_worker(&url, 1, &["--window", "4"], &script);
     wait_until("a job to start", || marker.exists());
-    wait_until("the window to be leased", || {
-        status(&url).contains("4 running")
-    });
+    assert!(counts(&url).1 >= 1);
     common::send_signal("TERM", first.id());
     let (code, out, err) = finish(first);
     assert_eq!(code, 130, "{err}");
@@ -280,4 +294,135 @@ fn run_with_a_queue_and_persistent_workers_prints_every_result_once() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(tally([stdout.as_str()]), (1..=5).map(|i| (i, 1)).collect());
     assert!(status(&url).contains("state:    drained"));
+}
+
+#[test]
+fn the_first_sigint_lets_the_jobs_sent_finish_and_leaves_the_rest_queued() {
+    let server = RedisServer::start();
+    let url = server.url("pint");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let go = dir.path().join("go");
+    let input: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    // The first job waits for the test's go-ahead.
+    let script = format!(
+        "import os, time, jobmill_worker\n\
+         for job in jobmill_worker.jobs():\n\
+         \x20   if not os.path.exists({s:?}):\n\
+         \x20       open({s:?}, 'w').close()\n\
+         \x20       while not os.path.exists({g:?}): time.sleep(0.01)\n\
+         \x20   job.complete(b'r-' + job.payload + b'\\n')\n",
+        s = started.display().to_string(),
+        g = go.display().to_string()
+    );
+    let worker = spawn_worker(&url, 1, &["--window", "4"], &script);
+    wait_until("a job to start", || started.exists());
+    let mut worker = worker;
+    common::send_signal("INT", worker.id());
+    common::read_stderr_until(&mut worker, "interrupted");
+    std::fs::write(&go, "").unwrap();
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 130, "{err}");
+    // The jobs sent to the worker (at most a window and a poll's worth,
+    // since the first one blocked it) finish; the rest stays queued.
+    let seen = tally([out.as_str()]);
+    assert!(seen.values().all(|&c| c == 1));
+    let done = seen.len() as u64;
+    assert!((1..=5).contains(&done), "{seen:?}");
+    assert_eq!(counts(&url), (10 - done, 0, done));
+}
+
+#[test]
+fn a_long_job_keeps_its_lease_past_the_visibility_timeout() {
+    let server = RedisServer::start();
+    let url = server.url("plong");
+    submit(&url, &["--visibility", "1s"], "slow\n");
+    let script = "import time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    time.sleep(3)\n    job.complete(b'r-1\\n')\n";
+    // The second worker would take the lease over if heartbeats stopped.
+    let a = spawn_worker(&url, 1, &[], script);
+    let b = spawn_worker(&url, 1, &[], script);
+    let (ca, oa, ea) = finish(a);
+    let (cb, ob, eb) = finish(b);
+    assert_eq!((ca, cb), (0, 0), "{ea}\n{eb}");
+    assert_eq!(format!("{oa}{ob}"), "r-1\n", "ran once, by one worker");
+    let r = results(&url);
+    assert_eq!((r[&1].0.as_str(), r[&1].1), ("done", 1));
+}
+
+#[test]
+fn a_killed_persistent_worker_host_takes_its_processes_along_and_peers_take_its_leases_over() {
+    let server = RedisServer::start();
+    let url = server.url("phost");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pid");
+    let input: String = (1..=20).map(|i| format!("{i}\n")).collect();
+    submit(&url, &["--visibility", "1s", "--retries", "2"], &input);
+    // The first job of the doomed host hangs, after writing its pid.
+    let script = format!(
+        "import os, time, jobmill_worker\n\
+         for job in jobmill_worker.jobs():\n\
+         \x20   if not os.path.exists({m:?}):\n\
+         \x20       with open({m:?} + '.tmp', 'w') as f: f.write(str(os.getpid()))\n\
+         \x20       os.rename({m:?} + '.tmp', {m:?})\n\
+         \x20       time.sleep(60)\n\
+         \x20   job.complete(b'r-' + job.payload + b'\\n')\n",
+        m = marker.display().to_string()
+    );
+    let doomed = spawn_worker(&url, 1, &["--window", "4"], &script);
+    wait_until("a job to start", || marker.exists());
+    let child: u32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::send_signal("KILL", doomed.id());
+    let (_, doomed_out, _) = finish(doomed);
+    assert!(doomed_out.is_empty(), "{doomed_out}");
+    wait_until("the guardian to kill the worker process", || {
+        !common::pid_alive(child)
+    });
+    // A peer takes the four idle leases over, attempts counted.
+    let survivor = spawn_worker(&url, 2, &[], &script);
+    let (code, out, err) = finish(survivor);
+    assert_eq!(code, 0, "{err}");
+    let seen = tally([out.as_str()]);
+    assert_eq!(seen.len(), 20);
+    assert!(seen.values().all(|&c| c == 1));
+    let r = results(&url);
+    assert_eq!(r.len(), 20);
+    assert!(r.values().all(|(s, _, _)| s == "done"));
+    // Every job the lost host held (at least the one it ran) idled out and
+    // was taken over with its attempt counted; the others ran once.
+    let retried = r.values().filter(|(_, a, _)| *a == 2).count();
+    assert!(retried >= 1, "{r:?}");
+    assert!(r.values().all(|(_, a, _)| *a <= 2), "{r:?}");
+}
+
+#[test]
+fn a_missing_worker_command_or_shell_with_persistent_is_refused_before_connecting() {
+    // Nothing listens on this URL: the command line is refused first.
+    let url = "redis://127.0.0.1:1/none";
+    let out = jobmill()
+        .args(["worker", "--queue", url, "--persistent", "--"])
+        .arg("/nonexistent/worker")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("command not found") && err.contains("/nonexistent/worker"),
+        "{err}"
+    );
+    let out = jobmill()
+        .args(["worker", "--queue", url, "--persistent", "--shell", "--"])
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--shell cannot be used with --persistent"),
+        "{err}"
+    );
 }

@@ -433,11 +433,11 @@ fn spawn_signal_thread<'scope>(
                     }
                     stop.kill();
                 } else if !stop.is_stopping() {
+                    stop.drain();
                     eprintln!(
                         "jobmill: interrupted: leasing no new jobs; waiting for the jobs sent \
                          to the workers. Press Ctrl-C again to stop them."
                     );
-                    stop.drain();
                 }
             }
         })?;
