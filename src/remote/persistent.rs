@@ -192,7 +192,11 @@ impl Queue for Recording<'_> {
 
     fn release(&self, lease: &Lease) -> Result<(), QueueError> {
         self.queue.release(lease).map_err(|e| self.backend(e))?;
-        self.released.fetch_add(1, Ordering::Relaxed);
+        // Releases also give back the unstarted jobs of a lost worker
+        // process; only those of a stop count as interrupted.
+        if self.stop.level() == StopLevel::Killing {
+            self.released.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
