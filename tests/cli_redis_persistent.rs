@@ -426,3 +426,25 @@ fn a_missing_worker_command_or_shell_with_persistent_is_refused_before_connectin
         "{err}"
     );
 }
+
+#[test]
+fn a_hung_worker_process_is_replaced_after_missed_heartbeats_and_its_job_retried() {
+    let server = RedisServer::start();
+    let url = server.url("phung");
+    submit(&url, &["--retries", "1"], "1\n2\n3\n");
+    // Job 2's first attempt stops its own process (SIGSTOP): it neither
+    // answers nor heartbeats, yet it does not exit.
+    let script = "import os, signal, jobmill_worker\n\
+                  for job in jobmill_worker.jobs():\n\
+                  \x20   if job.payload == b'2' and job.attempt == 1:\n\
+                  \x20       os.kill(os.getpid(), signal.SIGSTOP)\n\
+                  \x20   job.complete(b'r-' + job.payload + b'\\n')\n";
+    let worker = spawn_worker(&url, 1, &["--window", "1", "--heartbeat", "100ms"], script);
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped heartbeating"), "{err}");
+    assert_eq!(tally([out.as_str()]), (1..=3).map(|i| (i, 1)).collect());
+    let r = results(&url);
+    assert_eq!((r[&2].0.as_str(), r[&2].1), ("done", 2), "{r:?}");
+    assert_eq!((r[&1].1, r[&3].1), (1, 1));
+}

@@ -109,6 +109,13 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "N", default_value_t = 16, requires = "persistent")]
     pub window: usize,
 
+    /// With --persistent: ask the workers for a heartbeat this often; a
+    /// worker that holds jobs and stays silent for four intervals (hung,
+    /// stopped) is killed and replaced, and the job it was running fails
+    /// as worker lost (its attempt counted).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
+    pub heartbeat: Option<Duration>,
+
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -296,6 +303,7 @@ struct WorkSpec {
     output_memory: usize,
     persistent: bool,
     window: usize,
+    heartbeat: Option<Duration>,
 }
 
 impl WorkSpec {
@@ -335,6 +343,7 @@ impl WorkSpec {
         }
         opts.window = self.window;
         opts.timeout = self.timeout;
+        opts.heartbeat = self.heartbeat;
         opts.output_memory = self.output_memory;
         opts.guardian = std::env::current_exe().ok();
         opts.handle_signals = true;
@@ -363,6 +372,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         output_memory: a.output_memory,
         persistent: a.persistent,
         window: a.window,
+        heartbeat: a.heartbeat,
     }
     .into_work()?;
     let queue = Arc::new(connect(&a.queue)?);
@@ -386,6 +396,7 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         output_memory: a.output_memory,
         persistent: a.persistent,
         window: a.window,
+        heartbeat: None,
     }
     .into_work()?;
     let source = input_source(inputs, &a.arg_file)?;

@@ -65,6 +65,11 @@ pub struct PersistentWorkOptions {
     /// Per-job time limit; the worker process running a job past it is
     /// killed and the job fails with a timeout.
     pub timeout: Option<Duration>,
+    /// Ask the worker processes for a heartbeat this often; one that holds
+    /// jobs and sends nothing for four intervals (hung, stopped) is killed
+    /// and replaced, and the job it was running fails with `WorkerLost`.
+    /// `None`: no heartbeat required.
+    pub heartbeat: Option<Duration>,
     /// Bytes of results held in memory before spilling to files.
     pub output_memory: usize,
     /// The jobmill binary, to start the guardian that kills the worker
@@ -85,6 +90,7 @@ impl PersistentWorkOptions {
             workers: thread::available_parallelism().map_or(1, |n| n.get()),
             window: 16,
             timeout: None,
+            heartbeat: None,
             output_memory: 64 << 20,
             guardian: None,
             handle_signals: false,
@@ -359,6 +365,7 @@ pub fn work_persistent(
     let mut config = Config::new(opts.command.clone(), opts.workers.max(1));
     config.window = opts.window.max(1);
     config.timeout = opts.timeout;
+    config.heartbeat = opts.heartbeat;
     let result = thread::scope(|s| -> std::io::Result<_> {
         let signals = if opts.handle_signals {
             Some(spawn_signal_thread(s, &stop, &signalled)?)
