@@ -134,7 +134,7 @@ fn a_late_batch_ack_racing_the_redelivered_copies_is_stale_and_each_job_is_done_
     let url = server.url("lateack");
     let hung_cfg = RedisConfig {
         policy: RetryPolicy::with_retries(3),
-        visibility_timeout: Duration::from_millis(300),
+        visibility_timeout: Duration::from_secs(1),
         lease_heartbeat: false, // this client "hangs": it never extends its leases
         ..RedisConfig::default()
     };
