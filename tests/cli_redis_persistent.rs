@@ -448,3 +448,21 @@ fn a_hung_worker_process_is_replaced_after_missed_heartbeats_and_its_job_retried
     assert_eq!((r[&2].0.as_str(), r[&2].1), ("done", 2), "{r:?}");
     assert_eq!((r[&1].1, r[&3].1), (1, 1));
 }
+
+#[test]
+fn a_worker_command_that_keeps_crashing_gives_up_with_255_and_leaves_the_jobs_queued() {
+    let server = RedisServer::start();
+    let url = server.url("pcrash");
+    submit(&url, &[], "1\n2\n3\n");
+    let worker = spawn_worker(&url, 2, &[], "raise SystemExit(1)");
+    let (code, out, err) = finish(worker);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("workers keep failing"), "{err}");
+    assert!(out.is_empty());
+    // Nothing was leased for long or lost: another host can run them all.
+    let st = status(&url);
+    assert!(st.contains("3 queued, 0 running, 0 done"), "{st}");
+    let (code, out, err) = finish(spawn_worker(&url, 1, &[], ECHO));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tally([out.as_str()]), (1..=3).map(|i| (i, 1)).collect());
+}
