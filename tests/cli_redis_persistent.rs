@@ -466,3 +466,36 @@ fn a_worker_command_that_keeps_crashing_gives_up_with_255_and_leaves_the_jobs_qu
     assert_eq!(code, 0, "{err}");
     assert_eq!(tally([out.as_str()]), (1..=3).map(|i| (i, 1)).collect());
 }
+
+#[test]
+fn persistent_workers_ride_out_a_redis_restart_and_every_job_ends_done_once() {
+    let mut server = RedisServer::start();
+    let url = server.url("prestart");
+    let input: String = (1..=400).map(|i| format!("{i}\n")).collect();
+    submit(&url, &[], &input);
+    let script = "import time, jobmill_worker\nfor job in jobmill_worker.jobs():\n    time.sleep(0.005)\n    job.complete(b'r-' + job.payload + b'\\n')\n";
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| spawn_worker(&url, 1, &["--window", "8"], script))
+        .collect();
+    wait_until("some jobs to be done", || counts(&url).2 >= 20);
+    server.stop();
+    for w in &mut workers {
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "a worker ended before the restart"
+        );
+    }
+    server.start_again();
+    let mut outs = Vec::new();
+    for w in workers {
+        let (code, out, err) = finish(w);
+        assert_eq!(code, 0, "{err}");
+        outs.push(out);
+    }
+    let seen = tally(outs.iter().map(String::as_str));
+    assert_eq!(seen.len(), 400);
+    assert!(seen.values().all(|&n| n == 1), "a result was printed twice");
+    let r = results(&url);
+    assert_eq!(r.len(), 400);
+    assert!(r.values().all(|(s, _, _)| s == "done"));
+}
