@@ -20,9 +20,13 @@
 //!   replaced by the coordinator; the job it was running fails with
 //!   `WorkerLost` (its attempt counted: requeued, or dead-lettered after the
 //!   queue's retries), the unstarted jobs of its window are released.
+//! - **Hung worker processes** are caught with a protocol heartbeat when
+//!   [`PersistentWorkOptions::heartbeat`] is set (`--heartbeat`).
 //! - **Ending.** Exit 0 once the queue is closed and drained. The queue's
 //!   producer being lost drains the workers (exit 3). A backend failure
-//!   (the server gone past the reconnect window) stops them (exit 255).
+//!   (the server gone past the reconnect window) stops them (exit 255)
+//!   without trying the server again for each lease held: those leases
+//!   idle out and peers take them over.
 //! - **Signals.** The first SIGINT (or a SIGHUP) drains: no new lease, the
 //!   jobs already sent finish. A second SIGINT or a SIGTERM kills the
 //!   workers and releases every lease they held, attempts not counted, so
@@ -109,6 +113,11 @@ struct Recording<'a> {
     stop: &'a Stop,
     producer_lost: AtomicBool,
     error: Mutex<Option<String>>,
+    /// The backend failed (after retrying for its reconnect window): later
+    /// calls fail at once instead of retrying again, so that stopping does
+    /// not wait a reconnect window per lease. Those leases idle out and
+    /// peers take them over.
+    failed: AtomicBool,
     released: AtomicU64,
 }
 
@@ -124,8 +133,26 @@ impl Recording<'_> {
             *first = Some(e.to_string());
         }
         drop(first);
+        self.failed.store(true, Ordering::SeqCst);
         self.stop.kill();
         e
+    }
+
+    /// `Err` once the backend has failed: the call is not tried.
+    fn usable(&self, operation: &'static str) -> Result<(), QueueError> {
+        if !self.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let earlier = self
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        Err(QueueError::Backend {
+            operation,
+            detail: format!("not tried after an earlier failure: {earlier}"),
+        })
     }
 
     fn lost_producer(&self, e: &QueueError) {
@@ -141,10 +168,12 @@ impl Recording<'_> {
 
 impl Queue for Recording<'_> {
     fn put(&self, job: NewJob) -> Result<JobId, PutError> {
+        self.usable("put")?;
         self.queue.put(job)
     }
 
     fn get(&self, worker: WorkerId, timeout: Option<Duration>) -> Result<Lease, GetError> {
+        self.usable("lease")?;
         match self.queue.get(worker, timeout) {
             Err(GetError::Backend(e @ QueueError::ProducerLost { .. })) => {
                 // Nothing is queued or leased anywhere: drain and end.
@@ -168,6 +197,7 @@ impl Queue for Recording<'_> {
         max: usize,
         out: &mut Vec<Lease>,
     ) -> Result<usize, TryGetError> {
+        self.usable("lease")?;
         match self.queue.try_get_many(worker, max, out) {
             Err(TryGetError::Backend(e @ QueueError::ProducerLost { .. })) => {
                 self.lost_producer(&e);
@@ -179,24 +209,28 @@ impl Queue for Recording<'_> {
     }
 
     fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        self.usable("complete")?;
         self.queue
             .complete_many_with(leases, &self.info)
             .map_err(|e| self.backend(e))
     }
 
     fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
+        self.usable("complete")?;
         self.queue
             .complete_with(lease, &self.info)
             .map_err(|e| self.backend(e))
     }
 
     fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
+        self.usable("fail")?;
         self.queue
             .fail_with(lease, reason, &self.info)
             .map_err(|e| self.backend(e))
     }
 
     fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.usable("release")?;
         self.queue.release(lease).map_err(|e| self.backend(e))?;
         // Releases also give back the unstarted jobs of a lost worker
         // process; only those of a stop count as interrupted.
@@ -211,16 +245,19 @@ impl Queue for Recording<'_> {
         worker: WorkerId,
         detail: &str,
     ) -> Result<Vec<(JobId, Disposition)>, QueueError> {
+        self.usable("worker lost")?;
         self.queue
             .worker_lost(worker, detail)
             .map_err(|e| self.backend(e))
     }
 
     fn close(&self) -> Result<(), QueueError> {
+        self.usable("close")?;
         self.queue.close().map_err(|e| self.backend(e))
     }
 
     fn counts(&self) -> Result<Counts, QueueError> {
+        self.usable("counts")?;
         self.queue.counts().map_err(|e| self.backend(e))
     }
 }
@@ -348,6 +385,7 @@ pub fn work_persistent(
         stop: &stop,
         producer_lost: AtomicBool::new(false),
         error: Mutex::new(None),
+        failed: AtomicBool::new(false),
         released: AtomicU64::new(0),
     };
     let report = Report {
