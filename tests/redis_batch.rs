@@ -217,3 +217,37 @@ fn a_late_batch_ack_racing_the_redelivered_copies_is_stale_and_each_job_is_done_
         assert_eq!(r.host.as_deref(), Some("live"));
     }
 }
+
+#[test]
+fn batches_larger_than_the_scripts_chunk_size_lease_and_ack_every_job_once() {
+    let server = RedisServer::start();
+    let rq = RedisQueue::connect(&server.url("huge"), quiet()).unwrap();
+    let q: &dyn Queue = &rq;
+    let n = 2500;
+    rq.put_many(&(1..=n).map(job).collect::<Vec<_>>()).unwrap();
+    rq.close().unwrap();
+    let mut leases = Vec::new();
+    while leases.len() < n as usize {
+        q.try_get_many(WorkerId(1), 2500, &mut leases).unwrap();
+    }
+    let seqs: Vec<u64> = leases.iter().map(|l| l.job.seq).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    let held: u64 = server.cmd(&["HLEN", "jm:{huge}:l"]);
+    assert_eq!(held, n, "one lease hash field per lease");
+    // 1200 with result records (2400 fields: three chunks), the rest and a
+    // repeated lease without.
+    let info = AttemptInfo::default();
+    let first = rq.complete_many_with(&leases[..1200], &info).unwrap();
+    assert_eq!(first, vec![Completion::Recorded; 1200]);
+    let mut rest = leases[1200..].to_vec();
+    rest.push(leases[1300].clone());
+    let second = q.complete_many(&rest).unwrap();
+    assert_eq!(second[..1300], vec![Completion::Recorded; 1300]);
+    assert_eq!(second[1300], Completion::Stale, "the repeated lease");
+    assert_eq!(rq.results().unwrap().len(), 1200);
+    let held: u64 = server.cmd(&["HLEN", "jm:{huge}:l"]);
+    assert_eq!(held, 0);
+    let c = q.counts().unwrap();
+    assert_eq!((c.done, c.leased, c.queued), (n, 0, 0));
+    assert!(c.is_drained());
+}
