@@ -293,7 +293,7 @@ enum Work {
 }
 
 /// What `-j`, `--timeout`, `--grace`, `--output-memory`, `--shell`,
-/// `--persistent` and `--window` make of the command.
+/// `--persistent`, `--window` and `--heartbeat` make of the command.
 struct WorkSpec {
     command: Vec<OsString>,
     shell: bool,
