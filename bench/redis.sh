@@ -6,8 +6,12 @@
 #   bench/redis.sh [JOBS] [RQ_JOBS]
 #
 # JOBS (default 200000) for jobmill, RQ_JOBS (default 5000) for RQ, which is
-# much slower. Two figures for jobmill: workers draining a pre-filled queue,
-# and producer + workers running together. redis-server runs with AOF on
+# much slower. Figures for jobmill: library workers (get_many/complete_many)
+# draining a pre-filled queue, and producer + workers running together; then
+# two `jobmill worker --persistent` processes (one long-lived worker each,
+# window WINDOW, default 1024) draining a pre-filled queue, with a no-op Rust
+# worker and a no-op Python worker (they store a result record per job and
+# print each result, as the command does). redis-server runs with AOF on
 # (appendfsync everysec), as in the tests. Needs redis-server, python3.
 set -euo pipefail
 
@@ -35,8 +39,13 @@ done
 redis-cli -p "$port" ping | grep -q PONG
 
 echo "building the benchmark (release)..." >&2
-(cd "$here" && cargo build --release --quiet --example redis_bench)
+(cd "$here" && cargo build --release --quiet --example redis_bench \
+    --example worker_throughput --bin jobmill)
 bench="$here/target/release/examples/redis_bench"
+jobmill="$here/target/release/jobmill"
+# The worker_throughput example is a no-op Rust worker when run by jobmill.
+rust_worker="$here/target/release/examples/worker_throughput"
+WINDOW=${WINDOW:-1024}
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1/($3-$2):,.0f}')"; }
 
@@ -69,7 +78,31 @@ done_n=$(( $(cat "$tmp/w1") + $(cat "$tmp/w2") ))
 [ "$done_n" -eq "$JOBS" ] || { echo "bench: jobmill did $done_n of $JOBS jobs" >&2; exit 1; }
 jm_live=$(rate "$JOBS" "$t0" "$t1")
 
-# 3. RQ: enqueue no-op jobs, then two burst workers drain them.
+# 3. jobmill worker --persistent: two hosts' worth, one long-lived worker each.
+persistent() { # name worker-command...
+    local url="redis://127.0.0.1:$port/bench-$1"; shift
+    "$bench" produce "$url" "$JOBS" 1000
+    local t0 t1 a b
+    t0=$(now)
+    PYTHONPATH="$here/python" "$jobmill" worker --queue "$url" -j 1 --persistent \
+        --window "$WINDOW" -- "$@" >/dev/null &
+    a=$!
+    PYTHONPATH="$here/python" "$jobmill" worker --queue "$url" -j 1 --persistent \
+        --window "$WINDOW" -- "$@" >/dev/null &
+    b=$!
+    wait "$a" "$b"
+    t1=$(now)
+    local d
+    d=$("$jobmill" status --queue "$url" | sed -n 's/.* \([0-9]*\) done.*/\1/p')
+    [ "$d" -eq "$JOBS" ] || { echo "bench: worker --persistent did $d of $JOBS jobs" >&2; exit 1; }
+    rate "$JOBS" "$t0" "$t1"
+}
+jm_pers_rust=$(persistent pers-rust "$rust_worker")
+jm_pers_py=$(persistent pers-py python3 -c 'import jobmill_worker
+for job in jobmill_worker.jobs():
+    job.complete(b"%d" % len(job.payload))')
+
+# 4. RQ: enqueue no-op jobs, then two burst workers drain them.
 echo "installing rq into a throwaway venv..." >&2
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install --quiet --disable-pip-version-check rq
@@ -114,6 +147,8 @@ No-op jobs per second, 2 worker processes, loopback Redis $(redis-server --versi
 |---|---|---|
 | jobmill Redis backend, batch $BATCH, draining a filled queue | $JOBS | $jm_drain |
 | jobmill Redis backend, batch $BATCH, producer running alongside | $JOBS | $jm_live |
+| jobmill worker --persistent ×2, Rust no-op worker, window $WINDOW | $JOBS | $jm_pers_rust |
+| jobmill worker --persistent ×2, Python no-op worker, window $WINDOW | $JOBS | $jm_pers_py |
 | RQ $rq_version, SimpleWorker (no fork), 2 burst workers | $RQ_JOBS | $rq_rate |
 jobmill / RQ: ${ratio}x
 EOF

@@ -15,7 +15,7 @@ use jobmill::input::{InputError, Records, Source};
 use jobmill::job::{NewJob, RetryPolicy};
 use jobmill::queue::redis::{ProducerState, RedisConfig, RedisQueue};
 use jobmill::queue::{PutError, Queue};
-use jobmill::remote::{self, WorkOptions};
+use jobmill::remote::{self, PersistentWorkOptions, WorkOptions, WorkSummary};
 use jobmill::template::Template;
 
 use super::args;
@@ -95,6 +95,26 @@ pub struct WorkerArgs {
     /// Job output held in memory before spilling to temporary files.
     #[arg(long, value_name = "SIZE", value_parser = args::size, default_value = "64M")]
     pub output_memory: usize,
+
+    /// Start -j long-lived copies of COMMAND and send them the queue's
+    /// jobs over the worker protocol (docs/PROTOCOL.md) instead of starting
+    /// a process per job. COMMAND is run as is, without substitution; each
+    /// done job's result is printed as its output.
+    #[arg(long)]
+    pub persistent: bool,
+
+    /// With --persistent: most jobs in flight per worker. Large windows
+    /// pipeline small jobs (and lease/ack them in larger batches); 1 or 2
+    /// balance long jobs best.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "persistent")]
+    pub window: usize,
+
+    /// With --persistent: ask the workers for a heartbeat this often; a
+    /// worker that holds jobs and stays silent for four intervals (hung,
+    /// stopped) is killed and replaced, and the job it was running fails
+    /// as worker lost (its attempt counted).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
+    pub heartbeat: Option<Duration>,
 
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
@@ -264,23 +284,99 @@ fn template_of(command: Vec<OsString>, shell: bool) -> anyhow::Result<Template> 
     Ok(Template::parse(&command, shell)?)
 }
 
+/// How the jobs of a queue are run here.
+enum Work {
+    /// A process per attempt.
+    Processes(WorkOptions),
+    /// Long-lived worker processes over the worker protocol.
+    Persistent(PersistentWorkOptions),
+}
+
+/// What `-j`, `--timeout`, `--grace`, `--output-memory`, `--shell`,
+/// `--persistent`, `--window` and `--heartbeat` make of the command.
+struct WorkSpec {
+    command: Vec<OsString>,
+    shell: bool,
+    jobs: Option<usize>,
+    timeout: Option<Duration>,
+    grace: Duration,
+    output_memory: usize,
+    persistent: bool,
+    window: usize,
+    heartbeat: Option<Duration>,
+}
+
+impl WorkSpec {
+    fn into_work(self) -> anyhow::Result<Work> {
+        if self.jobs == Some(0) {
+            bail!("--jobs must be at least 1");
+        }
+        if !self.persistent {
+            let template = template_of(self.command, self.shell)?;
+            let mut opts = WorkOptions::new(template);
+            if let Some(j) = self.jobs {
+                opts.jobs = j;
+            }
+            opts.timeout = self.timeout;
+            opts.grace = self.grace;
+            opts.output_memory = self.output_memory;
+            opts.guardian = std::env::current_exe().ok();
+            opts.handle_signals = true;
+            return Ok(Work::Processes(opts));
+        }
+        if self.shell {
+            bail!("--shell cannot be used with --persistent: the worker command is run as is");
+        }
+        if self.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        let mut command = self.command;
+        if command.is_empty() {
+            bail!("no command given after `--`");
+        }
+        if let Some(path) = resolve_program(&command[0])? {
+            command[0] = path.into_os_string();
+        }
+        let mut opts = PersistentWorkOptions::new(command);
+        if let Some(j) = self.jobs {
+            opts.workers = j;
+        }
+        opts.window = self.window;
+        opts.timeout = self.timeout;
+        opts.heartbeat = self.heartbeat;
+        opts.output_memory = self.output_memory;
+        opts.guardian = std::env::current_exe().ok();
+        opts.handle_signals = true;
+        Ok(Work::Persistent(opts))
+    }
+}
+
+impl Work {
+    fn run(self, queue: Arc<RedisQueue>) -> anyhow::Result<WorkSummary> {
+        match self {
+            Work::Processes(opts) => remote::work(queue, opts),
+            Work::Persistent(opts) => remote::work_persistent(queue, opts),
+        }
+        .context("cannot start the workers")
+    }
+}
+
 /// `jobmill worker`.
 pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
-    if a.jobs == Some(0) {
-        bail!("--jobs must be at least 1");
+    let work = WorkSpec {
+        command: a.command,
+        shell: a.shell,
+        jobs: a.jobs,
+        timeout: a.timeout,
+        grace: a.grace,
+        output_memory: a.output_memory,
+        persistent: a.persistent,
+        window: a.window,
+        heartbeat: a.heartbeat,
     }
-    let template = template_of(a.command, a.shell)?;
+    .into_work()?;
     let queue = Arc::new(connect(&a.queue)?);
-    let mut opts = WorkOptions::new(template);
-    if let Some(j) = a.jobs {
-        opts.jobs = j;
-    }
-    opts.timeout = a.timeout;
-    opts.grace = a.grace;
-    opts.output_memory = a.output_memory;
-    opts.guardian = std::env::current_exe().ok();
-    opts.handle_signals = true;
-    let summary = remote::work(queue, opts).context("cannot start the worker")?;
+    let summary = work.run(queue)?;
     Ok(summary.exit_code() as u8)
 }
 
@@ -290,11 +386,19 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     if a.keep_order || a.halt.is_some() {
         bail!("--keep-order and --halt are not supported with --queue yet");
     }
-    if a.jobs == Some(0) {
-        bail!("--jobs must be at least 1");
-    }
     let (command, inputs) = split_command(a.command)?;
-    let template = template_of(command, a.shell)?;
+    let work = WorkSpec {
+        command,
+        shell: a.shell,
+        jobs: a.jobs,
+        timeout: a.timeout,
+        grace: a.grace,
+        output_memory: a.output_memory,
+        persistent: a.persistent,
+        window: a.window,
+        heartbeat: None,
+    }
+    .into_work()?;
     let source = input_source(inputs, &a.arg_file)?;
     let queue = Arc::new(connect(url)?);
     apply_settings(&queue, Some(a.retries), None, None)?;
@@ -305,16 +409,7 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
             .name("jobmill-submit".into())
             .spawn(move || submit_all(&queue, source, separator, false))?
     };
-    let mut opts = WorkOptions::new(template);
-    if let Some(j) = a.jobs {
-        opts.jobs = j;
-    }
-    opts.timeout = a.timeout;
-    opts.grace = a.grace;
-    opts.output_memory = a.output_memory;
-    opts.guardian = std::env::current_exe().ok();
-    opts.handle_signals = true;
-    let summary = remote::work(Arc::clone(&queue), opts).context("cannot start the run")?;
+    let summary = work.run(Arc::clone(&queue))?;
     if summary.signalled || summary.error.is_some() {
         // The submitter may be blocked on input; do not wait for it.
         return Ok(summary.exit_code() as u8);

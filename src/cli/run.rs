@@ -106,9 +106,6 @@ pub(super) fn split_command(
 
 /// Runs `jobmill run`; returns the exit status.
 pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
-    if a.persistent && a.queue.is_some() {
-        bail!("--persistent with --queue is not supported yet: long-lived workers run on the in-memory queue");
-    }
     if let Some(url) = a.queue.take() {
         return super::queue::run_on_queue(&url, a);
     }

@@ -213,7 +213,8 @@ pub trait Queue: Send + Sync {
     /// Leases up to `max` jobs queued now for `worker`, appending them to
     /// `out` in queue order; returns how many. One call instead of `max`
     /// calls to [`Queue::try_get`] (the default does exactly that; backends
-    /// override it to take their lock once).
+    /// override it to take their lock once, or, on Redis, to make one round
+    /// trip).
     ///
     /// # Errors
     ///
@@ -239,7 +240,9 @@ pub trait Queue: Send + Sync {
     }
 
     /// Marks several leased jobs done, in order; one [`Completion`] per
-    /// lease. The default calls [`Queue::complete`] for each.
+    /// lease. The default calls [`Queue::complete`] for each; backends
+    /// override it to resolve the batch in one step (one lock, or one Redis
+    /// script call), each lease still recorded only if it is current.
     ///
     /// # Errors
     ///

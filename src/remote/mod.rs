@@ -11,6 +11,13 @@
 //! A worker that is killed outright holds its leases until they idle past
 //! the queue's visibility timeout; then a peer takes them over and the
 //! attempt counts as failed (worker lost).
+//!
+//! With `--persistent`, [`work_persistent`] runs long-lived worker
+//! processes over the worker protocol instead (module `persistent`).
+
+mod persistent;
+
+pub use self::persistent::{work_persistent, PersistentWorkOptions};
 
 use std::ffi::OsString;
 use std::path::PathBuf;

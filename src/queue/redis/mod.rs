@@ -370,6 +370,23 @@ impl RedisQueue {
         self.complete_records(leases, None)
     }
 
+    /// Marks many leases done in one round trip (one SETTLE script), storing
+    /// a result record (see [`RedisQueue::results`]) for each one recorded,
+    /// with `info` (the same host and duration for all; e.g. a duration of
+    /// `None` when the worker does not measure one). As
+    /// [`RedisQueue::complete_with`] for each lease, in one atomic step.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures. Stale leases give `Completion::Stale`.
+    pub fn complete_many_with(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+    ) -> Result<Vec<Completion>, QueueError> {
+        self.complete_records(leases, Some(info))
+    }
+
     /// Marks a lease done and stores the job's result record (see
     /// [`RedisQueue::results`]) in the same step.
     ///
@@ -643,14 +660,34 @@ impl Queue for RedisQueue {
     }
 
     fn try_get(&self, worker: WorkerId) -> Result<Lease, TryGetError> {
+        let mut v = Vec::with_capacity(1);
+        self.try_get_many(worker, 1, &mut v)?;
+        v.pop()
+            .ok_or_else(|| TryGetError::Backend(protocol("lease", "no entry")))
+    }
+
+    /// One LEASE script (`XREADGROUP … COUNT max`) for the whole batch:
+    /// one round trip, one atomic step (plus a RECLAIM pass when one is due).
+    fn try_get_many(
+        &self,
+        worker: WorkerId,
+        max: usize,
+        out: &mut Vec<Lease>,
+    ) -> Result<usize, TryGetError> {
         let inner = &self.inner;
+        if max == 0 {
+            return Ok(0);
+        }
         for _ in 0..2 {
             inner.reclaim(false)?;
-            match inner.lease_once(worker, 1)? {
-                Ok(mut v) => {
-                    return v
-                        .pop()
-                        .ok_or_else(|| TryGetError::Backend(protocol("lease", "no entry")))
+            match inner.lease_once(worker, max)? {
+                Ok(v) if v.is_empty() => {
+                    return Err(TryGetError::Backend(protocol("lease", "no entry")))
+                }
+                Ok(v) => {
+                    let n = v.len();
+                    out.extend(v);
+                    return Ok(n);
                 }
                 Err(info) => {
                     if info.drained() {
@@ -668,8 +705,14 @@ impl Queue for RedisQueue {
         Err(TryGetError::Empty)
     }
 
+    /// One SETTLE script for the whole batch: one round trip, one atomic
+    /// step; each lease is recorded only if it is still current.
+    fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        self.complete_records(leases, None)
+    }
+
     fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
-        self.complete_many(std::slice::from_ref(lease))?
+        self.complete_records(std::slice::from_ref(lease), None)?
             .pop()
             .ok_or_else(|| protocol("complete", "no reply"))
     }

@@ -183,12 +183,19 @@ if not r then
 end
 local out = {1, num('max_attempts'), num('visibility_ms')}
 local got = r[1][2]
+-- The lease hash fields of the whole batch in one HSET (in chunks, within
+-- Lua's unpack limit).
+local held = {}
 for _, e in ipairs(got) do
   local id = e[1]
   local f = fields(e[2])
   local attempt = (tonumber(f['a']) or 0) + 1
-  redis.call('HSET', L, id, attempt .. '|' .. ARGV[4])
+  held[#held + 1] = id
+  held[#held + 1] = attempt .. '|' .. ARGV[4]
   entry(out, id, f, attempt)
+end
+for from = 1, #held, 1000 do
+  redis.call('HSET', L, unpack(held, from, math.min(#held, from + 999)))
 end
 if before >= cap and before - #got < cap then wake('room') end
 remember({got[1][1], got[#got][1]})
@@ -241,18 +248,33 @@ if c then return c end
 local k = tonumber(ARGV[4])
 local out = {}
 local nd, nf, nx = 0, 0, 0
+-- The current leases of the whole batch in one HMGET (in chunks, within
+-- Lua's unpack limit); the matched ones are removed with one HDEL and the
+-- done records stored with one HSET at the end.
+local cur = {}
+for from = 0, k - 1, 1000 do
+  local ids = {}
+  for i = from, math.min(k, from + 1000) - 1 do ids[#ids + 1] = ARGV[5 + i * 7] end
+  local got = redis.call('HMGET', L, unpack(ids))
+  for j = 1, #got do cur[from + j] = got[j] end
+end
+local seen, gone, recs = {}, {}, {}
 for i = 0, k - 1 do
   local b = 5 + i * 7
   local id, action = ARGV[b], ARGV[b + 2]
   local ok = 0
-  if redis.call('HGET', L, id) == ARGV[b + 1] then
-    redis.call('HDEL', L, id)
+  if cur[i + 1] == ARGV[b + 1] and not seen[id] then
+    seen[id] = true
+    gone[#gone + 1] = id
     if action == 'd' then
       if redis.call('XACK', S, G, id) == 1 then
         ok = 1
         nd = nd + 1
         if ARGV[b + 6] == '1' then redis.call('DEL', PFX .. 'p:' .. ARGV[b + 5]) end
-        if ARGV[b + 4] ~= '' then redis.call('HSET', R, ARGV[b + 5], ARGV[b + 4]) end
+        if ARGV[b + 4] ~= '' then
+          recs[#recs + 1] = ARGV[b + 5]
+          recs[#recs + 1] = ARGV[b + 4]
+        end
       end
     else
       local e = redis.call('XRANGE', S, id, id)
@@ -275,6 +297,12 @@ for i = 0, k - 1 do
     end
   end
   out[#out + 1] = ok
+end
+for from = 1, #gone, 1000 do
+  redis.call('HDEL', L, unpack(gone, from, math.min(#gone, from + 999)))
+end
+for from = 1, #recs, 1000 do
+  redis.call('HSET', R, unpack(recs, from, math.min(#recs, from + 999)))
 end
 if nd > 0 then redis.call('HINCRBY', M, 'done', nd) end
 if nf > 0 then redis.call('HINCRBY', M, 'failed', nf) end
