@@ -1259,7 +1259,7 @@ fn gnu_parallel_resumes_from_a_joblog_written_by_results() {
     std::fs::write(&log, out).unwrap();
     let resume = |flag: &str| {
         let out = std::process::Command::new("parallel")
-            .args(["--will-cite", flag, "--joblog"])
+            .args(["--will-cite", "-k", flag, "--joblog"])
             .arg(&log)
             .args(["echo", ":::", "a", "b c", "c", "d"])
             .output()
