@@ -46,11 +46,14 @@
 
 #![deny(missing_docs)]
 
+pub use pool::Pool;
+
 pub mod exec;
 pub mod input;
 pub mod job;
 pub mod journal;
 pub mod persistent;
+pub mod pool;
 pub mod protocol;
 pub mod queue;
 pub mod remote;

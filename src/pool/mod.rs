@@ -1,0 +1,1007 @@
+//! A typed process pool: run a Rust function over serde-typed items in
+//! worker processes of the same binary.
+//!
+//! ```no_run
+//! use jobmill::pool::{self, Pool, Task};
+//!
+//! // A task: a name the workers know it by, and a function (or a closure
+//! // that captures nothing).
+//! static SQUARE: Task<u64, u64> = Task::new("square", |x| x * x);
+//!
+//! fn main() -> Result<(), jobmill::pool::PoolError> {
+//!     // First thing in main: in a worker process this serves SQUARE and
+//!     // exits; in the program it records the task names and returns.
+//!     pool::init(&[&SQUARE]);
+//!
+//!     let pool = Pool::builder().workers(4).retries(1).build()?;
+//!     // Results in input order; the input is read lazily.
+//!     let mut total = 0;
+//!     for result in pool.map(&SQUARE, 1..=1000) {
+//!         total += result?;
+//!     }
+//!     assert_eq!(total, 333_833_500);
+//!     // Results as they come.
+//!     let n = pool.map_unordered(&SQUARE, 1..=1000).filter(Result::is_ok).count();
+//!     assert_eq!(n, 1000);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! [`Pool::map`] starts [`PoolBuilder::workers`] copies of the running
+//! program (`std::env::current_exe()`), with [`TASK_ENV`] naming the task in
+//! their environment, and feeds them the items through a bounded
+//! [`MemoryQueue`] and the long-lived worker protocol
+//! ([`crate::persistent`]). In the workers, [`init`] sees [`TASK_ENV`],
+//! runs the task on every item it is sent and exits when the map is over:
+//! that is why it must be called at the top of `main`, before the program
+//! does anything else. Items and results are serialised with bincode (or
+//! JSON, [`Codec`]).
+//!
+//! The workers live as long as the iterator: they are started on its first
+//! `next()` and stopped and reaped when it ends or is dropped. Starting a
+//! worker costs one process start (a few milliseconds); prefer a few large
+//! `map` calls to many tiny ones.
+//!
+//! # Bounded memory
+//!
+//! The input iterator is consumed lazily, on the caller's thread (it need
+//! not be `Send`), and never more than [`PoolBuilder::buffer`] items ahead of
+//! the results yielded: an item is read only when fewer than `buffer` items
+//! are read and not yet yielded. For [`Pool::map`] that count includes the
+//! results waiting in the reorder buffer for an earlier, slower item, so the
+//! reorder buffer holds at most `buffer - 1` results; when it is full, no
+//! more input is read until the earliest item's result is yielded
+//! (backpressure). An infinite input is fine: take what you need and drop
+//! the iterator.
+//!
+//! # Failures
+//!
+//! Each item's outcome is a `Result<R, PoolError>`, and the pool goes on
+//! after any of them:
+//!
+//! - a **panic** in the function is caught in the worker, which carries on;
+//!   the item fails with [`PoolError::Panicked`] (message and location);
+//! - a worker that **dies** while running an item (`std::process::abort`,
+//!   a segfault, `exit`, SIGKILL from the OOM killer or anyone) is replaced;
+//!   the item fails with [`PoolError::WorkerDied`], and the other items the
+//!   dead worker held are sent again with no attempt counted;
+//! - an item running longer than [`PoolBuilder::timeout`] has its worker
+//!   killed and replaced, and fails with [`PoolError::Timeout`].
+//!
+//! With [`PoolBuilder::retries`]`(n)`, an item that fails in any of these
+//! ways is run again, up to `n` more times, before its error is yielded.
+//! If a slot's workers die [`PoolBuilder::max_failed_starts`] times in a
+//! row without finishing an item (say the program does not call [`init`]
+//! first), that slot gives up; once every slot has, the items not run yet
+//! end with [`PoolError::NotRun`] and the iterator with
+//! [`PoolError::Stopped`].
+//!
+//! # Stopping
+//!
+//! Dropping the iterator, finished or not, kills the workers (each is in
+//! its own process group) and reaps them before `drop` returns. If the
+//! program itself dies, by Ctrl-C or even SIGKILL, the kernel kills its
+//! workers (`PR_SET_PDEATHSIG`, set by each worker in [`init`]); since
+//! they are in their own process groups, the terminal's Ctrl-C does not
+//! reach them directly, so the program decides: with Rust's default
+//! handling it dies and the workers with it; a program that handles
+//! SIGINT itself can drop the iterator to stop them.
+//!
+//! Worker output (`println!`, `eprintln!` in the function) is forwarded
+//! line by line to the program's stdout and stderr.
+
+mod task;
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsString;
+use std::io::Write;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::job::{FailReason, NewJob, RetryPolicy, WorkerId};
+use crate::persistent::{self, Config, Observer, Outcome, OutcomeKind, Stop, Stream};
+use crate::queue::memory::MemoryQueue;
+use crate::queue::{Completion, Disposition, Queue};
+
+pub use task::{init, AnyTask, Task, CODEC_ENV, PARENT_ENV, TASK_ENV};
+
+/// How items and results are serialised between the program and its
+/// workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// bincode 1: compact and fast. It cannot decode types that need
+    /// `deserialize_any` (`#[serde(untagged)]`, `#[serde(flatten)]`,
+    /// `serde_json::Value`); use [`Codec::Json`] for those.
+    #[default]
+    Bincode,
+    /// JSON (serde_json): slower and larger, but handles every serde type.
+    Json,
+}
+
+impl Codec {
+    fn env_value(self) -> &'static str {
+        match self {
+            Codec::Bincode => "bincode",
+            Codec::Json => "json",
+        }
+    }
+
+    /// Serialises `value` at the end of `out`.
+    ///
+    /// # Errors
+    ///
+    /// The value cannot be serialised with this codec.
+    pub fn encode_into<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        match self {
+            Codec::Bincode => bincode::serialize_into(out, value).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::to_writer(out, value).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Deserialises a value from `bytes`.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not a valid `T` in this codec.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
+        match self {
+            Codec::Bincode => bincode::deserialize(bytes).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Why an item, or the pool, failed. Item errors name the item by its
+/// index in the input, from 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The function panicked on the item (on its last allowed attempt). The
+    /// worker caught the panic and went on.
+    #[error("item {index}: the function panicked (attempt {attempts}): {message}")]
+    Panicked {
+        /// The item's index in the input.
+        index: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The panic message and its location.
+        message: String,
+    },
+    /// The worker running the item died: it aborted, crashed, exited, or
+    /// was killed (e.g. by the OOM killer), on the item's last allowed
+    /// attempt. The worker was replaced.
+    #[error("item {index}: the worker died (attempt {attempts}): {detail}")]
+    WorkerDied {
+        /// The item's index in the input.
+        index: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// What was observed, e.g. "worker 3 (pid 123, slot 1) was killed
+        /// by SIGABRT while running job 8".
+        detail: String,
+    },
+    /// The item ran past [`PoolBuilder::timeout`]; its worker was killed
+    /// and replaced.
+    #[error("item {index}: timed out after {timeout:?} (attempt {attempts})")]
+    Timeout {
+        /// The item's index in the input.
+        index: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The item or its result could not be serialised or deserialised
+    /// (in the program or in the worker), or was larger than
+    /// [`PoolBuilder::max_frame`].
+    #[error("item {index}: {detail}")]
+    Codec {
+        /// The item's index in the input.
+        index: u64,
+        /// What failed.
+        detail: String,
+    },
+    /// The pool stopped before the item could be run (every worker slot
+    /// gave up, or workers could not be started).
+    #[error("item {index} was not run: {detail}")]
+    NotRun {
+        /// The item's index in the input.
+        index: u64,
+        /// Why the pool stopped.
+        detail: String,
+    },
+    /// The last item of an iterator whose pool stopped before the input
+    /// was exhausted: items from `next` on were not read.
+    #[error("the pool stopped; input items from {next} on were not read: {detail}")]
+    Stopped {
+        /// The index of the first input item not read.
+        next: u64,
+        /// Why the pool stopped.
+        detail: String,
+    },
+    /// The pool cannot run: bad configuration, [`init`] not called, an
+    /// unknown task, or used inside a pool worker. Yielded once, as the
+    /// iterator's only item.
+    #[error("the pool cannot run: {detail}")]
+    Setup {
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl PoolError {
+    /// The index of the item the error is about, if it is about one.
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            PoolError::Panicked { index, .. }
+            | PoolError::WorkerDied { index, .. }
+            | PoolError::Timeout { index, .. }
+            | PoolError::Codec { index, .. }
+            | PoolError::NotRun { index, .. } => Some(*index),
+            PoolError::Stopped { .. } | PoolError::Setup { .. } => None,
+        }
+    }
+}
+
+/// Configures a [`Pool`]; see [`Pool::builder`].
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: usize,
+    window: usize,
+    buffer: Option<usize>,
+    retries: u32,
+    timeout: Option<Duration>,
+    max_frame: usize,
+    max_failed_starts: u32,
+    codec: Codec,
+    program: Option<OsString>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            window: 4,
+            buffer: None,
+            retries: 0,
+            timeout: None,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            max_failed_starts: 5,
+            codec: Codec::Bincode,
+            program: None,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Worker processes per map (default: the number of CPUs).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Items in flight per worker (default 4): larger pipelines tiny items
+    /// better, 1 balances long items best.
+    pub fn window(mut self, n: usize) -> Self {
+        self.window = n;
+        self
+    }
+
+    /// Most items read from the input and not yet yielded, per iterator
+    /// (default: `max(64, 4 × workers × window)`). Bounds the memory of the
+    /// input read ahead and of [`Pool::map`]'s reorder buffer. Raised to
+    /// `workers × window` if smaller, so that every worker can be fed.
+    pub fn buffer(mut self, n: usize) -> Self {
+        self.buffer = Some(n);
+        self
+    }
+
+    /// Runs a failed item (panic, worker death, timeout) up to `n` more
+    /// times before yielding its error (default 0).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Kills (and replaces) a worker whose item runs longer than this; the
+    /// item fails with [`PoolError::Timeout`] (default: no timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Largest serialised item or result, in bytes (default 64 MiB);
+    /// larger ones fail with [`PoolError::Codec`].
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Consecutive worker deaths without a finished item after which a
+    /// worker slot gives up (default 5).
+    pub fn max_failed_starts(mut self, n: u32) -> Self {
+        self.max_failed_starts = n;
+        self
+    }
+
+    /// How items and results are serialised (default [`Codec::Bincode`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The worker program (default: `std::env::current_exe()`). It must
+    /// call [`init`] with the same tasks at the top of its `main`.
+    pub fn program(mut self, program: impl Into<OsString>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Arguments for the worker processes (default: none). Useful when the
+    /// binary needs arguments to reach the [`init`] call, e.g. a test
+    /// binary that must run one test.
+    pub fn worker_args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An extra environment variable for the worker processes.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Checks the configuration and makes the pool. No process is started
+    /// until a map is iterated.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Setup`] if `workers`, `window` or `max_failed_starts` is
+    /// zero, if the program's path cannot be found, or if this process is
+    /// itself a pool worker (it would start workers of its own, without
+    /// end: call [`init`] first thing in `main`).
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let setup = |detail: &str| PoolError::Setup {
+            detail: detail.into(),
+        };
+        if let Some(err) = worker_guard() {
+            return Err(err);
+        }
+        if self.workers == 0 || self.window == 0 {
+            return Err(setup("workers and window must be at least 1"));
+        }
+        if self.max_failed_starts == 0 {
+            return Err(setup("max_failed_starts must be at least 1"));
+        }
+        if self.max_frame < 64 {
+            return Err(setup("max_frame must be at least 64 bytes"));
+        }
+        let program = match self.program.clone() {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .map_err(|e| PoolError::Setup {
+                    detail: format!("cannot find this program's path to start workers: {e}"),
+                })?
+                .into_os_string(),
+        };
+        let per_round = self.workers.saturating_mul(self.window);
+        let buffer = self
+            .buffer
+            .unwrap_or_else(|| per_round.saturating_mul(4).max(64))
+            .max(per_round)
+            .max(1);
+        Ok(Pool {
+            program,
+            buffer,
+            builder: self,
+        })
+    }
+}
+
+/// An error if this process is a pool worker.
+fn worker_guard() -> Option<PoolError> {
+    std::env::var_os(TASK_ENV).map(|_| PoolError::Setup {
+        detail: format!(
+            "this process is a pool worker ({TASK_ENV} is set): a pool cannot be used inside a pool worker; \
+             the program must call jobmill::pool::init first thing in main"
+        ),
+    })
+}
+
+/// Runs [`Task`]s over items in worker processes; see the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    builder: PoolBuilder,
+    program: OsString,
+    buffer: usize,
+}
+
+impl Pool {
+    /// A builder with the defaults: one worker per CPU, window 4, buffer
+    /// `max(64, 4 × workers × window)`, no retries, no timeout, bincode.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The most items read ahead of the results yielded, per iterator.
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    /// Runs `task` on every item, yielding the results in input order.
+    ///
+    /// The iterator yields exactly one `Result` per input item, then ends;
+    /// or, if the pool stops (see [`PoolError::Stopped`]), one error per
+    /// item read and a last [`PoolError::Stopped`]. Setup problems
+    /// ([`init`] not called, `task` not given to it) are yielded as a
+    /// single [`PoolError::Setup`].
+    pub fn map<A, R, I>(&self, task: &Task<A, R>, items: I) -> Map<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        Map {
+            core: Core::new(self, task.name(), items.into_iter()),
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// Runs `task` on every item, yielding each result as soon as it is
+    /// ready: `Ok` values carry no index, so return it from the function if
+    /// you need it. Otherwise as [`Pool::map`].
+    pub fn map_unordered<A, R, I>(
+        &self,
+        task: &Task<A, R>,
+        items: I,
+    ) -> MapUnordered<I::IntoIter, R>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        MapUnordered {
+            core: Core::new(self, task.name(), items.into_iter()),
+            pending: HashSet::new(),
+            ready: VecDeque::new(),
+            _result: std::marker::PhantomData,
+        }
+    }
+}
+
+/// What the coordinator reports to an iterator.
+enum Event {
+    /// An item's final outcome.
+    Outcome(u64, Result<Bytes, PoolError>),
+    /// The coordinator returned; `Some` if it stopped abnormally.
+    Ended(Option<String>),
+}
+
+/// The [`Observer`] of a pool's coordinator: final outcomes go to the
+/// iterator, worker output to the program's stdout and stderr.
+struct Router {
+    tx: Sender<Event>,
+    timeout: Option<Duration>,
+}
+
+impl Observer for Router {
+    fn outcome(&self, o: Outcome) {
+        let index = o.job.seq;
+        let attempts = o.job.attempts;
+        let result = match o.kind {
+            OutcomeKind::Done {
+                result,
+                completion: Completion::Recorded,
+            } => Ok(result),
+            OutcomeKind::Done { .. } => return,
+            OutcomeKind::Failed {
+                reason,
+                disposition: Disposition::Final(_),
+            } => Err(item_error(index, attempts, reason, self.timeout)),
+            OutcomeKind::Failed { .. } => return,
+        };
+        let _ = self.tx.send(Event::Outcome(index, result));
+    }
+
+    fn worker(&self, _event: persistent::WorkerEvent) {
+        // Deaths reach the caller as item errors; nothing is printed.
+    }
+
+    fn output(&self, _slot: usize, _worker: WorkerId, stream: Stream, line: &[u8]) {
+        let write = |w: &mut dyn Write| {
+            let _ = w.write_all(line);
+            let _ = w.write_all(b"\n");
+        };
+        match stream {
+            Stream::Stdout => write(&mut std::io::stdout().lock()),
+            Stream::Stderr => write(&mut std::io::stderr().lock()),
+        }
+    }
+}
+
+fn item_error(
+    index: u64,
+    attempts: u32,
+    reason: FailReason,
+    timeout: Option<Duration>,
+) -> PoolError {
+    match reason {
+        FailReason::Reported { message } => {
+            if let Some(m) = message.strip_prefix(task::PANIC_TAG) {
+                PoolError::Panicked {
+                    index,
+                    attempts,
+                    message: m.to_string(),
+                }
+            } else if let Some(m) = message.strip_prefix(task::CODEC_TAG) {
+                PoolError::Codec {
+                    index,
+                    detail: m.to_string(),
+                }
+            } else {
+                // The coordinator's or the worker library's own verdicts:
+                // an item or a result over the frame limit.
+                PoolError::Codec {
+                    index,
+                    detail: message,
+                }
+            }
+        }
+        FailReason::Timeout => PoolError::Timeout {
+            index,
+            attempts,
+            timeout: timeout.unwrap_or_default(),
+        },
+        other => PoolError::WorkerDied {
+            index,
+            attempts,
+            detail: match other {
+                FailReason::WorkerLost { detail } => detail,
+                other => other.to_string(),
+            },
+        },
+    }
+}
+
+/// What [`Core::step`] found.
+enum Step {
+    /// An item's outcome.
+    Outcome(u64, Result<Bytes, PoolError>),
+    /// An item could not be encoded: its error, in its place.
+    Unsent(u64, PoolError),
+    /// The coordinator stopped abnormally: pending items were not run.
+    Stopped(String),
+    /// Nothing more will come.
+    Finished,
+}
+
+/// The part of an iterator shared by [`Map`] and [`MapUnordered`]: the
+/// input, the queue, the coordinator thread.
+struct Core<I> {
+    input: Option<I>,
+    task: &'static str,
+    codec: Codec,
+    buffer: usize,
+    config: Config,
+    /// An error to yield instead of starting.
+    setup: Option<PoolError>,
+    started: bool,
+    queue: Arc<MemoryQueue>,
+    stop: Arc<Stop>,
+    rx: Option<Receiver<Event>>,
+    run: Option<JoinHandle<()>>,
+    /// Items read from the input (the next item's index).
+    read: u64,
+    /// Items read and not yet yielded.
+    unyielded: usize,
+    /// The coordinator has returned.
+    ended: bool,
+    /// Why the pool stopped, once it has.
+    stopped: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl<I: Iterator> Core<I>
+where
+    I::Item: Serialize,
+{
+    fn new(pool: &Pool, task: &'static str, input: I) -> Core<I> {
+        let b = &pool.builder;
+        let setup = worker_guard().or_else(|| match task::registered() {
+            None => Some(PoolError::Setup {
+                detail: "jobmill::pool::init was not called: call it first thing in main, with every task".into(),
+            }),
+            Some(names) if !names.contains(&task) => Some(PoolError::Setup {
+                detail: format!(
+                    "task {task:?} was not given to jobmill::pool::init (given: {names:?}); the workers would not know it"
+                ),
+            }),
+            Some(_) => None,
+        });
+        let mut command = vec![pool.program.clone()];
+        command.extend(b.args.iter().cloned());
+        let mut config = Config::new(command, b.workers);
+        config.window = b.window;
+        config.timeout = b.timeout;
+        config.max_frame = b.max_frame;
+        config.max_failed_starts = b.max_failed_starts;
+        config.env = b.env.clone();
+        config.env.push((TASK_ENV.into(), task.into()));
+        config
+            .env
+            .push((CODEC_ENV.into(), b.codec.env_value().into()));
+        config
+            .env
+            .push((PARENT_ENV.into(), std::process::id().to_string().into()));
+        Core {
+            input: Some(input),
+            task,
+            codec: b.codec,
+            buffer: pool.buffer,
+            config,
+            setup,
+            started: false,
+            // Room for every item the iterator may have read and not
+            // yielded, so that `put` never blocks.
+            queue: Arc::new(MemoryQueue::new(
+                pool.buffer + 1,
+                RetryPolicy::with_retries(b.retries),
+            )),
+            stop: Arc::new(Stop::new()),
+            rx: None,
+            run: None,
+            read: 0,
+            unyielded: 0,
+            ended: false,
+            stopped: None,
+            timeout: b.timeout,
+        }
+    }
+
+    /// Starts the coordinator thread.
+    fn start(&mut self) -> Result<(), PoolError> {
+        self.started = true;
+        let (tx, rx) = mpsc::channel();
+        let router = Router {
+            tx,
+            timeout: self.timeout,
+        };
+        let queue = Arc::clone(&self.queue);
+        let stop = Arc::clone(&self.stop);
+        let config = self.config.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("jobmill-pool-{}", self.task))
+            .spawn(move || {
+                let result = persistent::run(&*queue, &config, &router, &*stop);
+                let _ = router
+                    .tx
+                    .send(Event::Ended(result.err().map(|e| e.to_string())));
+            })
+            .map_err(|e| PoolError::Setup {
+                detail: format!("cannot start the pool's coordinator thread: {e}"),
+            })?;
+        self.rx = Some(rx);
+        self.run = Some(handle);
+        Ok(())
+    }
+
+    /// Reads one more input item, if the buffer has room and the input
+    /// is not exhausted, and queues it. Returns its index, and its error if
+    /// it could not be sent.
+    fn read_one(&mut self) -> Option<(u64, Option<PoolError>)> {
+        if self.unyielded >= self.buffer || self.stopped.is_some() {
+            return None;
+        }
+        let input = self.input.as_mut()?;
+        let Some(item) = input.next() else {
+            self.input = None;
+            let _ = self.queue.close();
+            return None;
+        };
+        let index = self.read;
+        self.read += 1;
+        self.unyielded += 1;
+        let mut payload = Vec::new();
+        if let Err(e) = self.codec.encode_into(&item, &mut payload) {
+            let detail = format!("cannot encode the item: {e}");
+            return Some((index, Some(PoolError::Codec { index, detail })));
+        }
+        if let Err(e) = self.queue.put(NewJob {
+            seq: index,
+            payload: Bytes::from(payload),
+            attempts: 0,
+        }) {
+            // Not expected: the queue has room and is open while input
+            // remains.
+            let detail = format!("cannot queue the item: {e}");
+            return Some((index, Some(PoolError::NotRun { index, detail })));
+        }
+        Some((index, None))
+    }
+
+    /// Fills the buffer from the input, then waits for the next event.
+    /// `sent` is told of each item queued (for the caller's bookkeeping).
+    fn step(&mut self, mut sent: impl FnMut(u64)) -> Step {
+        if !self.started {
+            if let Err(e) = self.start() {
+                self.ended = true;
+                return self.stop_reading(e.to_string());
+            }
+        }
+        while let Some((index, error)) = self.read_one() {
+            match error {
+                Some(e) => return Step::Unsent(index, e),
+                None => sent(index),
+            }
+        }
+        if self.ended {
+            return Step::Finished;
+        }
+        let Some(rx) = &self.rx else {
+            return Step::Finished;
+        };
+        match rx.recv() {
+            Ok(Event::Outcome(index, result)) => Step::Outcome(index, result),
+            Ok(Event::Ended(None)) => {
+                // The queue was closed and drained: every item resolved.
+                self.ended = true;
+                self.join();
+                Step::Finished
+            }
+            Ok(Event::Ended(Some(detail))) => {
+                self.ended = true;
+                self.join();
+                self.stop_reading(detail)
+            }
+            Err(_) => {
+                self.ended = true;
+                self.join();
+                self.stop_reading("the pool's coordinator thread ended".into())
+            }
+        }
+    }
+
+    fn stop_reading(&mut self, detail: String) -> Step {
+        self.stopped = Some(detail.clone());
+        Step::Stopped(detail)
+    }
+
+    /// After a stop: the final [`PoolError::Stopped`] if input was left
+    /// unread (once).
+    fn unread_error(&mut self) -> Option<PoolError> {
+        let detail = self.stopped.clone()?;
+        let mut input = self.input.take()?;
+        input.next()?;
+        Some(PoolError::Stopped {
+            next: self.read,
+            detail,
+        })
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.run.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn decode<R: DeserializeOwned>(
+        &self,
+        index: u64,
+        result: Result<Bytes, PoolError>,
+    ) -> Result<R, PoolError> {
+        let bytes = result?;
+        self.codec.decode(&bytes).map_err(|e| PoolError::Codec {
+            index,
+            detail: format!("cannot decode the result: {e}"),
+        })
+    }
+}
+
+impl<I> Drop for Core<I> {
+    fn drop(&mut self) {
+        // Kill the workers (their in-flight items are abandoned) and wait
+        // until every one is reaped.
+        self.stop.kill();
+        let _ = self.queue.close();
+        if let Some(h) = self.run.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The iterator of [`Pool::map`]: results in input order.
+pub struct Map<I, R> {
+    core: Core<I>,
+    /// Results of items `core.read - slots.len()` onwards, in order;
+    /// `None` while the item is running.
+    slots: VecDeque<Option<Result<R, PoolError>>>,
+}
+
+impl<I, R> Iterator for Map<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.core.setup.take() {
+            self.core.input = None;
+            self.core.ended = true;
+            return Some(Err(e));
+        }
+        loop {
+            if let Some(Some(_)) = self.slots.front() {
+                let result = self.slots.pop_front().flatten();
+                self.core.unyielded -= 1;
+                return result;
+            }
+            if self.core.ended && self.slots.is_empty() {
+                return self.core.unread_error().map(Err);
+            }
+            let head = self.core.read - self.slots.len() as u64;
+            let slots = &mut self.slots;
+            let step = self.core.step(|_| slots.push_back(None));
+            match step {
+                Step::Outcome(index, result) => {
+                    let result = self.core.decode(index, result);
+                    if let Some(slot) = index
+                        .checked_sub(head)
+                        .and_then(|i| self.slots.get_mut(i as usize))
+                    {
+                        *slot = Some(result);
+                    }
+                }
+                Step::Unsent(index, error) => {
+                    debug_assert_eq!(index, head + self.slots.len() as u64);
+                    self.slots.push_back(Some(Err(error)));
+                }
+                Step::Stopped(detail) => {
+                    for (i, slot) in self.slots.iter_mut().enumerate() {
+                        if slot.is_none() {
+                            let index = head + i as u64;
+                            *slot = Some(Err(PoolError::NotRun {
+                                index,
+                                detail: detail.clone(),
+                            }));
+                        }
+                    }
+                }
+                Step::Finished => {
+                    if self.slots.is_empty() {
+                        return self.core.unread_error().map(Err);
+                    }
+                    // Not expected: items left with no coordinator.
+                    self.core.ended = true;
+                    self.core
+                        .stopped
+                        .get_or_insert_with(|| "the pool ended early".into());
+                    let detail = self.core.stopped.clone().unwrap_or_default();
+                    for (i, slot) in self.slots.iter_mut().enumerate() {
+                        if slot.is_none() {
+                            *slot = Some(Err(PoolError::NotRun {
+                                index: head + i as u64,
+                                detail: detail.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<I, R> std::fmt::Debug for Map<I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Map")
+            .field("task", &self.core.task)
+            .field("read", &self.core.read)
+            .field("waiting", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The iterator of [`Pool::map_unordered`]: results as they come.
+pub struct MapUnordered<I, R> {
+    core: Core<I>,
+    /// Items queued and not yet resolved.
+    pending: HashSet<u64>,
+    /// Errors ready to be yielded (after a stop).
+    ready: VecDeque<PoolError>,
+    _result: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<I, R> Iterator for MapUnordered<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.core.setup.take() {
+            self.core.input = None;
+            self.core.ended = true;
+            return Some(Err(e));
+        }
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                self.core.unyielded -= 1;
+                return Some(Err(e));
+            }
+            if self.core.ended && self.pending.is_empty() {
+                return self.core.unread_error().map(Err);
+            }
+            let pending = &mut self.pending;
+            let step = self.core.step(|index| {
+                pending.insert(index);
+            });
+            match step {
+                Step::Outcome(index, result) => {
+                    if self.pending.remove(&index) {
+                        self.core.unyielded -= 1;
+                        return Some(self.core.decode(index, result));
+                    }
+                }
+                Step::Unsent(_, error) => {
+                    self.core.unyielded -= 1;
+                    return Some(Err(error));
+                }
+                Step::Stopped(detail) => {
+                    let mut left: Vec<u64> = self.pending.drain().collect();
+                    left.sort_unstable();
+                    self.ready
+                        .extend(left.into_iter().map(|index| PoolError::NotRun {
+                            index,
+                            detail: detail.clone(),
+                        }));
+                }
+                Step::Finished => {
+                    self.core.ended = true;
+                    if !self.pending.is_empty() {
+                        let detail = self
+                            .core
+                            .stopped
+                            .get_or_insert_with(|| "the pool ended early".into())
+                            .clone();
+                        let mut left: Vec<u64> = self.pending.drain().collect();
+                        left.sort_unstable();
+                        self.ready
+                            .extend(left.into_iter().map(|index| PoolError::NotRun {
+                                index,
+                                detail: detail.clone(),
+                            }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<I, R> std::fmt::Debug for MapUnordered<I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapUnordered")
+            .field("task", &self.core.task)
+            .field("read", &self.core.read)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
