@@ -92,8 +92,24 @@ static BEHAVE: Task<(u64, Act), (u64, u32)> = Task::new("behave", behave);
 static JSON_KEYS: Task<serde_json::Value, usize> =
     Task::new("json_keys", |v| v.as_object().map_or(0, |o| o.len()));
 static UNKNOWN: Task<u64, u64> = Task::new("unknown", |x| x);
+static LEN: Task<Vec<u8>, usize> = Task::new("len", |v| v.len());
+static ZEROS: Task<usize, Vec<u8>> = Task::new("zeros", |n| vec![0; n]);
+static PICKY: Task<Picky, u64> = Task::new("picky", |p| p.0);
 
-const TASKS: &[&dyn AnyTask] = &[&SQUARE, &BEHAVE, &JSON_KEYS];
+/// A value that refuses to be serialised when it is 3.
+#[derive(Debug, Deserialize)]
+struct Picky(u64);
+
+impl Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 3 {
+            return Err(serde::ser::Error::custom("3 is not welcome"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+const TASKS: &[&dyn AnyTask] = &[&SQUARE, &BEHAVE, &JSON_KEYS, &LEN, &ZEROS, &PICKY];
 
 /// Not a test: the pool's worker processes run this (it serves and exits).
 #[test]
@@ -561,4 +577,111 @@ fn pool_guard_probe() {
         }
         other => println!("guard: {other:?}"),
     }
+}
+
+#[test]
+fn an_item_past_the_timeout_fails_and_its_worker_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pids").display().to_string();
+    let pool = builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool
+        .map(
+            &BEHAVE,
+            acts(40, |x| (x == 5).then(|| Act::Hang(file.clone()))),
+        )
+        .collect();
+    assert_eq!(results.len(), 40);
+    match &results[5] {
+        Err(PoolError::Timeout { index: 5, .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 39);
+    for pid in read_pids(Path::new(&file)) {
+        assert!(!pid_alive(pid), "the hung worker {pid} was killed");
+    }
+}
+
+#[test]
+fn items_and_results_over_the_frame_limit_fail_alone() {
+    let pool = builder().max_frame(4096).build().unwrap();
+    let items = vec![vec![1u8; 10], vec![1u8; 10_000], vec![1u8; 20]];
+    let got: Vec<_> = pool.map(&LEN, items).collect();
+    assert_eq!(got[0], Ok(10));
+    match &got[1] {
+        Err(PoolError::Codec { index: 1, detail }) => {
+            assert!(detail.contains("frame limit"), "{detail}")
+        }
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+    assert_eq!(got[2], Ok(20));
+    let got: Vec<_> = pool.map(&ZEROS, [5usize, 10_000, 7]).collect();
+    assert_eq!(got[0].as_ref().map(Vec::len), Ok(5));
+    match &got[1] {
+        Err(PoolError::Codec { index: 1, detail }) => {
+            assert!(detail.contains("frame limit"), "{detail}")
+        }
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+    assert_eq!(got[2].as_ref().map(Vec::len), Ok(7));
+}
+
+#[test]
+fn an_item_that_cannot_be_serialised_fails_alone() {
+    let pool = builder().build().unwrap();
+    let got: Vec<_> = pool.map(&PICKY, (0..6).map(Picky)).collect();
+    assert_eq!(got.len(), 6);
+    for (i, r) in got.iter().enumerate() {
+        if i == 3 {
+            match r {
+                Err(PoolError::Codec { index: 3, detail }) => {
+                    assert!(detail.contains("3 is not welcome"), "{detail}")
+                }
+                other => panic!("expected a codec error, got {other:?}"),
+            }
+        } else {
+            assert_eq!(*r, Ok(i as u64));
+        }
+    }
+    let mut got: Vec<_> = pool.map_unordered(&PICKY, (0..6).map(Picky)).collect();
+    got.sort_by_key(|r| r.as_ref().map_or(3, |v| *v));
+    assert!(matches!(got[3], Err(PoolError::Codec { index: 3, .. })));
+    assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 5);
+}
+
+#[test]
+fn a_result_the_program_cannot_decode_is_an_error_for_that_item() {
+    // bincode cannot decode a serde_json::Value (it needs deserialize_any):
+    // every item fails with a codec error naming it, and nothing hangs.
+    let pool = builder().build().unwrap();
+    let got: Vec<_> = pool.map(&JSON_KEYS, vec![serde_json::json!({})]).collect();
+    match &got[..] {
+        [Err(PoolError::Codec { index: 0, detail })] => {
+            assert!(detail.contains("decode"), "{detail}")
+        }
+        other => panic!("expected one codec error, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_pool_serves_maps_from_several_threads_at_once() {
+    let pool = builder().build().unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    pool.map(&SQUARE, (0..500u64).map(move |x| x + t * 1000))
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for (t, h) in handles.into_iter().enumerate() {
+            let want: Vec<u64> = (0..500u64).map(|x| (x + t as u64 * 1000).pow(2)).collect();
+            assert_eq!(h.join().unwrap(), want);
+        }
+    });
 }
