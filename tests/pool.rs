@@ -29,6 +29,8 @@ enum Act {
     KillOnce(String),
     /// `std::process::exit(3)`.
     Exit,
+    /// Run out of memory: limit the address space, then allocate past it.
+    Oom,
     /// Wait until the file exists, then return.
     WaitFor(String),
     /// Append its pid to the file, then sleep for an hour.
@@ -66,6 +68,21 @@ fn behave((x, act): (u64, Act)) -> (u64, u32) {
             }
         }
         Act::Exit => std::process::exit(3),
+        Act::Oom => {
+            use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+            let limit = 512 << 20;
+            let old = getrlimit(Resource::As);
+            setrlimit(
+                Resource::As,
+                Rlimit {
+                    current: Some(limit),
+                    maximum: old.maximum,
+                },
+            )
+            .unwrap();
+            let v = vec![1u8; 2 * limit as usize];
+            std::hint::black_box(&v);
+        }
         Act::WaitFor(path) => {
             let deadline = std::time::Instant::now() + common::PATIENCE;
             while !Path::new(&path).exists() && std::time::Instant::now() < deadline {
@@ -684,4 +701,20 @@ fn one_pool_serves_maps_from_several_threads_at_once() {
             assert_eq!(h.join().unwrap(), want);
         }
     });
+}
+
+#[test]
+fn an_item_that_runs_out_of_memory_fails_and_the_pool_goes_on() {
+    let pool = builder().build().unwrap();
+    let results: Vec<_> = pool
+        .map(&BEHAVE, acts(50, |x| (x == 20).then_some(Act::Oom)))
+        .collect();
+    assert_eq!(results.len(), 50);
+    match &results[20] {
+        Err(PoolError::WorkerDied {
+            index: 20, detail, ..
+        }) => assert!(detail.contains("SIGABRT"), "{detail}"),
+        other => panic!("expected the worker's death, got {other:?}"),
+    }
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
 }

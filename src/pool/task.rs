@@ -186,7 +186,9 @@ fn worker_main(tasks: &[&dyn AnyTask], name: &str) -> i32 {
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that spawned it
-/// ends, and exits at once if the program is already gone.
+/// ends, and exits at once if the program is already gone. The spawning
+/// thread is the coordinator's slot thread, which lives until the worker is
+/// reaped, so the signal comes only when the program dies.
 fn die_with_parent() {
     #[cfg(target_os = "linux")]
     {
@@ -198,8 +200,12 @@ fn die_with_parent() {
         .and_then(|v| v.trim().parse().ok());
     if let Some(expected) = expected {
         let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-        if parent != expected {
-            // Reparented: the program died before the death signal was set.
+        let program_gone = rustix::process::Pid::from_raw(expected)
+            .is_none_or(|p| rustix::process::test_kill_process(p).is_err());
+        if parent != expected && program_gone {
+            // Reparented: the program died before the death signal was
+            // set. (A different parent with the program alive is a wrapper
+            // that did not exec, e.g. `program("sh")`: carry on.)
             std::process::exit(1);
         }
     }
