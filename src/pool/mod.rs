@@ -1005,3 +1005,109 @@ impl<I, R> std::fmt::Debug for MapUnordered<I, R> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_codecs_round_trip_a_value() {
+        for codec in [Codec::Bincode, Codec::Json] {
+            let mut buf = Vec::new();
+            codec
+                .encode_into(&(7u64, "x".to_string()), &mut buf)
+                .unwrap();
+            let back: (u64, String) = codec.decode(&buf).unwrap();
+            assert_eq!(back, (7, "x".into()));
+        }
+    }
+
+    #[test]
+    fn only_json_decodes_self_describing_values() {
+        let v = serde_json::json!({"a": [1, 2]});
+        let mut buf = Vec::new();
+        Codec::Json.encode_into(&v, &mut buf).unwrap();
+        assert_eq!(Codec::Json.decode::<serde_json::Value>(&buf).unwrap(), v);
+        let mut buf = Vec::new();
+        Codec::Bincode.encode_into(&v, &mut buf).unwrap();
+        assert!(Codec::Bincode.decode::<serde_json::Value>(&buf).is_err());
+    }
+
+    #[test]
+    fn worker_failures_map_to_item_errors() {
+        let reported = |m: &str| FailReason::Reported { message: m.into() };
+        assert_eq!(
+            item_error(4, 2, reported("pool-panic:boom (at a.rs:1:2)"), None),
+            PoolError::Panicked {
+                index: 4,
+                attempts: 2,
+                message: "boom (at a.rs:1:2)".into()
+            }
+        );
+        assert_eq!(
+            item_error(4, 1, reported("pool-codec:bad item"), None),
+            PoolError::Codec {
+                index: 4,
+                detail: "bad item".into()
+            }
+        );
+        assert!(matches!(
+            item_error(4, 1, reported("payload of 9 bytes exceeds the worker frame limit"), None),
+            PoolError::Codec { index: 4, detail } if detail.contains("frame limit")
+        ));
+        let t = Duration::from_secs(3);
+        assert_eq!(
+            item_error(4, 1, FailReason::Timeout, Some(t)),
+            PoolError::Timeout {
+                index: 4,
+                attempts: 1,
+                timeout: t
+            }
+        );
+        let lost = FailReason::WorkerLost {
+            detail: "worker 2 was killed by SIGKILL".into(),
+        };
+        assert_eq!(
+            item_error(4, 3, lost, None),
+            PoolError::WorkerDied {
+                index: 4,
+                attempts: 3,
+                detail: "worker 2 was killed by SIGKILL".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_zero_sized_pool_is_refused() {
+        assert!(matches!(
+            Pool::builder().workers(0).build(),
+            Err(PoolError::Setup { .. })
+        ));
+        assert!(matches!(
+            Pool::builder().window(0).build(),
+            Err(PoolError::Setup { .. })
+        ));
+    }
+
+    #[test]
+    fn the_buffer_can_feed_every_worker() {
+        let pool = Pool::builder()
+            .workers(3)
+            .window(8)
+            .buffer(2)
+            .build()
+            .unwrap();
+        assert_eq!(pool.buffer(), 24);
+        let pool = Pool::builder().workers(1).window(1).build().unwrap();
+        assert_eq!(pool.buffer(), 64);
+    }
+
+    #[test]
+    fn pools_and_iterators_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Pool>();
+        send::<Map<std::ops::Range<u64>, u64>>();
+        send::<MapUnordered<std::ops::Range<u64>, u64>>();
+    }
+}
