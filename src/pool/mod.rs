@@ -615,6 +615,8 @@ struct Core<I> {
     /// Why the pool stopped, once it has.
     stopped: Option<String>,
     timeout: Option<Duration>,
+    /// Where items are encoded.
+    scratch: Vec<u8>,
 }
 
 impl<I: Iterator> Core<I>
@@ -671,6 +673,7 @@ where
             ended: false,
             stopped: None,
             timeout: b.timeout,
+            scratch: Vec::new(),
         }
     }
 
@@ -717,14 +720,21 @@ where
         let index = self.read;
         self.read += 1;
         self.unyielded += 1;
-        let mut payload = Vec::new();
-        if let Err(e) = self.codec.encode_into(&item, &mut payload) {
+        self.scratch.clear();
+        if let Err(e) = self.codec.encode_into(&item, &mut self.scratch) {
             let detail = format!("cannot encode the item: {e}");
             return Some((index, Some(PoolError::Codec { index, detail })));
         }
+        drop(item);
+        // One allocation of the exact size per item; the scratch buffer
+        // absorbs the growth while encoding.
+        let payload = Bytes::copy_from_slice(&self.scratch);
+        if self.scratch.capacity() > 4 << 20 {
+            self.scratch = Vec::new();
+        }
         if let Err(e) = self.queue.put(NewJob {
             seq: index,
-            payload: Bytes::from(payload),
+            payload,
             attempts: 0,
         }) {
             // Not expected: the queue has room and is open while input
