@@ -54,7 +54,8 @@
 //! reorder buffer holds at most `buffer - 1` results; when it is full, no
 //! more input is read until the earliest item's result is yielded
 //! (backpressure). An infinite input is fine: take what you need and drop
-//! the iterator.
+//! the iterator. Beyond half the buffer, input is read only while no result
+//! is waiting, so an expensive input does not hold back ready results.
 //!
 //! # Failures
 //!
@@ -754,10 +755,27 @@ where
                 return self.stop_reading(e.to_string());
             }
         }
-        while let Some((index, error)) = self.read_one() {
-            match error {
-                Some(e) => return Step::Unsent(index, e),
-                None => sent(index),
+        // Read ahead: up to half the buffer unconditionally (so the workers
+        // stay fed), beyond that only while no result is waiting (so that a
+        // slow input does not delay results that are ready).
+        let mut early = None;
+        loop {
+            if self.unyielded >= self.buffer / 2 {
+                if let Some(rx) = &self.rx {
+                    match rx.try_recv() {
+                        Ok(event) => {
+                            early = Some(event);
+                            break;
+                        }
+                        Err(mpsc::TryRecvError::Empty) => {}
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
+            match self.read_one() {
+                Some((index, Some(e))) => return Step::Unsent(index, e),
+                Some((index, None)) => sent(index),
+                None => break,
             }
         }
         if self.ended {
@@ -766,7 +784,11 @@ where
         let Some(rx) = &self.rx else {
             return Step::Finished;
         };
-        match rx.recv() {
+        let event = match early {
+            Some(event) => Ok(event),
+            None => rx.recv(),
+        };
+        match event {
             Ok(Event::Outcome(index, result)) => Step::Outcome(index, result),
             Ok(Event::Ended(None)) => {
                 // The queue was closed and drained: every item resolved.

@@ -230,6 +230,12 @@ fn install_panic_hook() {
             Some(l) => format!("{msg} (at {}:{}:{})", l.file(), l.line(), l.column()),
             None => msg,
         };
+        // Built with panic = "abort", the process is about to die and the
+        // message could not reach the item's error: print it (the pool
+        // forwards worker stderr).
+        if cfg!(panic = "abort") {
+            eprintln!("jobmill pool worker: panicked: {text}");
+        }
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
     }));
 }
