@@ -1,12 +1,12 @@
 //! Throughput and start-up cost of `jobmill::Pool`.
 //!
 //! ```text
-//! cargo run --release --example pool_bench -- [COUNT] [WORKERS] [WINDOW]
+//! cargo run --release --example pool_bench -- [COUNT] [WORKERS] [WINDOW] [BLOBS]
 //! ```
 //!
 //! Prints the rate of `map` and `map_unordered` over COUNT tiny items (a
-//! `u64` squared), and the time of a `map` over one item (starting and
-//! reaping the workers).
+//! `u64` squared), of BLOBS items of 1 MiB (default 100), and the time of a
+//! `map` over one item (starting and reaping the workers).
 
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ fn main() {
     let count = args.next().unwrap_or(1_000_000) as u64;
     let workers = args.next().unwrap_or(2);
     let window = args.next().unwrap_or(64);
+    let blobs = args.next().unwrap_or(100) as u64;
     let pool = Pool::builder()
         .workers(workers)
         .window(window)
@@ -46,7 +47,6 @@ fn main() {
     println!("map_unordered: {n} items: {:.0} items/s", n as f64 / dt);
 
     let size = 1 << 20;
-    let blobs = (count / 1000).max(100);
     let t = Instant::now();
     let n = pool
         .map_unordered(&BLOB, (0..blobs).map(|_| vec![1u8; size]))
