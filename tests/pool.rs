@@ -321,6 +321,13 @@ fn a_worker_killed_by_sigkill_is_replaced_and_every_item_completes() {
     assert!(Path::new(&marker).exists(), "a worker was killed");
     let pids: std::collections::HashSet<u32> = got.iter().map(|(_, p)| *p).collect();
     assert!(pids.len() >= 2, "{pids:?}");
+    // The iterator is gone: every worker, the killed one too, was reaped.
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} remains"
+        );
+    }
 }
 
 #[test]
