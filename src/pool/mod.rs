@@ -72,12 +72,13 @@
 //!   killed and replaced, and fails with [`PoolError::Timeout`].
 //!
 //! With [`PoolBuilder::retries`]`(n)`, an item that fails in any of these
-//! ways is run again, up to `n` more times, before its error is yielded.
+//! ways (or that the worker could not decode) is run again, up to `n`
+//! more times, before its error is yielded.
 //! If a slot's workers die [`PoolBuilder::max_failed_starts`] times in a
 //! row without finishing an item (say the program does not call [`init`]
-//! first), that slot gives up; once every slot has, the items not run yet
-//! end with [`PoolError::NotRun`] and the iterator with
-//! [`PoolError::Stopped`].
+//! first), that slot gives up; once every slot has, the items read and not
+//! run end with [`PoolError::NotRun`], and, if input was left unread, the
+//! iterator ends with [`PoolError::Stopped`]. Nothing hangs.
 //!
 //! # Stopping
 //!
