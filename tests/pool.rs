@@ -321,7 +321,8 @@ fn a_worker_killed_by_sigkill_is_replaced_and_every_item_completes() {
     assert!(Path::new(&marker).exists(), "a worker was killed");
     let pids: std::collections::HashSet<u32> = got.iter().map(|(_, p)| *p).collect();
     assert!(pids.len() >= 2, "{pids:?}");
-    // The iterator is gone: every worker, the killed one too, was reaped.
+    // The pool is gone: every worker, the killed one too, was reaped.
+    drop(pool);
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -581,7 +582,7 @@ fn workers_that_never_serve_end_the_map_with_errors_not_a_hang() {
 fn a_pool_worker_without_init_refuses_to_start_a_pool() {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["pool_guard_probe", "--exact", "--nocapture"])
-        .env(pool::TASK_ENV, "square")
+        .env(pool::WORKER_ENV, "square")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -592,7 +593,7 @@ fn a_pool_worker_without_init_refuses_to_start_a_pool() {
 /// Not a test: run with `TASK_ENV` set by the test above.
 #[test]
 fn pool_guard_probe() {
-    if std::env::var_os(pool::TASK_ENV).is_none() {
+    if std::env::var_os(pool::WORKER_ENV).is_none() {
         return;
     }
     match Pool::builder().build() {
@@ -724,4 +725,63 @@ fn an_item_that_runs_out_of_memory_fails_and_the_pool_goes_on() {
         other => panic!("expected the worker's death, got {other:?}"),
     }
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
+}
+
+#[test]
+fn workers_serve_the_next_map_and_are_reaped_with_the_pool() {
+    let pool = builder().workers(2).build().unwrap();
+    let pids_of = |pool: &Pool| -> std::collections::HashSet<u32> {
+        pool.map(&BEHAVE, acts(200, |_| None))
+            .map(|r| r.unwrap().1)
+            .collect()
+    };
+    let mut pids = pids_of(&pool);
+    // Another task in between, on the same workers.
+    let squares: Vec<u64> = pool
+        .map(&SQUARE, 0..100u64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(squares[9], 81);
+    pids.extend(pids_of(&pool));
+    pids.extend(pids_of(&pool.clone()));
+    assert!(pids.len() <= 2, "no new worker was started: {pids:?}");
+    for &pid in &pids {
+        assert!(pid_alive(pid), "worker {pid} waits for the next map");
+    }
+    drop(pool);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} remains"
+        );
+    }
+}
+
+#[test]
+fn a_map_dropped_midway_does_not_hand_its_workers_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let file = pids_file.display().to_string();
+    let pool = builder().workers(2).window(1).build().unwrap();
+    let items = (0..8).map(|x| {
+        let act = if x == 0 {
+            Act::Ok
+        } else {
+            Act::Hang(file.clone())
+        };
+        (x, act)
+    });
+    let mut it = pool.map(&BEHAVE, items);
+    it.next().unwrap().unwrap();
+    wait_until("both workers hang in an item", || {
+        read_pids(&pids_file).len() == 2
+    });
+    drop(it);
+    // The next map runs at once, on new workers.
+    let got: Vec<_> = pool.map(&BEHAVE, acts(10, |_| None)).collect();
+    assert_eq!(got.len(), 10);
+    let hung = read_pids(&pids_file);
+    for r in got {
+        assert!(!hung.contains(&r.unwrap().1));
+    }
 }

@@ -30,10 +30,10 @@
 //! # How it works
 //!
 //! [`Pool::map`] starts [`PoolBuilder::workers`] copies of the running
-//! program (`std::env::current_exe()`), with [`TASK_ENV`] naming the task in
+//! program (`std::env::current_exe()`), with [`WORKER_ENV`] naming the task in
 //! their environment, and feeds them the items through a bounded
 //! [`MemoryQueue`] and the long-lived worker protocol
-//! ([`crate::persistent`]). In the workers, [`init`] sees [`TASK_ENV`],
+//! ([`crate::persistent`]). In the workers, [`init`] sees [`WORKER_ENV`],
 //! runs the task on every item it is sent and exits when the map is over:
 //! that is why it must be called at the top of `main`, before the program
 //! does anything else. Items and results are serialised with bincode (or
@@ -99,8 +99,9 @@ mod task;
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::io::Write;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ use crate::persistent::{self, Config, Observer, Outcome, OutcomeKind, Stop, Stre
 use crate::queue::memory::MemoryQueue;
 use crate::queue::{Completion, Disposition, Queue};
 
-pub use task::{init, AnyTask, Task, CODEC_ENV, PARENT_ENV, TASK_ENV};
+pub use task::{init, AnyTask, Task, CODEC_ENV, PARENT_ENV, WORKER_ENV};
 
 /// How items and results are serialised between the program and its
 /// workers.
@@ -407,19 +408,35 @@ impl PoolBuilder {
             .unwrap_or_else(|| per_round.saturating_mul(4).max(64))
             .max(per_round)
             .max(1);
+        let mut command = vec![program];
+        command.extend(self.args.iter().cloned());
+        let mut config = Config::new(command, self.workers);
+        config.window = self.window;
+        config.timeout = self.timeout;
+        config.max_frame = self.max_frame;
+        config.max_failed_starts = self.max_failed_starts;
+        config.env = self.env.clone();
+        config.env.push((WORKER_ENV.into(), "1".into()));
+        config
+            .env
+            .push((CODEC_ENV.into(), self.codec.env_value().into()));
+        config
+            .env
+            .push((PARENT_ENV.into(), std::process::id().to_string().into()));
         Ok(Pool {
-            program,
+            config,
             buffer,
             builder: self,
+            idle: Arc::new(Mutex::new(None)),
         })
     }
 }
 
 /// An error if this process is a pool worker.
 fn worker_guard() -> Option<PoolError> {
-    std::env::var_os(TASK_ENV).map(|_| PoolError::Setup {
+    std::env::var_os(WORKER_ENV).map(|_| PoolError::Setup {
         detail: format!(
-            "this process is a pool worker ({TASK_ENV} is set): a pool cannot be used inside a pool worker; \
+            "this process is a pool worker ({WORKER_ENV} is set): a pool cannot be used inside a pool worker; \
              the program must call jobmill::pool::init first thing in main"
         ),
     })
@@ -427,11 +444,26 @@ fn worker_guard() -> Option<PoolError> {
 
 /// Runs [`Task`]s over items in worker processes; see the
 /// [module docs](self).
-#[derive(Debug, Clone)]
+///
+/// Clones share the workers kept between maps; they are stopped and reaped
+/// when the last clone (and the last iterator) is dropped.
+#[derive(Clone)]
 pub struct Pool {
     builder: PoolBuilder,
-    program: OsString,
+    config: Config,
     buffer: usize,
+    /// The workers of the last map that finished cleanly, kept for the
+    /// next one.
+    idle: Arc<Mutex<Option<Engine>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("builder", &self.builder)
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool {
@@ -500,6 +532,7 @@ enum Event {
 struct Router {
     tx: Sender<Event>,
     timeout: Option<Duration>,
+    gave_up: Arc<AtomicBool>,
 }
 
 impl Observer for Router {
@@ -521,8 +554,12 @@ impl Observer for Router {
         let _ = self.tx.send(Event::Outcome(index, result));
     }
 
-    fn worker(&self, _event: persistent::WorkerEvent) {
-        // Deaths reach the caller as item errors; nothing is printed.
+    fn worker(&self, event: persistent::WorkerEvent) {
+        // Deaths reach the caller as item errors; nothing is printed. A
+        // slot that gave up makes the engine unfit for another map.
+        if let persistent::WorkerEvent::GaveUp { .. } = event {
+            self.gave_up.store(true, Ordering::SeqCst);
+        }
     }
 
     fn output(&self, _slot: usize, _worker: WorkerId, stream: Stream, line: &[u8]) {
@@ -587,36 +624,101 @@ enum Step {
     Outcome(u64, Result<Bytes, PoolError>),
     /// An item could not be encoded: its error, in its place.
     Unsent(u64, PoolError),
-    /// The coordinator stopped abnormally: pending items were not run.
+    /// The coordinator stopped: the items in flight were not run.
     Stopped(String),
-    /// Nothing more will come.
-    Finished,
+    /// Nothing is in flight and nothing more can be read now.
+    Idle,
+}
+
+/// A coordinator and its workers. One iterator uses it at a time; the pool
+/// keeps the last one whose map finished cleanly, for the next map.
+/// Dropping it kills the workers and waits until they are reaped.
+struct Engine {
+    queue: Arc<MemoryQueue>,
+    stop: Arc<Stop>,
+    rx: Receiver<Event>,
+    run: Option<JoinHandle<()>>,
+    /// A worker slot gave up: fewer workers than asked are left.
+    gave_up: Arc<AtomicBool>,
+}
+
+impl Engine {
+    fn start(pool: &Pool) -> Result<Engine, PoolError> {
+        let (tx, rx) = mpsc::channel();
+        let gave_up = Arc::new(AtomicBool::new(false));
+        let router = Router {
+            tx,
+            timeout: pool.builder.timeout,
+            gave_up: Arc::clone(&gave_up),
+        };
+        // Room for every item an iterator may have read and not yielded,
+        // so that `put` never blocks.
+        let queue = Arc::new(MemoryQueue::new(
+            pool.buffer + 1,
+            RetryPolicy::with_retries(pool.builder.retries),
+        ));
+        let stop = Arc::new(Stop::new());
+        let config = pool.config.clone();
+        let (q, s) = (Arc::clone(&queue), Arc::clone(&stop));
+        let run = std::thread::Builder::new()
+            .name("jobmill-pool".into())
+            .spawn(move || {
+                let result = persistent::run(&*q, &config, &router, &*s);
+                let _ = router
+                    .tx
+                    .send(Event::Ended(result.err().map(|e| e.to_string())));
+            })
+            .map_err(|e| PoolError::Setup {
+                detail: format!("cannot start the pool's coordinator thread: {e}"),
+            })?;
+        Ok(Engine {
+            queue,
+            stop,
+            rx,
+            run: Some(run),
+            gave_up,
+        })
+    }
+
+    /// Whether another map can use it: every slot still runs, and no
+    /// event is left over.
+    fn reusable(&self) -> bool {
+        !self.gave_up.load(Ordering::SeqCst)
+            && self.run.as_ref().is_some_and(|h| !h.is_finished())
+            && matches!(self.rx.try_recv(), Err(TryRecvError::Empty))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Kill the workers (items in flight are abandoned) and wait until
+        // every one is reaped.
+        self.stop.kill();
+        let _ = self.queue.close();
+        if let Some(h) = self.run.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The part of an iterator shared by [`Map`] and [`MapUnordered`]: the
-/// input, the queue, the coordinator thread.
+/// input and the engine.
 struct Core<I> {
+    pool: Pool,
     input: Option<I>,
     task: &'static str,
-    codec: Codec,
-    buffer: usize,
-    config: Config,
     /// An error to yield instead of starting.
     setup: Option<PoolError>,
     started: bool,
-    queue: Arc<MemoryQueue>,
-    stop: Arc<Stop>,
-    rx: Option<Receiver<Event>>,
-    run: Option<JoinHandle<()>>,
+    engine: Option<Engine>,
     /// Items read from the input (the next item's index).
     read: u64,
     /// Items read and not yet yielded.
     unyielded: usize,
-    /// The coordinator has returned.
-    ended: bool,
+    /// Items queued and not yet resolved.
+    in_flight: usize,
     /// Why the pool stopped, once it has.
     stopped: Option<String>,
-    timeout: Option<Duration>,
     /// Where items are encoded.
     scratch: Vec<u8>,
 }
@@ -626,7 +728,6 @@ where
     I::Item: Serialize,
 {
     fn new(pool: &Pool, task: &'static str, input: I) -> Core<I> {
-        let b = &pool.builder;
         let setup = worker_guard().or_else(|| match task::registered() {
             None => Some(PoolError::Setup {
                 detail: "jobmill::pool::init was not called: call it first thing in main, with every task".into(),
@@ -638,71 +739,36 @@ where
             }),
             Some(_) => None,
         });
-        let mut command = vec![pool.program.clone()];
-        command.extend(b.args.iter().cloned());
-        let mut config = Config::new(command, b.workers);
-        config.window = b.window;
-        config.timeout = b.timeout;
-        config.max_frame = b.max_frame;
-        config.max_failed_starts = b.max_failed_starts;
-        config.env = b.env.clone();
-        config.env.push((TASK_ENV.into(), task.into()));
-        config
-            .env
-            .push((CODEC_ENV.into(), b.codec.env_value().into()));
-        config
-            .env
-            .push((PARENT_ENV.into(), std::process::id().to_string().into()));
         Core {
+            pool: pool.clone(),
             input: Some(input),
             task,
-            codec: b.codec,
-            buffer: pool.buffer,
-            config,
             setup,
             started: false,
-            // Room for every item the iterator may have read and not
-            // yielded, so that `put` never blocks.
-            queue: Arc::new(MemoryQueue::new(
-                pool.buffer + 1,
-                RetryPolicy::with_retries(b.retries),
-            )),
-            stop: Arc::new(Stop::new()),
-            rx: None,
-            run: None,
+            engine: None,
             read: 0,
             unyielded: 0,
-            ended: false,
+            in_flight: 0,
             stopped: None,
-            timeout: b.timeout,
             scratch: Vec::new(),
         }
     }
 
-    /// Starts the coordinator thread.
+    /// Takes the pool's idle engine if it can serve, or starts one.
     fn start(&mut self) -> Result<(), PoolError> {
         self.started = true;
-        let (tx, rx) = mpsc::channel();
-        let router = Router {
-            tx,
-            timeout: self.timeout,
+        let idle = self
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // A dead engine is dropped (reaped) here, outside the lock.
+        let engine = match idle.filter(Engine::reusable) {
+            Some(engine) => engine,
+            None => Engine::start(&self.pool)?,
         };
-        let queue = Arc::clone(&self.queue);
-        let stop = Arc::clone(&self.stop);
-        let config = self.config.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("jobmill-pool-{}", self.task))
-            .spawn(move || {
-                let result = persistent::run(&*queue, &config, &router, &*stop);
-                let _ = router
-                    .tx
-                    .send(Event::Ended(result.err().map(|e| e.to_string())));
-            })
-            .map_err(|e| PoolError::Setup {
-                detail: format!("cannot start the pool's coordinator thread: {e}"),
-            })?;
-        self.rx = Some(rx);
-        self.run = Some(handle);
+        self.engine = Some(engine);
         Ok(())
     }
 
@@ -710,20 +776,28 @@ where
     /// is not exhausted, and queues it. Returns its index, and its error if
     /// it could not be sent.
     fn read_one(&mut self) -> Option<(u64, Option<PoolError>)> {
-        if self.unyielded >= self.buffer || self.stopped.is_some() {
+        if self.unyielded >= self.pool.buffer || self.stopped.is_some() {
             return None;
         }
+        let engine = self.engine.as_ref()?;
         let input = self.input.as_mut()?;
         let Some(item) = input.next() else {
             self.input = None;
-            let _ = self.queue.close();
             return None;
         };
         let index = self.read;
         self.read += 1;
         self.unyielded += 1;
+        // The task's name, then the item.
         self.scratch.clear();
-        if let Err(e) = self.codec.encode_into(&item, &mut self.scratch) {
+        self.scratch.push(self.task.len() as u8);
+        self.scratch.extend_from_slice(self.task.as_bytes());
+        if let Err(e) = self
+            .pool
+            .builder
+            .codec
+            .encode_into(&item, &mut self.scratch)
+        {
             let detail = format!("cannot encode the item: {e}");
             return Some((index, Some(PoolError::Codec { index, detail })));
         }
@@ -734,16 +808,17 @@ where
         if self.scratch.capacity() > 4 << 20 {
             self.scratch = Vec::new();
         }
-        if let Err(e) = self.queue.put(NewJob {
+        if let Err(e) = engine.queue.put(NewJob {
             seq: index,
             payload,
             attempts: 0,
         }) {
-            // Not expected: the queue has room and is open while input
-            // remains.
+            // Not expected: the queue has room and stays open while the
+            // engine runs.
             let detail = format!("cannot queue the item: {e}");
             return Some((index, Some(PoolError::NotRun { index, detail })));
         }
+        self.in_flight += 1;
         Some((index, None))
     }
 
@@ -752,7 +827,6 @@ where
     fn step(&mut self, mut sent: impl FnMut(u64)) -> Step {
         if !self.started {
             if let Err(e) = self.start() {
-                self.ended = true;
                 return self.stop_reading(e.to_string());
             }
         }
@@ -761,15 +835,15 @@ where
         // slow input does not delay results that are ready).
         let mut early = None;
         loop {
-            if self.unyielded >= self.buffer / 2 {
-                if let Some(rx) = &self.rx {
-                    match rx.try_recv() {
+            if self.unyielded >= self.pool.buffer / 2 {
+                if let Some(engine) = &self.engine {
+                    match engine.rx.try_recv() {
                         Ok(event) => {
                             early = Some(event);
                             break;
                         }
-                        Err(mpsc::TryRecvError::Empty) => {}
-                        Err(mpsc::TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) => {}
+                        Err(TryRecvError::Disconnected) => break,
                     }
                 }
             }
@@ -779,38 +853,30 @@ where
                 None => break,
             }
         }
-        if self.ended {
-            return Step::Finished;
-        }
-        let Some(rx) = &self.rx else {
-            return Step::Finished;
-        };
-        let event = match early {
-            Some(event) => Ok(event),
-            None => rx.recv(),
+        let event = match (early, &self.engine) {
+            (Some(event), _) => Ok(event),
+            (None, _) if self.in_flight == 0 => return Step::Idle,
+            (None, Some(engine)) => engine.rx.recv().map_err(|_| ()),
+            (None, None) => return Step::Idle,
         };
         match event {
-            Ok(Event::Outcome(index, result)) => Step::Outcome(index, result),
-            Ok(Event::Ended(None)) => {
-                // The queue was closed and drained: every item resolved.
-                self.ended = true;
-                self.join();
-                Step::Finished
+            Ok(Event::Outcome(index, result)) => {
+                self.in_flight -= 1;
+                Step::Outcome(index, result)
             }
-            Ok(Event::Ended(Some(detail))) => {
-                self.ended = true;
-                self.join();
-                self.stop_reading(detail)
+            Ok(Event::Ended(detail)) => {
+                self.stop_reading(detail.unwrap_or_else(|| "the pool's workers stopped".into()))
             }
-            Err(_) => {
-                self.ended = true;
-                self.join();
-                self.stop_reading("the pool's coordinator thread ended".into())
-            }
+            Err(()) => self.stop_reading("the pool's coordinator thread ended".into()),
         }
     }
 
+    /// The engine stopped (or could not start): nothing more is read, the
+    /// items in flight are given up.
     fn stop_reading(&mut self, detail: String) -> Step {
+        // Reap what is left of it.
+        self.engine = None;
+        self.in_flight = 0;
         self.stopped = Some(detail.clone());
         Step::Stopped(detail)
     }
@@ -827,34 +893,50 @@ where
         })
     }
 
-    fn join(&mut self) {
-        if let Some(h) = self.run.take() {
-            let _ = h.join();
-        }
-    }
-
     fn decode<R: DeserializeOwned>(
         &self,
         index: u64,
         result: Result<Bytes, PoolError>,
     ) -> Result<R, PoolError> {
         let bytes = result?;
-        self.codec.decode(&bytes).map_err(|e| PoolError::Codec {
-            index,
-            detail: format!("cannot decode the result: {e}"),
-        })
+        self.pool
+            .builder
+            .codec
+            .decode(&bytes)
+            .map_err(|e| PoolError::Codec {
+                index,
+                detail: format!("cannot decode the result: {e}"),
+            })
+    }
+}
+
+impl<I> Core<I> {
+    /// Gives the engine back to the pool if the map finished cleanly (all
+    /// input read, nothing in flight); otherwise kills its workers and
+    /// reaps them.
+    fn finish(&mut self) {
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        if self.input.is_none() && self.in_flight == 0 && self.stopped.is_none() {
+            let previous = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(engine);
+            // One idle engine is kept; another one is stopped, outside the
+            // lock.
+            drop(previous);
+        } else {
+            drop(engine);
+        }
     }
 }
 
 impl<I> Drop for Core<I> {
     fn drop(&mut self) {
-        // Kill the workers (their in-flight items are abandoned) and wait
-        // until every one is reaped.
-        self.stop.kill();
-        let _ = self.queue.close();
-        if let Some(h) = self.run.take() {
-            let _ = h.join();
-        }
+        self.finish();
     }
 }
 
@@ -877,7 +959,7 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.core.setup.take() {
             self.core.input = None;
-            self.core.ended = true;
+            self.core.stopped = Some(e.to_string());
             return Some(Err(e));
         }
         loop {
@@ -886,13 +968,13 @@ where
                 self.core.unyielded -= 1;
                 return result;
             }
-            if self.core.ended && self.slots.is_empty() {
+            if self.slots.is_empty() && self.core.stopped.is_some() {
                 return self.core.unread_error().map(Err);
             }
             let head = self.core.read - self.slots.len() as u64;
             let slots = &mut self.slots;
             let step = self.core.step(|_| slots.push_back(None));
-            match step {
+            let detail = match step {
                 Step::Outcome(index, result) => {
                     let result = self.core.decode(index, result);
                     if let Some(slot) = index
@@ -901,40 +983,30 @@ where
                     {
                         *slot = Some(result);
                     }
+                    continue;
                 }
                 Step::Unsent(index, error) => {
                     debug_assert_eq!(index, head + self.slots.len() as u64);
                     self.slots.push_back(Some(Err(error)));
+                    continue;
                 }
-                Step::Stopped(detail) => {
-                    for (i, slot) in self.slots.iter_mut().enumerate() {
-                        if slot.is_none() {
-                            let index = head + i as u64;
-                            *slot = Some(Err(PoolError::NotRun {
-                                index,
-                                detail: detail.clone(),
-                            }));
-                        }
-                    }
+                Step::Stopped(detail) => detail,
+                Step::Idle if self.slots.is_empty() => {
+                    // Every item read and yielded: the workers go back to
+                    // the pool.
+                    self.core.finish();
+                    return None;
                 }
-                Step::Finished => {
-                    if self.slots.is_empty() {
-                        return self.core.unread_error().map(Err);
-                    }
-                    // Not expected: items left with no coordinator.
-                    self.core.ended = true;
-                    self.core
-                        .stopped
-                        .get_or_insert_with(|| "the pool ended early".into());
-                    let detail = self.core.stopped.clone().unwrap_or_default();
-                    for (i, slot) in self.slots.iter_mut().enumerate() {
-                        if slot.is_none() {
-                            *slot = Some(Err(PoolError::NotRun {
-                                index: head + i as u64,
-                                detail: detail.clone(),
-                            }));
-                        }
-                    }
+                Step::Idle if self.slots.iter().all(Option::is_some) => continue,
+                // Not expected: an item is waiting with nothing in flight.
+                Step::Idle => "an item's outcome was lost".to_string(),
+            };
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = Some(Err(PoolError::NotRun {
+                        index: head + i as u64,
+                        detail: detail.clone(),
+                    }));
                 }
             }
         }
@@ -972,7 +1044,7 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.core.setup.take() {
             self.core.input = None;
-            self.core.ended = true;
+            self.core.stopped = Some(e.to_string());
             return Some(Err(e));
         }
         loop {
@@ -980,51 +1052,42 @@ where
                 self.core.unyielded -= 1;
                 return Some(Err(e));
             }
-            if self.core.ended && self.pending.is_empty() {
+            if self.pending.is_empty() && self.core.stopped.is_some() {
                 return self.core.unread_error().map(Err);
             }
             let pending = &mut self.pending;
             let step = self.core.step(|index| {
                 pending.insert(index);
             });
-            match step {
+            let detail = match step {
                 Step::Outcome(index, result) => {
                     if self.pending.remove(&index) {
                         self.core.unyielded -= 1;
                         return Some(self.core.decode(index, result));
                     }
+                    continue;
                 }
                 Step::Unsent(_, error) => {
                     self.core.unyielded -= 1;
                     return Some(Err(error));
                 }
-                Step::Stopped(detail) => {
-                    let mut left: Vec<u64> = self.pending.drain().collect();
-                    left.sort_unstable();
-                    self.ready
-                        .extend(left.into_iter().map(|index| PoolError::NotRun {
-                            index,
-                            detail: detail.clone(),
-                        }));
+                Step::Stopped(detail) => detail,
+                Step::Idle if self.pending.is_empty() => {
+                    // Every item read and yielded: the workers go back to
+                    // the pool.
+                    self.core.finish();
+                    return None;
                 }
-                Step::Finished => {
-                    self.core.ended = true;
-                    if !self.pending.is_empty() {
-                        let detail = self
-                            .core
-                            .stopped
-                            .get_or_insert_with(|| "the pool ended early".into())
-                            .clone();
-                        let mut left: Vec<u64> = self.pending.drain().collect();
-                        left.sort_unstable();
-                        self.ready
-                            .extend(left.into_iter().map(|index| PoolError::NotRun {
-                                index,
-                                detail: detail.clone(),
-                            }));
-                    }
-                }
-            }
+                // Not expected: items waiting with nothing in flight.
+                Step::Idle => "an item's outcome was lost".to_string(),
+            };
+            let mut left: Vec<u64> = self.pending.drain().collect();
+            left.sort_unstable();
+            self.ready
+                .extend(left.into_iter().map(|index| PoolError::NotRun {
+                    index,
+                    detail: detail.clone(),
+                }));
         }
     }
 }

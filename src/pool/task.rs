@@ -11,8 +11,9 @@ use crate::worker::{Worker, WorkerError};
 
 use super::Codec;
 
-/// Set in a pool worker's environment: the name of the task it runs.
-pub const TASK_ENV: &str = "JOBMILL_POOL_TASK";
+/// Set in a pool worker's environment: marks the process as a pool worker
+/// (each item names its task).
+pub const WORKER_ENV: &str = "JOBMILL_POOL_WORKER";
 
 /// Set in a pool worker's environment: the codec ("bincode" or "json").
 pub const CODEC_ENV: &str = "JOBMILL_POOL_CODEC";
@@ -40,10 +41,10 @@ pub(crate) const CODEC_TAG: &str = "pool-codec:";
 /// static SQUARE: Task<u64, u64> = Task::new("square", |x| x * x);
 /// ```
 ///
-/// The name identifies the function to the worker process (it travels in
-/// the worker's environment), so it must be unique among the tasks given to
-/// [`init`]. To fail an item without panicking, return a `Result` (it is
-/// serialised like any other value).
+/// The name identifies the function to the worker process (it travels
+/// with each item), so it must be unique among the tasks given to [`init`],
+/// and at most 255 bytes long. To fail an item without panicking, return a
+/// `Result` (it is serialised like any other value).
 pub struct Task<A, R> {
     name: &'static str,
     f: fn(A) -> R,
@@ -52,7 +53,12 @@ pub struct Task<A, R> {
 impl<A, R> Task<A, R> {
     /// A task named `name` running `f` (a function or a closure that
     /// captures nothing).
+    ///
+    /// # Panics
+    ///
+    /// If `name` is longer than 255 bytes (at compile time, in a `static`).
     pub const fn new(name: &'static str, f: fn(A) -> R) -> Task<A, R> {
+        assert!(name.len() <= 255, "a task name is at most 255 bytes");
         Task { name, f }
     }
 
@@ -127,12 +133,12 @@ pub(crate) fn registered() -> Option<&'static [&'static str]> {
 /// Registers the program's tasks and, if this process was started as a
 /// pool worker, serves them and exits. Call it first thing in `main`.
 ///
-/// In the program itself (no [`TASK_ENV`] in the environment) it only
+/// In the program itself (no [`WORKER_ENV`] in the environment) it only
 /// records the task names, so that [`Pool::map`](super::Pool::map) can
 /// check a task is known to the workers, and returns. In a worker process
-/// it never returns: it runs the named task on every item the pool sends,
-/// then exits with status 0 (1 if the connection to the pool failed, 2 if
-/// the task is unknown).
+/// it never returns: it runs, on every item the pool sends, the task the
+/// item names, then exits with status 0 (1 if the connection to the pool
+/// failed).
 ///
 /// A worker process arranges to be killed if the thread that started it
 /// dies (`PR_SET_PDEATHSIG`), so that no worker outlives its program, even
@@ -154,35 +160,34 @@ pub fn init(tasks: &[&dyn AnyTask]) {
         );
     }
     let _ = REGISTERED.set(names);
-    let Some(name) = std::env::var_os(TASK_ENV) else {
+    if std::env::var_os(WORKER_ENV).is_none() {
         return;
-    };
-    let name = name.to_string_lossy().into_owned();
-    std::process::exit(worker_main(tasks, &name));
+    }
+    std::process::exit(worker_main(tasks));
 }
 
 /// The life of a worker process; returns its exit status.
-fn worker_main(tasks: &[&dyn AnyTask], name: &str) -> i32 {
+fn worker_main(tasks: &[&dyn AnyTask]) -> i32 {
     die_with_parent();
-    let Some(task) = tasks.iter().find(|t| t.name() == name) else {
-        let known: Vec<_> = tasks.iter().map(|t| t.name()).collect();
-        eprintln!(
-            "jobmill pool worker: no task named {name:?} was given to jobmill::pool::init (known: {known:?})"
-        );
-        return 2;
-    };
     let codec = match std::env::var(CODEC_ENV).as_deref() {
         Ok("json") => Codec::Json,
         _ => Codec::Bincode,
     };
     install_panic_hook();
-    match serve(*task, codec) {
+    match serve(tasks, codec) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("jobmill pool worker ({name}): {e}");
+            eprintln!("jobmill pool worker: {e}");
             1
         }
     }
+}
+
+/// Splits a job's payload into the task's name and the encoded item.
+pub(crate) fn split_task(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&len, rest) = payload.split_first()?;
+    let len = usize::from(len);
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that spawned it
@@ -240,15 +245,34 @@ fn install_panic_hook() {
     }));
 }
 
-/// Runs `task` on every job until the pool closes the queue.
-fn serve(task: &dyn AnyTask, codec: Codec) -> Result<(), WorkerError> {
+/// Runs the task each job names until the pool closes the queue.
+fn serve(tasks: &[&dyn AnyTask], codec: Codec) -> Result<(), WorkerError> {
     let mut worker = Worker::connect()?;
     let mut out = Vec::new();
+    let mut last = 0;
     while let Some(job) = worker.next_job()? {
         out.clear();
-        let ran = catch_unwind(AssertUnwindSafe(|| {
-            task.run_encoded(codec, &job.payload, &mut out)
-        }));
+        let Some((name, item)) = split_task(&job.payload) else {
+            worker.fail(job, &format!("{CODEC_TAG}the item does not name its task"))?;
+            continue;
+        };
+        // Usually the same task as the previous item.
+        let found = match tasks.get(last) {
+            Some(t) if t.name().as_bytes() == name => Some(last),
+            _ => tasks.iter().position(|t| t.name().as_bytes() == name),
+        };
+        let Some(i) = found else {
+            let known: Vec<_> = tasks.iter().map(|t| t.name()).collect();
+            let msg = format!(
+                "{CODEC_TAG}this worker has no task named {:?} (jobmill::pool::init was given {known:?})",
+                String::from_utf8_lossy(name)
+            );
+            worker.fail(job, &msg)?;
+            continue;
+        };
+        last = i;
+        let task = tasks[i];
+        let ran = catch_unwind(AssertUnwindSafe(|| task.run_encoded(codec, item, &mut out)));
         let message = match ran {
             Ok(Ok(())) => {
                 match worker.complete(job, &out) {
