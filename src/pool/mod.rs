@@ -29,20 +29,28 @@
 //!
 //! # How it works
 //!
-//! [`Pool::map`] starts [`PoolBuilder::workers`] copies of the running
-//! program (`std::env::current_exe()`), with [`WORKER_ENV`] naming the task in
-//! their environment, and feeds them the items through a bounded
-//! [`MemoryQueue`] and the long-lived worker protocol
-//! ([`crate::persistent`]). In the workers, [`init`] sees [`WORKER_ENV`],
-//! runs the task on every item it is sent and exits when the map is over:
+//! On the first `next()` of its first map, a [`Pool`] starts
+//! [`PoolBuilder::workers`] copies of the running program
+//! (`std::env::current_exe()`) with [`WORKER_ENV`] in their environment,
+//! and feeds them the items through a bounded [`MemoryQueue`] and the
+//! long-lived worker protocol ([`crate::persistent`]); each item carries
+//! its task's name. In the workers, [`init`] sees [`WORKER_ENV`], runs the
+//! named task on every item it is sent, and exits when the pool closes:
 //! that is why it must be called at the top of `main`, before the program
-//! does anything else. Items and results are serialised with bincode (or
-//! JSON, [`Codec`]).
+//! does anything else, with every task the program maps. Items and results
+//! are serialised with bincode (or JSON, [`Codec`]).
 //!
-//! The workers live as long as the iterator: they are started on its first
-//! `next()` and stopped and reaped when it ends or is dropped. Starting a
-//! worker costs one process start (a few milliseconds); prefer a few large
-//! `map` calls to many tiny ones.
+//! # Workers between maps
+//!
+//! A map that finishes cleanly (its input read to the end and every
+//! result in) hands its workers back to the pool, and the next map, of
+//! any task, runs on them: no process start, and what a worker set up
+//! (a model loaded in a `OnceLock`) stays. The pool keeps one such set;
+//! maps that run at the same time start their own. A map dropped before
+//! it finished kills its workers instead (so that nothing it queued runs
+//! for nobody, and an item stuck forever does not hold a worker). The
+//! workers kept are stopped and reaped when the last clone of the pool,
+//! and the last iterator, is dropped.
 //!
 //! # Bounded memory
 //!
@@ -82,14 +90,16 @@
 //!
 //! # Stopping
 //!
-//! Dropping the iterator, finished or not, kills the workers (each is in
-//! its own process group) and reaps them before `drop` returns. If the
-//! program itself dies, by Ctrl-C or even SIGKILL, the kernel kills its
-//! workers (`PR_SET_PDEATHSIG`, set by each worker in [`init`]); since
-//! they are in their own process groups, the terminal's Ctrl-C does not
-//! reach them directly, so the program decides: with Rust's default
-//! handling it dies and the workers with it; a program that handles
-//! SIGINT itself can drop the iterator to stop them.
+//! Dropping an iterator before it finished kills its workers (each is in
+//! its own process group) and reaps them before `drop` returns; dropping
+//! the pool does the same for the workers it kept. No zombie, no orphan,
+//! even with a worker stuck in an endless item. If the program itself
+//! dies, by Ctrl-C or even SIGKILL, the kernel kills its workers
+//! (`PR_SET_PDEATHSIG`, set by each worker in [`init`]); since they are in
+//! their own process groups, the terminal's Ctrl-C does not reach them
+//! directly, so the program decides: with Rust's default handling it dies
+//! and the workers with it; a program that handles SIGINT itself can drop
+//! its iterators and its pool to stop them.
 //!
 //! Worker output (`println!`, `eprintln!` in the function) is forwarded
 //! line by line to the program's stdout and stderr.
@@ -480,6 +490,8 @@ impl Pool {
 
     /// Runs `task` on every item, yielding the results in input order.
     ///
+    /// Workers are started on the first `next()`, or taken over from the
+    /// last map that finished; see [Workers between maps](self#workers-between-maps).
     /// The iterator yields exactly one `Result` per input item, then ends;
     /// or, if the pool stops (see [`PoolError::Stopped`]), one error per
     /// item read and a last [`PoolError::Stopped`]. Setup problems

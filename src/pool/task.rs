@@ -149,11 +149,15 @@ pub(crate) fn registered() -> Option<&'static [&'static str]> {
 ///
 /// # Panics
 ///
-/// If two tasks in `tasks` have the same name: a worker could not tell
-/// them apart.
+/// If two tasks in `tasks` have the same name (a worker could not tell
+/// them apart), or a name is longer than 255 bytes.
 pub fn init(tasks: &[&dyn AnyTask]) {
     let names: Vec<&'static str> = tasks.iter().map(|t| t.name()).collect();
     for (i, n) in names.iter().enumerate() {
+        assert!(
+            n.len() <= 255,
+            "jobmill::pool::init: task name {n:?} is longer than 255 bytes"
+        );
         assert!(
             !names[..i].contains(n),
             "jobmill::pool::init: two tasks are named {n:?}"
