@@ -302,3 +302,34 @@ fn serve(tasks: &[&dyn AnyTask], codec: Codec) -> Result<(), WorkerError> {
     }
     worker.close()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_splits_into_task_name_and_item() {
+        assert_eq!(
+            split_task(b"\x06square\x01\x02"),
+            Some((&b"square"[..], &b"\x01\x02"[..]))
+        );
+        assert_eq!(split_task(b"\x00"), Some((&b""[..], &b""[..])));
+        assert_eq!(split_task(b""), None);
+        assert_eq!(split_task(b"\x09short"), None);
+    }
+
+    #[test]
+    fn a_task_runs_on_its_encoded_item() {
+        static DOUBLE: Task<u32, u64> = Task::new("double", |x| u64::from(x) * 2);
+        let mut item = Vec::new();
+        Codec::Bincode.encode_into(&21u32, &mut item).unwrap();
+        let mut out = Vec::new();
+        DOUBLE.run_encoded(Codec::Bincode, &item, &mut out).unwrap();
+        assert_eq!(Codec::Bincode.decode::<u64>(&out).unwrap(), 42);
+        let err = DOUBLE
+            .run_encoded(Codec::Bincode, b"\x01", &mut out)
+            .unwrap_err();
+        assert!(err.contains("cannot decode the item"), "{err}");
+        assert_eq!(DOUBLE.call(5), 10);
+    }
+}
