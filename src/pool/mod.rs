@@ -29,10 +29,10 @@
 //!
 //! # How it works
 //!
-//! On the first `next()` of its first map, a [`Pool`] starts
-//! [`PoolBuilder::workers`] copies of the running program
-//! (`std::env::current_exe()`) with [`WORKER_ENV`] in their environment,
-//! and feeds them the items through a bounded [`MemoryQueue`] and the
+//! On the first `next()` of a map, the [`Pool`] hands it the workers it
+//! kept from an earlier map, or starts [`PoolBuilder::workers`] copies of
+//! the running program (`std::env::current_exe()`) with [`WORKER_ENV`] in
+//! their environment; the map feeds them the items through a bounded [`MemoryQueue`] and the
 //! long-lived worker protocol ([`crate::persistent`]); each item carries
 //! its task's name. In the workers, [`init`] sees [`WORKER_ENV`], runs the
 //! named task on every item it is sent, and exits when the pool closes:
@@ -86,7 +86,8 @@
 //! row without finishing an item (say the program does not call [`init`]
 //! first), that slot gives up; once every slot has, the items read and not
 //! run end with [`PoolError::NotRun`], and, if input was left unread, the
-//! iterator ends with [`PoolError::Stopped`]. Nothing hangs.
+//! iterator ends with [`PoolError::Stopped`]. Nothing hangs, and the next
+//! map starts new workers.
 //!
 //! # Stopping
 //!
@@ -302,7 +303,8 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Worker processes per map (default: the number of CPUs).
+    /// Worker processes (default: the number of CPUs). Each map running
+    /// at the same time as another has its own.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
