@@ -785,3 +785,38 @@ fn a_map_dropped_midway_does_not_hand_its_workers_on() {
         assert!(!hung.contains(&r.unwrap().1));
     }
 }
+
+#[test]
+fn after_every_worker_slot_gave_up_the_next_map_starts_afresh() {
+    // One slot that gives up at its first death: an abort as the first
+    // item stops the whole map.
+    let pool = builder().workers(1).max_failed_starts(1).build().unwrap();
+    let results: Vec<_> = pool
+        .map(&BEHAVE, acts(5, |x| (x == 0).then_some(Act::Abort)))
+        .collect();
+    assert_eq!(
+        results.len(),
+        5,
+        "one result per item, no Stopped: all were read"
+    );
+    assert!(
+        matches!(results[0], Err(PoolError::WorkerDied { index: 0, .. })),
+        "{:?}",
+        results[0]
+    );
+    for (i, r) in results.iter().enumerate().skip(1) {
+        match r {
+            Err(PoolError::NotRun { index, detail }) => {
+                assert_eq!(*index, i as u64);
+                assert!(detail.contains("keep failing"), "{detail}");
+            }
+            other => panic!("item {i}: expected NotRun, got {other:?}"),
+        }
+    }
+    // The pool is not dead: the next map runs on new workers.
+    let got: Vec<u64> = pool
+        .map(&SQUARE, 0..100u64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got[99], 99 * 99);
+}
