@@ -39,6 +39,9 @@
 //! - [`journal`] is the crash-safe SQLite record of a run;
 //! - [`protocol`], [`worker`] and [`persistent`] are long-lived workers:
 //!   the frame codec, the worker-side library and the coordinator side;
+//! - [`pool`] is [`Pool`], a typed process pool for Rust programs: `map`
+//!   a serde-typed function over items in worker processes of the same
+//!   binary, on top of [`persistent`] and [`worker`];
 //! - [`remote`] is `jobmill worker --queue URL`: slots that run the jobs of
 //!   a shared Redis queue;
 //! - [`sys`] holds the few calls into the operating system that need
@@ -46,11 +49,14 @@
 
 #![deny(missing_docs)]
 
+pub use pool::Pool;
+
 pub mod exec;
 pub mod input;
 pub mod job;
 pub mod journal;
 pub mod persistent;
+pub mod pool;
 pub mod protocol;
 pub mod queue;
 pub mod remote;
