@@ -119,7 +119,7 @@ fn connect(url: &str) -> anyhow::Result<RedisQueue> {
 
 /// Opens the queue; with `create` false a queue that does not exist is an
 /// error (read-only commands).
-fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
+pub(super) fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
     let mut config = RedisConfig {
         create,
         ..RedisConfig::default()
@@ -293,7 +293,9 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     if a.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
+    let started_at = super::collect::unix_now();
     let (command, inputs) = split_command(a.command)?;
+    let given = command.clone();
     let template = template_of(command, a.shell)?;
     let source = input_source(inputs, &a.arg_file)?;
     let queue = Arc::new(connect(url)?);
@@ -315,6 +317,9 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     opts.guardian = std::env::current_exe().ok();
     opts.handle_signals = true;
     let summary = remote::work(Arc::clone(&queue), opts).context("cannot start the run")?;
+    if summary.error.is_none() {
+        super::collect::collect_run(&queue, given, a.shell, started_at);
+    }
     if summary.signalled || summary.error.is_some() {
         // The submitter may be blocked on input; do not wait for it.
         return Ok(summary.exit_code() as u8);
@@ -365,32 +370,5 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
         queue.visibility_timeout(),
         queue.capacity()
     )?;
-    Ok(0)
-}
-
-/// `jobmill results --queue URL`: one tab-separated line per job that
-/// ended (done jobs run by `jobmill worker`, every failed or dead job).
-pub fn results(a: QueueArgs) -> anyhow::Result<u8> {
-    let queue = open_queue(&a.queue, false)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "Seq\tState\tAttempts\tExitval\tSignal\tHost\tJobRuntime\tReason"
-    )?;
-    for r in queue.results()? {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            r.seq,
-            r.state,
-            r.attempts,
-            opt(r.exit_code.map(|c| c.to_string())),
-            opt(r.signal.map(|s| s.to_string())),
-            opt(r.host),
-            opt(r.duration_ms.map(|d| format!("{:.3}", d as f64 / 1000.0))),
-            if r.reason.is_empty() { "-" } else { &r.reason },
-        )?;
-    }
     Ok(0)
 }
