@@ -195,7 +195,7 @@ fn collected_results_are_read_offline_after_the_redis_server_stops() {
     let online = ok(&["results", "--queue", &url, "--save", p]);
     let online_json = text(&ok(&["results", "--queue", &url, "--format", "json"]));
     assert!(
-        String::from_utf8_lossy(&online.stderr).contains("collected 5 finished jobs"),
+        String::from_utf8_lossy(&online.stderr).contains("collected the jobs of redis://"),
         "{}",
         String::from_utf8_lossy(&online.stderr)
     );
@@ -407,4 +407,77 @@ fn inputs_the_queue_does_not_keep_are_collected_empty_with_a_note() {
     let rows = tsv_rows(&text(&out));
     assert_eq!((&*rows[&1][1], &*rows[&1][9]), ("done", ""));
     assert_eq!((&*rows[&2][1], &*rows[&2][9]), ("done", "small"));
+}
+
+#[test]
+fn a_snapshot_of_a_busy_queue_records_its_queued_and_running_jobs_then_their_ends() {
+    let server = RedisServer::start();
+    let url = server.url("busy");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let release = dir.path().join("release");
+    let path = dir.path().join("c.sqlite");
+    let p = path.to_str().unwrap();
+    // Job `a` holds its (only) worker slot until the test releases it.
+    let script = format!(
+        "if [ \"$1\" = a ]; then touch {s}; while [ ! -e {r} ]; do sleep 0.05; done; fi",
+        s = started.display(),
+        r = release.display()
+    );
+    let worker = jobmill()
+        .args([
+            "worker", "--queue", &url, "-j", "1", "--", "sh", "-c", &script,
+        ])
+        .args(["sh", "{}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    submit(&url, &["--keep-open"], b"a\nb\nc\n");
+    wait_until("job a to start", || started.exists());
+    let rows = tsv_rows(&text(&ok(&["results", "--queue", &url, "--save", p])));
+    let got: Vec<(u64, &str, &str, &str)> = rows
+        .iter()
+        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[9]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "running", "1", "a"),
+            (2, "queued", "0", "b"),
+            (3, "queued", "0", "c")
+        ]
+    );
+    let st = text(&ok(&["status", p]));
+    assert!(
+        st.contains("jobs:      3+ (input not complete) total, 2 queued, 1 running, 0 done"),
+        "{st}"
+    );
+    assert!(
+        st.contains("snapshot of a queue not drained (open; 2 queued, 1 running)"),
+        "{st}"
+    );
+    std::fs::write(&release, b"").unwrap();
+    submit(&url, &[], b"");
+    finish(worker);
+    let rows = tsv_rows(&text(&ok(&["results", "--queue", &url, "--save", p])));
+    let got: Vec<(u64, &str, &str, &str)> = rows
+        .iter()
+        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[9]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "done", "1", "a"),
+            (2, "done", "1", "b"),
+            (3, "done", "1", "c")
+        ]
+    );
+    assert_eq!(sql_count(&path, "SELECT COUNT(*) FROM job"), 3);
+    let st = text(&ok(&["status", p]));
+    assert!(
+        st.contains("jobs:      3 total, 3 done, 0 failed, 0 dead"),
+        "{st}"
+    );
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use jobmill::journal::read::JobState;
 use jobmill::journal::snapshot::{JobSnapshot, RunHeader, Snapshot, SnapshotSummary};
 use jobmill::journal::{self, JournalError};
-use jobmill::queue::redis::{JobRecord, RedisQueue, RECORD_INPUT_LIMIT};
+use jobmill::queue::redis::{JobRecord, LiveJob, RedisQueue, RECORD_INPUT_LIMIT};
 
 /// What the collecting command knows of the run beyond the queue.
 #[derive(Debug, Default)]
@@ -75,7 +75,8 @@ fn job_of(r: &JobRecord) -> anyhow::Result<JobSnapshot<'_>> {
     })
 }
 
-/// Writes a snapshot of `queue`'s finished jobs (its result records) into
+/// Writes a snapshot of `queue`'s jobs (its result records, and the jobs
+/// still queued or running in its stream) into
 /// the journal at `path`, creating it or updating it in place (one
 /// transaction; collecting again never duplicates a job).
 ///
@@ -117,10 +118,37 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
         }
         e => anyhow::Error::new(e),
     })?;
-    let mut inputs_missing = 0u64;
+    // Jobs whose input is not known (bounded by the jobs with large inputs).
+    let mut missing = std::collections::BTreeSet::new();
+    // Unfinished jobs first, then the results: a job that ends while the
+    // scan runs is recorded in its final state.
+    queue.for_each_unfinished(|j: LiveJob| -> anyhow::Result<()> {
+        if j.input.is_none() {
+            missing.insert(j.job);
+        }
+        snap.job(&JobSnapshot {
+            seq: j.job,
+            input: j.input.as_deref(),
+            state: if j.leased {
+                JobState::Running
+            } else {
+                JobState::Queued
+            },
+            attempts: j.attempts,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            timed_out: false,
+            finished_at: None,
+            duration: None,
+        })?;
+        Ok(())
+    })?;
     queue.for_each_result(|r: JobRecord| -> anyhow::Result<()> {
         if r.input.is_none() {
-            inputs_missing += 1;
+            missing.insert(r.job);
+        } else {
+            missing.remove(&r.job);
         }
         snap.job(&job_of(&r)?)?;
         Ok(())
@@ -128,7 +156,7 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
     let summary = snap.commit()?;
     Ok(Collected {
         summary,
-        inputs_missing,
+        inputs_missing: missing.len() as u64,
     })
 }
 
@@ -137,7 +165,7 @@ pub fn report(c: &Collected) {
     if c.inputs_missing > 0 {
         eprintln!(
             "jobmill: {} job{} ha{} no input in the queue's records (inputs over {} KiB are \
-             not kept, nor those of jobs failed after a lost worker): recorded as empty",
+             not kept, nor those of jobs failed after their worker was lost): recorded as empty",
             c.inputs_missing,
             if c.inputs_missing == 1 { "" } else { "s" },
             if c.inputs_missing == 1 { "s" } else { "ve" },

@@ -144,9 +144,7 @@ fn collect_queue(
     collect::report(&c);
     if save.is_some() {
         eprintln!(
-            "jobmill: collected {} finished job{} of {} into {} (run {})",
-            c.summary.jobs_written,
-            if c.summary.jobs_written == 1 { "" } else { "s" },
+            "jobmill: collected the jobs of {} into {} (run {})",
             queue.url(),
             c.summary.path.display(),
             c.summary.run_id

@@ -339,19 +339,16 @@ impl Snapshot {
         conn.prepare_cached("DELETE FROM attempt WHERE seq = ?1")
             .and_then(|mut st| st.execute([seq]))
             .map_err(sql("replace a job's attempts"))?;
-        if j.attempts > 0 && j.state != JobState::Queued {
-            let outcome = match j.state {
-                JobState::Done => Some("done"),
-                JobState::Failed => Some("failed"),
-                JobState::Dead => Some("dead"),
-                JobState::Queued | JobState::Running => None,
-            };
-            let ended = j.finished_at.filter(|_| outcome.is_some());
-            let started = match (ended, j.duration) {
-                (Some(e), Some(d)) => e - d,
-                (Some(e), None) => e,
-                (None, _) => j.finished_at.unwrap_or(0.0),
-            };
+        // A final attempt with a known end is recorded; an attempt in
+        // progress is counted in `attempts` only (its start is not known).
+        let outcome = match j.state {
+            JobState::Done => Some("done"),
+            JobState::Failed => Some("failed"),
+            JobState::Dead => Some("dead"),
+            JobState::Queued | JobState::Running => None,
+        };
+        if let (true, Some(outcome), Some(ended)) = (j.attempts > 0, outcome, j.finished_at) {
+            let started = ended - j.duration.unwrap_or(0.0);
             conn.prepare_cached(
                 "INSERT INTO attempt (seq, attempt, session, slot, started_at, ended_at, \
                      exit_code, signal, timed_out, outcome, reason, duration) \
@@ -368,7 +365,7 @@ impl Snapshot {
                     j.timed_out,
                     outcome,
                     j.reason,
-                    j.duration.filter(|_| outcome.is_some()),
+                    j.duration,
                 ])
             })
             .map_err(sql("write an attempt"))?;

@@ -31,10 +31,12 @@
 
 mod conn;
 mod core;
+mod scan;
 mod scripts;
 mod types;
 mod url;
 
+pub use self::scan::LiveJob;
 pub use self::types::{
     AttemptInfo, JobRecord, OpenError, ProducerState, PutManyError, QueueStatus, RedisConfig,
     RECORD_INPUT_LIMIT,
