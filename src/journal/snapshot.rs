@@ -544,6 +544,25 @@ mod tests {
     }
 
     #[test]
+    fn a_local_runs_journal_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sqlite");
+        Snapshot::begin(&p, &header("redis://h/q"))
+            .unwrap()
+            .commit()
+            .unwrap();
+        // What a journal written by `jobmill run` looks like: no source.
+        let c = Connection::open(&p).unwrap();
+        c.execute("UPDATE run SET options = '{\"jobs\":2}'", [])
+            .unwrap();
+        drop(c);
+        let before = std::fs::read(&p).unwrap();
+        let e = Snapshot::begin(&p, &header("redis://h/q")).unwrap_err();
+        assert!(e.to_string().contains("a local run's journal"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_journal_is_refused_and_left_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.sqlite");
