@@ -12,9 +12,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
+use jobmill::journal;
 use jobmill::journal::read::JobState;
 use jobmill::journal::snapshot::{JobSnapshot, RunHeader, Snapshot, SnapshotSummary};
-use jobmill::journal::{self, JournalError};
 use jobmill::queue::redis::{JobRecord, LiveJob, RedisQueue, RECORD_INPUT_LIMIT};
 
 /// What the collecting command knows of the run beyond the queue.
@@ -112,12 +112,7 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
         input_complete: c.closed,
         total_jobs: Some(c.produced).filter(|_| c.closed),
     };
-    let mut snap = Snapshot::begin(path, &header).map_err(|e| match e {
-        e @ JournalError::Locked { .. } => {
-            anyhow::Error::new(e).context("another jobmill is writing this journal")
-        }
-        e => anyhow::Error::new(e),
-    })?;
+    let mut snap = Snapshot::begin(path, &header)?;
     // Jobs whose input is not known (bounded by the jobs with large inputs).
     let mut missing = std::collections::BTreeSet::new();
     // Unfinished jobs first, then the results: a job that ends while the

@@ -147,7 +147,7 @@ impl Snapshot {
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(JournalError::Locked {
                 path: path.to_path_buf(),
-                pid: 0,
+                pid: super::read::flock_holder(path).flatten().unwrap_or(0),
             });
         }
         let sql = |op| JournalError::sqlite(path, op);
@@ -560,6 +560,25 @@ mod tests {
         let e = Snapshot::begin(&p, &header("redis://h/q")).unwrap_err();
         assert!(e.to_string().contains("a local run's journal"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+
+    #[test]
+    fn a_journal_another_process_writes_is_refused_while_its_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sqlite");
+        Snapshot::begin(&p, &header("redis://h/q"))
+            .unwrap()
+            .commit()
+            .unwrap();
+        let writer = File::open(&p).unwrap();
+        rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let e = Snapshot::begin(&p, &header("redis://h/q")).unwrap_err();
+        assert!(matches!(e, JournalError::Locked { .. }), "{e}");
+        drop(writer);
+        Snapshot::begin(&p, &header("redis://h/q"))
+            .unwrap()
+            .commit()
+            .unwrap();
     }
 
     #[test]
