@@ -190,7 +190,13 @@ pub fn collect_temporary(
 /// `jobmill run --queue`: collects the queue's results into a new journal
 /// in the state directory, named by a new run id, and prints its path
 /// (a failure is reported, not fatal: the results stay in the queue).
-pub fn collect_run(queue: &RedisQueue, command: Vec<OsString>, shell: bool, started_at: f64) {
+pub fn collect_run(
+    queue: &RedisQueue,
+    command: Vec<OsString>,
+    shell: bool,
+    persistent: bool,
+    started_at: f64,
+) {
     let dir = journal::state_dir();
     let result = std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the state directory {}", dir.display()))
@@ -199,6 +205,7 @@ pub fn collect_run(queue: &RedisQueue, command: Vec<OsString>, shell: bool, star
             let path = journal::path_of(&dir, &run_id);
             let mut options = serde_json::Map::new();
             options.insert("shell".into(), shell.into());
+            options.insert("persistent".into(), persistent.into());
             collect(
                 queue,
                 &path,

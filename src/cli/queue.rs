@@ -285,17 +285,29 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
 }
 
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
-/// (other workers may join), and reports like `run`.
+/// (other workers may join), and reports like `run`; then collects the
+/// queue's results into a journal in the state directory (src/cli/collect.rs).
 pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+    let started_at = super::collect::unix_now();
+    let (command, _) = split_command(a.command.clone())?;
+    let (shell, persistent) = (a.shell, a.persistent);
+    let code = submit_and_work(url, a)?;
+    // 255: an error (e.g. the server is gone); nothing to collect from.
+    if code != 255 {
+        let queue = open_queue(url, false)?;
+        super::collect::collect_run(&queue, command, shell, persistent, started_at);
+    }
+    Ok(code)
+}
+
+fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     if a.keep_order || a.halt.is_some() {
         bail!("--keep-order and --halt are not supported with --queue yet");
     }
     if a.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
-    let started_at = super::collect::unix_now();
     let (command, inputs) = split_command(a.command)?;
-    let given = command.clone();
     let template = template_of(command, a.shell)?;
     let source = input_source(inputs, &a.arg_file)?;
     let queue = Arc::new(connect(url)?);
@@ -317,9 +329,6 @@ pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     opts.guardian = std::env::current_exe().ok();
     opts.handle_signals = true;
     let summary = remote::work(Arc::clone(&queue), opts).context("cannot start the run")?;
-    if summary.error.is_none() {
-        super::collect::collect_run(&queue, given, a.shell, started_at);
-    }
     if summary.signalled || summary.error.is_some() {
         // The submitter may be blocked on input; do not wait for it.
         return Ok(summary.exit_code() as u8);
