@@ -181,7 +181,9 @@ fn a_worker_waits_on_an_open_queue_and_exits_once_it_is_closed_and_drained() {
 fn run_with_a_queue_runs_locally_and_exits_with_the_failure_count() {
     let server = RedisServer::start();
     let url = server.url("runq");
+    let state = tempfile::tempdir().unwrap();
     let out = jobmill()
+        .env("XDG_STATE_HOME", state.path())
         .args(["run", "--queue", &url, "-j", "2", "--retries", "1", "--"])
         .args(["sh", "-c", "echo out-$1; [ $1 != bad ]", "sh", "{}"])
         .args([":::", "ok1", "bad", "ok2"])

@@ -1,12 +1,16 @@
 //! Reading journals: `jobmill results RUN_ID|PATH`, `jobmill status
 //! RUN_ID|PATH` and `jobmill runs [--prune AGE]`. `results` and `status`
-//! with `--queue URL` read a shared Redis queue instead (src/cli/queue.rs).
+//! with `--queue URL` first collect a shared Redis queue's results into a
+//! journal (a temporary one, or `--save PATH`; src/cli/collect.rs), then
+//! render it with the same code.
 //!
-//! Every command here opens the journal read-only and never changes it.
+//! Apart from that collection, every command here opens the journal
+//! read-only and never changes it.
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,6 +25,7 @@ use jobmill::journal::{self, JournalError};
 use jobmill::template::Template;
 
 use super::args;
+use super::collect;
 use super::queue::{self, QueueArgs};
 
 /// Output formats of `jobmill results`.
@@ -45,9 +50,16 @@ pub struct ResultsArgs {
     pub run: Option<String>,
 
     /// Read a shared queue (redis://[:password@]host:port/NAME) instead of
-    /// a journal.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["run", "format", "failed", "dead", "done", "output"])]
+    /// a journal: its finished jobs are collected into a journal (see
+    /// --save), then shown as for a run.
+    #[arg(long, value_name = "URL", conflicts_with = "run")]
     pub queue: Option<String>,
+
+    /// With --queue: collect into the journal PATH (created, or updated in
+    /// place) and keep it, so `jobmill results PATH` and `status PATH`
+    /// work offline afterwards.
+    #[arg(long, value_name = "PATH", requires = "queue")]
+    pub save: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, value_enum, default_value = "tsv")]
@@ -84,6 +96,11 @@ pub struct StatusArgs {
     /// a journal.
     #[arg(long, value_name = "URL", conflicts_with = "run")]
     pub queue: Option<String>,
+
+    /// With --queue: also collect its results into the journal PATH
+    /// (created, or updated in place), as `results --queue --save` does.
+    #[arg(long, value_name = "PATH", requires = "queue")]
+    pub save: Option<PathBuf>,
 }
 
 /// Options of `jobmill runs`.
@@ -107,15 +124,47 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
+/// Collects the queue `url` into `save`, or into a temporary journal that
+/// lives as long as the returned directory.
+fn collect_queue(
+    url: &str,
+    save: Option<&Path>,
+) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    let queue = queue::open_queue(url, false)?;
+    let (dir, path, c) = match save {
+        Some(p) => {
+            let c = collect::collect(&queue, p, collect::RunContext::default())?;
+            (None, p.to_path_buf(), c)
+        }
+        None => {
+            let (dir, path, c) = collect::collect_temporary(&queue)?;
+            (Some(dir), path, c)
+        }
+    };
+    collect::report(&c);
+    if save.is_some() {
+        eprintln!(
+            "jobmill: collected the jobs of {} into {} (run {})",
+            queue.url(),
+            c.summary.path.display(),
+            c.summary.run_id
+        );
+    }
+    Ok((dir, path))
+}
+
 /// `jobmill results`.
 pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
-    let Some(run) = a.run else {
-        let Some(url) = a.queue else {
-            bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");
-        };
-        return queue::results(QueueArgs { queue: url });
+    let (_dir, j) = match (&a.run, &a.queue) {
+        (Some(run), _) => (None, open(run)?),
+        (None, Some(url)) => {
+            let (dir, path) = collect_queue(url, a.save.as_deref())?;
+            (dir, Journal::open(&path)?)
+        }
+        (None, None) => {
+            bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL")
+        }
     };
-    let j = open(&run)?;
     let info = j.run()?;
     let filter = StateFilter {
         done: a.done,
@@ -269,7 +318,9 @@ struct RowWriter {
 
 impl RowWriter {
     fn new(format: Format, info: &RunInfo) -> anyhow::Result<RowWriter> {
-        let template = if format == Format::Joblog {
+        // A queue's collected results may not know the command (the
+        // workers had it): the joblog's Command column is then empty.
+        let template = if format == Format::Joblog && !info.command.iter().all(|a| a.is_empty()) {
             Some(
                 Template::parse(&info.command, info.shell())
                     .context("the journal's command cannot be rendered")?,
@@ -591,7 +642,19 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
         let Some(url) = a.queue else {
             bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");
         };
-        return queue::status(QueueArgs { queue: url });
+        // The queue's own state (open/closed, producer, settings), then
+        // what its collected results show, as for a run.
+        queue::status(QueueArgs { queue: url.clone() })?;
+        let (_dir, path) = collect_queue(&url, a.save.as_deref())?;
+        let j = Journal::open(&path)?;
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        if a.save.is_some() {
+            writeln!(out, "journal:  {}", path.display())?;
+        }
+        write_details(&j, &mut out)?;
+        out.flush()?;
+        return Ok(0);
     };
     let j = open(&run)?;
     let info = j.run()?;
@@ -602,7 +665,14 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
     let mut out = BufWriter::new(stdout.lock());
     writeln!(out, "run:       {}", info.run_id)?;
     writeln!(out, "journal:   {}", j.path().display())?;
-    writeln!(out, "command:   {}", info.command_display)?;
+    if info.command_display.is_empty() {
+        writeln!(
+            out,
+            "command:   (not known here: the queue's workers had it)"
+        )?;
+    } else {
+        writeln!(out, "command:   {}", info.command_display)?;
+    }
     writeln!(
         out,
         "started:   {} UTC on {}",
@@ -615,6 +685,12 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             out,
             "state:     finished ({}) at {} UTC",
             info.end_reason.as_deref().unwrap_or("complete"),
+            format_utc(info.ended_at.unwrap_or(info.started_at))
+        )?,
+        Liveness::Interrupted if info.options.get("source").is_some() => writeln!(
+            out,
+            "state:     {} at {} UTC",
+            info.end_reason.as_deref().unwrap_or("snapshot"),
             format_utc(info.ended_at.unwrap_or(info.started_at))
         )?,
         Liveness::Interrupted => writeln!(
@@ -659,6 +735,16 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             if left == 1 { "" } else { "s" }
         )?;
     }
+    if let Some(source) = info.options.get("source").and_then(|s| s.as_str()) {
+        writeln!(out, "collected: from {source}")?;
+    }
+    write_details(&j, &mut out)?;
+    out.flush()?;
+    Ok(0)
+}
+
+/// The slowest jobs and the top failure reasons.
+fn write_details(j: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
     let slowest = j.slowest(5)?;
     if !slowest.is_empty() {
         writeln!(out, "slowest:")?;
@@ -696,8 +782,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             writeln!(out, "  {n:>8}  {reason}")?;
         }
     }
-    out.flush()?;
-    Ok(0)
+    Ok(())
 }
 
 fn human_size(bytes: u64) -> String {

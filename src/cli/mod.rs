@@ -2,6 +2,7 @@
 //! and one module per subcommand.
 
 mod args;
+mod collect;
 mod journal;
 mod queue;
 mod run;

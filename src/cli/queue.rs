@@ -139,7 +139,7 @@ fn connect(url: &str) -> anyhow::Result<RedisQueue> {
 
 /// Opens the queue; with `create` false a queue that does not exist is an
 /// error (read-only commands).
-fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
+pub(super) fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
     let mut config = RedisConfig {
         create,
         ..RedisConfig::default()
@@ -381,8 +381,22 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
 }
 
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
-/// (other workers may join), and reports like `run`.
+/// (other workers may join), and reports like `run`; then collects the
+/// queue's results into a journal in the state directory (src/cli/collect.rs).
 pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+    let started_at = super::collect::unix_now();
+    let (command, _) = split_command(a.command.clone())?;
+    let (shell, persistent) = (a.shell, a.persistent);
+    let code = submit_and_work(url, a)?;
+    // 255: an error (e.g. the server is gone); nothing to collect from.
+    if code != 255 {
+        let queue = open_queue(url, false)?;
+        super::collect::collect_run(&queue, command, shell, persistent, started_at);
+    }
+    Ok(code)
+}
+
+fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     if a.keep_order || a.halt.is_some() {
         bail!("--keep-order and --halt are not supported with --queue yet");
     }
@@ -460,32 +474,5 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
         queue.visibility_timeout(),
         queue.capacity()
     )?;
-    Ok(0)
-}
-
-/// `jobmill results --queue URL`: one tab-separated line per job that
-/// ended (done jobs run by `jobmill worker`, every failed or dead job).
-pub fn results(a: QueueArgs) -> anyhow::Result<u8> {
-    let queue = open_queue(&a.queue, false)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "Seq\tState\tAttempts\tExitval\tSignal\tHost\tJobRuntime\tReason"
-    )?;
-    for r in queue.results()? {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            r.seq,
-            r.state,
-            r.attempts,
-            opt(r.exit_code.map(|c| c.to_string())),
-            opt(r.signal.map(|s| s.to_string())),
-            opt(r.host),
-            opt(r.duration_ms.map(|d| format!("{:.3}", d as f64 / 1000.0))),
-            if r.reason.is_empty() { "-" } else { &r.reason },
-        )?;
-    }
     Ok(0)
 }

@@ -13,6 +13,7 @@
 
 pub mod prune;
 pub mod read;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 

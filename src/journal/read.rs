@@ -907,7 +907,7 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
 /// The pid of a process holding an `flock` on `path`, from `/proc/locks`:
 /// `Some(Some(pid))` if one does, `Some(None)` if none does, `None` if
 /// `/proc/locks` or the file cannot be read.
-fn flock_holder(path: &Path) -> Option<Option<i64>> {
+pub(super) fn flock_holder(path: &Path) -> Option<Option<i64>> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;

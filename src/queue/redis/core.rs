@@ -414,6 +414,7 @@ impl Inner {
         held: HeldLease,
         reason: FailReason,
         info: &AttemptInfo,
+        input: Option<&[u8]>,
     ) -> Result<(Settle, Disposition), QueueError> {
         let HeldLease {
             entry,
@@ -449,7 +450,11 @@ impl Inner {
                     signal,
                     host: info.host.clone(),
                     duration_ms: info.duration.map(|d| d.as_millis() as u64),
-                };
+                    ended_ms: None,
+                    input: None,
+                    input_bytes: None,
+                }
+                .with_input(input);
                 let json = serde_json::to_string(&rec).map_err(|e| protocol("fail", e))?;
                 let action = if matches!(next, JobState::Failed { .. }) {
                     "f"
@@ -544,7 +549,7 @@ impl Inner {
                 worker: WorkerId(0),
                 attempt: attempt.max(1),
             };
-            let (item, _) = self.fail_item(held, reason, &AttemptInfo::default())?;
+            let (item, _) = self.fail_item(held, reason, &AttemptInfo::default(), None)?;
             items.push(item);
         }
         let n = items.len();

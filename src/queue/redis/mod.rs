@@ -31,12 +31,15 @@
 
 mod conn;
 mod core;
+mod scan;
 mod scripts;
 mod types;
 mod url;
 
+pub use self::scan::LiveJob;
 pub use self::types::{
     AttemptInfo, JobRecord, OpenError, ProducerState, PutManyError, QueueStatus, RedisConfig,
+    RECORD_INPUT_LIMIT,
 };
 pub use self::url::{QueueUrl, UrlError};
 
@@ -424,7 +427,7 @@ impl RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
         };
-        let (item, disposition) = inner.fail_item(held, reason, info)?;
+        let (item, disposition) = inner.fail_item(held, reason, info, Some(&lease.job.payload))?;
         Ok(if inner.settle(&[item])?.first() == Some(&true) {
             disposition
         } else {
@@ -441,17 +444,23 @@ impl RedisQueue {
         for lease in leases {
             let record = match info {
                 None => String::new(),
-                Some(info) => serde_json::to_string(&JobRecord {
-                    job: lease.job.id.0,
-                    seq: lease.job.seq,
-                    state: "done".into(),
-                    attempts: lease.job.attempts,
-                    reason: String::new(),
-                    exit_code: Some(0),
-                    signal: None,
-                    host: info.host.clone(),
-                    duration_ms: info.duration.map(|d| d.as_millis() as u64),
-                })
+                Some(info) => serde_json::to_string(
+                    &JobRecord {
+                        job: lease.job.id.0,
+                        seq: lease.job.seq,
+                        state: "done".into(),
+                        attempts: lease.job.attempts,
+                        reason: String::new(),
+                        exit_code: Some(0),
+                        signal: None,
+                        host: info.host.clone(),
+                        duration_ms: info.duration.map(|d| d.as_millis() as u64),
+                        ended_ms: None,
+                        input: None,
+                        input_bytes: None,
+                    }
+                    .with_input(Some(&lease.job.payload)),
+                )
                 .map_err(|e| protocol("complete", e))?,
             };
             JobState::Leased {
@@ -557,6 +566,46 @@ impl RedisQueue {
     /// Backend failures, or a record that is not valid JSON.
     pub fn results(&self) -> Result<Vec<JobRecord>, QueueError> {
         self.records("results", self.inner.keys.results())
+    }
+
+    /// Streams the result records (see [`RedisQueue::results`]) to `f`,
+    /// one page of `HSCAN` (about 1000 records) at a time, so memory stays
+    /// bounded for any number of jobs. In no particular order, and, as
+    /// `HSCAN` guarantees only that every record present throughout is
+    /// seen at least once, a record may be given more than once: callers
+    /// must be idempotent (the journal snapshot upserts by job).
+    ///
+    /// # Errors
+    ///
+    /// Backend failures, a record that is not valid JSON, or the error of
+    /// `f` (which stops the scan).
+    pub fn for_each_result<E, F>(&self, mut f: F) -> Result<(), E>
+    where
+        E: From<QueueError>,
+        F: FnMut(JobRecord) -> Result<(), E>,
+    {
+        const OP: &str = "results";
+        let key = self.inner.keys.results();
+        let mut cursor = 0u64;
+        loop {
+            let (next, flat): (u64, Vec<String>) =
+                self.inner.pool.call(OP, None, |con, _, _| {
+                    ::redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(con)
+                })?;
+            for pair in flat.chunks(2) {
+                let json = pair.get(1).ok_or_else(|| protocol(OP, "HSCAN reply"))?;
+                f(serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(OP, e))?)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     fn records(&self, operation: &'static str, key: &str) -> Result<Vec<JobRecord>, QueueError> {
@@ -781,7 +830,7 @@ impl Queue for RedisQueue {
                 worker,
                 attempt,
             };
-            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default())?;
+            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), None)?;
             items.push(item);
             outcomes.push((JobId(job), d));
         }

@@ -131,6 +131,132 @@ pub struct JobRecord {
     /// How long the last attempt ran, in milliseconds, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// When the record was written (the job ended), Unix milliseconds by
+    /// the clock of the client that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// The job's input (its payload), kept when it is at most
+    /// [`RECORD_INPUT_LIMIT`] bytes and the client that ended the job held
+    /// it (a job failed after its idle lease was reclaimed has none).
+    /// Stored base64-encoded as `input_b64`.
+    #[serde(
+        default,
+        rename = "input_b64",
+        skip_serializing_if = "Option::is_none",
+        with = "b64"
+    )]
+    pub input: Option<Vec<u8>>,
+    /// The input's length in bytes, when the client that ended the job
+    /// held it (also when the input itself is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_bytes: Option<u64>,
+}
+
+/// Largest input kept in a [`JobRecord`]: larger inputs are recorded by
+/// length only (the payload key is deleted when the job ends).
+pub const RECORD_INPUT_LIMIT: usize = 16 * 1024;
+
+impl JobRecord {
+    /// Fills `input`/`input_bytes` from the job's payload and `ended_ms`
+    /// from the clock.
+    pub(super) fn with_input(mut self, payload: Option<&[u8]>) -> JobRecord {
+        if let Some(p) = payload {
+            self.input_bytes = Some(p.len() as u64);
+            if p.len() <= RECORD_INPUT_LIMIT {
+                self.input = Some(p.to_vec());
+            }
+        }
+        self.ended_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+        self
+    }
+}
+
+/// Base64 (standard alphabet, padded) for bytes in JSON records.
+mod b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for c in bytes.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= c.len() {
+                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    }
+
+    pub(super) fn decode(s: &str) -> Option<Vec<u8>> {
+        let b = s.as_bytes();
+        if b.len() % 4 != 0 {
+            return None;
+        }
+        let val = |c: u8| A.iter().position(|&x| x == c).map(|v| v as u32);
+        let mut out = Vec::with_capacity(b.len() / 4 * 3);
+        for (i, q) in b.chunks(4).enumerate() {
+            let last = i + 1 == b.len() / 4;
+            let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && !last) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &q[..4 - pad] {
+                n = (n << 6) | val(c)?;
+            }
+            n <<= 6 * pad as u32;
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..3 - pad]);
+        }
+        Some(out)
+    }
+
+    #[allow(clippy::ref_option)]
+    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        v.map(|s| decode(&s).ok_or_else(|| serde::de::Error::custom("invalid base64 in input_b64")))
+            .transpose()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn base64_round_trips_every_length_and_rejects_garbage() {
+            let data: Vec<u8> = (0..=255u8).collect();
+            for n in 0..20 {
+                let enc = super::encode(&data[250 - n * 10..250 - n * 10 + n]);
+                assert_eq!(
+                    super::decode(&enc).unwrap(),
+                    &data[250 - n * 10..250 - n * 10 + n]
+                );
+            }
+            assert_eq!(super::encode(b"foobar"), "Zm9vYmFy");
+            assert_eq!(super::decode("Zm9vYg==").unwrap(), b"foob");
+            assert!(super::decode("Zm9").is_none());
+            assert!(super::decode("Z===").is_none());
+            assert!(super::decode("Zm=vYg==").is_none());
+            assert!(super::decode("Zm9*").is_none());
+        }
+    }
 }
 
 /// What a worker observed of an attempt, stored in the job's record.
