@@ -184,7 +184,7 @@ mod tests {
                 panic!("not a result")
             };
             assert_eq!(res.id, i);
-            assert_eq!(res.payload.bytes().len(), i as usize);
+            assert_eq!(res.payload.len(), i);
         }
         assert!(r.read_frame().unwrap().is_none());
     }
