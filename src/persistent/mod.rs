@@ -85,6 +85,9 @@ pub const DEFAULT_ARENA: usize = 2 << 30;
 /// Default threshold from which payloads go through the arena: 64 KiB.
 pub const DEFAULT_ARENA_THRESHOLD: usize = 64 << 10;
 
+/// Default soft cap on arena bytes in flight to one worker: 8 MiB.
+pub const DEFAULT_ARENA_INFLIGHT: usize = 8 << 20;
+
 /// Alignment of job payloads in the arena (a page: numpy-friendly).
 const ARENA_ALIGN: u64 = 4096;
 
@@ -131,6 +134,12 @@ pub struct Config {
     /// Payloads (jobs and results) of at least this many bytes go through
     /// the arena; smaller ones go inline in their frames.
     pub arena_threshold: usize,
+    /// Soft cap on the arena bytes in flight to one worker: further jobs
+    /// with arena payloads wait until it has room, though two such jobs are
+    /// always allowed (so a worker never waits for its next item). Few
+    /// regions in use stay in the CPU caches: 1 MiB items measured 3-5x
+    /// faster with 8 MiB in flight than with 32 MiB.
+    pub arena_inflight: usize,
 }
 
 impl Config {
@@ -152,6 +161,7 @@ impl Config {
             max_failed_starts: 5,
             arena: DEFAULT_ARENA,
             arena_threshold: DEFAULT_ARENA_THRESHOLD,
+            arena_inflight: DEFAULT_ARENA_INFLIGHT,
         }
     }
 }
@@ -532,13 +542,19 @@ struct Extents {
     /// Free (offset, length) extents, sorted by offset, never adjacent.
     free: Vec<(u64, u64)>,
     in_use: u64,
+    /// Allocations made and not freed.
+    count: usize,
+    /// Soft cap on `in_use` (see [`Config::arena_inflight`]).
+    budget: u64,
 }
 
 impl Extents {
-    fn new(len: u64) -> Extents {
+    fn new(len: u64, budget: u64) -> Extents {
         Extents {
             free: vec![(0, len)],
             in_use: 0,
+            count: 0,
+            budget,
         }
     }
 
@@ -546,14 +562,19 @@ impl Extents {
         n.max(1).div_ceil(ARENA_ALIGN) * ARENA_ALIGN
     }
 
-    /// Whether `n` bytes could be allocated now.
+    /// Whether `n` bytes could be allocated now, within the budget.
     fn fits(&self, n: u64) -> bool {
         let n = Self::rounded(n);
-        self.free.iter().any(|&(_, len)| len >= n)
+        let within = self.count < 2 || self.in_use + n <= self.budget;
+        within && self.free.iter().any(|&(_, len)| len >= n)
     }
 
-    /// Allocates `n` bytes: (offset, allocated length).
+    /// Allocates `n` bytes: (offset, allocated length), if it
+    /// [`fits`](Extents::fits).
     fn alloc(&mut self, n: u64) -> Option<(u64, u64)> {
+        if !self.fits(n) {
+            return None;
+        }
         let n = Self::rounded(n);
         let i = self.free.iter().position(|&(_, len)| len >= n)?;
         let (off, len) = self.free[i];
@@ -563,11 +584,13 @@ impl Extents {
             self.free[i] = (off + n, len - n);
         }
         self.in_use += n;
+        self.count += 1;
         Some((off, n))
     }
 
     fn free(&mut self, off: u64, n: u64) {
         self.in_use -= n;
+        self.count -= 1;
         let i = self.free.partition_point(|&(o, _)| o < off);
         let joins_prev = i > 0 && {
             let (po, pl) = self.free[i - 1];
@@ -899,7 +922,10 @@ impl Ctx<'_> {
         if proc.arena_granted {
             if let Some(arena) = &proc.arena {
                 link.arena = Some((Arc::clone(arena), Arc::clone(&proc.page)));
-                link.flight().alloc = Some(Extents::new(self.config.arena as u64));
+                link.flight().alloc = Some(Extents::new(
+                    self.config.arena as u64,
+                    self.config.arena_inflight as u64,
+                ));
             }
         }
         self.observer.worker(WorkerEvent::Started {
