@@ -394,3 +394,46 @@ fn a_one_gib_item_round_trips_through_the_arena() {
     assert!(result[..] == item[..], "the 1 GiB result differs");
     assert_eq!((summary.arena_jobs, summary.arena_results), (1, 1));
 }
+
+#[test]
+fn cli_persistent_passes_large_lines_with_any_arena_size() {
+    // Lines of 100 and 300 KB go through the arena by default, inline when
+    // they are larger than a 64K arena, and inline with no arena at all.
+    let input: Vec<String> = [10usize, 100_000, 300_000, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|k| (b'a' + ((k * 7 + i) % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let stdin: String = input.iter().map(|l| format!("{l}\n")).collect();
+    let want: Vec<String> = input.iter().map(|l| l.chars().rev().collect()).collect();
+    let script = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    job.complete(bytes(job.payload)[::-1] + b'\\n')\n";
+    for arena in ["2G", "64K", "0"] {
+        let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_jobmill"))
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+            .args([
+                "run",
+                "-k",
+                "-j",
+                "2",
+                "--persistent",
+                "--arena",
+                arena,
+                "--",
+            ])
+            .args(["python3", "-c", script])
+            .write_stdin(stdin.clone())
+            .assert()
+            .code(0)
+            .get_output()
+            .clone();
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(got == want, "--arena {arena}: output differs");
+    }
+}

@@ -1776,3 +1776,41 @@ fn read_error(e: ReadError) -> Ended {
         other => Ended::Protocol(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_extents_coalesce_back_into_the_whole_area() {
+        let mut a = Extents::new(1 << 20, u64::MAX);
+        let x = a.alloc(5000).unwrap();
+        let y = a.alloc(4096).unwrap();
+        let z = a.alloc(1).unwrap();
+        assert_eq!((x, y, z), ((0, 8192), (8192, 4096), (12288, 4096)));
+        assert_eq!(a.in_use, 16384);
+        a.free(y.0, y.1);
+        // First fit reuses the lowest hole.
+        assert_eq!(a.alloc(10).unwrap(), (8192, 4096));
+        a.free(8192, 4096);
+        a.free(x.0, x.1);
+        a.free(z.0, z.1);
+        assert_eq!(a.free, vec![(0, 1 << 20)]);
+        assert_eq!((a.in_use, a.count), (0, 0));
+        assert!(a.alloc((1 << 20) + 1).is_none());
+        assert!(a.alloc(1 << 20).is_some());
+    }
+
+    #[test]
+    fn the_in_flight_budget_always_allows_two_jobs() {
+        let mut a = Extents::new(1 << 30, 1 << 20);
+        assert!(a.alloc(64 << 20).is_some());
+        assert!(a.alloc(64 << 20).is_some());
+        assert!(!a.fits(4096), "over budget with two in flight");
+        let mut b = Extents::new(1 << 30, 1 << 20);
+        for _ in 0..4 {
+            assert!(b.alloc(256 << 10).is_some());
+        }
+        assert!(b.alloc(1).is_none(), "the budget is full");
+    }
+}

@@ -972,3 +972,60 @@ where
     }
     worker.close()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(len: u64) -> Ring {
+        Ring {
+            base: 1000,
+            len,
+            head: 0,
+            outstanding: VecDeque::new(),
+            seen: 0,
+        }
+    }
+
+    #[test]
+    fn the_result_ring_wraps_and_restarts_when_empty() {
+        let mut r = ring(1024);
+        assert_eq!(r.alloc(400, 0), Some(1000));
+        assert_eq!(r.alloc(400, 0), Some(1000 + 448));
+        assert_eq!(r.alloc(400, 0), None, "full");
+        // The first is consumed: the next wraps to the start.
+        assert_eq!(r.alloc(300, 1), Some(1000));
+        // Ending exactly at the oldest region's start is refused.
+        assert_eq!(r.alloc(128, 1), None);
+        // Everything consumed: restart at the beginning.
+        assert_eq!(r.alloc(1024, 3), Some(1000));
+        assert_eq!(r.alloc(1025, 4), None, "larger than the area");
+    }
+
+    #[test]
+    fn outstanding_result_regions_never_overlap() {
+        let mut r = ring(10_000);
+        let mut consumed = 0u64;
+        let mut x = 12345u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = x % 3000;
+            if r.alloc(n, consumed).is_none() {
+                // Nothing is ever too big for an empty ring.
+                consumed = r.seen + r.outstanding.len() as u64;
+                assert!(r.alloc(n, consumed).is_some());
+            }
+            if x % 3 == 0 {
+                consumed = (consumed + 1).min(r.seen + r.outstanding.len() as u64);
+            }
+            let mut v: Vec<_> = r.outstanding.iter().copied().collect();
+            v.sort();
+            for w in v.windows(2) {
+                assert!(w[0].1 <= w[1].0, "{:?} overlaps", w);
+            }
+            assert!(v.iter().all(|&(_, end)| end <= 10_000));
+        }
+    }
+}
