@@ -437,3 +437,40 @@ fn cli_persistent_passes_large_lines_with_any_arena_size() {
         assert!(got == want, "--arena {arena}: output differs");
     }
 }
+
+#[test]
+fn python_worker_wraps_a_large_payload_with_numpy_without_copying() {
+    let have_numpy = std::process::Command::new("python3")
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_numpy {
+        eprintln!("numpy is not installed: nothing to check");
+        return;
+    }
+    // The worker checks that the array is a read-only view of the payload
+    // (not a copy), and answers with a numpy array (bytes-like result).
+    let script = r#"
+import numpy as np, jobmill_worker
+for job in jobmill_worker.jobs():
+    a = np.frombuffer(job.payload, dtype=np.uint8)
+    if a.flags.owndata or a.flags.writeable or not isinstance(a.base, memoryview):
+        job.fail("numpy copied the payload")
+    else:
+        job.complete(a[::-1].copy())
+"#;
+    let payloads: Vec<Vec<u8>> = (0..6).map(|i| payload((1 << 20) + i, i as u64)).collect();
+    let (rec, ids, summary) = run(&py(script, 1), &payloads, RetryPolicy::default());
+    let done = rec.done();
+    assert_eq!(
+        done.len(),
+        payloads.len(),
+        "{:?}",
+        rec.outcomes.lock().unwrap()
+    );
+    for (id, p) in ids.iter().zip(&payloads) {
+        let want: Vec<u8> = p.iter().rev().copied().collect();
+        assert_eq!(hash(&done[id]), hash(&want));
+    }
+    assert_eq!(summary.arena_results, payloads.len() as u64);
+}
