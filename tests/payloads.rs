@@ -152,6 +152,7 @@ fn rust_payloads_below_at_and_above_the_threshold_arrive_intact_both_ways() {
     assert_eq!(summary.arena_results, above(&sizes));
     assert_eq!(summary.arena_fallbacks, 0);
     assert_eq!(summary.arena_reclaimed, 0);
+    assert_eq!(summary.arena_released, 0, "small regions stay mapped");
     assert_eq!(summary.lost, 0);
 }
 
@@ -393,6 +394,10 @@ fn a_one_gib_item_round_trips_through_the_arena() {
     assert_eq!(result.len(), len);
     assert!(result[..] == item[..], "the 1 GiB result differs");
     assert_eq!((summary.arena_jobs, summary.arena_results), (1, 1));
+    // Both regions were given back beyond the first 256 MiB of their
+    // areas: the worker does not keep 2 GiB of memory for the rest of its
+    // life.
+    assert_eq!(summary.arena_released, 2 * ((1 << 30) - (256 << 20)));
 }
 
 #[test]

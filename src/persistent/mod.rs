@@ -88,6 +88,11 @@ pub const DEFAULT_ARENA_THRESHOLD: usize = 64 << 10;
 /// Default soft cap on arena bytes in flight to one worker: 8 MiB.
 pub const DEFAULT_ARENA_INFLIGHT: usize = 8 << 20;
 
+/// How much of the start of each arena area stays in memory once used:
+/// regions beyond it are given back to the system when they are freed, so a
+/// worker that once handled a huge item does not keep its memory.
+const ARENA_KEEP: u64 = 256 << 20;
+
 /// Alignment of job payloads in the arena (a page: numpy-friendly).
 const ARENA_ALIGN: u64 = 4096;
 
@@ -379,6 +384,9 @@ pub struct Summary {
     /// (lost with it, or never answered), reclaimed by discarding that
     /// arena. 0 when every job was answered.
     pub arena_reclaimed: u64,
+    /// Bytes of arena memory given back to the system after use: the parts
+    /// of freed regions beyond the first 256 MiB of their area.
+    pub arena_released: u64,
 }
 
 /// Why [`run`] failed.
@@ -1482,6 +1490,7 @@ impl Ctx<'_> {
     ) -> Result<(), String> {
         // Copy arena results out first, without holding the lock.
         let mut arena_results = 0u64;
+        let mut released = 0u64;
         let mut outcomes = Vec::new();
         for (id, outcome) in entries {
             let outcome = match outcome {
@@ -1501,10 +1510,13 @@ impl Ctx<'_> {
                         ));
                     }
                     arena_results += 1;
-                    match arena.copy_out(offset as usize, len as usize) {
-                        Ok(v) => Ok(Bytes::from(v)),
+                    let copied = match arena.copy_out(offset as usize, len as usize) {
+                        Ok(v) => Bytes::from(v),
                         Err(e) => return Err(format!("result of job {id}: {e}")),
-                    }
+                    };
+                    // Before the worker may reuse it (the count below).
+                    released += release_beyond_keep(arena, area, offset, len);
+                    Ok(copied)
                 }
                 Err(msg) => Err(String::from_utf8_lossy(msg).into_owned()),
             };
@@ -1529,6 +1541,10 @@ impl Ctx<'_> {
             };
             let held = f.inflight.remove(pos).expect("position is in range");
             if let (Some((off, n)), Some(alloc)) = (held.region, f.alloc.as_mut()) {
+                // Before the allocator may hand the region out again.
+                if let Some((arena, _)) = &link.arena {
+                    released += release_beyond_keep(arena, 0, off, n);
+                }
                 alloc.free(off, n);
                 freed = true;
             }
@@ -1536,6 +1552,9 @@ impl Ctx<'_> {
         }
         if freed && !f.parked.is_empty() {
             link.cond.notify_one();
+        }
+        if released > 0 {
+            self.summary_mut().arena_released += released;
         }
         if f.inflight.front().map(|h| h.index) != head {
             f.head_since = Instant::now();
@@ -1765,6 +1784,23 @@ enum Life {
         /// What happened.
         detail: String,
     },
+}
+
+/// Gives back the memory of the part of a free region `offset, len` that
+/// lies beyond [`ARENA_KEEP`] bytes from its area's start `area_start`.
+/// Returns the bytes released.
+fn release_beyond_keep(arena: &Arena, area_start: u64, offset: u64, len: u64) -> u64 {
+    let keep_end = area_start + ARENA_KEEP;
+    let end = offset + len;
+    if end <= keep_end {
+        return 0;
+    }
+    let start = offset.max(keep_end);
+    // Failing to punch a hole only costs memory.
+    match arena.release(start as usize, (end - start) as usize) {
+        Ok(()) => end - start,
+        Err(_) => 0,
+    }
 }
 
 fn read_error(e: ReadError) -> Ended {

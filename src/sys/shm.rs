@@ -272,6 +272,41 @@ impl Arena {
         Ok(out)
     }
 
+    /// Gives the memory behind the whole pages of `offset..offset + len`
+    /// back to the system (the bytes read as zeros afterwards; writing them
+    /// again takes fresh pages). Only for a region no one uses now.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the region is outside the arena; the operating
+    /// system's error if the file cannot punch holes.
+    pub fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check(offset, len)?;
+        let page = PAGE_LEN;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len) / page * page;
+        if end <= start {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            start as u64,
+            (end - start) as u64,
+        )?;
+        Ok(())
+    }
+
+    /// Bytes of memory the arena's file uses now (its touched pages).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error if the file cannot be queried.
+    pub fn resident(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
     /// A view of `len` bytes at `offset`, without copying. The view keeps
     /// the mapping alive. Per the arena contract the region must not be
     /// written by the other process while the view is used: for a job's
@@ -341,5 +376,17 @@ mod tests {
         assert!(a.write((1 << 20) - 2, b"abc").is_err());
         assert!(b.bytes(usize::MAX, 2).is_err());
         assert!(b.copy_out(1 << 20, 1).is_err());
+    }
+
+    #[test]
+    fn a_released_region_gives_its_memory_back() {
+        let a = Arena::create("test", 64 << 20).unwrap();
+        assert_eq!(a.resident().unwrap(), 0, "sparse until touched");
+        a.write(16 << 20, &vec![7u8; 8 << 20]).unwrap();
+        assert!(a.resident().unwrap() >= 8 << 20);
+        a.release(16 << 20, 8 << 20).unwrap();
+        assert_eq!(a.resident().unwrap(), 0);
+        assert_eq!(a.copy_out(16 << 20, 4).unwrap(), vec![0; 4]);
+        assert!(a.release(60 << 20, 8 << 20).is_err());
     }
 }
