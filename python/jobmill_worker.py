@@ -123,8 +123,11 @@ class Job:
         self._done = True
 
     def __repr__(self):
-        return "Job(id=%d, seq=%d, attempt=%d, payload=%d bytes)" % (
-            self.id, self.seq, self.attempt, len(self.payload))
+        try:
+            size = "%d bytes" % len(self.payload)
+        except ValueError:  # a released arena view
+            size = "released"
+        return "Job(id=%d, seq=%d, attempt=%d, payload=%s)" % (self.id, self.seq, self.attempt, size)
 
 
 class Worker:
