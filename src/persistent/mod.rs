@@ -1074,8 +1074,9 @@ impl Ctx<'_> {
 
     /// Leases up to `n` jobs and encodes them into the writer's buffer,
     /// registering them as in flight. Jobs parked for room in the arena go
-    /// first; a job that does not fit the arena now is parked, with every
-    /// job after it.
+    /// first, as many as fit now; more are leased only once none is left
+    /// parked. The first new job that does not fit the arena now is parked,
+    /// with every job leased after it (they keep their order).
     fn fill(
         &self,
         worker: WorkerId,
@@ -1084,82 +1085,108 @@ impl Ctx<'_> {
         n: usize,
         first: Option<Lease>,
     ) -> Result<Filled, QueueError> {
-        let mut leases: Vec<Lease> = link.flight().parked.drain(..).collect();
+        let threshold = self.config.arena_threshold;
+        let area = self.config.arena as u64;
+        // (lease, its arena region if allocated)
+        let mut ready: Vec<(Lease, Option<(u64, u64)>)> = Vec::new();
+        let mut leases = Vec::new();
         let mut closed = false;
+        let parked_left = {
+            let mut f = link.flight();
+            let f = &mut *f;
+            while ready.len() < n {
+                let Some(front) = f.parked.front() else { break };
+                let len = front.job.payload.len() as u64;
+                match f.alloc.as_mut().and_then(|a| a.alloc(len)) {
+                    Some(region) => {
+                        let lease = f.parked.pop_front().expect("front exists");
+                        ready.push((lease, Some(region)));
+                    }
+                    None => break,
+                }
+            }
+            !f.parked.is_empty()
+        };
         if let Some(l) = first {
             leases.push(l);
         }
-        if leases.len() < n {
+        if !parked_left && ready.len() + leases.len() < n {
             match self
                 .queue
-                .try_get_many(worker, n - leases.len(), &mut leases)
+                .try_get_many(worker, n - ready.len() - leases.len(), &mut leases)
             {
                 Ok(_) | Err(TryGetError::Empty) => {}
                 Err(TryGetError::Closed) => closed = true,
                 Err(TryGetError::Backend(e)) => return Err(e),
             }
         }
-        let threshold = self.config.arena_threshold;
-        let area = self.config.arena as u64;
-        let mut sendable = Vec::with_capacity(leases.len());
         let mut park = Vec::new();
-        let (mut arena_jobs, mut fallbacks) = (0, 0);
+        let mut failed = Vec::new();
+        let mut fallbacks = 0;
         for lease in leases {
-            if !park.is_empty() {
+            if parked_left || !park.is_empty() {
                 park.push(lease);
                 continue;
             }
+            let len = lease.job.payload.len() as u64;
+            if link.arena.is_none() || lease.job.payload.len() < threshold {
+                ready.push((lease, None));
+            } else if len > area {
+                // Never fits: inline if the frame limit allows.
+                if job_body_len(lease.job.payload.len()) > self.config.max_frame {
+                    let message = format!(
+                        "payload of {len} bytes exceeds both the worker arena's job area \
+                         ({area} bytes) and the frame limit ({} bytes)",
+                        self.config.max_frame
+                    );
+                    failed.push((lease, message));
+                } else {
+                    fallbacks += 1;
+                    ready.push((lease, None));
+                }
+            } else {
+                let got = link.flight().alloc.as_mut().and_then(|a| a.alloc(len));
+                match got {
+                    Some(region) => ready.push((lease, Some(region))),
+                    None => park.push(lease),
+                }
+            }
+        }
+        if !park.is_empty() {
+            link.flight().parked.extend(park);
+        }
+        let mut sendable = Vec::with_capacity(ready.len());
+        let mut arena_jobs = 0;
+        for (lease, region) in ready {
             let j = &lease.job;
-            let len = j.payload.len() as u64;
-            let mut region = None;
-            let mut too_large = None;
-            if let Some((arena, _)) = &link.arena {
-                if j.payload.len() >= threshold {
-                    if len > area {
-                        // Never fits: inline if the frame limit allows.
-                        if job_body_len(j.payload.len()) > self.config.max_frame {
-                            too_large = Some(format!(
-                                "payload of {len} bytes exceeds both the worker arena's job area \
-                                 ({area} bytes) and the frame limit ({} bytes)",
-                                self.config.max_frame
-                            ));
-                        } else {
-                            fallbacks += 1;
+            let encoded = match (region, &link.arena) {
+                (Some((off, alloc_len)), Some((arena, _))) => {
+                    // The region is ours until the job is answered: nobody
+                    // else writes it now.
+                    match arena.write(off as usize, &j.payload) {
+                        Ok(()) => {
+                            encode_job_arena(
+                                &mut w.buf,
+                                j.id.0,
+                                j.seq,
+                                j.attempts,
+                                off,
+                                j.payload.len() as u64,
+                            );
+                            arena_jobs += 1;
+                            Ok(())
                         }
-                    } else {
-                        let got = link.flight().alloc.as_mut().and_then(|a| a.alloc(len));
-                        match got {
-                            Some((off, alloc_len)) => {
-                                // The region is ours until the job is
-                                // answered: nobody else writes it now.
-                                match arena.write(off as usize, &j.payload) {
-                                    Ok(()) => region = Some((off, alloc_len)),
-                                    Err(e) => {
-                                        if let Some(a) = link.flight().alloc.as_mut() {
-                                            a.free(off, alloc_len);
-                                        }
-                                        too_large = Some(format!(
-                                            "cannot copy the payload into the worker arena: {e}"
-                                        ));
-                                    }
-                                }
+                        Err(e) => {
+                            if let Some(a) = link.flight().alloc.as_mut() {
+                                a.free(off, alloc_len);
                             }
-                            None => {
-                                park.push(lease);
-                                continue;
-                            }
+                            Err(format!(
+                                "cannot copy the payload into the worker arena: {e}"
+                            ))
                         }
                     }
                 }
-            }
-            let encoded = match (region, too_large) {
-                (Some((off, _)), _) => {
-                    encode_job_arena(&mut w.buf, j.id.0, j.seq, j.attempts, off, len);
-                    arena_jobs += 1;
-                    Ok(())
-                }
-                (None, Some(message)) => Err(message),
-                (None, None) => encode_job(
+                _ => encode_job(
                     &mut w.buf,
                     j.id.0,
                     j.seq,
@@ -1175,22 +1202,26 @@ impl Ctx<'_> {
                     )
                 }),
             };
-            if let Err(message) = encoded {
-                let reason = FailReason::Reported { message };
-                let d = self.queue.fail(&lease, reason.clone())?;
-                self.observer.outcome(Outcome {
-                    slot: link.slot,
-                    worker,
-                    job: lease.job.clone(),
-                    kind: OutcomeKind::Failed {
-                        reason,
-                        disposition: d,
-                    },
-                });
-                continue;
+            match encoded {
+                Ok(()) => {
+                    self.observer.sent(link.slot, worker, &lease.job);
+                    sendable.push((lease, region));
+                }
+                Err(message) => failed.push((lease, message)),
             }
-            self.observer.sent(link.slot, worker, &lease.job);
-            sendable.push((lease, region));
+        }
+        for (lease, message) in failed {
+            let reason = FailReason::Reported { message };
+            let d = self.queue.fail(&lease, reason.clone())?;
+            self.observer.outcome(Outcome {
+                slot: link.slot,
+                worker,
+                job: lease.job.clone(),
+                kind: OutcomeKind::Failed {
+                    reason,
+                    disposition: d,
+                },
+            });
         }
         let count = sendable.len();
         if arena_jobs + fallbacks > 0 {
@@ -1198,10 +1229,9 @@ impl Ctx<'_> {
             s.arena_jobs += arena_jobs;
             s.arena_fallbacks += fallbacks;
         }
-        let mut f = link.flight();
-        f.parked.extend(park);
         if count > 0 {
             let now = Instant::now();
+            let mut f = link.flight();
             if f.inflight.is_empty() {
                 f.head_since = now;
             }
