@@ -479,3 +479,38 @@ for job in jobmill_worker.jobs():
     }
     assert_eq!(summary.arena_results, payloads.len() as u64);
 }
+
+#[test]
+fn an_arena_result_outside_the_result_area_is_a_protocol_error_naming_it() {
+    // A worker that answers its first job with a reference into the job
+    // area (not its result area): killed as broken, the job retried by a
+    // replacement that answers properly.
+    let script = r#"
+import struct, time, jobmill_worker
+w = jobmill_worker.Worker()
+job = w.get()
+if job.attempt == 1:
+    w._sock.sendall(struct.pack("<IBQBQQ", 25, 0x20, job.id, 1, 0, 16))
+    time.sleep(120)  # killed by the coordinator
+job.complete(b"ok")
+w.close()
+"#;
+    let payloads = vec![payload(100, 1)];
+    let (rec, ids, summary) = run(&py(script, 1), &payloads, RetryPolicy::with_retries(1));
+    assert_eq!(rec.done()[&ids[0]], b"ok");
+    let lost = rec.lost_details();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(
+        lost[0].contains("broke the protocol")
+            && lost[0].contains(&format!("{} at 0+16, outside its result area", ids[0].0)),
+        "{}",
+        lost[0]
+    );
+    assert_eq!(summary.arena_results, 0);
+    let outcomes = rec.outcomes.lock().unwrap();
+    let done = outcomes
+        .iter()
+        .find(|o| matches!(o.kind, OutcomeKind::Done { .. }))
+        .unwrap();
+    assert_eq!(done.job.attempts, 2, "the broken attempt was counted");
+}
