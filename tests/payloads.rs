@@ -148,7 +148,22 @@ fn rust_payloads_below_at_and_above_the_threshold_arrive_intact_both_ways() {
     }
     // Exactly the payloads at or above the threshold went through the
     // arena, both ways; every region was freed by an answer.
-    assert_eq!(summary.arena_jobs, above(&sizes));
+    assert_eq!(
+        summary.arena_jobs,
+        above(&sizes),
+        "{summary:?} {:?}",
+        rec.outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| (
+                o.job.id,
+                o.job.attempts,
+                o.worker,
+                matches!(o.kind, OutcomeKind::Done { .. })
+            ))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(summary.arena_results, above(&sizes));
     assert_eq!(summary.arena_fallbacks, 0);
     assert_eq!(summary.arena_reclaimed, 0);

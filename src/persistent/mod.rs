@@ -1087,33 +1087,42 @@ impl Ctx<'_> {
     ) -> Result<Filled, QueueError> {
         let threshold = self.config.arena_threshold;
         let area = self.config.arena as u64;
+        // How a payload travels: Some(len) through the arena, None inline
+        // (small, no arena, or a fallback: larger than the job area).
+        let via_arena = |lease: &Lease| {
+            let len = lease.job.payload.len();
+            (link.arena.is_some() && len >= threshold && len as u64 <= area).then_some(len as u64)
+        };
         // (lease, its arena region if allocated)
         let mut ready: Vec<(Lease, Option<(u64, u64)>)> = Vec::new();
+        // Parked jobs that may go now: (lease, region if via the arena).
+        let mut unparked: Vec<(Lease, Option<(u64, u64)>)> = Vec::new();
         let mut leases = Vec::new();
         let mut closed = false;
         let parked_left = {
             let mut f = link.flight();
             let f = &mut *f;
-            while ready.len() < n {
+            while unparked.len() < n {
                 let Some(front) = f.parked.front() else { break };
-                let len = front.job.payload.len() as u64;
-                match f.alloc.as_mut().and_then(|a| a.alloc(len)) {
-                    Some(region) => {
-                        let lease = f.parked.pop_front().expect("front exists");
-                        ready.push((lease, Some(region)));
-                    }
-                    None => break,
-                }
+                let region = match via_arena(front) {
+                    None => None,
+                    Some(len) => match f.alloc.as_mut().and_then(|a| a.alloc(len)) {
+                        Some(region) => Some(region),
+                        None => break,
+                    },
+                };
+                let lease = f.parked.pop_front().expect("front exists");
+                unparked.push((lease, region));
             }
             !f.parked.is_empty()
         };
         if let Some(l) = first {
             leases.push(l);
         }
-        if !parked_left && ready.len() + leases.len() < n {
+        if !parked_left && unparked.len() + leases.len() < n {
             match self
                 .queue
-                .try_get_many(worker, n - ready.len() - leases.len(), &mut leases)
+                .try_get_many(worker, n - unparked.len() - leases.len(), &mut leases)
             {
                 Ok(_) | Err(TryGetError::Empty) => {}
                 Err(TryGetError::Closed) => closed = true,
@@ -1123,8 +1132,17 @@ impl Ctx<'_> {
         let mut park = Vec::new();
         let mut failed = Vec::new();
         let mut fallbacks = 0;
-        for lease in leases {
-            if parked_left || !park.is_empty() {
+        let todo = unparked
+            .into_iter()
+            .map(|(lease, region)| (lease, region, true))
+            .chain(leases.into_iter().map(|lease| (lease, None, false)));
+        for (lease, region, was_parked) in todo {
+            if region.is_some() {
+                ready.push((lease, region));
+                continue;
+            }
+            // A new job waits behind the parked ones, in order.
+            if !was_parked && (parked_left || !park.is_empty()) {
                 park.push(lease);
                 continue;
             }
