@@ -39,7 +39,7 @@ import time
 import traceback
 
 __all__ = ["jobs", "serve", "Worker", "Job", "Closed", "Empty", "ProtocolError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 PROTOCOL_VERSION = 2
 FD_ENV = "JOBMILL_FD"
