@@ -25,6 +25,7 @@ fn fixture_worker() {
     let (mode, arg) = mode.split_once(':').unwrap_or((&mode, ""));
     let kill_from: usize = arg.parse().unwrap_or(usize::MAX);
     let mut w = Worker::connect().expect("connect");
+    let mut kept = Vec::new();
     while let Some(job) = w.next_job().unwrap() {
         match mode {
             // Result = the payload itself.
@@ -42,6 +43,11 @@ fn fixture_worker() {
                 }
                 let out = mirror(&job.payload);
                 w.complete(job, &out).unwrap();
+            }
+            // Keeps a clone of every payload past its answer (wrong).
+            "keep" => {
+                kept.push(job.payload.clone());
+                w.complete(job, b"kept").unwrap();
             }
             other => panic!("unknown fixture mode {other}"),
         }
@@ -169,6 +175,24 @@ fn rust_payloads_below_at_and_above_the_threshold_arrive_intact_both_ways() {
     assert_eq!(summary.arena_reclaimed, 0);
     assert_eq!(summary.arena_released, 0, "small regions stay mapped");
     assert_eq!(summary.lost, 0);
+    let lines = rec.lines.lock().unwrap();
+    assert!(
+        !lines.iter().any(|(_, _, l)| l.contains("outlived")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_rust_worker_keeping_payload_views_past_their_answers_is_warned() {
+    let payloads: Vec<Vec<u8>> = (0..3).map(|i| payload(T, i)).collect();
+    let (rec, _, _) = run(&rust("keep", 1), &payloads, RetryPolicy::default());
+    assert_eq!(rec.done().len(), 3);
+    let lines = rec.lines.lock().unwrap();
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|(_, _, l)| l.contains("payload view(s) outlived their jobs' answers"))
+        .collect();
+    assert_eq!(warned.len(), 1, "warned once: {lines:?}");
 }
 
 /// A Python worker that fails any job whose payload is not what the

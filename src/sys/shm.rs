@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -142,6 +142,8 @@ impl SharedPage {
 pub struct Arena {
     file: File,
     map: memmap2::MmapRaw,
+    /// Views handed out by [`Arena::bytes`] and still alive.
+    views: AtomicUsize,
 }
 
 impl Arena {
@@ -202,7 +204,11 @@ impl Arena {
         let map = memmap2::MmapOptions::new()
             .len(len as usize)
             .map_raw(&file)?;
-        Ok(Arena { file, map })
+        Ok(Arena {
+            file,
+            map,
+            views: AtomicUsize::new(0),
+        })
     }
 
     /// The descriptor of the backing memory file.
@@ -307,6 +313,12 @@ impl Arena {
         Ok(self.file.metadata()?.blocks() * 512)
     }
 
+    /// How many views made by [`Arena::bytes`] are alive (a view and all
+    /// its clones count once).
+    pub fn views(&self) -> usize {
+        self.views.load(Ordering::Relaxed)
+    }
+
     /// A view of `len` bytes at `offset`, without copying. The view keeps
     /// the mapping alive. Per the arena contract the region must not be
     /// written by the other process while the view is used: for a job's
@@ -317,6 +329,7 @@ impl Arena {
     /// `InvalidInput` if the region is outside the arena.
     pub fn bytes(self: &Arc<Self>, offset: usize, len: usize) -> io::Result<Bytes> {
         self.check(offset, len)?;
+        self.views.fetch_add(1, Ordering::Relaxed);
         Ok(Bytes::from_owner(Region {
             arena: Arc::clone(self),
             offset,
@@ -330,6 +343,12 @@ struct Region {
     arena: Arc<Arena>,
     offset: usize,
     len: usize,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.arena.views.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AsRef<[u8]> for Region {
@@ -371,7 +390,14 @@ mod tests {
         let b = Arc::new(Arena::adopt(dup.into_raw_fd()).unwrap());
         assert_eq!(b.len(), 1 << 20);
         a.write(4096, b"hello").unwrap();
-        assert_eq!(&b.bytes(4096, 5).unwrap()[..], b"hello");
+        let view = b.bytes(4096, 5).unwrap();
+        let copy = view.clone();
+        assert_eq!(&view[..], b"hello");
+        assert_eq!(b.views(), 1);
+        drop(view);
+        assert_eq!(b.views(), 1, "a clone keeps the view alive");
+        drop(copy);
+        assert_eq!(b.views(), 0);
         assert_eq!(b.copy_out(4096, 5).unwrap(), b"hello");
         assert!(a.write((1 << 20) - 2, b"abc").is_err());
         assert!(b.bytes(usize::MAX, 2).is_err());

@@ -55,7 +55,8 @@
 //! job; a clone of the payload kept past that point would see those bytes
 //! change. [`Worker::complete`] and [`Worker::fail`] take the job by value
 //! for this reason; to keep a payload longer, copy it
-//! (`job.payload.to_vec()`).
+//! (`job.payload.to_vec()`). The library counts the live views and warns on
+//! stderr (once) when one has outlived its job's answer.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -433,6 +434,10 @@ pub struct Worker {
     page: Option<Arc<SharedPage>>,
     /// The payload arena, if the coordinator granted it.
     arena: Option<ArenaGrant>,
+    /// Ids of the jobs received with an arena payload and not answered.
+    arena_unanswered: std::collections::HashSet<u64>,
+    /// A payload view was seen to outlive its job (warned once).
+    warned_views: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -607,6 +612,8 @@ impl Worker {
             left: false,
             page,
             arena,
+            arena_unanswered: std::collections::HashSet::new(),
+            warned_views: false,
         })
     }
 
@@ -647,9 +654,12 @@ impl Worker {
                         }
                         // Per the arena contract the coordinator leaves this
                         // region alone until the job is answered.
-                        a.arena
+                        let view = a
+                            .arena
                             .bytes(offset as usize, len as usize)
-                            .map_err(|e| WorkerError::Protocol(e.to_string()))?
+                            .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+                        self.arena_unanswered.insert(j.id);
+                        view
                     }
                 };
                 self.buffer.push_back(Job {
@@ -705,6 +715,26 @@ impl Worker {
         Ok(())
     }
 
+    /// Warns (once) if more payload views are alive than jobs that may hold
+    /// them: a view kept past its job's answer sees the region's next use.
+    fn check_views(&mut self) {
+        if self.warned_views {
+            return;
+        }
+        if let Some(a) = &self.arena {
+            let alive = a.arena.views();
+            if alive > self.arena_unanswered.len() {
+                self.warned_views = true;
+                eprintln!(
+                    "jobmill worker: {} payload view(s) outlived their jobs' answers; \
+                     the arena reuses that memory for later jobs, so their bytes will \
+                     change: copy a payload you keep (job.payload.to_vec())",
+                    alive - self.arena_unanswered.len()
+                );
+            }
+        }
+    }
+
     fn pop(&mut self) -> Option<Job> {
         let job = self.buffer.pop_front()?;
         self.taken += 1;
@@ -721,6 +751,7 @@ impl Worker {
     /// [`GetError::Closed`] once no job will ever come (closed and drained);
     /// [`GetError::Worker`] if the connection fails.
     pub fn get(&mut self) -> Result<Job, GetError> {
+        self.check_views();
         loop {
             if let Some(job) = self.pop() {
                 return Ok(job);
@@ -766,6 +797,7 @@ impl Worker {
     /// answered; [`TryGetError::Closed`] once no job will ever come;
     /// [`TryGetError::Worker`] if the connection fails.
     pub fn try_get(&mut self) -> Result<Job, TryGetError> {
+        self.check_views();
         if let Some(job) = self.pop() {
             return Ok(job);
         }
@@ -794,6 +826,9 @@ impl Worker {
     }
 
     fn push(&mut self, id: JobId, ok: bool, data: &[u8]) -> Result<(), WorkerError> {
+        if self.arena.is_some() {
+            self.arena_unanswered.remove(&id.0);
+        }
         if let Some(page) = &self.page {
             if page.load(0) == id.0 {
                 page.store(0, 0);
