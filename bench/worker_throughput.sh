@@ -9,8 +9,8 @@ source bench/lib.sh
 PEERS=$(find_peers)
 RUNS=${RUNS:-3}
 SIZE=${SIZE:-16}
-cargo build --release --quiet --example worker_throughput
-BIN=target/release/examples/worker_throughput
+cargo build --release --quiet --example throughput
+BIN=target/release/examples/throughput
 
 run() { # name command...
     local name=$1; shift

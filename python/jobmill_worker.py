@@ -17,6 +17,16 @@ stdout and stderr stay free (jobmill captures them). Jobs arrive pipelined and
 results leave in batches; a background thread writes any result within
 ``FLUSH_DELAY`` seconds, so results are never held back while a long job runs.
 See docs/PROTOCOL.md for the wire format.
+
+Large payloads (at least the coordinator's threshold, 64 KiB by default) come
+through a shared-memory arena mapped once (``$JOBMILL_ARENA_FD``): such a
+``job.payload`` is a read-only ``memoryview`` of the arena, not a copy, so
+``numpy.frombuffer(job.payload, dtype=...)`` wraps it without copying. It is
+valid until the job is completed or failed (the arena region is then reused;
+the view is released, and a view kept past that point may see other bytes):
+copy it with ``bytes(job.payload)`` to keep it. Large results (any bytes-like
+object: bytes, bytearray, memoryview, a contiguous numpy array) are copied once
+into the arena. See docs/PAYLOADS.md.
 """
 
 import collections
@@ -29,12 +39,16 @@ import time
 import traceback
 
 __all__ = ["jobs", "serve", "Worker", "Job", "Closed", "Empty", "ProtocolError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 FD_ENV = "JOBMILL_FD"
 STATE_FD_ENV = "JOBMILL_STATE_FD"
+ARENA_FD_ENV = "JOBMILL_ARENA_FD"
 CAP_RUNNING_PAGE = 1
+CAP_ARENA = 2
+RESULTS_CONSUMED = 8  # offset of the coordinator's count of consumed arena results
+RESULT_ALIGN = 64
 FLUSH_DELAY = 0.002
 BATCH_ENTRIES = 256
 BATCH_BYTES = 64 * 1024
@@ -47,6 +61,9 @@ RESULT, FAILURE, BATCH, POLL, LEAVING, HEARTBEAT = 0x20, 0x21, 0x22, 0x23, 0x24,
 _HEADER = struct.Struct("<IB")  # body length, type
 _JOB = struct.Struct("<QQIB")  # id, seq, attempt, payload kind
 _WELCOME = struct.Struct("<HIIII")  # version, window, max_frame, heartbeat_ms, capabilities
+_WELCOME2 = struct.Struct("<IQQ")  # version 2: arena threshold, job area, result area
+_REF = struct.Struct("<QQ")  # arena offset, length
+_RESULT_REF = struct.Struct("<IBQBQQ")  # header + id + kind 1 + offset + length
 _RESULT = struct.Struct("<IBQB")  # header + id + payload kind
 _FAILURE = struct.Struct("<IBQ")  # header + id
 _U64 = struct.Struct("<Q")
@@ -67,7 +84,9 @@ class ProtocolError(Exception):
 
 class Job:
     """One job: ``id``, ``seq`` (input order, from 1), ``attempt`` (from 1) and
-    ``payload`` (bytes). Finish it exactly once with ``complete`` or ``fail``."""
+    ``payload`` (bytes; a read-only memoryview of the arena for large payloads,
+    valid until the job is answered). Finish it exactly once with ``complete``
+    or ``fail``."""
 
     __slots__ = ("id", "seq", "attempt", "payload", "_worker", "_done")
 
@@ -76,16 +95,27 @@ class Job:
         self._worker, self._done = worker, False
 
     def complete(self, result=b""):
-        """Report the job done with ``result`` (bytes, or str as UTF-8)."""
+        """Report the job done with ``result`` (bytes-like, or str as UTF-8)."""
         if isinstance(result, str):
             result = result.encode()
         self._finish()
-        self._worker._push_result(self.id, bytes(result))
+        self._worker._push_result(self.id, result)
+        self._release()
 
     def fail(self, message):
         """Report the job failed: retried if attempts are left, then final."""
         self._finish()
         self._worker._push_failure(self.id, str(message).encode("utf-8", "replace"))
+        self._release()
+
+    def _release(self):
+        # The arena region is reused after the answer: make the view unusable
+        # (a numpy array still wrapping it keeps it, at the user's risk).
+        if isinstance(self.payload, memoryview):
+            try:
+                self.payload.release()
+            except BufferError:
+                pass
 
     def _finish(self):
         if self._done:
@@ -93,8 +123,11 @@ class Job:
         self._done = True
 
     def __repr__(self):
-        return "Job(id=%d, seq=%d, attempt=%d, payload=%d bytes)" % (
-            self.id, self.seq, self.attempt, len(self.payload))
+        try:
+            size = "%d bytes" % len(self.payload)
+        except ValueError:  # a released arena view
+            size = "released"
+        return "Job(id=%d, seq=%d, attempt=%d, payload=%s)" % (self.id, self.seq, self.attempt, size)
 
 
 class Worker:
@@ -111,6 +144,15 @@ class Worker:
                 self._page = mmap.mmap(int(page_fd), 4096)
             except (OSError, ValueError):
                 self._page = None
+        # The payload arena: mapped once, for payloads above the threshold.
+        self._arena = None
+        arena_fd = os.environ.get(ARENA_FD_ENV) if self._page is not None else None
+        if arena_fd is not None:
+            try:
+                os.set_inheritable(int(arena_fd), False)
+                self._arena = mmap.mmap(int(arena_fd), 0)
+            except (OSError, ValueError):
+                self._arena = None
         if sock is None:
             if fd is None:
                 value = os.environ.get(FD_ENV)
@@ -130,6 +172,8 @@ class Worker:
         self._left = False
         self._max_frame = 64 << 20
         caps = CAP_RUNNING_PAGE if self._page is not None else 0
+        if self._arena is not None:
+            caps |= CAP_ARENA
         body = b"JMWP" + struct.pack("<HI", PROTOCOL_VERSION, caps) + b"python/jobmill_worker " + __version__.encode()
         self._sock.sendall(_HEADER.pack(len(body), HELLO) + body)
         kind, start, end = self._next_frame()
@@ -137,11 +181,32 @@ class Worker:
             version = struct.unpack_from("<H", self._buf, start)[0]
             reason = self._buf[start + 2:end].decode("utf-8", "replace")
             raise ProtocolError("the coordinator (protocol version %d) refused this worker: %s" % (version, reason))
-        if kind != WELCOME or end - start != _WELCOME.size:
+        if kind != WELCOME or end - start not in (_WELCOME.size, _WELCOME.size + _WELCOME2.size):
             raise ProtocolError("expected WELCOME, got frame type 0x%02x" % kind)
-        _, self.window, self._max_frame, beat_ms, granted = _WELCOME.unpack_from(self._buf, start)
+        version, self.window, self._max_frame, beat_ms, granted = _WELCOME.unpack_from(self._buf, start)
+        threshold = jobs_len = results_len = 0
+        if version >= 2:
+            if end - start != _WELCOME.size + _WELCOME2.size:
+                raise ProtocolError("malformed version 2 WELCOME")
+            threshold, jobs_len, results_len = _WELCOME2.unpack_from(self._buf, start + _WELCOME.size)
         if not granted & CAP_RUNNING_PAGE:
             self._page = None
+        self._threshold = threshold
+        self._jobs_len = jobs_len
+        self._results_len = results_len
+        self._view = None
+        if self._arena is not None and granted & CAP_ARENA and self._page is not None:
+            if len(self._arena) < jobs_len + results_len:
+                raise ProtocolError("the arena has %d bytes, the coordinator announced %d"
+                                    % (len(self._arena), jobs_len + results_len))
+            self._view = memoryview(self._arena)
+            self._ro = self._view.toreadonly()
+        else:
+            self._arena = None
+        # The result ring: regions written in order, consumed in order.
+        self._ring = collections.deque()
+        self._ring_head = 0
+        self._ring_seen = 0
         self._lock = threading.Condition(threading.Lock())
         self._pending = []
         self._pending_count = 0
@@ -201,9 +266,15 @@ class Worker:
             off = start + n
             if kind == JOB:
                 id, seq, attempt, pkind = _JOB.unpack_from(buf, start)
-                if pkind != 0:
+                if pkind == 0:
+                    jobs.append(Job(self, id, seq, attempt, buf[start + 21:off]))
+                elif pkind == 1 and self._arena is not None and n == 37:
+                    at, size = _REF.unpack_from(buf, start + 21)
+                    if at + size > self._jobs_len:
+                        raise ProtocolError("job %d is outside the arena's job area" % id)
+                    jobs.append(Job(self, id, seq, attempt, self._ro[at:at + size]))
+                else:
                     raise ProtocolError("unknown payload kind %d in JOB" % pkind)
-                jobs.append(Job(self, id, seq, attempt, buf[start + 21:off]))
             else:
                 self._off = off
                 self._control(kind, start, off)
@@ -299,7 +370,62 @@ class Worker:
                 self._first_pending = time.monotonic()
                 self._lock.notify()
 
+    def _ring_alloc(self, n):
+        """Offset in the arena of a free region of ``n`` bytes, or None."""
+        consumed = _U64.unpack_from(self._page, RESULTS_CONSUMED)[0]
+        ring = self._ring
+        while self._ring_seen < consumed and ring:
+            ring.popleft()
+            self._ring_seen += 1
+        n = -(-max(n, 1) // RESULT_ALIGN) * RESULT_ALIGN
+        if not ring:
+            self._ring_head = 0
+            start = 0 if n <= self._results_len else None
+        else:
+            tail, head = ring[0][0], self._ring_head
+            if head > tail:
+                start = head if head + n <= self._results_len else (0 if n < tail else None)
+            else:
+                start = head if head + n < tail else None
+        if start is None:
+            return None
+        ring.append((start, start + n))
+        self._ring_head = start + n
+        return self._jobs_len + start
+
+    def _push_arena_result(self, id, result):
+        """Copy a large result into the arena's result area; send a reference."""
+        view = result if isinstance(result, memoryview) else memoryview(result)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        n = view.nbytes
+        page = self._page
+        if page is not None and _U64.unpack_from(page, 0)[0] == id:
+            _U64.pack_into(page, 0, 0)
+        spins = 0
+        while True:
+            with self._lock:
+                if self._error is not None:
+                    raise ProtocolError("writing to the coordinator failed: %s" % self._error)
+                at = self._ring_alloc(n)
+                if at is not None:
+                    self._view[at:at + n] = view
+                    self._pending.append(_RESULT_REF.pack(25, RESULT, id, 1, at, n))
+                    self._pending_count += 1
+                    self._pending_bytes += 30
+                    self._flush_locked()
+                    return
+                # No room: hand the coordinator every earlier result first.
+                self._flush_locked()
+            spins += 1
+            time.sleep(0 if spins < 64 else 0.0002)
+
     def _push_result(self, id, result):
+        if self._arena is not None:
+            n = len(result) if isinstance(result, (bytes, bytearray)) else memoryview(result).nbytes
+            if self._threshold <= n <= self._results_len:
+                return self._push_arena_result(id, result)
+        result = bytes(result)
         if 14 + len(result) > self._max_frame:
             self._push_failure(id, b"result of %d bytes exceeds the frame limit of %d bytes"
                                % (len(result), self._max_frame))

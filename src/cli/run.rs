@@ -77,6 +77,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 16, requires = "persistent")]
     pub window: usize,
 
+    /// With --persistent: size of each worker's shared-memory arena for
+    /// large payloads (one area for jobs, one for results, each SIZE;
+    /// sparse, so only what is used takes memory). Payloads of 64K and more
+    /// go through it; a larger one goes inline if under 64M, else fails.
+    /// 0: no arena. See docs/PAYLOADS.md.
+    #[arg(long, value_name = "SIZE", value_parser = args::size, default_value = "2G", requires = "persistent")]
+    pub arena: usize,
+
     /// Run on a shared queue (redis://host:port/NAME) instead of in
     /// memory: inputs are submitted to it and worked on here; workers on
     /// other hosts may join with `jobmill worker --queue URL`.
@@ -128,6 +136,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     let persistent = a.persistent.then(|| PersistentOptions {
         command: command.clone(),
         window: a.window,
+        arena: a.arena,
     });
     let template = Template::parse(&command, a.shell)?;
     let halt: Option<Halt> = a.halt.as_deref().map(str::parse).transpose()?;

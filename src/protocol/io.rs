@@ -15,6 +15,9 @@ use super::{frame_len, DecodeError, HEADER_LEN};
 /// Size of one read from the stream when the buffer needs more bytes.
 const READ_CHUNK: usize = 256 << 10;
 
+/// Most bytes one read of a large frame asks for (a socket buffer's worth).
+const LARGE_READ: usize = 1 << 20;
+
 /// Why [`FrameReader::read_frame`] returned no frame.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -50,6 +53,10 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_frame: usize,
+    /// Zeroed once: small reads land here and are appended to `buf`, which
+    /// costs a copy of what was read instead of zeroing a whole chunk of
+    /// `buf` per read.
+    scratch: Vec<u8>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -59,6 +66,7 @@ impl<R: Read> FrameReader<R> {
             inner,
             buf: BytesMut::new(),
             max_frame,
+            scratch: Vec::new(),
         }
     }
 
@@ -118,10 +126,26 @@ impl<R: Read> FrameReader<R> {
     /// total. Returns the bytes read (0 at end of stream).
     fn fill(&mut self, need: usize) -> io::Result<usize> {
         let have = self.buf.len();
-        let want = (need - have).max(READ_CHUNK);
-        self.buf.reserve(want);
-        // Zero the spare room once so it can be handed to `read` as a slice;
-        // memset of a chunk is negligible next to the read itself.
+        if need - have <= READ_CHUNK {
+            if self.scratch.is_empty() {
+                self.scratch = vec![0; READ_CHUNK];
+            }
+            loop {
+                match self.inner.read(&mut self.scratch) {
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&self.scratch[..n]);
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // A large frame: read its rest straight into the buffer, at most
+        // LARGE_READ at a time, zeroing the room first so that it can be
+        // handed to `read` as a slice (a memset about as long as the read).
+        self.buf.reserve(need - have);
+        let want = (need - have).min(LARGE_READ);
         self.buf.resize(have + want, 0);
         loop {
             match self.inner.read(&mut self.buf[have..]) {
@@ -184,7 +208,7 @@ mod tests {
                 panic!("not a result")
             };
             assert_eq!(res.id, i);
-            assert_eq!(res.payload.bytes().len(), i as usize);
+            assert_eq!(res.payload.len(), i);
         }
         assert!(r.read_frame().unwrap().is_none());
     }

@@ -17,16 +17,35 @@
 //! encoded into one buffer go out in one write, which is how both sides
 //! batch.
 //!
-//! Payloads carry a one-byte kind so that a later version can pass a
-//! reference into a shared-memory arena instead of inline bytes; version 1
-//! knows only [`Payload::Inline`].
+//! Payloads carry a one-byte kind: [`Payload::Inline`] bytes in the frame,
+//! or (version 2, when the arena was granted) [`Payload::Arena`], an
+//! `(offset, len)` reference into the worker's shared-memory arena
+//! (`docs/PAYLOADS.md`).
 //!
 //! [`io`] adds buffered reading of whole frames from a stream.
 
 pub mod io;
 
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks (the highest it accepts).
+pub const VERSION: u16 = 2;
+
+/// The lowest protocol version a coordinator of this crate accepts: a
+/// version-1 worker gets a version-1 WELCOME and no arena.
+pub const MIN_VERSION: u16 = 1;
+
+/// Environment variable naming the worker's payload arena, a shared memory
+/// file for payloads above the threshold (`docs/PAYLOADS.md`).
+pub const ARENA_FD_ENV: &str = "JOBMILL_ARENA_FD";
+
+/// Capability bit (version 2): the worker maps the arena named by
+/// [`ARENA_FD_ENV`] and accepts [`Payload::Arena`] references. Granted only
+/// together with [`CAP_RUNNING_PAGE`] (the page carries the count of
+/// consumed arena results).
+pub const CAP_ARENA: u32 = 2;
+
+/// Slot of the state page (a `u64`) where the coordinator counts the arena
+/// results it has consumed, so the worker can reuse their space.
+pub const RESULTS_CONSUMED_SLOT: usize = 1;
 
 /// The four bytes every HELLO starts with.
 pub const MAGIC: [u8; 4] = *b"JMWP";
@@ -80,6 +99,9 @@ pub mod kind {
 pub mod payload_kind {
     /// The payload's bytes follow, to the end of the frame.
     pub const INLINE: u8 = 0;
+    /// Version 2: `u64 offset`, `u64 len` of a region of the worker's arena
+    /// follow, ending the frame.
+    pub const ARENA: u8 = 1;
 }
 
 /// A job's or result's payload as carried in a frame.
@@ -87,14 +109,35 @@ pub mod payload_kind {
 pub enum Payload<'a> {
     /// The bytes, inline in the frame.
     Inline(&'a [u8]),
+    /// A region of the worker's shared-memory arena (version 2).
+    Arena {
+        /// Byte offset from the start of the arena file.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
 }
 
 impl<'a> Payload<'a> {
-    /// The inline bytes.
-    pub fn bytes(&self) -> &'a [u8] {
+    /// The inline bytes, or `None` for an arena reference.
+    pub fn inline(&self) -> Option<&'a [u8]> {
         match self {
-            Payload::Inline(b) => b,
+            Payload::Inline(b) => Some(b),
+            Payload::Arena { .. } => None,
         }
+    }
+
+    /// The payload's length in bytes, wherever it is.
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Inline(b) => b.len() as u64,
+            Payload::Arena { len, .. } => *len,
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -123,7 +166,22 @@ pub struct Welcome {
     pub heartbeat_ms: u32,
     /// Capability bits granted (a subset of those offered).
     pub capabilities: u32,
+    /// Version 2 only (0 in version 1): payloads of at least this many bytes
+    /// go through the arena, if granted.
+    pub arena_threshold: u32,
+    /// Version 2 only: length of the job area, at offset 0 of the arena
+    /// (0 when the arena is not granted).
+    pub arena_jobs: u64,
+    /// Version 2 only: length of the result area, which follows the job
+    /// area.
+    pub arena_results: u64,
 }
+
+/// Length of a WELCOME body in version 1.
+pub const WELCOME_V1_LEN: usize = 18;
+
+/// Length of a WELCOME body from version 2 on.
+pub const WELCOME_V2_LEN: usize = 38;
 
 /// REFUSE: the coordinator rejects the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +508,10 @@ impl<'a> Body<'a> {
     fn payload(&mut self) -> Result<Payload<'a>, DecodeError> {
         match self.u8()? {
             payload_kind::INLINE => Ok(Payload::Inline(std::mem::take(&mut self.rest))),
+            payload_kind::ARENA => Ok(Payload::Arena {
+                offset: self.u64()?,
+                len: self.u64()?,
+            }),
             other => Err(DecodeError::UnknownPayloadKind {
                 frame: self.frame,
                 kind: other,
@@ -490,13 +552,28 @@ fn decode_body(code: u8, body: &[u8]) -> Result<Frame<'_>, DecodeError> {
                 name: b.rest(),
             })
         }
-        kind::WELCOME => Frame::Welcome(Welcome {
-            version: b.u16()?,
-            window: b.u32()?,
-            max_frame: b.u32()?,
-            heartbeat_ms: b.u32()?,
-            capabilities: b.u32()?,
-        }),
+        kind::WELCOME => {
+            let version = b.u16()?;
+            let window = b.u32()?;
+            let max_frame = b.u32()?;
+            let heartbeat_ms = b.u32()?;
+            let capabilities = b.u32()?;
+            let (arena_threshold, arena_jobs, arena_results) = if version >= 2 {
+                (b.u32()?, b.u64()?, b.u64()?)
+            } else {
+                (0, 0, 0)
+            };
+            Frame::Welcome(Welcome {
+                version,
+                window,
+                max_frame,
+                heartbeat_ms,
+                capabilities,
+                arena_threshold,
+                arena_jobs,
+                arena_results,
+            })
+        }
         kind::REFUSE => Frame::Refuse(Refuse {
             version: b.u16()?,
             reason: b.rest(),
@@ -576,6 +653,9 @@ fn header(out: &mut Vec<u8>, len: usize, code: u8) {
     out.push(code);
 }
 
+/// Body length of a payload reference into the arena (kind byte included).
+const ARENA_REF_LEN: usize = 1 + 8 + 8;
+
 /// Body length of a JOB frame with an inline payload of `payload_len` bytes.
 pub fn job_body_len(payload_len: usize) -> usize {
     8 + 8 + 4 + 1 + payload_len
@@ -609,6 +689,30 @@ pub fn encode_job(
     out.push(payload_kind::INLINE);
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// Appends a JOB frame whose payload is the arena region `offset`, `len`
+/// (version 2).
+pub fn encode_job_arena(out: &mut Vec<u8>, id: u64, seq: u64, attempt: u32, offset: u64, len: u64) {
+    header(out, 8 + 8 + 4 + ARENA_REF_LEN, kind::JOB);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&attempt.to_le_bytes());
+    push_arena_ref(out, offset, len);
+}
+
+fn push_arena_ref(out: &mut Vec<u8>, offset: u64, len: u64) {
+    out.push(payload_kind::ARENA);
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// Appends a RESULT frame whose payload is the arena region `offset`, `len`
+/// (version 2).
+pub fn encode_result_arena(out: &mut Vec<u8>, id: u64, offset: u64, len: u64) {
+    header(out, 8 + ARENA_REF_LEN, kind::RESULT);
+    out.extend_from_slice(&id.to_le_bytes());
+    push_arena_ref(out, offset, len);
 }
 
 /// Appends a RESULT frame with an inline payload.
@@ -674,13 +778,23 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>, max_frame: usize) -> Result<
             out.extend_from_slice(h.name);
         }
         Frame::Welcome(w) => {
-            check(18, max_frame)?;
-            header(out, 18, kind::WELCOME);
+            let len = if w.version >= 2 {
+                WELCOME_V2_LEN
+            } else {
+                WELCOME_V1_LEN
+            };
+            check(len, max_frame)?;
+            header(out, len, kind::WELCOME);
             out.extend_from_slice(&w.version.to_le_bytes());
             out.extend_from_slice(&w.window.to_le_bytes());
             out.extend_from_slice(&w.max_frame.to_le_bytes());
             out.extend_from_slice(&w.heartbeat_ms.to_le_bytes());
             out.extend_from_slice(&w.capabilities.to_le_bytes());
+            if w.version >= 2 {
+                out.extend_from_slice(&w.arena_threshold.to_le_bytes());
+                out.extend_from_slice(&w.arena_jobs.to_le_bytes());
+                out.extend_from_slice(&w.arena_results.to_le_bytes());
+            }
         }
         Frame::Refuse(r) => {
             let len = 2 + r.reason.len();
@@ -689,14 +803,20 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>, max_frame: usize) -> Result<
             out.extend_from_slice(&r.version.to_le_bytes());
             out.extend_from_slice(r.reason);
         }
-        Frame::Job(j) => {
-            let Payload::Inline(p) = j.payload;
-            encode_job(out, j.id, j.seq, j.attempt, p, max_frame)?;
-        }
-        Frame::Result(r) => {
-            let Payload::Inline(p) = r.payload;
-            encode_result(out, r.id, p, max_frame)?;
-        }
+        Frame::Job(j) => match j.payload {
+            Payload::Inline(p) => encode_job(out, j.id, j.seq, j.attempt, p, max_frame)?,
+            Payload::Arena { offset, len } => {
+                check(8 + 8 + 4 + ARENA_REF_LEN, max_frame)?;
+                encode_job_arena(out, j.id, j.seq, j.attempt, offset, len);
+            }
+        },
+        Frame::Result(r) => match r.payload {
+            Payload::Inline(p) => encode_result(out, r.id, p, max_frame)?,
+            Payload::Arena { offset, len } => {
+                check(8 + ARENA_REF_LEN, max_frame)?;
+                encode_result_arena(out, r.id, offset, len);
+            }
+        },
         Frame::Failure(f) => encode_failure(out, f.id, f.message, max_frame)?,
         Frame::Batch(b) => {
             check(b.body.len(), max_frame)?;
@@ -777,6 +897,31 @@ impl BatchBuilder {
             });
         }
         encode_result(out, id, payload, usize::MAX)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends a RESULT entry whose payload is the arena region `offset`,
+    /// `len` (version 2).
+    ///
+    /// # Errors
+    ///
+    /// [`FrameTooLarge`] (nothing appended) if the batch would exceed its cap.
+    pub fn push_result_arena(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), FrameTooLarge> {
+        let entry = HEADER_LEN + 8 + ARENA_REF_LEN;
+        if self.body_len(out) + entry > self.max_frame {
+            return Err(FrameTooLarge {
+                len: self.body_len(out) + entry,
+                max: self.max_frame,
+            });
+        }
+        encode_result_arena(out, id, offset, len);
         self.count += 1;
         Ok(())
     }

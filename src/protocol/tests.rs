@@ -127,6 +127,64 @@ fn unknown_payload_kind_is_a_typed_error() {
 }
 
 #[test]
+fn arena_job_frame_layout_is_as_documented() {
+    let mut out = Vec::new();
+    encode_job_arena(&mut out, 7, 3, 2, 4096, 1 << 20);
+    let expected: Vec<u8> = [
+        &37u32.to_le_bytes()[..],
+        &[kind::JOB],
+        &7u64.to_le_bytes(),
+        &3u64.to_le_bytes(),
+        &2u32.to_le_bytes(),
+        &[payload_kind::ARENA],
+        &4096u64.to_le_bytes(),
+        &(1u64 << 20).to_le_bytes(),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn arena_reference_with_trailing_bytes_is_malformed() {
+    let mut buf = Vec::new();
+    encode_result_arena(&mut buf, 5, 0, 10);
+    buf.push(0);
+    buf[0] += 1;
+    assert!(matches!(
+        decode(&buf, DEFAULT_MAX_FRAME),
+        Err(DecodeError::Malformed {
+            frame: "RESULT",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn welcome_layout_depends_on_the_version() {
+    let mut w = Welcome {
+        version: 1,
+        window: 16,
+        max_frame: 1024,
+        heartbeat_ms: 0,
+        capabilities: 1,
+        arena_threshold: 0,
+        arena_jobs: 0,
+        arena_results: 0,
+    };
+    let mut out = Vec::new();
+    encode(&mut out, &Frame::Welcome(w), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(out.len(), HEADER_LEN + WELCOME_V1_LEN);
+    w.version = 2;
+    w.arena_threshold = 65536;
+    w.arena_jobs = 1 << 30;
+    w.arena_results = 1 << 29;
+    let mut out = Vec::new();
+    encode(&mut out, &Frame::Welcome(w), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(out.len(), HEADER_LEN + WELCOME_V2_LEN);
+    assert_eq!(one(&out).unwrap(), (Frame::Welcome(w), out.len()));
+}
+
+#[test]
 fn hello_without_magic_is_bad_magic() {
     let mut buf = 10u32.to_le_bytes().to_vec();
     buf.push(kind::HELLO);
@@ -217,7 +275,9 @@ fn batch_with_a_cut_entry_is_malformed() {
 #[derive(Debug, Clone)]
 enum Owned {
     Hello(u16, u32, Vec<u8>),
-    Welcome(u16, u32, u32, u32, u32),
+    Welcome(u16, u32, u32, u32, u32, u32, u64, u64),
+    JobArena(u64, u64, u32, u64, u64),
+    ResultArena(u64, u64, u64),
     Refuse(u16, Vec<u8>),
     Job(u64, u64, u32, Vec<u8>),
     PollEnd,
@@ -242,9 +302,27 @@ fn owned() -> impl Strategy<Value = Owned> {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            (any::<u32>(), any::<u64>(), any::<u64>()),
         )
-            .prop_map(|(a, b, c, d, e)| Owned::Welcome(a, b, c, d, e)),
+            .prop_map(|(a, b, c, d, e, (f, g, h))| {
+                // Version 1 has no arena fields: they decode as zeros.
+                if a >= 2 {
+                    Owned::Welcome(a, b, c, d, e, f, g, h)
+                } else {
+                    Owned::Welcome(a, b, c, d, e, 0, 0, 0)
+                }
+            }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(a, b, c, d, e)| Owned::JobArena(a, b, c, d, e)),
+        (any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(a, b, c)| Owned::ResultArena(a, b, c)),
         (any::<u16>(), bytes()).prop_map(|(a, b)| Owned::Refuse(a, b)),
         (any::<u64>(), any::<u64>(), any::<u32>(), bytes())
             .prop_map(|(a, b, c, d)| Owned::Job(a, b, c, d)),
@@ -274,7 +352,7 @@ fn encode_owned(o: &Owned) -> Vec<u8> {
             }),
             max,
         ),
-        Owned::Welcome(v, w, m, h, c) => encode(
+        Owned::Welcome(v, w, m, h, c, t, j, r) => encode(
             &mut out,
             &Frame::Welcome(Welcome {
                 version: *v,
@@ -282,9 +360,20 @@ fn encode_owned(o: &Owned) -> Vec<u8> {
                 max_frame: *m,
                 heartbeat_ms: *h,
                 capabilities: *c,
+                arena_threshold: *t,
+                arena_jobs: *j,
+                arena_results: *r,
             }),
             max,
         ),
+        Owned::JobArena(i, s, a, o, l) => {
+            encode_job_arena(&mut out, *i, *s, *a, *o, *l);
+            Ok(())
+        }
+        Owned::ResultArena(i, o, l) => {
+            encode_result_arena(&mut out, *i, *o, *l);
+            Ok(())
+        }
         Owned::Refuse(v, r) => encode(
             &mut out,
             &Frame::Refuse(Refuse {
@@ -324,28 +413,51 @@ fn same(o: &Owned, f: &Frame<'_>) -> bool {
         (Owned::Hello(v, c, n), Frame::Hello(h)) => {
             h.version == *v && h.capabilities == *c && h.name == &n[..]
         }
-        (Owned::Welcome(v, w, m, hb, c), Frame::Welcome(x)) => {
+        (Owned::Welcome(v, w, m, hb, c, t, aj, ar), Frame::Welcome(x)) => {
             *x == Welcome {
                 version: *v,
                 window: *w,
                 max_frame: *m,
                 heartbeat_ms: *hb,
                 capabilities: *c,
+                arena_threshold: *t,
+                arena_jobs: *aj,
+                arena_results: *ar,
             }
+        }
+        (Owned::JobArena(i, s, a, o, l), Frame::Job(j)) => {
+            j.id == *i
+                && j.seq == *s
+                && j.attempt == *a
+                && j.payload
+                    == Payload::Arena {
+                        offset: *o,
+                        len: *l,
+                    }
+        }
+        (Owned::ResultArena(i, o, l), Frame::Result(r)) => {
+            r.id == *i
+                && r.payload
+                    == Payload::Arena {
+                        offset: *o,
+                        len: *l,
+                    }
         }
         (Owned::Refuse(v, r), Frame::Refuse(x)) => x.version == *v && x.reason == &r[..],
         (Owned::Job(i, s, a, p), Frame::Job(j)) => {
-            j.id == *i && j.seq == *s && j.attempt == *a && j.payload.bytes() == &p[..]
+            j.id == *i && j.seq == *s && j.attempt == *a && j.payload.inline() == Some(&p[..])
         }
         (Owned::PollEnd, Frame::PollEnd)
         | (Owned::Closed, Frame::Closed)
         | (Owned::Poll, Frame::Poll) => true,
-        (Owned::Result(i, p), Frame::Result(r)) => r.id == *i && r.payload.bytes() == &p[..],
+        (Owned::Result(i, p), Frame::Result(r)) => r.id == *i && r.payload.inline() == Some(&p[..]),
         (Owned::Failure(i, m), Frame::Failure(x)) => x.id == *i && x.message == &m[..],
         (Owned::Batch(entries), Frame::Batch(b)) => {
             b.len() == entries.len()
                 && b.iter().zip(entries).all(|(e, (ok, id, data))| match e {
-                    BatchEntry::Result(r) => *ok && r.id == *id && r.payload.bytes() == &data[..],
+                    BatchEntry::Result(r) => {
+                        *ok && r.id == *id && r.payload.inline() == Some(&data[..])
+                    }
                     BatchEntry::Failure(x) => !*ok && x.id == *id && x.message == &data[..],
                 })
         }

@@ -45,6 +45,9 @@ pub struct PersistentOptions {
     pub command: Vec<OsString>,
     /// Most jobs in flight per worker.
     pub window: usize,
+    /// Size of each area of a worker's payload arena
+    /// ([`Config::arena`]); 0 for none.
+    pub arena: usize,
 }
 
 struct ControlStop<'a>(&'a Control);
@@ -181,6 +184,7 @@ fn print(ctx: &Ctx, seq: u64, attempt: Attempt, outcome: &AttemptOutcome) {
 pub(super) fn drive(ctx: &Ctx, p: &PersistentOptions) {
     let mut config = Config::new(p.command.clone(), ctx.opts.jobs.max(1));
     config.window = p.window.max(1);
+    config.arena = p.arena;
     config.timeout = ctx.opts.timeout;
     let stop = ControlStop(&ctx.control);
     if let Err(e) = persistent::run(&ctx.queue, &config, &Adapter { ctx }, &stop) {

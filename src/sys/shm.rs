@@ -6,7 +6,10 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use memmap2::MmapMut;
 
@@ -118,6 +121,246 @@ impl SharedPage {
     }
 }
 
+/// A large shared-memory file mapped once: the payload arena of one worker
+/// (`$JOBMILL_ARENA_FD`). The coordinator and the worker both map the whole
+/// file; payloads are copied in with [`Arena::write`], copied out with
+/// [`Arena::copy_out`], or viewed in place with [`Arena::bytes`].
+///
+/// The file is sparse: memory is only used for the pages that are touched,
+/// so a large arena costs nothing until payloads need it.
+///
+/// # Contract between the two processes
+///
+/// The arena is split into regions by the protocol (`docs/PAYLOADS.md`): a
+/// region is written by one side, then handed to the other with a frame,
+/// and never written again by anyone until the receiver has handed it back
+/// (answered the job, or had its result consumed). Rust's aliasing rules
+/// for the `&[u8]` views handed out by [`Arena::bytes`] rely on that
+/// contract; a peer that breaks it can make the bytes seen change (a wrong
+/// payload), but not touch memory outside the mapping.
+#[derive(Debug)]
+pub struct Arena {
+    file: File,
+    map: memmap2::MmapRaw,
+    /// Views handed out by [`Arena::bytes`] and still alive.
+    views: AtomicUsize,
+}
+
+impl Arena {
+    /// Creates an arena of `len` bytes (sparse, zero-filled) backed by an
+    /// anonymous memory file (close-on-exec; pass it to a child with
+    /// [`super::fd::keep_open_in_child`]).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error if the file cannot be created, sized or
+    /// mapped.
+    pub fn create(name: &str, len: usize) -> io::Result<Arena> {
+        let fd: OwnedFd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        let file = File::from(fd);
+        file.set_len(len as u64)?;
+        Self::map(file)
+    }
+
+    /// Maps an inherited arena given by descriptor number (its whole
+    /// length), marking it close-on-exec. The descriptor must not be used by
+    /// anything else.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `fd` is not open; the operating system's error if
+    /// mapping fails.
+    pub fn adopt(fd: RawFd) -> io::Result<Arena> {
+        if fd < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file descriptor {fd} is negative"),
+            ));
+        }
+        // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file descriptor {fd} is not open"),
+            ));
+        }
+        // SAFETY: the descriptor is open (checked above) and, per this
+        // function's contract, ours alone from here on.
+        let file = unsafe { File::from_raw_fd(fd) };
+        rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)?;
+        Self::map(file)
+    }
+
+    fn map(file: File) -> io::Result<Arena> {
+        let len = file.metadata()?.len();
+        if len == 0 || len > isize::MAX as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an arena of {len} bytes cannot be mapped"),
+            ));
+        }
+        // A raw mapping hands out pointers only; every access below goes
+        // through bounds-checked methods.
+        let map = memmap2::MmapOptions::new()
+            .len(len as usize)
+            .map_raw(&file)?;
+        Ok(Arena {
+            file,
+            map,
+            views: AtomicUsize::new(0),
+        })
+    }
+
+    /// The descriptor of the backing memory file.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The arena's length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the arena has no bytes (never: creating one needs a length).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    fn check(&self, offset: usize, len: usize) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.map.len() => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "region {offset}+{len} is outside the arena of {} bytes",
+                    self.map.len()
+                ),
+            )),
+        }
+    }
+
+    /// Copies `data` into the arena at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the region is outside the arena.
+    pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        self.check(offset, data.len())?;
+        // SAFETY: the destination is inside the mapping (checked above),
+        // which lives as long as `self`; `data` is ordinary memory of this
+        // process, so the two cannot overlap. Per the arena contract no one
+        // else writes this region now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `len` bytes at `offset` out of the arena into a new vector.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the region is outside the arena.
+    pub fn copy_out(&self, offset: usize, len: usize) -> io::Result<Vec<u8>> {
+        self.check(offset, len)?;
+        let mut out = Vec::with_capacity(len);
+        // SAFETY: the source is inside the mapping (checked above); `out`
+        // has capacity for `len` bytes and does not overlap the mapping;
+        // after the copy its first `len` bytes are initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        Ok(out)
+    }
+
+    /// Gives the memory behind the whole pages of `offset..offset + len`
+    /// back to the system (the bytes read as zeros afterwards; writing them
+    /// again takes fresh pages). Only for a region no one uses now.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the region is outside the arena; the operating
+    /// system's error if the file cannot punch holes.
+    pub fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check(offset, len)?;
+        let page = PAGE_LEN;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len) / page * page;
+        if end <= start {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            start as u64,
+            (end - start) as u64,
+        )?;
+        Ok(())
+    }
+
+    /// Bytes of memory the arena's file uses now (its touched pages).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error if the file cannot be queried.
+    pub fn resident(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    /// How many views made by [`Arena::bytes`] are alive (a view and all
+    /// its clones count once).
+    pub fn views(&self) -> usize {
+        self.views.load(Ordering::Relaxed)
+    }
+
+    /// A view of `len` bytes at `offset`, without copying. The view keeps
+    /// the mapping alive. Per the arena contract the region must not be
+    /// written by the other process while the view is used: for a job's
+    /// payload, until the job is answered.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the region is outside the arena.
+    pub fn bytes(self: &Arc<Self>, offset: usize, len: usize) -> io::Result<Bytes> {
+        self.check(offset, len)?;
+        self.views.fetch_add(1, Ordering::Relaxed);
+        Ok(Bytes::from_owner(Region {
+            arena: Arc::clone(self),
+            offset,
+            len,
+        }))
+    }
+}
+
+/// A region of an [`Arena`], the owner behind [`Arena::bytes`].
+struct Region {
+    arena: Arc<Arena>,
+    offset: usize,
+    len: usize,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.arena.views.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsRef<[u8]> for Region {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the region was checked to lie inside the mapping, which
+        // `self.arena` keeps alive; any byte pattern is a valid `u8`. The
+        // bytes are not written while the view is in use, per the arena
+        // contract (see `Arena`).
+        unsafe { std::slice::from_raw_parts(self.arena.map.as_ptr().add(self.offset), self.len) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +381,38 @@ mod tests {
     fn adopting_a_closed_descriptor_is_refused() {
         let err = SharedPage::adopt(987_654).unwrap_err();
         assert!(err.to_string().contains("987654 is not open"));
+    }
+
+    #[test]
+    fn an_arena_is_shared_through_its_descriptor_and_bounds_checked() {
+        let a = Arc::new(Arena::create("test", 1 << 20).unwrap());
+        let dup = a.file.try_clone().unwrap();
+        let b = Arc::new(Arena::adopt(dup.into_raw_fd()).unwrap());
+        assert_eq!(b.len(), 1 << 20);
+        a.write(4096, b"hello").unwrap();
+        let view = b.bytes(4096, 5).unwrap();
+        let copy = view.clone();
+        assert_eq!(&view[..], b"hello");
+        assert_eq!(b.views(), 1);
+        drop(view);
+        assert_eq!(b.views(), 1, "a clone keeps the view alive");
+        drop(copy);
+        assert_eq!(b.views(), 0);
+        assert_eq!(b.copy_out(4096, 5).unwrap(), b"hello");
+        assert!(a.write((1 << 20) - 2, b"abc").is_err());
+        assert!(b.bytes(usize::MAX, 2).is_err());
+        assert!(b.copy_out(1 << 20, 1).is_err());
+    }
+
+    #[test]
+    fn a_released_region_gives_its_memory_back() {
+        let a = Arena::create("test", 64 << 20).unwrap();
+        assert_eq!(a.resident().unwrap(), 0, "sparse until touched");
+        a.write(16 << 20, &vec![7u8; 8 << 20]).unwrap();
+        assert!(a.resident().unwrap() >= 8 << 20);
+        a.release(16 << 20, 8 << 20).unwrap();
+        assert_eq!(a.resident().unwrap(), 0);
+        assert_eq!(a.copy_out(16 << 20, 4).unwrap(), vec![0; 4]);
+        assert!(a.release(60 << 20, 8 << 20).is_err());
     }
 }

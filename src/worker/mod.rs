@@ -40,6 +40,23 @@
 //!   shares (`$JOBMILL_STATE_FD`), so that a crash or a timeout is blamed on
 //!   that job, not on finished jobs whose results were still in the batch.
 //!   It costs one memory store per job.
+//!
+//! # Large payloads
+//!
+//! Payloads of at least the coordinator's threshold (64 KiB by default)
+//! come through the worker's shared-memory arena (`$JOBMILL_ARENA_FD`,
+//! mapped once): [`Job::payload`](crate::job::Job) is then a view of the
+//! arena, not a copy, so reading a 1 GiB item costs no copy at all. Results
+//! of that size are copied once into the arena's result area and sent as a
+//! reference. See `docs/PAYLOADS.md`.
+//!
+//! **The view is valid until the job is answered.** Once the job is
+//! completed or failed, the coordinator reuses its region for the next
+//! job; a clone of the payload kept past that point would see those bytes
+//! change. [`Worker::complete`] and [`Worker::fail`] take the job by value
+//! for this reason; to keep a payload longer, copy it
+//! (`job.payload.to_vec()`). The library counts the live views and warns on
+//! stderr (once) when one has outlived its job's answer.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -54,10 +71,79 @@ use bytes::Bytes;
 use crate::job::{Job, JobId};
 use crate::protocol::io::{FrameReader, ReadError};
 use crate::protocol::{
-    decode, encode, encode_empty, kind, BatchBuilder, Decoded, Frame, Hello, CAP_RUNNING_PAGE,
-    DEFAULT_MAX_FRAME, FD_ENV, STATE_FD_ENV, VERSION,
+    decode, encode, encode_empty, kind, BatchBuilder, Decoded, Frame, Hello, Payload, ARENA_FD_ENV,
+    CAP_ARENA, CAP_RUNNING_PAGE, DEFAULT_MAX_FRAME, FD_ENV, RESULTS_CONSUMED_SLOT, STATE_FD_ENV,
+    VERSION,
 };
-use crate::sys::shm::SharedPage;
+use crate::sys::shm::{Arena, SharedPage};
+
+/// Alignment of results in the arena's result area.
+const RESULT_ALIGN: u64 = 64;
+
+/// The worker's result area: a ring of regions written in order and
+/// consumed by the coordinator in the same order (it counts them on the
+/// state page). Restarts at its beginning whenever it is empty, so a few
+/// pages stay in use.
+#[derive(Debug)]
+struct Ring {
+    /// Offset of the area in the arena.
+    base: u64,
+    len: u64,
+    /// Where the next region starts, relative to `base`.
+    head: u64,
+    /// Regions written and not yet consumed, oldest first.
+    outstanding: VecDeque<(u64, u64)>,
+    /// Regions known consumed.
+    seen: u64,
+}
+
+impl Ring {
+    /// A region of `n` bytes (its offset in the arena), or `None` if there
+    /// is no room until the coordinator has consumed more results.
+    fn alloc(&mut self, n: u64, consumed: u64) -> Option<u64> {
+        while self.seen < consumed && self.outstanding.pop_front().is_some() {
+            self.seen += 1;
+        }
+        let n = n.max(1).div_ceil(RESULT_ALIGN) * RESULT_ALIGN;
+        if self.outstanding.is_empty() {
+            self.head = 0;
+        }
+        // Regions never end exactly at the oldest one's start, so that a
+        // full ring cannot look empty.
+        let start = match self.outstanding.front() {
+            None => (n <= self.len).then_some(0)?,
+            Some(&(tail, _)) if self.head > tail => {
+                if self.head + n <= self.len {
+                    self.head
+                } else if n < tail {
+                    0
+                } else {
+                    return None;
+                }
+            }
+            Some(&(tail, _)) => {
+                if self.head + n < tail {
+                    self.head
+                } else {
+                    return None;
+                }
+            }
+        };
+        self.outstanding.push_back((start, start + n));
+        self.head = start + n;
+        Some(self.base + start)
+    }
+}
+
+/// The arena as granted by the coordinator.
+#[derive(Debug)]
+struct ArenaGrant {
+    arena: Arc<Arena>,
+    page: Arc<SharedPage>,
+    threshold: usize,
+    jobs_len: u64,
+    results_len: u64,
+}
 
 /// Longest a finished job's result waits in the local batch before the
 /// background thread writes it.
@@ -170,6 +256,8 @@ struct Out {
     heartbeat: Option<Duration>,
     last_write: Instant,
     stop: bool,
+    /// The arena's result area, if granted.
+    ring: Option<Ring>,
 }
 
 impl Out {
@@ -201,6 +289,31 @@ impl Out {
             return Err(WorkerError::Io(e));
         }
         Ok(())
+    }
+
+    /// Adds a result already written to the arena at `offset` and writes
+    /// the batch (a large result is worth a write of its own).
+    fn push_arena(&mut self, id: u64, offset: u64, len: u64) -> Result<(), WorkerError> {
+        self.check()?;
+        loop {
+            let batch = match &mut self.batch {
+                Some(b) => b,
+                None => self
+                    .batch
+                    .insert(BatchBuilder::begin(&mut self.buf, self.max_frame)),
+            };
+            match batch.push_result_arena(&mut self.buf, id, offset, len) {
+                Ok(()) => break,
+                Err(e) if batch.count() == 0 => {
+                    return Err(WorkerError::Protocol(format!(
+                        "the frame limit of {} bytes is too small for an arena reference",
+                        e.max
+                    )))
+                }
+                Err(_) => self.flush()?,
+            }
+        }
+        self.flush()
     }
 
     /// Adds one result or failure to the open batch; writes when full.
@@ -319,6 +432,12 @@ pub struct Worker {
     /// The state page, if the coordinator granted it: the id of the job
     /// being run, so a crash is blamed on the right job.
     page: Option<Arc<SharedPage>>,
+    /// The payload arena, if the coordinator granted it.
+    arena: Option<ArenaGrant>,
+    /// Ids of the jobs received with an arena payload and not answered.
+    arena_unanswered: std::collections::HashSet<u64>,
+    /// A payload view was seen to outlive its job (warned once).
+    warned_views: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -354,7 +473,15 @@ impl Worker {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .and_then(|fd| SharedPage::adopt(fd).ok());
-        Worker::handshake(stream, page)
+        // So is the arena (it needs the page): without it, every payload
+        // comes inline.
+        let arena = page.as_ref().and_then(|_| {
+            std::env::var(ARENA_FD_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .and_then(|fd| Arena::adopt(fd).ok())
+        });
+        Worker::handshake(stream, page, arena)
     }
 
     /// Performs the handshake over an already connected stream.
@@ -366,17 +493,25 @@ impl Worker {
     /// [`WorkerError::Io`] or [`WorkerError::Disconnected`] if the channel
     /// fails.
     pub fn from_stream(stream: UnixStream) -> Result<Worker, WorkerError> {
-        Worker::handshake(stream, None)
+        Worker::handshake(stream, None, None)
     }
 
-    fn handshake(stream: UnixStream, page: Option<SharedPage>) -> Result<Worker, WorkerError> {
+    fn handshake(
+        stream: UnixStream,
+        page: Option<SharedPage>,
+        arena: Option<Arena>,
+    ) -> Result<Worker, WorkerError> {
         let mut write = stream.try_clone().map_err(WorkerError::Channel)?;
         let mut hello = Vec::new();
         encode(
             &mut hello,
             &Frame::Hello(Hello {
                 version: VERSION,
-                capabilities: if page.is_some() { CAP_RUNNING_PAGE } else { 0 },
+                capabilities: match (&page, &arena) {
+                    (Some(_), Some(_)) => CAP_RUNNING_PAGE | CAP_ARENA,
+                    (Some(_), None) => CAP_RUNNING_PAGE,
+                    _ => 0,
+                },
                 name: NAME.as_bytes(),
             }),
             DEFAULT_MAX_FRAME,
@@ -411,6 +546,35 @@ impl Worker {
         };
         let max_frame = welcome.max_frame as usize;
         reader.set_max_frame(max_frame);
+        let page = page
+            .filter(|_| welcome.capabilities & CAP_RUNNING_PAGE != 0)
+            .map(Arc::new);
+        let arena = match (arena, &page) {
+            (Some(arena), Some(page)) if welcome.capabilities & CAP_ARENA != 0 => {
+                let need = welcome.arena_jobs.saturating_add(welcome.arena_results);
+                if (arena.len() as u64) < need {
+                    return Err(WorkerError::Protocol(format!(
+                        "the arena has {} bytes, the coordinator announced {need}",
+                        arena.len()
+                    )));
+                }
+                Some(ArenaGrant {
+                    arena: Arc::new(arena),
+                    page: Arc::clone(page),
+                    threshold: welcome.arena_threshold as usize,
+                    jobs_len: welcome.arena_jobs,
+                    results_len: welcome.arena_results,
+                })
+            }
+            _ => None,
+        };
+        let ring = arena.as_ref().map(|a| Ring {
+            base: a.jobs_len,
+            len: a.results_len,
+            head: 0,
+            outstanding: VecDeque::new(),
+            seen: 0,
+        });
         let heartbeat =
             (welcome.heartbeat_ms > 0).then(|| Duration::from_millis(welcome.heartbeat_ms.into()));
         let outbox = Arc::new(Outbox {
@@ -424,6 +588,7 @@ impl Worker {
                 heartbeat,
                 last_write: Instant::now(),
                 stop: false,
+                ring,
             }),
             cond: Condvar::new(),
         });
@@ -445,9 +610,10 @@ impl Worker {
             max_frame,
             window: welcome.window,
             left: false,
-            page: page
-                .filter(|_| welcome.capabilities & CAP_RUNNING_PAGE != 0)
-                .map(Arc::new),
+            page,
+            arena,
+            arena_unanswered: std::collections::HashSet::new(),
+            warned_views: false,
         })
     }
 
@@ -470,7 +636,32 @@ impl Worker {
         };
         match frame {
             Frame::Job(j) => {
-                let payload = raw.slice_ref(j.payload.bytes());
+                let payload = match j.payload {
+                    Payload::Inline(bytes) => raw.slice_ref(bytes),
+                    Payload::Arena { offset, len } => {
+                        let Some(a) = &self.arena else {
+                            return Err(WorkerError::Protocol(format!(
+                                "job {} refers to an arena that was not granted",
+                                j.id
+                            )));
+                        };
+                        let inside = offset.checked_add(len).is_some_and(|end| end <= a.jobs_len);
+                        if !inside {
+                            return Err(WorkerError::Protocol(format!(
+                                "job {} is at {offset}+{len}, outside the job area of {} bytes",
+                                j.id, a.jobs_len
+                            )));
+                        }
+                        // Per the arena contract the coordinator leaves this
+                        // region alone until the job is answered.
+                        let view = a
+                            .arena
+                            .bytes(offset as usize, len as usize)
+                            .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+                        self.arena_unanswered.insert(j.id);
+                        view
+                    }
+                };
                 self.buffer.push_back(Job {
                     id: JobId(j.id),
                     seq: j.seq,
@@ -524,6 +715,26 @@ impl Worker {
         Ok(())
     }
 
+    /// Warns (once) if more payload views are alive than jobs that may hold
+    /// them: a view kept past its job's answer sees the region's next use.
+    fn check_views(&mut self) {
+        if self.warned_views {
+            return;
+        }
+        if let Some(a) = &self.arena {
+            let alive = a.arena.views();
+            if alive > self.arena_unanswered.len() {
+                self.warned_views = true;
+                eprintln!(
+                    "jobmill worker: {} payload view(s) outlived their jobs' answers; \
+                     the arena reuses that memory for later jobs, so their bytes will \
+                     change: copy a payload you keep (job.payload.to_vec())",
+                    alive - self.arena_unanswered.len()
+                );
+            }
+        }
+    }
+
     fn pop(&mut self) -> Option<Job> {
         let job = self.buffer.pop_front()?;
         self.taken += 1;
@@ -540,6 +751,7 @@ impl Worker {
     /// [`GetError::Closed`] once no job will ever come (closed and drained);
     /// [`GetError::Worker`] if the connection fails.
     pub fn get(&mut self) -> Result<Job, GetError> {
+        self.check_views();
         loop {
             if let Some(job) = self.pop() {
                 return Ok(job);
@@ -585,6 +797,7 @@ impl Worker {
     /// answered; [`TryGetError::Closed`] once no job will ever come;
     /// [`TryGetError::Worker`] if the connection fails.
     pub fn try_get(&mut self) -> Result<Job, TryGetError> {
+        self.check_views();
         if let Some(job) = self.pop() {
             return Ok(job);
         }
@@ -613,9 +826,18 @@ impl Worker {
     }
 
     fn push(&mut self, id: JobId, ok: bool, data: &[u8]) -> Result<(), WorkerError> {
+        if self.arena.is_some() {
+            self.arena_unanswered.remove(&id.0);
+        }
         if let Some(page) = &self.page {
             if page.load(0) == id.0 {
                 page.store(0, 0);
+            }
+        }
+        if let Some(a) = &self.arena {
+            let len = data.len() as u64;
+            if ok && data.len() >= a.threshold && len <= a.results_len {
+                return self.push_arena(id, data);
             }
         }
         let mut out = self.outbox.lock();
@@ -635,6 +857,38 @@ impl Worker {
                 Err(e)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Copies a large result into the arena's result area, waiting for the
+    /// coordinator to consume earlier results if there is no room.
+    fn push_arena(&self, id: JobId, data: &[u8]) -> Result<(), WorkerError> {
+        let a = self.arena.as_ref().expect("checked by the caller");
+        let mut waited = 0u32;
+        loop {
+            let mut out = self.outbox.lock();
+            out.check()?;
+            let consumed = a.page.load(RESULTS_CONSUMED_SLOT);
+            let ring = out.ring.as_mut().expect("a ring comes with the arena");
+            if let Some(offset) = ring.alloc(data.len() as u64, consumed) {
+                // The region is free: the coordinator consumed what was
+                // there, and reads it again only after our RESULT.
+                a.arena
+                    .write(offset as usize, data)
+                    .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+                return out.push_arena(id.0, offset, data.len() as u64);
+            }
+            // No room: make sure the coordinator has every earlier result,
+            // then give it a moment to consume them.
+            out.flush()?;
+            drop(out);
+            waited += 1;
+            if waited < 64 {
+                std::hint::spin_loop();
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
     }
 
@@ -752,4 +1006,61 @@ where
         }
     }
     worker.close()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(len: u64) -> Ring {
+        Ring {
+            base: 1000,
+            len,
+            head: 0,
+            outstanding: VecDeque::new(),
+            seen: 0,
+        }
+    }
+
+    #[test]
+    fn the_result_ring_wraps_and_restarts_when_empty() {
+        let mut r = ring(1024);
+        assert_eq!(r.alloc(400, 0), Some(1000));
+        assert_eq!(r.alloc(400, 0), Some(1000 + 448));
+        assert_eq!(r.alloc(400, 0), None, "full");
+        // The first is consumed: the next wraps to the start.
+        assert_eq!(r.alloc(300, 1), Some(1000));
+        // Ending exactly at the oldest region's start is refused.
+        assert_eq!(r.alloc(128, 1), None);
+        // Everything consumed: restart at the beginning.
+        assert_eq!(r.alloc(1024, 3), Some(1000));
+        assert_eq!(r.alloc(1025, 4), None, "larger than the area");
+    }
+
+    #[test]
+    fn outstanding_result_regions_never_overlap() {
+        let mut r = ring(10_000);
+        let mut consumed = 0u64;
+        let mut x = 12345u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = x % 3000;
+            if r.alloc(n, consumed).is_none() {
+                // Nothing is ever too big for an empty ring.
+                consumed = r.seen + r.outstanding.len() as u64;
+                assert!(r.alloc(n, consumed).is_some());
+            }
+            if x % 3 == 0 {
+                consumed = (consumed + 1).min(r.seen + r.outstanding.len() as u64);
+            }
+            let mut v: Vec<_> = r.outstanding.iter().copied().collect();
+            v.sort();
+            for w in v.windows(2) {
+                assert!(w[0].1 <= w[1].0, "{:?} overlaps", w);
+            }
+            assert!(v.iter().all(|&(_, end)| end <= 10_000));
+        }
+    }
 }
