@@ -40,11 +40,11 @@ redis-cli -p "$port" ping | grep -q PONG
 
 echo "building the benchmark (release)..." >&2
 (cd "$here" && cargo build --release --quiet --example redis_bench \
-    --example worker_throughput --bin jobmill)
+    --example throughput --bin jobmill)
 bench="$here/target/release/examples/redis_bench"
 jobmill="$here/target/release/jobmill"
-# The worker_throughput example is a no-op Rust worker when run by jobmill.
-rust_worker="$here/target/release/examples/worker_throughput"
+# The throughput example is a Rust worker (it sums each payload) when run by jobmill.
+rust_worker="$here/target/release/examples/throughput"
 WINDOW=${WINDOW:-1024}
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1/($3-$2):,.0f}')"; }
