@@ -1,0 +1,782 @@
+//! The journal writer: an [`Observer`] of a run that records every event
+//! in the journal file through one writer thread and group commits.
+//!
+//! ## Durability
+//!
+//! Slot threads never touch SQLite. They append events to a pending list
+//! (under one mutex) and get a ticket; the writer thread takes everything
+//! pending, writes it in one transaction and commits, then publishes the
+//! last ticket it committed. Under load, one commit carries the events of
+//! many jobs (a group commit).
+//!
+//! A slot about to start an attempt first waits until the completion of its
+//! previous attempt is committed ([`Observer::attempt_started`] blocks).
+//! So at any moment the jobs that are finished but not yet recorded, plus
+//! the jobs running, are at most one per slot: after any crash, the only
+//! jobs that run twice are those in flight, at most `-j`.
+//!
+//! The connection runs in WAL mode with `synchronous=NORMAL`, and every
+//! [`WriterConfig::sync_interval`] one commit is made with
+//! `synchronous=FULL` (an fsync of the WAL, which covers all commits
+//! before it). A commit written with `NORMAL` is in the kernel when
+//! `COMMIT` returns: it survives any death of jobmill (`kill -9`, a
+//! panic, the OOM killer). Only a crash of the machine itself can lose
+//! the commits of the last interval. `sync_interval` of zero makes every
+//! commit `FULL`. See `docs/JOURNAL.md` for the measurements behind this.
+//!
+//! ## Faults
+//!
+//! When a write fails (disk full, I/O error, a read-only file), the writer
+//! stops, the failed transaction is rolled back, and every later observer
+//! call returns an [`ObserverError`] naming the file: the run drains. What
+//! was committed before stays.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::exec::End;
+use crate::job::{JobState, NewJob};
+use crate::run::{AttemptOutcome, AttemptReport, Observer, ObserverError, RunSummary};
+
+use super::{JournalError, APPLICATION_ID, SCHEMA, SCHEMA_VERSION};
+
+/// Default cap of the output kept per stream per job: 1 MiB.
+pub const DEFAULT_OUTPUT_CAP: usize = 1 << 20;
+
+/// Default time between two commits that reach the disk (fsync).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How the writer writes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Bytes of output kept per stream per job; the rest is counted and
+    /// the row marked truncated.
+    pub output_cap: usize,
+    /// Most time between two fsynced commits (see the module docs); zero
+    /// syncs every commit.
+    pub sync_interval: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            output_cap: DEFAULT_OUTPUT_CAP,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+        }
+    }
+}
+
+/// What a new journal records about its run.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// The command template's arguments, exactly.
+    pub command: Vec<OsString>,
+    /// The run's options, as the caller encodes them (enough to resume).
+    pub options: serde_json::Value,
+    /// The working directory.
+    pub cwd: PathBuf,
+}
+
+/// Seconds since the Unix epoch of `t`.
+pub(crate) fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn now() -> f64 {
+    unix(SystemTime::now())
+}
+
+/// The host name, or `""`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// An exclusive lock on a journal file, held for as long as this lives
+/// (`flock`, released by the kernel when the process dies).
+#[derive(Debug)]
+pub struct JournalLock {
+    _file: File,
+}
+
+impl JournalLock {
+    /// Takes the lock on `path`, which must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Locked`] when another process holds it (with that
+    /// process's pid when the journal names it), [`JournalError::Io`] when
+    /// the file cannot be opened.
+    pub fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
+        let file = File::open(path).map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(JournalLock { _file: file }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(JournalError::Locked {
+                path: path.to_path_buf(),
+                pid: holder_pid(path).unwrap_or(0),
+            }),
+            Err(e) => Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source: e.into(),
+            }),
+        }
+    }
+}
+
+/// The pid of the latest unfinished session of a journal (best effort).
+fn holder_pid(path: &Path) -> Option<i64> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row(
+        "SELECT pid FROM session WHERE ended_at IS NULL ORDER BY id DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
+}
+
+/// Opens the writer's connection: WAL, `synchronous=NORMAL`.
+pub(crate) fn open_rw(path: &Path) -> Result<Connection, JournalError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(JournalError::sqlite(path, "open"))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(JournalError::sqlite(path, "set busy timeout"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(JournalError::sqlite(path, "enable WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot use WAL mode (journal_mode is {mode})"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+        .map_err(JournalError::sqlite(path, "set synchronous"))?;
+    Ok(conn)
+}
+
+/// Creates a new journal at `path`, which must not exist, records the run
+/// and its first session, and starts the writer.
+///
+/// # Errors
+///
+/// [`JournalError::Exists`] if the file exists, [`JournalError::Io`] or
+/// [`JournalError::Sqlite`] if it cannot be created.
+pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Journal, JournalError> {
+    let io = |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                JournalError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io(source)
+            }
+        })?;
+    drop(file);
+    let lock = JournalLock::acquire(path)?;
+    let mut conn = open_rw(path)?;
+    let mut raw = Vec::new();
+    for a in &run.command {
+        raw.extend_from_slice(a.as_bytes());
+        raw.push(0);
+    }
+    let display: Vec<String> = run
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let tx = conn
+        .transaction()
+        .map_err(JournalError::sqlite(path, "begin"))?;
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(JournalError::sqlite(path, "write header"))?;
+    tx.execute_batch(SCHEMA)
+        .map_err(JournalError::sqlite(path, "create schema"))?;
+    tx.execute(
+        "INSERT INTO run (id, run_id, command, command_raw, options, cwd, host, started_at,
+                          jobmill_version, schema_version)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            run.run_id,
+            serde_json::to_string(&display).unwrap_or_default(),
+            raw,
+            run.options.to_string(),
+            run.cwd.as_os_str().as_bytes(),
+            host_name(),
+            now(),
+            env!("CARGO_PKG_VERSION"),
+            SCHEMA_VERSION,
+        ],
+    )
+    .map_err(JournalError::sqlite(path, "record the run"))?;
+    tx.commit()
+        .map_err(JournalError::sqlite(path, "commit the run"))?;
+    start(path, conn, lock, "run", 0, true, config)
+}
+
+/// Opens a session on an open journal connection and starts the writer.
+///
+/// `known_jobs` is the number of jobs already recorded (their `job_read`
+/// events are not written again). `whole_input` says whether the job
+/// source of this session ends where the run's input ends (so its end
+/// marks the input complete).
+pub(crate) fn start(
+    path: &Path,
+    conn: Connection,
+    lock: JournalLock,
+    kind: &str,
+    known_jobs: u64,
+    whole_input: bool,
+    config: WriterConfig,
+) -> Result<Journal, JournalError> {
+    conn.execute(
+        "INSERT INTO session (kind, pid, started_at) VALUES (?1, ?2, ?3)",
+        params![kind, std::process::id(), now()],
+    )
+    .map_err(JournalError::sqlite(path, "record the session"))?;
+    let session = conn.last_insert_rowid();
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")
+        .map_err(JournalError::sqlite(path, "set synchronous"))?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(Pending {
+            events: Vec::with_capacity(256),
+            next_ticket: 1,
+            committed: 0,
+            failed: None,
+            closing: false,
+            slot_tickets: Vec::new(),
+        }),
+        work: Condvar::new(),
+        durable: Condvar::new(),
+    });
+    let mut w = WriterThread {
+        path: path.to_path_buf(),
+        conn,
+        session,
+        config,
+        known_jobs,
+        whole_input,
+        last_sync: Instant::now(),
+        full: false,
+    };
+    let thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("jobmill-journal".into())
+            .spawn(move || w.run(&shared))
+            .map_err(|source| JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+    };
+    Ok(Journal {
+        path: path.to_path_buf(),
+        shared,
+        config,
+        thread: Mutex::new(Some(thread)),
+        _lock: lock,
+    })
+}
+
+/// A running journal: the [`Observer`] that records a run.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    config: WriterConfig,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    _lock: JournalLock,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Pending>,
+    /// Signalled when events are pending or the journal is closing.
+    work: Condvar,
+    /// Signalled after each commit (or failure).
+    durable: Condvar,
+}
+
+#[derive(Debug)]
+struct Pending {
+    events: Vec<Event>,
+    /// The ticket of the next event.
+    next_ticket: u64,
+    /// Every event with a ticket up to this one is committed.
+    committed: u64,
+    /// Why the writer stopped, if it failed.
+    failed: Option<String>,
+    closing: bool,
+    /// Per slot, the ticket of its last finished attempt.
+    slot_tickets: Vec<u64>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Job { seq: u64, input: Bytes },
+    InputComplete,
+    Started { seq: u64, slot: usize, at: f64 },
+    Finished(Box<Finished>),
+    RunFinished { reason: String },
+}
+
+#[derive(Debug)]
+struct Finished {
+    seq: u64,
+    ended_at: f64,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    outcome: &'static str,
+    job_state: &'static str,
+    reason: Option<String>,
+    duration: f64,
+    max_rss_kib: u64,
+    output: [Option<Output>; 2],
+}
+
+#[derive(Debug)]
+struct Output {
+    data: Vec<u8>,
+    total: u64,
+    truncated: bool,
+}
+
+impl Journal {
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn error(&self, failed: &str) -> ObserverError {
+        ObserverError(failed.to_string())
+    }
+
+    /// Queues `event`; returns its ticket.
+    fn push(&self, event: Event) -> Result<u64, ObserverError> {
+        let mut st = self.lock();
+        self.push_locked(&mut st, event)
+    }
+
+    fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, ObserverError> {
+        if let Some(f) = &st.failed {
+            return Err(self.error(f));
+        }
+        if st.closing {
+            return Err(ObserverError(format!(
+                "journal {}: written after it was closed",
+                self.path.display()
+            )));
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        let wake = st.events.is_empty();
+        st.events.push(event);
+        if wake {
+            self.shared.work.notify_one();
+        }
+        Ok(ticket)
+    }
+
+    /// Waits until every event queued so far is committed.
+    ///
+    /// # Errors
+    ///
+    /// The writer failed; the message names the file.
+    pub fn flush(&self) -> Result<(), ObserverError> {
+        let st = self.lock();
+        let target = st.next_ticket - 1;
+        self.wait_locked(st, target).map(drop)
+    }
+
+    fn wait_locked<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, Pending>,
+        ticket: u64,
+    ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
+        loop {
+            if let Some(f) = &st.failed {
+                return Err(self.error(f));
+            }
+            if st.committed >= ticket {
+                return Ok(st);
+            }
+            st = self
+                .shared
+                .durable
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Records the end of the session, commits everything and stops the
+    /// writer. Later calls do nothing.
+    ///
+    /// # Errors
+    ///
+    /// The writer failed; the message names the file.
+    pub fn close(&self, reason: &str) -> Result<(), ObserverError> {
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(handle) = handle else {
+            return Ok(());
+        };
+        let pushed = self.push(Event::RunFinished {
+            reason: reason.to_string(),
+        });
+        let waited = pushed.and_then(|_| self.flush());
+        {
+            let mut st = self.lock();
+            st.closing = true;
+            self.shared.work.notify_one();
+        }
+        let _ = handle.join();
+        waited
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.close("ended");
+    }
+}
+
+fn end_fields(end: &End) -> (Option<i32>, Option<i32>) {
+    match end {
+        End::Exited(c) => (Some(*c), None),
+        End::Signaled(s) => (None, Some(*s)),
+        End::SpawnFailed(_) => (None, None),
+    }
+}
+
+/// (attempt outcome, job state, reason) of an outcome.
+fn outcome_fields(outcome: &AttemptOutcome) -> (&'static str, &'static str, Option<String>) {
+    match outcome {
+        AttemptOutcome::Done => ("done", "done", None),
+        AttemptOutcome::Requeued { reason } => ("requeued", "queued", Some(reason.to_string())),
+        AttemptOutcome::Final(JobState::Failed { reason, .. }) => {
+            ("failed", "failed", Some(reason.to_string()))
+        }
+        AttemptOutcome::Final(JobState::Dead { reason, .. }) => {
+            ("dead", "dead", Some(reason.to_string()))
+        }
+        AttemptOutcome::Final(other) => ("failed", "failed", Some(format!("{other:?}"))),
+        AttemptOutcome::Interrupted => (
+            "interrupted",
+            "queued",
+            Some("stopped by jobmill (interrupted)".to_string()),
+        ),
+    }
+}
+
+impl Observer for Journal {
+    fn job_read(&self, job: &NewJob) -> Result<(), ObserverError> {
+        self.push(Event::Job {
+            seq: job.seq,
+            input: job.payload.clone(),
+        })
+        .map(drop)
+    }
+
+    fn input_complete(&self, _total: u64) -> Result<(), ObserverError> {
+        self.push(Event::InputComplete).map(drop)
+    }
+
+    fn attempt_started(
+        &self,
+        seq: u64,
+        _attempt: u32,
+        slot: usize,
+        at: SystemTime,
+    ) -> Result<(), ObserverError> {
+        let st = self.lock();
+        // Start nothing before this slot's previous completion is recorded.
+        let previous = st.slot_tickets.get(slot).copied().unwrap_or(0);
+        let mut st = self.wait_locked(st, previous)?;
+        self.push_locked(
+            &mut st,
+            Event::Started {
+                seq,
+                slot,
+                at: unix(at),
+            },
+        )
+        .map(drop)
+    }
+
+    fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
+        let a = &mut *report.attempt_result;
+        let (exit_code, signal) = end_fields(&a.end);
+        let (outcome, job_state, mut reason) = outcome_fields(report.outcome);
+        if let End::SpawnFailed(e) = &a.end {
+            if reason.is_none() {
+                reason = Some(e.clone());
+            }
+        }
+        let cap = self.config.output_cap;
+        let mut output: [Option<Output>; 2] = [None, None];
+        for (i, cap_of) in [&mut a.stdout, &mut a.stderr].into_iter().enumerate() {
+            let total = cap_of.len();
+            if total == 0 {
+                continue;
+            }
+            let (data, truncated) = match cap_of.head(cap) {
+                Ok(v) => v,
+                Err(e) => (format!("(output lost: {e})").into_bytes(), true),
+            };
+            output[i] = Some(Output {
+                data,
+                total,
+                truncated,
+            });
+        }
+        let finished = Finished {
+            seq: report.seq,
+            ended_at: now(),
+            exit_code,
+            signal,
+            timed_out: a.timed_out,
+            outcome,
+            job_state,
+            reason,
+            duration: a.duration.as_secs_f64(),
+            max_rss_kib: a.max_rss_kib,
+            output,
+        };
+        let mut st = self.lock();
+        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(finished)))?;
+        let slot = report.slot;
+        if st.slot_tickets.len() <= slot {
+            st.slot_tickets.resize(slot + 1, 0);
+        }
+        st.slot_tickets[slot] = ticket;
+        Ok(())
+    }
+
+    fn run_finished(&self, summary: &RunSummary) -> Result<(), ObserverError> {
+        let reason = if let Some(e) = &summary.error {
+            format!("error: {e}")
+        } else if summary.halted {
+            "halted".to_string()
+        } else if summary.interrupted {
+            "interrupted".to_string()
+        } else if summary.input_complete {
+            "complete".to_string()
+        } else {
+            "stopped".to_string()
+        };
+        self.close(&reason)
+    }
+}
+
+struct WriterThread {
+    path: PathBuf,
+    conn: Connection,
+    session: i64,
+    config: WriterConfig,
+    known_jobs: u64,
+    whole_input: bool,
+    last_sync: Instant,
+    /// The connection is in `synchronous=FULL` now.
+    full: bool,
+}
+
+impl WriterThread {
+    fn run(&mut self, shared: &Shared) {
+        let mut batch: Vec<Event> = Vec::with_capacity(256);
+        loop {
+            let last = {
+                let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                while st.events.is_empty() && !st.closing {
+                    st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.events.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut batch, &mut st.events);
+                st.next_ticket - 1
+            };
+            let result = self.write(&batch);
+            batch.clear();
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => st.committed = last,
+                Err(e) => {
+                    st.failed = Some(format!(
+                        "{e}; the run stops (what was recorded before is kept)"
+                    ))
+                }
+            }
+            shared.durable.notify_all();
+            if st.failed.is_some() {
+                break;
+            }
+        }
+        // A last fsync, so that a finished run is on disk.
+        let _ = self
+            .conn
+            .execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    fn write(&mut self, batch: &[Event]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let sync = self.config.sync_interval.is_zero()
+            || self.last_sync.elapsed() >= self.config.sync_interval
+            || batch.iter().any(|e| matches!(e, Event::RunFinished { .. }));
+        if sync != self.full {
+            self.conn
+                .execute_batch(if sync {
+                    "PRAGMA synchronous=FULL"
+                } else {
+                    "PRAGMA synchronous=NORMAL"
+                })
+                .map_err(JournalError::sqlite(&path, "set synchronous"))?;
+            self.full = sync;
+        }
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(JournalError::sqlite(&path, "begin"))?;
+        for e in batch {
+            Self::apply(&tx, e, self.session, self.known_jobs, self.whole_input)
+                .map_err(JournalError::sqlite(&path, "write"))?;
+        }
+        tx.commit().map_err(JournalError::sqlite(&path, "commit"))?;
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn apply(
+        tx: &rusqlite::Transaction<'_>,
+        e: &Event,
+        session: i64,
+        known_jobs: u64,
+        whole_input: bool,
+    ) -> rusqlite::Result<()> {
+        match e {
+            Event::Job { seq, input } => {
+                if *seq > known_jobs {
+                    let hash = Sha256::digest(input);
+                    tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
+                        .execute(params![*seq as i64, &input[..], &hash[..]])?;
+                }
+            }
+            Event::InputComplete => {
+                if whole_input {
+                    tx.prepare_cached(
+                        "UPDATE run SET input_complete = 1,
+                                total_jobs = (SELECT COUNT(*) FROM job) WHERE id = 1",
+                    )?
+                    .execute([])?;
+                }
+            }
+            Event::Started { seq, slot, at } => {
+                tx.prepare_cached(
+                    "UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1",
+                )?
+                .execute(params![*seq as i64])?;
+                tx.prepare_cached(
+                    "INSERT INTO attempt (seq, attempt, session, slot, started_at)
+                     VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4)",
+                )?
+                .execute(params![*seq as i64, session, *slot as i64, at])?;
+            }
+            Event::Finished(f) => {
+                let seq = f.seq as i64;
+                tx.prepare_cached(
+                    "UPDATE attempt SET ended_at = ?2, exit_code = ?3, signal = ?4,
+                            timed_out = ?5, outcome = ?6, reason = ?7, duration = ?8,
+                            max_rss_kb = ?9
+                     WHERE seq = ?1 AND attempt = (SELECT attempts FROM job WHERE seq = ?1)",
+                )?
+                .execute(params![
+                    seq,
+                    f.ended_at,
+                    f.exit_code,
+                    f.signal,
+                    f.timed_out,
+                    f.outcome,
+                    f.reason,
+                    f.duration,
+                    f.max_rss_kib as i64,
+                ])?;
+                let final_state = matches!(f.job_state, "done" | "failed" | "dead");
+                tx.prepare_cached(
+                    "UPDATE job SET state = ?2, exit_code = ?3, signal = ?4, reason = ?5,
+                            finished_at = ?6 WHERE seq = ?1",
+                )?
+                .execute(params![
+                    seq,
+                    f.job_state,
+                    f.exit_code,
+                    f.signal,
+                    f.reason,
+                    final_state.then_some(f.ended_at),
+                ])?;
+                tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
+                    .execute(params![seq])?;
+                for (i, o) in f.output.iter().enumerate() {
+                    if let Some(o) = o {
+                        tx.prepare_cached(
+                            "INSERT INTO output (seq, stream, data, total_bytes, truncated)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            seq,
+                            i as i64 + 1,
+                            o.data,
+                            o.total as i64,
+                            o.truncated
+                        ])?;
+                    }
+                }
+            }
+            Event::RunFinished { reason } => {
+                let at = now();
+                tx.prepare_cached(
+                    "UPDATE session SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
+                )?
+                .execute(params![session, at, reason])?;
+                tx.prepare_cached("UPDATE run SET ended_at = ?1, end_reason = ?2 WHERE id = 1")?
+                    .execute(params![at, reason])?;
+            }
+        }
+        Ok(())
+    }
+}
