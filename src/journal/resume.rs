@@ -253,7 +253,7 @@ impl Resumable {
             &path,
             conn,
             self.lock,
-            "resume",
+            None,
             self.run.jobs,
             whole_input,
             config,

@@ -1,13 +1,21 @@
 //! The journal writer: an [`Observer`] of a run that records every event
-//! in the journal file through one writer thread and group commits.
+//! in the journal file with group commits, one writer at a time.
 //!
-//! ## Durability
+//! ## Group commits
 //!
-//! Slot threads never touch SQLite. They append events to a pending list
-//! (under one mutex) and get a ticket; the writer thread takes everything
-//! pending, writes it in one transaction and commits, then publishes the
-//! last ticket it committed. Under load, one commit carries the events of
-//! many jobs (a group commit).
+//! Observer calls never run SQL themselves on the way in: they append the
+//! event to a pending list (one mutex) and get a ticket. A batch is written
+//! in one transaction by whichever thread needs it first: a slot that must
+//! wait for its previous completion (below), or the background thread,
+//! which commits what is left every few milliseconds. Whoever writes takes
+//! *everything* pending (every slot's events), so one commit carries the
+//! events of many jobs under load, and at most one thread writes at a time
+//! (a `writing` flag under the mutex; the connection is never shared
+//! concurrently). Letting the waiting slot write, instead of waking a
+//! writer thread and sleeping until it is done, saves two thread wake-ups
+//! per job (measured: see `docs/JOURNAL.md`).
+//!
+//! ## The durability gate
 //!
 //! A slot about to start an attempt first waits until the completion of its
 //! previous attempt is committed ([`Observer::attempt_started`] blocks).
@@ -15,21 +23,25 @@
 //! the jobs running, are at most one per slot: after any crash, the only
 //! jobs that run twice are those in flight, at most `-j`.
 //!
-//! The connection runs in WAL mode with `synchronous=NORMAL`, and every
-//! [`WriterConfig::sync_interval`] one commit is made with
-//! `synchronous=FULL` (an fsync of the WAL, which covers all commits
-//! before it). A commit written with `NORMAL` is in the kernel when
-//! `COMMIT` returns: it survives any death of jobmill (`kill -9`, a
-//! panic, the OOM killer). Only a crash of the machine itself can lose
-//! the commits of the last interval. `sync_interval` of zero makes every
-//! commit `FULL`. See `docs/JOURNAL.md` for the measurements behind this.
+//! ## Synchronous mode
+//!
+//! WAL mode. With [`WriterConfig::sync_interval`] zero, every commit is
+//! `synchronous=FULL` (an fsync of the WAL per commit). Otherwise commits
+//! are `synchronous=NORMAL` and the background thread fdatasyncs the WAL
+//! every interval through a descriptor of its own, without holding up
+//! writers. A commit written with `NORMAL` is in the kernel when `COMMIT`
+//! returns: it survives any death of jobmill (`kill -9`, a panic, the OOM
+//! killer); only a crash of the machine can take the commits of the last
+//! interval. Checkpoints also run on the background thread (automatic
+//! checkpoints are off), so a slot never pays for one. Closing the journal
+//! commits with `FULL` and folds the WAL into the file.
 //!
 //! ## Faults
 //!
-//! When a write fails (disk full, I/O error, a read-only file), the writer
-//! stops, the failed transaction is rolled back, and every later observer
-//! call returns an [`ObserverError`] naming the file: the run drains. What
-//! was committed before stays.
+//! When a write fails (disk full, I/O error, a read-only file), the
+//! transaction is rolled back, the connection is dropped, and every later
+//! observer call returns an [`ObserverError`] naming the file: the run
+//! drains. What was committed before stays.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -240,12 +252,22 @@ pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Jour
         ],
     )
     .map_err(JournalError::sqlite(path, "record the run"))?;
+    tx.execute(
+        "INSERT INTO session (id, kind, pid, started_at) VALUES (1, 'run', ?1, ?2)",
+        params![std::process::id(), now()],
+    )
+    .map_err(JournalError::sqlite(path, "record the session"))?;
     tx.commit()
         .map_err(JournalError::sqlite(path, "commit the run"))?;
-    start(path, conn, lock, "run", 0, true, config)
+    // The file's directory entry reaches the disk too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    start(path, conn, lock, Some(1), 0, true, config)
 }
 
-/// Opens a session on an open journal connection and starts the writer.
+/// Starts the writer on an open journal connection, in session `session`
+/// (`None`: record a new `resume` session).
 ///
 /// `known_jobs` is the number of jobs already recorded (their `job_read`
 /// events are not written again). `whole_input` says whether the job
@@ -255,46 +277,56 @@ pub(crate) fn start(
     path: &Path,
     conn: Connection,
     lock: JournalLock,
-    kind: &str,
+    session: Option<i64>,
     known_jobs: u64,
     whole_input: bool,
     config: WriterConfig,
 ) -> Result<Journal, JournalError> {
-    conn.execute(
-        "INSERT INTO session (kind, pid, started_at) VALUES (?1, ?2, ?3)",
-        params![kind, std::process::id(), now()],
-    )
-    .map_err(JournalError::sqlite(path, "record the session"))?;
-    let session = conn.last_insert_rowid();
-    conn.execute_batch("PRAGMA synchronous=NORMAL;")
-        .map_err(JournalError::sqlite(path, "set synchronous"))?;
+    let session = match session {
+        Some(id) => id,
+        None => {
+            conn.execute(
+                "INSERT INTO session (kind, pid, started_at) VALUES ('resume', ?1, ?2)",
+                params![std::process::id(), now()],
+            )
+            .map_err(JournalError::sqlite(path, "record the session"))?;
+            conn.last_insert_rowid()
+        }
+    };
+    // Checkpoints run on the background thread, not inside the commits
+    // slots wait for.
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
+        .map_err(JournalError::sqlite(path, "disable automatic checkpoints"))?;
+    if !config.sync_interval.is_zero() {
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(JournalError::sqlite(path, "set synchronous"))?;
+    }
     let shared = Arc::new(Shared {
+        path: path.to_path_buf(),
         state: Mutex::new(Pending {
             events: Vec::with_capacity(256),
             next_ticket: 1,
             committed: 0,
             failed: None,
             closing: false,
+            writing: false,
             slot_tickets: Vec::new(),
         }),
+        writer: Mutex::new(Some(Writer {
+            conn,
+            session,
+            known_jobs,
+            whole_input,
+            spare: Vec::with_capacity(256),
+        })),
         work: Condvar::new(),
         durable: Condvar::new(),
     });
-    let mut w = WriterThread {
-        path: path.to_path_buf(),
-        conn,
-        session,
-        config,
-        known_jobs,
-        whole_input,
-        last_sync: Instant::now(),
-        full: false,
-    };
     let thread = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("jobmill-journal".into())
-            .spawn(move || w.run(&shared))
+            .spawn(move || background(&shared, config))
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -321,8 +353,12 @@ pub struct Journal {
 
 #[derive(Debug)]
 struct Shared {
+    path: PathBuf,
     state: Mutex<Pending>,
-    /// Signalled when events are pending or the journal is closing.
+    /// The connection; used only by the thread that set
+    /// [`Pending::writing`], so never contended.
+    writer: Mutex<Option<Writer>>,
+    /// Signalled when a completion is pending or the journal is closing.
     work: Condvar,
     /// Signalled after each commit (or failure).
     durable: Condvar,
@@ -338,8 +374,173 @@ struct Pending {
     /// Why the writer stopped, if it failed.
     failed: Option<String>,
     closing: bool,
+    /// A thread is writing a batch (only one at a time).
+    writing: bool,
     /// Per slot, the ticket of its last finished attempt.
     slot_tickets: Vec<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `ticket` is committed, committing the pending events
+    /// itself when no other thread is writing (leader/follower group
+    /// commit: whoever writes takes everything pending).
+    fn wait_committed<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, Pending>,
+        ticket: u64,
+    ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
+        loop {
+            if let Some(f) = &st.failed {
+                return Err(ObserverError(f.clone()));
+            }
+            if st.committed >= ticket {
+                return Ok(st);
+            }
+            if st.writing {
+                st = self.durable.wait(st).unwrap_or_else(|e| e.into_inner());
+            } else {
+                st = self.write_pending(st);
+            }
+        }
+    }
+
+    /// Writes every pending event in one transaction. Called with the
+    /// state locked and no writer active; returns with it locked.
+    fn write_pending<'a>(&'a self, mut st: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = guard.as_mut() else {
+            if st.failed.is_none() {
+                st.failed = Some(format!("journal {}: already closed", self.path.display()));
+            }
+            self.durable.notify_all();
+            return st;
+        };
+        st.writing = true;
+        let mut batch = std::mem::take(&mut w.spare);
+        std::mem::swap(&mut batch, &mut st.events);
+        let last = st.next_ticket - 1;
+        drop(st);
+        let result = w.write(&self.path, &batch);
+        batch.clear();
+        w.spare = batch;
+        if result.is_err() {
+            // Rolled back; the connection is not used again.
+            *guard = None;
+        }
+        drop(guard);
+        let mut st = self.lock();
+        st.writing = false;
+        match result {
+            Ok(()) => st.committed = last,
+            Err(e) => {
+                st.failed = Some(format!(
+                    "{e}; the run stops (what was recorded before is kept)"
+                ));
+            }
+        }
+        self.durable.notify_all();
+        st
+    }
+}
+
+/// The background thread: commits what slots left pending (job reads,
+/// starts) every few milliseconds, syncs the WAL to disk every
+/// `sync_interval`, checkpoints the WAL into the file every second (so
+/// slots never pay for a checkpoint), and stops when the journal closes.
+fn background(shared: &Shared, config: WriterConfig) {
+    const FLUSH_EVERY: Duration = Duration::from_millis(5);
+    const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+    let wal_path = PathBuf::from(format!("{}-wal", shared.path.display()));
+    let mut wal: Option<File> = None;
+    let mut checkpointer: Option<Connection> = None;
+    let mut last_sync = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut synced_to = 0u64;
+    let mut checkpointed_to = 0u64;
+    let mut st = shared.lock();
+    loop {
+        if st.closing || st.failed.is_some() {
+            break;
+        }
+        if !st.events.is_empty() && !st.writing {
+            st = shared.write_pending(st);
+            continue;
+        }
+        let committed = st.committed;
+        if !config.sync_interval.is_zero()
+            && committed > synced_to
+            && last_sync.elapsed() >= config.sync_interval
+        {
+            // fdatasync of the WAL through a descriptor of our own: it
+            // covers every commit written before it, and holds up no
+            // writer.
+            drop(st);
+            if wal.is_none() {
+                wal = File::open(&wal_path).ok();
+            }
+            if let Some(Err(e)) = wal.as_ref().map(File::sync_data) {
+                let mut s = shared.lock();
+                s.failed = Some(format!(
+                    "journal {}: cannot sync to disk: {e}; the run stops",
+                    shared.path.display()
+                ));
+                shared.durable.notify_all();
+                break;
+            }
+            synced_to = committed;
+            last_sync = Instant::now();
+            st = shared.lock();
+            continue;
+        }
+        if committed > checkpointed_to && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            drop(st);
+            if checkpointer.is_none() {
+                checkpointer = open_checkpointer(&shared.path);
+            }
+            if let Some(c) = &checkpointer {
+                // PASSIVE: copies what it can without blocking writers; a
+                // failure here loses nothing (the frames stay in the WAL).
+                let _ = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+            }
+            checkpointed_to = committed;
+            last_checkpoint = Instant::now();
+            st = shared.lock();
+            continue;
+        }
+        st = shared
+            .work
+            .wait_timeout(st, FLUSH_EVERY)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// A second connection, for checkpoints off the slots' path.
+fn open_checkpointer(path: &Path) -> Option<Connection> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    c.busy_timeout(Duration::from_secs(1)).ok()?;
+    c.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
+        .ok()?;
+    Some(c)
+}
+
+/// The connection and what the writer needs to write events.
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    session: i64,
+    known_jobs: u64,
+    whole_input: bool,
+    /// An empty batch, to swap with the pending list.
+    spare: Vec<Event>,
 }
 
 #[derive(Debug)]
@@ -379,23 +580,10 @@ impl Journal {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn error(&self, failed: &str) -> ObserverError {
-        ObserverError(failed.to_string())
-    }
-
-    /// Queues `event`; returns its ticket.
-    fn push(&self, event: Event) -> Result<u64, ObserverError> {
-        let mut st = self.lock();
-        self.push_locked(&mut st, event)
-    }
-
+    /// Queues `event` (with the state locked); returns its ticket.
     fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, ObserverError> {
         if let Some(f) = &st.failed {
-            return Err(self.error(f));
+            return Err(ObserverError(f.clone()));
         }
         if st.closing {
             return Err(ObserverError(format!(
@@ -405,12 +593,13 @@ impl Journal {
         }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        let wake = st.events.is_empty();
         st.events.push(event);
-        if wake {
-            self.shared.work.notify_one();
-        }
         Ok(ticket)
+    }
+
+    fn push(&self, event: Event) -> Result<u64, ObserverError> {
+        let mut st = self.shared.lock();
+        self.push_locked(&mut st, event)
     }
 
     /// Waits until every event queued so far is committed.
@@ -419,33 +608,13 @@ impl Journal {
     ///
     /// The writer failed; the message names the file.
     pub fn flush(&self) -> Result<(), ObserverError> {
-        let st = self.lock();
+        let st = self.shared.lock();
         let target = st.next_ticket - 1;
-        self.wait_locked(st, target).map(drop)
+        self.shared.wait_committed(st, target).map(drop)
     }
 
-    fn wait_locked<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, Pending>,
-        ticket: u64,
-    ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
-        loop {
-            if let Some(f) = &st.failed {
-                return Err(self.error(f));
-            }
-            if st.committed >= ticket {
-                return Ok(st);
-            }
-            st = self
-                .shared
-                .durable
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Records the end of the session, commits everything and stops the
-    /// writer. Later calls do nothing.
+    /// Records the end of the session, commits everything with an fsync
+    /// and stops the writer. Later calls do nothing.
     ///
     /// # Errors
     ///
@@ -455,17 +624,46 @@ impl Journal {
         let Some(handle) = handle else {
             return Ok(());
         };
-        let pushed = self.push(Event::RunFinished {
-            reason: reason.to_string(),
-        });
-        let waited = pushed.and_then(|_| self.flush());
         {
-            let mut st = self.lock();
+            let mut st = self.shared.lock();
             st.closing = true;
-            self.shared.work.notify_one();
+            self.shared.work.notify_all();
         }
         let _ = handle.join();
-        waited
+        // The last commit reaches the disk, whatever the interval.
+        if let Some(w) = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            let _ = w.conn.execute_batch("PRAGMA synchronous=FULL");
+        }
+        let result = {
+            let mut st = self.shared.lock();
+            if let Some(f) = &st.failed {
+                Err(ObserverError(f.clone()))
+            } else {
+                let ticket = st.next_ticket;
+                st.next_ticket += 1;
+                st.events.push(Event::RunFinished {
+                    reason: reason.to_string(),
+                });
+                self.shared.wait_committed(st, ticket).map(drop)
+            }
+        };
+        // Fold the WAL into the file, so a finished journal is one file.
+        if let Some(w) = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
+        result
     }
 }
 
@@ -523,10 +721,11 @@ impl Observer for Journal {
         slot: usize,
         at: SystemTime,
     ) -> Result<(), ObserverError> {
-        let st = self.lock();
-        // Start nothing before this slot's previous completion is recorded.
+        let st = self.shared.lock();
+        // Start nothing before this slot's previous completion is
+        // committed (committing it here if no one else is writing).
         let previous = st.slot_tickets.get(slot).copied().unwrap_or(0);
-        let mut st = self.wait_locked(st, previous)?;
+        let mut st = self.shared.wait_committed(st, previous)?;
         self.push_locked(
             &mut st,
             Event::Started {
@@ -577,7 +776,7 @@ impl Observer for Journal {
             max_rss_kib: a.max_rss_kib,
             output,
         };
-        let mut st = self.lock();
+        let mut st = self.shared.lock();
         let ticket = self.push_locked(&mut st, Event::Finished(Box::new(finished)))?;
         let slot = report.slot;
         if st.slot_tickets.len() <= slot {
@@ -603,83 +802,18 @@ impl Observer for Journal {
     }
 }
 
-struct WriterThread {
-    path: PathBuf,
-    conn: Connection,
-    session: i64,
-    config: WriterConfig,
-    known_jobs: u64,
-    whole_input: bool,
-    last_sync: Instant,
-    /// The connection is in `synchronous=FULL` now.
-    full: bool,
-}
-
-impl WriterThread {
-    fn run(&mut self, shared: &Shared) {
-        let mut batch: Vec<Event> = Vec::with_capacity(256);
-        loop {
-            let last = {
-                let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                while st.events.is_empty() && !st.closing {
-                    st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-                if st.events.is_empty() {
-                    break;
-                }
-                std::mem::swap(&mut batch, &mut st.events);
-                st.next_ticket - 1
-            };
-            let result = self.write(&batch);
-            batch.clear();
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            match result {
-                Ok(()) => st.committed = last,
-                Err(e) => {
-                    st.failed = Some(format!(
-                        "{e}; the run stops (what was recorded before is kept)"
-                    ))
-                }
-            }
-            shared.durable.notify_all();
-            if st.failed.is_some() {
-                break;
-            }
-        }
-        // A last fsync, so that a finished run is on disk.
-        let _ = self
-            .conn
-            .execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);");
-    }
-
-    fn write(&mut self, batch: &[Event]) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let sync = self.config.sync_interval.is_zero()
-            || self.last_sync.elapsed() >= self.config.sync_interval
-            || batch.iter().any(|e| matches!(e, Event::RunFinished { .. }));
-        if sync != self.full {
-            self.conn
-                .execute_batch(if sync {
-                    "PRAGMA synchronous=FULL"
-                } else {
-                    "PRAGMA synchronous=NORMAL"
-                })
-                .map_err(JournalError::sqlite(&path, "set synchronous"))?;
-            self.full = sync;
-        }
+impl Writer {
+    /// Writes `batch` in one transaction.
+    fn write(&mut self, path: &Path, batch: &[Event]) -> Result<(), JournalError> {
         let tx = self
             .conn
             .transaction()
-            .map_err(JournalError::sqlite(&path, "begin"))?;
+            .map_err(JournalError::sqlite(path, "begin"))?;
         for e in batch {
             Self::apply(&tx, e, self.session, self.known_jobs, self.whole_input)
-                .map_err(JournalError::sqlite(&path, "write"))?;
+                .map_err(JournalError::sqlite(path, "write"))?;
         }
-        tx.commit().map_err(JournalError::sqlite(&path, "commit"))?;
-        if sync {
-            self.last_sync = Instant::now();
-        }
-        Ok(())
+        tx.commit().map_err(JournalError::sqlite(path, "commit"))
     }
 
     fn apply(
