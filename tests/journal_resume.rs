@@ -319,19 +319,27 @@ fn resume_after_sigkill_skips_jobs_recorded_done() {
     );
 }
 
-/// A crash that tears the journal's last writes: the WAL is cut in the
-/// middle of a frame (as a power loss could leave it). The journal still
-/// opens, the jobs it records done are not run again, and every input
-/// ends done once.
+/// A crash halfway through writing a commit: the WAL ends with a torn
+/// transaction (a whole frame whose checksum does not match, then half a
+/// frame), as a crash in the middle of a commit's writes leaves it. The
+/// journal still opens at its last whole commit, the jobs it records done
+/// are not run again, and every input ends done once.
 #[test]
 fn resume_after_a_torn_wal_keeps_what_was_committed() {
     let s = Scenario::new(80);
     s.interrupt(Stop::KillWhileWriting, 40);
     let wal = PathBuf::from(format!("{}-wal", s.journal.display()));
-    let len = std::fs::metadata(&wal).expect("a WAL after kill -9").len();
-    assert!(len > 10_000, "WAL of {len} bytes");
-    let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
-    f.set_len(len - 1000).unwrap();
+    let data = std::fs::read(&wal).expect("a WAL after kill -9");
+    let page = u32::from_be_bytes(data[8..12].try_into().unwrap()) as usize;
+    let frame = 24 + page;
+    let frames = (data.len() - 32) / frame;
+    assert!(frames >= 1, "WAL of {} bytes", data.len());
+    let last = &data[32 + (frames - 1) * frame..32 + frames * frame];
+    let mut torn = last.to_vec();
+    torn[24 + page / 2] ^= 0xff;
+    torn.extend_from_slice(&last[..frame / 2]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
     drop(f);
     let done_before = done_inputs(&s.journal);
     s.resume();
@@ -670,4 +678,40 @@ fn persistent_run_resumes_after_sigkill() {
     }
     // In flight: -j2 workers with a window of 2 jobs each.
     assert!(doubles <= 4, "{doubles} jobs ran twice");
+}
+
+/// Resume runs the jobs in the run's working directory, and finds the
+/// journal given by a path relative to where resume is invoked.
+#[test]
+fn resume_runs_in_the_original_directory_with_a_relative_journal_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let st = jm(&state)
+        .current_dir(&work)
+        .args(["run", "--journal", "../j.sqlite", "--"])
+        .args(["sh", "-c", "pwd >> ran; exit 1", "sh", ":::", "a"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    let st = jm(&state)
+        .current_dir(dir.path())
+        .args(["resume", "--failed", "j.sqlite"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1), "the job fails again");
+    let ran = std::fs::read_to_string(work.join("ran")).unwrap();
+    assert_eq!(ran.lines().count(), 2, "{ran}");
+    let c = db(&dir.path().join("j.sqlite"));
+    let sessions: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM session WHERE ended_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sessions, 2);
 }

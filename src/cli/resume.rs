@@ -36,6 +36,9 @@ pub struct ResumeArgs {
 /// Runs `jobmill resume`; returns the exit status.
 pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
     let path = journal::locate(&a.run)?;
+    // Absolute: resume moves to the run's working directory.
+    let path = std::path::absolute(&path)
+        .with_context(|| format!("cannot resolve the path {}", path.display()))?;
     let r = resume::open(&path)?;
     let run = r.run.clone();
     let stored: StoredOptions = serde_json::from_value(run.options.clone()).with_context(|| {

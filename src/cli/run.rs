@@ -366,11 +366,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     let summary = runner::run(prepared.opts, jobs, observers).context("cannot start the run")?;
     if let Some((j, id)) = &journal {
         let _ = j.close("ended");
-        if summary.interrupted
-            || summary.error.is_some()
-            || summary.failed + summary.dead > 0
-            || (a.verbose && !a.progress)
-        {
+        if summary.interrupted || summary.error.is_some() || summary.failed + summary.dead > 0 {
             eprintln!("{}", journal_line(j.path(), id));
         }
     }

@@ -243,7 +243,7 @@ impl Resumable {
         tx.commit().map_err(JournalError::sqlite(&path, "commit"))?;
         let pending = PendingJobs {
             path: path.clone(),
-            conn: self.conn,
+            conn: Some(self.conn),
             failed,
             last: 0,
             batch: std::collections::VecDeque::new(),
@@ -267,7 +267,8 @@ impl Resumable {
 #[derive(Debug)]
 pub struct PendingJobs {
     path: PathBuf,
-    conn: Connection,
+    /// Closed once every stored job was read.
+    conn: Option<Connection>,
     failed: bool,
     last: i64,
     batch: std::collections::VecDeque<NewJob>,
@@ -276,6 +277,9 @@ pub struct PendingJobs {
 
 impl PendingJobs {
     fn fill(&mut self) -> rusqlite::Result<()> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
         let states = if self.failed {
             "('queued', 'running', 'failed', 'dead')"
         } else {
@@ -287,7 +291,7 @@ impl PendingJobs {
                        AND a.outcome IN ('requeued', 'failed', 'dead'))
              FROM job WHERE seq > ?1 AND state IN {states} ORDER BY seq LIMIT 1024"
         );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![self.last], |r| {
             let seq: i64 = r.get(0)?;
             let input: Vec<u8> = r.get(1)?;
@@ -327,6 +331,7 @@ impl Iterator for PendingJobs {
             }
             if self.batch.is_empty() {
                 self.done = true;
+                self.conn = None;
             }
         }
         self.batch.pop_front().map(Ok)

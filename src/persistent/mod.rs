@@ -487,6 +487,10 @@ struct Flight {
     want: bool,
     /// The incarnation is over: the feeder must stop.
     dead: bool,
+    /// Jobs taken out of `inflight` whose outcomes are not yet
+    /// reported: they still count against the window, so no job is sent in
+    /// their place before observers (the journal) have seen them.
+    resolving: usize,
     /// Jobs the worker took, from LEAVING.
     taken: Option<u64>,
 }
@@ -739,6 +743,7 @@ impl Ctx<'_> {
                 sent: 0,
                 want: false,
                 dead: false,
+                resolving: 0,
                 taken: None,
             }),
             cond: Condvar::new(),
@@ -987,7 +992,7 @@ impl Ctx<'_> {
                             }
                         }
                         _ => {
-                            let free = window.saturating_sub(f.inflight.len());
+                            let free = window.saturating_sub(f.inflight.len() + f.resolving);
                             if free >= refill || f.want {
                                 break free.max(1);
                             }
@@ -1168,36 +1173,47 @@ impl Ctx<'_> {
                     if let Err(e) = self.answer_poll(worker, link) {
                         return e;
                     }
-                    Ok(())
+                    Ok(false)
                 }
                 Frame::Leaving { taken } => {
                     link.flight().taken = Some(taken);
-                    Ok(())
+                    Ok(false)
                 }
-                Frame::Heartbeat { .. } => Ok(()),
+                Frame::Heartbeat { .. } => Ok(false),
                 other => Err(format!(
                     "sent {}, which only a coordinator sends",
                     other.name()
                 )),
             };
-            if let Err(detail) = step {
-                return Ended::Protocol(detail);
-            }
-            if let Err(e) = self.report(slot, worker, &mut resolved, completed) {
+            let refill = match step {
+                Ok(refill) => refill,
+                Err(detail) => return Ended::Protocol(detail),
+            };
+            let reported = self.report(slot, worker, &mut resolved, completed);
+            link.flight().resolving = 0;
+            if let Err(e) = reported {
                 return Ended::Queue(e);
+            }
+            // Only once the outcomes are reported (and so recorded by the
+            // journal's observer) may the freed window be refilled: the
+            // journal's durability gate counts on it.
+            if refill {
+                link.cond.notify_one();
             }
         }
     }
 
     /// Removes the named jobs from the in-flight list (a protocol error if
-    /// one is not there) and queues their outcomes in `resolved`.
+    /// one is not there) and queues their outcomes in `resolved`. Returns
+    /// whether the sender should be woken to refill the window (after the
+    /// outcomes are reported).
     fn take_results<'r>(
         &self,
         link: &Link,
         entries: impl IntoIterator<Item = (u64, Result<&'r [u8], &'r [u8]>)>,
         raw: &Bytes,
         resolved: &mut Vec<(Lease, Result<Bytes, String>)>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mut f = link.flight();
         let before = f.inflight.len();
         let head = f.inflight.front().map(|h| h.index);
@@ -1208,6 +1224,7 @@ impl Ctx<'_> {
                 ));
             };
             let held = f.inflight.remove(pos).expect("position is in range");
+            f.resolving += 1;
             let outcome = match outcome {
                 Ok(bytes) => Ok(raw.slice_ref(bytes)),
                 Err(msg) => Err(String::from_utf8_lossy(msg).into_owned()),
@@ -1222,10 +1239,7 @@ impl Ctx<'_> {
         let free_before = window.saturating_sub(before);
         let free_after = window.saturating_sub(f.inflight.len());
         drop(f);
-        if free_before < refill && free_after >= refill || self.stopping() {
-            link.cond.notify_one();
-        }
-        Ok(())
+        Ok(free_before < refill && free_after >= refill || self.stopping())
     }
 
     /// Applies resolved outcomes to the queue and reports them.
