@@ -215,6 +215,22 @@ pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Jour
         })?;
     drop(file);
     let lock = JournalLock::acquire(path)?;
+    let conn = initialize(path, run).inspect_err(|_| {
+        // The file is ours (created above): leave nothing half-made.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    })?;
+    // The file's directory entry reaches the disk too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    start(path, conn, lock, Some(1), 0, true, config)
+}
+
+/// Writes the header, the schema, the run and its first session into the
+/// new, empty file at `path`, in one `FULL` transaction.
+fn initialize(path: &Path, run: &RunRecord) -> Result<Connection, JournalError> {
     let mut conn = open_rw(path)?;
     let mut raw = Vec::new();
     for a in &run.command {
@@ -259,11 +275,7 @@ pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Jour
     .map_err(JournalError::sqlite(path, "record the session"))?;
     tx.commit()
         .map_err(JournalError::sqlite(path, "commit the run"))?;
-    // The file's directory entry reaches the disk too.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    start(path, conn, lock, Some(1), 0, true, config)
+    Ok(conn)
 }
 
 /// Starts the writer on an open journal connection, in session `session`
@@ -912,5 +924,209 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{Attempt, Capture, SpillBudget};
+
+    fn record() -> RunRecord {
+        RunRecord {
+            run_id: "20261130-000000-test".into(),
+            command: vec!["echo".into(), "{}".into()],
+            options: serde_json::json!({"jobs": 2}),
+            cwd: PathBuf::from("/"),
+        }
+    }
+
+    fn attempt(stdout: &[u8], end: End) -> Attempt {
+        let budget = SpillBudget::new(1 << 20);
+        let mut out = Capture::new(budget.clone());
+        out.append(stdout);
+        Attempt {
+            started: SystemTime::now(),
+            duration: Duration::from_millis(5),
+            end,
+            timed_out: false,
+            terminated: false,
+            max_rss_kib: 1234,
+            stdout: out,
+            stderr: Capture::new(budget),
+        }
+    }
+
+    fn finish(j: &Journal, seq: u64, slot: usize, a: &mut Attempt, outcome: AttemptOutcome) {
+        let mut report = AttemptReport {
+            seq,
+            attempt: 1,
+            slot,
+            attempt_result: a,
+            outcome: &outcome,
+        };
+        j.attempt_finished(&mut report).unwrap();
+    }
+
+    fn read(path: &Path) -> Connection {
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    #[test]
+    fn a_slot_starts_only_after_its_previous_completion_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        // A long interval: nothing but the gate commits in this test's time.
+        let config = WriterConfig {
+            output_cap: 1 << 20,
+            sync_interval: Duration::from_secs(3600),
+        };
+        let j = create(&path, &record(), config).unwrap();
+        for seq in 1..=2 {
+            j.job_read(&NewJob::new(seq, format!("in{seq}"))).unwrap();
+        }
+        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
+        finish(
+            &j,
+            1,
+            1,
+            &mut attempt(b"", End::Exited(0)),
+            AttemptOutcome::Done,
+        );
+        // The next start in slot 1 returns only once job 1's completion is
+        // in the file, visible to another connection.
+        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        let state: String = read(&path)
+            .query_row("SELECT state FROM job WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, "done");
+        j.close("complete").unwrap();
+    }
+
+    #[test]
+    fn attempts_outputs_and_the_end_are_recorded_with_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let config = WriterConfig {
+            output_cap: 4,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+        };
+        let j = create(&path, &record(), config).unwrap();
+        j.job_read(&NewJob::new(1, &b"\xff\x00x"[..])).unwrap();
+        j.input_complete(1).unwrap();
+        j.attempt_started(1, 1, 2, SystemTime::now()).unwrap();
+        finish(
+            &j,
+            1,
+            2,
+            &mut attempt(b"hello world", End::Exited(3)),
+            AttemptOutcome::Requeued {
+                reason: crate::job::FailReason::Exit { code: 3 },
+            },
+        );
+        j.attempt_started(1, 2, 2, SystemTime::now()).unwrap();
+        finish(
+            &j,
+            1,
+            2,
+            &mut attempt(b"ok", End::Exited(0)),
+            AttemptOutcome::Done,
+        );
+        j.run_finished(&RunSummary {
+            read: 1,
+            done: 1,
+            input_complete: true,
+            ..RunSummary::default()
+        })
+        .unwrap();
+        drop(j);
+        assert!(
+            !PathBuf::from(format!("{}-wal", path.display())).exists(),
+            "a finished journal is one file"
+        );
+        super::super::check(&path).unwrap();
+        let c = read(&path);
+        let (input, state, attempts, complete): (Vec<u8>, String, i64, bool) = c
+            .query_row(
+                "SELECT input, state, attempts, (SELECT input_complete FROM run) FROM job",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(input, b"\xff\x00x");
+        assert_eq!((state.as_str(), attempts, complete), ("done", 2, true));
+        let outcomes: Vec<(i64, String, Option<i64>, i64)> = c
+            .prepare("SELECT attempt, outcome, exit_code, max_rss_kb FROM attempt ORDER BY attempt")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, "requeued".to_string(), Some(3), 1234),
+                (2, "done".to_string(), Some(0), 1234)
+            ]
+        );
+        // The output of the last attempt only; "ok" fits the cap of 4.
+        let out: (Vec<u8>, i64, bool) = c
+            .query_row(
+                "SELECT data, total_bytes, truncated FROM output WHERE seq = 1 AND stream = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(out, (b"ok".to_vec(), 2, false));
+        let reason: String = c
+            .query_row("SELECT end_reason FROM run", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(reason, "complete");
+    }
+
+    #[test]
+    fn output_past_the_cap_is_truncated_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let config = WriterConfig {
+            output_cap: 5,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+        };
+        let j = create(&path, &record(), config).unwrap();
+        j.job_read(&NewJob::new(1, "a")).unwrap();
+        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
+        finish(
+            &j,
+            1,
+            1,
+            &mut attempt(b"0123456789", End::Exited(0)),
+            AttemptOutcome::Done,
+        );
+        j.close("complete").unwrap();
+        let out: (Vec<u8>, i64, bool) = read(&path)
+            .query_row("SELECT data, total_bytes, truncated FROM output", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(out, (b"01234".to_vec(), 10, true));
+    }
+
+    #[test]
+    fn an_existing_path_is_refused_and_a_held_journal_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let j = create(&path, &record(), WriterConfig::default()).unwrap();
+        assert!(matches!(
+            create(&path, &record(), WriterConfig::default()),
+            Err(JournalError::Exists { .. })
+        ));
+        match JournalLock::acquire(&path) {
+            Err(JournalError::Locked { pid, .. }) => {
+                assert_eq!(pid, i64::from(std::process::id()));
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(j);
+        JournalLock::acquire(&path).expect("free once the journal is closed");
     }
 }
