@@ -20,4 +20,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# Journals written by the tests go to a throwaway state directory, never to
+# the user's ~/.local/state/jobmill.
+state=$(mktemp -d)
+trap 'rm -rf "$state"' EXIT
+export XDG_STATE_HOME="$state"
+
 cargo test --all-targets "$@"

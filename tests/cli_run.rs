@@ -615,7 +615,18 @@ fn halt_now_stops_running_jobs() {
 #[test]
 fn progress_draws_nothing_when_stderr_is_not_a_terminal() {
     run_cmd()
-        .args(["run", "--progress", "-k", "--", "echo", ":::", "a", "b"])
+        // --no-journal: with a journal, --progress also prints its path.
+        .args([
+            "run",
+            "--progress",
+            "--no-journal",
+            "-k",
+            "--",
+            "echo",
+            ":::",
+            "a",
+            "b",
+        ])
         .assert()
         .code(0)
         .stdout("a\nb\n")

@@ -5,6 +5,7 @@ mod args;
 mod collect;
 mod journal;
 mod queue;
+mod resume;
 mod run;
 
 use std::io;
@@ -35,6 +36,12 @@ enum Command {
     /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
     /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
     Run(run::RunArgs),
+    /// Continue a journaled run (interrupted, killed or crashed): jobs
+    /// recorded done never run again; jobs that were running run again.
+    ///
+    /// Uses the stored command, options and inputs (no stdin needed).
+    /// Exit status: as `run`, counting the failed jobs of the whole run.
+    Resume(resume::ResumeArgs),
     /// Put jobs on a shared queue (redis://host:port/NAME) for workers on
     /// any host; closes the queue at the end of input unless --keep-open.
     Submit(queue::SubmitArgs),
@@ -78,6 +85,7 @@ pub fn main() -> u8 {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Resume(args) => resume::resume(args),
         Command::Submit(args) => queue::submit(args),
         Command::Worker(args) => queue::worker(args),
         Command::Status(args) => journal::status(args),

@@ -1,20 +1,30 @@
 //! `jobmill run`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
 use jobmill::input::{Records, Source};
 use jobmill::job::NewJob;
+use jobmill::journal::resume::{json_to_bytes, os_to_json};
+use jobmill::journal::writer::DEFAULT_OUTPUT_CAP;
+#[cfg(test)]
+use jobmill::journal::writer::DEFAULT_SYNC_INTERVAL;
+use jobmill::journal::{self, Journal, JournalError, RunRecord, WriterConfig};
 use jobmill::run::halt::Halt;
 use jobmill::run::persistent::PersistentOptions;
-use jobmill::run::{self as runner, JobSource, RunOptions};
+use jobmill::run::{self as runner, JobSource, Observer, RunOptions};
 use jobmill::template::Template;
 
 use super::args;
+
+/// [`DEFAULT_SYNC_INTERVAL`] as text, for clap.
+const DEFAULT_SYNC_TEXT: &str = "50ms";
 
 /// Options of `jobmill run`.
 #[derive(Debug, Args)]
@@ -91,6 +101,32 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub queue: Option<String>,
 
+    /// Journal the run in FILE instead of a new file in the state
+    /// directory ($XDG_STATE_HOME/jobmill). FILE must not exist: to
+    /// continue a journaled run use `jobmill resume`.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+
+    /// Do not journal the run (it cannot be resumed).
+    #[arg(long)]
+    pub no_journal: bool,
+
+    /// Output kept in the journal per stream per job; the rest is counted
+    /// and marked truncated.
+    #[arg(long, value_name = "SIZE", value_parser = args::size, default_value_t = DEFAULT_OUTPUT_CAP)]
+    pub journal_output_cap: usize,
+
+    /// Most time between two journal commits that reach the disk (fsync);
+    /// 0 syncs every commit. Every commit survives a crash of jobmill
+    /// itself; this bounds what a power loss can take (docs/JOURNAL.md).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration,
+          default_value = DEFAULT_SYNC_TEXT)]
+    pub journal_fsync: Duration,
+
+    /// Print the journal's path and run id at the start.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
     /// The command and its arguments, then optionally `::: INPUT...`.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -112,72 +148,278 @@ pub(super) fn split_command(
     Ok((command, Some(inputs)))
 }
 
-/// Runs `jobmill run`; returns the exit status.
-pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
-    if let Some(url) = a.queue.take() {
-        return super::queue::run_on_queue(&url, a);
+/// The options of a run as stored in its journal: everything `jobmill
+/// resume` needs to continue it (docs/JOURNAL.md, "The run's options").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct StoredOptions {
+    pub jobs: usize,
+    pub keep_order: bool,
+    pub null: bool,
+    pub shell: bool,
+    pub retries: u32,
+    /// Seconds.
+    pub timeout: Option<f64>,
+    /// Seconds.
+    pub grace: f64,
+    pub halt: Option<String>,
+    pub output_memory: usize,
+    pub persistent: bool,
+    pub window: usize,
+    /// Bytes of each persistent worker's shared-memory arena.
+    #[serde(default = "default_arena")]
+    pub arena: usize,
+    pub journal_output_cap: usize,
+    /// Seconds.
+    pub journal_fsync: f64,
+    /// `{"kind": "stdin"}`, `{"kind": "file", "path": P}` (absolute) or
+    /// `{"kind": "args", "args": [...]}`; paths and arguments are strings,
+    /// or `{"hex": ...}` when not UTF-8.
+    pub input: serde_json::Value,
+}
+
+fn default_arena() -> usize {
+    jobmill::persistent::DEFAULT_ARENA
+}
+
+/// Where the inputs of a run come from, as stored.
+pub(super) enum StoredInput {
+    Stdin,
+    File(PathBuf),
+    Args(Vec<OsString>),
+}
+
+impl StoredOptions {
+    pub fn input(&self) -> anyhow::Result<StoredInput> {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || anyhow::anyhow!("the stored input source is invalid: {}", self.input);
+        let kind = self
+            .input
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(bad)?;
+        Ok(match kind {
+            "stdin" => StoredInput::Stdin,
+            "file" => {
+                let p = self
+                    .input
+                    .get("path")
+                    .and_then(json_to_bytes)
+                    .ok_or_else(bad)?;
+                StoredInput::File(PathBuf::from(OsString::from_vec(p)))
+            }
+            "args" => {
+                let list = self
+                    .input
+                    .get("args")
+                    .and_then(|a| a.as_array())
+                    .ok_or_else(bad)?;
+                let mut args = Vec::with_capacity(list.len());
+                for a in list {
+                    args.push(OsString::from_vec(json_to_bytes(a).ok_or_else(bad)?));
+                }
+                StoredInput::Args(args)
+            }
+            _ => return Err(bad()),
+        })
     }
-    let (mut command, inputs) = split_command(a.command)?;
+
+    pub fn writer_config(&self) -> WriterConfig {
+        WriterConfig {
+            output_cap: self.journal_output_cap,
+            sync_interval: Duration::from_secs_f64(self.journal_fsync.max(0.0)),
+        }
+    }
+}
+
+/// A run ready to start: what `jobmill run` and `jobmill resume` share.
+pub(super) struct Prepared {
+    pub opts: RunOptions,
+}
+
+/// Builds the run options from the command (as given, before the program
+/// is resolved) and the stored options.
+pub(super) fn prepare(
+    command: &[OsString],
+    o: &StoredOptions,
+    progress: bool,
+) -> anyhow::Result<Prepared> {
+    let mut command = command.to_vec();
     if command.is_empty() {
         bail!("no command given after `--`");
     }
-    if !a.shell {
+    if !o.shell {
         // Resolve the program once, not in every job's spawn.
         if let Some(path) = resolve_program(&command[0])? {
             command[0] = path.into_os_string();
         }
     }
-    if a.persistent && a.shell {
+    if o.persistent && o.shell {
         bail!("--shell cannot be used with --persistent: the worker command is run as is");
     }
-    if a.window == 0 {
+    if o.window == 0 {
         bail!("--window must be at least 1");
     }
-    let persistent = a.persistent.then(|| PersistentOptions {
-        command: command.clone(),
-        window: a.window,
-        arena: a.arena,
-    });
-    let template = Template::parse(&command, a.shell)?;
-    let halt: Option<Halt> = a.halt.as_deref().map(str::parse).transpose()?;
-    if a.jobs == Some(0) {
+    if o.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
+    let persistent = o.persistent.then(|| PersistentOptions {
+        command: command.clone(),
+        window: o.window,
+        arena: o.arena,
+    });
+    let template = Template::parse(&command, o.shell)?;
+    let halt: Option<Halt> = o.halt.as_deref().map(str::parse).transpose()?;
+    let mut opts = RunOptions::new(template);
+    opts.jobs = o.jobs;
+    opts.keep_order = o.keep_order;
+    opts.retries = o.retries;
+    opts.timeout = o.timeout.map(Duration::from_secs_f64);
+    opts.grace = Duration::from_secs_f64(o.grace);
+    opts.halt = halt;
+    opts.progress = progress;
+    opts.output_memory = o.output_memory;
+    opts.guardian = std::env::current_exe().ok();
+    opts.handle_signals = true;
+    opts.persistent = persistent;
+    Ok(Prepared { opts })
+}
+
+/// Jobs numbered from `first` from records.
+pub(super) fn numbered(records: Records, first: u64) -> JobSource {
+    Box::new(
+        records
+            .zip(first..)
+            .map(|(r, seq)| r.map(|payload| NewJob::new(seq, payload))),
+    )
+}
+
+/// How to name a journal in a `jobmill resume` hint: the run id when it
+/// lives in the state directory, else its path.
+pub(super) fn resume_name(path: &Path, run_id: &str) -> String {
+    if path == journal::path_of(&journal::state_dir(), run_id) {
+        run_id.to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The line naming the journal, printed to stderr.
+pub(super) fn journal_line(path: &Path, run_id: &str) -> String {
+    format!(
+        "jobmill: journal {} (run {run_id}); resume with: jobmill resume {}",
+        path.display(),
+        resume_name(path, run_id)
+    )
+}
+
+/// Runs `jobmill run`; returns the exit status.
+pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
+    if let Some(url) = a.queue.take() {
+        return super::queue::run_on_queue(&url, a);
+    }
+    if a.no_journal && a.journal.is_some() {
+        bail!("give either --journal PATH or --no-journal, not both");
+    }
+    let (command, inputs) = split_command(std::mem::take(&mut a.command))?;
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let input = match (&inputs, &a.arg_file) {
+        (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
+        (Some(list), None) => serde_json::json!({
+            "kind": "args",
+            "args": list.iter().map(|x| os_to_json(x)).collect::<Vec<_>>(),
+        }),
+        (None, Some(path)) => serde_json::json!({
+            "kind": "file",
+            "path": os_to_json(cwd.join(path).as_os_str()),
+        }),
+        (None, None) => serde_json::json!({ "kind": "stdin" }),
+    };
+    let stored = StoredOptions {
+        jobs: a
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        keep_order: a.keep_order,
+        null: a.null,
+        shell: a.shell,
+        retries: a.retries,
+        timeout: a.timeout.map(|t| t.as_secs_f64()),
+        grace: a.grace.as_secs_f64(),
+        halt: a.halt.clone(),
+        output_memory: a.output_memory,
+        persistent: a.persistent,
+        window: a.window,
+        arena: a.arena,
+        journal_output_cap: a.journal_output_cap,
+        journal_fsync: a.journal_fsync.as_secs_f64(),
+        input,
+    };
+    let prepared = prepare(&command, &stored, a.progress)?;
 
     let source = match (inputs, &a.arg_file) {
-        (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
-        (Some(list), None) => Source::Args(list),
+        (Some(list), _) => Source::Args(list),
         (None, Some(path)) => Source::file(path)?,
         (None, None) => Source::stdin(),
     };
     let separator = if a.null { 0 } else { b'\n' };
-    let jobs: JobSource = Box::new(
-        Records::new(source, separator)
-            .zip(1u64..)
-            .map(|(r, seq)| r.map(|payload| NewJob::new(seq, payload))),
-    );
+    let jobs = numbered(Records::new(source, separator), 1);
 
-    let mut opts = RunOptions::new(template);
-    if let Some(j) = a.jobs {
-        opts.jobs = j;
+    let journal = if a.no_journal {
+        None
+    } else {
+        Some(create_journal(&a, &command, &stored, &cwd)?)
+    };
+    if let Some((j, id)) = &journal {
+        if a.verbose || a.progress {
+            eprintln!("{}", journal_line(j.path(), id));
+        }
     }
-    opts.keep_order = a.keep_order;
-    opts.retries = a.retries;
-    opts.timeout = a.timeout;
-    opts.grace = a.grace;
-    opts.halt = halt;
-    opts.progress = a.progress;
-    opts.output_memory = a.output_memory;
-    opts.guardian = std::env::current_exe().ok();
-    opts.handle_signals = true;
-    opts.persistent = persistent;
-
-    let summary = runner::run(opts, jobs, Vec::new()).context("cannot start the run")?;
-    if let Some(e) = &summary.error {
-        // Already printed when it happened.
-        let _ = e;
+    let observers: Vec<Arc<dyn Observer>> = journal
+        .iter()
+        .map(|(j, _)| Arc::clone(j) as Arc<dyn Observer>)
+        .collect();
+    let summary = runner::run(prepared.opts, jobs, observers).context("cannot start the run")?;
+    if let Some((j, id)) = &journal {
+        let _ = j.close("ended");
+        if summary.interrupted || summary.error.is_some() || summary.failed + summary.dead > 0 {
+            eprintln!("{}", journal_line(j.path(), id));
+        }
     }
     Ok(summary.exit_code() as u8)
+}
+
+/// Creates the run's journal: `--journal PATH`, or a new file in the state
+/// directory.
+fn create_journal(
+    a: &RunArgs,
+    command: &[OsString],
+    stored: &StoredOptions,
+    cwd: &Path,
+) -> anyhow::Result<(Arc<Journal>, String)> {
+    let options = serde_json::to_value(stored).context("cannot encode the run's options")?;
+    let config = stored.writer_config();
+    let mut record = RunRecord {
+        run_id: journal::new_run_id(),
+        command: command.to_vec(),
+        options,
+        cwd: cwd.to_path_buf(),
+    };
+    if let Some(path) = &a.journal {
+        let j = journal::create(path, &record, config)?;
+        return Ok((Arc::new(j), record.run_id));
+    }
+    let dir = journal::state_dir();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the journal directory {}", dir.display()))?;
+    // Run ids carry 16 random bits: on the rare clash, take another.
+    for _ in 0..16 {
+        let path = journal::path_of(&dir, &record.run_id);
+        match journal::create(&path, &record, config) {
+            Ok(j) => return Ok((Arc::new(j), record.run_id)),
+            Err(JournalError::Exists { .. }) => record.run_id = journal::new_run_id(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("cannot find a free run id in {}", dir.display())
 }
 
 /// Finds the program on `PATH` once, instead of in every job's spawn, and
@@ -215,6 +457,14 @@ fn is_executable(path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_fsync_interval_text_matches_the_library_default() {
+        assert_eq!(
+            args::duration(DEFAULT_SYNC_TEXT).unwrap(),
+            DEFAULT_SYNC_INTERVAL
+        );
+    }
 
     #[test]
     fn inputs_after_triple_colon_are_split_off() {

@@ -17,6 +17,11 @@ pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
+pub mod resume;
+pub mod writer;
+
+pub use writer::{create, Journal, JournalLock, RunRecord, WriterConfig};
+
 /// The schema of a new journal (SQL).
 pub const SCHEMA: &str = include_str!("schema.sql");
 
@@ -89,6 +94,30 @@ pub enum JournalError {
         path: PathBuf,
         /// The process holding it, if known (0 if not).
         pid: i64,
+    },
+    /// A new journal was asked for at a path that already exists.
+    #[error("journal {path} already exists; to continue that run use `jobmill resume {path}` (a journal is never overwritten)")]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The input file of the run changed since the journal recorded it.
+    #[error("cannot resume from journal {path}: input {seq} of {input} differs from the one recorded (the input file changed since the run)")]
+    InputChanged {
+        /// The journal file.
+        path: PathBuf,
+        /// The first input that differs.
+        seq: u64,
+        /// The input file.
+        input: String,
+    },
+    /// The stored run cannot be understood (options missing or invalid).
+    #[error("journal {path}: {detail}")]
+    Invalid {
+        /// The journal file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
     },
     /// An SQLite error during an operation.
     #[error("journal {path}: {op}: {source}")]

@@ -629,6 +629,10 @@ struct Flight {
     want: bool,
     /// The incarnation is over: the feeder must stop.
     dead: bool,
+    /// Jobs taken out of `inflight` whose outcomes are not yet
+    /// reported: they still count against the window, so no job is sent in
+    /// their place before observers (the journal) have seen them.
+    resolving: usize,
     /// Jobs the worker took, from LEAVING.
     taken: Option<u64>,
     /// The arena's job area, when the worker was granted the arena.
@@ -913,6 +917,7 @@ impl Ctx<'_> {
                 sent: 0,
                 want: false,
                 dead: false,
+                resolving: 0,
                 taken: None,
                 alloc: None,
                 parked: VecDeque::new(),
@@ -1308,14 +1313,16 @@ impl Ctx<'_> {
                             }
                         }
                         _ => {
-                            let free = window.saturating_sub(f.inflight.len());
+                            let free = window.saturating_sub(f.inflight.len() + f.resolving);
                             if let Some(next) = f.parked.front() {
                                 // Jobs wait for room in the arena: send them
                                 // once the first fits (it always does when
-                                // nothing is in flight).
+                                // nothing is in flight), and never before the
+                                // outcomes just taken are reported (the
+                                // journal's gate).
                                 let len = next.job.payload.len() as u64;
                                 let fits = f.alloc.as_ref().is_none_or(|a| a.fits(len));
-                                if fits || f.inflight.is_empty() {
+                                if (fits || f.inflight.is_empty()) && f.resolving == 0 {
                                     break free.max(1);
                                 }
                             } else if free >= refill || f.want {
@@ -1503,23 +1510,32 @@ impl Ctx<'_> {
                     if let Err(e) = self.answer_poll(worker, link) {
                         return e;
                     }
-                    Ok(())
+                    Ok(false)
                 }
                 Frame::Leaving { taken } => {
                     link.flight().taken = Some(taken);
-                    Ok(())
+                    Ok(false)
                 }
-                Frame::Heartbeat { .. } => Ok(()),
+                Frame::Heartbeat { .. } => Ok(false),
                 other => Err(format!(
                     "sent {}, which only a coordinator sends",
                     other.name()
                 )),
             };
-            if let Err(detail) = step {
-                return Ended::Protocol(detail);
-            }
-            if let Err(e) = self.report(slot, worker, &mut resolved, completed) {
+            let refill = match step {
+                Ok(refill) => refill,
+                Err(detail) => return Ended::Protocol(detail),
+            };
+            let reported = self.report(slot, worker, &mut resolved, completed);
+            link.flight().resolving = 0;
+            if let Err(e) = reported {
                 return Ended::Queue(e);
+            }
+            // Only once the outcomes are reported (and so recorded by the
+            // journal's observer) may the freed window be refilled: the
+            // journal's durability gate counts on it.
+            if refill {
+                link.cond.notify_one();
             }
         }
     }
@@ -1528,14 +1544,16 @@ impl Ctx<'_> {
     /// one is not there), frees their payloads' arena regions, and queues
     /// their outcomes in `resolved`. Results in the arena are copied out,
     /// and their count published on the state page so that the worker can
-    /// reuse the space.
+    /// reuse the space. Returns whether the sender should be woken to
+    /// refill the window or send parked jobs (after the outcomes are
+    /// reported).
     fn take_results<'r>(
         &self,
         link: &Link,
         entries: impl IntoIterator<Item = (u64, Result<Payload<'r>, &'r [u8]>)>,
         raw: &Bytes,
         resolved: &mut Vec<(Lease, Result<Bytes, String>)>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         // Copy arena results out first, without holding the lock.
         let mut arena_results = 0u64;
         let mut released = 0u64;
@@ -1596,11 +1614,10 @@ impl Ctx<'_> {
                 alloc.free(off, n);
                 freed = true;
             }
+            f.resolving += 1;
             resolved.push((held.lease, outcome));
         }
-        if freed && !f.parked.is_empty() {
-            link.cond.notify_one();
-        }
+        let unpark = freed && !f.parked.is_empty();
         if released > 0 {
             self.summary_mut().arena_released += released;
         }
@@ -1612,10 +1629,7 @@ impl Ctx<'_> {
         let free_before = window.saturating_sub(before);
         let free_after = window.saturating_sub(f.inflight.len());
         drop(f);
-        if free_before < refill && free_after >= refill || self.stopping() {
-            link.cond.notify_one();
-        }
-        Ok(())
+        Ok(unpark || free_before < refill && free_after >= refill || self.stopping())
     }
 
     /// Applies resolved outcomes to the queue and reports them.

@@ -242,12 +242,17 @@ impl Ctx {
         self.stop(Level::Draining);
     }
 
-    fn observe(&self, mut f: impl FnMut(&dyn Observer) -> Result<(), ObserverError>) {
+    /// Calls `f` on every observer; an error is fatal (the run drains).
+    /// Returns whether all succeeded.
+    fn observe(&self, mut f: impl FnMut(&dyn Observer) -> Result<(), ObserverError>) -> bool {
+        let mut ok = true;
         for o in &self.observers {
             if let Err(e) = f(o.as_ref()) {
                 self.fatal(e.0);
+                ok = false;
             }
         }
+        ok
     }
 }
 
@@ -429,7 +434,13 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease, argv: &mut Vec<OsString>) {
         timeout: ctx.opts.timeout,
         grace: ctx.opts.grace,
     };
-    ctx.observe(|o| o.attempt_started(job.seq, job.attempts, slot, SystemTime::now()));
+    if !ctx.observe(|o| o.attempt_started(job.seq, job.attempts, slot, SystemTime::now())) {
+        // The start could not be recorded (the journal failed): the run
+        // drains, and this job is given back unrun.
+        let _ = ctx.queue.release(lease);
+        let _ = ctx.printer.skip(job.seq);
+        return;
+    }
     ctx.running.fetch_add(1, Ordering::SeqCst);
     let mut attempt = ctx.supervisor.run(&spec);
     ctx.running.fetch_sub(1, Ordering::SeqCst);
