@@ -310,3 +310,39 @@ fn a_full_disk_stops_the_run_and_keeps_what_was_committed() {
         .unwrap();
     assert_eq!(done, 200);
 }
+
+#[test]
+fn verbose_prints_the_journal_and_run_id_at_the_start_and_nothing_on_success_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = jm(&state)
+        .args(["run", "-v", "--", "true", ":::", "a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = std::fs::read_dir(state.join("jobmill"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let id = file.file_stem().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        err.trim(),
+        format!(
+            "jobmill: journal {} (run {id}); resume with: jobmill resume {id}",
+            file.display()
+        )
+    );
+    let out = jm(&state)
+        .args(["run", "--", "true", ":::", "a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

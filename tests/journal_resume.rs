@@ -94,8 +94,8 @@ struct Scenario {
     side: PathBuf,
     inputs: PathBuf,
     n: usize,
-    /// How long each job works.
-    sleep: &'static str,
+    /// How long each job works (shell words after `sleep`).
+    sleep: String,
 }
 
 impl Scenario {
@@ -112,7 +112,7 @@ impl Scenario {
             side,
             inputs,
             n,
-            sleep: "0.02",
+            sleep: "0.02".into(),
         }
     }
 
@@ -358,8 +358,13 @@ fn resume_after_a_torn_wal_keeps_what_was_committed() {
 
 #[test]
 fn resume_after_sigint_twice_reruns_the_killed_jobs_as_next_attempts() {
-    let s = Scenario::new(40);
-    let done_before = s.interrupt(Stop::IntTwice, 10);
+    let mut s = Scenario::new(40);
+    // The first jobs block until `go` exists: the second SIGINT finds
+    // them running.
+    let go = s.dir.path().join("go");
+    s.sleep = format!("0; [ -e {} ] || sleep 30", go.display());
+    let done_before = s.interrupt(Stop::IntTwice, JOBS);
+    std::fs::write(&go, "").unwrap();
     let c = db(&s.journal);
     let interrupted: i64 = c
         .query_row(
@@ -547,7 +552,7 @@ fn resume_continues_an_argument_file_past_the_recorded_jobs() {
     // ahead, so a kill leaves it unread; resume re-reads it after checking
     // the recorded prefix.
     let mut s = Scenario::new(1500);
-    s.sleep = "0";
+    s.sleep = "0".into();
     let done_before = s.interrupt(Stop::Kill, 8);
     let c = db(&s.journal);
     let (recorded, complete): (i64, bool) = c
