@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
 
-use common::{jobmill, wait_until};
+use common::{jobmill, submit, wait_until};
 use redis_support::RedisServer;
 
 /// Fails for input `f` (exit 1), kills itself for input `k` (SIGKILL).
@@ -30,33 +30,10 @@ fn spawn_worker(url: &str) -> Child {
         .expect("start jobmill worker")
 }
 
-fn submit(url: &str, extra: &[&str], stdin: &[u8]) {
-    use std::io::Write;
-    let mut child = jobmill()
-        .args(["submit", "--queue", url])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start jobmill submit");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn finish(child: Child) {
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "worker failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Waits for a worker and asserts it exited 0.
+fn finish_ok(child: Child) {
+    let (code, _, stderr) = common::finish(child);
+    assert_eq!(code, 0, "worker failed: {stderr}");
 }
 
 fn ok(args: &[&str]) -> Output {
@@ -95,7 +72,7 @@ fn tsv_rows(tsv: &str) -> BTreeMap<u64, Vec<String>> {
 fn worked_queue(server: &RedisServer, name: &str) -> String {
     let url = server.url(name);
     submit(&url, &["--retries", "1"], b"a\nf\nk\nb\nx y\n");
-    finish(spawn_worker(&url));
+    finish_ok(spawn_worker(&url));
     url
 }
 
@@ -308,7 +285,7 @@ fn collecting_again_updates_the_journal_in_place_without_duplicating_jobs() {
     // A second submit numbers its inputs from 1 again: the journal numbers
     // jobs by queue job id, so they are 3 and 4. Its end closes the queue.
     submit(&url, &[], b"b\nk\n");
-    finish(worker);
+    finish_ok(worker);
     for _ in 0..2 {
         ok(&["results", "--queue", &url, "--save", p]);
     }
@@ -399,7 +376,7 @@ fn inputs_the_queue_does_not_keep_are_collected_empty_with_a_note() {
     let mut input = vec![b'x'; 20 * 1024];
     input.extend_from_slice(b"\nsmall\n");
     submit(&url, &[], &input);
-    finish(spawn_worker(&url));
+    finish_ok(spawn_worker(&url));
     let out = ok(&["results", "--queue", &url]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 job has no input"), "{err}");
@@ -460,7 +437,7 @@ fn a_snapshot_of_a_busy_queue_records_its_queued_and_running_jobs_then_their_end
     );
     std::fs::write(&release, b"").unwrap();
     submit(&url, &[], b"");
-    finish(worker);
+    finish_ok(worker);
     let rows = tsv_rows(&text(&ok(&["results", "--queue", &url, "--save", p])));
     let got: Vec<(u64, &str, &str, &str)> = rows
         .iter()

@@ -7,9 +7,9 @@ mod common;
 mod redis_support;
 
 use std::collections::HashMap;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 
-use common::{jobmill, wait_until};
+use common::{finish, jobmill, submit, wait_until};
 use redis_support::RedisServer;
 
 const PYTHONPATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python");
@@ -35,40 +35,6 @@ fn spawn_worker(url: &str, jobs: usize, extra: &[&str], script: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start jobmill worker --persistent")
-}
-
-fn submit(url: &str, extra: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = jobmill()
-        .args(["submit", "--queue", url])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start jobmill submit");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn finish(child: Child) -> (i32, String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `results` rows by sequence number: (state, attempts, host).

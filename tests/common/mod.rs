@@ -109,3 +109,41 @@ pub fn read_stderr_until(child: &mut Child, needle: &str) -> String {
     }
     seen
 }
+
+/// Runs `jobmill submit --queue URL EXTRA...` with `stdin` as its input and
+/// asserts that it succeeded.
+pub fn submit(url: &str, extra: &[&str], stdin: impl AsRef<[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = jobmill()
+        .args(["submit", "--queue", url])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobmill submit");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_ref())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Waits for `child` and returns its exit code (-1 for a signal), stdout and
+/// stderr.
+pub fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
