@@ -176,55 +176,14 @@ impl JobRecord {
 
 /// Base64 (standard alphabet, padded) for bytes in JSON records.
 mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
-
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub(super) fn encode(bytes: &[u8]) -> String {
-        let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for c in bytes.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    }
-
-    pub(super) fn decode(s: &str) -> Option<Vec<u8>> {
-        let b = s.as_bytes();
-        if b.len() % 4 != 0 {
-            return None;
-        }
-        let val = |c: u8| A.iter().position(|&x| x == c).map(|v| v as u32);
-        let mut out = Vec::with_capacity(b.len() / 4 * 3);
-        for (i, q) in b.chunks(4).enumerate() {
-            let last = i + 1 == b.len() / 4;
-            let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
-            if pad > 2 || (pad > 0 && !last) {
-                return None;
-            }
-            let mut n = 0u32;
-            for &c in &q[..4 - pad] {
-                n = (n << 6) | val(c)?;
-            }
-            n <<= 6 * pad as u32;
-            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&bytes[..3 - pad]);
-        }
-        Some(out)
-    }
 
     #[allow(clippy::ref_option)]
     pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(b) => s.serialize_str(&encode(b)),
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
             None => s.serialize_none(),
         }
     }
@@ -233,29 +192,12 @@ mod b64 {
         d: D,
     ) -> Result<Option<Vec<u8>>, D::Error> {
         let v: Option<String> = Option::deserialize(d)?;
-        v.map(|s| decode(&s).ok_or_else(|| serde::de::Error::custom("invalid base64 in input_b64")))
-            .transpose()
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn base64_round_trips_every_length_and_rejects_garbage() {
-            let data: Vec<u8> = (0..=255u8).collect();
-            for n in 0..20 {
-                let enc = super::encode(&data[250 - n * 10..250 - n * 10 + n]);
-                assert_eq!(
-                    super::decode(&enc).unwrap(),
-                    &data[250 - n * 10..250 - n * 10 + n]
-                );
-            }
-            assert_eq!(super::encode(b"foobar"), "Zm9vYmFy");
-            assert_eq!(super::decode("Zm9vYg==").unwrap(), b"foob");
-            assert!(super::decode("Zm9").is_none());
-            assert!(super::decode("Z===").is_none());
-            assert!(super::decode("Zm=vYg==").is_none());
-            assert!(super::decode("Zm9*").is_none());
-        }
+        v.map(|s| {
+            STANDARD
+                .decode(s)
+                .map_err(|e| serde::de::Error::custom(format!("invalid base64 in input_b64: {e}")))
+        })
+        .transpose()
     }
 }
 
