@@ -23,6 +23,39 @@ pub struct SharedPage {
     map: MmapMut,
 }
 
+/// A new anonymous memory file of `len` bytes (sparse, zero-filled),
+/// close-on-exec.
+fn memfd(name: &str, len: usize) -> io::Result<File> {
+    let fd: OwnedFd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+    let file = File::from(fd);
+    file.set_len(len as u64)?;
+    Ok(file)
+}
+
+/// Takes ownership of an inherited descriptor, after checking that it is
+/// open, and marks it close-on-exec. The caller guarantees that nothing
+/// else uses `fd` from here on.
+fn adopt_fd(fd: RawFd) -> io::Result<File> {
+    if fd < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file descriptor {fd} is negative"),
+        ));
+    }
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file descriptor {fd} is not open"),
+        ));
+    }
+    // SAFETY: the descriptor is open (checked above) and, per this
+    // function's contract, ours alone from here on.
+    let file = unsafe { File::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(file)
+}
+
 impl SharedPage {
     /// Creates a zeroed page backed by an anonymous memory file
     /// (close-on-exec; pass it to a child with
@@ -33,9 +66,7 @@ impl SharedPage {
     /// The operating system's error if the memory file cannot be created or
     /// mapped.
     pub fn create(name: &str) -> io::Result<SharedPage> {
-        let fd: OwnedFd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
-        let file = File::from(fd);
-        file.set_len(PAGE_LEN as u64)?;
+        let file = memfd(name, PAGE_LEN)?;
         Self::map(file)
     }
 
@@ -47,23 +78,7 @@ impl SharedPage {
     /// `InvalidInput` if `fd` is not an open file of at least [`PAGE_LEN`]
     /// bytes; the operating system's error if mapping fails.
     pub fn adopt(fd: RawFd) -> io::Result<SharedPage> {
-        if fd < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file descriptor {fd} is negative"),
-            ));
-        }
-        // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file descriptor {fd} is not open"),
-            ));
-        }
-        // SAFETY: the descriptor is open (checked above) and, per this
-        // function's contract, ours alone from here on.
-        let file = unsafe { File::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)?;
+        let file = adopt_fd(fd)?;
         if file.metadata()?.len() < PAGE_LEN as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -156,9 +171,7 @@ impl Arena {
     /// The operating system's error if the file cannot be created, sized or
     /// mapped.
     pub fn create(name: &str, len: usize) -> io::Result<Arena> {
-        let fd: OwnedFd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
-        let file = File::from(fd);
-        file.set_len(len as u64)?;
+        let file = memfd(name, len)?;
         Self::map(file)
     }
 
@@ -171,23 +184,7 @@ impl Arena {
     /// `InvalidInput` if `fd` is not open; the operating system's error if
     /// mapping fails.
     pub fn adopt(fd: RawFd) -> io::Result<Arena> {
-        if fd < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file descriptor {fd} is negative"),
-            ));
-        }
-        // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("file descriptor {fd} is not open"),
-            ));
-        }
-        // SAFETY: the descriptor is open (checked above) and, per this
-        // function's contract, ours alone from here on.
-        let file = unsafe { File::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)?;
+        let file = adopt_fd(fd)?;
         Self::map(file)
     }
 
