@@ -235,6 +235,30 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Checks that `path` starts with the SQLite magic, reading 16 bytes.
+///
+/// # Errors
+///
+/// [`JournalError::Io`] if it cannot be read, [`JournalError::Corrupt`] if
+/// it is not an SQLite database.
+pub(crate) fn check_magic(path: &Path) -> Result<(), JournalError> {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    let io = |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let n = f.read(&mut magic).map_err(io)?;
+    if n < 16 || &magic != b"SQLite format 3\0" {
+        return Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "not an SQLite database".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that `path` is a jobmill journal this build can read, without
 /// changing a byte of it: the SQLite magic, `quick_check`, the
 /// application id and the schema version. Call before opening an existing
@@ -245,22 +269,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// [`JournalError::Io`], [`JournalError::Corrupt`],
 /// [`JournalError::NotAJournal`] or [`JournalError::NewerSchema`].
 pub fn check(path: &Path) -> Result<(), JournalError> {
-    use std::io::Read;
-    let mut magic = [0u8; 16];
-    let mut f = std::fs::File::open(path).map_err(|source| JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let n = f.read(&mut magic).map_err(|source| JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if n < 16 || &magic != b"SQLite format 3\0" {
-        return Err(JournalError::Corrupt {
-            path: path.to_path_buf(),
-            detail: "not an SQLite database".into(),
-        });
-    }
+    check_magic(path)?;
     let corrupt = |e: rusqlite::Error| JournalError::Corrupt {
         path: path.to_path_buf(),
         detail: e.to_string(),

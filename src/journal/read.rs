@@ -364,22 +364,7 @@ impl Journal {
     ///
     /// As [`Journal::open`].
     pub fn open_header_only(path: &Path) -> Result<Journal, JournalError> {
-        use std::io::Read;
-        let mut magic = [0u8; 16];
-        let mut f = std::fs::File::open(path).map_err(|source| JournalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let n = f.read(&mut magic).map_err(|source| JournalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if n < 16 || &magic != b"SQLite format 3\0" {
-            return Err(JournalError::Corrupt {
-                path: path.to_path_buf(),
-                detail: "not an SQLite database".into(),
-            });
-        }
+        super::check_magic(path)?;
         let j = Journal::open_unchecked(path)?;
         let corrupt = |e: rusqlite::Error| JournalError::Corrupt {
             path: path.to_path_buf(),
