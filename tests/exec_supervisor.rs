@@ -452,11 +452,20 @@ fn helper_supervising_a_sleep() {
         OsString::from("sh"),
         pid_file,
     ];
-    sup.run(&AttemptSpec {
-        argv: &argv,
-        env: &[],
-        timeout: None,
-        grace: Duration::from_secs(1),
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            sup.run(&AttemptSpec {
+                argv: &argv,
+                env: &[],
+                timeout: None,
+                grace: Duration::from_secs(1),
+            })
+        });
+        // `running()` counts an attempt once the guardian knows its group.
+        wait_until("the job to be registered", || sup.running() == 1);
+        let marker =
+            PathBuf::from(std::env::var_os(HELPER_ENV).unwrap()).with_extension("registered");
+        std::fs::write(marker, b"").unwrap();
     });
 }
 
@@ -471,6 +480,10 @@ fn sigkill_of_the_supervising_process_stops_its_jobs() {
         .spawn()
         .unwrap();
     let job_pids = read_pids(&pids, 2);
+    let marker = pids.with_extension("registered");
+    wait_until("the helper to say its job is registered", || {
+        marker.exists()
+    });
     helper.kill().unwrap(); // SIGKILL
     helper.wait().unwrap();
     for pid in job_pids {

@@ -183,10 +183,15 @@ impl Supervisor {
         };
         let pid = Pid::from_child(&child);
         let raw_pid = pid.as_raw_nonzero().get();
-        self.running.fetch_add(1, Ordering::AcqRel);
+        // Register first, then count: `running() > 0` means the guardian
+        // has been told (the write is in its pipe even if jobmill dies
+        // now). Between the spawn and this write there is a window of a few
+        // microseconds in which a `kill -9` of jobmill leaves the new job
+        // unknown to the guardian (docs/ARCHITECTURE.md, "Stopping").
         if let Some(g) = &self.guardian {
             g.register(raw_pid);
         }
+        self.running.fetch_add(1, Ordering::AcqRel);
 
         let pipes = (child.stdout.take(), child.stderr.take());
         let flags = Watch {
