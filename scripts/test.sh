@@ -26,4 +26,4 @@ state=$(mktemp -d)
 trap 'rm -rf "$state"' EXIT
 export XDG_STATE_HOME="$state"
 
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"
