@@ -334,6 +334,13 @@ class Worker:
             self._send_poll()
             while not self._jobs and not self._closed and self._polls > 0:
                 self._read()
+            if not self._jobs and not self._closed:
+                # A full window is answered with nothing the first time (the
+                # jobs sent meanwhile answer the POLL); asked again with
+                # nothing sent since, the coordinator sends one past it.
+                self._send_poll()
+                while not self._jobs and not self._closed and self._polls > 0:
+                    self._read()
         if self._jobs:
             return self._take()
         if self._closed:

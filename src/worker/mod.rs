@@ -816,6 +816,16 @@ impl Worker {
         while self.buffer.is_empty() && !self.closed && self.polls_pending > 0 {
             self.pump()?;
         }
+        if self.buffer.is_empty() && !self.closed {
+            // A coordinator answers a full window with nothing the first
+            // time (the jobs it sent meanwhile answer the POLL); asked again
+            // with nothing sent since, it knows the jobs are held here and
+            // sends one past the window.
+            self.send_poll()?;
+            while self.buffer.is_empty() && !self.closed && self.polls_pending > 0 {
+                self.pump()?;
+            }
+        }
         if let Some(job) = self.pop() {
             return Ok(job);
         }
