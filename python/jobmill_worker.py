@@ -306,6 +306,10 @@ class Worker:
 
     def get(self):
         """The next job, blocking. Raises ``Closed`` once no job will ever come."""
+        # Two POLLs at most: the first answer may be a full window's; after
+        # the second the coordinator sends the next job as soon as there is
+        # one (polling on would spin while the queue is empty).
+        polled = 0
         while True:
             if self._jobs:
                 return self._take()
@@ -315,8 +319,9 @@ class Worker:
             self._parse_buffered()
             if self._jobs or self._closed:
                 continue
-            if self._polls == 0:
+            if self._polls == 0 and polled < 2:
                 self._send_poll()
+                polled += 1
             self._read()
 
     def try_get(self):

@@ -752,6 +752,11 @@ impl Worker {
     /// [`GetError::Worker`] if the connection fails.
     pub fn get(&mut self) -> Result<Job, GetError> {
         self.check_views();
+        // POLLs sent by this call. Two at most: the first answer may be a
+        // full window's; the second one's POLL_END means the queue was
+        // empty, and the coordinator then sends the next job as soon as
+        // there is one (polling on would spin while the queue is empty).
+        let mut polled = 0;
         loop {
             if let Some(job) = self.pop() {
                 return Ok(job);
@@ -764,8 +769,9 @@ impl Worker {
             if !self.buffer.is_empty() || self.closed {
                 continue;
             }
-            if self.polls_pending == 0 {
+            if self.polls_pending == 0 && polled < 2 {
                 self.send_poll()?;
+                polled += 1;
             }
             self.pump()?;
         }
