@@ -1373,6 +1373,16 @@ impl Ctx<'_> {
                 match self.queue.get(worker, Some(TICK)) {
                     Ok(lease) => {
                         let mut w = link.writer();
+                        // A POLL answered while we waited may have filled
+                        // the window: the job goes back to the front.
+                        let full = {
+                            let f = link.flight();
+                            f.parked.is_empty() && !f.want && f.inflight.len() >= window
+                        };
+                        if full {
+                            self.queue.release(&lease)?;
+                            continue;
+                        }
                         let filled = self.fill(worker, link, &mut w, n, Some(lease))?;
                         if filled.closed {
                             Self::push_closed(link, &mut w);
