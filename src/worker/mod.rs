@@ -29,8 +29,10 @@
 //!   come (the queue is closed and drained). There are no sentinels.
 //! - [`Worker::try_get`] never returns [`TryGetError::Empty`] while the
 //!   coordinator has a job queued: with nothing buffered locally it sends a
-//!   POLL and waits for the coordinator's answer, which carries every job
-//!   it could lease at that instant.
+//!   POLL and waits for the coordinator's answer, which carries the jobs
+//!   it could lease at that instant up to the window; if that answer is
+//!   empty it asks once more (a full window is answered with nothing the
+//!   first time, one past it the second).
 //! - Jobs arrive pipelined (the coordinator keeps a window of them in
 //!   flight), and results leave in batches: a batch is written when it is
 //!   full, when the worker runs out of jobs, and otherwise within
@@ -795,7 +797,8 @@ impl Worker {
     ///
     /// With jobs buffered locally this does no I/O. Otherwise it writes
     /// pending results and a POLL, and waits for the coordinator's answer
-    /// (one round trip).
+    /// (one round trip; two when the queue is empty or the worker holds its
+    /// whole window).
     ///
     /// # Errors
     ///
