@@ -306,6 +306,10 @@ class Worker:
 
     def get(self):
         """The next job, blocking. Raises ``Closed`` once no job will ever come."""
+        # Two POLLs at most: the first answer may be a full window's; after
+        # the second the coordinator sends the next job as soon as there is
+        # one (polling on would spin while the queue is empty).
+        polled = 0
         while True:
             if self._jobs:
                 return self._take()
@@ -315,8 +319,9 @@ class Worker:
             self._parse_buffered()
             if self._jobs or self._closed:
                 continue
-            if self._polls == 0:
+            if self._polls == 0 and polled < 2:
                 self._send_poll()
+                polled += 1
             self._read()
 
     def try_get(self):
@@ -334,6 +339,13 @@ class Worker:
             self._send_poll()
             while not self._jobs and not self._closed and self._polls > 0:
                 self._read()
+            if not self._jobs and not self._closed:
+                # A full window is answered with nothing the first time (the
+                # jobs sent meanwhile answer the POLL); asked again with
+                # nothing sent since, the coordinator sends one past it.
+                self._send_poll()
+                while not self._jobs and not self._closed and self._polls > 0:
+                    self._read()
         if self._jobs:
             return self._take()
         if self._closed:

@@ -129,6 +129,32 @@ fn run_fixture(mode: &str, dir: &str) -> i32 {
                 Err(TryGetError::Worker(e)) => panic!("{e}"),
             }
         },
+        // Holds a job while it takes the next one with try_get, then
+        // answers both; exits 42 on Empty (single worker, an even number of
+        // jobs queued and closed beforehand: the held job's pair is queued).
+        "hold-and-try-get" => {
+            while let Some(a) = w.next_job().unwrap() {
+                let b = match w.try_get() {
+                    Ok(b) => b,
+                    Err(TryGetError::Empty) | Err(TryGetError::Closed) => return 42,
+                    Err(TryGetError::Worker(e)) => panic!("{e}"),
+                };
+                for job in [b, a] {
+                    let p = job.payload.clone();
+                    w.complete(job, &p).unwrap();
+                }
+            }
+        }
+        // Takes two jobs with get before answering either.
+        "take-two" => {
+            while let Some(a) = w.next_job().unwrap() {
+                let b = w.next_job().unwrap();
+                for job in std::iter::once(a).chain(b) {
+                    let p = job.payload.clone();
+                    w.complete(job, &p).unwrap();
+                }
+            }
+        }
         // The seed's non-blocking strategy: try_get until Empty or Closed.
         "until-empty" => loop {
             match w.try_get() {
@@ -551,4 +577,64 @@ fn rust_worker_in_a_long_job_keeps_heartbeating() {
     persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
     assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
     assert_eq!(rec.done().len(), 2);
+}
+
+#[test]
+fn a_worker_never_holds_more_jobs_than_its_window() {
+    // A worker runs items quickly until it blocks on item-12. Each quick
+    // item ends with its results and a POLL in one write, which races the
+    // feeder's refill: the window must hold all the same. Once the items
+    // before item-12 are reported nothing is in transit, so the queue's
+    // leases are exactly what the worker holds. Several rounds, since the
+    // race goes either way.
+    for round in 0..6 {
+        let window = 1 + round % 2;
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(MemoryQueue::new(100, RetryPolicy::default()));
+        put_all(&q, &payloads(30));
+        q.close().unwrap();
+        let mut c = config("block-on:item-12", 1);
+        c.env
+            .push(("JOBMILL_FIXTURE_DIR".into(), dir.path().into()));
+        c.window = window;
+        let stop = Arc::new(Stop::new());
+        let run = {
+            let (q, stop) = (Arc::clone(&q), Arc::clone(&stop));
+            std::thread::spawn(move || persistent::run(&*q, &c, &Recorder::default(), &*stop))
+        };
+        let blocked = || std::fs::read_dir(dir.path()).unwrap().next().is_some();
+        wait_until("the worker to block on item-12", || {
+            blocked() && q.counts().unwrap().done == 12
+        });
+        let counts = q.counts().unwrap();
+        assert!(
+            counts.leased <= window as u64,
+            "round {round}: window {window}, but the worker holds {} jobs",
+            counts.leased
+        );
+        stop.kill();
+        run.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_worker_holding_its_whole_window_still_gets_the_next_job() {
+    // Window 1, and the worker takes a second job before answering the
+    // first: past the window, or it would wait forever (get) or be told
+    // Empty with jobs queued (try_get).
+    for mode in ["take-two", "hold-and-try-get"] {
+        let q = MemoryQueue::new(1000, RetryPolicy::default());
+        put_all(&q, &payloads(200));
+        q.close().unwrap();
+        let rec = Recorder::default();
+        let mut c = config(mode, 1);
+        c.window = 1;
+        persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+        assert_eq!(rec.done().len(), 200, "{mode}");
+        assert!(
+            rec.lost_details().is_empty(),
+            "{mode}: {:?}",
+            rec.lost_details()
+        );
+    }
 }

@@ -33,7 +33,8 @@ enum Act {
     Oom,
     /// Wait until the file exists, then return.
     WaitFor(String),
-    /// Append its pid to the file, then sleep for an hour.
+    /// Append its pid and a newline to the file (in one write, atomic with
+    /// O_APPEND), then sleep for an hour.
     Hang(String),
 }
 
@@ -96,7 +97,11 @@ fn behave((x, act): (u64, Act)) -> (u64, u32) {
                 .create(true)
                 .open(&path)
                 .unwrap();
-            writeln!(f, "{}", std::process::id()).unwrap();
+            // One write(2) of the whole line: `writeln!` writes the digits
+            // and the newline separately, and two workers hanging at once
+            // then interleave into one bogus pid ("12341235\n\n").
+            f.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .unwrap();
             drop(f);
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

@@ -145,6 +145,35 @@ w.close()
 }
 
 #[test]
+fn python_try_get_while_holding_the_whole_window_is_not_empty() {
+    // Window 1: the worker holds a job while it asks for the next one; an
+    // even number of jobs, so the held job's pair is always queued.
+    let q = queue_of(100, RetryPolicy::default());
+    let rec = Recorder::default();
+    let script = r#"
+import sys, jobmill_worker as jw
+w = jw.Worker()
+while True:
+    try:
+        a = w.get()
+    except jw.Closed:
+        break
+    try:
+        b = w.try_get()
+    except (jw.Empty, jw.Closed):
+        sys.exit(42)
+    b.complete(b.payload)
+    a.complete(a.payload)
+w.close()
+"#;
+    let mut c = config(script, 1);
+    c.window = 1;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    assert_eq!(rec.done().len(), 100);
+    assert!(rec.lost_details().is_empty(), "{:?}", rec.lost_details());
+}
+
+#[test]
 fn python_worker_exiting_early_is_replaced_and_nothing_is_lost() {
     let q = queue_of(20, RetryPolicy::with_retries(3));
     let rec = Recorder::default();

@@ -17,8 +17,11 @@
 //! - **Window.** The feeder keeps at most [`Config::window`] leased jobs in
 //!   flight to the worker, refilling when half of it has come back, so jobs
 //!   are pipelined and written in batches. A worker that has run out of
-//!   jobs sends POLL; the answer carries what the queue has right now (at
-//!   least one job, even past the window) and ends with POLL_END.
+//!   jobs sends POLL; the answer carries what the queue has right now, up
+//!   to the window, and ends with POLL_END. With the window full it carries
+//!   nothing (the jobs in flight reach the worker first); a worker that asks
+//!   again with nothing sent since holds its whole window itself, and gets
+//!   one job past it.
 //! - **Results** arrive in batches and go to [`Queue::complete`] /
 //!   [`Queue::fail`] (the worker's verdict, [`FailReason::Reported`]); each
 //!   outcome is reported to the [`Observer`].
@@ -627,6 +630,10 @@ struct Flight {
     /// The worker asked (POLL) and got nothing: send the next job even past
     /// the window.
     want: bool,
+    /// `sent` when a POLL was last answered with nothing because the window
+    /// was full: another POLL with nothing sent since means the worker holds
+    /// those jobs itself.
+    full_at: Option<u64>,
     /// The incarnation is over: the feeder must stop.
     dead: bool,
     /// Jobs taken out of `inflight` whose outcomes are not yet
@@ -782,6 +789,9 @@ impl Ctx<'_> {
     /// Waits until a job is queued (true) or the queue is drained or the
     /// run stops (false).
     fn wait_for_work(&self) -> Result<bool, SlotEnd> {
+        // From 5 ms up to a tick: quick when work follows at once, cheap
+        // when the queue stays empty.
+        let mut pause = Duration::from_millis(5);
         loop {
             if self.stopping() {
                 return Ok(false);
@@ -793,7 +803,8 @@ impl Ctx<'_> {
             if c.queued > 0 {
                 return Ok(true);
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(TICK);
         }
     }
 
@@ -916,6 +927,7 @@ impl Ctx<'_> {
                 head_since: Instant::now(),
                 sent: 0,
                 want: false,
+                full_at: None,
                 dead: false,
                 resolving: 0,
                 taken: None,
@@ -1338,6 +1350,19 @@ impl Ctx<'_> {
                 }
             };
             let mut w = link.writer();
+            // A POLL answered meanwhile may have filled the window.
+            let n = {
+                let f = link.flight();
+                let free = window.saturating_sub(f.inflight.len());
+                if f.parked.is_empty() && !f.want {
+                    n.min(free)
+                } else {
+                    n
+                }
+            };
+            if n == 0 {
+                continue;
+            }
             let filled = self.fill(worker, link, &mut w, n, None)?;
             if filled.closed {
                 Self::push_closed(link, &mut w);
@@ -1355,6 +1380,16 @@ impl Ctx<'_> {
                 match self.queue.get(worker, Some(TICK)) {
                     Ok(lease) => {
                         let mut w = link.writer();
+                        // A POLL answered while we waited may have filled
+                        // the window: the job goes back to the front.
+                        let full = {
+                            let f = link.flight();
+                            f.parked.is_empty() && !f.want && f.inflight.len() >= window
+                        };
+                        if full {
+                            self.queue.release(&lease)?;
+                            continue;
+                        }
                         let filled = self.fill(worker, link, &mut w, n, Some(lease))?;
                         if filled.closed {
                             Self::push_closed(link, &mut w);
@@ -1380,25 +1415,36 @@ impl Ctx<'_> {
         }
     }
 
-    /// Answers a POLL: the jobs available now (at least one if any is
-    /// queued, even past the window), then POLL_END.
+    /// Answers a POLL: the jobs available now, up to the window, then
+    /// POLL_END. With the window full, the first answer is empty: every job
+    /// in flight was written before it (under the writer lock), so the jobs
+    /// the feeder sent while the POLL was on its way reach the worker before
+    /// POLL_END, and one more would wait behind them while another worker
+    /// may be idle. A worker that asks again with nothing sent since holds
+    /// those jobs itself (it takes several before answering): it gets one
+    /// past the window (at least one if any is queued), so that it never
+    /// waits for nothing.
     fn answer_poll(&self, worker: WorkerId, link: &Link) -> Result<(), Ended> {
         let mut w = link.writer();
-        let (free, empty_flight) = {
-            let f = link.flight();
-            (
-                self.config.window.saturating_sub(f.inflight.len()),
-                f.inflight.is_empty(),
-            )
+        let (n, empty_flight) = {
+            let mut f = link.flight();
+            let free = self.config.window.saturating_sub(f.inflight.len());
+            let n = if free > 0 || f.full_at == Some(f.sent) {
+                free.max(1)
+            } else {
+                f.full_at = Some(f.sent);
+                0
+            };
+            (n, f.inflight.is_empty())
         };
         let mut got = 0;
         if self.stopping() {
             if empty_flight {
                 Self::push_closed(link, &mut w);
             }
-        } else {
+        } else if n > 0 {
             let filled = self
-                .fill(worker, link, &mut w, free.max(1), None)
+                .fill(worker, link, &mut w, n, None)
                 .map_err(Ended::Queue)?;
             got = filled.count;
             if filled.closed {
@@ -1406,7 +1452,7 @@ impl Ctx<'_> {
             }
         }
         encode_empty(&mut w.buf, kind::POLL_END);
-        if got == 0 {
+        if got == 0 && n > 0 {
             link.flight().want = true;
             link.cond.notify_one();
         }

@@ -29,8 +29,10 @@
 //!   come (the queue is closed and drained). There are no sentinels.
 //! - [`Worker::try_get`] never returns [`TryGetError::Empty`] while the
 //!   coordinator has a job queued: with nothing buffered locally it sends a
-//!   POLL and waits for the coordinator's answer, which carries every job
-//!   it could lease at that instant.
+//!   POLL and waits for the coordinator's answer, which carries the jobs
+//!   it could lease at that instant up to the window; if that answer is
+//!   empty it asks once more (a full window is answered with nothing the
+//!   first time, one past it the second).
 //! - Jobs arrive pipelined (the coordinator keeps a window of them in
 //!   flight), and results leave in batches: a batch is written when it is
 //!   full, when the worker runs out of jobs, and otherwise within
@@ -752,6 +754,11 @@ impl Worker {
     /// [`GetError::Worker`] if the connection fails.
     pub fn get(&mut self) -> Result<Job, GetError> {
         self.check_views();
+        // POLLs sent by this call. Two at most: the first answer may be a
+        // full window's; the second one's POLL_END means the queue was
+        // empty, and the coordinator then sends the next job as soon as
+        // there is one (polling on would spin while the queue is empty).
+        let mut polled = 0;
         loop {
             if let Some(job) = self.pop() {
                 return Ok(job);
@@ -764,8 +771,9 @@ impl Worker {
             if !self.buffer.is_empty() || self.closed {
                 continue;
             }
-            if self.polls_pending == 0 {
+            if self.polls_pending == 0 && polled < 2 {
                 self.send_poll()?;
+                polled += 1;
             }
             self.pump()?;
         }
@@ -789,7 +797,8 @@ impl Worker {
     ///
     /// With jobs buffered locally this does no I/O. Otherwise it writes
     /// pending results and a POLL, and waits for the coordinator's answer
-    /// (one round trip).
+    /// (one round trip; two when the queue is empty or the worker holds its
+    /// whole window).
     ///
     /// # Errors
     ///
@@ -815,6 +824,16 @@ impl Worker {
         self.send_poll()?;
         while self.buffer.is_empty() && !self.closed && self.polls_pending > 0 {
             self.pump()?;
+        }
+        if self.buffer.is_empty() && !self.closed {
+            // A coordinator answers a full window with nothing the first
+            // time (the jobs it sent meanwhile answer the POLL); asked again
+            // with nothing sent since, it knows the jobs are held here and
+            // sends one past the window.
+            self.send_poll()?;
+            while self.buffer.is_empty() && !self.closed && self.polls_pending > 0 {
+                self.pump()?;
+            }
         }
         if let Some(job) = self.pop() {
             return Ok(job);
