@@ -1374,6 +1374,7 @@ impl Ctx<'_> {
                 continue;
             }
             if filled.count == 0 && !closed {
+                let sent_before = link.flight().sent;
                 drop(w);
                 // Nothing queued: wait for a job, outside the writer lock so
                 // that POLLs are answered meanwhile.
@@ -1381,10 +1382,13 @@ impl Ctx<'_> {
                     Ok(lease) => {
                         let mut w = link.writer();
                         // A POLL answered while we waited may have filled
-                        // the window: the job goes back to the front.
+                        // the window, or sent jobs queued after this one:
+                        // the job goes back to the front, so that the
+                        // worker gets its jobs in queue order.
                         let full = {
                             let f = link.flight();
-                            f.parked.is_empty() && !f.want && f.inflight.len() >= window
+                            f.sent != sent_before
+                                || f.parked.is_empty() && !f.want && f.inflight.len() >= window
                         };
                         if full {
                             self.queue.release(&lease)?;
