@@ -185,6 +185,23 @@ impl Scenario {
         done_inputs(&self.journal)
     }
 
+    /// Runs `jobmill status` on the stopped run, which records the attempt
+    /// ends left in the completions log; returns the inputs done then.
+    fn read_after_crash(&self) -> BTreeSet<Vec<u8>> {
+        let committed = done_inputs(&self.journal);
+        let out = jm(&self.state())
+            .arg("status")
+            .arg(&self.journal)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed: {out:?}");
+        let log = PathBuf::from(format!("{}-completions", self.journal.display()));
+        assert!(!log.exists(), "the completions log was not recovered");
+        let done = done_inputs(&self.journal);
+        assert!(done.is_superset(&committed));
+        done
+    }
+
     fn resume(&self) {
         let out = jm(&self.state())
             .arg("resume")
@@ -278,7 +295,12 @@ fn interrupted_runs_resume_with_only_in_flight_jobs_run_twice() {
         let stop = stops[round % stops.len()];
         let s = Scenario::new(200);
         let after = 1 + rng.below(180) as usize;
-        let done_before = s.interrupt(stop, after);
+        let mut done_before = s.interrupt(stop, after);
+        if rng.below(2) == 0 {
+            // Let a read command record what the completions log holds
+            // (else resume does): the done set is then exact.
+            done_before = s.read_after_crash();
+        }
         s.resume();
         total_doubles += s.check(&done_before, stop);
     }
@@ -719,4 +741,65 @@ fn resume_runs_in_the_original_directory_with_a_relative_journal_path() {
         )
         .unwrap();
     assert_eq!(sessions, 2);
+}
+
+/// kill -9 right after a job's end reached the completions log: reading
+/// the journal records that end (with its output) without resuming, and
+/// the log is gone; the job left running stays unfinished for resume.
+#[test]
+fn results_after_sigkill_show_the_ends_the_completions_log_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("run.sqlite");
+    let log = PathBuf::from(format!("{}-completions", journal.display()));
+    let mut cmd = jm(&dir.path().join("state"));
+    cmd.args(["run", "-j2", "--journal"]).arg(&journal).args([
+        "--",
+        "sh",
+        "-c",
+        "if [ \"$1\" = quick ]; then echo out-$1; else sleep 1000; fi",
+        "sh",
+        ":::",
+        "quick",
+        "slow",
+    ]);
+    let mut child = spawn_in_own_group(&mut cmd);
+    wait_until("the quick job's end in the completions log", || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0)
+    });
+    send_signal("KILL", child.id());
+    wait_exit(&mut child);
+    assert!(log.exists());
+    let out = jm(&dir.path().join("state"))
+        .args(["results", "--format", "tsv"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!log.exists(), "results left the completions log");
+    let c = db(&journal);
+    let (state, attempts): (String, i64) = c
+        .query_row(
+            "SELECT state, attempts FROM job WHERE input = CAST('quick' AS BLOB)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((state.as_str(), attempts), ("done", 1));
+    let output: Vec<u8> = c
+        .query_row(
+            "SELECT o.data FROM output o JOIN job j ON j.seq = o.seq
+             WHERE j.input = CAST('quick' AS BLOB) AND o.stream = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(output, b"out-quick\n");
+    let slow: String = c
+        .query_row(
+            "SELECT state FROM job WHERE input = CAST('slow' AS BLOB)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(slow, "done");
 }

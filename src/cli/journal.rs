@@ -114,7 +114,35 @@ pub struct RunsArgs {
 
 fn open(run: &str) -> anyhow::Result<Journal> {
     let path = journal::locate(run)?;
-    Ok(Journal::open(&path)?)
+    let j = Journal::open(&path)?;
+    // A jobmill killed before its last commit left the ends of its last
+    // attempts in the completions log: record them first (only when no
+    // jobmill holds the journal; a live one owns its log).
+    match journal::completions::recover_if_idle(&path) {
+        Ok(None) => Ok(j),
+        Ok(Some(r)) => {
+            report_recovered(&path, &r);
+            drop(j);
+            Ok(Journal::open_header_only(&path)?)
+        }
+        Err(e) => {
+            eprintln!("jobmill: warning: {e}; showing what the journal had committed");
+            Ok(j)
+        }
+    }
+}
+
+/// Says on stderr what [`journal::completions::recover`] could not read.
+pub(crate) fn report_recovered(path: &Path, r: &journal::completions::Recovered) {
+    if let (Some(kept), Some(problem)) = (&r.kept_as, &r.problem) {
+        eprintln!(
+            "jobmill: warning: journal {}: the completions log has a damaged record ({problem}); \
+             {} attempt ends before it were recorded, the log was kept as {}",
+            path.display(),
+            r.applied,
+            kept.display()
+        );
+    }
 }
 
 fn now() -> f64 {

@@ -40,6 +40,14 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
     let path = std::path::absolute(&path)
         .with_context(|| format!("cannot resolve the path {}", path.display()))?;
     let r = resume::open(&path)?;
+    super::journal::report_recovered(&path, &r.recovered);
+    if a.verbose && r.recovered.applied > 0 {
+        eprintln!(
+            "jobmill: recorded {} attempt ends from the completions log of {}",
+            r.recovered.applied,
+            path.display()
+        );
+    }
     let run = r.run.clone();
     let stored: StoredOptions = serde_json::from_value(run.options.clone()).with_context(|| {
         format!(

@@ -11,6 +11,7 @@
 //! that refuses files that are not journals (without changing a byte of
 //! them), and where journals live.
 
+pub mod completions;
 pub mod prune;
 pub mod read;
 pub mod snapshot;

@@ -848,15 +848,19 @@ impl Journal {
     }
 }
 
-/// The companion files SQLite keeps next to a journal in WAL mode:
-/// `-wal` and `-shm`.
-pub fn companions(path: &Path) -> [PathBuf; 2] {
+/// The companion files of a journal: SQLite's `-wal` and `-shm` (WAL
+/// mode), and jobmill's completions log ([`super::completions`]).
+pub fn companions(path: &Path) -> [PathBuf; 3] {
     let with = |suffix: &str| {
         let mut s = path.as_os_str().to_owned();
         s.push(suffix);
         PathBuf::from(s)
     };
-    [with("-wal"), with("-shm")]
+    [
+        with("-wal"),
+        with("-shm"),
+        super::completions::path_of(path),
+    ]
 }
 
 /// Opens an SQLite file read-only without creating or changing anything
@@ -873,7 +877,7 @@ pub fn companions(path: &Path) -> [PathBuf; 2] {
 /// SQLite's error.
 pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let [wal, _] = companions(path);
+    let [wal, ..] = companions(path);
     if wal.exists() {
         return Connection::open_with_flags(path, flags);
     }

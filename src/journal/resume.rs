@@ -25,7 +25,7 @@ use crate::input::InputError;
 use crate::job::NewJob;
 
 use super::writer::{self, Journal, JournalLock, WriterConfig};
-use super::{check, JournalError};
+use super::{check, completions, JournalError};
 
 /// The run stored in a journal.
 #[derive(Debug, Clone)]
@@ -58,19 +58,24 @@ pub struct Resumable {
     conn: Connection,
     /// The stored run.
     pub run: StoredRun,
+    /// What the completions log left by the last session held.
+    pub recovered: completions::Recovered,
 }
 
-/// Opens the journal at `path` for resuming: takes its lock, checks it and
-/// reads the run. The file is not changed.
+/// Opens the journal at `path` for resuming: takes its lock, checks it,
+/// records the attempt ends its completions log holds
+/// ([`completions::recover`]; nothing else changes) and reads the run.
 ///
 /// # Errors
 ///
 /// [`JournalError::Locked`] if another jobmill holds it; the errors of
-/// [`super::check`] for a file that is not a readable journal;
+/// [`super::check`] for a file that is not a readable journal (then it is
+/// not changed at all); those of [`completions::recover`];
 /// [`JournalError::Invalid`] if the run row is missing.
 pub fn open(path: &Path) -> Result<Resumable, JournalError> {
     let lock = JournalLock::acquire(path)?;
     check(path)?;
+    let recovered = completions::recover(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -82,6 +87,7 @@ pub fn open(path: &Path) -> Result<Resumable, JournalError> {
         lock,
         conn,
         run,
+        recovered,
     })
 }
 

@@ -43,7 +43,6 @@ CREATE TABLE job (
     reason      TEXT,                           -- why it failed or died (final)
     finished_at REAL                            -- when it reached done/failed/dead
 );
-CREATE INDEX job_state ON job (state);
 
 -- Every attempt.
 CREATE TABLE attempt (

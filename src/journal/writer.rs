@@ -4,24 +4,22 @@
 //! ## Group commits
 //!
 //! Observer calls never run SQL themselves on the way in: they append the
-//! event to a pending list (one mutex) and get a ticket. A batch is written
-//! in one transaction by whichever thread needs it first: a slot that must
-//! wait for its previous completion (below), or the background thread,
-//! which commits what is left every few milliseconds. Whoever writes takes
-//! *everything* pending (every slot's events), so one commit carries the
-//! events of many jobs under load, and at most one thread writes at a time
-//! (a `writing` flag under the mutex; the connection is never shared
-//! concurrently). Letting the waiting slot write, instead of waking a
-//! writer thread and sleeping until it is done, saves two thread wake-ups
-//! per job (measured: see `docs/JOURNAL.md`).
+//! event to a pending list (one mutex) and get a ticket. The writer thread
+//! commits everything pending in one transaction every few milliseconds,
+//! so one commit carries the events of many jobs. A thread that must see
+//! its events committed ([`Journal::flush`], a start whose job row is not
+//! committed yet) writes the batch itself when no one else is (a `writing`
+//! flag under the mutex: the connection is never used by two threads).
 //!
 //! ## The durability gate
 //!
-//! A slot about to start an attempt first waits until the completion of its
-//! previous attempt is committed ([`Observer::attempt_started`] blocks).
-//! So at any moment the jobs that are finished but not yet recorded, plus
-//! the jobs running, are at most one per slot: after any crash, the only
-//! jobs that run twice are those in flight, at most `-j`.
+//! [`Observer::attempt_finished`] returns only once the attempt's end is
+//! in the completions log ([`super::completions`]): one `write(2)`, not a
+//! commit. So a slot starts its next job only after the end of its
+//! previous one would survive jobmill's death, and the jobs that would run
+//! twice after a crash are only those in flight, at most one per slot.
+//! [`Observer::attempt_started`] waits, if ever, only for the job's own
+//! row to be committed (it usually was, long before).
 //!
 //! ## Synchronous mode
 //!
@@ -43,6 +41,7 @@
 //! observer call returns an [`ObserverError`] naming the file: the run
 //! drains. What was committed before stays.
 
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -59,6 +58,7 @@ use crate::exec::End;
 use crate::job::{JobState, NewJob};
 use crate::run::{AttemptOutcome, AttemptReport, Observer, ObserverError, RunSummary};
 
+use super::completions::{self, Completion, Log};
 use super::{JournalError, APPLICATION_ID, SCHEMA, SCHEMA_VERSION};
 
 /// Default cap of the output kept per stream per job: 1 MiB.
@@ -234,7 +234,13 @@ pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Jour
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
-    start(path, conn, lock, Some(1), 0, true, config)
+    start(path, conn, lock, Some(1), 0, true, config).inspect_err(|_| {
+        // Nothing was run: leave nothing half-made (but never remove a
+        // completions log this did not create).
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    })
 }
 
 /// Writes the header, the schema, the run and its first session into the
@@ -303,6 +309,7 @@ pub(crate) fn start(
     whole_input: bool,
     config: WriterConfig,
 ) -> Result<Journal, JournalError> {
+    let log = Log::create(path)?;
     let session = match session {
         Some(id) => id,
         None => {
@@ -322,8 +329,13 @@ pub(crate) fn start(
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(JournalError::sqlite(path, "set synchronous"))?;
     }
+    let log_sync = log.sync_handle().map_err(|source| JournalError::Io {
+        path: log.path().to_path_buf(),
+        source,
+    })?;
     let shared = Arc::new(Shared {
         path: path.to_path_buf(),
+        log: Mutex::new(Some(log)),
         state: Mutex::new(Pending {
             events: Vec::with_capacity(256),
             next_ticket: 1,
@@ -332,7 +344,10 @@ pub(crate) fn start(
             closing: false,
             writing: false,
             idle: false,
-            slot_tickets: Vec::new(),
+            started: HashMap::new(),
+            job_tickets: VecDeque::new(),
+            log_len: 0,
+            log_ticket: 0,
         }),
         writer: Mutex::new(Some(Writer {
             conn,
@@ -340,6 +355,8 @@ pub(crate) fn start(
             known_jobs,
             whole_input,
             spare: Vec::with_capacity(256),
+            plan: Vec::with_capacity(256),
+            ends: HashMap::new(),
         })),
         work: Condvar::new(),
         durable: Condvar::new(),
@@ -348,7 +365,7 @@ pub(crate) fn start(
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("jobmill-journal".into())
-            .spawn(move || background(&shared, config))
+            .spawn(move || background(&shared, config, &log_sync))
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -358,6 +375,8 @@ pub(crate) fn start(
         path: path.to_path_buf(),
         shared,
         config,
+        session,
+        known_jobs,
         thread: Mutex::new(Some(thread)),
         _lock: lock,
     })
@@ -369,6 +388,10 @@ pub struct Journal {
     path: PathBuf,
     shared: Arc<Shared>,
     config: WriterConfig,
+    /// This session's row id.
+    session: i64,
+    /// Jobs recorded before this session (their rows exist).
+    known_jobs: u64,
     thread: Mutex<Option<JoinHandle<()>>>,
     _lock: JournalLock,
 }
@@ -376,6 +399,9 @@ pub struct Journal {
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
+    /// The completions log; `None` once closed. Locked before `state`
+    /// when both are needed.
+    log: Mutex<Option<Log>>,
     state: Mutex<Pending>,
     /// The connection; used only by the thread that set
     /// [`Pending::writing`], so never contended.
@@ -401,8 +427,16 @@ struct Pending {
     /// The background thread sleeps with nothing to do: the next event
     /// wakes it.
     idle: bool,
-    /// Per slot, the ticket of its last finished attempt.
-    slot_tickets: Vec<u64>,
+    /// When each running attempt started, by job (the value its start
+    /// event carries, so its end can be matched to it).
+    started: HashMap<u64, f64>,
+    /// (job, ticket) of the job rows not known to be committed, in input
+    /// order.
+    job_tickets: VecDeque<(u64, u64)>,
+    /// Bytes in the completions log (mirrors [`Log::len`]).
+    log_len: u64,
+    /// Ticket of the last event whose record is in the completions log.
+    log_ticket: u64,
 }
 
 impl Shared {
@@ -433,6 +467,23 @@ impl Shared {
         }
     }
 
+    /// Empties the completions log if every record in it has a ticket up
+    /// to `durable` (committed and synced). Takes the log's lock, then the
+    /// state's (the order appends use).
+    fn clear_log(&self, durable: u64) -> std::io::Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
+        let Some(log) = log.as_mut() else {
+            st.log_len = 0;
+            return Ok(());
+        };
+        if st.log_ticket <= durable && log.len > 0 {
+            log.clear()?;
+            st.log_len = 0;
+        }
+        Ok(())
+    }
+
     /// Writes every pending event in one transaction. Called with the
     /// state locked and no writer active; returns with it locked.
     fn write_pending<'a>(&'a self, mut st: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
@@ -460,7 +511,12 @@ impl Shared {
         let mut st = self.lock();
         st.writing = false;
         match result {
-            Ok(()) => st.committed = last,
+            Ok(()) => {
+                st.committed = last;
+                while st.job_tickets.front().is_some_and(|&(_, t)| t <= last) {
+                    st.job_tickets.pop_front();
+                }
+            }
             Err(e) => {
                 st.failed = Some(format!(
                     "{e}; the run stops (what was recorded before is kept)"
@@ -472,11 +528,12 @@ impl Shared {
     }
 }
 
-/// The background thread: commits what slots left pending (job reads,
-/// starts) within a few milliseconds, syncs the WAL to disk every
-/// `sync_interval`, checkpoints the WAL into the file every second (so
-/// slots never pay for a checkpoint), and stops when the journal closes.
-fn background(shared: &Shared, config: WriterConfig) {
+/// The background thread: commits what is pending every few
+/// milliseconds, syncs the WAL and the completions log to disk every
+/// `sync_interval`, empties the completions log once a synced commit covers
+/// it, checkpoints the WAL into the file every second (so slots never pay
+/// for a checkpoint), and stops when the journal closes.
+fn background(shared: &Shared, config: WriterConfig, log_sync: &File) {
     const FLUSH_EVERY: Duration = Duration::from_millis(5);
     const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
     let wal_path = PathBuf::from(format!("{}-wal", shared.path.display()));
@@ -486,6 +543,7 @@ fn background(shared: &Shared, config: WriterConfig) {
     let mut last_checkpoint = Instant::now();
     let mut synced_to = 0u64;
     let mut checkpointed_to = 0u64;
+    let full = config.sync_interval.is_zero();
     let mut st = shared.lock();
     loop {
         if st.closing || st.failed.is_some() {
@@ -496,18 +554,22 @@ fn background(shared: &Shared, config: WriterConfig) {
             continue;
         }
         let committed = st.committed;
-        if !config.sync_interval.is_zero()
-            && committed > synced_to
-            && last_sync.elapsed() >= config.sync_interval
-        {
+        if full {
+            // Every commit is synced (FULL), every record too.
+            synced_to = committed;
+        } else if committed > synced_to && last_sync.elapsed() >= config.sync_interval {
             // fdatasync of the WAL through a descriptor of our own: it
             // covers every commit written before it, and holds up no
-            // writer.
+            // writer. The log is synced too, for the ends not committed yet.
             drop(st);
             if wal.is_none() {
                 wal = File::open(&wal_path).ok();
             }
-            if let Some(Err(e)) = wal.as_ref().map(File::sync_data) {
+            let synced = wal
+                .as_ref()
+                .map_or(Ok(()), File::sync_data)
+                .and_then(|()| log_sync.sync_data());
+            if let Err(e) = synced {
                 let mut s = shared.lock();
                 s.failed = Some(format!(
                     "journal {}: cannot sync to disk: {e}; the run stops",
@@ -518,6 +580,21 @@ fn background(shared: &Shared, config: WriterConfig) {
             }
             synced_to = committed;
             last_sync = Instant::now();
+            st = shared.lock();
+            continue;
+        }
+        if st.log_len > 0 && st.log_ticket <= synced_to {
+            // Every record is in a commit on disk: drop them.
+            drop(st);
+            if let Err(e) = shared.clear_log(synced_to) {
+                let mut s = shared.lock();
+                s.failed = Some(format!(
+                    "journal {}: cannot empty its completions log: {e}; the run stops",
+                    shared.path.display()
+                ));
+                shared.durable.notify_all();
+                break;
+            }
             st = shared.lock();
             continue;
         }
@@ -545,7 +622,7 @@ fn background(shared: &Shared, config: WriterConfig) {
         // an event arrives (the first one after idling wakes us), so an
         // idle run costs no wake-ups.
         let mut due: Option<Duration> = None;
-        if !config.sync_interval.is_zero() && committed > synced_to {
+        if !full && committed > synced_to {
             due = Some(config.sync_interval.saturating_sub(last_sync.elapsed()));
         }
         if committed > checkpointed_to {
@@ -602,6 +679,22 @@ struct Writer {
     whole_input: bool,
     /// An empty batch, to swap with the pending list.
     spare: Vec<Event>,
+    /// Per event of the batch being written, how to write it
+    /// ([`Writer::plan`]). Kept to reuse the allocation.
+    plan: Vec<Plan>,
+    /// Scratch map of [`Writer::plan`]: job → index of the nearest end seen.
+    ends: HashMap<u64, usize>,
+}
+
+/// How [`Writer::write`] writes one event of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// As itself.
+    Apply,
+    /// Not at all: a start whose end is in the same batch.
+    Skip,
+    /// An end whose start was skipped: one finished attempt row.
+    Insert,
 }
 
 #[derive(Debug)]
@@ -609,30 +702,8 @@ enum Event {
     Job { seq: u64, input: Bytes },
     InputComplete,
     Started { seq: u64, slot: usize, at: f64 },
-    Finished(Box<Finished>),
+    Finished(Box<Completion>),
     RunFinished { reason: String },
-}
-
-#[derive(Debug)]
-struct Finished {
-    seq: u64,
-    ended_at: f64,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    timed_out: bool,
-    outcome: &'static str,
-    job_state: &'static str,
-    reason: Option<String>,
-    duration: f64,
-    max_rss_kib: u64,
-    output: [Option<Output>; 2],
-}
-
-#[derive(Debug)]
-struct Output {
-    data: Vec<u8>,
-    total: u64,
-    truncated: bool,
 }
 
 impl Journal {
@@ -728,6 +799,17 @@ impl Journal {
         {
             let _ = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
         }
+        // Every end is committed with FULL: the completions log is not
+        // needed. After a failure it is kept, for `jobmill resume`.
+        let log = self
+            .shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(log), Ok(())) = (log, &result) {
+            log.remove();
+        }
         result
     }
 }
@@ -768,11 +850,20 @@ fn outcome_fields(outcome: &AttemptOutcome) -> (&'static str, &'static str, Opti
 
 impl Observer for Journal {
     fn job_read(&self, job: &NewJob) -> Result<(), ObserverError> {
-        self.push(Event::Job {
-            seq: job.seq,
-            input: job.payload.clone(),
-        })
-        .map(drop)
+        if job.seq <= self.known_jobs {
+            // Recorded by an earlier session.
+            return Ok(());
+        }
+        let mut st = self.shared.lock();
+        let ticket = self.push_locked(
+            &mut st,
+            Event::Job {
+                seq: job.seq,
+                input: job.payload.clone(),
+            },
+        )?;
+        st.job_tickets.push_back((job.seq, ticket));
+        Ok(())
     }
 
     fn input_complete(&self, _total: u64) -> Result<(), ObserverError> {
@@ -786,20 +877,22 @@ impl Observer for Journal {
         slot: usize,
         at: SystemTime,
     ) -> Result<(), ObserverError> {
-        let st = self.shared.lock();
-        // Start nothing before this slot's previous completion is
-        // committed (committing it here if no one else is writing).
-        let previous = st.slot_tickets.get(slot).copied().unwrap_or(0);
-        let mut st = self.shared.wait_committed(st, previous)?;
-        self.push_locked(
-            &mut st,
-            Event::Started {
-                seq,
-                slot,
-                at: unix(at),
-            },
-        )
-        .map(drop)
+        let mut st = self.shared.lock();
+        // The job's row must be in the file before the job runs (its end
+        // refers to it). It usually is: rows are committed as they are
+        // read, long before their turn.
+        let pending = st
+            .job_tickets
+            .binary_search_by_key(&seq, |&(s, _)| s)
+            .ok()
+            .map(|i| st.job_tickets[i].1);
+        if let Some(ticket) = pending {
+            st = self.shared.wait_committed(st, ticket)?;
+        }
+        let at = unix(at);
+        st.started.insert(seq, at);
+        self.push_locked(&mut st, Event::Started { seq, slot, at })
+            .map(drop)
     }
 
     fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
@@ -812,7 +905,7 @@ impl Observer for Journal {
             }
         }
         let cap = self.config.output_cap;
-        let mut output: [Option<Output>; 2] = [None, None];
+        let mut output: [Option<completions::Output>; 2] = [None, None];
         for (i, cap_of) in [&mut a.stdout, &mut a.stderr].into_iter().enumerate() {
             let total = cap_of.len();
             if total == 0 {
@@ -822,14 +915,18 @@ impl Observer for Journal {
                 Ok(v) => v,
                 Err(e) => (format!("(output lost: {e})").into_bytes(), true),
             };
-            output[i] = Some(Output {
+            output[i] = Some(completions::Output {
                 data,
                 total,
                 truncated,
             });
         }
-        let finished = Finished {
+        let started_at = self.shared.lock().started.remove(&report.seq);
+        let completion = Completion {
+            session: self.session,
             seq: report.seq,
+            slot: report.slot as u64,
+            started_at: started_at.unwrap_or_else(|| unix(a.started)),
             ended_at: now(),
             exit_code,
             signal,
@@ -841,13 +938,34 @@ impl Observer for Journal {
             max_rss_kib: a.max_rss_kib,
             output,
         };
-        let mut st = self.shared.lock();
-        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(finished)))?;
-        let slot = report.slot;
-        if st.slot_tickets.len() <= slot {
-            st.slot_tickets.resize(slot + 1, 0);
+        // The end is durable (in the kernel; on disk with FULL) before
+        // this returns, so before the slot starts anything else.
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut() else {
+            return Err(ObserverError(format!(
+                "journal {}: written after it was closed",
+                self.path.display()
+            )));
+        };
+        if let Some(f) = &self.shared.lock().failed {
+            return Err(ObserverError(f.clone()));
         }
-        st.slot_tickets[slot] = ticket;
+        if let Err(e) = log.append_record(&completion, self.config.sync_interval.is_zero()) {
+            let msg = format!(
+                "journal {}: cannot record the end of job {} in {}: {e}; the run stops (what was recorded before is kept)",
+                self.path.display(),
+                report.seq,
+                log.path().display()
+            );
+            let mut st = self.shared.lock();
+            st.failed.get_or_insert(msg.clone());
+            self.shared.durable.notify_all();
+            return Err(ObserverError(msg));
+        }
+        let mut st = self.shared.lock();
+        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(completion)))?;
+        st.log_ticket = ticket;
+        st.log_len = log.len;
         Ok(())
     }
 
@@ -869,34 +987,72 @@ impl Observer for Journal {
 
 impl Writer {
     /// Writes `batch` in one transaction.
+    ///
+    /// An attempt whose start and end are both in the batch (the common
+    /// case) is written as one finished row and one job update, instead of
+    /// a start and then an update of each: the same rows as writing them
+    /// one by one.
     fn write(&mut self, path: &Path, batch: &[Event]) -> Result<(), JournalError> {
+        self.plan(batch);
         let tx = self
             .conn
             .transaction()
             .map_err(JournalError::sqlite(path, "begin"))?;
-        for e in batch {
-            Self::apply(&tx, e, self.session, self.known_jobs, self.whole_input)
-                .map_err(JournalError::sqlite(path, "write"))?;
+        for (e, plan) in batch.iter().zip(&self.plan) {
+            Self::apply(
+                &tx,
+                e,
+                *plan,
+                self.session,
+                self.known_jobs,
+                self.whole_input,
+            )
+            .map_err(JournalError::sqlite(path, "write"))?;
         }
         tx.commit().map_err(JournalError::sqlite(path, "commit"))
+    }
+
+    /// Fills [`Writer::plan`]: each start followed in `batch` by its end
+    /// (the next end of the same job, before any later start of it) is
+    /// skipped, and that end written as a whole attempt.
+    fn plan(&mut self, batch: &[Event]) {
+        self.plan.clear();
+        self.plan.resize(batch.len(), Plan::Apply);
+        self.ends.clear();
+        for (i, e) in batch.iter().enumerate().rev() {
+            match e {
+                Event::Finished(f) => {
+                    self.ends.insert(f.seq, i);
+                }
+                Event::Started { seq, .. } => {
+                    if let Some(end) = self.ends.remove(seq) {
+                        self.plan[i] = Plan::Skip;
+                        self.plan[end] = Plan::Insert;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn apply(
         tx: &rusqlite::Transaction<'_>,
         e: &Event,
+        plan: Plan,
         session: i64,
         known_jobs: u64,
         whole_input: bool,
     ) -> rusqlite::Result<()> {
-        match e {
-            Event::Job { seq, input } => {
+        match (e, plan) {
+            (_, Plan::Skip) => {}
+            (Event::Job { seq, input }, _) => {
                 if *seq > known_jobs {
                     let hash = Sha256::digest(input);
                     tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
                         .execute(params![*seq as i64, &input[..], &hash[..]])?;
                 }
             }
-            Event::InputComplete => {
+            (Event::InputComplete, _) => {
                 if whole_input {
                     tx.prepare_cached(
                         "UPDATE run SET input_complete = 1,
@@ -905,7 +1061,7 @@ impl Writer {
                     .execute([])?;
                 }
             }
-            Event::Started { seq, slot, at } => {
+            (Event::Started { seq, slot, at }, _) => {
                 tx.prepare_cached(
                     "UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1",
                 )?
@@ -916,57 +1072,9 @@ impl Writer {
                 )?
                 .execute(params![*seq as i64, session, *slot as i64, at])?;
             }
-            Event::Finished(f) => {
-                let seq = f.seq as i64;
-                tx.prepare_cached(
-                    "UPDATE attempt SET ended_at = ?2, exit_code = ?3, signal = ?4,
-                            timed_out = ?5, outcome = ?6, reason = ?7, duration = ?8,
-                            max_rss_kb = ?9
-                     WHERE seq = ?1 AND attempt = (SELECT attempts FROM job WHERE seq = ?1)",
-                )?
-                .execute(params![
-                    seq,
-                    f.ended_at,
-                    f.exit_code,
-                    f.signal,
-                    f.timed_out,
-                    f.outcome,
-                    f.reason,
-                    f.duration,
-                    f.max_rss_kib as i64,
-                ])?;
-                let final_state = matches!(f.job_state, "done" | "failed" | "dead");
-                tx.prepare_cached(
-                    "UPDATE job SET state = ?2, exit_code = ?3, signal = ?4, reason = ?5,
-                            finished_at = ?6 WHERE seq = ?1",
-                )?
-                .execute(params![
-                    seq,
-                    f.job_state,
-                    f.exit_code,
-                    f.signal,
-                    f.reason,
-                    final_state.then_some(f.ended_at),
-                ])?;
-                tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
-                    .execute(params![seq])?;
-                for (i, o) in f.output.iter().enumerate() {
-                    if let Some(o) = o {
-                        tx.prepare_cached(
-                            "INSERT INTO output (seq, stream, data, total_bytes, truncated)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            seq,
-                            i as i64 + 1,
-                            o.data,
-                            o.total as i64,
-                            o.truncated
-                        ])?;
-                    }
-                }
-            }
-            Event::RunFinished { reason } => {
+            (Event::Finished(c), Plan::Insert) => insert_finished_attempt(tx, c)?,
+            (Event::Finished(c), _) => finish_attempt(tx, c)?,
+            (Event::RunFinished { reason }, _) => {
                 let at = now();
                 tx.prepare_cached(
                     "UPDATE session SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
@@ -978,6 +1086,113 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Records attempt `c` whose start is not in the journal: its row, whole,
+/// and the job's update (one more attempt, its state after it).
+pub(super) fn insert_finished_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Completion,
+) -> rusqlite::Result<()> {
+    let seq = c.seq as i64;
+    tx.prepare_cached(
+        "INSERT INTO attempt (seq, attempt, session, slot, started_at,
+                ended_at, exit_code, signal, timed_out, outcome, reason,
+                duration, max_rss_kb)
+         VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1) + 1, ?2, ?3,
+                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        seq,
+        c.session,
+        c.slot as i64,
+        c.started_at,
+        c.ended_at,
+        c.exit_code,
+        c.signal,
+        c.timed_out,
+        c.outcome,
+        c.reason,
+        c.duration,
+        c.max_rss_kib as i64,
+    ])?;
+    tx.prepare_cached(
+        "UPDATE job SET attempts = attempts + 1, state = ?2, exit_code = ?3,
+                signal = ?4, reason = ?5, finished_at = ?6 WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        c.job_state,
+        c.exit_code,
+        c.signal,
+        c.reason,
+        c.final_at(),
+    ])?;
+    write_output(tx, c)
+}
+
+/// Records the end of attempt `c`, whose start is in the journal (matched
+/// by job, session and start time), and the job's state after it.
+pub(super) fn finish_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Completion,
+) -> rusqlite::Result<()> {
+    let seq = c.seq as i64;
+    tx.prepare_cached(
+        "UPDATE attempt SET ended_at = ?4, exit_code = ?5, signal = ?6,
+                timed_out = ?7, outcome = ?8, reason = ?9, duration = ?10,
+                max_rss_kb = ?11
+         WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
+    )?
+    .execute(params![
+        seq,
+        c.session,
+        c.started_at,
+        c.ended_at,
+        c.exit_code,
+        c.signal,
+        c.timed_out,
+        c.outcome,
+        c.reason,
+        c.duration,
+        c.max_rss_kib as i64,
+    ])?;
+    tx.prepare_cached(
+        "UPDATE job SET state = ?2, exit_code = ?3, signal = ?4, reason = ?5,
+                finished_at = ?6 WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        c.job_state,
+        c.exit_code,
+        c.signal,
+        c.reason,
+        c.final_at(),
+    ])?;
+    write_output(tx, c)
+}
+
+/// Replaces job `c.seq`'s kept output with this attempt's.
+fn write_output(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<()> {
+    let seq = c.seq as i64;
+    tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
+        .execute(params![seq])?;
+    for (i, o) in c.output.iter().enumerate() {
+        if let Some(o) = o {
+            tx.prepare_cached(
+                "INSERT INTO output (seq, stream, data, total_bytes, truncated)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                seq,
+                i as i64 + 1,
+                o.data,
+                o.total as i64,
+                o.truncated
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1025,19 +1240,72 @@ mod tests {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
     }
 
+    /// The records in `journal`'s completions log.
+    fn logged(journal: &Path) -> Vec<Completion> {
+        let bytes = std::fs::read(completions::path_of(journal)).unwrap();
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < bytes.len() {
+            let (c, n) = completions::decode(&bytes[at..]).unwrap();
+            out.push(c);
+            at += n;
+        }
+        out
+    }
+
     #[test]
-    fn a_slot_starts_only_after_its_previous_completion_is_committed() {
+    fn an_attempt_end_is_in_the_completions_log_when_attempt_finished_returns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.sqlite");
-        // A long interval: nothing but the gate commits in this test's time.
         let config = WriterConfig {
             output_cap: 1 << 20,
             sync_interval: Duration::from_secs(3600),
         };
         let j = create(&path, &record(), config).unwrap();
-        for seq in 1..=2 {
-            j.job_read(&NewJob::new(seq, format!("in{seq}"))).unwrap();
-        }
+        j.job_read(&NewJob::new(1, "in1")).unwrap();
+        let at = SystemTime::now();
+        j.attempt_started(1, 1, 2, at).unwrap();
+        // The job's row was committed before its start returned.
+        let n: i64 = read(&path)
+            .query_row("SELECT COUNT(*) FROM job WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        finish(
+            &j,
+            1,
+            2,
+            &mut attempt(b"hello\n", End::Exited(0)),
+            AttemptOutcome::Done,
+        );
+        let logged = logged(&path);
+        assert_eq!(logged.len(), 1);
+        let c = &logged[0];
+        assert_eq!((c.seq, c.slot, c.session), (1, 2, 1));
+        assert_eq!(c.started_at, unix(at));
+        assert_eq!(
+            (c.outcome, c.job_state, c.exit_code),
+            ("done", "done", Some(0))
+        );
+        assert_eq!(c.output[0].as_ref().unwrap().data, b"hello\n");
+        j.close("complete").unwrap();
+        // Closed cleanly: everything is in the journal, the log is gone.
+        assert!(!completions::path_of(&path).exists());
+        let state: String = read(&path)
+            .query_row("SELECT state FROM job WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, "done");
+    }
+
+    #[test]
+    fn the_completions_log_is_emptied_once_a_synced_commit_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let config = WriterConfig {
+            output_cap: 1 << 20,
+            sync_interval: Duration::from_millis(10),
+        };
+        let j = create(&path, &record(), config).unwrap();
+        j.job_read(&NewJob::new(1, "in1")).unwrap();
         j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
         finish(
             &j,
@@ -1046,14 +1314,139 @@ mod tests {
             &mut attempt(b"", End::Exited(0)),
             AttemptOutcome::Done,
         );
-        // The next start in slot 1 returns only once job 1's completion is
-        // in the file, visible to another connection.
-        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        let log = completions::path_of(&path);
+        assert!(std::fs::metadata(&log).unwrap().len() > 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&log).unwrap().len() > 0 {
+            assert!(Instant::now() < deadline, "the log was never emptied");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Emptied only after the end was committed.
         let state: String = read(&path)
             .query_row("SELECT state FROM job WHERE seq = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(state, "done");
         j.close("complete").unwrap();
+    }
+
+    /// A journal whose job 1 (and 2, if `two`) started in session 1 at the
+    /// returned time and whose ends were never committed, as after a
+    /// crash; the log is gone (closed).
+    fn started_never_finished(path: &Path) -> f64 {
+        let config = WriterConfig {
+            output_cap: 1 << 20,
+            sync_interval: Duration::from_millis(50),
+        };
+        let j = create(path, &record(), config).unwrap();
+        j.job_read(&NewJob::new(1, "in1")).unwrap();
+        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        let at = SystemTime::now();
+        j.attempt_started(1, 1, 1, at).unwrap();
+        j.close("killed").unwrap();
+        unix(at)
+    }
+
+    fn completion(seq: u64, started_at: f64, stdout: &[u8]) -> Completion {
+        Completion {
+            session: 1,
+            seq,
+            slot: 1,
+            started_at,
+            ended_at: started_at + 1.0,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            outcome: "done",
+            job_state: "done",
+            reason: None,
+            duration: 1.0,
+            max_rss_kib: 10,
+            output: [
+                Some(completions::Output {
+                    data: stdout.to_vec(),
+                    total: stdout.len() as u64,
+                    truncated: false,
+                }),
+                None,
+            ],
+        }
+    }
+
+    fn write_log(journal: &Path, records: &[Completion], tail: &[u8]) {
+        let mut buf = Vec::new();
+        for c in records {
+            completions::encode(c, &mut buf);
+        }
+        buf.extend_from_slice(tail);
+        std::fs::write(completions::path_of(journal), buf).unwrap();
+    }
+
+    #[test]
+    fn recovery_writes_the_ends_only_the_log_holds_once_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let at = started_never_finished(&path);
+        // Job 1's start is in the journal; job 2's start and end are only
+        // in the log; job 1's record appears twice (recovered once).
+        let one = completion(1, at, b"one\n");
+        let two = completion(2, at + 0.5, b"two\n");
+        write_log(&path, &[one.clone(), two, one], &[7, 0, 0]);
+        let r = completions::recover(&path).unwrap();
+        assert_eq!((r.applied, r.already, r.kept_as), (2, 1, None));
+        assert!(!completions::path_of(&path).exists());
+        let db = read(&path);
+        let rows: Vec<(i64, String, i64)> = db
+            .prepare("SELECT seq, state, attempts FROM job ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(1, "done".into(), 1), (2, "done".into(), 1)]);
+        let attempts: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM attempt WHERE outcome = 'done' AND ended_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(attempts, 2);
+        let out: Vec<u8> = db
+            .query_row("SELECT data FROM output WHERE seq = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(out, b"two\n");
+    }
+
+    #[test]
+    fn recovery_keeps_a_log_with_a_bad_checksum_after_recovering_what_precedes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let at = started_never_finished(&path);
+        let mut bad = Vec::new();
+        completions::encode(&completion(2, at + 0.5, b"two\n"), &mut bad);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        write_log(&path, &[completion(1, at, b"one\n")], &bad);
+        let r = completions::recover(&path).unwrap();
+        assert_eq!(r.applied, 1);
+        let kept = r.kept_as.expect("kept");
+        assert!(r.problem.unwrap().contains("checksum"));
+        assert!(kept.exists());
+        assert!(!completions::path_of(&path).exists());
+        let state: String = read(&path)
+            .query_row("SELECT state FROM job WHERE seq = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, "queued");
+    }
+
+    #[test]
+    fn a_new_journal_refuses_an_unrecovered_completions_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        std::fs::write(completions::path_of(&path), b"x").unwrap();
+        let err = create(&path, &record(), WriterConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("not recovered"), "{err}");
+        assert_eq!(std::fs::read(completions::path_of(&path)).unwrap(), b"x");
     }
 
     #[test]

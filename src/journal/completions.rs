@@ -1,0 +1,731 @@
+//! The completions log: where a finished attempt becomes durable before
+//! the journal's next group commit.
+//!
+//! A slot may start its next job only once the end of its previous one
+//! would survive a crash (the durability gate, `docs/JOURNAL.md`). An
+//! SQLite commit per finished job on that path cost 8% of the throughput
+//! of 2000 `true` jobs; an append to this log costs one `write(2)`. So:
+//!
+//! ```text
+//! attempt ends ──► append its record to <journal>-completions  (the slot waits for this only)
+//!              └─► queue the event ──► group commit into SQLite (writer thread, every few ms)
+//! ```
+//!
+//! A record holds everything the journal stores of the attempt (times,
+//! slot, exit, reason, capped output), framed as `length (u32 LE) ·
+//! CRC-32 of the body (u32 LE) · body`. After a group commit reaches the
+//! disk, the records it covers are dropped (the file is truncated).
+//! Closing the journal removes the file. When jobmill dies, the file holds
+//! the ends that the journal may lack; [`recover`] (run by `jobmill
+//! resume` and the read commands, whenever no jobmill holds the journal)
+//! writes them into it in one transaction, skipping those already there,
+//! then removes the file.
+//!
+//! The codec ([`encode`], [`decode`]) does no I/O; a malformed record is an
+//! error, never a panic. Reading stops at the first record that is
+//! incomplete (a write torn by a machine crash: nothing after it was
+//! acknowledged) or fails its checksum; in the second case the file is
+//! kept, renamed `<journal>-completions.corrupt`, and the report says so.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, OptionalExtension};
+
+use super::JournalError;
+
+/// The log of journal `journal`: `<journal>-completions`.
+pub fn path_of(journal: &Path) -> PathBuf {
+    let mut p = journal.as_os_str().to_owned();
+    p.push("-completions");
+    PathBuf::from(p)
+}
+
+/// Largest record body accepted when reading (two capped outputs of up to
+/// 1 GiB each and the rest); a larger length is corruption.
+const MAX_BODY: u32 = u32::MAX / 2;
+
+/// Version byte that starts each body.
+const VERSION: u8 = 1;
+
+/// What attempts can end as (the `attempt.outcome` column).
+pub(crate) const OUTCOMES: [&str; 5] = ["done", "requeued", "failed", "dead", "interrupted"];
+
+/// What a job can be left as after an attempt (the `job.state` column).
+pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "done", "failed", "dead"];
+
+/// One attempt's end, with what is needed to record its start too.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Completion {
+    /// The session (journal row id) the attempt ran in.
+    pub session: i64,
+    /// The job's sequence number.
+    pub seq: u64,
+    /// The slot it ran in.
+    pub slot: u64,
+    /// When it started (Unix seconds; the value its start was recorded
+    /// with, so the two can be matched).
+    pub started_at: f64,
+    /// When it ended (Unix seconds).
+    pub ended_at: f64,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, if one killed it.
+    pub signal: Option<i32>,
+    /// Stopped by its timeout.
+    pub timed_out: bool,
+    /// One of [`OUTCOMES`].
+    pub outcome: &'static str,
+    /// One of [`JOB_STATES`]: what the job is after this attempt.
+    pub job_state: &'static str,
+    /// Why it failed, died or was requeued.
+    pub reason: Option<String>,
+    /// Seconds it ran.
+    pub duration: f64,
+    /// Peak RSS in KiB.
+    pub max_rss_kib: u64,
+    /// Kept stdout (index 0) and stderr (index 1), if any.
+    pub output: [Option<Output>; 2],
+}
+
+/// A stream's kept output.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Output {
+    /// At most the cap.
+    pub data: Vec<u8>,
+    /// Bytes the job wrote.
+    pub total: u64,
+    /// `data` holds less than `total`.
+    pub truncated: bool,
+}
+
+impl Completion {
+    /// When the job reached its final state, if this attempt ended it.
+    pub fn final_at(&self) -> Option<f64> {
+        matches!(self.job_state, "done" | "failed" | "dead").then_some(self.ended_at)
+    }
+}
+
+/// Why bytes are not a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer bytes than the frame says: the end of a torn write.
+    #[error("incomplete record ({have} of {need} bytes)")]
+    Incomplete {
+        /// Bytes available.
+        have: usize,
+        /// Bytes the frame needs.
+        need: usize,
+    },
+    /// The checksum does not match the body.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The body does not parse.
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+}
+
+const FLAG_EXIT: u8 = 1;
+const FLAG_SIGNAL: u8 = 2;
+const FLAG_TIMED_OUT: u8 = 4;
+const FLAG_REASON: u8 = 8;
+const FLAG_OUT: [u8; 2] = [16, 32];
+
+/// Appends the framed record of `c` to `buf`.
+///
+/// # Panics
+///
+/// If `c.outcome` or `c.job_state` is not one of [`OUTCOMES`] /
+/// [`JOB_STATES`] (a bug: they come from this crate's constants), or the
+/// body exceeds [`MAX_BODY`] (outputs are capped well below it).
+pub(crate) fn encode(c: &Completion, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    let body = buf.len();
+    let code = |table: &[&str], s: &str| {
+        table
+            .iter()
+            .position(|t| *t == s)
+            .expect("outcome and job state come from the tables") as u8
+    };
+    let mut flags = 0;
+    if c.exit_code.is_some() {
+        flags |= FLAG_EXIT;
+    }
+    if c.signal.is_some() {
+        flags |= FLAG_SIGNAL;
+    }
+    if c.timed_out {
+        flags |= FLAG_TIMED_OUT;
+    }
+    if c.reason.is_some() {
+        flags |= FLAG_REASON;
+    }
+    for (i, o) in c.output.iter().enumerate() {
+        if o.is_some() {
+            flags |= FLAG_OUT[i];
+        }
+    }
+    buf.push(VERSION);
+    buf.push(flags);
+    buf.push(code(&OUTCOMES, c.outcome));
+    buf.push(code(&JOB_STATES, c.job_state));
+    buf.extend_from_slice(&c.session.to_le_bytes());
+    buf.extend_from_slice(&c.seq.to_le_bytes());
+    buf.extend_from_slice(&c.slot.to_le_bytes());
+    buf.extend_from_slice(&c.started_at.to_le_bytes());
+    buf.extend_from_slice(&c.ended_at.to_le_bytes());
+    buf.extend_from_slice(&c.duration.to_le_bytes());
+    buf.extend_from_slice(&c.max_rss_kib.to_le_bytes());
+    buf.extend_from_slice(&c.exit_code.unwrap_or(0).to_le_bytes());
+    buf.extend_from_slice(&c.signal.unwrap_or(0).to_le_bytes());
+    if let Some(r) = &c.reason {
+        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        buf.extend_from_slice(r.as_bytes());
+    }
+    for o in c.output.iter().flatten() {
+        buf.extend_from_slice(&o.total.to_le_bytes());
+        buf.push(u8::from(o.truncated));
+        buf.extend_from_slice(&(o.data.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&o.data);
+    }
+    let len = u32::try_from(buf.len() - body)
+        .ok()
+        .filter(|l| *l <= MAX_BODY)
+        .expect("record body within MAX_BODY");
+    let crc = crc32fast::hash(&buf[body..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A cursor over a body that fails instead of panicking.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Malformed("body ends early"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_le_bytes)
+    }
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        self.array().map(i32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        self.array().map(i64::from_le_bytes)
+    }
+    fn f64(&mut self) -> Result<f64, DecodeError> {
+        self.array().map(f64::from_le_bytes)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+/// The length of the frame at the start of `bytes`, once its 8-byte
+/// header is there.
+///
+/// # Errors
+///
+/// [`DecodeError::Incomplete`] with fewer than 8 bytes;
+/// [`DecodeError::Malformed`] for a length past [`MAX_BODY`].
+pub fn frame_len(bytes: &[u8]) -> Result<usize, DecodeError> {
+    if bytes.len() < 8 {
+        return Err(DecodeError::Incomplete {
+            have: bytes.len(),
+            need: 8,
+        });
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if len > MAX_BODY {
+        return Err(DecodeError::Malformed("length past the limit"));
+    }
+    Ok(8 + len as usize)
+}
+
+/// Decodes the record at the start of `bytes`; returns it and the bytes
+/// it took.
+///
+/// # Errors
+///
+/// [`DecodeError`]: incomplete, checksum mismatch or malformed. Never
+/// panics, whatever the bytes.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
+    let need = frame_len(bytes)?;
+    if bytes.len() < need {
+        return Err(DecodeError::Incomplete {
+            have: bytes.len(),
+            need,
+        });
+    }
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let body = &bytes[8..need];
+    if crc32fast::hash(body) != crc {
+        return Err(DecodeError::Checksum);
+    }
+    let mut r = Reader { bytes: body };
+    if r.u8()? != VERSION {
+        return Err(DecodeError::Malformed("unknown version"));
+    }
+    let flags = r.u8()?;
+    let outcome = *OUTCOMES
+        .get(usize::from(r.u8()?))
+        .ok_or(DecodeError::Malformed("unknown outcome"))?;
+    let job_state = *JOB_STATES
+        .get(usize::from(r.u8()?))
+        .ok_or(DecodeError::Malformed("unknown job state"))?;
+    let session = r.i64()?;
+    let seq = r.u64()?;
+    let slot = r.u64()?;
+    let started_at = r.f64()?;
+    let ended_at = r.f64()?;
+    let duration = r.f64()?;
+    let max_rss_kib = r.u64()?;
+    let exit_code = r.i32()?;
+    let signal = r.i32()?;
+    let reason = if flags & FLAG_REASON != 0 {
+        let b = r.bytes()?;
+        Some(
+            std::str::from_utf8(b)
+                .map_err(|_| DecodeError::Malformed("reason is not UTF-8"))?
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    let mut output: [Option<Output>; 2] = [None, None];
+    for (i, slot_out) in output.iter_mut().enumerate() {
+        if flags & FLAG_OUT[i] != 0 {
+            let total = r.u64()?;
+            let truncated = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed("bad truncated flag")),
+            };
+            let data = r.bytes()?.to_vec();
+            *slot_out = Some(Output {
+                data,
+                total,
+                truncated,
+            });
+        }
+    }
+    if !r.bytes.is_empty() {
+        return Err(DecodeError::Malformed("trailing bytes"));
+    }
+    Ok((
+        Completion {
+            session,
+            seq,
+            slot,
+            started_at,
+            ended_at,
+            exit_code: (flags & FLAG_EXIT != 0).then_some(exit_code),
+            signal: (flags & FLAG_SIGNAL != 0).then_some(signal),
+            timed_out: flags & FLAG_TIMED_OUT != 0,
+            outcome,
+            job_state,
+            reason,
+            duration,
+            max_rss_kib,
+            output,
+        },
+        need,
+    ))
+}
+
+/// The open log of a running journal, appended to by slots and truncated
+/// by the writer thread once a synced commit covers every record.
+#[derive(Debug)]
+pub(crate) struct Log {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file.
+    pub len: u64,
+    /// Encoding buffer, reused.
+    buf: Vec<u8>,
+}
+
+impl Log {
+    /// Creates the log of `journal`, which must not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Invalid`] if it exists (an unrecovered log is never
+    /// overwritten); [`JournalError::Io`] if it cannot be created.
+    pub fn create(journal: &Path) -> Result<Log, JournalError> {
+        let path = path_of(journal);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    JournalError::Invalid {
+                        path: journal.to_path_buf(),
+                        detail: format!(
+                            "{} exists and was not recovered; run `jobmill resume` on the journal first",
+                            path.display()
+                        ),
+                    }
+                } else {
+                    JournalError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
+        Ok(Log {
+            path,
+            file,
+            len: 0,
+            buf: Vec::with_capacity(256),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the record of `c` in one `write(2)`; with `sync`, waits
+    /// until it is on disk.
+    ///
+    /// # Errors
+    ///
+    /// The write or sync failed (disk full, I/O error). The caller must
+    /// stop: the file may end in a partial record, which [`recover`]
+    /// ignores.
+    pub fn append_record(&mut self, c: &Completion, sync: bool) -> std::io::Result<()> {
+        self.buf.clear();
+        encode(c, &mut self.buf);
+        self.file.write_all(&self.buf)?;
+        self.len += self.buf.len() as u64;
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// A second descriptor of the file, to sync it without the log's lock.
+    pub fn sync_handle(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Drops every record (all are committed and synced in the journal).
+    ///
+    /// # Errors
+    ///
+    /// The truncation failed; the records stay, and recovery would skip
+    /// them as already recorded.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Removes the file (the journal holds every record, on disk).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Attempt ends written into the journal.
+    pub applied: u64,
+    /// Records that the journal already held.
+    pub already: u64,
+    /// Where the log was kept because a record failed its checksum or did
+    /// not parse (the records before it were recovered).
+    pub kept_as: Option<PathBuf>,
+    /// Why it was kept.
+    pub problem: Option<String>,
+}
+
+/// Writes the records of `journal`'s completions log that the journal
+/// lacks into it, in one `FULL` transaction, then removes the log. The
+/// caller holds the journal's lock and has checked the journal.
+///
+/// Does nothing when there is no log.
+///
+/// # Errors
+///
+/// The log cannot be read, or the journal cannot be written (then neither
+/// file is changed: the transaction is rolled back).
+pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
+    let path = path_of(journal);
+    let mut bytes = Vec::new();
+    match File::open(&path) {
+        Ok(mut f) => f
+            .read_to_end(&mut bytes)
+            .map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
+        Err(source) => return Err(JournalError::Io { path, source }),
+    };
+    let mut report = Recovered::default();
+    if !bytes.is_empty() {
+        let mut conn = super::writer::open_rw(journal)?;
+        let tx = conn
+            .transaction()
+            .map_err(JournalError::sqlite(journal, "begin recovery"))?;
+        let mut at = 0;
+        while at < bytes.len() {
+            match decode(&bytes[at..]) {
+                Ok((c, n)) => {
+                    at += n;
+                    if apply(&tx, &c).map_err(JournalError::sqlite(journal, "recover"))? {
+                        report.applied += 1;
+                    } else {
+                        report.already += 1;
+                    }
+                }
+                // A write torn by a machine crash: nothing after it was
+                // acknowledged to a slot.
+                Err(DecodeError::Incomplete { .. }) => break,
+                Err(e) => {
+                    report.problem = Some(format!("{e} at byte {at} of {}", path.display()));
+                    break;
+                }
+            }
+        }
+        tx.commit()
+            .map_err(JournalError::sqlite(journal, "commit recovery"))?;
+    }
+    if report.problem.is_some() {
+        let kept = unused_name(&path, "corrupt");
+        std::fs::rename(&path, &kept).map_err(|source| JournalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        report.kept_as = Some(kept);
+    } else {
+        std::fs::remove_file(&path).map_err(|source| JournalError::Io { path, source })?;
+    }
+    Ok(report)
+}
+
+/// `<path>.<suffix>`, or `<path>.<suffix>.N` for the first N free.
+fn unused_name(path: &Path, suffix: &str) -> PathBuf {
+    let base = format!("{}.{suffix}", path.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Records `c` unless the journal has it; returns whether it wrote.
+fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<bool> {
+    let seq = c.seq as i64;
+    let known: Option<Option<String>> = tx
+        .query_row(
+            "SELECT outcome FROM attempt WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
+            params![seq, c.session, c.started_at],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match known {
+        Some(Some(_)) => Ok(false),
+        Some(None) => {
+            super::writer::finish_attempt(tx, c)?;
+            Ok(true)
+        }
+        None => {
+            let job: Option<i64> = tx
+                .query_row("SELECT seq FROM job WHERE seq = ?1", [seq], |r| r.get(0))
+                .optional()?;
+            if job.is_none() {
+                // Cannot happen (a job's row is committed before it
+                // starts); nothing to attach the end to.
+                return Ok(false);
+            }
+            super::writer::insert_finished_attempt(tx, c)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Runs [`recover`] if a completions log exists and no jobmill holds the
+/// journal (one that does owns its log). For the read commands.
+///
+/// # Errors
+///
+/// As [`recover`].
+pub fn recover_if_idle(journal: &Path) -> Result<Option<Recovered>, JournalError> {
+    if !path_of(journal).exists() {
+        return Ok(None);
+    }
+    let _lock = match super::JournalLock::acquire(journal) {
+        Ok(lock) => lock,
+        Err(JournalError::Locked { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    recover(journal).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Completion {
+        Completion {
+            session: 2,
+            seq: 17,
+            slot: 3,
+            started_at: 1_790_000_000.25,
+            ended_at: 1_790_000_001.5,
+            exit_code: Some(3),
+            signal: None,
+            timed_out: false,
+            outcome: "failed",
+            job_state: "failed",
+            reason: Some("exit status 3".into()),
+            duration: 1.25,
+            max_rss_kib: 4096,
+            output: [
+                Some(Output {
+                    data: b"out\n".to_vec(),
+                    total: 4,
+                    truncated: false,
+                }),
+                None,
+            ],
+        }
+    }
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        let (c, n) = decode(&buf).unwrap();
+        assert_eq!(n, buf.len());
+        assert_eq!(c, sample());
+    }
+
+    #[test]
+    fn a_torn_record_is_incomplete_and_a_flipped_bit_fails_the_checksum() {
+        let mut buf = Vec::new();
+        encode(&sample(), &mut buf);
+        for cut in 0..buf.len() {
+            assert!(
+                matches!(decode(&buf[..cut]), Err(DecodeError::Incomplete { .. })),
+                "cut at {cut}"
+            );
+        }
+        for i in 8..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(decode(&bad).unwrap_err(), DecodeError::Checksum, "byte {i}");
+        }
+    }
+
+    fn completion() -> impl Strategy<Value = Completion> {
+        let out = proptest::option::of(
+            (
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u64>(),
+                any::<bool>(),
+            )
+                .prop_map(|(data, total, truncated)| Output {
+                    data,
+                    total,
+                    truncated,
+                }),
+        );
+        (
+            (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                proptest::option::of(any::<i32>()),
+                proptest::option::of(any::<i32>()),
+                any::<bool>(),
+                0..OUTCOMES.len(),
+                0..JOB_STATES.len(),
+            ),
+            proptest::option::of(".{0,20}"),
+            (out.clone(), out),
+        )
+            .prop_map(
+                |(
+                    (session, seq, slot, rss),
+                    (exit_code, signal, timed_out, o, s),
+                    reason,
+                    (a, b),
+                )| {
+                    Completion {
+                        session,
+                        seq,
+                        slot,
+                        started_at: seq as f64 / 3.0,
+                        ended_at: slot as f64 * 1.5,
+                        exit_code,
+                        signal,
+                        timed_out,
+                        outcome: OUTCOMES[o],
+                        job_state: JOB_STATES[s],
+                        reason,
+                        duration: 0.5,
+                        max_rss_kib: rss,
+                        output: [a, b],
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn records_roundtrip_back_to_back(cs in proptest::collection::vec(completion(), 1..8)) {
+            let mut buf = Vec::new();
+            for c in &cs {
+                encode(c, &mut buf);
+            }
+            let mut at = 0;
+            for c in &cs {
+                let (d, n) = decode(&buf[at..]).unwrap();
+                prop_assert_eq!(&d, c);
+                at += n;
+            }
+            prop_assert_eq!(at, buf.len());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn a_valid_frame_around_a_random_body_never_panics(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
+            let _ = decode(&buf);
+        }
+    }
+}
