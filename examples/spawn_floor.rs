@@ -7,9 +7,9 @@
 //!
 //! `spawn_floor JOBS COMMAND [ARG...] < inputs`
 
-use std::io::BufRead;
+use std::io::Read;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -22,21 +22,23 @@ fn main() {
         !command.is_empty(),
         "usage: spawn_floor JOBS COMMAND [ARG...]"
     );
-    let lines = Arc::new(Mutex::new(std::io::stdin().lock().lines()));
+    // Read up front: a floor, not a runner.
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .expect("read stdin");
+    let lines: Vec<&str> = input.lines().collect();
+    let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            let lines = Arc::clone(&lines);
-            let command = &command;
-            s.spawn(move || loop {
-                let Some(line) = lines.lock().expect("stdin").next() else {
-                    return;
-                };
-                let line = line.expect("read stdin");
-                Command::new(&command[0])
-                    .args(&command[1..])
-                    .arg(line)
-                    .status()
-                    .expect("spawn");
+            s.spawn(|| {
+                while let Some(line) = lines.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    Command::new(&command[0])
+                        .args(&command[1..])
+                        .arg(line)
+                        .status()
+                        .expect("spawn");
+                }
             });
         }
     });
