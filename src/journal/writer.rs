@@ -5,7 +5,7 @@
 //!
 //! Observer calls never run SQL themselves on the way in: they append the
 //! event to a pending list (one mutex) and get a ticket. The writer thread
-//! commits everything pending in one transaction every few milliseconds,
+//! commits everything pending in one transaction every 50 ms,
 //! so one commit carries the events of many jobs. A thread that must see
 //! its events committed ([`Journal::flush`], a start whose job row is not
 //! committed yet) writes the batch itself when no one else is (a `writing`
@@ -528,13 +528,16 @@ impl Shared {
     }
 }
 
-/// The background thread: commits what is pending every few
-/// milliseconds, syncs the WAL and the completions log to disk every
+/// The background thread: commits what is pending every 50 ms, syncs the WAL and the completions log to disk every
 /// `sync_interval`, empties the completions log once a synced commit covers
 /// it, checkpoints the WAL into the file every second (so slots never pay
 /// for a checkpoint), and stops when the journal closes.
 fn background(shared: &Shared, config: WriterConfig, log_sync: &File) {
-    const FLUSH_EVERY: Duration = Duration::from_millis(5);
+    // Between two batch commits. Readers see a live run at most this
+    // late; slots never wait for it (their gate is the completions log).
+    // Measured on 2000 `true` jobs at -j2: 1.05x the time of --no-journal
+    // at 50 ms, 1.10x at 5 ms (ten times the commits and wake-ups).
+    const FLUSH_EVERY: Duration = Duration::from_millis(50);
     const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
     let wal_path = PathBuf::from(format!("{}-wal", shared.path.display()));
     let mut wal: Option<File> = None;
@@ -544,13 +547,21 @@ fn background(shared: &Shared, config: WriterConfig, log_sync: &File) {
     let mut synced_to = 0u64;
     let mut checkpointed_to = 0u64;
     let full = config.sync_interval.is_zero();
+    let mut last_write = Instant::now();
     let mut st = shared.lock();
     loop {
         if st.closing || st.failed.is_some() {
             break;
         }
         if !st.events.is_empty() && !st.writing {
-            st = shared.write_pending(st);
+            // One batch per interval, however fast events arrive.
+            let since = last_write.elapsed();
+            if since >= FLUSH_EVERY {
+                st = shared.write_pending(st);
+                last_write = Instant::now();
+            } else {
+                st = wait_for(shared, st, Some(FLUSH_EVERY - since));
+            }
             continue;
         }
         let committed = st.committed;
