@@ -218,8 +218,9 @@ impl Drop for Tmpfs {
 
 /// A full disk: the journal lives on a 512 KiB tmpfs and jobs write more
 /// output than fits. The run stops starting jobs, says why naming the
-/// file, exits non-zero; what was committed is intact, and once there is
-/// room the run resumes without re-running a job recorded done.
+/// file, exits non-zero; what was committed is intact; once there is room,
+/// reading the journal records the ends its completions log kept, and the
+/// run resumes without re-running a job recorded done.
 #[test]
 fn a_full_disk_stops_the_run_and_keeps_what_was_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +262,21 @@ fn a_full_disk_stops_the_run_and_keeps_what_was_committed() {
     let c = Connection::open_with_flags(&journal, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let ok: String = c.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
+    drop(c);
+    // Make room; the first read records the ends the completions log
+    // kept (the batch commit that would have carried them hit the full
+    // disk).
+    let st = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = jm(&state).arg("status").arg(&journal).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = PathBuf::from(format!("{}-completions", journal.display()));
+    assert!(!log.exists(), "status recovered the completions log");
+    let c = Connection::open_with_flags(&journal, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let done: Vec<Vec<u8>> = c
         .prepare("SELECT input FROM job WHERE state = 'done'")
         .unwrap()
@@ -283,13 +299,7 @@ fn a_full_disk_stops_the_run_and_keeps_what_was_committed() {
         "done jobs keep their output"
     );
     drop(c);
-    // Make room; resume finishes the run and never re-runs a done job.
-    let st = Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    // Resume finishes the run and never re-runs a done job.
     let st = jm(&state)
         .arg("resume")
         .arg(&journal)

@@ -419,7 +419,11 @@ impl Log {
     pub fn append_record(&mut self, c: &Completion, sync: bool) -> std::io::Result<()> {
         self.buf.clear();
         encode(c, &mut self.buf);
-        self.file.write_all(&self.buf)?;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Best effort: no partial record before whatever comes next.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         self.len += self.buf.len() as u64;
         if sync {
             self.file.sync_data()?;
