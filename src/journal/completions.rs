@@ -558,7 +558,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<boo
     match known {
         Some(Some(_)) => Ok(false),
         Some(None) => {
-            super::writer::finish_attempt(tx, c)?;
+            super::writer::record_end(tx, c, super::writer::StartRow::Recorded)?;
             Ok(true)
         }
         None => {
@@ -570,7 +570,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<boo
                 // starts); nothing to attach the end to.
                 return Ok(false);
             }
-            super::writer::insert_finished_attempt(tx, c)?;
+            super::writer::record_end(tx, c, super::writer::StartRow::Missing)?;
             Ok(true)
         }
     }

@@ -1083,8 +1083,8 @@ impl Writer {
                 )?
                 .execute(params![*seq as i64, session, *slot as i64, at])?;
             }
-            (Event::Finished(c), Plan::Insert) => insert_finished_attempt(tx, c)?,
-            (Event::Finished(c), _) => finish_attempt(tx, c)?,
+            (Event::Finished(c), Plan::Insert) => record_end(tx, c, StartRow::Missing)?,
+            (Event::Finished(c), _) => record_end(tx, c, StartRow::Recorded)?,
             (Event::RunFinished { reason }, _) => {
                 let at = now();
                 tx.prepare_cached(
@@ -1099,21 +1099,43 @@ impl Writer {
     }
 }
 
-/// Records attempt `c` whose start is not in the journal: its row, whole,
-/// and the job's update (one more attempt, its state after it).
-pub(super) fn insert_finished_attempt(
+/// Whether the journal already has the row of an attempt's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StartRow {
+    /// Committed: the end updates it (matched by job, session and start
+    /// time).
+    Recorded,
+    /// Not written (its start came in the same batch, or never reached the
+    /// journal): the end inserts the whole row and counts the attempt.
+    Missing,
+}
+
+/// Records the end of attempt `c`: its `attempt` row, the job's state
+/// after it, and its kept output.
+pub(super) fn record_end(
     tx: &rusqlite::Transaction<'_>,
     c: &Completion,
+    start: StartRow,
 ) -> rusqlite::Result<()> {
     let seq = c.seq as i64;
-    tx.prepare_cached(
-        "INSERT INTO attempt (seq, attempt, session, slot, started_at,
-                ended_at, exit_code, signal, timed_out, outcome, reason,
-                duration, max_rss_kb)
-         VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1) + 1, ?2, ?3,
-                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
+    let (attempt_sql, new_attempts) = match start {
+        StartRow::Missing => (
+            "INSERT INTO attempt (seq, attempt, session, slot, started_at,
+                    ended_at, exit_code, signal, timed_out, outcome, reason,
+                    duration, max_rss_kb)
+             VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1) + 1, ?2, ?3,
+                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            1,
+        ),
+        StartRow::Recorded => (
+            "UPDATE attempt SET slot = ?3, ended_at = ?5, exit_code = ?6, signal = ?7,
+                    timed_out = ?8, outcome = ?9, reason = ?10, duration = ?11,
+                    max_rss_kb = ?12
+             WHERE seq = ?1 AND session = ?2 AND started_at = ?4",
+            0,
+        ),
+    };
+    tx.prepare_cached(attempt_sql)?.execute(params![
         seq,
         c.session,
         c.slot as i64,
@@ -1128,7 +1150,7 @@ pub(super) fn insert_finished_attempt(
         c.max_rss_kib as i64,
     ])?;
     tx.prepare_cached(
-        "UPDATE job SET attempts = attempts + 1, state = ?2, exit_code = ?3,
+        "UPDATE job SET attempts = attempts + ?7, state = ?2, exit_code = ?3,
                 signal = ?4, reason = ?5, finished_at = ?6 WHERE seq = ?1",
     )?
     .execute(params![
@@ -1138,47 +1160,7 @@ pub(super) fn insert_finished_attempt(
         c.signal,
         c.reason,
         c.final_at(),
-    ])?;
-    write_output(tx, c)
-}
-
-/// Records the end of attempt `c`, whose start is in the journal (matched
-/// by job, session and start time), and the job's state after it.
-pub(super) fn finish_attempt(
-    tx: &rusqlite::Transaction<'_>,
-    c: &Completion,
-) -> rusqlite::Result<()> {
-    let seq = c.seq as i64;
-    tx.prepare_cached(
-        "UPDATE attempt SET ended_at = ?4, exit_code = ?5, signal = ?6,
-                timed_out = ?7, outcome = ?8, reason = ?9, duration = ?10,
-                max_rss_kb = ?11
-         WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
-    )?
-    .execute(params![
-        seq,
-        c.session,
-        c.started_at,
-        c.ended_at,
-        c.exit_code,
-        c.signal,
-        c.timed_out,
-        c.outcome,
-        c.reason,
-        c.duration,
-        c.max_rss_kib as i64,
-    ])?;
-    tx.prepare_cached(
-        "UPDATE job SET state = ?2, exit_code = ?3, signal = ?4, reason = ?5,
-                finished_at = ?6 WHERE seq = ?1",
-    )?
-    .execute(params![
-        seq,
-        c.job_state,
-        c.exit_code,
-        c.signal,
-        c.reason,
-        c.final_at(),
+        new_attempts,
     ])?;
     write_output(tx, c)
 }
@@ -1251,6 +1233,13 @@ mod tests {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
     }
 
+    /// The recorded state of job `seq`.
+    fn state_of(path: &Path, seq: i64) -> String {
+        read(path)
+            .query_row("SELECT state FROM job WHERE seq = ?1", [seq], |r| r.get(0))
+            .unwrap()
+    }
+
     /// The records in `journal`'s completions log.
     fn logged(journal: &Path) -> Vec<Completion> {
         let bytes = std::fs::read(completions::path_of(journal)).unwrap();
@@ -1301,10 +1290,7 @@ mod tests {
         j.close("complete").unwrap();
         // Closed cleanly: everything is in the journal, the log is gone.
         assert!(!completions::path_of(&path).exists());
-        let state: String = read(&path)
-            .query_row("SELECT state FROM job WHERE seq = 1", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(state, "done");
+        assert_eq!(state_of(&path, 1), "done");
     }
 
     #[test]
@@ -1333,10 +1319,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         // Emptied only after the end was committed.
-        let state: String = read(&path)
-            .query_row("SELECT state FROM job WHERE seq = 1", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(state, "done");
+        assert_eq!(state_of(&path, 1), "done");
         j.close("complete").unwrap();
     }
 
@@ -1444,10 +1427,7 @@ mod tests {
         assert!(r.problem.unwrap().contains("checksum"));
         assert!(kept.exists());
         assert!(!completions::path_of(&path).exists());
-        let state: String = read(&path)
-            .query_row("SELECT state FROM job WHERE seq = 2", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(state, "queued");
+        assert_eq!(state_of(&path, 2), "queued");
     }
 
     #[test]
