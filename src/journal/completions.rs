@@ -362,8 +362,10 @@ pub(crate) struct Log {
     file: File,
     /// Bytes in the file.
     pub len: u64,
-    /// Encoding buffer, reused.
+    /// Encoded records not written yet.
     buf: Vec<u8>,
+    /// The journal ticket of the last record buffered.
+    pub buffered_ticket: u64,
 }
 
 impl Log {
@@ -399,7 +401,8 @@ impl Log {
             path,
             file,
             len: 0,
-            buf: Vec::with_capacity(256),
+            buf: Vec::with_capacity(4096),
+            buffered_ticket: 0,
         })
     }
 
@@ -408,23 +411,34 @@ impl Log {
         &self.path
     }
 
-    /// Appends the record of `c` in one `write(2)`; with `sync`, waits
-    /// until it is on disk.
+    /// Adds the record of `c` to the records waiting for [`Log::write`].
+    pub fn buffer(&mut self, c: &Completion) {
+        encode(c, &mut self.buf);
+    }
+
+    /// Whether records wait for [`Log::write`].
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Appends the buffered records in one `write(2)`; with `sync`, waits
+    /// until they are on disk.
     ///
     /// # Errors
     ///
     /// The write or sync failed (disk full, I/O error). The caller must
-    /// stop: the file may end in a partial record, which [`recover`]
-    /// ignores.
-    pub fn append_record(&mut self, c: &Completion, sync: bool) -> std::io::Result<()> {
-        self.buf.clear();
-        encode(c, &mut self.buf);
+    /// stop. The file is cut back to its last whole record (best effort;
+    /// [`recover`] ignores a partial one anyway).
+    pub fn write(&mut self, sync: bool) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         if let Err(e) = self.file.write_all(&self.buf) {
-            // Best effort: no partial record before whatever comes next.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
         self.len += self.buf.len() as u64;
+        self.buf.clear();
         if sync {
             self.file.sync_data()?;
         }

@@ -61,6 +61,9 @@ use crate::run::{AttemptOutcome, AttemptReport, Observer, ObserverError, RunSumm
 use super::completions::{self, Completion, Log};
 use super::{JournalError, APPLICATION_ID, SCHEMA, SCHEMA_VERSION};
 
+/// Pending events that make the writer commit before its interval ends.
+const BATCH_EVENTS: usize = 1024;
+
 /// Default cap of the output kept per stream per job: 1 MiB.
 pub const DEFAULT_OUTPUT_CAP: usize = 1 << 20;
 
@@ -554,9 +557,11 @@ fn background(shared: &Shared, config: WriterConfig, log_sync: &File) {
             break;
         }
         if !st.events.is_empty() && !st.writing {
-            // One batch per interval, however fast events arrive.
+            // One batch per interval, however fast events arrive, unless
+            // they pile up (fast jobs: their rows must be in before their
+            // starts, which would otherwise commit on the slots' path).
             let since = last_write.elapsed();
-            if since >= FLUSH_EVERY {
+            if since >= FLUSH_EVERY || st.events.len() >= BATCH_EVENTS {
                 st = shared.write_pending(st);
                 last_write = Instant::now();
             } else {
@@ -737,7 +742,7 @@ impl Journal {
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         st.events.push(event);
-        if st.idle {
+        if st.idle || st.events.len() == BATCH_EVENTS {
             st.idle = false;
             self.shared.work.notify_one();
         }
@@ -749,12 +754,41 @@ impl Journal {
         self.push_locked(&mut st, event)
     }
 
-    /// Waits until every event queued so far is committed.
+    /// Writes the buffered attempt ends to the completions log (one
+    /// `write(2)`; with `--journal-fsync 0`, and an fsync).
+    fn write_log(&self) -> Result<(), ObserverError> {
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut().filter(|l| l.has_buffered()) else {
+            return Ok(());
+        };
+        if let Some(f) = &self.shared.lock().failed {
+            return Err(ObserverError(f.clone()));
+        }
+        if let Err(e) = log.write(self.config.sync_interval.is_zero()) {
+            let msg = format!(
+                "journal {}: cannot record attempt ends in {}: {e}; the run stops (what was recorded before is kept)",
+                self.path.display(),
+                log.path().display()
+            );
+            let mut st = self.shared.lock();
+            st.failed.get_or_insert(msg.clone());
+            self.shared.durable.notify_all();
+            return Err(ObserverError(msg));
+        }
+        let mut st = self.shared.lock();
+        st.log_ticket = log.buffered_ticket;
+        st.log_len = log.len;
+        Ok(())
+    }
+
+    /// Waits until every event queued so far is committed (and the
+    /// buffered attempt ends are in the completions log).
     ///
     /// # Errors
     ///
     /// The writer failed; the message names the file.
     pub fn flush(&self) -> Result<(), ObserverError> {
+        self.write_log()?;
         let st = self.shared.lock();
         let target = st.next_ticket - 1;
         self.shared.wait_committed(st, target).map(drop)
@@ -771,6 +805,9 @@ impl Journal {
         let Some(handle) = handle else {
             return Ok(());
         };
+        // Written before the last commit: if that commit fails, resume
+        // still finds them.
+        let _ = self.write_log();
         {
             let mut st = self.shared.lock();
             st.closing = true;
@@ -888,6 +925,9 @@ impl Observer for Journal {
         slot: usize,
         at: SystemTime,
     ) -> Result<(), ObserverError> {
+        // The durability gate: every attempt end recorded so far survives
+        // jobmill's death before anything new starts.
+        self.write_log()?;
         let mut st = self.shared.lock();
         // The job's row must be in the file before the job runs (its end
         // refers to it). It usually is: rows are committed as they are
@@ -949,8 +989,8 @@ impl Observer for Journal {
             max_rss_kib: a.max_rss_kib,
             output,
         };
-        // The end is durable (in the kernel; on disk with FULL) before
-        // this returns, so before the slot starts anything else.
+        // Buffered: written to the completions log, in one write(2) with
+        // any others, before the next attempt starts anywhere.
         let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
         let Some(log) = log.as_mut() else {
             return Err(ObserverError(format!(
@@ -958,25 +998,12 @@ impl Observer for Journal {
                 self.path.display()
             )));
         };
-        if let Some(f) = &self.shared.lock().failed {
-            return Err(ObserverError(f.clone()));
-        }
-        if let Err(e) = log.append_record(&completion, self.config.sync_interval.is_zero()) {
-            let msg = format!(
-                "journal {}: cannot record the end of job {} in {}: {e}; the run stops (what was recorded before is kept)",
-                self.path.display(),
-                report.seq,
-                log.path().display()
-            );
-            let mut st = self.shared.lock();
-            st.failed.get_or_insert(msg.clone());
-            self.shared.durable.notify_all();
-            return Err(ObserverError(msg));
-        }
         let mut st = self.shared.lock();
         let ticket = self.push_locked(&mut st, Event::Finished(Box::new(completion)))?;
-        st.log_ticket = ticket;
-        st.log_len = log.len;
+        if let Some(Event::Finished(c)) = st.events.last() {
+            log.buffer(c);
+        }
+        log.buffered_ticket = ticket;
         Ok(())
     }
 
@@ -1254,7 +1281,7 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_end_is_in_the_completions_log_when_attempt_finished_returns() {
+    fn an_attempt_end_is_in_the_completions_log_before_the_next_attempt_starts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.sqlite");
         let config = WriterConfig {
@@ -1263,6 +1290,7 @@ mod tests {
         };
         let j = create(&path, &record(), config).unwrap();
         j.job_read(&NewJob::new(1, "in1")).unwrap();
+        j.job_read(&NewJob::new(2, "in2")).unwrap();
         let at = SystemTime::now();
         j.attempt_started(1, 1, 2, at).unwrap();
         // The job's row was committed before its start returned.
@@ -1277,6 +1305,10 @@ mod tests {
             &mut attempt(b"hello\n", End::Exited(0)),
             AttemptOutcome::Done,
         );
+        // Buffered until a start (batched with other ends)...
+        assert_eq!(logged(&path).len(), 0);
+        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        // ...and written when the next attempt starts.
         let logged = logged(&path);
         assert_eq!(logged.len(), 1);
         let c = &logged[0];
@@ -1311,8 +1343,10 @@ mod tests {
             &mut attempt(b"", End::Exited(0)),
             AttemptOutcome::Done,
         );
+        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        // Writes job 1's end to the log (the test above shows it there).
+        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
         let log = completions::path_of(&path);
-        assert!(std::fs::metadata(&log).unwrap().len() > 0);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&log).unwrap().len() > 0 {
             assert!(Instant::now() < deadline, "the log was never emptied");
