@@ -572,7 +572,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<boo
     match known {
         Some(Some(_)) => Ok(false),
         Some(None) => {
-            super::writer::record_end(tx, c, super::writer::StartRow::Recorded)?;
+            super::writer::record_end(tx, c, super::writer::StartRow::Recorded, true)?;
             Ok(true)
         }
         None => {
@@ -584,7 +584,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<boo
                 // starts); nothing to attach the end to.
                 return Ok(false);
             }
-            super::writer::record_end(tx, c, super::writer::StartRow::Missing)?;
+            super::writer::record_end(tx, c, super::writer::StartRow::Missing, true)?;
             Ok(true)
         }
     }

@@ -41,7 +41,7 @@
 //! observer call returns an [`ObserverError`] naming the file: the run
 //! drains. What was committed before stays.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -360,6 +360,7 @@ pub(crate) fn start(
             spare: Vec::with_capacity(256),
             plan: Vec::with_capacity(256),
             ends: HashMap::new(),
+            retried: HashSet::new(),
         })),
         work: Condvar::new(),
         durable: Condvar::new(),
@@ -700,6 +701,10 @@ struct Writer {
     plan: Vec<Plan>,
     /// Scratch map of [`Writer::plan`]: job → index of the nearest end seen.
     ends: HashMap<u64, usize>,
+    /// Jobs of this session with an attempt ended but not final (retried
+    /// or interrupted): the only new jobs that may have output rows to
+    /// replace.
+    retried: HashSet<u64>,
 }
 
 /// How [`Writer::write`] writes one event of a batch.
@@ -1037,6 +1042,23 @@ impl Writer {
             .transaction()
             .map_err(JournalError::sqlite(path, "begin"))?;
         for (e, plan) in batch.iter().zip(&self.plan) {
+            if let (Event::Finished(c), Plan::Apply | Plan::Insert) = (e, plan) {
+                // Output rows to replace: only an earlier session's, or an
+                // earlier attempt's of this session.
+                let replace = c.seq <= self.known_jobs || self.retried.contains(&c.seq);
+                let start = if *plan == Plan::Insert {
+                    StartRow::Missing
+                } else {
+                    StartRow::Recorded
+                };
+                record_end(&tx, c, start, replace).map_err(JournalError::sqlite(path, "write"))?;
+                if c.final_at().is_some() {
+                    self.retried.remove(&c.seq);
+                } else {
+                    self.retried.insert(c.seq);
+                }
+                continue;
+            }
             Self::apply(
                 &tx,
                 e,
@@ -1110,8 +1132,8 @@ impl Writer {
                 )?
                 .execute(params![*seq as i64, session, *slot as i64, at])?;
             }
-            (Event::Finished(c), Plan::Insert) => record_end(tx, c, StartRow::Missing)?,
-            (Event::Finished(c), _) => record_end(tx, c, StartRow::Recorded)?,
+            // Written by `write`.
+            (Event::Finished(_), _) => {}
             (Event::RunFinished { reason }, _) => {
                 let at = now();
                 tx.prepare_cached(
@@ -1138,11 +1160,13 @@ pub(super) enum StartRow {
 }
 
 /// Records the end of attempt `c`: its `attempt` row, the job's state
-/// after it, and its kept output.
+/// after it, and its kept output (first deleting the job's earlier output
+/// rows if `replace`: they may exist).
 pub(super) fn record_end(
     tx: &rusqlite::Transaction<'_>,
     c: &Completion,
     start: StartRow,
+    replace: bool,
 ) -> rusqlite::Result<()> {
     let seq = c.seq as i64;
     let (attempt_sql, new_attempts) = match start {
@@ -1189,14 +1213,20 @@ pub(super) fn record_end(
         c.final_at(),
         new_attempts,
     ])?;
-    write_output(tx, c)
+    write_output(tx, c, replace)
 }
 
 /// Replaces job `c.seq`'s kept output with this attempt's.
-fn write_output(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<()> {
+fn write_output(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Completion,
+    replace: bool,
+) -> rusqlite::Result<()> {
     let seq = c.seq as i64;
-    tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
-        .execute(params![seq])?;
+    if replace {
+        tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
+            .execute(params![seq])?;
+    }
     for (i, o) in c.output.iter().enumerate() {
         if let Some(o) = o {
             tx.prepare_cached(
