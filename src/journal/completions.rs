@@ -1,14 +1,15 @@
 //! The completions log: where a finished attempt becomes durable before
 //! the journal's next group commit.
 //!
-//! A slot may start its next job only once the end of its previous one
-//! would survive a crash (the durability gate, `docs/JOURNAL.md`). An
-//! SQLite commit per finished job on that path cost 8% of the throughput
-//! of 2000 `true` jobs; an append to this log costs one `write(2)`. So:
+//! No attempt may start until every attempt end recorded before it would
+//! survive a crash (the durability gate, `docs/JOURNAL.md`). An SQLite
+//! commit per finished job on that path cost 8% of the throughput of 2000
+//! `true` jobs; an append to this log costs one `write(2)`, shared by the
+//! ends buffered since the last start. So:
 //!
 //! ```text
-//! attempt ends ──► append its record to <journal>-completions  (the slot waits for this only)
-//!              └─► queue the event ──► group commit into SQLite (writer thread, every few ms)
+//! attempt ends ──► its record is buffered ──► written before the next start (one write(2))
+//!              └─► queue the event ──► group commit into SQLite (writer thread, every 50 ms)
 //! ```
 //!
 //! A record holds everything the journal stores of the attempt (times,

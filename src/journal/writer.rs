@@ -13,13 +13,14 @@
 //!
 //! ## The durability gate
 //!
-//! [`Observer::attempt_finished`] returns only once the attempt's end is
-//! in the completions log ([`super::completions`]): one `write(2)`, not a
-//! commit. So a slot starts its next job only after the end of its
-//! previous one would survive jobmill's death, and the jobs that would run
-//! twice after a crash are only those in flight, at most one per slot.
-//! [`Observer::attempt_started`] waits, if ever, only for the job's own
-//! row to be committed (it usually was, long before).
+//! [`Observer::attempt_finished`] buffers the attempt's end for the
+//! completions log ([`super::completions`]); [`Observer::attempt_started`]
+//! writes every buffered end there (one `write(2)`, not a commit) before it
+//! returns. So no job starts before every end recorded so far would
+//! survive jobmill's death, and the jobs that would run twice after a crash
+//! are only those in flight, at most one per slot. A start also waits, if
+//! ever, for the job's own row to be committed (it usually was, long
+//! before).
 //!
 //! ## Synchronous mode
 //!
