@@ -116,9 +116,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = args::size, default_value_t = DEFAULT_OUTPUT_CAP)]
     pub journal_output_cap: usize,
 
-    /// Most time between two journal commits that reach the disk (fsync);
-    /// 0 syncs every commit. Every commit survives a crash of jobmill
-    /// itself; this bounds what a power loss can take (docs/JOURNAL.md).
+    /// Most time between two syncs of the journal to disk (fsync); 0 syncs
+    /// every commit and every attempt end before the next job starts.
+    /// Everything recorded survives a crash of jobmill itself; this bounds
+    /// what a power loss can take (docs/JOURNAL.md).
     #[arg(long, value_name = "DURATION", value_parser = args::duration,
           default_value = DEFAULT_SYNC_TEXT)]
     pub journal_fsync: Duration,
