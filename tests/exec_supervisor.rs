@@ -412,6 +412,83 @@ fn guardian_leaves_unregistered_groups_alone() {
     job.wait().unwrap();
 }
 
+/// Starts `sleep 100` in its own process group with `JOBMILL_GUARD=token`,
+/// as a job spawned but not yet registered.
+fn unregistered_job(token: &str) -> std::process::Child {
+    Command::new("sleep")
+        .arg("100")
+        .env("JOBMILL_GUARD", token)
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `jobmill __guardian <grace_ms> <token>`.
+fn start_guardian_with_token(grace_ms: u64, token: &str) -> std::process::Child {
+    use std::io::Read;
+    let mut g = Command::new(jobmill_bin())
+        .args(["__guardian", &grace_ms.to_string(), token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    g.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    g
+}
+
+/// jobmill killed between a spawn and its registration: the guardian's
+/// input ends without the clean-close line, and it stops the groups whose
+/// leader carries its token, and only those.
+#[test]
+fn guardian_stops_unregistered_jobs_with_its_token_when_jobmill_dies() {
+    let token = format!("test-{}", std::process::id());
+    let mut ours = unregistered_job(&token);
+    let mut other = unregistered_job("someone-else");
+    let mut g = start_guardian_with_token(200, &token);
+    drop(g.stdin.take());
+    assert!(g.wait().unwrap().success());
+    assert_eq!(ours.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "another token's job runs on"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+/// A clean close (jobmill ended normally: every job has ended) skips the
+/// sweep.
+#[test]
+fn guardian_sweeps_nothing_after_a_clean_close() {
+    let token = format!("clean-{}", std::process::id());
+    let mut job = unregistered_job(&token);
+    let mut g = start_guardian_with_token(100, &token);
+    let mut stdin = g.stdin.take().unwrap();
+    stdin.write_all(b".\n").unwrap();
+    drop(stdin);
+    assert!(g.wait().unwrap().success());
+    assert!(
+        job.try_wait().unwrap().is_none(),
+        "no sweep after a clean close"
+    );
+    job.kill().unwrap();
+    job.wait().unwrap();
+}
+
+/// Jobs run by a supervisor with a guardian carry the guardian's token.
+#[test]
+fn jobs_carry_the_guardian_token() {
+    let sup = Supervisor::new(Some(&jobmill_bin()), SpillBudget::new(1 << 20)).unwrap();
+    let mut a = run(&sup, &["sh", "-c", "printf %s \"$JOBMILL_GUARD\""]);
+    let token = text(&mut a.stdout);
+    assert!(
+        token.starts_with(&format!("{}-", std::process::id())),
+        "{token:?}"
+    );
+}
+
 #[test]
 fn supervisor_with_guardian_runs_jobs() {
     let sup = Supervisor::new(Some(&jobmill_bin()), SpillBudget::new(1 << 20)).unwrap();

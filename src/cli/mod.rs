@@ -110,7 +110,11 @@ fn hidden_modes() -> Option<u8> {
             .next()
             .and_then(|a| a.to_str()?.parse().ok())
             .unwrap_or(2000);
-        jobmill::exec::guardian::run_guardian(std::time::Duration::from_millis(grace_ms));
+        let token = args.next().and_then(|a| a.into_string().ok());
+        jobmill::exec::guardian::run_guardian(
+            std::time::Duration::from_millis(grace_ms),
+            token.as_deref(),
+        );
     }
     None
 }

@@ -21,8 +21,15 @@
 //! When jobmill exits normally nothing is registered and the guardian
 //! exits at once; dropping the [`super::Supervisor`] also reaps it.
 //!
-//! Known windows: a job spawned but not yet registered when jobmill is
-//! SIGKILLed (microseconds) is not covered; and if a job's main process
+//! A job spawned but not yet registered when jobmill is SIGKILLed (a
+//! window of microseconds between the spawn and the `+pgid` write) is
+//! covered by a sweep: every job carries `JOBMILL_GUARD=<token>` in its
+//! environment, the token unique to this guardian, and when the pipe ends
+//! without jobmill's clean-close line (`.`), the guardian also stops the
+//! process groups whose leader's environment (`/proc/<pid>/environ`) holds
+//! that token. A clean close skips the sweep (every job has ended then).
+//!
+//! Known window: if a job's main process
 //! has already been reaped by init when the guardian signals its group, a
 //! group id reused in between would be hit (the kernel does not reuse a
 //! pid while its group has members, so this needs the whole group gone
@@ -60,10 +67,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// groups it terminated are gone.
 const GONE_CHECK: Duration = Duration::from_millis(10);
 
-/// Entry point of `jobmill __guardian <grace_ms>`: reads registrations
-/// from stdin until it ends, then stops every group still registered
-/// (TERM, wait up to `grace`, KILL) and exits with status 0.
-pub fn run_guardian(grace: Duration) -> ! {
+/// The environment variable that marks the jobs of one guardian.
+pub const TOKEN_VAR: &str = "JOBMILL_GUARD";
+
+/// Entry point of `jobmill __guardian <grace_ms> [<token>]`: reads
+/// registrations from stdin until it ends, then stops every group still
+/// registered, and, unless jobmill closed cleanly, every group led by a
+/// process whose environment holds `JOBMILL_GUARD=<token>` (TERM, wait up
+/// to `grace`, KILL); exits with status 0.
+pub fn run_guardian(grace: Duration, token: Option<&str>) -> ! {
     // Ctrl-C and a terminal hang-up must not end the guardian before
     // jobmill: catch them into a flag that nothing reads.
     let ignored = Arc::new(AtomicBool::new(false));
@@ -80,9 +92,50 @@ pub fn run_guardian(grace: Duration) -> ! {
         inner: io::stdin().lock(),
         pause: COALESCE,
     };
-    let groups = read_registrations(io::BufReader::with_capacity(64 * 1024, input));
+    let (mut groups, clean) = read_registrations(io::BufReader::with_capacity(64 * 1024, input));
+    if let (false, Some(token)) = (clean, token) {
+        groups.extend(marked_groups(token));
+    }
     stop_groups(&groups, grace);
     std::process::exit(0)
+}
+
+/// The process groups led by a process whose environment holds
+/// `JOBMILL_GUARD=<token>` (of those whose `/proc` entries we may read).
+fn marked_groups(token: &str) -> HashSet<i32> {
+    let needle = format!("{TOKEN_VAR}={token}");
+    let mut groups = HashSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return groups;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || process_group_of(pid) != Some(pid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            groups.insert(pid);
+        }
+    }
+    groups
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat` (the field after
+/// the command name, which may hold spaces and parentheses).
+fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // State, parent, group.
+    after_comm.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// A reader that pauses after each read that emptied its pipe, so that
@@ -113,9 +166,11 @@ impl<R: Read + AsFd> Read for Coalescing<R> {
 }
 
 /// Reads `+pgid` / `-pgid` lines until end of input (or a read error) and
-/// returns the groups still registered.
-fn read_registrations(mut input: impl BufRead) -> HashSet<i32> {
+/// returns the groups still registered, and whether jobmill closed cleanly
+/// (a last line `.`).
+fn read_registrations(mut input: impl BufRead) -> (HashSet<i32>, bool) {
     let mut groups = HashSet::new();
+    let mut clean = false;
     let mut line = Vec::with_capacity(32);
     loop {
         line.clear();
@@ -126,6 +181,10 @@ fn read_registrations(mut input: impl BufRead) -> HashSet<i32> {
             Err(_) => break,
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        clean = text == b".";
+        if clean {
+            continue;
+        }
         let parsed = std::str::from_utf8(text.get(1..).unwrap_or_default())
             .ok()
             .and_then(|s| s.parse::<i32>().ok())
@@ -143,7 +202,7 @@ fn read_registrations(mut input: impl BufRead) -> HashSet<i32> {
             ),
         }
     }
-    groups
+    (groups, clean)
 }
 
 /// TERM to every group, wait until they are gone or `grace` has passed,
@@ -174,6 +233,8 @@ pub(crate) struct GuardianLink {
     stdin: Option<ChildStdin>,
     child: Child,
     lost: AtomicBool,
+    /// The value of [`TOKEN_VAR`] in this guardian's jobs.
+    token: String,
 }
 
 impl GuardianLink {
@@ -186,9 +247,15 @@ impl GuardianLink {
     fn start_within(exe: &Path, grace: Duration, ready_timeout: Duration) -> io::Result<Self> {
         use std::os::unix::process::CommandExt;
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let token = format!("{}-{nanos:x}", std::process::id());
         let mut child = Command::new(exe)
             .arg(GUARDIAN_ARG)
             .arg(grace_ms.to_string())
+            .arg(&token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -217,7 +284,13 @@ impl GuardianLink {
             stdin: Some(stdin),
             child,
             lost: AtomicBool::new(false),
+            token,
         })
+    }
+
+    /// The value of [`TOKEN_VAR`] to give every job.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 
     /// Registers a live group (`+pgid`).
@@ -254,9 +327,12 @@ impl GuardianLink {
 
 impl Drop for GuardianLink {
     fn drop(&mut self) {
-        // Closing our end is the guardian's signal to finish: with nothing
-        // registered it exits at once. Reap it so no zombie remains.
-        drop(self.stdin.take());
+        // A clean close (no sweep), then closing our end is the guardian's
+        // signal to finish: with nothing registered it exits at once. Reap
+        // it so no zombie remains.
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b".\n");
+        }
         let _ = self.child.wait();
     }
 }
@@ -341,9 +417,23 @@ mod tests {
     #[test]
     fn registrations_add_and_remove_and_skip_garbage() {
         let input: &[u8] = b"+100\n+200\n-100\nhello\n+1\n+-5\n+300";
-        let groups = read_registrations(input);
+        let (groups, clean) = read_registrations(input);
+        assert!(!clean);
         let mut v: Vec<_> = groups.into_iter().collect();
         v.sort();
         assert_eq!(v, vec![200, 300], "pgid 1 and negatives are refused");
+    }
+
+    #[test]
+    fn only_a_last_dot_line_is_a_clean_close() {
+        assert!(read_registrations(&b"+100\n-100\n.\n"[..]).1);
+        assert!(!read_registrations(&b".\n+100\n"[..]).1);
+    }
+
+    #[test]
+    fn the_process_group_is_read_past_a_command_name_with_parentheses() {
+        let me = std::process::id() as i32;
+        let group = rustix::process::getpgrp().as_raw_nonzero().get();
+        assert_eq!(process_group_of(me), Some(group));
     }
 }

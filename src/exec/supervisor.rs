@@ -173,6 +173,11 @@ impl Supervisor {
         for (key, value) in spec.env {
             cmd.env(key, value);
         }
+        if let Some(g) = &self.guardian {
+            // Found by the guardian's sweep if jobmill dies before the
+            // registration below.
+            cmd.env(super::guardian::TOKEN_VAR, g.token());
+        }
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -185,9 +190,9 @@ impl Supervisor {
         let raw_pid = pid.as_raw_nonzero().get();
         // Register first, then count: `running() > 0` means the guardian
         // has been told (the write is in its pipe even if jobmill dies
-        // now). Between the spawn and this write there is a window of a few
-        // microseconds in which a `kill -9` of jobmill leaves the new job
-        // unknown to the guardian (docs/ARCHITECTURE.md, "Stopping").
+        // now). A `kill -9` of jobmill in the few microseconds before this
+        // write leaves the job unregistered; the guardian's sweep finds it
+        // by its token (docs/ARCHITECTURE.md, "Stopping").
         if let Some(g) = &self.guardian {
             g.register(raw_pid);
         }
