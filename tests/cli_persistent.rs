@@ -288,3 +288,24 @@ fn persistent_workers_die_with_a_killed_jobmill() {
     child.wait().unwrap();
     wait_until("the guardian to stop the worker", || !pid_alive(worker_pid));
 }
+
+/// Workers carry the guardian's token, so that a worker spawned just
+/// before jobmill is killed is still found and stopped (see
+/// `guardian_stops_unregistered_jobs_with_its_token_when_jobmill_dies`).
+#[test]
+fn persistent_workers_carry_the_guardian_token() {
+    let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    job.complete(os.environ.get('JOBMILL_GUARD', 'none').encode() + b'\\n')\n";
+    let out = AssertCommand::new(env!("CARGO_BIN_EXE_jobmill"))
+        .env("PYTHONPATH", PYTHONPATH)
+        .args(["run", "--no-journal", "-j1", "--persistent", "--"])
+        .args(["python3", "-c", script])
+        .write_stdin("a\n")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let got = lines(&out.stdout);
+    assert_eq!(got.len(), 1);
+    let (pid, stamp) = got[0].split_once('-').expect("pid-stamp token");
+    assert!(pid.parse::<u32>().is_ok() && !stamp.is_empty(), "{got:?}");
+}

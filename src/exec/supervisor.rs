@@ -119,6 +119,17 @@ impl Supervisor {
         }
     }
 
+    /// The environment variable and value that mark a process as one of
+    /// this supervisor's (`JOBMILL_GUARD`, see [`super::guardian`]): give
+    /// it to processes started elsewhere and passed to
+    /// [`Supervisor::guard_group`], so that the guardian finds them even if
+    /// jobmill dies before registering them. `None` without a guardian.
+    pub fn guard_env(&self) -> Option<(&'static str, &str)> {
+        self.guardian
+            .as_ref()
+            .map(|g| (super::guardian::TOKEN_VAR, g.token()))
+    }
+
     /// Removes a group registered with [`Supervisor::guard_group`]; call it
     /// before reaping the group's leader.
     pub fn unguard_group(&self, pgid: u32) {

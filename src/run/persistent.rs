@@ -186,6 +186,9 @@ pub(super) fn drive(ctx: &Ctx, p: &PersistentOptions) {
     config.window = p.window.max(1);
     config.arena = p.arena;
     config.timeout = ctx.opts.timeout;
+    if let Some((key, value)) = ctx.supervisor.guard_env() {
+        config.env.push((key.into(), value.into()));
+    }
     let stop = ControlStop(&ctx.control);
     if let Err(e) = persistent::run(&ctx.queue, &config, &Adapter { ctx }, &stop) {
         ctx.fatal(e.to_string());
