@@ -347,12 +347,13 @@ fn jobmill_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jobmill"))
 }
 
-/// Starts `jobmill __guardian <grace_ms>` with a pipe as stdin, waiting for
-/// it to say it is ready.
-fn start_guardian(grace_ms: u64) -> std::process::Child {
+/// Starts `jobmill __guardian <grace_ms> [<token>]` with a pipe as stdin,
+/// waiting for it to say it is ready.
+fn start_guardian(grace_ms: u64, token: Option<&str>) -> std::process::Child {
     use std::io::Read;
     let mut g = Command::new(jobmill_bin())
         .args(["__guardian", &grace_ms.to_string()])
+        .args(token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -383,7 +384,7 @@ fn guardian_stops_registered_groups_when_its_input_ends() {
         .spawn()
         .unwrap();
     wait_until("the stubborn job to ignore TERM", || ready.exists());
-    let mut g = start_guardian(200);
+    let mut g = start_guardian(200, None);
     let mut stdin = g.stdin.take().unwrap();
     write!(stdin, "+{}\n+{}\n", term.id(), stubborn.id()).unwrap();
     drop(stdin);
@@ -399,7 +400,7 @@ fn guardian_leaves_unregistered_groups_alone() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let mut g = start_guardian(100);
+    let mut g = start_guardian(100, None);
     let mut stdin = g.stdin.take().unwrap();
     write!(stdin, "+{0}\n-{0}\n", job.id()).unwrap();
     drop(stdin);
@@ -423,21 +424,6 @@ fn unregistered_job(token: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// Starts `jobmill __guardian <grace_ms> <token>`.
-fn start_guardian_with_token(grace_ms: u64, token: &str) -> std::process::Child {
-    use std::io::Read;
-    let mut g = Command::new(jobmill_bin())
-        .args(["__guardian", &grace_ms.to_string(), token])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = [0u8; 6];
-    g.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
-    g
-}
-
 /// jobmill killed between a spawn and its registration: the guardian's
 /// input ends without the clean-close line, and it stops the groups whose
 /// leader carries its token, and only those.
@@ -446,7 +432,7 @@ fn guardian_stops_unregistered_jobs_with_its_token_when_jobmill_dies() {
     let token = format!("test-{}", std::process::id());
     let mut ours = unregistered_job(&token);
     let mut other = unregistered_job("someone-else");
-    let mut g = start_guardian_with_token(200, &token);
+    let mut g = start_guardian(200, Some(&token));
     drop(g.stdin.take());
     assert!(g.wait().unwrap().success());
     assert_eq!(ours.wait().unwrap().signal(), Some(libc::SIGTERM));
@@ -464,7 +450,7 @@ fn guardian_stops_unregistered_jobs_with_its_token_when_jobmill_dies() {
 fn guardian_sweeps_nothing_after_a_clean_close() {
     let token = format!("clean-{}", std::process::id());
     let mut job = unregistered_job(&token);
-    let mut g = start_guardian_with_token(100, &token);
+    let mut g = start_guardian(100, Some(&token));
     let mut stdin = g.stdin.take().unwrap();
     stdin.write_all(b".\n").unwrap();
     drop(stdin);
