@@ -1043,23 +1043,6 @@ impl Writer {
             .transaction()
             .map_err(JournalError::sqlite(path, "begin"))?;
         for (e, plan) in batch.iter().zip(&self.plan) {
-            if let (Event::Finished(c), Plan::Apply | Plan::Insert) = (e, plan) {
-                // Output rows to replace: only an earlier session's, or an
-                // earlier attempt's of this session.
-                let replace = c.seq <= self.known_jobs || self.retried.contains(&c.seq);
-                let start = if *plan == Plan::Insert {
-                    StartRow::Missing
-                } else {
-                    StartRow::Recorded
-                };
-                record_end(&tx, c, start, replace).map_err(JournalError::sqlite(path, "write"))?;
-                if c.final_at().is_some() {
-                    self.retried.remove(&c.seq);
-                } else {
-                    self.retried.insert(c.seq);
-                }
-                continue;
-            }
             Self::apply(
                 &tx,
                 e,
@@ -1067,6 +1050,7 @@ impl Writer {
                 self.session,
                 self.known_jobs,
                 self.whole_input,
+                &mut self.retried,
             )
             .map_err(JournalError::sqlite(path, "write"))?;
         }
@@ -1096,6 +1080,7 @@ impl Writer {
         }
     }
 
+    /// Writes event `e` as `plan` says. `retried`: [`Writer::retried`].
     fn apply(
         tx: &rusqlite::Transaction<'_>,
         e: &Event,
@@ -1103,15 +1088,15 @@ impl Writer {
         session: i64,
         known_jobs: u64,
         whole_input: bool,
+        retried: &mut HashSet<u64>,
     ) -> rusqlite::Result<()> {
         match (e, plan) {
             (_, Plan::Skip) => {}
+            // Only jobs new to the journal are queued ([`Journal::job_read`]).
             (Event::Job { seq, input }, _) => {
-                if *seq > known_jobs {
-                    let hash = Sha256::digest(input);
-                    tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
-                        .execute(params![*seq as i64, &input[..], &hash[..]])?;
-                }
+                let hash = Sha256::digest(input);
+                tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
+                    .execute(params![*seq as i64, &input[..], &hash[..]])?;
             }
             (Event::InputComplete, _) => {
                 if whole_input {
@@ -1133,8 +1118,22 @@ impl Writer {
                 )?
                 .execute(params![*seq as i64, session, *slot as i64, at])?;
             }
-            // Written by `write`.
-            (Event::Finished(_), _) => {}
+            (Event::Finished(c), _) => {
+                let start = if plan == Plan::Insert {
+                    StartRow::Missing
+                } else {
+                    StartRow::Recorded
+                };
+                // Output rows to replace: only an earlier session's, or an
+                // earlier attempt's of this session.
+                let replace = c.seq <= known_jobs || retried.contains(&c.seq);
+                record_end(tx, c, start, replace)?;
+                if c.final_at().is_some() {
+                    retried.remove(&c.seq);
+                } else {
+                    retried.insert(c.seq);
+                }
+            }
             (Event::RunFinished { reason }, _) => {
                 let at = now();
                 tx.prepare_cached(
