@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 /// `jobmill run -- COMMAND {}` runs COMMAND once per input line, in parallel,
 /// without a shell, with retries, timeouts and clean Ctrl-C handling.
 #[derive(Debug, Parser)]
-#[command(name = "jobmill", version, about, long_about)]
+#[command(name = "jobmill", version, about, long_about, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,12 +74,13 @@ pub fn main() -> u8 {
                 let _ = e.print();
                 return 0;
             }
-            let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "jobmill: {} (see `jobmill --help`)",
-                first.trim_start_matches("error: ")
-            );
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // `jobmill` alone: the help, on stderr, with clap's usage
+                // status.
+                let _ = e.print();
+                return 2;
+            }
+            eprintln!("jobmill: {} (see `jobmill --help`)", one_line(&e.to_string()));
             return 255;
         }
     };
@@ -100,6 +101,25 @@ pub fn main() -> u8 {
             255
         }
     }
+}
+
+/// A clap error message in one line: its text up to the usage, the lines
+/// joined (so a list of missing arguments is kept).
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error: "));
+        }
+    }
+    if parts.is_empty() {
+        return "invalid arguments".to_string();
+    }
+    parts.join(" ")
 }
 
 /// Modes of the binary that are not user commands: the guardian process.

@@ -413,7 +413,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         heartbeat: None,
     }
     .into_work()?;
-    let source = input_source(inputs, &a.arg_file)?;
+    let source = input_source(inputs, &a.arg_file.first().cloned())?;
     let queue = Arc::new(connect(url)?);
     apply_settings(&queue, Some(a.retries), None, None)?;
     let submitter = {
