@@ -320,9 +320,10 @@ impl Cx<'_> {
         match p {
             Piece::Literal(b) => out.extend_from_slice(b),
             Piece::All(m) => self.value(m.apply(all.unwrap_or_default()), out),
-            Piece::Position(i, m) => {
-                self.value(m.apply(self.values.get(*i).copied().unwrap_or_default()), out)
-            }
+            Piece::Position(i, m) => self.value(
+                m.apply(self.values.get(*i).copied().unwrap_or_default()),
+                out,
+            ),
             Piece::Seq => self.value(self.seq.to_string().as_bytes(), out),
             Piece::Slot => self.value(self.slot.to_string().as_bytes(), out),
         }
@@ -565,9 +566,7 @@ mod tests {
         let payload = crate::input::shape::encode(values).unwrap();
         let mut out = Vec::new();
         t.render(&payload, 7, 2, &mut out);
-        out.into_iter()
-            .map(|s| s.into_string().unwrap())
-            .collect()
+        out.into_iter().map(|s| s.into_string().unwrap()).collect()
     }
 
     fn joined() -> Shape {
@@ -585,7 +584,10 @@ mod tests {
             joined(),
             &["dir/a.txt", "b.c"],
         );
-        assert_eq!(out, ["x", "dir/a.txt", "dir/a", "a.txt", "dir", "a", "b.c", ""]);
+        assert_eq!(
+            out,
+            ["x", "dir/a.txt", "dir/a", "a.txt", "dir", "a", "b.c", ""]
+        );
     }
 
     #[test]

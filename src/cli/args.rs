@@ -70,7 +70,9 @@ fn jobs_for(s: &str, cpus: usize) -> Result<usize, String> {
     } else {
         let n = num(t)?;
         if n == 0 {
-            return Err("-j 0 (as many as possible) is not supported: give a number of jobs".into());
+            return Err(
+                "-j 0 (as many as possible) is not supported: give a number of jobs".into(),
+            );
         }
         n
     };

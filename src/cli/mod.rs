@@ -17,7 +17,13 @@ use clap::{Parser, Subcommand};
 /// `jobmill run -- COMMAND {}` runs COMMAND once per input line, in parallel,
 /// without a shell, with retries, timeouts and clean Ctrl-C handling.
 #[derive(Debug, Parser)]
-#[command(name = "jobmill", version, about, long_about, arg_required_else_help = true)]
+#[command(
+    name = "jobmill",
+    version,
+    about,
+    long_about,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +86,10 @@ pub fn main() -> u8 {
                 let _ = e.print();
                 return 2;
             }
-            eprintln!("jobmill: {} (see `jobmill --help`)", one_line(&e.to_string()));
+            eprintln!(
+                "jobmill: {} (see `jobmill --help`)",
+                one_line(&e.to_string())
+            );
             return 255;
         }
     };

@@ -197,7 +197,9 @@ pub(super) fn split_command(
 
 /// Splits `COMMAND... ::: A... :::: FILE... :::+ B...` into the command and
 /// its input sources, in order.
-pub(super) fn split_sources(words: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Vec<SourceDef>)> {
+pub(super) fn split_sources(
+    words: Vec<OsString>,
+) -> anyhow::Result<(Vec<OsString>, Vec<SourceDef>)> {
     let mut command = Vec::new();
     let mut sources: Vec<SourceDef> = Vec::new();
     // The separator in effect: (files?, linked?).
@@ -242,7 +244,9 @@ pub(super) fn split_sources(words: Vec<OsString>) -> anyhow::Result<(Vec<OsStrin
         }
     }
     if command.is_empty() {
-        bail!("no command given: put the command after `--`, e.g. `jobmill run -- echo {{}} ::: a b`");
+        bail!(
+            "no command given: put the command after `--`, e.g. `jobmill run -- echo {{}} ::: a b`"
+        );
     }
     Ok((command, sources))
 }
@@ -430,17 +434,11 @@ fn stored_input(input: &serde_json::Value) -> anyhow::Result<StoredInput> {
     {
         use std::os::unix::ffi::OsStringExt;
         let bad = || anyhow::anyhow!("the stored input source is invalid: {}", input);
-        let kind = input
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or_else(bad)?;
+        let kind = input.get("kind").and_then(|k| k.as_str()).ok_or_else(bad)?;
         Ok(match kind {
             "stdin" => StoredInput::Stdin,
             "file" => {
-                let p = input
-                    .get("path")
-                    .and_then(json_to_bytes)
-                    .ok_or_else(bad)?;
+                let p = input.get("path").and_then(json_to_bytes).ok_or_else(bad)?;
                 StoredInput::File(PathBuf::from(OsString::from_vec(p)))
             }
             "args" => {
@@ -732,8 +730,7 @@ pub(super) fn gnu_quote_into(w: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"''");
         return;
     }
-    if w
-        .iter()
+    if w.iter()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.+/".contains(b))
     {
         out.extend_from_slice(w);

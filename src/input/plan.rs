@@ -159,16 +159,23 @@ impl Plan {
                                 ));
                             }
                         }
-                        names.extend(
-                            row.iter()
-                                .map(|n| String::from_utf8_lossy(n).into_owned()),
-                        );
+                        names.extend(row.iter().map(|n| String::from_utf8_lossy(n).into_owned()));
                     }
                     Some(Err(e)) => return Err(e),
                     None => {}
                 }
             }
-            rows.push((Box::new(it), def.linked || self.link));
+            // As in GNU parallel, an empty source among several (not
+            // --link) counts as one empty value.
+            let it: RowIter = if self.sources.len() > 1 && !self.link {
+                Box::new(OrEmpty {
+                    inner: it,
+                    seen: false,
+                })
+            } else {
+                Box::new(it)
+            };
+            rows.push((it, def.linked || self.link));
         }
         let wrap = self.link;
         // Groups of linked sources; the first group stays lazy in its
@@ -221,6 +228,30 @@ fn usage(name: &str, what: &str) -> InputError {
     InputError {
         name: name.to_string(),
         source: io::Error::new(io::ErrorKind::InvalidInput, what.to_string()),
+    }
+}
+
+/// A source that yields one empty value when it has none.
+struct OrEmpty<I> {
+    inner: I,
+    seen: bool,
+}
+
+impl<I: Iterator<Item = Result<Row, InputError>>> Iterator for OrEmpty<I> {
+    type Item = Result<Row, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.inner.next() {
+            Some(r) => {
+                self.seen = true;
+                Some(r)
+            }
+            None if !self.seen => {
+                self.seen = true;
+                Some(Ok(vec![Vec::new()]))
+            }
+            None => None,
+        }
     }
 }
 
@@ -480,9 +511,14 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_source_gives_no_jobs() {
-        assert!(jobs(Plan::new(vec![args(&["a"]), args(&[])])).is_empty());
-        assert!(jobs(Plan::new(vec![args(&[]), args(&["a"])])).is_empty());
+    fn an_empty_source_among_several_is_one_empty_value() {
+        // GNU parallel: `parallel echo ::: a :::` runs `echo a ''`.
+        assert_eq!(jobs(Plan::new(vec![args(&["a"]), args(&[])])), ["a "]);
+        assert_eq!(jobs(Plan::new(vec![args(&[]), args(&["a"])])), [" a"]);
+        assert!(jobs(Plan::new(vec![args(&[])])).is_empty());
+        let mut p = Plan::new(vec![args(&["a"]), args(&[])]);
+        p.link = true;
+        assert!(jobs(p).is_empty());
     }
 
     #[test]
@@ -499,7 +535,11 @@ mod tests {
     fn plus_links_to_the_previous_source_up_to_the_shortest() {
         let p = Plan::new(vec![args(&["a", "b", "c"]), linked(&["1", "2"])]);
         assert_eq!(jobs(p), ["a 1", "b 2"]);
-        let p = Plan::new(vec![args(&["a", "b"]), args(&["x", "y"]), linked(&["1", "2", "3"])]);
+        let p = Plan::new(vec![
+            args(&["a", "b"]),
+            args(&["x", "y"]),
+            linked(&["1", "2", "3"]),
+        ]);
         assert_eq!(jobs(p), ["a x 1", "a y 2", "b x 1", "b y 2"]);
     }
 
@@ -530,7 +570,10 @@ mod tests {
         let (it, shape) = p.open().unwrap();
         assert_eq!(shape.names, ["x", "y"]);
         assert!(shape.joined);
-        assert_eq!(it.map(Result::unwrap).collect::<Vec<_>>(), [b"1\x002".to_vec()]);
+        assert_eq!(
+            it.map(Result::unwrap).collect::<Vec<_>>(),
+            [b"1\x002".to_vec()]
+        );
     }
 
     #[test]
@@ -559,9 +602,17 @@ mod tests {
             reader: Box::new(io::repeat(b'\n')),
             name: "endless".into(),
         };
-        let rows = Rows::new(Records::new(endless, b'\n'), Columns::Whole, "e".into(), true);
+        let rows = Rows::new(
+            Records::new(endless, b'\n'),
+            Columns::Whole,
+            "e".into(),
+            true,
+        );
         let head = LinkedHead::new(Box::new(rows), vec![], false);
-        let mut p = Product::new(Box::new(head), vec![vec![vec![b"1".to_vec()], vec![b"2".to_vec()]]]);
+        let mut p = Product::new(
+            Box::new(head),
+            vec![vec![vec![b"1".to_vec()], vec![b"2".to_vec()]]],
+        );
         for _ in 0..1000 {
             assert!(p.next().unwrap().is_ok());
         }
