@@ -34,10 +34,13 @@ enum Command {
     /// Run COMMAND once per input, in parallel.
     ///
     /// Inputs come from stdin (one per line), from `-a FILE`, or from
-    /// `::: a b c` after the command. `{}` in the command is replaced by the
-    /// input; without any replacement string the input is appended as the
-    /// last argument. The command is executed directly, never through a
-    /// shell, unless `--shell` is given.
+    /// `::: a b c` and `:::: FILE` after the command; several sources give
+    /// every combination (`:::+` and `--link` pair them instead). `{}` in
+    /// the command is replaced by the input, `{1}`, `{2}`... by the values
+    /// of several sources or columns (`--colsep`, `--csv`) or batches
+    /// (`-n`, `-X`, `-m`); without any replacement string the values are
+    /// appended as the last arguments. The command is executed directly,
+    /// never through a shell, unless `--shell` is given.
     ///
     /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
     /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
