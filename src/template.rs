@@ -13,6 +13,7 @@
 //! | `{#}` | the job's sequence number, from 1 |
 //! | `{%}` | the job slot, from 1; no two running jobs share a slot |
 //! | `{N}` `{N.}` `{N/}` `{N//}` `{N/.}` | value N of the job (from 1), with the same modifiers; empty when the job has fewer values |
+//! | `{-N}` (and modifiers) | value N from the end: `{-1}` is the last |
 //! | `{name}` | the value of the column named `name` by `--header` |
 //!
 //! A job may carry several values (several input sources, `--colsep`, `-n`,
@@ -83,6 +84,8 @@ enum Piece {
     All(Modifier),
     /// `{N}` (from 0 here) or `{name}` (`--header`), with a modifier.
     Position(usize, Modifier),
+    /// `{-N}`: the Nth value from the end (1 is the last).
+    FromEnd(usize, Modifier),
     Seq,
     Slot,
 }
@@ -239,42 +242,42 @@ impl Template {
     /// values, one word per value.
     fn render_arg(&self, pieces: &[Piece], cx: &Cx<'_>, out: &mut Vec<Vec<u8>>) {
         let all = |p: &Piece| matches!(p, Piece::All(_));
-        let (Some(first), Some(last)) = (pieces.iter().position(all), pieces.iter().rposition(all))
-        else {
+        if !pieces.iter().any(all) {
             let mut w = Vec::new();
             for p in pieces {
                 cx.expand(p, None, &mut w);
             }
             out.push(w);
             return;
-        };
-        if cx.values.len() == 1 {
-            let mut w = Vec::new();
-            for p in pieces {
-                cx.expand(p, Some(cx.values[0]), &mut w);
+        }
+        if self.shape.context && cx.values.len() > 1 {
+            // -X: the whole word for each value.
+            for v in cx.values {
+                let mut w = Vec::new();
+                for p in pieces {
+                    cx.expand(p, Some(v), &mut w);
+                }
+                out.push(w);
             }
-            out.push(w);
             return;
         }
-        let n = cx.values.len();
-        for (i, v) in cx.values.iter().enumerate() {
-            let mut w = Vec::new();
-            let (from, to) = if self.shape.context {
-                // -X: the whole word for each value.
-                (0, pieces.len())
+        // Each `{}` gives every value, one argument each: the text before it
+        // joins the first, the text after it the last, as GNU parallel's
+        // shell splits `pre{}post`.
+        let mut words = vec![Vec::new()];
+        for p in pieces {
+            if let Piece::All(_) = p {
+                for (i, v) in cx.values.iter().enumerate() {
+                    if i > 0 {
+                        words.push(Vec::new());
+                    }
+                    cx.expand(p, Some(v), words.last_mut().expect("a word"));
+                }
             } else {
-                // The word's text before `{}` goes with the first value,
-                // its text after with the last (GNU parallel's -m).
-                (
-                    if i == 0 { 0 } else { first },
-                    if i + 1 == n { pieces.len() } else { last + 1 },
-                )
-            };
-            for p in &pieces[from..to] {
-                cx.expand(p, Some(v), &mut w);
+                cx.expand(p, None, words.last_mut().expect("a word"));
             }
-            out.push(w);
         }
+        out.extend(words);
     }
 
     /// A human-readable form of the template, for logs and journals.
@@ -324,6 +327,14 @@ impl Cx<'_> {
                 m.apply(self.values.get(*i).copied().unwrap_or_default()),
                 out,
             ),
+            Piece::FromEnd(n, m) => {
+                let v = self
+                    .values
+                    .len()
+                    .checked_sub(*n)
+                    .map_or(&b""[..], |i| self.values[i]);
+                self.value(m.apply(v), out)
+            }
             Piece::Seq => self.value(self.seq.to_string().as_bytes(), out),
             Piece::Slot => self.value(self.slot.to_string().as_bytes(), out),
         }
@@ -340,11 +351,22 @@ fn token(inner: &[u8], shape: &Shape) -> Option<Piece> {
     if let Some(m) = Modifier::parse(inner) {
         return Some(Piece::All(m));
     }
-    let digits = inner.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (negative, num) = match inner.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, inner),
+    };
+    let digits = num.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits > 0 {
-        let n: usize = std::str::from_utf8(&inner[..digits]).ok()?.parse().ok()?;
-        let m = Modifier::parse(&inner[digits..])?;
-        return (n >= 1).then(|| Piece::Position(n - 1, m));
+        let n: usize = std::str::from_utf8(&num[..digits]).ok()?.parse().ok()?;
+        let m = Modifier::parse(&num[digits..])?;
+        if n == 0 {
+            return None;
+        }
+        return Some(if negative {
+            Piece::FromEnd(n, m)
+        } else {
+            Piece::Position(n - 1, m)
+        });
     }
     shape
         .position_of(inner)
@@ -591,6 +613,17 @@ mod tests {
     }
 
     #[test]
+    fn negative_positions_count_from_the_last_value() {
+        let out = render_shaped(
+            &["e", "{-1}", "{-2/}", "{-3}"],
+            false,
+            joined(),
+            &["x/a", "b"],
+        );
+        assert_eq!(out, ["e", "b", "a", ""]);
+    }
+
+    #[test]
     fn several_values_are_appended_in_order_without_replacement_strings() {
         let out = render_shaped(&["echo"], false, joined(), &["a", "b c", ""]);
         assert_eq!(out, ["echo", "a", "b c", ""]);
@@ -608,6 +641,10 @@ mod tests {
         assert_eq!(out, ["echo", "preapost", "prebpost", "7"]);
         let out = render_shaped(&["echo", "{.}"], false, joined(), &["a.x", "b.y"]);
         assert_eq!(out, ["echo", "a", "b"]);
+        // Each `{}` form gives all the values: `{.}x{/}` with `a/b.c g.h`
+        // is `a/b gxb.c g.h` to GNU parallel's shell.
+        let out = render_shaped(&["echo", "{.}x{/}"], false, joined(), &["a/b.c", "g.h"]);
+        assert_eq!(out, ["echo", "a/b", "gxb.c", "g.h"]);
     }
 
     #[test]
