@@ -43,6 +43,7 @@ fn fixtures(dir: &Path) {
         ("lines.txt", b"one\ntwo\nthree\n"),
         ("more.txt", b"x\ny\n"),
         ("cols.csv", b"1,2,3\n4,5,6\n"),
+        ("padded.csv", b"  a , b \n c,d  \n"),
         ("head.csv", b"x,y\n1,2\n3,4\n"),
         ("tabs.tsv", b"a\tb\nc\td\n"),
         ("spaces.txt", b"a   b c\nd e    f\n"),
@@ -298,6 +299,19 @@ fn columns_split_like_gnu_parallel() {
             &["echo", "{y}", "{x}", "::::", "head.csv"],
         ),
         case(&["-k", "--csv"], &["echo", "{2}", "::::", "quoted.csv"]),
+        case(
+            &["-k", "--colsep", ","],
+            &["echo", "[{1}]", "[{2}]", "::::", "padded.csv"],
+        ),
+        case(
+            &["-k", "--colsep", ",", "--trim", "n"],
+            &["echo", "[{2}]x", "::::", "padded.csv"],
+        ),
+        case(
+            &["-k", "--trim", "l"],
+            &["echo", "[{}]x", "::::", "padded.csv"],
+        ),
+        case(&["-k", "--csv"], &["echo", "[{1}]x", "::::", "padded.csv"]),
         case(
             &["-k", "--csv", "--colsep", ","],
             &["echo", "{1}={3}", "::::", "quoted.csv"],

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use jobmill::input::plan::Payloads;
-use jobmill::input::{Batch, Columns, Header, Plan, Shape, SourceDef, SourceSpec};
+use jobmill::input::{Batch, Columns, Header, Plan, Shape, SourceDef, SourceSpec, Trim};
 use jobmill::job::NewJob;
 use jobmill::journal::resume::{json_to_bytes, os_to_json};
 use jobmill::journal::writer::DEFAULT_OUTPUT_CAP;
@@ -58,6 +58,12 @@ pub struct RunArgs {
     /// Split each input into columns {1}, {2}... at matches of REGEX.
     #[arg(long, value_name = "REGEX")]
     pub colsep: Option<String>,
+
+    /// Remove white space from the start (l), end (r) or both (lr) of each
+    /// input, or of each column with --colsep; n: none. Default: lr with
+    /// --colsep (not --csv), else n.
+    #[arg(long, value_name = "n|l|r|lr")]
+    pub trim: Option<String>,
 
     /// Take column names from the first input of each source, for {name}:
     /// `:` or a REGEX the first input must match.
@@ -265,6 +271,9 @@ pub(super) struct StoredPlan {
     pub colsep: Option<String>,
     #[serde(default)]
     pub csv: bool,
+    /// `--trim` as given; absent: GNU parallel's default.
+    #[serde(default)]
+    pub trim: Option<String>,
     #[serde(default)]
     pub header: Option<String>,
     /// `-n N`.
@@ -309,6 +318,12 @@ impl StoredPlan {
                 }
             }
         };
+        let trim = match self.trim.as_deref() {
+            Some(t) => Trim::parse(t)
+                .with_context(|| format!("invalid --trim {t:?} (expected n, l, r or lr)"))?,
+            None if self.colsep.is_some() && !self.csv => Trim::parse("lr").expect("lr"),
+            None => Trim::default(),
+        };
         let header = match self.header.as_deref() {
             None => None,
             Some(":") => Some(Header::FirstLine),
@@ -327,6 +342,7 @@ impl StoredPlan {
             link: self.link,
             separator: if null { 0 } else { b'\n' },
             columns,
+            trim,
             header,
             batch,
             context: self.context,
@@ -553,6 +569,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
             || a.colsep.is_some()
             || a.header.is_some()
             || a.csv
+            || a.trim.is_some()
             || a.max_args.is_some()
             || a.context_replace
             || a.multi
@@ -560,7 +577,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         {
             bail!(
                 "--queue takes one input source, without --link, --colsep, --header, --csv, \
-                 -n, -X, -m or --dry-run"
+                 --trim, -n, -X, -m or --dry-run"
             );
         }
         return super::queue::run_on_queue(&url, a);
@@ -660,6 +677,7 @@ fn input_of(
         && !a.link
         && a.colsep.is_none()
         && !a.csv
+        && a.trim.is_none()
         && a.header.is_none()
         && !batched
     {
@@ -685,6 +703,7 @@ fn input_of(
         link: a.link,
         colsep: a.colsep.clone(),
         csv: a.csv,
+        trim: a.trim.clone(),
         header: a.header.clone(),
         max_args: a.max_args,
         fit,

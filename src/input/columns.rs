@@ -30,6 +30,51 @@ impl Columns {
 /// One input's values.
 pub type Row = Vec<Vec<u8>>;
 
+/// `--trim`: white space removed from each value (each column with
+/// `--colsep`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trim {
+    /// From the start.
+    pub left: bool,
+    /// From the end.
+    pub right: bool,
+}
+
+impl Trim {
+    /// Parses GNU parallel's `n`, `l`, `r`, `lr`, `rl`.
+    pub fn parse(s: &str) -> Option<Trim> {
+        Some(match s {
+            "n" => Trim::default(),
+            "l" => Trim {
+                left: true,
+                right: false,
+            },
+            "r" => Trim {
+                left: false,
+                right: true,
+            },
+            "lr" | "rl" => Trim {
+                left: true,
+                right: true,
+            },
+            _ => return None,
+        })
+    }
+
+    fn apply(self, v: &mut Vec<u8>) {
+        // Perl's \s: space, \t, \n, \v, \f, \r.
+        let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+        if self.right {
+            let end = v.iter().rposition(|b| !ws(b)).map_or(0, |i| i + 1);
+            v.truncate(end);
+        }
+        if self.left {
+            let start = v.iter().position(|b| !ws(b)).unwrap_or(v.len());
+            v.drain(..start);
+        }
+    }
+}
+
 /// Rows of one source: its records split into columns.
 pub struct Rows {
     records: Records,
@@ -39,6 +84,7 @@ pub struct Rows {
     refuse_nul: bool,
     /// Records read so far, for error messages.
     count: u64,
+    trim: Trim,
 }
 
 impl Rows {
@@ -50,7 +96,14 @@ impl Rows {
             name,
             refuse_nul,
             count: 0,
+            trim: Trim::default(),
         }
+    }
+
+    /// Trims each value.
+    pub fn trimmed(mut self, trim: Trim) -> Rows {
+        self.trim = trim;
+        self
     }
 
     fn error(&self, what: String) -> InputError {
@@ -102,6 +155,10 @@ impl Iterator for Rows {
                 }
             }
         };
+        let mut row = row;
+        if self.trim != Trim::default() {
+            row.iter_mut().for_each(|v| self.trim.apply(v));
+        }
         if self.refuse_nul && row.iter().any(|v| v.contains(&0)) {
             return Some(Err(self.error(format!(
                 "input {first_line} holds a NUL byte, which a job with several values cannot carry \
@@ -203,6 +260,28 @@ mod tests {
         assert_eq!(r[0].as_ref().unwrap(), &v(&["a", "b,c", "d"]));
         assert_eq!(r[1].as_ref().unwrap(), &v(&["multi\nline", "x", "q\"q"]));
         assert_eq!(r[2].as_ref().unwrap(), &v(&["", ""]));
+    }
+
+    #[test]
+    fn trim_removes_white_space_per_column() {
+        let src = Source::Stream {
+            reader: Box::new(&b"  a , b \t\n"[..]),
+            name: "t".into(),
+        };
+        let r: Vec<Row> = Rows::new(
+            Records::new(src, b'\n'),
+            Columns::Regex(Regex::new(",").unwrap()),
+            "t".into(),
+            true,
+        )
+        .trimmed(Trim::parse("lr").unwrap())
+        .map(Result::unwrap)
+        .collect();
+        assert_eq!(r, vec![v(&["a", "b"])]);
+        let mut x = b" a ".to_vec();
+        Trim::parse("l").unwrap().apply(&mut x);
+        assert_eq!(x, b"a ");
+        assert!(Trim::parse("x").is_none());
     }
 
     #[test]

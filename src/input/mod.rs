@@ -16,7 +16,7 @@ pub mod columns;
 pub mod plan;
 pub mod shape;
 
-pub use columns::Columns;
+pub use columns::{Columns, Trim};
 pub use plan::{Batch, Header, Plan, SourceDef, SourceSpec};
 pub use shape::Shape;
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use regex::bytes::Regex;
 
-use super::columns::{Columns, Row, Rows};
+use super::columns::{Columns, Row, Rows, Trim};
 use super::shape::{encode, Shape};
 use super::{InputError, Records, Source};
 
@@ -77,6 +77,8 @@ pub struct Plan {
     pub separator: u8,
     /// `--colsep` / `--csv`.
     pub columns: Columns,
+    /// `--trim`.
+    pub trim: Trim,
     /// `--header`.
     pub header: Option<Header>,
     /// `-n`, `-X`, `-m`.
@@ -98,6 +100,7 @@ impl Plan {
             link: false,
             separator: b'\n',
             columns: Columns::Whole,
+            trim: Trim::default(),
             header: None,
             batch: Batch::One,
             context: false,
@@ -146,7 +149,8 @@ impl Plan {
                 self.columns.clone(),
                 name.clone(),
                 joined,
-            );
+            )
+            .trimmed(self.trim);
             if let Some(h) = &self.header {
                 match it.next() {
                     Some(Ok(row)) => {
