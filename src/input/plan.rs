@@ -136,6 +136,20 @@ impl Plan {
                 "standard input can be read by one input source only",
             ));
         }
+        if self.sources.len() == 1
+            && !joined
+            && self.header.is_none()
+            && self.trim == Trim::default()
+        {
+            // One plain source: its records are the payloads.
+            let source = match &self.sources[0].spec {
+                SourceSpec::Stdin => Source::stdin(),
+                SourceSpec::File(p) => Source::file(p)?,
+                SourceSpec::Args(a) => Source::Args(a.clone()),
+            };
+            let payloads: Payloads = Box::new(Records::new(source, self.separator));
+            return Ok((payloads, Shape::default()));
+        }
         let mut rows: Vec<(RowIter, bool)> = Vec::with_capacity(self.sources.len());
         let mut names = Vec::new();
         for def in &self.sources {
