@@ -420,3 +420,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_joblog_of_a_multi_value_run_renders_each_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("run.sqlite");
+    jobmill(dir.path())
+        .args(["run", "-k", "--journal"])
+        .arg(&journal)
+        .args(["--", "echo", "{2}", ":::", "a", "b", ":::", "1"])
+        .assert()
+        .code(0)
+        .stdout("1\n1\n");
+    let out = jobmill(dir.path())
+        .args(["results", "--format", "joblog"])
+        .arg(&journal)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let commands: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    assert_eq!(commands, ["echo 1", "echo 1"], "{text}");
+}
