@@ -77,7 +77,7 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
                 run.jobs
             );
         } else {
-            let (mut payloads, _) = plan.open()?;
+            let (mut payloads, _) = plan.open().map_err(super::run::one_error)?;
             r.verify_prefix(&mut payloads, "the run's input sources")?;
             rest = Some(payloads);
         }

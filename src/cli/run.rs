@@ -607,12 +607,12 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         plan,
     };
     if a.dry_run {
-        let (payloads, shape) = stored.input_plan()?.open()?;
+        let (payloads, shape) = stored.input_plan()?.open().map_err(one_error)?;
         stored.shape = shape;
         return dry_run(&command, &stored, payloads);
     }
     let mut prepared = prepare(&command, &stored, a.progress)?;
-    let (payloads, shape) = stored.input_plan()?.open()?;
+    let (payloads, shape) = stored.input_plan()?.open().map_err(one_error)?;
     if shape != stored.shape {
         if a.persistent && shape.joined {
             bail!("--persistent takes one value per job: not several sources, columns or batches");
@@ -712,6 +712,11 @@ fn input_of(
     Ok((command, serde_json::json!({ "kind": "plan" }), Some(plan)))
 }
 
+/// An input error as one message (its text already holds its cause).
+pub(super) fn one_error(e: jobmill::input::InputError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
 /// `--dry-run`: prints each command, shell-quoted, without running it.
 fn dry_run(command: &[OsString], stored: &StoredOptions, payloads: Payloads) -> anyhow::Result<u8> {
     use std::io::Write;
@@ -721,7 +726,7 @@ fn dry_run(command: &[OsString], stored: &StoredOptions, payloads: Payloads) -> 
     let mut argv = Vec::new();
     let mut line = Vec::new();
     for (r, seq) in payloads.zip(1u64..) {
-        let payload = r?;
+        let payload = r.map_err(one_error)?;
         let slot = ((seq - 1) % stored.jobs.max(1) as u64) as usize + 1;
         template.render(&payload, seq, slot, &mut argv);
         line.clear();
