@@ -448,3 +448,24 @@ fn the_joblog_of_a_multi_value_run_renders_each_command() {
         .collect();
     assert_eq!(commands, ["echo 1", "echo 1"], "{text}");
 }
+
+#[test]
+fn a_missing_input_file_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["run", "-a", "/nonexistent/in.txt", "--", "echo"][..],
+        &["run", "--", "echo", ":::", "a", "::::", "/nonexistent/in.txt"],
+    ] {
+        let out = jobmill(dir.path())
+            .args(args)
+            .assert()
+            .code(255)
+            .get_output()
+            .clone();
+        let err = stderr_of(&out);
+        assert_eq!(
+            err,
+            "jobmill: cannot read input from /nonexistent/in.txt: No such file or directory (os error 2)\n"
+        );
+    }
+}
