@@ -48,13 +48,16 @@
 //!   `unsafe`.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub use pool::Pool;
 
+pub mod events;
 pub mod exec;
 pub mod input;
 pub mod job;
 pub mod journal;
+pub mod outcome;
 pub mod persistent;
 pub mod pool;
 pub mod protocol;

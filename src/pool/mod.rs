@@ -826,6 +826,7 @@ where
             seq: index,
             payload,
             attempts: 0,
+            lost: 0,
         }) {
             // Not expected: the queue has room and stays open while the
             // engine runs.

@@ -466,6 +466,7 @@ impl RedisQueue {
             JobState::Leased {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
+                lost: lease.job.lost,
             }
             .apply(Transition::Complete, self.inner.policy())
             .map_err(|e| protocol("complete", e))?;
@@ -775,10 +776,11 @@ impl Queue for RedisQueue {
         let next = JobState::Leased {
             worker: lease.worker,
             attempt: lease.job.attempts,
+            lost: lease.job.lost,
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts } = next else {
+        let JobState::Queued { attempts, .. } = next else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {
