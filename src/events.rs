@@ -293,6 +293,18 @@ impl RunSummary {
         }
     }
 
+    /// The exit status of a worker on a shared queue, whose jobs' failures
+    /// are recorded in the queue, not in its status: 0 once the queue is
+    /// closed and drained, else as [`RunSummary::exit_code`] (255, 130,
+    /// 141, or 3 when the producer was lost).
+    pub fn worker_exit_code(&self) -> i32 {
+        if self.error.is_none() && matches!(self.stop, StopCause::None | StopCause::Halt) {
+            exit::SUCCESS
+        } else {
+            self.exit_code()
+        }
+    }
+
     /// How the run ended, as one word for the journal: `error`, `interrupted`,
     /// `halted`, `output-closed`, `producer-lost`, `complete` or `stopped`.
     pub fn ending(&self) -> &'static str {

@@ -52,6 +52,7 @@
 
 pub use pool::Pool;
 
+pub mod engine;
 pub mod events;
 pub mod exec;
 pub mod input;
@@ -62,8 +63,6 @@ pub mod persistent;
 pub mod pool;
 pub mod protocol;
 pub mod queue;
-pub mod remote;
-pub mod run;
 pub mod sys;
 pub mod template;
 pub mod worker;

@@ -4,10 +4,13 @@
 mod args;
 mod collect;
 mod journal;
+mod progress;
 mod queue;
+mod report;
 mod resume;
 mod run;
 
+use std::error::Error as _;
 use std::io;
 
 use clap::{Parser, Subcommand};
@@ -117,6 +120,24 @@ fn hidden_modes() -> Option<u8> {
         );
     }
     None
+}
+
+/// Prints a run's fatal error, with its chain of causes, on stderr.
+fn report_error(summary: &jobmill::events::RunSummary) {
+    if let Some(e) = &summary.error {
+        let mut line = format!("jobmill: {e}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            // Wrapped errors often repeat their source's text.
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            source = s.source();
+        }
+        eprintln!("{line}");
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

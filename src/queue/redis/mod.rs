@@ -690,6 +690,27 @@ impl Drop for RedisQueue {
 }
 
 impl Queue for RedisQueue {
+    fn complete_with(&self, lease: &Lease, info: &AttemptInfo) -> Result<Completion, QueueError> {
+        RedisQueue::complete_with(self, lease, info)
+    }
+
+    fn complete_many_with(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+    ) -> Result<Vec<Completion>, QueueError> {
+        RedisQueue::complete_many_with(self, leases, info)
+    }
+
+    fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        info: &AttemptInfo,
+    ) -> Result<Disposition, QueueError> {
+        RedisQueue::fail_with(self, lease, reason, info)
+    }
+
     fn put(&self, job: NewJob) -> Result<JobId, PutError> {
         match self.put_many(std::slice::from_ref(&job)) {
             Ok(ids) => ids
