@@ -367,6 +367,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         heartbeat: a.heartbeat,
     }
     .into_plan()?;
+    super::check_stdio(false)?;
     let queue = Arc::new(connect(&a.queue)?);
     let summary = work(plan, queue)?;
     Ok(summary.worker_exit_code() as u8)

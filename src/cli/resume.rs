@@ -38,6 +38,7 @@ pub struct ResumeArgs {
 
 /// Runs `jobmill resume`; returns the exit status.
 pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
+    super::check_stdio(false)?;
     let path = journal::locate(&a.run)?;
     // Absolute: resume moves to the run's working directory.
     let path = std::path::absolute(&path)

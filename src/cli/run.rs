@@ -418,6 +418,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     };
     let prepared = prepare(&command, &stored)?;
 
+    super::check_stdio(inputs.is_none() && a.arg_file.is_none())?;
     let source = match (inputs, &a.arg_file) {
         (Some(list), _) => Source::Args(list),
         (None, Some(path)) => Source::file(path)?,
