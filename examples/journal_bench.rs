@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use jobmill::events::{AttemptReport, AttemptStart, Observer, Resolution};
 use jobmill::exec::{Attempt, Capture, End, SpillBudget};
 use jobmill::job::NewJob;
 use jobmill::journal::{create, RunRecord, WriterConfig};
-use jobmill::run::{AttemptOutcome, AttemptReport, Observer};
 
 fn cpu() -> Duration {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
@@ -71,8 +71,13 @@ fn main() {
                 loop {
                     let next = rx.lock().expect("queue").recv();
                     let Ok(seq) = next else { break };
-                    j.attempt_started(seq, 1, s + 1, SystemTime::now())
-                        .expect("start");
+                    j.attempt_started(&AttemptStart {
+                        seq,
+                        attempt: 1,
+                        slot: s + 1,
+                        at: SystemTime::now(),
+                    })
+                    .expect("start");
                     let mut a = Attempt {
                         started: SystemTime::now(),
                         duration: Duration::from_micros(500),
@@ -83,12 +88,15 @@ fn main() {
                         stdout: Capture::new(budget.clone()),
                         stderr: Capture::new(budget.clone()),
                     };
+                    let outcome = a.outcome();
                     j.attempt_finished(&mut AttemptReport {
                         seq,
                         attempt: 1,
                         slot: s + 1,
-                        attempt_result: &mut a,
-                        outcome: &AttemptOutcome::Done,
+                        outcome: &outcome,
+                        resolution: &Resolution::Done,
+                        stdout: &mut a.stdout,
+                        stderr: &mut a.stderr,
                     })
                     .expect("finish");
                 }

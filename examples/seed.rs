@@ -98,6 +98,7 @@ fn trial(items: usize, size: usize, workers: usize, strategy: &str) -> bool {
                 seq,
                 payload: item.clone(),
                 attempts: 0,
+                lost: 0,
             })
             .expect("put");
     }

@@ -218,6 +218,7 @@ fn main() {
                         seq: i + 1,
                         payload: payload.clone(),
                         attempts: 0,
+                        lost: 0,
                     })
                     .expect("put");
             }

@@ -10,21 +10,35 @@
 //!  Queued ──────────▶ Leased ───────────────▶ Done
 //!    ▲                  │
 //!    │ release          │ fail(reason)
-//!    │ (unrun,          ▼
-//!    │  not counted)  attempts left? ── yes ──▶ Queued   (requeued)
-//!    └──────────────────┘     │
-//!                             no
-//!                             ▼
+//!    │ (unrun,          ├─ reason is "worker lost" ──▶ lost < max_lost? ── yes ──▶ Queued
+//!    │  not counted)    │                                  │ no            (lost + 1)
+//!    └──────────────────┤                                  ▼
+//!                       │                                 Dead
+//!                       ▼
+//!            counted attempts left? ── yes ──▶ Queued   (requeued)
+//!                       │
+//!                       no
+//!                       ▼
 //!              reason is the job's own verdict? ── yes ──▶ Failed
-//!                             │
-//!                             no (signal, timeout, lost worker, spawn error)
-//!                             ▼
-//!                            Dead
+//!                       │
+//!                       no (signal, timeout, spawn error)
+//!                       ▼
+//!                      Dead
 //! ```
 //!
 //! An attempt is counted when a job is leased. `release` returns a leased job
 //! that was never started (for example after the first Ctrl-C) and gives the
 //! attempt back.
+//!
+//! **The lost-worker rule.** A job is *lost* when whoever held it vanished
+//! without a verdict: a remote worker whose lease expired, or a long-lived
+//! worker that died while holding it. A lost attempt is recorded (it is in
+//! `attempts`) but does not count against the retries of
+//! [`RetryPolicy::max_attempts`], because the job did not fail; instead
+//! [`RetryPolicy::max_lost`] bounds how often a job may be lost, so a job
+//! that kills every worker still ends [`JobState::Dead`] with the cause
+//! "worker lost". A process-per-job attempt killed by a signal is the job's
+//! own death ([`FailReason::Signal`]) and counts against the retries.
 
 use std::fmt;
 
@@ -61,6 +75,8 @@ pub struct NewJob {
     /// Attempts already made before this put: 0 for a new job, more when a
     /// resumed run puts back a job that had been started.
     pub attempts: u32,
+    /// How many of those attempts were lost (see the lost-worker rule).
+    pub lost: u32,
 }
 
 impl NewJob {
@@ -70,6 +86,7 @@ impl NewJob {
             seq,
             payload: payload.into(),
             attempts: 0,
+            lost: 0,
         }
     }
 }
@@ -85,6 +102,8 @@ pub struct Job {
     pub payload: Bytes,
     /// Attempts counted so far, including the current one while leased.
     pub attempts: u32,
+    /// How many of `attempts` were lost (see the lost-worker rule).
+    pub lost: u32,
 }
 
 /// Why one attempt of a job failed.
@@ -127,6 +146,25 @@ impl FailReason {
     pub fn is_verdict(&self) -> bool {
         matches!(self, FailReason::Exit { .. } | FailReason::Reported { .. })
     }
+
+    /// Whether the attempt was lost: its holder vanished without a verdict.
+    /// Lost attempts follow [`RetryPolicy::max_lost`], not the retries.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, FailReason::WorkerLost { .. })
+    }
+
+    /// A short, stable name of the cause, as stored in journals and shown by
+    /// `status`: `exit`, `signal`, `timeout`, `reported`, `lost`, `spawn`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            FailReason::Exit { .. } => "exit",
+            FailReason::Reported { .. } => "reported",
+            FailReason::Signal { .. } => "signal",
+            FailReason::Timeout => "timeout",
+            FailReason::WorkerLost { .. } => "lost",
+            FailReason::Spawn { .. } => "spawn",
+        }
+    }
 }
 
 impl fmt::Display for FailReason {
@@ -144,54 +182,95 @@ impl fmt::Display for FailReason {
     }
 }
 
-/// The name of a signal number, such as `SIGKILL`, or `signal N` when unknown.
+/// The name of a signal number, such as `SIGKILL` (Linux numbering), or
+/// `SIGRTMIN+N` for a real-time signal, or `signal N` when unknown. The one
+/// place signal numbers are named.
 pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        17 => "SIGCHLD",
-        18 => "SIGCONT",
-        19 => "SIGSTOP",
-        20 => "SIGTSTP",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_string()
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    // glibc reserves 32 and 33; SIGRTMIN is 34 and SIGRTMAX 64 on Linux.
+    const RTMIN: i32 = 34;
+    const RTMAX: i32 = 64;
+    match usize::try_from(signal).ok().and_then(|i| NAMES.get(i)) {
+        Some(name) if !name.is_empty() => (*name).to_owned(),
+        _ if (RTMIN..=RTMAX).contains(&signal) => format!("SIGRTMIN+{}", signal - RTMIN),
+        _ => format!("signal {signal}"),
+    }
 }
 
 /// How many attempts a job gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Total attempts allowed, at least 1. `--retries N` means `N + 1`.
+    /// Counted attempts allowed, at least 1. `--retries N` means `N + 1`.
+    /// Lost attempts are not counted here.
     pub max_attempts: u32,
+    /// How many times a job may be lost and run again (`--max-lost`); the
+    /// loss after that makes it [`JobState::Dead`].
+    pub max_lost: u32,
 }
 
+/// The default of `--max-lost`.
+pub const DEFAULT_MAX_LOST: u32 = 3;
+
 impl RetryPolicy {
-    /// A policy allowing `retries` re-runs after the first attempt.
+    /// A policy allowing `retries` re-runs after the first attempt, and the
+    /// default [`DEFAULT_MAX_LOST`] losses.
     pub fn with_retries(retries: u32) -> Self {
         RetryPolicy {
             max_attempts: retries.saturating_add(1),
+            max_lost: DEFAULT_MAX_LOST,
         }
+    }
+
+    /// The same policy with `max_attempts` counted attempts allowed.
+    pub fn with_max_attempts(self, max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts,
+            ..self
+        }
+    }
+
+    /// The same policy with `max_lost` losses allowed.
+    pub fn max_lost(self, max_lost: u32) -> Self {
+        RetryPolicy { max_lost, ..self }
     }
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 1 }
+        RetryPolicy::with_retries(0)
     }
 }
 
@@ -202,6 +281,8 @@ pub enum JobState {
     Queued {
         /// Attempts made so far.
         attempts: u32,
+        /// How many of them were lost.
+        lost: u32,
     },
     /// Held by a worker, running attempt number `attempt` (from 1).
     Leased {
@@ -209,6 +290,8 @@ pub enum JobState {
         worker: WorkerId,
         /// The attempt now running, from 1.
         attempt: u32,
+        /// How many earlier attempts were lost.
+        lost: u32,
     },
     /// Finished successfully. Final.
     Done {
@@ -299,19 +382,43 @@ impl JobState {
         policy: RetryPolicy,
     ) -> Result<JobState, InvalidTransition> {
         let next = match (self, &transition) {
-            (JobState::Queued { attempts }, Transition::Lease { worker }) => JobState::Leased {
-                worker: *worker,
-                attempt: attempts + 1,
-            },
+            (JobState::Queued { attempts, lost }, Transition::Lease { worker }) => {
+                JobState::Leased {
+                    worker: *worker,
+                    attempt: attempts + 1,
+                    lost: *lost,
+                }
+            }
             (JobState::Leased { attempt, .. }, Transition::Complete) => {
                 JobState::Done { attempts: *attempt }
             }
-            (JobState::Leased { attempt, .. }, Transition::Release) => JobState::Queued {
+            (JobState::Leased { attempt, lost, .. }, Transition::Release) => JobState::Queued {
                 attempts: attempt - 1,
+                lost: *lost,
             },
-            (JobState::Leased { attempt, .. }, Transition::Fail { reason }) => {
-                if *attempt < policy.max_attempts {
-                    JobState::Queued { attempts: *attempt }
+            (JobState::Leased { attempt, lost, .. }, Transition::Fail { reason })
+                if reason.is_lost() =>
+            {
+                if *lost < policy.max_lost {
+                    JobState::Queued {
+                        attempts: *attempt,
+                        lost: lost + 1,
+                    }
+                } else {
+                    JobState::Dead {
+                        attempts: *attempt,
+                        reason: reason.clone(),
+                    }
+                }
+            }
+            (JobState::Leased { attempt, lost, .. }, Transition::Fail { reason }) => {
+                // Lost attempts do not count against the retries.
+                let counted = attempt.saturating_sub(*lost);
+                if counted < policy.max_attempts {
+                    JobState::Queued {
+                        attempts: *attempt,
+                        lost: *lost,
+                    }
                 } else if reason.is_verdict() {
                     JobState::Failed {
                         attempts: *attempt,
@@ -342,12 +449,19 @@ mod tests {
     const W: WorkerId = WorkerId(7);
 
     fn leased(attempt: u32) -> JobState {
-        JobState::Leased { worker: W, attempt }
+        JobState::Leased {
+            worker: W,
+            attempt,
+            lost: 0,
+        }
     }
 
     #[test]
     fn lease_counts_an_attempt() {
-        let s = JobState::Queued { attempts: 2 };
+        let s = JobState::Queued {
+            attempts: 2,
+            lost: 0,
+        };
         let next = s
             .apply(Transition::Lease { worker: W }, RetryPolicy::default())
             .unwrap();
@@ -364,7 +478,13 @@ mod tests {
                 RetryPolicy::with_retries(1),
             )
             .unwrap();
-        assert_eq!(next, JobState::Queued { attempts: 1 });
+        assert_eq!(
+            next,
+            JobState::Queued {
+                attempts: 1,
+                lost: 0
+            }
+        );
     }
 
     #[test]
@@ -387,16 +507,101 @@ mod tests {
     }
 
     #[test]
-    fn last_attempt_lost_worker_is_dead_and_keeps_reason() {
+    fn lost_attempt_is_requeued_without_counting_against_retries() {
         let reason = FailReason::WorkerLost {
             detail: "killed".into(),
+        };
+        // No retries at all, yet a lost job runs again.
+        let next = leased(1)
+            .apply(
+                Transition::Fail {
+                    reason: reason.clone(),
+                },
+                RetryPolicy::with_retries(0),
+            )
+            .unwrap();
+        assert_eq!(
+            next,
+            JobState::Queued {
+                attempts: 1,
+                lost: 1
+            }
+        );
+        // Its next, real failure is judged on counted attempts only: with
+        // no retries, it is final at once.
+        let leased_again = next
+            .apply(
+                Transition::Lease { worker: W },
+                RetryPolicy::with_retries(0),
+            )
+            .unwrap();
+        let end = leased_again
+            .apply(
+                Transition::Fail {
+                    reason: FailReason::Exit { code: 2 },
+                },
+                RetryPolicy::with_retries(0),
+            )
+            .unwrap();
+        assert_eq!(
+            end,
+            JobState::Failed {
+                attempts: 2,
+                reason: FailReason::Exit { code: 2 }
+            }
+        );
+    }
+
+    #[test]
+    fn loss_past_max_lost_is_dead_with_the_cause_lost() {
+        let reason = FailReason::WorkerLost {
+            detail: "killed".into(),
+        };
+        let policy = RetryPolicy::with_retries(5).max_lost(2);
+        let mut state = JobState::Queued {
+            attempts: 0,
+            lost: 0,
+        };
+        let mut losses = 0;
+        loop {
+            state = state
+                .apply(Transition::Lease { worker: W }, policy)
+                .unwrap();
+            state = state
+                .apply(
+                    Transition::Fail {
+                        reason: reason.clone(),
+                    },
+                    policy,
+                )
+                .unwrap();
+            losses += 1;
+            if state.is_final() {
+                break;
+            }
+        }
+        // Two losses are forgiven, the third is final.
+        assert_eq!(losses, 3);
+        assert_eq!(
+            state,
+            JobState::Dead {
+                attempts: 3,
+                reason
+            }
+        );
+    }
+
+    #[test]
+    fn max_lost_zero_makes_the_first_loss_final() {
+        let reason = FailReason::WorkerLost {
+            detail: "segfault".into(),
         };
         let next = leased(1)
             .apply(
                 Transition::Fail {
                     reason: reason.clone(),
                 },
-                RetryPolicy::default(),
+                RetryPolicy::with_retries(3).max_lost(0),
             )
             .unwrap();
         assert_eq!(
@@ -409,11 +614,34 @@ mod tests {
     }
 
     #[test]
+    fn release_keeps_the_lost_count() {
+        let s = JobState::Leased {
+            worker: W,
+            attempt: 3,
+            lost: 2,
+        };
+        assert_eq!(
+            s.apply(Transition::Release, RetryPolicy::default())
+                .unwrap(),
+            JobState::Queued {
+                attempts: 2,
+                lost: 2
+            }
+        );
+    }
+
+    #[test]
     fn release_gives_the_attempt_back() {
         let next = leased(1)
             .apply(Transition::Release, RetryPolicy::default())
             .unwrap();
-        assert_eq!(next, JobState::Queued { attempts: 0 });
+        assert_eq!(
+            next,
+            JobState::Queued {
+                attempts: 0,
+                lost: 0
+            }
+        );
     }
 
     #[test]
@@ -447,7 +675,10 @@ mod tests {
 
     #[test]
     fn queued_cannot_complete_or_fail() {
-        let s = JobState::Queued { attempts: 0 };
+        let s = JobState::Queued {
+            attempts: 0,
+            lost: 0,
+        };
         assert!(s
             .apply(Transition::Complete, RetryPolicy::default())
             .is_err());
@@ -460,6 +691,9 @@ mod tests {
     fn signal_names_are_readable() {
         assert_eq!(signal_name(9), "SIGKILL");
         assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(31), "SIGSYS");
+        assert_eq!(signal_name(34), "SIGRTMIN+0");
+        assert_eq!(signal_name(0), "signal 0");
         assert_eq!(signal_name(77), "signal 77");
     }
 }

@@ -48,19 +48,21 @@
 //!   `unsafe`.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub use pool::Pool;
 
+pub mod engine;
+pub mod events;
 pub mod exec;
 pub mod input;
 pub mod job;
 pub mod journal;
+pub mod outcome;
 pub mod persistent;
 pub mod pool;
 pub mod protocol;
 pub mod queue;
-pub mod remote;
-pub mod run;
 pub mod sys;
 pub mod template;
 pub mod worker;

@@ -409,9 +409,10 @@ proptest! {
         prop_assert!(!err.contains("panicked"), "panic: {}", err);
         let code = out.status.code();
         // 0, 1-101 failed jobs (2 is also clap's status for a bare
-        // `jobmill`), 130 interrupted, 255 usage or internal error.
+        // `jobmill`), 130 interrupted, 141 reader gone, 255 usage or
+        // internal error.
         prop_assert!(
-            matches!(code, Some(0..=101 | 130 | 255)),
+            matches!(code, Some(0..=101 | 130 | 141 | 255)),
             "undocumented status {:?}; stderr: {}", code, err
         );
         if code == Some(255) {
@@ -454,7 +455,15 @@ fn a_missing_input_file_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &["run", "-a", "/nonexistent/in.txt", "--", "echo"][..],
-        &["run", "--", "echo", ":::", "a", "::::", "/nonexistent/in.txt"],
+        &[
+            "run",
+            "--",
+            "echo",
+            ":::",
+            "a",
+            "::::",
+            "/nonexistent/in.txt",
+        ],
     ] {
         let out = jobmill(dir.path())
             .args(args)

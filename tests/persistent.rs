@@ -541,8 +541,8 @@ fn drain_stop_finishes_sent_jobs_and_leaves_the_rest_queued() {
 
 #[test]
 fn a_crash_is_blamed_on_the_running_job_not_on_unsent_results_before_it() {
-    // No retries: a wrongly blamed job would end dead.
-    let q = MemoryQueue::new(100, RetryPolicy::default());
+    // No retries and no loss forgiven: a wrongly blamed job would end dead.
+    let q = MemoryQueue::new(100, RetryPolicy::default().max_lost(0));
     put_all(&q, &payloads(100));
     q.close().unwrap();
     let rec = Recorder::default();

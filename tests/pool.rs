@@ -269,8 +269,8 @@ fn a_panicking_item_is_retried_per_the_policy() {
 }
 
 #[test]
-fn an_aborting_item_fails_with_its_index_and_the_pool_goes_on() {
-    let pool = builder().build().unwrap();
+fn an_aborting_item_is_run_again_max_lost_times_then_fails_with_its_index() {
+    let pool = builder().max_lost(2).build().unwrap();
     let results: Vec<_> = pool
         .map(&BEHAVE, acts(300, |x| (x == 100).then_some(Act::Abort)))
         .collect();
@@ -278,9 +278,10 @@ fn an_aborting_item_fails_with_its_index_and_the_pool_goes_on() {
     for (i, r) in results.iter().enumerate() {
         if i == 100 {
             match r {
+                // Two losses forgiven, the third is its end.
                 Err(PoolError::WorkerDied {
                     index: 100,
-                    attempts: 1,
+                    attempts: 3,
                     detail,
                 }) => assert!(detail.contains("SIGABRT"), "{detail}"),
                 other => panic!("expected the worker's death, got {other:?}"),
@@ -292,10 +293,10 @@ fn an_aborting_item_fails_with_its_index_and_the_pool_goes_on() {
 }
 
 #[test]
-fn an_item_that_aborts_once_succeeds_on_retry() {
+fn an_item_whose_worker_aborts_once_is_lost_not_failed_and_succeeds_without_retries() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("aborted").display().to_string();
-    let pool = builder().retries(1).build().unwrap();
+    let pool = builder().build().unwrap();
     let results: Vec<_> = pool
         .map(
             &BEHAVE,
@@ -795,7 +796,12 @@ fn a_map_dropped_midway_does_not_hand_its_workers_on() {
 fn after_every_worker_slot_gave_up_the_next_map_starts_afresh() {
     // One slot that gives up at its first death: an abort as the first
     // item stops the whole map.
-    let pool = builder().workers(1).max_failed_starts(1).build().unwrap();
+    let pool = builder()
+        .workers(1)
+        .max_failed_starts(1)
+        .max_lost(0)
+        .build()
+        .unwrap();
     let results: Vec<_> = pool
         .map(&BEHAVE, acts(5, |x| (x == 0).then_some(Act::Abort)))
         .collect();

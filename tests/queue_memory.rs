@@ -134,8 +134,9 @@ fn close_wakes_a_blocked_producer_with_its_job() {
 }
 
 #[test]
-fn lost_worker_requeues_its_leases_with_the_attempt_counted() {
-    let q = MemoryQueue::new(8, RetryPolicy::with_retries(1));
+fn lost_worker_requeues_its_leases_without_counting_against_retries() {
+    // No retries: a lost job still runs again, because it never failed.
+    let q = MemoryQueue::new(8, RetryPolicy::with_retries(0));
     q.put(job(1)).unwrap();
     q.put(job(2)).unwrap();
     let a = q.try_get(W1).unwrap();
@@ -147,7 +148,8 @@ fn lost_worker_requeues_its_leases_with_the_attempt_counted() {
     );
     let again = q.try_get(W2).unwrap();
     assert_eq!(again.job.seq, 1);
-    assert_eq!(again.job.attempts, 2);
+    // The lost attempt is recorded, and known to be lost.
+    assert_eq!((again.job.attempts, again.job.lost), (2, 1));
     // The lost worker's late completion is ignored: done exactly once.
     assert_eq!(q.complete(&a).unwrap(), Completion::Stale);
     assert_eq!(q.complete(&again).unwrap(), Completion::Recorded);
@@ -156,14 +158,17 @@ fn lost_worker_requeues_its_leases_with_the_attempt_counted() {
 }
 
 #[test]
-fn last_attempt_of_a_lost_worker_is_dead_with_the_reason_kept() {
-    let q = MemoryQueue::new(8, RetryPolicy::default());
+fn a_job_lost_past_max_lost_is_dead_with_the_reason_kept() {
+    let q = MemoryQueue::new(8, RetryPolicy::with_retries(5).max_lost(1));
     q.put(job(1)).unwrap();
-    let _a = q.try_get(W1).unwrap();
+    let _first = q.try_get(W1).unwrap();
     let lost = q.worker_lost(W1, "killed by the OOM killer").unwrap();
+    assert_eq!(lost[0].1, Disposition::Requeued { attempts: 1 });
+    let _second = q.try_get(W2).unwrap();
+    let lost = q.worker_lost(W2, "killed by the OOM killer").unwrap();
     match &lost[0].1 {
         Disposition::Final(JobState::Dead { attempts, reason }) => {
-            assert_eq!(*attempts, 1);
+            assert_eq!(*attempts, 2);
             assert_eq!(
                 reason,
                 &FailReason::WorkerLost {
@@ -213,6 +218,7 @@ fn resumed_job_keeps_its_previous_attempts() {
         seq: 7,
         payload: b"x".to_vec().into(),
         attempts: 1,
+        lost: 0,
     })
     .unwrap();
     let l = q.try_get(W1).unwrap();

@@ -96,7 +96,7 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
         command: ctx.command,
         options: ctx.options,
         cwd: std::env::current_dir().unwrap_or_default(),
-        host: jobmill::remote::hostname(),
+        host: jobmill::sys::hostname(),
         started_at: ctx.started_at.unwrap_or(taken),
         ended_at: Some(taken),
         end_reason: Some(if drained {

@@ -4,10 +4,13 @@
 mod args;
 mod collect;
 mod journal;
+mod progress;
 mod queue;
+mod report;
 mod resume;
 mod run;
 
+use std::error::Error as _;
 use std::io;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run COMMAND once per input, in parallel.
@@ -70,11 +75,51 @@ enum Command {
     Runs(journal::RunsArgs),
 }
 
+/// Which of stdin, stdout and stderr were closed when jobmill started
+/// (`<&-`, `>&-`).
+static CLOSED_STDIO: std::sync::OnceLock<[bool; 3]> = std::sync::OnceLock::new();
+
+/// Rust's runtime opens `/dev/null` read-write on a standard descriptor
+/// that was closed at exec, so that no file opened later takes its place.
+/// A user's own `>/dev/null` or `</dev/null` is opened for writing or for
+/// reading only: a read-write `/dev/null` on 0, 1 or 2 was a closed one.
+fn closed_stdio() -> [bool; 3] {
+    let mut closed = [false; 3];
+    for (fd, c) in closed.iter_mut().enumerate() {
+        let null = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|p| p == std::path::Path::new("/dev/null"));
+        let read_write = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .ok()
+            .and_then(|info| {
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                u32::from_str_radix(flags.trim(), 8).ok()
+            })
+            .is_some_and(|flags| flags & 0o3 == 0o2);
+        *c = null && read_write;
+    }
+    closed
+}
+
+/// Refuses to run jobs whose output (or input, with `stdin`) would be
+/// lost: a closed stdout, or a closed stdin that the inputs come from.
+/// A run that did not run all its jobs never exits 0 (it exits 255).
+pub(crate) fn check_stdio(reads_stdin: bool) -> anyhow::Result<()> {
+    let closed = CLOSED_STDIO.get().copied().unwrap_or_default();
+    if closed[1] {
+        anyhow::bail!("stdout is closed: the jobs' output would be lost (run nothing)");
+    }
+    if reads_stdin && closed[0] {
+        anyhow::bail!("stdin is closed: there are no inputs to read (give them with -a or :::)");
+    }
+    Ok(())
+}
+
 /// Runs the command line; returns the process exit status.
 pub fn main() -> u8 {
     if let Some(code) = hidden_modes() {
         return code;
     }
+    CLOSED_STDIO.get_or_init(closed_stdio);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -149,6 +194,24 @@ fn hidden_modes() -> Option<u8> {
         );
     }
     None
+}
+
+/// Prints a run's fatal error, with its chain of causes, on stderr.
+fn report_error(summary: &jobmill::events::RunSummary) {
+    if let Some(e) = &summary.error {
+        let mut line = format!("jobmill: {e}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            // Wrapped errors often repeat their source's text.
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            source = s.source();
+        }
+        eprintln!("{line}");
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

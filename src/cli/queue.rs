@@ -11,12 +11,16 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use jobmill::engine::{Plan, Work, WorkersOptions};
+use jobmill::events::{Observer, RunSummary};
 use jobmill::input::{InputError, Records, Source};
 use jobmill::job::{NewJob, RetryPolicy};
+use jobmill::outcome::exit;
 use jobmill::queue::redis::{ProducerState, RedisConfig, RedisQueue};
 use jobmill::queue::{PutError, Queue};
-use jobmill::remote::{self, PersistentWorkOptions, WorkOptions, WorkSummary};
 use jobmill::template::Template;
+
+use super::report::Reporter;
 
 use super::args;
 use super::run::{resolve_program, split_command, RunArgs};
@@ -284,14 +288,6 @@ fn template_of(command: Vec<OsString>, shell: bool) -> anyhow::Result<Template> 
     Ok(Template::parse(&command, shell)?)
 }
 
-/// How the jobs of a queue are run here.
-enum Work {
-    /// A process per attempt.
-    Processes(WorkOptions),
-    /// Long-lived worker processes over the worker protocol.
-    Persistent(PersistentWorkOptions),
-}
-
 /// What `-j`, `--timeout`, `--grace`, `--output-memory`, `--shell`,
 /// `--persistent`, `--window` and `--heartbeat` make of the command.
 struct WorkSpec {
@@ -307,63 +303,59 @@ struct WorkSpec {
 }
 
 impl WorkSpec {
-    fn into_work(self) -> anyhow::Result<Work> {
+    fn into_plan(self) -> anyhow::Result<Plan> {
         if self.jobs == Some(0) {
             bail!("--jobs must be at least 1");
         }
-        if !self.persistent {
-            let template = template_of(self.command, self.shell)?;
-            let mut opts = WorkOptions::new(template);
-            if let Some(j) = self.jobs {
-                opts.jobs = j;
+        let work = if self.persistent {
+            if self.shell {
+                bail!("--shell cannot be used with --persistent: the worker command is run as is");
             }
-            opts.timeout = self.timeout;
-            opts.grace = self.grace;
-            opts.output_memory = self.output_memory;
-            opts.guardian = std::env::current_exe().ok();
-            opts.handle_signals = true;
-            return Ok(Work::Processes(opts));
-        }
-        if self.shell {
-            bail!("--shell cannot be used with --persistent: the worker command is run as is");
-        }
-        if self.window == 0 {
-            bail!("--window must be at least 1");
-        }
-        let mut command = self.command;
-        if command.is_empty() {
-            bail!("no command given after `--`");
-        }
-        if let Some(path) = resolve_program(&command[0])? {
-            command[0] = path.into_os_string();
-        }
-        let mut opts = PersistentWorkOptions::new(command);
+            if self.window == 0 {
+                bail!("--window must be at least 1");
+            }
+            let mut command = self.command;
+            if command.is_empty() {
+                bail!("no command given after `--`");
+            }
+            if let Some(path) = resolve_program(&command[0])? {
+                command[0] = path.into_os_string();
+            }
+            let mut w = WorkersOptions::new(command, 1);
+            w.config.window = self.window;
+            w.config.heartbeat = self.heartbeat;
+            Work::Persistent(w)
+        } else {
+            Work::Command(template_of(self.command, self.shell)?)
+        };
+        let mut plan = Plan::new(work);
         if let Some(j) = self.jobs {
-            opts.workers = j;
+            plan.jobs = j;
         }
-        opts.window = self.window;
-        opts.timeout = self.timeout;
-        opts.heartbeat = self.heartbeat;
-        opts.output_memory = self.output_memory;
-        opts.guardian = std::env::current_exe().ok();
-        opts.handle_signals = true;
-        Ok(Work::Persistent(opts))
+        plan.timeout = self.timeout;
+        plan.grace = self.grace;
+        plan.output_memory = self.output_memory;
+        plan.guardian = std::env::current_exe().ok();
+        plan.handle_signals = true;
+        plan.host = Some(jobmill::sys::hostname());
+        Ok(plan)
     }
 }
 
-impl Work {
-    fn run(self, queue: Arc<RedisQueue>) -> anyhow::Result<WorkSummary> {
-        match self {
-            Work::Processes(opts) => remote::work(queue, opts),
-            Work::Persistent(opts) => remote::work_persistent(queue, opts),
-        }
-        .context("cannot start the workers")
-    }
+/// Works on the shared `queue` under `plan` until it is closed and drained,
+/// or the worker stops.
+fn work(plan: Plan, queue: Arc<RedisQueue>) -> anyhow::Result<RunSummary> {
+    let reporter: Arc<dyn Observer> = Arc::new(Reporter::new(false));
+    let summary = plan
+        .run(queue, None, vec![reporter])
+        .context("cannot start the workers")?;
+    super::report_error(&summary);
+    Ok(summary)
 }
 
 /// `jobmill worker`.
 pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
-    let work = WorkSpec {
+    let plan = WorkSpec {
         command: a.command,
         shell: a.shell,
         jobs: a.jobs,
@@ -374,10 +366,11 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         window: a.window,
         heartbeat: a.heartbeat,
     }
-    .into_work()?;
+    .into_plan()?;
+    super::check_stdio(false)?;
     let queue = Arc::new(connect(&a.queue)?);
-    let summary = work.run(queue)?;
-    Ok(summary.exit_code() as u8)
+    let summary = work(plan, queue)?;
+    Ok(summary.worker_exit_code() as u8)
 }
 
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
@@ -401,7 +394,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         bail!("--keep-order and --halt are not supported with --queue yet");
     }
     let (command, inputs) = split_command(a.command)?;
-    let work = WorkSpec {
+    let plan = WorkSpec {
         command,
         shell: a.shell,
         jobs: a.jobs,
@@ -412,7 +405,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         window: a.window,
         heartbeat: None,
     }
-    .into_work()?;
+    .into_plan()?;
     let source = input_source(inputs, &a.arg_file.first().cloned())?;
     let queue = Arc::new(connect(url)?);
     apply_settings(&queue, Some(a.retries), None, None)?;
@@ -423,10 +416,10 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
             .name("jobmill-submit".into())
             .spawn(move || submit_all(&queue, source, separator, false))?
     };
-    let summary = work.run(Arc::clone(&queue))?;
-    if summary.signalled || summary.error.is_some() {
+    let summary = work(plan, Arc::clone(&queue))?;
+    if summary.worker_exit_code() != exit::SUCCESS {
         // The submitter may be blocked on input; do not wait for it.
-        return Ok(summary.exit_code() as u8);
+        return Ok(summary.worker_exit_code() as u8);
     }
     match submitter.join() {
         Ok(Ok(_)) => {}
@@ -437,7 +430,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         Err(_) => bail!("internal error: the submit thread panicked"),
     }
     let c = queue.counts()?;
-    Ok((c.failed + c.dead).min(101) as u8)
+    Ok(exit::failures(c.failed + c.dead) as u8)
 }
 
 /// `jobmill status --queue URL`.

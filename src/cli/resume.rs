@@ -5,10 +5,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use jobmill::engine::JobSource;
+use jobmill::events::Observer;
 use jobmill::input::plan::Payloads;
 use jobmill::input::{Records, Source, SourceSpec};
 use jobmill::journal::{self, resume};
-use jobmill::run::{self as runner, JobSource, Observer};
+
+use super::report::Reporter;
 
 use super::run::{journal_line, numbered, prepare, StoredInput, StoredOptions};
 
@@ -36,6 +39,7 @@ pub struct ResumeArgs {
 
 /// Runs `jobmill resume`; returns the exit status.
 pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
+    super::check_stdio(false)?;
     let path = journal::locate(&a.run)?;
     // Absolute: resume moves to the run's working directory.
     let path = std::path::absolute(&path)
@@ -62,7 +66,8 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
             run.cwd.display()
         )
     })?;
-    let prepared = prepare(&run.command, &stored, a.progress)?;
+    let prepared = prepare(&run.command, &stored)?;
+    let reporter = Arc::new(Reporter::new(a.progress));
 
     // The input past the recorded jobs, when the run had not read it all.
     let separator = if stored.null { 0 } else { b'\n' };
@@ -109,7 +114,7 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
     let (journal, pending) = r.start(a.failed, whole_input, stored.writer_config())?;
     let journal = Arc::new(journal);
     if a.verbose || a.progress {
-        eprintln!("{}", journal_line(journal.path(), &run.run_id));
+        reporter.line(&journal_line(journal.path(), &run.run_id));
     }
     if a.verbose {
         eprintln!(
@@ -131,11 +136,12 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
         jobs = Box::new(jobs.chain(numbered(records, known + 1)));
     }
     let observers: Vec<Arc<dyn Observer>> = vec![Arc::clone(&journal) as Arc<dyn Observer>];
-    let summary = runner::run(prepared.opts, jobs, observers).context("cannot start the run")?;
+    let summary = prepared.run(jobs, Arc::clone(&reporter), observers)?;
+    super::report_error(&summary);
     let _ = journal.close("ended");
     let path = journal.path().to_path_buf();
     drop(journal);
-    if summary.error.is_some() || summary.interrupted || summary.halted {
+    if summary.error.is_some() || summary.stop != jobmill::events::StopCause::None {
         eprintln!("{}", journal_line(&path, &run.run_id));
         return Ok(summary.exit_code() as u8);
     }

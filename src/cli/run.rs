@@ -9,18 +9,24 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use jobmill::engine::halt::Halt;
+use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
+use jobmill::events::{Observer, RunSummary};
 use jobmill::input::plan::Payloads;
-use jobmill::input::{Batch, Columns, Header, Plan, Shape, SourceDef, SourceSpec, Trim};
+use jobmill::input::{
+    Batch, Columns, Header, Plan as InputPlan, Shape, SourceDef, SourceSpec, Trim,
+};
 use jobmill::job::NewJob;
+use jobmill::job::RetryPolicy;
 use jobmill::journal::resume::{json_to_bytes, os_to_json};
 use jobmill::journal::writer::DEFAULT_OUTPUT_CAP;
 #[cfg(test)]
 use jobmill::journal::writer::DEFAULT_SYNC_INTERVAL;
 use jobmill::journal::{self, Journal, JournalError, RunRecord, WriterConfig};
-use jobmill::run::halt::Halt;
-use jobmill::run::persistent::PersistentOptions;
-use jobmill::run::{self as runner, JobSource, Observer, RunOptions};
+use jobmill::queue::memory::MemoryQueue;
 use jobmill::template::Template;
+
+use super::report::Reporter;
 
 use super::args;
 
@@ -103,6 +109,13 @@ pub struct RunArgs {
           value_parser = args::retries)]
     pub retries: u32,
 
+    /// Run a job whose worker vanished without a verdict (a long-lived
+    /// worker that died holding it, a remote worker whose lease expired)
+    /// again up to N times. Such losses do not count against --retries;
+    /// the loss after the Nth leaves the job dead with the cause "lost".
+    #[arg(long, value_name = "N", default_value_t = jobmill::job::DEFAULT_MAX_LOST)]
+    pub max_lost: u32,
+
     /// Stop an attempt after DURATION (e.g. 30, 1.5s, 10m): TERM to its
     /// process group, KILL after --grace. 0: no timeout.
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
@@ -144,6 +157,18 @@ pub struct RunArgs {
     /// 0: no arena. See docs/PAYLOADS.md.
     #[arg(long, value_name = "SIZE", value_parser = args::size, default_value = "2G", requires = "persistent")]
     pub arena: usize,
+
+    /// With --persistent: how long a new worker may take to complete its
+    /// handshake (imports, model loads) before it is given up on.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "10s", requires = "persistent")]
+    pub handshake_timeout: Duration,
+
+    /// With --persistent: end every result with a NUL byte instead of a
+    /// newline (for binary results). Without it, a newline is added to each
+    /// result that does not already end with one, so every result is one
+    /// record.
+    #[arg(long, requires = "persistent")]
+    pub print0: bool,
 
     /// Run on a shared queue (redis://host:port/NAME) instead of in
     /// memory: inputs are submitted to it and worked on here; workers on
@@ -293,7 +318,7 @@ const MAX_LINE: usize = 130_000;
 
 impl StoredPlan {
     /// The input plan, with relative paths taken from the current directory.
-    pub fn plan(&self, null: bool) -> anyhow::Result<Plan> {
+    pub fn plan(&self, null: bool) -> anyhow::Result<InputPlan> {
         let mut sources = Vec::with_capacity(self.sources.len());
         for v in &self.sources {
             let linked = v.get("linked").and_then(|l| l.as_bool()).unwrap_or(false);
@@ -337,7 +362,7 @@ impl StoredPlan {
             (None, Some((budget, overhead))) => Batch::Fit { budget, overhead },
             (None, None) => Batch::One,
         };
-        Ok(Plan {
+        Ok(InputPlan {
             sources,
             link: self.link,
             separator: if null { 0 } else { b'\n' },
@@ -377,6 +402,8 @@ pub(super) struct StoredOptions {
     pub null: bool,
     pub shell: bool,
     pub retries: u32,
+    #[serde(default = "default_max_lost")]
+    pub max_lost: u32,
     /// Seconds.
     pub timeout: Option<f64>,
     /// Seconds.
@@ -388,6 +415,11 @@ pub(super) struct StoredOptions {
     /// Bytes of each persistent worker's shared-memory arena.
     #[serde(default = "default_arena")]
     pub arena: usize,
+    /// Seconds.
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout: f64,
+    #[serde(default)]
+    pub print0: bool,
     pub journal_output_cap: usize,
     /// Seconds.
     pub journal_fsync: f64,
@@ -408,6 +440,14 @@ fn default_arena() -> usize {
     jobmill::persistent::DEFAULT_ARENA
 }
 
+fn default_max_lost() -> u32 {
+    jobmill::job::DEFAULT_MAX_LOST
+}
+
+fn default_handshake() -> f64 {
+    jobmill::engine::DEFAULT_HANDSHAKE.as_secs_f64()
+}
+
 /// Where the inputs of a run come from, as stored.
 pub(super) enum StoredInput {
     Stdin,
@@ -421,7 +461,7 @@ impl StoredOptions {
     }
 
     /// The input plan of the run: `plan`, or the one source of `input`.
-    pub fn input_plan(&self) -> anyhow::Result<Plan> {
+    pub fn input_plan(&self) -> anyhow::Result<InputPlan> {
         if let Some(p) = &self.plan {
             return p.plan(self.null);
         }
@@ -430,7 +470,7 @@ impl StoredOptions {
             StoredInput::File(p) => SourceSpec::File(p),
             StoredInput::Args(a) => SourceSpec::Args(a),
         };
-        let mut plan = Plan::new(vec![SourceDef {
+        let mut plan = InputPlan::new(vec![SourceDef {
             spec,
             linked: false,
         }]);
@@ -475,16 +515,33 @@ fn stored_input(input: &serde_json::Value) -> anyhow::Result<StoredInput> {
 
 /// A run ready to start: what `jobmill run` and `jobmill resume` share.
 pub(super) struct Prepared {
-    pub opts: RunOptions,
+    pub plan: Plan,
+    pub policy: RetryPolicy,
 }
 
-/// Builds the run options from the command (as given, before the program
-/// is resolved) and the stored options.
-pub(super) fn prepare(
-    command: &[OsString],
-    o: &StoredOptions,
-    progress: bool,
-) -> anyhow::Result<Prepared> {
+impl Prepared {
+    /// Runs the jobs of `input` on an in-memory queue, reporting to
+    /// `reporter` and `observers`.
+    pub fn run(
+        self,
+        input: JobSource,
+        reporter: Arc<Reporter>,
+        mut observers: Vec<Arc<dyn Observer>>,
+    ) -> anyhow::Result<RunSummary> {
+        observers.push(reporter);
+        let queue = Arc::new(MemoryQueue::new(QUEUE_CAPACITY, self.policy));
+        self.plan
+            .run(queue, Some(input), observers)
+            .context("cannot start the run")
+    }
+}
+
+/// Jobs read ahead of the slots: the bound on memory of a lazy input.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// Builds the run from the command (as given, before the program is
+/// resolved) and the stored options.
+pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result<Prepared> {
     let mut command = command.to_vec();
     if command.is_empty() {
         bail!("no command given after `--`");
@@ -504,26 +561,30 @@ pub(super) fn prepare(
     if o.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let persistent = o.persistent.then(|| PersistentOptions {
-        command: command.clone(),
-        window: o.window,
-        arena: o.arena,
-    });
-    let template = Template::parse_shaped(&command, o.shell, o.shape.clone())?;
+    let work = if o.persistent {
+        let mut w = WorkersOptions::new(command.clone(), o.jobs);
+        w.config.window = o.window;
+        w.config.arena = o.arena;
+        w.config.hello_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
+        w.nul_records = o.print0;
+        Work::Persistent(w)
+    } else {
+        Work::Command(Template::parse_shaped(&command, o.shell, o.shape.clone())?)
+    };
     let halt: Option<Halt> = o.halt.as_deref().map(str::parse).transpose()?;
-    let mut opts = RunOptions::new(template);
-    opts.jobs = o.jobs;
-    opts.keep_order = o.keep_order;
-    opts.retries = o.retries;
-    opts.timeout = o.timeout.map(Duration::from_secs_f64);
-    opts.grace = Duration::from_secs_f64(o.grace);
-    opts.halt = halt;
-    opts.progress = progress;
-    opts.output_memory = o.output_memory;
-    opts.guardian = std::env::current_exe().ok();
-    opts.handle_signals = true;
-    opts.persistent = persistent;
-    Ok(Prepared { opts })
+    let mut plan = Plan::new(work);
+    plan.jobs = o.jobs;
+    plan.keep_order = o.keep_order;
+    plan.timeout = o.timeout.map(Duration::from_secs_f64);
+    plan.grace = Duration::from_secs_f64(o.grace);
+    plan.halt = halt;
+    plan.output_memory = o.output_memory;
+    plan.guardian = std::env::current_exe().ok();
+    plan.handle_signals = true;
+    Ok(Prepared {
+        plan,
+        policy: RetryPolicy::with_retries(o.retries).max_lost(o.max_lost),
+    })
 }
 
 /// Jobs numbered from `first` from payloads.
@@ -593,6 +654,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         null: a.null,
         shell: a.shell,
         retries: a.retries,
+        max_lost: a.max_lost,
         timeout: a.timeout.map(|t| t.as_secs_f64()),
         grace: a.grace.as_secs_f64(),
         halt: a.halt.clone(),
@@ -600,6 +662,8 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         arena: a.arena,
+        handshake_timeout: a.handshake_timeout.as_secs_f64(),
+        print0: a.print0,
         journal_output_cap: a.journal_output_cap,
         journal_fsync: a.journal_fsync.as_secs_f64(),
         input,
@@ -611,13 +675,23 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         stored.shape = shape;
         return dry_run(&command, &stored, payloads);
     }
-    let mut prepared = prepare(&command, &stored, a.progress)?;
-    let (payloads, shape) = stored.input_plan()?.open().map_err(one_error)?;
+    let mut prepared = prepare(&command, &stored)?;
+    let input_plan = stored.input_plan()?;
+    super::check_stdio(
+        input_plan
+            .sources
+            .iter()
+            .any(|s| s.spec == SourceSpec::Stdin),
+    )?;
+    let (payloads, shape) = input_plan.open().map_err(one_error)?;
     if shape != stored.shape {
-        if a.persistent && shape.joined {
-            bail!("--persistent takes one value per job: not several sources, columns or batches");
+        match &mut prepared.plan.work {
+            Work::Command(t) => *t = t.with_shape(shape.clone()),
+            _ if shape.joined => bail!(
+                "--persistent takes one value per job: not several sources, columns or batches"
+            ),
+            _ => {}
         }
-        prepared.opts.template = prepared.opts.template.with_shape(shape.clone());
         stored.shape = shape;
     }
     let jobs = numbered(payloads, 1);
@@ -627,20 +701,22 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     } else {
         Some(create_journal(&a, &command, &stored, &cwd)?)
     };
+    let reporter = Arc::new(Reporter::new(a.progress));
     if let Some((j, id)) = &journal {
         if a.verbose || a.progress {
-            eprintln!("{}", journal_line(j.path(), id));
+            reporter.line(&journal_line(j.path(), id));
         }
     }
     let observers: Vec<Arc<dyn Observer>> = journal
         .iter()
         .map(|(j, _)| Arc::clone(j) as Arc<dyn Observer>)
         .collect();
-    let summary = runner::run(prepared.opts, jobs, observers).context("cannot start the run")?;
+    let summary = prepared.run(jobs, Arc::clone(&reporter), observers)?;
+    super::report_error(&summary);
     if let Some((j, id)) = &journal {
         let _ = j.close("ended");
-        if summary.interrupted || summary.error.is_some() || summary.failed + summary.dead > 0 {
-            eprintln!("{}", journal_line(j.path(), id));
+        if summary.exit_code() != 0 {
+            reporter.line(&journal_line(j.path(), id));
         }
     }
     Ok(summary.exit_code() as u8)

@@ -112,6 +112,42 @@ pub struct Attempt {
     pub stderr: Capture,
 }
 
+impl Attempt {
+    /// What this attempt means in the model: stopped by jobmill, timed out
+    /// (whatever the status after the TERM), succeeded, exited with a code,
+    /// killed by a signal, or could not start; with its duration and the
+    /// main process's peak RSS.
+    pub fn outcome(&self) -> crate::outcome::Outcome {
+        use crate::job::FailReason;
+        use crate::outcome::{AttemptEnd, Outcome};
+        let end = if self.terminated {
+            AttemptEnd::Stopped
+        } else if self.timed_out {
+            AttemptEnd::Failed(FailReason::Timeout)
+        } else {
+            match &self.end {
+                End::Exited(0) => AttemptEnd::Succeeded,
+                End::Exited(code) => AttemptEnd::Failed(FailReason::Exit { code: *code }),
+                End::Signaled(signal) => AttemptEnd::Failed(FailReason::Signal { signal: *signal }),
+                End::SpawnFailed(error) => AttemptEnd::Failed(FailReason::Spawn {
+                    error: error.clone(),
+                }),
+            }
+        };
+        let spawned = !matches!(self.end, End::SpawnFailed(_));
+        Outcome {
+            end,
+            started: self.started,
+            duration: Some(self.duration),
+            max_rss_kib: spawned.then_some(self.max_rss_kib),
+            exit_code: match self.end {
+                End::Exited(code) => Some(code),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The name of signal `sig` (`"SIGKILL"`), or `"signal N"` when unknown.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: [&str; 32] = [

@@ -82,10 +82,10 @@ pub(crate) struct Completion {
     pub job_state: &'static str,
     /// Why it failed, died or was requeued.
     pub reason: Option<String>,
-    /// Seconds it ran.
-    pub duration: f64,
-    /// Peak RSS in KiB.
-    pub max_rss_kib: u64,
+    /// Seconds it ran; `None` when not known (a long-lived worker's job).
+    pub duration: Option<f64>,
+    /// Peak RSS in KiB; `None` when not known.
+    pub max_rss_kib: Option<u64>,
     /// Kept stdout (index 0) and stderr (index 1), if any.
     pub output: [Option<Output>; 2],
 }
@@ -177,8 +177,9 @@ pub(crate) fn encode(c: &Completion, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&c.slot.to_le_bytes());
     buf.extend_from_slice(&c.started_at.to_le_bytes());
     buf.extend_from_slice(&c.ended_at.to_le_bytes());
-    buf.extend_from_slice(&c.duration.to_le_bytes());
-    buf.extend_from_slice(&c.max_rss_kib.to_le_bytes());
+    // Unknown values are written as NaN and u64::MAX (never measured).
+    buf.extend_from_slice(&c.duration.unwrap_or(f64::NAN).to_le_bytes());
+    buf.extend_from_slice(&c.max_rss_kib.unwrap_or(u64::MAX).to_le_bytes());
     buf.extend_from_slice(&c.exit_code.unwrap_or(0).to_le_bytes());
     buf.extend_from_slice(&c.signal.unwrap_or(0).to_le_bytes());
     if let Some(r) = &c.reason {
@@ -300,8 +301,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
     let slot = r.u64()?;
     let started_at = r.f64()?;
     let ended_at = r.f64()?;
-    let duration = r.f64()?;
-    let max_rss_kib = r.u64()?;
+    let duration = Some(r.f64()?).filter(|d| !d.is_nan());
+    let max_rss_kib = Some(r.u64()?).filter(|&k| k != u64::MAX);
     let exit_code = r.i32()?;
     let signal = r.i32()?;
     let reason = if flags & FLAG_REASON != 0 {
@@ -627,8 +628,8 @@ mod tests {
             outcome: "failed",
             job_state: "failed",
             reason: Some("exit status 3".into()),
-            duration: 1.25,
-            max_rss_kib: 4096,
+            duration: Some(1.25),
+            max_rss_kib: Some(4096),
             output: [
                 Some(Output {
                     data: b"out\n".to_vec(),
@@ -710,8 +711,8 @@ mod tests {
                         outcome: OUTCOMES[o],
                         job_state: JOB_STATES[s],
                         reason,
-                        duration: 0.5,
-                        max_rss_kib: rss,
+                        duration: Some(0.5),
+                        max_rss_kib: Some(rss),
                         output: [a, b],
                     }
                 },

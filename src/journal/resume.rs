@@ -317,6 +317,7 @@ impl PendingJobs {
                 seq: seq as u64,
                 payload: Bytes::from(input),
                 attempts,
+                lost: 0,
             });
         }
         Ok(())

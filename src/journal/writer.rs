@@ -55,9 +55,9 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::exec::End;
-use crate::job::{JobState, NewJob};
-use crate::run::{AttemptOutcome, AttemptReport, Observer, ObserverError, RunSummary};
+use crate::events::{AttemptReport, AttemptStart, Observer, ObserverError, Resolution, RunSummary};
+use crate::job::{FailReason, JobState, NewJob};
+use crate::outcome::AttemptEnd;
 
 use super::completions::{self, Completion, Log};
 use super::{JournalError, APPLICATION_ID, SCHEMA, SCHEMA_VERSION};
@@ -459,7 +459,7 @@ impl Shared {
     ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
         loop {
             if let Some(f) = &st.failed {
-                return Err(ObserverError(f.clone()));
+                return Err(ObserverError::msg(f.clone()));
             }
             if st.committed >= ticket {
                 return Ok(st);
@@ -737,10 +737,10 @@ impl Journal {
     /// Queues `event` (with the state locked); returns its ticket.
     fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, ObserverError> {
         if let Some(f) = &st.failed {
-            return Err(ObserverError(f.clone()));
+            return Err(ObserverError::msg(f.clone()));
         }
         if st.closing {
-            return Err(ObserverError(format!(
+            return Err(ObserverError::msg(format!(
                 "journal {}: written after it was closed",
                 self.path.display()
             )));
@@ -768,7 +768,7 @@ impl Journal {
             return Ok(());
         };
         if let Some(f) = &self.shared.lock().failed {
-            return Err(ObserverError(f.clone()));
+            return Err(ObserverError::msg(f.clone()));
         }
         if let Err(e) = log.write(self.config.sync_interval.is_zero()) {
             let msg = format!(
@@ -779,7 +779,7 @@ impl Journal {
             let mut st = self.shared.lock();
             st.failed.get_or_insert(msg.clone());
             self.shared.durable.notify_all();
-            return Err(ObserverError(msg));
+            return Err(ObserverError::msg(msg));
         }
         let mut st = self.shared.lock();
         st.log_ticket = log.buffered_ticket;
@@ -833,7 +833,7 @@ impl Journal {
         let result = {
             let mut st = self.shared.lock();
             if let Some(f) = &st.failed {
-                Err(ObserverError(f.clone()))
+                Err(ObserverError::msg(f.clone()))
             } else {
                 let ticket = st.next_ticket;
                 st.next_ticket += 1;
@@ -874,30 +874,30 @@ impl Drop for Journal {
     }
 }
 
-fn end_fields(end: &End) -> (Option<i32>, Option<i32>) {
-    match end {
-        End::Exited(c) => (Some(*c), None),
-        End::Signaled(s) => (None, Some(*s)),
-        End::SpawnFailed(_) => (None, None),
-    }
-}
-
-/// (attempt outcome, job state, reason) of an outcome.
-fn outcome_fields(outcome: &AttemptOutcome) -> (&'static str, &'static str, Option<String>) {
-    match outcome {
-        AttemptOutcome::Done => ("done", "done", None),
-        AttemptOutcome::Requeued { reason } => ("requeued", "queued", Some(reason.to_string())),
-        AttemptOutcome::Final(JobState::Failed { reason, .. }) => {
+/// (attempt outcome, job state, reason) of a resolution.
+fn outcome_fields(
+    resolution: &Resolution,
+    end: &AttemptEnd,
+) -> (&'static str, &'static str, Option<String>) {
+    match resolution {
+        Resolution::Done => ("done", "done", None),
+        Resolution::Requeued { reason } => ("requeued", "queued", Some(reason.to_string())),
+        Resolution::Final(JobState::Failed { reason, .. }) => {
             ("failed", "failed", Some(reason.to_string()))
         }
-        AttemptOutcome::Final(JobState::Dead { reason, .. }) => {
+        Resolution::Final(JobState::Dead { reason, .. }) => {
             ("dead", "dead", Some(reason.to_string()))
         }
-        AttemptOutcome::Final(other) => ("failed", "failed", Some(format!("{other:?}"))),
-        AttemptOutcome::Interrupted => (
+        Resolution::Final(other) => ("failed", "failed", Some(format!("{other:?}"))),
+        Resolution::Interrupted if *end == AttemptEnd::Stopped => (
             "interrupted",
             "queued",
             Some("stopped by jobmill (interrupted)".to_string()),
+        ),
+        Resolution::Interrupted => (
+            "interrupted",
+            "queued",
+            Some("the lease was taken over by another worker".to_string()),
         ),
     }
 }
@@ -924,13 +924,8 @@ impl Observer for Journal {
         self.push(Event::InputComplete).map(drop)
     }
 
-    fn attempt_started(
-        &self,
-        seq: u64,
-        _attempt: u32,
-        slot: usize,
-        at: SystemTime,
-    ) -> Result<(), ObserverError> {
+    fn attempt_started(&self, start: &AttemptStart) -> Result<(), ObserverError> {
+        let (seq, slot) = (start.seq, start.slot);
         // The durability gate: every attempt end recorded so far survives
         // jobmill's death before anything new starts.
         self.write_log()?;
@@ -946,29 +941,31 @@ impl Observer for Journal {
         if let Some(ticket) = pending {
             st = self.shared.wait_committed(st, ticket)?;
         }
-        let at = unix(at);
+        let at = unix(start.at);
         st.started.insert(seq, at);
         self.push_locked(&mut st, Event::Started { seq, slot, at })
             .map(drop)
     }
 
     fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
-        let a = &mut *report.attempt_result;
-        let (exit_code, signal) = end_fields(&a.end);
-        let (outcome, job_state, mut reason) = outcome_fields(report.outcome);
-        if let End::SpawnFailed(e) = &a.end {
+        let o = report.outcome;
+        let (outcome, job_state, mut reason) = outcome_fields(report.resolution, &o.end);
+        if let AttemptEnd::Failed(FailReason::Spawn { error }) = &o.end {
             if reason.is_none() {
-                reason = Some(e.clone());
+                reason = Some(error.clone());
             }
         }
         let cap = self.config.output_cap;
         let mut output: [Option<completions::Output>; 2] = [None, None];
-        for (i, cap_of) in [&mut a.stdout, &mut a.stderr].into_iter().enumerate() {
-            let total = cap_of.len();
+        for (i, stream) in [&mut *report.stdout, &mut *report.stderr]
+            .into_iter()
+            .enumerate()
+        {
+            let total = stream.len();
             if total == 0 {
                 continue;
             }
-            let (data, truncated) = match cap_of.head(cap) {
+            let (data, truncated) = match stream.head(cap) {
                 Ok(v) => v,
                 Err(e) => (format!("(output lost: {e})").into_bytes(), true),
             };
@@ -983,23 +980,23 @@ impl Observer for Journal {
             session: self.session,
             seq: report.seq,
             slot: report.slot as u64,
-            started_at: started_at.unwrap_or_else(|| unix(a.started)),
+            started_at: started_at.unwrap_or_else(|| unix(o.started)),
             ended_at: now(),
-            exit_code,
-            signal,
-            timed_out: a.timed_out,
+            exit_code: o.exit_code,
+            signal: o.end.signal(),
+            timed_out: o.end == AttemptEnd::Failed(FailReason::Timeout),
             outcome,
             job_state,
             reason,
-            duration: a.duration.as_secs_f64(),
-            max_rss_kib: a.max_rss_kib,
+            duration: o.duration.map(|d| d.as_secs_f64()),
+            max_rss_kib: o.max_rss_kib,
             output,
         };
         // Buffered: written to the completions log, in one write(2) with
         // any others, before the next attempt starts anywhere.
         let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
         let Some(log) = log.as_mut() else {
-            return Err(ObserverError(format!(
+            return Err(ObserverError::msg(format!(
                 "journal {}: written after it was closed",
                 self.path.display()
             )));
@@ -1014,16 +1011,9 @@ impl Observer for Journal {
     }
 
     fn run_finished(&self, summary: &RunSummary) -> Result<(), ObserverError> {
-        let reason = if let Some(e) = &summary.error {
-            format!("error: {e}")
-        } else if summary.halted {
-            "halted".to_string()
-        } else if summary.interrupted {
-            "interrupted".to_string()
-        } else if summary.input_complete {
-            "complete".to_string()
-        } else {
-            "stopped".to_string()
+        let reason = match &summary.error {
+            Some(e) => format!("error: {e}"),
+            None => summary.ending().to_string(),
         };
         self.close(&reason)
     }
@@ -1198,7 +1188,7 @@ pub(super) fn record_end(
         c.outcome,
         c.reason,
         c.duration,
-        c.max_rss_kib as i64,
+        c.max_rss_kib.map(|k| k as i64),
     ])?;
     tx.prepare_cached(
         "UPDATE job SET attempts = attempts + ?7, state = ?2, exit_code = ?3,
@@ -1248,7 +1238,8 @@ fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::{Attempt, Capture, SpillBudget};
+    use crate::events::Resolution as AttemptOutcome;
+    use crate::exec::{Attempt, Capture, End, SpillBudget};
 
     fn record() -> RunRecord {
         RunRecord {
@@ -1275,15 +1266,28 @@ mod tests {
         }
     }
 
-    fn finish(j: &Journal, seq: u64, slot: usize, a: &mut Attempt, outcome: AttemptOutcome) {
+    fn finish(j: &Journal, seq: u64, slot: usize, a: &mut Attempt, resolution: AttemptOutcome) {
+        let outcome = a.outcome();
         let mut report = AttemptReport {
             seq,
             attempt: 1,
             slot,
-            attempt_result: a,
             outcome: &outcome,
+            resolution: &resolution,
+            stdout: &mut a.stdout,
+            stderr: &mut a.stderr,
         };
         j.attempt_finished(&mut report).unwrap();
+    }
+
+    fn started(j: &Journal, seq: u64, attempt: u32, slot: usize, at: SystemTime) {
+        j.attempt_started(&AttemptStart {
+            seq,
+            attempt,
+            slot,
+            at,
+        })
+        .unwrap();
     }
 
     fn read(path: &Path) -> Connection {
@@ -1322,7 +1326,7 @@ mod tests {
         j.job_read(&NewJob::new(1, "in1")).unwrap();
         j.job_read(&NewJob::new(2, "in2")).unwrap();
         let at = SystemTime::now();
-        j.attempt_started(1, 1, 2, at).unwrap();
+        started(&j, 1, 1, 2, at);
         // The job's row was committed before its start returned.
         let n: i64 = read(&path)
             .query_row("SELECT COUNT(*) FROM job WHERE seq = 1", [], |r| r.get(0))
@@ -1337,7 +1341,7 @@ mod tests {
         );
         // Buffered until a start (batched with other ends)...
         assert_eq!(logged(&path).len(), 0);
-        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        started(&j, 2, 1, 1, SystemTime::now());
         // ...and written when the next attempt starts.
         let logged = logged(&path);
         assert_eq!(logged.len(), 1);
@@ -1365,7 +1369,7 @@ mod tests {
         };
         let j = create(&path, &record(), config).unwrap();
         j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
+        started(&j, 1, 1, 1, SystemTime::now());
         finish(
             &j,
             1,
@@ -1375,7 +1379,7 @@ mod tests {
         );
         j.job_read(&NewJob::new(2, "in2")).unwrap();
         // Writes job 1's end to the log (the test above shows it there).
-        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        started(&j, 2, 1, 1, SystemTime::now());
         let log = completions::path_of(&path);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&log).unwrap().len() > 0 {
@@ -1399,7 +1403,7 @@ mod tests {
         j.job_read(&NewJob::new(1, "in1")).unwrap();
         j.job_read(&NewJob::new(2, "in2")).unwrap();
         let at = SystemTime::now();
-        j.attempt_started(1, 1, 1, at).unwrap();
+        started(&j, 1, 1, 1, at);
         j.close("killed").unwrap();
         unix(at)
     }
@@ -1417,8 +1421,8 @@ mod tests {
             outcome: "done",
             job_state: "done",
             reason: None,
-            duration: 1.0,
-            max_rss_kib: 10,
+            duration: Some(1.0),
+            max_rss_kib: Some(10),
             output: [
                 Some(completions::Output {
                     data: stdout.to_vec(),
@@ -1515,7 +1519,7 @@ mod tests {
         let j = create(&path, &record(), config).unwrap();
         j.job_read(&NewJob::new(1, &b"\xff\x00x"[..])).unwrap();
         j.input_complete(1).unwrap();
-        j.attempt_started(1, 1, 2, SystemTime::now()).unwrap();
+        started(&j, 1, 1, 2, SystemTime::now());
         finish(
             &j,
             1,
@@ -1525,7 +1529,7 @@ mod tests {
                 reason: crate::job::FailReason::Exit { code: 3 },
             },
         );
-        j.attempt_started(1, 2, 2, SystemTime::now()).unwrap();
+        started(&j, 1, 2, 2, SystemTime::now());
         finish(
             &j,
             1,
@@ -1595,7 +1599,7 @@ mod tests {
         };
         let j = create(&path, &record(), config).unwrap();
         j.job_read(&NewJob::new(1, "a")).unwrap();
-        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
+        started(&j, 1, 1, 1, SystemTime::now());
         finish(
             &j,
             1,

@@ -73,15 +73,19 @@
 //! - a **panic** in the function is caught in the worker, which carries on;
 //!   the item fails with [`PoolError::Panicked`] (message and location);
 //! - a worker that **dies** while running an item (`std::process::abort`,
-//!   a segfault, `exit`, SIGKILL from the OOM killer or anyone) is replaced;
-//!   the item fails with [`PoolError::WorkerDied`], and the other items the
-//!   dead worker held are sent again with no attempt counted;
+//!   a segfault, `exit`, SIGKILL from the OOM killer or anyone) is replaced.
+//!   The item is *lost*, not failed (the lost-worker rule of
+//!   [`crate::job`]): it runs again on a fresh worker, up to
+//!   [`PoolBuilder::max_lost`] times (default 3), without counting against
+//!   the retries; after that it fails with [`PoolError::WorkerDied`]. The
+//!   other items the dead worker held are sent again with no attempt
+//!   counted;
 //! - an item running longer than [`PoolBuilder::timeout`] has its worker
 //!   killed and replaced, and fails with [`PoolError::Timeout`].
 //!
-//! With [`PoolBuilder::retries`]`(n)`, an item that fails in any of these
-//! ways (or that the worker could not decode) is run again, up to `n`
-//! more times, before its error is yielded.
+//! With [`PoolBuilder::retries`]`(n)`, an item that fails (a panic, a
+//! timeout, or an input the worker could not decode) is run again, up to
+//! `n` more times, before its error is yielded.
 //! If a slot's workers die [`PoolBuilder::max_failed_starts`] times in a
 //! row without finishing an item (say the program does not call [`init`]
 //! first), that slot gives up; once every slot has, the items read and not
@@ -275,6 +279,7 @@ pub struct PoolBuilder {
     window: usize,
     buffer: Option<usize>,
     retries: u32,
+    max_lost: u32,
     timeout: Option<Duration>,
     max_frame: usize,
     max_failed_starts: u32,
@@ -291,6 +296,7 @@ impl Default for PoolBuilder {
             window: 4,
             buffer: None,
             retries: 0,
+            max_lost: crate::job::DEFAULT_MAX_LOST,
             timeout: None,
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             max_failed_starts: 5,
@@ -326,10 +332,19 @@ impl PoolBuilder {
         self
     }
 
-    /// Runs a failed item (panic, worker death, timeout) up to `n` more
-    /// times before yielding its error (default 0).
+    /// Runs a failed item (panic, timeout) up to `n` more times before
+    /// yielding its error (default 0).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// Runs an item whose worker died while running it again, up to `n`
+    /// times, on a fresh worker (default 3); the death after that yields
+    /// [`PoolError::WorkerDied`]. Such losses do not count against
+    /// [`PoolBuilder::retries`].
+    pub fn max_lost(mut self, n: u32) -> Self {
+        self.max_lost = n;
         self
     }
 
@@ -669,7 +684,7 @@ impl Engine {
         // so that `put` never blocks.
         let queue = Arc::new(MemoryQueue::new(
             pool.buffer + 1,
-            RetryPolicy::with_retries(pool.builder.retries),
+            RetryPolicy::with_retries(pool.builder.retries).max_lost(pool.builder.max_lost),
         ));
         let stop = Arc::new(Stop::new());
         let config = pool.config.clone();
@@ -826,6 +841,7 @@ where
             seq: index,
             payload,
             attempts: 0,
+            lost: 0,
         }) {
             // Not expected: the queue has room and stays open while the
             // engine runs.

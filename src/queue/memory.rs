@@ -38,6 +38,7 @@ struct Held {
     payload: bytes::Bytes,
     worker: WorkerId,
     attempt: u32,
+    lost: u32,
     token: u64,
 }
 
@@ -60,10 +61,11 @@ impl State {
         let mut job = self.queued.pop_front()?;
         let next = JobState::Queued {
             attempts: job.attempts,
+            lost: job.lost,
         }
         .apply(Transition::Lease { worker }, policy)
         .expect("a queued job can always be leased");
-        let JobState::Leased { attempt, .. } = next else {
+        let JobState::Leased { attempt, lost, .. } = next else {
             unreachable!("lease leads to Leased")
         };
         job.attempts = attempt;
@@ -76,6 +78,7 @@ impl State {
                 payload: job.payload.clone(),
                 worker,
                 attempt,
+                lost,
                 token,
             },
         );
@@ -106,16 +109,18 @@ impl State {
         let next = JobState::Leased {
             worker: held.worker,
             attempt: held.attempt,
+            lost: held.lost,
         }
         .apply(Transition::Fail { reason }, policy)
         .expect("a leased job can always fail");
         match next {
-            JobState::Queued { attempts } => {
+            JobState::Queued { attempts, lost } => {
                 self.queued.push_back(Job {
                     id,
                     seq: held.seq,
                     payload: held.payload,
                     attempts,
+                    lost,
                 });
                 Disposition::Requeued { attempts }
             }
@@ -179,6 +184,7 @@ impl Queue for MemoryQueue {
             seq: job.seq,
             payload: job.payload,
             attempts: job.attempts,
+            lost: job.lost,
         });
         state.counts.produced += 1;
         drop(state);
@@ -316,6 +322,7 @@ impl Queue for MemoryQueue {
             seq: held.seq,
             payload: held.payload,
             attempts: held.attempt - 1,
+            lost: held.lost,
         });
         drop(state);
         self.available.notify_one();

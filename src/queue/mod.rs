@@ -80,6 +80,17 @@ pub enum Completion {
     Stale,
 }
 
+/// What the worker observed of an attempt, for backends that keep a record
+/// of each job (Redis stores it in the job's result record; the in-memory
+/// queue ignores it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptInfo {
+    /// The host that ran it.
+    pub host: Option<String>,
+    /// How long it ran, where known.
+    pub duration: Option<Duration>,
+}
+
 /// Counts of jobs by state, as a backend knows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -108,7 +119,7 @@ impl Counts {
 
 /// Errors of a backend's own machinery (I/O, connection, protocol), as
 /// opposed to the expected outcomes modelled by the other error types.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// The backend could not be reached or failed an operation.
     #[error("queue backend failed during {operation}: {detail}")]
@@ -258,6 +269,48 @@ pub trait Queue: Send + Sync {
     /// Only backend failures. A lease that is no longer current gives
     /// `Ok(Completion::Stale)` and changes nothing.
     fn complete(&self, lease: &Lease) -> Result<Completion, QueueError>;
+
+    /// As [`Queue::complete`], with what the worker observed of the attempt
+    /// for backends that record it. The default ignores `info`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::complete`].
+    fn complete_with(&self, lease: &Lease, info: &AttemptInfo) -> Result<Completion, QueueError> {
+        let _ = info;
+        self.complete(lease)
+    }
+
+    /// As [`Queue::complete_many`], with `info` for every lease. The
+    /// default ignores `info`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::complete_many`].
+    fn complete_many_with(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+    ) -> Result<Vec<Completion>, QueueError> {
+        let _ = info;
+        self.complete_many(leases)
+    }
+
+    /// As [`Queue::fail`], with what the worker observed of the attempt.
+    /// The default ignores `info`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::fail`].
+    fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        info: &AttemptInfo,
+    ) -> Result<Disposition, QueueError> {
+        let _ = info;
+        self.fail(lease, reason)
+    }
 
     /// Records a failed attempt; the job is requeued or reaches a final state
     /// per the queue's retry policy.

@@ -669,6 +669,7 @@ impl Worker {
                     seq: j.seq,
                     payload,
                     attempts: j.attempt,
+                    lost: 0,
                 });
             }
             Frame::PollEnd => self.polls_pending = self.polls_pending.saturating_sub(1),

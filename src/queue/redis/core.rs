@@ -219,9 +219,9 @@ impl Inner {
     }
 
     pub(super) fn policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: self.max_attempts.load(Ordering::Relaxed).max(1),
-        }
+        RetryPolicy::with_retries(0)
+            .max_lost(0)
+            .with_max_attempts(self.max_attempts.load(Ordering::Relaxed).max(1))
     }
 
     pub(super) fn visibility(&self) -> Duration {
@@ -289,6 +289,7 @@ impl Inner {
                     // The script counted the attempt; the state machine must agree.
                     let next = JobState::Queued {
                         attempts: recorded.saturating_sub(1),
+                        lost: 0,
                     }
                     .apply(Transition::Lease { worker }, self.policy())
                     .map_err(|e| protocol(OP, e))?;
@@ -309,6 +310,7 @@ impl Inner {
                             seq,
                             payload,
                             attempts: attempt,
+                            lost: 0,
                         },
                         worker,
                         token,
@@ -424,16 +426,20 @@ impl Inner {
             worker,
             attempt,
         } = held;
-        let next = JobState::Leased { worker, attempt }
-            .apply(
-                Transition::Fail {
-                    reason: reason.clone(),
-                },
-                self.policy(),
-            )
-            .map_err(|e| protocol("fail", e))?;
+        let next = JobState::Leased {
+            worker,
+            attempt,
+            lost: 0,
+        }
+        .apply(
+            Transition::Fail {
+                reason: reason.clone(),
+            },
+            self.policy(),
+        )
+        .map_err(|e| protocol("fail", e))?;
         let (action, attempts, record) = match &next {
-            JobState::Queued { attempts } => ("q", *attempts, String::new()),
+            JobState::Queued { attempts, .. } => ("q", *attempts, String::new()),
             JobState::Failed { attempts, .. } | JobState::Dead { attempts, .. } => {
                 let (exit_code, signal) = match &reason {
                     FailReason::Exit { code } => (Some(*code), None),
@@ -466,7 +472,7 @@ impl Inner {
             other => return Err(protocol("fail", format!("fail led to {other:?}"))),
         };
         let disposition = match next {
-            JobState::Queued { attempts } => Disposition::Requeued { attempts },
+            JobState::Queued { attempts, .. } => Disposition::Requeued { attempts },
             fin => Disposition::Final(fin),
         };
         Ok((

@@ -466,6 +466,7 @@ impl RedisQueue {
             JobState::Leased {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
+                lost: lease.job.lost,
             }
             .apply(Transition::Complete, self.inner.policy())
             .map_err(|e| protocol("complete", e))?;
@@ -689,6 +690,27 @@ impl Drop for RedisQueue {
 }
 
 impl Queue for RedisQueue {
+    fn complete_with(&self, lease: &Lease, info: &AttemptInfo) -> Result<Completion, QueueError> {
+        RedisQueue::complete_with(self, lease, info)
+    }
+
+    fn complete_many_with(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+    ) -> Result<Vec<Completion>, QueueError> {
+        RedisQueue::complete_many_with(self, leases, info)
+    }
+
+    fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        info: &AttemptInfo,
+    ) -> Result<Disposition, QueueError> {
+        RedisQueue::fail_with(self, lease, reason, info)
+    }
+
     fn put(&self, job: NewJob) -> Result<JobId, PutError> {
         match self.put_many(std::slice::from_ref(&job)) {
             Ok(ids) => ids
@@ -775,10 +797,11 @@ impl Queue for RedisQueue {
         let next = JobState::Leased {
             worker: lease.worker,
             attempt: lease.job.attempts,
+            lost: lease.job.lost,
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts } = next else {
+        let JobState::Queued { attempts, .. } = next else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {

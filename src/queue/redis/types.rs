@@ -201,14 +201,7 @@ mod b64 {
     }
 }
 
-/// What a worker observed of an attempt, stored in the job's record.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AttemptInfo {
-    /// The host that ran it.
-    pub host: Option<String>,
-    /// How long it ran.
-    pub duration: Option<Duration>,
-}
+pub use crate::queue::AttemptInfo;
 
 /// `put_many` stopped before putting every job.
 #[derive(Debug, thiserror::Error)]

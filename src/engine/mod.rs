@@ -1,0 +1,785 @@
+//! The engine: the one dispatcher under every front end.
+//!
+//! ```text
+//!  JobSource ─[input thread]─put─▶ Queue ◀─lease / settle─ Gate ◀─── Executor
+//!  (optional)   job_read                                    │        (Processes: a process per
+//!                                                           │         attempt; Workers: long-lived
+//!                         Dispatch::start ◀─────────────────┤         worker processes)
+//!                         Dispatch::finish (resolve) ◀──────┘
+//!                                 │  Outcome + Resolution
+//!                                 ▼
+//!               observers (journal, reporter) · Printer · halt · counts
+//! ```
+//!
+//! A front end is this engine with a queue, an executor and observers:
+//!
+//! | front end | queue | input | executor |
+//! |---|---|---|---|
+//! | `run` | [`MemoryQueue`](crate::queue::memory::MemoryQueue) | the inputs | [`Processes`] |
+//! | `run --persistent` | `MemoryQueue` | the inputs | [`Workers`] |
+//! | `run --queue URL` | [`RedisQueue`](crate::queue::redis::RedisQueue) | the inputs | `Processes` or `Workers` |
+//! | `worker --queue URL` | `RedisQueue` | none | `Processes` or `Workers` |
+//! | `resume` | `MemoryQueue` | the journal's unfinished jobs, then the rest of the input | as the run was |
+//!
+//! What happens when an attempt ends is decided here once:
+//! [`Dispatch::finish`] resolves the lease against the queue (complete,
+//! fail — which requeues under the retry and lost-worker rules of
+//! [`JobState::apply`](crate::job::JobState::apply) — or release), then
+//! [`Dispatch::report`] tells the observers, prints the job's output,
+//! counts, and checks `--halt`. An executor that settles leases in batches
+//! (the long-lived workers, to keep Redis round trips few) calls `report`
+//! with the queue's verdict, mapped by the one function
+//! [`Resolution::of_disposition`].
+//!
+//! Stopping is modelled once, in [`stop`]: running → draining → killing,
+//! with one signal thread for every front end.
+
+pub mod halt;
+pub mod output;
+mod plan;
+mod process;
+pub mod stop;
+mod workers;
+
+pub use plan::{Plan, Work};
+pub use process::Processes;
+pub use workers::{Workers, WorkersOptions, DEFAULT_HANDSHAKE};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::events::{
+    AttemptReport, AttemptStart, Message, Notice, Observer, ObserverError, Resolution, RunSummary,
+    SharedError, StopCause,
+};
+use crate::exec::{Capture, SpillBudget};
+use crate::input::InputError;
+use crate::job::{FailReason, Job, JobState, NewJob, WorkerId};
+use crate::outcome::{AttemptEnd, Outcome};
+use crate::queue::{
+    AttemptInfo, Completion, Disposition, GetError, Lease, PutError, Queue, QueueError,
+};
+
+use halt::{Halt, When};
+use output::Printer;
+use stop::{Control, Level, SignalThread};
+
+/// Where a run's jobs come from.
+pub type JobSource = Box<dyn Iterator<Item = Result<NewJob, InputError>> + Send>;
+
+/// How long a lease waits for a job before checking whether to stop.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What runs the attempts: a process per attempt ([`Processes`]) or
+/// long-lived workers ([`Workers`]).
+///
+/// An executor leases jobs through the [`Dispatch`] it is given (or through
+/// its [`Dispatch::queue`], for batches), calls [`Dispatch::start`] before
+/// an attempt starts and [`Dispatch::finish`] (or [`Dispatch::report`])
+/// when it ends, and returns once the dispatch gives it nothing more.
+pub trait Executor: Send + Sync {
+    /// Runs jobs until the queue is drained or the run stops.
+    ///
+    /// # Errors
+    ///
+    /// A failure of the executor itself (its workers cannot be started);
+    /// it ends the run with that error.
+    fn execute(&self, dispatch: &Dispatch) -> Result<(), SharedError>;
+
+    /// The kill stage of a stop: stop every running attempt now (TERM, KILL
+    /// after the grace). Called from the signal thread or a slot thread.
+    fn kill(&self);
+}
+
+/// Everything that shapes the engine, whatever the executor.
+pub struct Options {
+    /// Print output in input order.
+    pub keep_order: bool,
+    /// When to stop early.
+    pub halt: Option<Halt>,
+    /// The spill budget every captured output of the run shares (the
+    /// executor's captures and the engine's).
+    pub budget: SpillBudget,
+    /// Install SIGINT/SIGTERM/SIGHUP handlers for the run's duration.
+    pub handle_signals: bool,
+    /// Time between TERM and KILL when stopping a job (for messages).
+    pub grace: Duration,
+    /// What the queue stores of each attempt (the host, for Redis).
+    pub host: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_order: false,
+            halt: None,
+            budget: SpillBudget::new(64 << 20),
+            handle_signals: false,
+            grace: Duration::from_secs(2),
+            host: None,
+        }
+    }
+}
+
+/// The run as executors see it: leasing, starting and finishing attempts,
+/// the stop level, and messages. One per run, shared by every thread.
+pub struct Dispatch {
+    queue: Arc<dyn Queue>,
+    observers: Vec<Arc<dyn Observer>>,
+    control: Control,
+    printer: Printer,
+    opts: Options,
+    /// The run owns its queue's input: a stop closes the queue, so that the
+    /// input reader and waiting leases end. A worker on a shared queue
+    /// never closes it.
+    owns_queue: bool,
+    kill: Mutex<Option<Arc<dyn Executor>>>,
+    read: AtomicU64,
+    input_complete: AtomicBool,
+    running: AtomicUsize,
+    done: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    requeued: AtomicU64,
+    stale: AtomicU64,
+    stopped: AtomicU64,
+    /// The backend failed: later calls are not tried (see [`Dispatch::queue`]).
+    backend_failed: AtomicBool,
+    error: Mutex<Option<SharedError>>,
+}
+
+impl Dispatch {
+    /// The stop level.
+    pub fn level(&self) -> Level {
+        self.control.level()
+    }
+
+    /// Whether new attempts may start.
+    pub fn may_start(&self) -> bool {
+        self.control.may_start()
+    }
+
+    /// The spill budget that every captured output of the run shares.
+    pub fn budget(&self) -> &SpillBudget {
+        &self.opts.budget
+    }
+
+    /// Whether a fatal error was recorded.
+    pub fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Attempts running now (started and not yet finished).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The run's queue, for executors that lease and settle in batches. It
+    /// is the engine's [`Gate`] over the backend: a lease is refused once
+    /// the run stops; a lost producer drains the run; a backend failure
+    /// stops it once and later calls are not tried.
+    pub fn queue(&self) -> Gate<'_> {
+        Gate { d: self }
+    }
+
+    /// Sends a message to the observers.
+    pub fn notice(&self, notice: Notice) {
+        for o in &self.observers {
+            o.notice(&notice);
+        }
+    }
+
+    /// Raises the stop level for `cause`, closing an owned queue and, at
+    /// the kill stage, stopping every running attempt.
+    pub fn stop(&self, level: Level, cause: StopCause) {
+        if self.control.raise(level, cause) {
+            if self.owns_queue {
+                let _ = self.queue.close();
+            }
+            if level == Level::Killing {
+                let executor = self.kill.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(e) = executor {
+                    e.kill();
+                }
+            }
+        }
+    }
+
+    /// Records a fatal error (the first one is kept) and drains the run.
+    pub fn fatal(&self, error: SharedError) {
+        {
+            let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+            if e.is_none() {
+                *e = Some(error);
+            }
+        }
+        self.stop(Level::Draining, StopCause::Error);
+    }
+
+    fn fatal_msg(&self, message: String) {
+        self.fatal(Arc::new(Message(message)));
+    }
+
+    /// Leases the next job for `worker`, waiting as long as it takes.
+    /// `None` when the executor should end: the queue is closed and
+    /// drained, or the run is stopping (a lease taken meanwhile is given
+    /// back unrun).
+    pub fn lease(&self, worker: WorkerId) -> Option<Lease> {
+        let gate = self.queue();
+        loop {
+            if !self.may_start() {
+                return None;
+            }
+            match gate.get(worker, Some(POLL)) {
+                Ok(lease) => {
+                    if !self.may_start() {
+                        self.give_back(&lease);
+                        return None;
+                    }
+                    return Some(lease);
+                }
+                Err(GetError::Timeout) => continue,
+                Err(GetError::Closed) | Err(GetError::Backend(_)) => return None,
+            }
+        }
+    }
+
+    /// Gives a lease back unrun (the attempt is not counted).
+    pub fn give_back(&self, lease: &Lease) {
+        if self.queue().release(lease).is_ok() {
+            let _ = self.printer.skip(lease.job.seq);
+        }
+    }
+
+    /// An attempt of `job` is about to start in `slot`. Returns false when
+    /// it must not start (an observer such as the journal failed to record
+    /// it; the run is draining) — the caller gives the lease back.
+    pub fn start(&self, job: &Job, slot: usize) -> bool {
+        let start = AttemptStart {
+            seq: job.seq,
+            attempt: job.attempts,
+            slot,
+            at: std::time::SystemTime::now(),
+        };
+        if !self.observe(|o| o.attempt_started(&start)) {
+            return false;
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// The attempt of `lease` in `slot` ended: resolves the lease against
+    /// the queue, then [`Dispatch::report`]s it.
+    pub fn finish(
+        &self,
+        lease: &Lease,
+        slot: usize,
+        outcome: &Outcome,
+        stdout: Capture,
+        stderr: Capture,
+    ) {
+        let info = AttemptInfo {
+            host: self.opts.host.clone(),
+            duration: outcome.duration,
+        };
+        let gate = self.queue();
+        let resolution = match &outcome.end {
+            AttemptEnd::Succeeded => match gate.complete_with(lease, &info) {
+                Ok(c) => Resolution::of_completion(c),
+                Err(_) => Resolution::Interrupted,
+            },
+            AttemptEnd::Stopped => {
+                let _ = gate.release(lease);
+                Resolution::Interrupted
+            }
+            AttemptEnd::Failed(reason) => match gate.fail_with(lease, reason.clone(), &info) {
+                Ok(d) => Resolution::of_disposition(d, reason.clone()),
+                Err(_) => Resolution::Interrupted,
+            },
+        };
+        self.report(&lease.job, slot, outcome, resolution, stdout, stderr);
+    }
+
+    /// An attempt of `job` ended and the queue has settled it as
+    /// `resolution`: observers, output, counts, messages and `--halt`.
+    pub fn report(
+        &self,
+        job: &Job,
+        slot: usize,
+        outcome: &Outcome,
+        resolution: Resolution,
+        mut stdout: Capture,
+        mut stderr: Capture,
+    ) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut report = AttemptReport {
+                seq: job.seq,
+                attempt: job.attempts,
+                slot,
+                outcome,
+                resolution: &resolution,
+                stdout: &mut stdout,
+                stderr: &mut stderr,
+            };
+            self.observe(|o| o.attempt_finished(&mut report));
+        }
+        if let AttemptEnd::Failed(FailReason::Reported { message }) = &outcome.end {
+            self.notice(Notice::AttemptFailed {
+                seq: job.seq,
+                attempt: job.attempts,
+                message: message.clone(),
+            });
+        }
+        let stale = resolution == Resolution::Interrupted && outcome.end != AttemptEnd::Stopped;
+        if stale {
+            self.stale.fetch_add(1, Ordering::SeqCst);
+            self.notice(Notice::Stale {
+                seq: job.seq,
+                attempt: job.attempts,
+            });
+        }
+        // The job's output is printed once, with its last attempt (or the
+        // attempt a stop cut short).
+        if resolution.is_final() || outcome.end == AttemptEnd::Stopped {
+            if let Err(e) = self.printer.job_output(job.seq, stdout, stderr) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    // Nobody reads our output any more: stop quietly.
+                    self.stop(Level::Killing, StopCause::OutputClosed);
+                } else {
+                    self.fatal_msg(format!("cannot write the output of job {}: {e}", job.seq));
+                }
+            }
+        }
+        match &resolution {
+            Resolution::Done => {
+                self.done.fetch_add(1, Ordering::SeqCst);
+            }
+            Resolution::Final(state) => {
+                if let JobState::Failed { reason, .. } | JobState::Dead { reason, .. } = state {
+                    if !matches!(
+                        reason,
+                        FailReason::Exit { .. } | FailReason::Reported { .. }
+                    ) {
+                        self.notice(Notice::JobEnded {
+                            seq: job.seq,
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                if matches!(state, JobState::Dead { .. }) {
+                    self.dead.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Resolution::Requeued { .. } => {
+                self.requeued.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Resolution::Interrupted => {
+                if !stale {
+                    self.stopped.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+        }
+        self.check_halt();
+    }
+
+    fn check_halt(&self) {
+        let Some(halt) = self.opts.halt else { return };
+        let succeeded = self.done.load(Ordering::SeqCst);
+        let failed = self.failed.load(Ordering::SeqCst) + self.dead.load(Ordering::SeqCst);
+        if !halt.triggered(succeeded, failed) || !self.may_start() {
+            return;
+        }
+        let running = self.running();
+        let cause = format!("--halt {halt} reached");
+        match halt.when {
+            When::Soon => {
+                self.notice(Notice::Draining { running, cause });
+                self.stop(Level::Draining, StopCause::Halt);
+            }
+            When::Now => {
+                self.notice(Notice::Killing {
+                    running,
+                    grace: self.opts.grace,
+                    cause,
+                });
+                self.stop(Level::Killing, StopCause::Halt);
+            }
+        }
+    }
+
+    /// Calls `f` on every observer; an error is fatal (the run drains).
+    /// Returns whether all succeeded.
+    fn observe(&self, mut f: impl FnMut(&dyn Observer) -> Result<(), ObserverError>) -> bool {
+        let mut ok = true;
+        for o in &self.observers {
+            if let Err(e) = f(o.as_ref()) {
+                self.fatal(Arc::new(e));
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Handles one signal: the stop model's rule, a message, the stop.
+    fn on_signal(&self, signal: i32) {
+        let to = stop::level_for_signal(signal, self.level());
+        let cause = StopCause::Signal(signal);
+        if self.level() >= to {
+            // Still record the first cause (a SIGHUP while halting, say).
+            self.control.raise(to, cause);
+            return;
+        }
+        let running = self.running();
+        let name = crate::job::signal_name(signal);
+        let notice = match to {
+            Level::Draining => Notice::Draining {
+                running,
+                cause: format!("interrupted ({name})"),
+            },
+            _ => Notice::Killing {
+                running,
+                grace: self.opts.grace,
+                cause: format!("interrupted ({name})"),
+            },
+        };
+        self.notice(notice);
+        self.stop(to, cause);
+    }
+
+    fn read_input(&self, jobs: JobSource) {
+        let mut total = 0u64;
+        for item in jobs {
+            if !self.may_start() {
+                return;
+            }
+            let job = match item {
+                Ok(job) => job,
+                Err(e) => {
+                    self.fatal(Arc::new(e));
+                    return;
+                }
+            };
+            self.observe(|o| o.job_read(&job));
+            self.printer.expect(job.seq);
+            let seq = job.seq;
+            match self.queue.put(job) {
+                Ok(_) => {
+                    total += 1;
+                    self.read.store(total, Ordering::SeqCst);
+                }
+                Err(PutError::Closed(_)) => {
+                    let _ = self.printer.skip(seq);
+                    return;
+                }
+                Err(PutError::Backend(e)) => {
+                    let _ = self.printer.skip(seq);
+                    self.fatal(Arc::new(e));
+                    return;
+                }
+            }
+        }
+        self.input_complete.store(true, Ordering::SeqCst);
+        self.observe(|o| o.input_complete(total));
+        if let Err(e) = self.queue.close() {
+            self.fatal(Arc::new(e));
+        }
+    }
+
+    fn summary(&self) -> RunSummary {
+        let n = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        RunSummary {
+            read: n(&self.read),
+            done: n(&self.done),
+            failed: n(&self.failed),
+            dead: n(&self.dead),
+            requeued: n(&self.requeued),
+            stale: n(&self.stale),
+            stopped: n(&self.stopped),
+            stop: self.control.cause(),
+            input_complete: self.input_complete.load(Ordering::SeqCst),
+            error: self.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+impl crate::events::JobOutput for Capture {
+    fn len(&self) -> u64 {
+        Capture::len(self)
+    }
+
+    fn head(&mut self, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
+        Capture::head(self, limit)
+    }
+}
+
+impl Resolution {
+    /// What a queue's [`Completion`] means for the job.
+    pub fn of_completion(c: Completion) -> Resolution {
+        match c {
+            Completion::Recorded => Resolution::Done,
+            Completion::Stale => Resolution::Interrupted,
+        }
+    }
+
+    /// What a queue's [`Disposition`] of a failure for `reason` means for
+    /// the job.
+    pub fn of_disposition(d: Disposition, reason: FailReason) -> Resolution {
+        match d {
+            Disposition::Requeued { .. } => Resolution::Requeued { reason },
+            Disposition::Final(state) => Resolution::Final(state),
+            Disposition::Stale => Resolution::Interrupted,
+        }
+    }
+}
+
+/// The run's queue as executors use it (see [`Dispatch::queue`]).
+pub struct Gate<'a> {
+    d: &'a Dispatch,
+}
+
+impl Gate<'_> {
+    /// Turns a backend error into the run's stop: a lost producer drains
+    /// (exit 3); anything else is fatal, once.
+    fn failed(&self, e: QueueError) -> QueueError {
+        if let QueueError::ProducerLost { .. } = e {
+            if self.d.control.cause() == StopCause::None {
+                self.d.notice(Notice::Info(format!(
+                    "{e}; stopping (run `jobmill submit` again to add jobs, or an empty submit \
+                     to close it)"
+                )));
+            }
+            self.d.stop(Level::Draining, StopCause::ProducerLost);
+            return e;
+        }
+        if !self.d.backend_failed.swap(true, Ordering::SeqCst) {
+            self.d.fatal(Arc::new(e.clone()));
+        }
+        e
+    }
+
+    /// `Err` once the backend has failed: the call is not tried again, so
+    /// that stopping does not wait a reconnect window per lease held (those
+    /// leases idle out and peers take them over).
+    fn usable(&self, operation: &'static str) -> Result<(), QueueError> {
+        if self.d.backend_failed.load(Ordering::Relaxed) {
+            return Err(QueueError::Backend {
+                operation,
+                detail: "not tried after an earlier failure of the queue".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Queue for Gate<'_> {
+    fn put(&self, job: NewJob) -> Result<crate::job::JobId, PutError> {
+        self.usable("put")?;
+        self.d.queue.put(job)
+    }
+
+    fn get(&self, worker: WorkerId, timeout: Option<Duration>) -> Result<Lease, GetError> {
+        if !self.d.may_start() {
+            return Err(GetError::Closed);
+        }
+        self.usable("lease")?;
+        self.d.queue.get(worker, timeout).map_err(|e| match e {
+            GetError::Backend(e) => GetError::Backend(self.failed(e)),
+            other => other,
+        })
+    }
+
+    fn try_get(&self, worker: WorkerId) -> Result<Lease, crate::queue::TryGetError> {
+        let mut v = Vec::with_capacity(1);
+        self.try_get_many(worker, 1, &mut v)?;
+        v.pop().ok_or(crate::queue::TryGetError::Empty)
+    }
+
+    fn try_get_many(
+        &self,
+        worker: WorkerId,
+        max: usize,
+        out: &mut Vec<Lease>,
+    ) -> Result<usize, crate::queue::TryGetError> {
+        use crate::queue::TryGetError;
+        if !self.d.may_start() {
+            return Err(TryGetError::Empty);
+        }
+        self.usable("lease")?;
+        match self.d.queue.try_get_many(worker, max, out) {
+            Err(TryGetError::Backend(e)) => match self.failed(e) {
+                QueueError::ProducerLost { .. } => Err(TryGetError::Empty),
+                e => Err(TryGetError::Backend(e)),
+            },
+            other => other,
+        }
+    }
+
+    fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
+        self.complete_with(lease, &AttemptInfo::default())
+    }
+
+    fn complete_with(&self, lease: &Lease, info: &AttemptInfo) -> Result<Completion, QueueError> {
+        self.usable("complete")?;
+        self.d
+            .queue
+            .complete_with(lease, info)
+            .map_err(|e| self.failed(e))
+    }
+
+    fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
+        let info = AttemptInfo {
+            host: self.d.opts.host.clone(),
+            duration: None,
+        };
+        self.complete_many_with(leases, &info)
+    }
+
+    fn complete_many_with(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+    ) -> Result<Vec<Completion>, QueueError> {
+        self.usable("complete")?;
+        self.d
+            .queue
+            .complete_many_with(leases, info)
+            .map_err(|e| self.failed(e))
+    }
+
+    fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
+        let info = AttemptInfo {
+            host: self.d.opts.host.clone(),
+            duration: None,
+        };
+        self.fail_with(lease, reason, &info)
+    }
+
+    fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        info: &AttemptInfo,
+    ) -> Result<Disposition, QueueError> {
+        self.usable("fail")?;
+        self.d
+            .queue
+            .fail_with(lease, reason, info)
+            .map_err(|e| self.failed(e))
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.usable("release")?;
+        self.d.queue.release(lease).map_err(|e| self.failed(e))
+    }
+
+    fn worker_lost(
+        &self,
+        worker: WorkerId,
+        detail: &str,
+    ) -> Result<Vec<(crate::job::JobId, Disposition)>, QueueError> {
+        self.usable("worker lost")?;
+        self.d
+            .queue
+            .worker_lost(worker, detail)
+            .map_err(|e| self.failed(e))
+    }
+
+    fn close(&self) -> Result<(), QueueError> {
+        // Executors never close the run's queue: the input (or the
+        // producer, on a shared queue) does.
+        Ok(())
+    }
+
+    fn counts(&self) -> Result<crate::queue::Counts, QueueError> {
+        self.usable("counts")?;
+        self.d.queue.counts().map_err(|e| self.failed(e))
+    }
+}
+
+/// Runs the jobs of `queue` through `executor`, reporting to `observers`.
+///
+/// With `input`, the run owns the queue: a reader thread puts the inputs on
+/// it (waiting while it is full, so memory stays bounded) and closes it at
+/// the end of the input, and a stop closes it. Without, the queue is shared
+/// (a worker on a Redis queue) and the run ends when it is closed and
+/// drained, or when it stops.
+///
+/// # Errors
+///
+/// `Err` only if the run could not start (the signal handlers or a thread
+/// could not be set up). Failures during the run are in the summary.
+pub fn run(
+    queue: Arc<dyn Queue>,
+    input: Option<JobSource>,
+    executor: Arc<dyn Executor>,
+    observers: Vec<Arc<dyn Observer>>,
+    opts: Options,
+) -> std::io::Result<RunSummary> {
+    let d = Arc::new(Dispatch {
+        queue,
+        observers,
+        control: Control::default(),
+        printer: Printer::new(opts.keep_order),
+        owns_queue: input.is_some(),
+        kill: Mutex::new(Some(Arc::clone(&executor))),
+        read: AtomicU64::new(0),
+        input_complete: AtomicBool::new(false),
+        running: AtomicUsize::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        dead: AtomicU64::new(0),
+        requeued: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        stopped: AtomicU64::new(0),
+        backend_failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        opts,
+    });
+    let signals = if d.opts.handle_signals {
+        let d = Arc::clone(&d);
+        Some(SignalThread::start(move |sig| d.on_signal(sig))?)
+    } else {
+        None
+    };
+    if let Some(jobs) = input {
+        let d = Arc::clone(&d);
+        // Not joined: while draining it may be blocked reading a stdin that
+        // never ends; the run does not wait for it.
+        thread::Builder::new()
+            .name("jobmill-input".into())
+            .spawn(move || d.read_input(jobs))?;
+    }
+    if let Err(e) = executor.execute(&d) {
+        d.fatal(e);
+    }
+    if let Err(e) = d.printer.finish() {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            d.control.raise(Level::Draining, StopCause::OutputClosed);
+        } else {
+            d.fatal_msg(format!("cannot write output: {e}"));
+        }
+    }
+    drop(signals);
+    // The executor (and its supervisor) must not outlive the run through
+    // the dispatch.
+    d.kill.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut summary = d.summary();
+    for o in &d.observers {
+        if let Err(e) = o.run_finished(&summary) {
+            if summary.error.is_none() {
+                summary.error = Some(Arc::new(e));
+            }
+        }
+    }
+    Ok(summary)
+}

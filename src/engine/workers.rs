@@ -1,0 +1,172 @@
+//! The executor of long-lived workers (`--persistent`): the
+//! [`persistent`](crate::persistent) coordinator, with `-j` worker processes
+//! of the command and a window of jobs in flight to each, over the run's
+//! queue (the engine's [`Gate`](super::Gate)).
+//!
+//! The coordinator leases and settles in batches (one lock, or one Redis
+//! round trip, per batch), so it hands the engine each attempt already
+//! settled: [`Dispatch::report`](super::Dispatch::report) with the queue's
+//! verdict. What this adapter adds:
+//!
+//! - a job sent to a worker is an attempt started;
+//! - a result is the attempt's stdout, one record: a newline is added when
+//!   the result does not already end with one, or every result ends with a
+//!   NUL with [`WorkersOptions::nul_records`] (`--print0`), for binary
+//!   results;
+//! - a worker's result carries no duration or memory of its own (the worker
+//!   runs many jobs in one process), so the [`Outcome`] says `None` for
+//!   both;
+//! - the run's stop level is the coordinator's stop source;
+//! - worker process groups are registered with the run's guardian, so they
+//!   are stopped even if jobmill is killed;
+//! - worker output lines and worker ends become [`Notice`]s.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::events::{Notice, Resolution, SharedError};
+use crate::exec::{Capture, Supervisor};
+use crate::job::WorkerId;
+use crate::outcome::{AttemptEnd, Outcome};
+use crate::persistent::{
+    self, Config, OutcomeKind, PersistentError, StopLevel, StopSource, Stream, WorkerEvent,
+};
+use crate::queue::QueueError;
+
+use super::stop::Level;
+use super::{Dispatch, Executor};
+
+/// The options of the long-lived-worker executor.
+#[derive(Debug, Clone)]
+pub struct WorkersOptions {
+    /// The coordinator's configuration: the command, `-j` workers, the
+    /// window, the arena, timeouts.
+    pub config: Config,
+    /// End every result with a NUL instead of ensuring it ends with a
+    /// newline (`--print0`).
+    pub nul_records: bool,
+}
+
+impl WorkersOptions {
+    /// Options for `workers` processes of `command`, with the coordinator's
+    /// defaults.
+    pub fn new(command: Vec<OsString>, workers: usize) -> WorkersOptions {
+        WorkersOptions {
+            config: Config::new(command, workers.max(1)),
+            nul_records: false,
+        }
+    }
+}
+
+/// Runs the jobs through long-lived worker processes.
+pub struct Workers {
+    supervisor: Arc<Supervisor>,
+    opts: WorkersOptions,
+}
+
+impl Workers {
+    /// An executor of `opts`, registering its workers with `supervisor`'s
+    /// guardian.
+    pub fn new(supervisor: Arc<Supervisor>, mut opts: WorkersOptions) -> Workers {
+        if let Some((key, value)) = supervisor.guard_env() {
+            opts.config.env.push((key.into(), value.into()));
+        }
+        Workers { supervisor, opts }
+    }
+}
+
+impl Executor for Workers {
+    fn execute(&self, d: &Dispatch) -> Result<(), SharedError> {
+        let adapter = Adapter { d, workers: self };
+        match persistent::run(&d.queue(), &self.opts.config, &adapter, &adapter) {
+            Ok(_) => Ok(()),
+            // The gate already stopped the run for these.
+            Err(PersistentError::Queue(QueueError::ProducerLost { .. })) => Ok(()),
+            Err(PersistentError::Queue(_)) if d.failed() => Ok(()),
+            Err(e) => Err(Arc::new(e)),
+        }
+    }
+
+    fn kill(&self) {
+        // The coordinator polls the stop level and kills its workers; jobs
+        // it leased and never sent are released.
+    }
+}
+
+struct Adapter<'a> {
+    d: &'a Dispatch,
+    workers: &'a Workers,
+}
+
+impl StopSource for Adapter<'_> {
+    fn level(&self) -> StopLevel {
+        match self.d.level() {
+            Level::Running => StopLevel::Running,
+            Level::Draining => StopLevel::Draining,
+            Level::Killing => StopLevel::Killing,
+        }
+    }
+}
+
+impl persistent::Observer for Adapter<'_> {
+    fn sent(&self, slot: usize, _worker: WorkerId, job: &crate::job::Job) {
+        // A job already in a worker's window cannot be taken back: if its
+        // start cannot be recorded, the run drains and the job still runs.
+        self.d.start(job, slot);
+    }
+
+    fn outcome(&self, o: persistent::Outcome) {
+        let d = self.d;
+        let mut stdout = Capture::new(d.budget().clone());
+        let (end, resolution) = match o.kind {
+            OutcomeKind::Done { result, completion } => {
+                stdout.append(&result);
+                if self.workers.opts.nul_records {
+                    stdout.append(b"\0");
+                } else if result.last() != Some(&b'\n') {
+                    stdout.append(b"\n");
+                }
+                (AttemptEnd::Succeeded, Resolution::of_completion(completion))
+            }
+            OutcomeKind::Failed {
+                reason,
+                disposition,
+            } => {
+                let resolution = Resolution::of_disposition(disposition, reason.clone());
+                (AttemptEnd::Failed(reason), resolution)
+            }
+        };
+        let outcome = Outcome::unmeasured(end);
+        let stderr = Capture::new(d.budget().clone());
+        d.report(&o.job, o.slot, &outcome, resolution, stdout, stderr);
+    }
+
+    fn spawned(&self, _slot: usize, _worker: WorkerId, pid: u32) {
+        self.workers.supervisor.guard_group(pid);
+    }
+
+    fn reaping(&self, _slot: usize, _worker: WorkerId, pid: u32) {
+        self.workers.supervisor.unguard_group(pid);
+    }
+
+    fn worker(&self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Ended {
+                lost: true, detail, ..
+            }
+            | WorkerEvent::GaveUp { detail, .. } => self.d.notice(Notice::Info(detail)),
+            _ => {}
+        }
+    }
+
+    fn output(&self, slot: usize, _worker: WorkerId, _stream: Stream, line: &[u8]) {
+        self.d.notice(Notice::WorkerOutput {
+            slot,
+            line: line.to_vec(),
+        });
+    }
+}
+
+/// The default time a new worker has for its handshake.
+pub const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(10);
