@@ -147,7 +147,9 @@ fn slot_numbers_are_the_lowest_free_one() {
             ])
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), "1 x\n");
+        // `{%}` is a replacement string: the input is not appended (GNU
+        // parallel's `parallel -j2 echo {%} ::: x` prints `1`).
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "1\n");
     }
     // Two at a time: the slots in use are always 1 and 2.
     let out = jobmill()
