@@ -478,3 +478,49 @@ fn a_missing_input_file_is_one_line_naming_it() {
         );
     }
 }
+
+#[test]
+fn resume_reads_the_rest_of_a_multi_source_input() {
+    // More jobs than the input read-ahead, so the first run stops with its
+    // input not read to the end; resume rebuilds the same jobs from the
+    // stored sources, checks the recorded ones, and runs the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (1..=1500).map(|i| format!("{i}\n")).collect();
+    std::fs::write(dir.path().join("big.txt"), lines).unwrap();
+    let journal = dir.path().join("run.sqlite");
+    let script = "test \"$0\" != 3 || test -e ok";
+    let out = jobmill(dir.path())
+        .current_dir(dir.path())
+        .args(["run", "-j1", "--halt", "2", "--journal"])
+        .arg(&journal)
+        .args([
+            "--", "sh", "-c", script, "{1}", "{2}", "::::", "big.txt", ":::", "a",
+        ])
+        .assert()
+        .get_output()
+        .clone();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    std::fs::write(dir.path().join("ok"), b"").unwrap();
+    let out = jobmill(dir.path())
+        .args(["resume", "-v", "--failed"])
+        .arg(&journal)
+        .assert()
+        .get_output()
+        .clone();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("then the rest of the input"), "{err}");
+    let out = jobmill(dir.path())
+        .args(["results"])
+        .arg(&journal)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1500);
+    assert!(rows.iter().all(|r| r.contains("\tdone\t")), "{text}");
+    assert!(rows[1499].ends_with("\t1500\\x00a"), "{}", rows[1499]);
+}
