@@ -96,7 +96,7 @@ pub struct RunArgs {
     pub multi: bool,
 
     /// Print each command, shell-quoted, instead of running it (no journal).
-    #[arg(long)]
+    #[arg(long, visible_alias = "dryrun")]
     pub dry_run: bool,
 
     /// Run the command with `sh -c`, every substituted value shell-quoted.
