@@ -337,6 +337,20 @@ fn batches_fill_commands_like_gnu_parallel() {
         case(&["-j1", "-m"], &["echo", "pre{}post", ":::", "a", "b", "c"]),
         case(&["-j1", "-X"], &["echo", ":::", "a", "b", "c"]),
         case(&["-j1", "-X"], &["echo", "{#}", "{}", ":::", "a", "b", "c"]),
+        // The inputs left when the input ends are spread over the slots.
+        case(&["-k", "-j2", "-X"], &["echo", ":::", "1", "2", "3"]),
+        case(
+            &["-k", "-j2", "-X"],
+            &["echo", ":::", "1", "2", "3", "4", "5"],
+        ),
+        case(
+            &["-k", "-j3", "-X"],
+            &["echo", ":::", "1", "2", "3", "4", "5", "6", "7"],
+        ),
+        case(
+            &["-k", "-j2", "-m"],
+            &["echo", "x{}", ":::", "1", "2", "3", "4"],
+        ),
     ]);
 }
 

@@ -304,9 +304,10 @@ pub(super) struct StoredPlan {
     /// `-n N`.
     #[serde(default)]
     pub max_args: Option<usize>,
-    /// `-X`/`-m`: `[budget, overhead]` in bytes.
+    /// `-X`/`-m`: `[budget, overhead]` in bytes, and the job slots the
+    /// last inputs are spread over.
     #[serde(default)]
-    pub fit: Option<(usize, usize)>,
+    pub fit: Option<(usize, usize, usize)>,
     /// `-X`.
     #[serde(default)]
     pub context: bool,
@@ -359,7 +360,11 @@ impl StoredPlan {
         let batch = match (self.max_args, self.fit) {
             (Some(0), _) => bail!("-n must be at least 1"),
             (Some(n), _) => Batch::Count(n),
-            (None, Some((budget, overhead))) => Batch::Fit { budget, overhead },
+            (None, Some((budget, overhead, slots))) => Batch::Fit {
+                budget,
+                overhead,
+                slots,
+            },
             (None, None) => Batch::One,
         };
         Ok(InputPlan {
@@ -770,7 +775,11 @@ fn input_of(
             context: a.context_replace,
         };
         let t = Template::parse_shaped(&command, a.shell, shape)?;
-        Some((MAX_LINE.saturating_sub(t.fixed_len()), t.value_overhead()))
+        Some((
+            MAX_LINE.saturating_sub(t.fixed_len()),
+            t.value_overhead(),
+            a.jobs.unwrap_or_else(args::cpu_threads),
+        ))
     } else {
         None
     };

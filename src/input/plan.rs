@@ -57,12 +57,15 @@ pub enum Batch {
     Count(usize),
     /// `-X` / `-m`: as many inputs as fit: the values' lengths plus
     /// `overhead` bytes each stay within `budget` (at least one input per
-    /// job).
+    /// job). As in GNU parallel, when the input ends before a command is
+    /// full, the inputs left are spread evenly over `slots` commands.
     Fit {
         /// Bytes available for the values.
         budget: usize,
         /// Bytes each value adds besides its own length.
         overhead: usize,
+        /// Job slots (`-j`) to spread the last inputs over.
+        slots: usize,
     },
 }
 
@@ -232,6 +235,8 @@ impl Plan {
             batch: self.batch,
             joined,
             pending: None,
+            spread: std::collections::VecDeque::new(),
+            chunk: 1,
         });
         let shape = Shape {
             joined,
@@ -430,12 +435,21 @@ struct Batcher {
     joined: bool,
     /// A row read that did not fit the previous batch.
     pending: Option<Row>,
+    /// The last rows of the input, being spread over the slots.
+    spread: std::collections::VecDeque<Row>,
+    /// Rows per command while spreading.
+    chunk: usize,
 }
 
 impl Iterator for Batcher {
     type Item = Result<Vec<u8>, InputError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if !self.spread.is_empty() {
+            let n = self.chunk.min(self.spread.len());
+            let values: Row = self.spread.drain(..n).flatten().collect();
+            return Some(self.payload(values));
+        }
         let mut values: Row = match self.pending.take() {
             Some(r) => r,
             None => match self.rows.next()? {
@@ -454,30 +468,47 @@ impl Iterator for Batcher {
                     }
                 }
             }
-            Batch::Fit { budget, overhead } => {
+            Batch::Fit {
+                budget,
+                overhead,
+                slots,
+            } => {
                 let cost = |r: &Row| r.iter().map(|v| v.len() + overhead).sum::<usize>();
                 let mut used = cost(&values);
-                loop {
+                let mut rows = vec![values];
+                let ended = loop {
                     match self.rows.next() {
                         Some(Ok(r)) => {
                             let c = cost(&r);
                             if used + c > budget {
                                 self.pending = Some(r);
-                                break;
+                                break false;
                             }
                             used += c;
-                            values.extend(r);
+                            rows.push(r);
                         }
                         Some(Err(e)) => return Some(Err(e)),
-                        None => break,
+                        None => break true,
                     }
+                };
+                if ended && slots > 1 && rows.len() > 1 {
+                    self.chunk = rows.len().div_ceil(slots);
+                    self.spread = rows.into();
+                    return self.next();
                 }
+                values = rows.into_iter().flatten().collect();
             }
         }
+        Some(self.payload(values))
+    }
+}
+
+impl Batcher {
+    fn payload(&self, mut values: Row) -> Result<Vec<u8>, InputError> {
         if !self.joined {
-            return Some(Ok(values.pop().unwrap_or_default()));
+            return Ok(values.pop().unwrap_or_default());
         }
-        Some(encode(&values).map_err(|i| InputError {
+        encode(&values).map_err(|i| InputError {
             name: "the input".to_string(),
             source: io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -486,7 +517,7 @@ impl Iterator for Batcher {
                     i + 1
                 ),
             ),
-        }))
+        })
     }
 }
 
@@ -570,14 +601,35 @@ mod tests {
         p.batch = Batch::Fit {
             budget: 7,
             overhead: 1,
+            slots: 1,
         };
         assert_eq!(jobs(p), ["aa bb", "cc dd"]);
         let mut p = Plan::new(vec![args(&["toolong", "x"])]);
         p.batch = Batch::Fit {
             budget: 2,
             overhead: 1,
+            slots: 1,
         };
         assert_eq!(jobs(p), ["toolong", "x"]);
+    }
+
+    #[test]
+    fn the_last_inputs_that_fit_are_spread_over_the_slots() {
+        let fit = |items: &[&str], budget, slots| {
+            let mut p = Plan::new(vec![args(items)]);
+            p.batch = Batch::Fit {
+                budget,
+                overhead: 1,
+                slots,
+            };
+            jobs(p)
+        };
+        let seven = ["1", "2", "3", "4", "5", "6", "7"];
+        assert_eq!(fit(&seven, 1000, 3), ["1 2 3", "4 5 6", "7"]);
+        assert_eq!(fit(&seven, 1000, 2), ["1 2 3 4", "5 6 7"]);
+        assert_eq!(fit(&seven[..1], 1000, 2), ["1"]);
+        // A full command first, then the rest spread.
+        assert_eq!(fit(&seven, 8, 2), ["1 2 3 4", "5 6", "7"]);
     }
 
     #[test]
