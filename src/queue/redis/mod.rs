@@ -49,12 +49,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ::redis::Value;
+
 use crate::job::{FailReason, JobId, JobState, NewJob, RetryPolicy, Transition, WorkerId};
 
 use self::conn::{ConnSettings, Pool};
 use self::core::{
     array, entry_of, heartbeat_loop, int, lock, protocol, text, Call, HeldLease, Inner, Keys,
-    PutChunk, Settle,
+    PutChunk, RecordInput, Settle,
 };
 use super::{
     Completion, Counts, Disposition, GetError, Lease, PutError, Queue, QueueError, TryGetError,
@@ -73,6 +75,19 @@ const PUT_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 
 /// Most jobs sent in one `put_many` script call.
 const PUT_CHUNK_JOBS: usize = 2000;
+
+/// What [`RedisQueue::requeue`] did with one failed or dead job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back in the queue, with no attempts made.
+    Requeued,
+    /// Its record changed meanwhile (another client requeued it): nothing
+    /// done.
+    Changed,
+    /// Its input was not kept (a record written before inputs were kept
+    /// for every dead job): it cannot run again.
+    InputNotKept,
+}
 
 /// A [`Queue`] on Redis Streams. See the module documentation.
 ///
@@ -151,18 +166,19 @@ impl RedisQueue {
             .arg(config.policy.max_attempts.max(1))
             .arg(config.visibility_timeout.as_millis().max(1) as u64)
             .arg(config.capacity.max(1))
-            .arg(if config.create { "1" } else { "0" });
+            .arg(if config.create { "1" } else { "0" })
+            .arg(config.policy.max_lost);
         let v: Vec<i64> = inv
             .invoke(&mut con)
             .map_err(|e| fail(format!("setup script failed on {}: {e}", url.endpoint())))?;
         if v[..] == [0] {
-            return Err(fail(format!(
-                "there is no queue named {:?} on {}",
-                url.name,
-                url.endpoint()
-            )));
+            return Err(OpenError::Missing {
+                url: shown.clone(),
+                name: url.name.clone(),
+                endpoint: url.endpoint(),
+            });
         }
-        let [instance, max_attempts, vis_ms, capacity] = v[..] else {
+        let [instance, max_attempts, vis_ms, capacity, max_lost] = v[..] else {
             return Err(fail("setup script returned a malformed reply".into()));
         };
         drop(con);
@@ -172,6 +188,7 @@ impl RedisQueue {
             pool,
             instance: instance as u64,
             max_attempts: AtomicU32::new(max_attempts.max(1) as u32),
+            max_lost: AtomicU32::new(max_lost.max(0) as u32),
             visibility_ms: AtomicU64::new(vis_ms.max(1) as u64),
             capacity: AtomicU64::new(capacity.max(1) as u64),
             producer_ttl: config.producer_ttl.max(Duration::from_millis(30)),
@@ -237,14 +254,19 @@ impl RedisQueue {
                 .arg(key)
                 .arg("max_attempts")
                 .arg(max)
+                .arg("max_lost")
+                .arg(policy.max_lost)
                 .arg("visibility_ms")
                 .arg(vis)
                 .arg("capacity")
                 .arg(capacity.max(1))
                 .query::<i64>(con)
         })?;
-        self.inner
-            .follow_settings(Some(i64::from(max)), Some(vis as i64));
+        self.inner.follow_settings(
+            Some(i64::from(max)),
+            Some(vis as i64),
+            Some(i64::from(policy.max_lost)),
+        );
         self.inner
             .capacity
             .store(capacity.max(1), Ordering::Relaxed);
@@ -426,8 +448,10 @@ impl RedisQueue {
             seq: lease.job.seq,
             worker: lease.worker,
             attempt: lease.job.attempts,
+            lost: lease.job.lost,
         };
-        let (item, disposition) = inner.fail_item(held, reason, info, Some(&lease.job.payload))?;
+        let (item, disposition) =
+            inner.fail_item(held, reason, info, RecordInput::payload(&lease.job.payload))?;
         Ok(if inner.settle(&[item])?.first() == Some(&true) {
             disposition
         } else {
@@ -450,6 +474,7 @@ impl RedisQueue {
                         seq: lease.job.seq,
                         state: "done".into(),
                         attempts: lease.job.attempts,
+                        lost: lease.job.lost,
                         reason: String::new(),
                         exit_code: Some(0),
                         signal: None,
@@ -478,6 +503,7 @@ impl RedisQueue {
                 record,
                 job: lease.job.id.0,
                 ext: lease.job.payload.len() > INLINE_LIMIT,
+                lost: 0,
             });
         }
         Ok(self
@@ -607,6 +633,69 @@ impl RedisQueue {
             }
             cursor = next;
         }
+    }
+
+    /// Puts back the failed and dead jobs whose dead-letter record
+    /// `select` accepts (`jobmill requeue`). Each goes back as a new job
+    /// copy with no attempts made and no losses (a fresh retry allowance
+    /// under the queue's policy), keeping its job id and sequence number;
+    /// its dead-letter record and result are removed and the failed/dead
+    /// counter goes down, so the queue is no longer drained until it has
+    /// run. Returns each selected record with what happened to it, by job id.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures, or a record that is not valid JSON.
+    pub fn requeue<F>(&self, mut select: F) -> Result<Vec<(JobRecord, Requeue)>, QueueError>
+    where
+        F: FnMut(&JobRecord) -> bool,
+    {
+        const OP: &str = "requeue";
+        let key = self.inner.keys.dead();
+        let map: HashMap<String, String> = self.inner.pool.call(OP, None, |con, _, _| {
+            ::redis::cmd("HGETALL").arg(key).query(con)
+        })?;
+        let mut picked = Vec::new();
+        for (_, json) in map {
+            let rec = serde_json::from_str::<JobRecord>(&json).map_err(|e| protocol(OP, e))?;
+            if select(&rec) {
+                picked.push((rec, json));
+            }
+        }
+        picked.sort_by_key(|(r, _)| r.job);
+        let mut out = Vec::with_capacity(picked.len());
+        for chunk in picked.chunks(500) {
+            let v = self
+                .inner
+                .run(OP, &scripts::scripts().requeue, Call::Replayed, None, &|inv| {
+                    inv.arg(chunk.len());
+                    for (rec, json) in chunk {
+                        let counter = if rec.state == "failed" {
+                            "failed"
+                        } else {
+                            "dead"
+                        };
+                        inv.arg(rec.job).arg(json).arg(counter).arg(rec.seq);
+                        match &rec.input {
+                            Some(b) => inv.arg("1").arg(&b[..]),
+                            None => inv.arg("0").arg(""),
+                        };
+                    }
+                })?;
+            let a = array(OP, v)?;
+            if a.len() != chunk.len() {
+                return Err(protocol(OP, "reply length"));
+            }
+            for ((rec, _), r) in chunk.iter().zip(a) {
+                let what = match int(&r) {
+                    Some(1) => Requeue::Requeued,
+                    Some(-1) => Requeue::InputNotKept,
+                    _ => Requeue::Changed,
+                };
+                out.push((rec.clone(), what));
+            }
+        }
+        Ok(out)
     }
 
     fn records(&self, operation: &'static str, key: &str) -> Result<Vec<JobRecord>, QueueError> {
@@ -780,7 +869,7 @@ impl Queue for RedisQueue {
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts, .. } = next else {
+        let JobState::Queued { attempts, lost } = next else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {
@@ -791,6 +880,7 @@ impl Queue for RedisQueue {
             record: String::new(),
             job: lease.job.id.0,
             ext: false,
+            lost,
         }])?;
         Ok(())
     }
@@ -806,17 +896,26 @@ impl Queue for RedisQueue {
             inv.arg(&consumer);
         })?;
         let a = array(OP, v)?;
-        if a.len() % 4 != 0 {
-            return Err(protocol(OP, "held entries not in fours"));
+        if a.len() % 7 != 0 {
+            return Err(protocol(OP, "held entries not in sevens"));
         }
         let mut items = Vec::new();
         let mut outcomes = Vec::new();
-        for c in a.chunks(4) {
+        for c in a.chunks(7) {
             let bad = || protocol(OP, "malformed held entry");
             let entry = text(&c[0]).ok_or_else(bad)?;
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let held = text(&c[3]).ok_or_else(bad)?;
+            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let inline = match &c[5] {
+                Value::BulkString(b) => b.as_slice(),
+                _ => &[],
+            };
+            let input = RecordInput {
+                bytes: Some(inline),
+                size: int(&c[6]).map(|n| n as u64),
+            };
             let attempt: u32 = held
                 .split_once('|')
                 .and_then(|(a, _)| a.parse().ok())
@@ -831,8 +930,9 @@ impl Queue for RedisQueue {
                 seq,
                 worker,
                 attempt,
+                lost,
             };
-            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), None)?;
+            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), input)?;
             items.push(item);
             outcomes.push((JobId(job), d));
         }
