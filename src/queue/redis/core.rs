@@ -480,6 +480,8 @@ impl Inner {
         let (action, attempts, lost, record) = match &next {
             JobState::Queued { attempts, lost } => ("q", *attempts, *lost, String::new()),
             JobState::Failed { attempts, .. } | JobState::Dead { attempts, .. } => {
+                // The record counts every lost attempt, this one included.
+                let lost = lost + u32::from(reason.is_lost());
                 let (exit_code, signal) = match &reason {
                     FailReason::Exit { code } => (Some(*code), None),
                     FailReason::Signal { signal } => (None, Some(*signal)),
