@@ -76,6 +76,29 @@ const PUT_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 /// Most jobs sent in one `put_many` script call.
 const PUT_CHUNK_JOBS: usize = 2000;
 
+/// A clear message for an authentication failure, if `e` is one.
+fn auth_problem(e: &::redis::RedisError, url: &QueueUrl) -> Option<String> {
+    let text = format!("{e} {}", e.code().unwrap_or(""));
+    let endpoint = url.endpoint();
+    if text.contains("NOAUTH") || text.contains("unauthenticated") {
+        Some(format!(
+            "the Redis server at {endpoint} requires a password: put it in the URL as \
+             redis://:PASSWORD@{endpoint}/{name} (or redis://USER:PASSWORD@… for an ACL user)",
+            name = url.name
+        ))
+    } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("uthentication failed")
+    {
+        Some(format!(
+            "the Redis server at {endpoint} refused the password (or user) in the URL {url} \
+             (a server with no password set refuses any: then leave it out of the URL)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// What [`RedisQueue::requeue`] did with one failed or dead job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requeue {
@@ -142,7 +165,11 @@ impl RedisQueue {
         let keys = Keys::new(&url.name);
         // The setup runs on its own connection, before any pooled slot gets
         // a replay name (which needs the instance number this returns).
+        let auth = |e: &::redis::RedisError| auth_problem(e, &url);
         let mut con = pool.connect().map_err(|e| {
+            if let Some(m) = auth(&e) {
+                return fail(m);
+            }
             let waited = if e.is_timeout() {
                 format!(
                     " (no answer within {:.1} s)",
@@ -168,9 +195,19 @@ impl RedisQueue {
             .arg(config.capacity.max(1))
             .arg(if config.create { "1" } else { "0" })
             .arg(config.policy.max_lost);
-        let v: Vec<i64> = inv
-            .invoke(&mut con)
-            .map_err(|e| fail(format!("setup script failed on {}: {e}", url.endpoint())))?;
+        // A server wanting a password answers NOAUTH to a PING; to the setup
+        // script (a long command) it would only say "Protocol error:
+        // unauthenticated multibulk length".
+        ::redis::cmd("PING")
+            .query::<String>(&mut con)
+            .map_err(|e| match auth(&e) {
+                Some(m) => fail(m),
+                None => fail(format!("redis at {}: {e}", url.endpoint())),
+            })?;
+        let v: Vec<i64> = inv.invoke(&mut con).map_err(|e| match auth(&e) {
+            Some(m) => fail(m),
+            None => fail(format!("setup script failed on {}: {e}", url.endpoint())),
+        })?;
         if v[..] == [0] {
             return Err(OpenError::Missing {
                 url: shown.clone(),
@@ -562,6 +599,29 @@ impl RedisQueue {
             None,
             &|_| {},
         )?;
+        Ok(())
+    }
+
+    /// Declares this client the queue's producer before its first put
+    /// (refreshing the liveness key from then on), so that workers do not
+    /// report an earlier, vanished producer lost while this one is about to
+    /// put (`run --queue` resuming a submission).
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    pub fn announce_producer(&self) -> Result<(), QueueError> {
+        let ttl = self.inner.producer_ttl.as_millis() as u64;
+        self.inner.run(
+            "producer heartbeat",
+            &scripts::scripts().producer_alive,
+            Call::Plain,
+            None,
+            &|inv| {
+                inv.arg(ttl);
+            },
+        )?;
+        self.inner.producing.store(true, Ordering::Relaxed);
         Ok(())
     }
 
