@@ -76,8 +76,8 @@ fn two_workers_and_a_submitter_run_1000_jobs_exactly_once() {
 }
 
 #[test]
-fn a_worker_killed_with_sigkill_under_no_retries_loses_its_leases_and_its_jobs_run_again_elsewhere(
-) {
+fn a_worker_killed_with_sigkill_under_no_retries_loses_its_leases_and_its_jobs_run_again_elsewhere()
+{
     let server = RedisServer::start();
     let url = server.url("killed");
     let dir = tempfile::tempdir().unwrap();
@@ -93,9 +93,8 @@ fn a_worker_killed_with_sigkill_under_no_retries_loses_its_leases_and_its_jobs_r
     let command = ["sh", "-c", &script, "sh", "{}"];
     let doomed = spawn_worker(&url, 2, &command);
     wait_until("the first worker to start jobs 1 and 2", || {
-        std::fs::read_to_string(&marker).is_ok_and(|s| {
-            s.lines().any(|l| l == "1") && s.lines().any(|l| l == "2")
-        })
+        std::fs::read_to_string(&marker)
+            .is_ok_and(|s| s.lines().any(|l| l == "1") && s.lines().any(|l| l == "2"))
     });
     let pid = doomed.id();
     common::send_signal("KILL", pid);

@@ -80,7 +80,9 @@ fn a_job_lost_more_than_max_lost_times_is_dead_keeps_its_input_and_requeue_runs_
     let command = ["sh", "-c", &script, "sh", "{}"];
     // Lost once: forgiven (max-lost 1), it runs again on the next worker.
     let first = spawn_worker(&url, &command);
-    wait_until("job a to start", || lines_of(&marker).contains(&"a 1".into()));
+    wait_until("job a to start", || {
+        lines_of(&marker).contains(&"a 1".into())
+    });
     common::send_signal("KILL", first.id());
     finish(first);
     let second = spawn_worker(&url, &command);
@@ -168,7 +170,10 @@ fn requeue_with_failed_puts_failed_jobs_back_and_says_when_there_is_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{err}");
-    assert!(err.contains("job 1 is failed, not dead (add --failed)"), "{err}");
+    assert!(
+        err.contains("job 1 is failed, not dead (add --failed)"),
+        "{err}"
+    );
     std::fs::write(&ok, "").unwrap();
     let out = jobmill()
         .args(["requeue", "--queue", &url, "--failed", "1"])

@@ -251,7 +251,11 @@ fn a_lease_idling_out_past_max_lost_is_dead_as_lost_keeps_its_input_and_can_be_r
     let hung = RedisQueue::connect(&url, cfg.clone()).unwrap();
     let hung2 = RedisQueue::connect(&url, cfg).unwrap();
     let live = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
-    assert_eq!(live.policy().max_lost, 1, "max_lost is a setting of the queue");
+    assert_eq!(
+        live.policy().max_lost,
+        1,
+        "max_lost is a setting of the queue"
+    );
     hung.put(job(1)).unwrap();
     hung.close().unwrap();
     let first = hung.get(WorkerId(1), LONG).unwrap();
@@ -533,10 +537,14 @@ fn a_job_lost_past_max_lost_is_dead_with_the_reason_kept() {
     let q = open(&server, "maxlost", cfg);
     q.put(job(1)).unwrap();
     let _first = q.get(WorkerId(1), LONG).unwrap();
-    let lost = q.worker_lost(WorkerId(1), "killed by the OOM killer").unwrap();
+    let lost = q
+        .worker_lost(WorkerId(1), "killed by the OOM killer")
+        .unwrap();
     assert_eq!(lost[0].1, Disposition::Requeued { attempts: 1 });
     let _second = q.get(WorkerId(2), LONG).unwrap();
-    let lost = q.worker_lost(WorkerId(2), "killed by the OOM killer").unwrap();
+    let lost = q
+        .worker_lost(WorkerId(2), "killed by the OOM killer")
+        .unwrap();
     match &lost[0].1 {
         Disposition::Final(JobState::Dead { attempts, reason }) => {
             assert_eq!(*attempts, 2);

@@ -194,11 +194,7 @@ pub(super) fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> 
 
 /// Reads `source` on a thread and hands jobs over in batches: as many as
 /// are ready, up to `SUBMIT_BATCH`, so a trickling input is not delayed.
-fn batches(
-    source: Source,
-    separator: u8,
-    skip: u64,
-) -> mpsc::Receiver<Result<NewJob, InputError>> {
+fn batches(source: Source, separator: u8, skip: u64) -> mpsc::Receiver<Result<NewJob, InputError>> {
     let (tx, rx) = mpsc::sync_channel(4 * SUBMIT_BATCH);
     std::thread::spawn(move || {
         for (r, seq) in Records::new(source, separator).zip(1u64..) {

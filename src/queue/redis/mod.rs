@@ -725,9 +725,12 @@ impl RedisQueue {
         picked.sort_by_key(|(r, _)| r.job);
         let mut out = Vec::with_capacity(picked.len());
         for chunk in picked.chunks(500) {
-            let v = self
-                .inner
-                .run(OP, &scripts::scripts().requeue, Call::Replayed, None, &|inv| {
+            let v = self.inner.run(
+                OP,
+                &scripts::scripts().requeue,
+                Call::Replayed,
+                None,
+                &|inv| {
                     inv.arg(chunk.len());
                     for (rec, json) in chunk {
                         let counter = if rec.state == "failed" {
@@ -741,7 +744,8 @@ impl RedisQueue {
                             None => inv.arg("0").arg(""),
                         };
                     }
-                })?;
+                },
+            )?;
             let a = array(OP, v)?;
             if a.len() != chunk.len() {
                 return Err(protocol(OP, "reply length"));
