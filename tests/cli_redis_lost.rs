@@ -345,3 +345,62 @@ fn run_with_a_queue_killed_with_sigkill_and_run_again_finishes_the_same_jobs_onc
     assert_eq!((r[&1].0.as_str(), r[&1].1), ("done", 2), "one lost attempt");
     assert!((2..=6).all(|i| r[&i].0 == "done" && r[&i].1 == 1), "{r:?}");
 }
+
+#[test]
+fn run_with_a_queue_killed_mid_submission_and_run_again_resumes_the_submission() {
+    use std::io::Write;
+    let server = RedisServer::start();
+    let url = server.url("resume");
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut cmd = jobmill();
+        cmd.env("XDG_STATE_HOME", state.path())
+            .args(["run", "--queue", &url, "-j", "2", "--", "echo", "out-{}"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // The first run reads three inputs, runs them, and is killed while its
+    // input is still open.
+    let mut first = run().spawn().unwrap();
+    let mut stdin = first.stdin.take().unwrap();
+    stdin.write_all(b"1\n2\n3\n").unwrap();
+    stdin.flush().unwrap();
+    wait_until("the first three jobs to be done", || {
+        let out = jobmill()
+            .args(["status", "--queue", &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("3 done")
+    });
+    common::send_signal("KILL", first.id());
+    drop(stdin);
+    let (_, first_out, _) = finish(first);
+    // The same command with the whole input: it waits out the dead
+    // producer's liveness, then submits the inputs the queue lacks.
+    let mut again = run().spawn().unwrap();
+    again
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"1\n2\n3\n4\n5\n6\n")
+        .unwrap();
+    let (code, out, err) = finish(again);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming it"), "{err}");
+    assert!(err.contains("after the first 3"), "{err}");
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for line in first_out.lines().chain(out.lines()) {
+        *seen.entry(line.to_string()).or_default() += 1;
+    }
+    for i in 1..=6 {
+        assert_eq!(seen.get(&format!("out-{i}")), Some(&1), "job {i}: {seen:?}");
+    }
+    let r = results(&url);
+    assert_eq!(r.len(), 6);
+    assert!(
+        (1..=6).all(|i| r[&i].0 == "done" && r[&i].3 == i.to_string()),
+        "{r:?}"
+    );
+}

@@ -855,7 +855,7 @@ fn a_missing_queue_is_an_error_when_not_creating_and_destroy_removes_every_key()
 }
 
 #[test]
-fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
+fn a_password_in_the_url_is_used_and_a_wrong_or_missing_one_is_a_clear_error_without_it() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let good = format!("redis://:s3cret@127.0.0.1:{}/auth", server.port);
     let q = RedisQueue::connect(&good, RedisConfig::default()).expect("password accepted");
@@ -867,9 +867,18 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
         .to_string();
     assert!(!msg.contains("wrong"), "password shown: {msg}");
     assert!(msg.contains(":***@"), "{msg}");
+    assert!(msg.contains("refused the password"), "{msg}");
     let none = server.url("auth");
     let msg = RedisQueue::connect(&none, RedisConfig::default())
         .unwrap_err()
         .to_string();
-    assert!(msg.to_lowercase().contains("auth"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "the Redis server at 127.0.0.1:{} requires a password: put it in the URL as \
+             redis://:PASSWORD@127.0.0.1:{}/auth",
+            server.port, server.port
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("multibulk"), "{msg}");
 }

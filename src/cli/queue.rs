@@ -556,14 +556,40 @@ enum Submit {
 }
 
 /// `run --queue` on a queue that already holds jobs (the same command run
-/// again, e.g. after the earlier one was killed): a closed queue is worked
-/// on as it is, without submitting again; an open one whose producer is
-/// gone gets the inputs it lacks (those after the jobs it holds); one
-/// whose producer is alive is refused.
+/// again, e.g. after the earlier one was killed):
+///
+/// - closed: the earlier run submitted everything; work on what is
+///   unfinished without submitting again;
+/// - open, left open on purpose (`submit --keep-open`) or new: submit every
+///   input, adding to it;
+/// - open, its producer gone without closing (killed mid-submission):
+///   resume the submission after the jobs it holds;
+/// - open, its producer heard from within its liveness TTL: wait for the
+///   TTL to tell whether it is gone (then resume) or alive (then refuse).
 fn resume_plan(queue: &RedisQueue) -> anyhow::Result<Submit> {
-    let s = queue.status()?;
-    let c = s.counts;
     let url = queue.url();
+    let mut s = queue.status()?;
+    if s.producer == ProducerState::Alive && !s.counts.closed {
+        let ttl = queue.producer_ttl();
+        eprintln!(
+            "jobmill: queue {url} is open and its producer was heard from within the last \
+             {ttl:?}: waiting up to {ttl:?} to see whether it is still alive (an earlier run \
+             killed mid-submission is not)"
+        );
+        let deadline = std::time::Instant::now() + ttl + Duration::from_secs(1);
+        while s.producer == ProducerState::Alive && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            s = queue.status()?;
+        }
+        if s.producer == ProducerState::Alive && !s.counts.closed {
+            bail!(
+                "queue {url} is being filled by another producer right now ({} jobs so far): \
+                 work on it with `jobmill worker --queue {url}`, or use a new queue name",
+                s.counts.produced
+            );
+        }
+    }
+    let c = s.counts;
     let leased_note = || {
         if c.leased > 0 {
             eprintln!(
@@ -593,21 +619,16 @@ fn resume_plan(queue: &RedisQueue) -> anyhow::Result<Submit> {
         leased_note();
         return Ok(Submit::Nothing);
     }
-    if c.produced == 0 {
+    if c.produced == 0 || s.producer != ProducerState::Lost {
         return Ok(Submit::Skip(0));
     }
-    if s.producer == ProducerState::Alive {
-        bail!(
-            "queue {url} is being filled by another producer right now ({} jobs so far): \
-             work on it with `jobmill worker --queue {url}`, or use a new queue name",
-            c.produced
-        );
-    }
     eprintln!(
-        "jobmill: queue {url} is open and holds {} jobs from an earlier submission that \
-         stopped before the end of its input: resuming it, submitting the inputs after the \
-         first {} (this assumes the same input as before)",
-        c.produced, c.produced
+        "jobmill: queue {url} is open and holds {} job{} from an earlier submission whose \
+         producer vanished before the end of its input: resuming it, submitting the inputs \
+         after the first {} (this assumes the same input as before)",
+        c.produced,
+        if c.produced == 1 { "" } else { "s" },
+        c.produced
     );
     leased_note();
     queue.announce_producer()?;

@@ -310,6 +310,12 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// How long this client's producer liveness signal lasts
+    /// ([`RedisConfig::producer_ttl`]).
+    pub fn producer_ttl(&self) -> Duration {
+        self.inner.producer_ttl
+    }
+
     /// The capacity recorded for the queue, as seen at connect or set by
     /// [`RedisQueue::set_settings`].
     pub fn capacity(&self) -> u64 {
