@@ -138,7 +138,7 @@ fn a_job_lost_more_than_max_lost_times_is_dead_keeps_its_input_and_requeue_runs_
     let st = String::from_utf8_lossy(&out.stdout);
     assert!(st.contains("state:    drained"), "{st}");
     assert!(st.contains("2 done, 0 failed, 0 dead"), "{st}");
-    assert!(st.contains("1 losses forgiven"), "{st}");
+    assert!(st.contains("max 1 lost"), "{st}");
 }
 
 #[test]

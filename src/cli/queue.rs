@@ -664,7 +664,7 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
     )?;
     writeln!(
         out,
-        "settings: {} attempts per job, {} losses forgiven, visibility timeout {:?}, capacity {}",
+        "settings: {} attempts per job, max {} lost, visibility timeout {:?}, capacity {}",
         queue.policy().max_attempts,
         queue.policy().max_lost,
         queue.visibility_timeout(),

@@ -16,8 +16,10 @@
 //!   new entry (XADD) carrying the attempts made; release requeues with the
 //!   attempt given back.
 //! - **Dead or hung workers**: a lease idle for the visibility timeout is
-//!   taken over with `XAUTOCLAIM` and failed with [`FailReason::WorkerLost`]
-//!   (attempt counted). A live worker's leases are extended by a heartbeat
+//!   taken over with `XAUTOCLAIM` and failed with [`FailReason::WorkerLost`]:
+//!   a lost attempt, which the job's `lost` count (in its stream entry)
+//!   records and the lost-worker rule judges (runs again unless lost more
+//!   than the queue's `max_lost` times; not counted against the retries). A live worker's leases are extended by a heartbeat
 //!   thread (`XCLAIM` min-idle 0 `JUSTID` of its own entries).
 //! - **Waiting** never polls: a consumer with nothing to lease blocks in
 //!   `XREAD` on the job stream and a small wake-up stream (close, drained,
@@ -26,6 +28,8 @@
 //! - **Backpressure**: `put` fails fast inside the script when
 //!   `queued >= capacity` and blocks on the wake-up stream until a lease
 //!   makes room.
+//! - **Dead jobs** keep their input (in their record, or in their payload
+//!   key), and [`RedisQueue::requeue`] puts them back.
 //! - **Reconnection**: every call is retried with backoff on a new
 //!   connection, with replay protection so it takes effect once.
 
