@@ -672,3 +672,29 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
     )?;
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_visibility_under_one_second_is_refused_with_the_reason() {
+        assert_eq!(visibility("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(visibility("2m").unwrap(), Duration::from_secs(120));
+        for short in ["0", "1ms", "500ms", "0.9"] {
+            let e = visibility(short).unwrap_err();
+            assert!(e.contains("too short") && e.contains("at least 1s"), "{e}");
+        }
+        assert!(visibility("soon").is_err());
+    }
+
+    #[test]
+    fn a_capacity_of_zero_is_refused_with_the_reason() {
+        assert_eq!(capacity("1").unwrap(), 1);
+        assert_eq!(capacity("100000").unwrap(), 100_000);
+        let e = capacity("0").unwrap_err();
+        assert!(e.contains("no job wait") && e.contains("at least 1"), "{e}");
+        assert!(capacity("-1").is_err());
+        assert!(capacity("lots").is_err());
+    }
+}
