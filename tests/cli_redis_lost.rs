@@ -103,6 +103,16 @@ fn a_job_lost_more_than_max_lost_times_is_dead_keeps_its_input_and_requeue_runs_
     assert!(reason.contains("worker lost"), "{reason}");
     assert_eq!(input, "a", "a dead job keeps its input");
     assert_eq!(r[&2].0, "done");
+    let out = jobmill()
+        .args(["status", "--queue", &url])
+        .output()
+        .unwrap();
+    let st = String::from_utf8_lossy(&out.stdout);
+    assert!(st.contains("1 done, 0 failed, 1 dead"), "{st}");
+    assert!(
+        st.contains(&format!("jobmill requeue --queue {url}")),
+        "status says how to put it back: {st}"
+    );
     // A typo requeues nothing.
     let out = jobmill()
         .args(["requeue", "--queue", &url, "1", "2"])

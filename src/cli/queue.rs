@@ -670,6 +670,14 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
         queue.visibility_timeout(),
         queue.capacity()
     )?;
+    if c.failed + c.dead > 0 {
+        writeln!(
+            out,
+            "requeue:  jobmill requeue --queue {} puts the dead jobs back (--failed: the \
+             failed ones)",
+            queue.url()
+        )?;
+    }
     Ok(0)
 }
 
