@@ -882,3 +882,40 @@ fn a_password_in_the_url_is_used_and_a_wrong_or_missing_one_is_a_clear_error_wit
     );
     assert!(!msg.contains("multibulk"), "{msg}");
 }
+
+#[test]
+fn requeue_puts_back_many_dead_jobs_across_pages_in_job_order() {
+    let server = RedisServer::start();
+    let q = open(&server, "rqmany", RedisConfig::default());
+    let n = 1200u64;
+    q.put_many(&(1..=n).map(job).collect::<Vec<_>>()).unwrap();
+    q.close().unwrap();
+    let mut leases = Vec::new();
+    while (leases.len() as u64) < n {
+        leases.extend(q.get_many(WorkerId(1), 500, LONG).unwrap());
+    }
+    for l in &leases {
+        q.fail(l, FailReason::Timeout).unwrap();
+    }
+    assert_eq!(q.counts().unwrap().dead, n);
+    // Every other one only: the selection is honoured.
+    let out = q.requeue(|r| r.job % 2 == 0).unwrap();
+    assert_eq!(out.len() as u64, n / 2);
+    assert!(out.iter().all(|(_, w)| *w == Requeue::Requeued));
+    let c = q.counts().unwrap();
+    assert_eq!((c.queued, c.dead), (n / 2, n / 2));
+    let mut again = Vec::new();
+    while (again.len() as u64) < n / 2 {
+        again.extend(q.get_many(WorkerId(2), 500, LONG).unwrap());
+    }
+    let ids: Vec<u64> = again.iter().map(|l| l.job.id.0).collect();
+    let want: Vec<u64> = (1..=n).filter(|i| i % 2 == 0).collect();
+    assert_eq!(ids, want, "requeued in job order");
+    assert!(again
+        .iter()
+        .all(|l| l.job.attempts == 1 && l.job.payload == format!("input {}", l.job.seq)));
+    assert_eq!(q.complete_many(&again).unwrap().len() as u64, n / 2);
+    let c = q.counts().unwrap();
+    assert_eq!((c.done, c.dead), (n / 2, n / 2));
+    assert!(c.is_drained());
+}

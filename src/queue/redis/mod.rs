@@ -722,16 +722,34 @@ impl RedisQueue {
     {
         const OP: &str = "requeue";
         let key = self.inner.keys.dead();
-        let map: HashMap<String, String> = self.inner.pool.call(OP, None, |con, _, _| {
-            ::redis::cmd("HGETALL").arg(key).query(con)
-        })?;
-        let mut picked = Vec::new();
-        for (_, json) in map {
-            let rec = serde_json::from_str::<JobRecord>(&json).map_err(|e| protocol(OP, e))?;
-            if select(&rec) {
-                picked.push((rec, json));
+        // HSCAN in pages, keeping only the selected records (by job id: a
+        // page may repeat one), so a few jobs picked among many dead
+        // letters cost little memory; requeued in job order.
+        let mut picked: HashMap<u64, (JobRecord, String)> = HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, flat): (u64, Vec<String>) =
+                self.inner.pool.call(OP, None, |con, _, _| {
+                    ::redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(con)
+                })?;
+            for pair in flat.chunks(2) {
+                let json = pair.get(1).ok_or_else(|| protocol(OP, "HSCAN reply"))?;
+                let rec = serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(OP, e))?;
+                if select(&rec) {
+                    picked.insert(rec.job, (rec, json.clone()));
+                }
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
+        let mut picked: Vec<(JobRecord, String)> = picked.into_values().collect();
         picked.sort_by_key(|(r, _)| r.job);
         let mut out = Vec::with_capacity(picked.len());
         for chunk in picked.chunks(500) {
