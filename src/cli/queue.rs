@@ -605,11 +605,16 @@ fn resume_plan(queue: &RedisQueue) -> anyhow::Result<Submit> {
     if c.closed {
         eprintln!(
             "jobmill: queue {url} already holds {} job{} from an earlier submission and is \
-             closed: not submitting the input again; working on what is unfinished ({} \
-             queued, {} running; {} done, {} failed, {} dead). Run new inputs on a new queue \
-             name; put failed or dead jobs back with `jobmill requeue --queue {url}`",
+             closed: not submitting the input again; {} ({} queued, {} running; {} done, {} \
+             failed, {} dead). Run new inputs on a new queue name; put failed or dead jobs \
+             back with `jobmill requeue --queue {url}`",
             c.produced,
             if c.produced == 1 { "" } else { "s" },
+            if c.queued + c.leased == 0 {
+                "every job has ended"
+            } else {
+                "working on what is unfinished"
+            },
             c.queued,
             c.leased,
             c.done,
