@@ -118,8 +118,9 @@ pub struct WorkerArgs {
 
     /// With --persistent: ask the workers for a heartbeat this often; a
     /// worker that holds jobs and stays silent for four intervals (hung,
-    /// stopped) is killed and replaced, and the job it was running fails
-    /// as worker lost (its attempt counted).
+    /// stopped) is killed and replaced, and the job it was running is
+    /// lost: it runs again (not counted against --retries) unless it was
+    /// lost more than the queue's --max-lost times.
     #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
     pub heartbeat: Option<Duration>,
 

@@ -19,8 +19,9 @@
 //!   taken over with `XAUTOCLAIM` and failed with [`FailReason::WorkerLost`]:
 //!   a lost attempt, which the job's `lost` count (in its stream entry)
 //!   records and the lost-worker rule judges (runs again unless lost more
-//!   than the queue's `max_lost` times; not counted against the retries). A live worker's leases are extended by a heartbeat
-//!   thread (`XCLAIM` min-idle 0 `JUSTID` of its own entries).
+//!   than the queue's `max_lost` times; not counted against the retries).
+//!   A live worker's leases are extended by a heartbeat thread (`XCLAIM`
+//!   min-idle 0 `JUSTID` of its own entries).
 //! - **Waiting** never polls: a consumer with nothing to lease blocks in
 //!   `XREAD` on the job stream and a small wake-up stream (close, drained,
 //!   room) from the ids the lease script returned, on a pooled connection
