@@ -159,8 +159,9 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
 pub fn report(c: &Collected) {
     if c.inputs_missing > 0 {
         eprintln!(
-            "jobmill: {} job{} ha{} no input in the queue's records (inputs over {} KiB are \
-             not kept, nor those of jobs failed after their worker was lost): recorded as empty",
+            "jobmill: {} job{} ha{} no input in the queue's records (records keep inputs up \
+             to {} KiB; a failed or dead job's larger input stays in the queue for `jobmill \
+             requeue`): recorded as empty",
             c.inputs_missing,
             if c.inputs_missing == 1 { "" } else { "s" },
             if c.inputs_missing == 1 { "s" } else { "ve" },

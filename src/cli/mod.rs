@@ -7,6 +7,7 @@ mod journal;
 mod progress;
 mod queue;
 mod report;
+mod requeue;
 mod resume;
 mod run;
 
@@ -64,6 +65,10 @@ enum Command {
     /// Exit status: 0 once the queue is closed and drained; 3 if its
     /// producer was lost; 130 if interrupted; 255 on an error.
     Worker(queue::WorkerArgs),
+    /// Put the dead jobs of a shared queue (--queue) back, or its failed
+    /// ones (--failed), all or those numbered; each gets a fresh retry
+    /// allowance.
+    Requeue(requeue::RequeueArgs),
     /// Show a run's counts by state, elapsed time, ETA, slowest jobs and
     /// top failure reasons (RUN_ID|PATH), or a shared queue's (--queue).
     Status(journal::StatusArgs),
@@ -146,6 +151,7 @@ pub fn main() -> u8 {
         Command::Resume(args) => resume::resume(args),
         Command::Submit(args) => queue::submit(args),
         Command::Worker(args) => queue::worker(args),
+        Command::Requeue(args) => requeue::requeue(args),
         Command::Status(args) => journal::status(args),
         Command::Results(args) => journal::results(args),
         Command::Runs(args) => journal::runs(args),

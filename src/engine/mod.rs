@@ -34,6 +34,7 @@
 //! Stopping is modelled once, in [`stop`]: running → draining → killing,
 //! with one signal thread for every front end.
 
+mod gate;
 pub mod halt;
 pub mod output;
 mod plan;
@@ -41,6 +42,7 @@ mod process;
 pub mod stop;
 mod workers;
 
+pub use gate::Gate;
 pub use plan::{Plan, Work};
 pub use process::Processes;
 pub use workers::{Workers, WorkersOptions, DEFAULT_HANDSHAKE};
@@ -58,9 +60,7 @@ use crate::exec::{Capture, SpillBudget};
 use crate::input::InputError;
 use crate::job::{FailReason, Job, JobState, NewJob, WorkerId};
 use crate::outcome::{AttemptEnd, Outcome};
-use crate::queue::{
-    AttemptInfo, Completion, Disposition, GetError, Lease, PutError, Queue, QueueError,
-};
+use crate::queue::{AttemptInfo, Completion, Disposition, GetError, Lease, PutError, Queue};
 
 use halt::{Halt, When};
 use output::Printer;
@@ -539,170 +539,6 @@ impl Resolution {
             Disposition::Final(state) => Resolution::Final(state),
             Disposition::Stale => Resolution::Interrupted,
         }
-    }
-}
-
-/// The run's queue as executors use it (see [`Dispatch::queue`]).
-pub struct Gate<'a> {
-    d: &'a Dispatch,
-}
-
-impl Gate<'_> {
-    /// Turns a backend error into the run's stop: a lost producer drains
-    /// (exit 3); anything else is fatal, once.
-    fn failed(&self, e: QueueError) -> QueueError {
-        if let QueueError::ProducerLost { .. } = e {
-            if self.d.control.cause() == StopCause::None {
-                self.d.notice(Notice::Info(format!(
-                    "{e}; stopping (run `jobmill submit` again to add jobs, or an empty submit \
-                     to close it)"
-                )));
-            }
-            self.d.stop(Level::Draining, StopCause::ProducerLost);
-            return e;
-        }
-        if !self.d.backend_failed.swap(true, Ordering::SeqCst) {
-            self.d.fatal(Arc::new(e.clone()));
-        }
-        e
-    }
-
-    /// `Err` once the backend has failed: the call is not tried again, so
-    /// that stopping does not wait a reconnect window per lease held (those
-    /// leases idle out and peers take them over).
-    fn usable(&self, operation: &'static str) -> Result<(), QueueError> {
-        if self.d.backend_failed.load(Ordering::Relaxed) {
-            return Err(QueueError::Backend {
-                operation,
-                detail: "not tried after an earlier failure of the queue".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Queue for Gate<'_> {
-    fn put(&self, job: NewJob) -> Result<crate::job::JobId, PutError> {
-        self.usable("put")?;
-        self.d.queue.put(job)
-    }
-
-    fn get(&self, worker: WorkerId, timeout: Option<Duration>) -> Result<Lease, GetError> {
-        if !self.d.may_start() {
-            return Err(GetError::Closed);
-        }
-        self.usable("lease")?;
-        self.d.queue.get(worker, timeout).map_err(|e| match e {
-            GetError::Backend(e) => GetError::Backend(self.failed(e)),
-            other => other,
-        })
-    }
-
-    fn try_get(&self, worker: WorkerId) -> Result<Lease, crate::queue::TryGetError> {
-        let mut v = Vec::with_capacity(1);
-        self.try_get_many(worker, 1, &mut v)?;
-        v.pop().ok_or(crate::queue::TryGetError::Empty)
-    }
-
-    fn try_get_many(
-        &self,
-        worker: WorkerId,
-        max: usize,
-        out: &mut Vec<Lease>,
-    ) -> Result<usize, crate::queue::TryGetError> {
-        use crate::queue::TryGetError;
-        if !self.d.may_start() {
-            return Err(TryGetError::Empty);
-        }
-        self.usable("lease")?;
-        match self.d.queue.try_get_many(worker, max, out) {
-            Err(TryGetError::Backend(e)) => match self.failed(e) {
-                QueueError::ProducerLost { .. } => Err(TryGetError::Empty),
-                e => Err(TryGetError::Backend(e)),
-            },
-            other => other,
-        }
-    }
-
-    fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
-        self.complete_with(lease, &AttemptInfo::default())
-    }
-
-    fn complete_with(&self, lease: &Lease, info: &AttemptInfo) -> Result<Completion, QueueError> {
-        self.usable("complete")?;
-        self.d
-            .queue
-            .complete_with(lease, info)
-            .map_err(|e| self.failed(e))
-    }
-
-    fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
-        let info = AttemptInfo {
-            host: self.d.opts.host.clone(),
-            duration: None,
-        };
-        self.complete_many_with(leases, &info)
-    }
-
-    fn complete_many_with(
-        &self,
-        leases: &[Lease],
-        info: &AttemptInfo,
-    ) -> Result<Vec<Completion>, QueueError> {
-        self.usable("complete")?;
-        self.d
-            .queue
-            .complete_many_with(leases, info)
-            .map_err(|e| self.failed(e))
-    }
-
-    fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
-        let info = AttemptInfo {
-            host: self.d.opts.host.clone(),
-            duration: None,
-        };
-        self.fail_with(lease, reason, &info)
-    }
-
-    fn fail_with(
-        &self,
-        lease: &Lease,
-        reason: FailReason,
-        info: &AttemptInfo,
-    ) -> Result<Disposition, QueueError> {
-        self.usable("fail")?;
-        self.d
-            .queue
-            .fail_with(lease, reason, info)
-            .map_err(|e| self.failed(e))
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.usable("release")?;
-        self.d.queue.release(lease).map_err(|e| self.failed(e))
-    }
-
-    fn worker_lost(
-        &self,
-        worker: WorkerId,
-        detail: &str,
-    ) -> Result<Vec<(crate::job::JobId, Disposition)>, QueueError> {
-        self.usable("worker lost")?;
-        self.d
-            .queue
-            .worker_lost(worker, detail)
-            .map_err(|e| self.failed(e))
-    }
-
-    fn close(&self) -> Result<(), QueueError> {
-        // Executors never close the run's queue: the input (or the
-        // producer, on a shared queue) does.
-        Ok(())
-    }
-
-    fn counts(&self) -> Result<crate::queue::Counts, QueueError> {
-        self.usable("counts")?;
-        self.d.queue.counts().map_err(|e| self.failed(e))
     }
 }
 
