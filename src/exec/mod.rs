@@ -48,9 +48,10 @@
 mod capture;
 pub mod guardian;
 mod supervisor;
+mod sweep;
 
 pub use capture::{Capture, SpillBudget};
-pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE};
+pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE, ID_VAR};
 
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
@@ -57,6 +57,11 @@ pub struct Supervisor {
     running: AtomicUsize,
     /// Whether to wait on a pidfd (false only in tests of the fallback).
     use_pidfd: bool,
+    /// The value of `JOBMILL_GUARD` in this supervisor's jobs (and its
+    /// guardian's token): unique to this supervisor.
+    token: String,
+    /// The number of the next attempt, its `JOBMILL_GUARD_ID`.
+    next_id: AtomicU64,
 }
 
 impl Supervisor {
@@ -86,8 +91,9 @@ impl Supervisor {
     ) -> io::Result<Self> {
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
+        let token = new_token();
         let guardian = match guardian {
-            Some(exe) => Some(GuardianLink::start(exe, guardian_grace)?),
+            Some(exe) => Some(GuardianLink::start(exe, guardian_grace, token.clone())?),
             None => None,
         };
         Ok(Self {
@@ -97,7 +103,15 @@ impl Supervisor {
             stopping: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             use_pidfd: true,
+            token,
+            next_id: AtomicU64::new(1),
         })
+    }
+
+    /// The process id of the guardian running now (it changes when a dead
+    /// guardian is replaced); `None` without one.
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.guardian.as_ref().and_then(GuardianLink::pid)
     }
 
     /// Number of attempts running now.
@@ -130,6 +144,16 @@ impl Supervisor {
             .map(|g| (super::guardian::TOKEN_VAR, g.token()))
     }
 
+    /// Kills every process left by this supervisor's jobs that carries its
+    /// token and is still alive (a detached daemon whose job has ended),
+    /// whatever its attempt. Only call it when no attempt is running (a
+    /// running job carries the token too); dropping the supervisor does it.
+    /// Returns how many processes were found.
+    pub fn sweep_leftovers(&self) -> usize {
+        let needle = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
+        super::sweep::kill_marked(&[needle.as_bytes()])
+    }
+
     /// Removes a group registered with [`Supervisor::guard_group`]; call it
     /// before reaping the group's leader.
     pub fn unguard_group(&self, pgid: u32) {
@@ -138,8 +162,9 @@ impl Supervisor {
         }
     }
 
-    /// Whether the guardian was started and then lost (a write to it
-    /// failed): jobs are then no longer protected against jobmill's death.
+    /// Whether the guardian was started, died, and no new one could be
+    /// started: jobs are then no longer protected against jobmill's death.
+    /// (A guardian that dies is replaced, see [`super::guardian`].)
     pub fn guardian_lost(&self) -> bool {
         self.guardian.as_ref().is_some_and(GuardianLink::is_lost)
     }
@@ -184,11 +209,11 @@ impl Supervisor {
         for (key, value) in spec.env {
             cmd.env(key, value);
         }
-        if let Some(g) = &self.guardian {
-            // Found by the guardian's sweep if jobmill dies before the
-            // registration below.
-            cmd.env(super::guardian::TOKEN_VAR, g.token());
-        }
+        // Found by the guardian's sweep if jobmill dies before the
+        // registration below, and by this attempt's own sweep at its end.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        cmd.env(super::guardian::TOKEN_VAR, &self.token);
+        cmd.env(ID_VAR, id.to_string());
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -218,6 +243,12 @@ impl Supervisor {
         .watch(self, pipes, &mut attempt);
         attempt.timed_out = flags.timed_out;
         attempt.terminated = flags.terminated;
+        if flags.held_open || flags.timed_out || flags.terminated {
+            // Something outside the (killed) group may be left: a process
+            // still holds the job's output pipes, or the job was stopped.
+            // Kill whatever carries this attempt's marks.
+            self.sweep_attempt(id);
+        }
         // The whole group has had SIGKILL by now: nothing is left for the
         // guardian to stop. Unregistering before reaping means the
         // guardian never holds a group id that could be reused.
@@ -247,6 +278,41 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Kills what is left of attempt `id` outside its process group: every
+    /// live process whose environment holds this supervisor's token and
+    /// `JOBMILL_GUARD_ID=<id>` (see [`super::sweep`]).
+    fn sweep_attempt(&self, id: u64) {
+        let token = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
+        let id = format!("{ID_VAR}={id}");
+        super::sweep::kill_marked(&[token.as_bytes(), id.as_bytes()]);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // No attempt runs any more (`run` borrows the supervisor): anything
+        // carrying the token is a leftover that no attempt's sweep caught
+        // (one that closed or redirected the job's output pipes).
+        self.sweep_leftovers();
+    }
+}
+
+/// The environment variable holding an attempt's number, unique within
+/// its supervisor: with `JOBMILL_GUARD` it marks the attempt's processes.
+pub const ID_VAR: &str = "JOBMILL_GUARD_ID";
+
+/// A token unique to one supervisor: pid, time and a counter.
+fn new_token() -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{nanos:x}-{n}", std::process::id())
+}
+
 /// The program name for messages, in backquotes, with control characters
 /// escaped so that the message stays one printable line.
 fn quoted(program: &OsStr) -> String {
@@ -267,6 +333,9 @@ fn quoted(program: &OsStr) -> String {
 struct Stopped {
     timed_out: bool,
     terminated: bool,
+    /// An output pipe was still open after the group kill and the drain:
+    /// some process outside the group may hold it.
+    held_open: bool,
 }
 
 /// Watching one running attempt until its main process has exited.
@@ -410,6 +479,7 @@ impl Watch {
                 break;
             }
         }
+        stopped.held_open = out.is_some() || err.is_some();
         stopped
     }
 
