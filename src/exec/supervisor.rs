@@ -5,9 +5,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,7 @@ use super::capture::{Capture, SpillBudget};
 use super::guardian::GuardianLink;
 use super::{Attempt, AttemptSpec, End};
 use crate::sys::process::wait4;
+use crate::sys::spawn::Spawner;
 
 /// Grace period the guardian gives jobs between TERM and KILL when jobmill
 /// dies, unless set with [`Supervisor::with_guardian_grace`].
@@ -62,6 +64,9 @@ pub struct Supervisor {
     token: String,
     /// The number of the next attempt, its `JOBMILL_GUARD_ID`.
     next_id: AtomicU64,
+    /// Starts the jobs; holds the environment block, built once, with
+    /// `JOBMILL_GUARD` in it.
+    spawner: Spawner,
 }
 
 impl Supervisor {
@@ -92,6 +97,7 @@ impl Supervisor {
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
         let token = new_token();
+        let spawner = Spawner::new(&[(super::guardian::TOKEN_VAR, OsStr::new(&token))])?;
         let guardian = match guardian {
             Some(exe) => Some(GuardianLink::start(exe, guardian_grace, token.clone())?),
             None => None,
@@ -105,6 +111,7 @@ impl Supervisor {
             use_pidfd: true,
             token,
             next_id: AtomicU64::new(1),
+            spawner,
         })
     }
 
@@ -200,21 +207,14 @@ impl Supervisor {
             attempt.end = End::SpawnFailed("empty command: no program to run".to_owned());
             return attempt;
         };
-        let mut cmd = Command::new(program);
-        cmd.args(&spec.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for (key, value) in spec.env {
-            cmd.env(key, value);
-        }
         // Found by the guardian's sweep if jobmill dies before the
-        // registration below, and by this attempt's own sweep at its end.
+        // registration below (JOBMILL_GUARD, in the spawner's fixed
+        // environment), and by this attempt's own sweep at its end.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        cmd.env(super::guardian::TOKEN_VAR, &self.token);
-        cmd.env(ID_VAR, id.to_string());
-        let mut child = match cmd.spawn() {
+        let mut id_buf = [0u8; 20];
+        let vars = std::iter::once((ID_VAR, decimal(id, &mut id_buf)))
+            .chain(spec.env.iter().map(|(k, v)| (*k, v.as_bytes())));
+        let child = match self.spawner.spawn(spec.argv, vars) {
             Ok(child) => child,
             Err(e) => {
                 attempt.end = End::SpawnFailed(format!("cannot run {}: {e}", quoted(program)));
@@ -222,8 +222,11 @@ impl Supervisor {
                 return attempt;
             }
         };
-        let pid = Pid::from_child(&child);
-        let raw_pid = pid.as_raw_nonzero().get();
+        let raw_pid = child.pid;
+        let Some(pid) = Pid::from_raw(raw_pid) else {
+            attempt.end = End::SpawnFailed(format!("cannot run {}: no pid", quoted(program)));
+            return attempt;
+        };
         // Register first, then count: `running() > 0` means the guardian
         // has been told (the write is in its pipe even if jobmill dies
         // now). A `kill -9` of jobmill in the few microseconds before this
@@ -234,7 +237,7 @@ impl Supervisor {
         }
         self.running.fetch_add(1, Ordering::AcqRel);
 
-        let pipes = (child.stdout.take(), child.stderr.take());
+        let pipes = (Some(child.stdout), Some(child.stderr));
         let flags = Watch {
             pid,
             timeout: spec.timeout,
@@ -272,7 +275,6 @@ impl Supervisor {
             )),
         };
         self.running.fetch_sub(1, Ordering::AcqRel);
-        drop(child);
         attempt.duration = t0.elapsed();
         attempt
     }
@@ -301,6 +303,19 @@ impl Drop for Supervisor {
 /// The environment variable holding an attempt's number, unique within
 /// its supervisor: with `JOBMILL_GUARD` it marks the attempt's processes.
 pub const ID_VAR: &str = "JOBMILL_GUARD_ID";
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
 
 /// A token unique to one supervisor: pid, time and a counter.
 fn new_token() -> String {

@@ -5,3 +5,4 @@
 pub mod fd;
 pub mod process;
 pub mod shm;
+pub mod spawn;
