@@ -1,9 +1,9 @@
 //! The guardian: a small process that stops every job if jobmill dies.
 //!
-//! `PR_SET_PDEATHSIG` is not used: setting it needs a `pre_exec` hook,
-//! which makes std's `Command` fall back from `posix_spawn` to fork+exec
-//! (twice as slow, and slower still with a large parent), and it only
-//! reaches the direct child, not the rest of the job's process group.
+//! `PR_SET_PDEATHSIG` is not used: `posix_spawn` cannot set it (it would
+//! take a fork+exec with a hook in the child, twice as slow, and slower
+//! still with a large parent), and it only reaches the direct child, not
+//! the rest of the job's process group.
 //!
 //! Instead [`super::Supervisor`] starts `jobmill __guardian <grace_ms>` once
 //! per run, in its own process group (so the terminal's Ctrl-C does not
@@ -27,7 +27,16 @@
 //! environment, the token unique to this guardian, and when the pipe ends
 //! without jobmill's clean-close line (`.`), the guardian also stops the
 //! process groups whose leader's environment (`/proc/<pid>/environ`) holds
-//! that token. A clean close skips the sweep (every job has ended then).
+//! that token, and the token holders that lead no group (each alone: their
+//! group may be jobmill's own). This also catches what jobs detached from
+//! their group with `setsid`. A clean close skips the sweep (every job has
+//! ended then).
+//!
+//! A guardian that is itself killed (`kill -9`) is replaced: jobmill keeps
+//! the set of registered groups next to the pipe, a thread waits on a
+//! pidfd of the guardian, and a failed write (`EPIPE`) is noticed too;
+//! either starts a new guardian with the same token and hands it every
+//! group still registered (see [`GuardianLink`]).
 //!
 //! Known window: if a job's main process
 //! has already been reaped by init when the guardian signals its group, a
