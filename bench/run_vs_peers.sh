@@ -6,9 +6,12 @@
 #
 # The first table's baseline is the floor: a bare C loop of posix_spawnp +
 # waitpid on 2 threads (../shared/peers/spawn_floor.c, compiled here with
-# gcc -O2 -pthread) running the same command with the same argument. No
-# tool that starts a process per job can beat it, so each ratio there is
-# that tool's time over the least possible.
+# gcc -O2 -pthread) running the same command with the same argument. It is
+# given the command's full path, as jobmill looks a program up in PATH once
+# per run: with a bare name, posix_spawnp would try every PATH entry before
+# the right one for every job (8 failed execve per job with this machine's
+# PATH). No tool that starts a process per job can beat it, so each ratio
+# there is that tool's time over the least possible.
 #
 # Environment: N (jobs, 2000), RUNS (rounds, 9), FLOOR_SRC (the floor's C
 # source), JM (the jobmill binary to time, default a release build of this
@@ -50,7 +53,7 @@ jobmill_rows jobmill "$JM"
 [[ -n "${JM_BASE:-}" ]] && jobmill_rows "jobmill@base" "$JM_BASE"
 
 python3 bench/compare.py --runs "$RUNS" --title "$N x true, -j2, against the floor" \
-  "floor: C posix_spawnp loop=$FLOOR 2 true < $tmp/in" \
+  "floor=$FLOOR 2 $(command -v true) < $tmp/in" \
   "${rows[@]}" \
   "xargs -P2=xargs -P2 -n1 true < $tmp/in" \
   "GNU parallel=parallel --will-cite -j2 true < $tmp/in" \
