@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::process::{
-    kill_process, kill_process_group, pidfd_open, test_kill_process, test_kill_process_group,
-    Pid, PidfdFlags, Signal,
+    kill_process, kill_process_group, pidfd_open, test_kill_process, test_kill_process_group, Pid,
+    PidfdFlags, Signal,
 };
 
 /// The hidden first argument that starts the guardian mode of the binary.
@@ -374,8 +374,7 @@ impl Shared {
             let _ = old.child.wait();
         }
         state.generation += 1;
-        let running = match spawn_guardian(&self.exe, self.grace, &self.token, self.ready_timeout)
-        {
+        let running = match spawn_guardian(&self.exe, self.grace, &self.token, self.ready_timeout) {
             Ok(running) => running,
             Err(e) => {
                 eprintln!(
@@ -495,7 +494,11 @@ impl Drop for GuardianLink {
         // signal to finish: with nothing registered it exits at once. Reap
         // it so no zombie remains.
         let running = self.shared.lock().running.take();
-        if let Some(Running { mut stdin, mut child }) = running {
+        if let Some(Running {
+            mut stdin,
+            mut child,
+        }) = running
+        {
             let _ = stdin.write_all(b".\n");
             drop(stdin);
             let _ = child.wait();

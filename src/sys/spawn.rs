@@ -198,8 +198,11 @@ impl Spawner {
                 s.envp.push(unsafe { env.add(start) }.cast());
             }
         }
-        s.envp
-            .extend(s.vars.iter().map(|&(at, _)| unsafe { strings.add(at) }.cast()));
+        s.envp.extend(
+            s.vars
+                .iter()
+                .map(|&(at, _)| unsafe { strings.add(at) }.cast()),
+        );
         s.envp.push(std::ptr::null());
 
         let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
@@ -308,9 +311,8 @@ impl FileActions {
         // SAFETY: the object is initialized and exclusively borrowed; glibc
         // appends to the action list it owns. `fd` is open and stays open
         // until after the spawn.
-        let rc = unsafe {
-            libc::posix_spawn_file_actions_adddup2(&mut self.0, fd.as_raw_fd(), target)
-        };
+        let rc =
+            unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd.as_raw_fd(), target) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -388,8 +390,12 @@ mod tests {
     fn output(sp: Spawned) -> (Vec<u8>, Vec<u8>, i32) {
         let mut out = Vec::new();
         let mut err = Vec::new();
-        std::fs::File::from(sp.stdout).read_to_end(&mut out).unwrap();
-        std::fs::File::from(sp.stderr).read_to_end(&mut err).unwrap();
+        std::fs::File::from(sp.stdout)
+            .read_to_end(&mut out)
+            .unwrap();
+        std::fs::File::from(sp.stderr)
+            .read_to_end(&mut err)
+            .unwrap();
         (out, err, wait(sp.pid))
     }
 
@@ -418,7 +424,11 @@ mod tests {
         let spawner = Spawner::new(&[("JOBMILL_T_FIXED", OsStr::new("f"))]).unwrap();
         let sp = spawner
             .spawn(
-                &args(&["sh", "-c", "printf '%s %s %s' \"$JOBMILL_T_FIXED\" \"$A\" \"$PATH\""]),
+                &args(&[
+                    "sh",
+                    "-c",
+                    "printf '%s %s %s' \"$JOBMILL_T_FIXED\" \"$A\" \"$PATH\"",
+                ]),
                 [("A", &b"1"[..]), ("PATH", &b"/usr/bin:/bin"[..])],
             )
             .unwrap();
@@ -429,9 +439,7 @@ mod tests {
     #[test]
     fn nul_bytes_and_missing_programs_are_errors() {
         let spawner = Spawner::new(&[]).unwrap();
-        let err = spawner
-            .spawn(&[OsString::from("a\0b")], [])
-            .unwrap_err();
+        let err = spawner.spawn(&[OsString::from("a\0b")], []).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let err = spawner
             .spawn(&args(&["true"]), [("K", &b"v\0"[..])])
