@@ -18,6 +18,19 @@ pub(super) struct Filled {
     count: usize,
     closed: bool,
 }
+/// How [`Ctx::place`] sorted a fill's jobs.
+#[derive(Default)]
+struct Placement {
+    /// To send now, with their arena regions if any.
+    ready: Vec<(Lease, Option<(u64, u64)>)>,
+    /// To wait for room in the arena, in order.
+    park: Vec<Lease>,
+    /// Never sendable, with the reason.
+    failed: Vec<(Lease, String)>,
+    /// Arena-sized payloads larger than the job area, sent inline.
+    fallbacks: u64,
+}
+
 impl Ctx<'_> {
     /// Leases up to `n` jobs and encodes them into the writer's buffer,
     /// registering them as in flight. Jobs parked for room in the arena go
@@ -32,70 +45,97 @@ impl Ctx<'_> {
         n: usize,
         first: Option<Lease>,
     ) -> Result<Filled, QueueError> {
-        let threshold = self.config.arena_threshold;
-        let area = self.config.arena as u64;
-        // How a payload travels: Some(len) through the arena, None inline
-        // (small, no arena, or a fallback: larger than the job area).
-        let via_arena = |lease: &Lease| {
-            let len = lease.job.payload.len();
-            (link.arena.is_some() && len >= threshold && len as u64 <= area).then_some(len as u64)
-        };
-        // (lease, its arena region if allocated)
-        let mut ready: Vec<(Lease, Option<(u64, u64)>)> = Vec::new();
-        // Parked jobs that may go now: (lease, region if via the arena).
-        let mut unparked: Vec<(Lease, Option<(u64, u64)>)> = Vec::new();
+        let (unparked, parked_left) = self.unpark(link, n);
         let mut leases = Vec::new();
+        leases.extend(first);
         let mut closed = false;
-        let parked_left = {
-            let mut f = link.flight();
-            let f = &mut *f;
-            while unparked.len() < n {
-                let Some(front) = f.parked.front() else { break };
-                let region = match via_arena(front) {
-                    None => None,
-                    Some(len) => match f.alloc.as_mut().and_then(|a| a.alloc(len)) {
-                        Some(region) => Some(region),
-                        None => break,
-                    },
-                };
-                let lease = f.parked.pop_front().expect("front exists");
-                unparked.push((lease, region));
-            }
-            !f.parked.is_empty()
-        };
-        if let Some(l) = first {
-            leases.push(l);
-        }
         if !parked_left && unparked.len() + leases.len() < n {
-            match self
-                .queue
-                .try_get_many(worker, n - unparked.len() - leases.len(), &mut leases)
-            {
+            let more = n - unparked.len() - leases.len();
+            match self.queue.try_get_many(worker, more, &mut leases) {
                 Ok(_) | Err(TryGetError::Empty) => {}
                 Err(TryGetError::Closed) => closed = true,
                 Err(TryGetError::Backend(e)) => return Err(e),
             }
         }
-        let mut park = Vec::new();
-        let mut failed = Vec::new();
-        let mut fallbacks = 0;
+        let mut placed = self.place(link, unparked, leases, parked_left);
+        if !placed.park.is_empty() {
+            link.flight().parked.extend(placed.park);
+        }
+        let (sendable, arena_jobs) =
+            self.encode_ready(worker, link, w, placed.ready, &mut placed.failed);
+        self.fail_unsendable(worker, link, placed.failed)?;
+        if arena_jobs + placed.fallbacks > 0 {
+            let mut s = self.summary_mut();
+            s.arena_jobs += arena_jobs;
+            s.arena_fallbacks += placed.fallbacks;
+        }
+        let count = sendable.len();
+        Self::register(link, sendable);
+        Ok(Filled { count, closed })
+    }
+
+    /// How a payload travels: `Some(len)` through the arena, `None` inline
+    /// (small, no arena, or a fallback: larger than the job area).
+    fn via_arena(&self, link: &Link, lease: &Lease) -> Option<u64> {
+        let len = lease.job.payload.len();
+        let fits_area = len as u64 <= self.config.arena as u64;
+        (link.arena.is_some() && len >= self.config.arena_threshold && fits_area)
+            .then_some(len as u64)
+    }
+
+    /// Takes from the front of the parked jobs up to `n` that may go now
+    /// (their arena regions allocated). Returns them, and whether jobs are
+    /// still parked.
+    fn unpark(&self, link: &Link, n: usize) -> (Vec<(Lease, Option<(u64, u64)>)>, bool) {
+        let mut unparked = Vec::new();
+        let mut f = link.flight();
+        let f = &mut *f;
+        while unparked.len() < n {
+            let Some(front) = f.parked.front() else { break };
+            let region = match self.via_arena(link, front) {
+                None => None,
+                Some(len) => match f.alloc.as_mut().and_then(|a| a.alloc(len)) {
+                    Some(region) => Some(region),
+                    None => break,
+                },
+            };
+            let lease = f.parked.pop_front().expect("front exists");
+            unparked.push((lease, region));
+        }
+        (unparked, !f.parked.is_empty())
+    }
+
+    /// Decides for each job (the unparked ones, then the new leases) how it
+    /// goes: ready (inline, or with its arena region allocated), parked
+    /// (waiting for room in the arena, or behind a parked job), or failed
+    /// (too large for both the arena and a frame).
+    fn place(
+        &self,
+        link: &Link,
+        unparked: Vec<(Lease, Option<(u64, u64)>)>,
+        leases: Vec<Lease>,
+        parked_left: bool,
+    ) -> Placement {
+        let threshold = self.config.arena_threshold;
+        let area = self.config.arena as u64;
+        let mut p = Placement::default();
         let todo = unparked
             .into_iter()
             .map(|(lease, region)| (lease, region, true))
             .chain(leases.into_iter().map(|lease| (lease, None, false)));
         for (lease, region, was_parked) in todo {
             if region.is_some() {
-                ready.push((lease, region));
+                p.ready.push((lease, region));
                 continue;
             }
             // A new job waits behind the parked ones, in order.
-            if !was_parked && (parked_left || !park.is_empty()) {
-                park.push(lease);
+            if !was_parked && (parked_left || !p.park.is_empty()) {
+                p.park.push(lease);
                 continue;
             }
             let len = lease.job.payload.len() as u64;
             if link.arena.is_none() || lease.job.payload.len() < threshold {
-                ready.push((lease, None));
+                p.ready.push((lease, None));
             } else if len > area {
                 // Never fits: inline if the frame limit allows.
                 if job_body_len(lease.job.payload.len()) > self.config.max_frame {
@@ -104,22 +144,34 @@ impl Ctx<'_> {
                          ({area} bytes) and the frame limit ({} bytes)",
                         self.config.max_frame
                     );
-                    failed.push((lease, message));
+                    p.failed.push((lease, message));
                 } else {
-                    fallbacks += 1;
-                    ready.push((lease, None));
+                    p.fallbacks += 1;
+                    p.ready.push((lease, None));
                 }
             } else {
                 let got = link.flight().alloc.as_mut().and_then(|a| a.alloc(len));
                 match got {
-                    Some(region) => ready.push((lease, Some(region))),
-                    None => park.push(lease),
+                    Some(region) => p.ready.push((lease, Some(region))),
+                    None => p.park.push(lease),
                 }
             }
         }
-        if !park.is_empty() {
-            link.flight().parked.extend(park);
-        }
+        p
+    }
+
+    /// Encodes the ready jobs into the writer's buffer (copying arena
+    /// payloads into their regions) and tells the observer they are sent.
+    /// A job that cannot be encoded goes to `failed`. Returns the jobs
+    /// encoded, and how many of them went through the arena.
+    fn encode_ready(
+        &self,
+        worker: WorkerId,
+        link: &Link,
+        w: &mut Writer,
+        ready: Vec<(Lease, Option<(u64, u64)>)>,
+        failed: &mut Vec<(Lease, String)>,
+    ) -> (Vec<(Lease, Option<(u64, u64)>)>, u64) {
         let mut sendable = Vec::with_capacity(ready.len());
         let mut arena_jobs = 0;
         for (lease, region) in ready {
@@ -175,6 +227,17 @@ impl Ctx<'_> {
                 Err(message) => failed.push((lease, message)),
             }
         }
+        (sendable, arena_jobs)
+    }
+
+    /// Fails the jobs that cannot be sent to a worker at all, as if the
+    /// worker had reported it.
+    fn fail_unsendable(
+        &self,
+        worker: WorkerId,
+        link: &Link,
+        failed: Vec<(Lease, String)>,
+    ) -> Result<(), QueueError> {
         for (lease, message) in failed {
             let reason = FailReason::Reported { message };
             let d = self.queue.fail(&lease, reason.clone())?;
@@ -188,31 +251,30 @@ impl Ctx<'_> {
                 },
             });
         }
-        let count = sendable.len();
-        if arena_jobs + fallbacks > 0 {
-            let mut s = self.summary_mut();
-            s.arena_jobs += arena_jobs;
-            s.arena_fallbacks += fallbacks;
+        Ok(())
+    }
+
+    /// Registers the encoded jobs as in flight, in order.
+    fn register(link: &Link, sendable: Vec<(Lease, Option<(u64, u64)>)>) {
+        if sendable.is_empty() {
+            return;
         }
-        if count > 0 {
-            let now = Instant::now();
-            let mut f = link.flight();
-            if f.inflight.is_empty() {
-                f.head_since = now;
-            }
-            for (lease, region) in sendable {
-                let index = f.sent;
-                f.sent += 1;
-                f.inflight.push_back(InFlight {
-                    lease,
-                    index,
-                    sent: now,
-                    region,
-                });
-            }
-            f.want = false;
+        let now = Instant::now();
+        let mut f = link.flight();
+        if f.inflight.is_empty() {
+            f.head_since = now;
         }
-        Ok(Filled { count, closed })
+        for (lease, region) in sendable {
+            let index = f.sent;
+            f.sent += 1;
+            f.inflight.push_back(InFlight {
+                lease,
+                index,
+                sent: now,
+                region,
+            });
+        }
+        f.want = false;
     }
 
     /// Writes CLOSED once.
