@@ -77,6 +77,9 @@ impl Ctx<'_> {
                 "{name} {} before the protocol handshake (is it a jobmill worker?)",
                 describe_status(status)
             ),
+            Ended::NoHello(t) => format!(
+                "{name} sent no HELLO within {t:?} (is it a jobmill worker?) and was killed"
+            ),
             Ended::Protocol(d) => format!("{name} broke the protocol ({d}) and was killed"),
             Ended::Refused(d) => format!("{name} was refused: {d}"),
             Ended::Io(d) => format!("{name} channel failed ({d}); killed"),

@@ -67,11 +67,11 @@ mod arena;
 mod blame;
 mod feed;
 mod link;
+mod output;
 mod proc;
 mod read;
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -91,6 +91,12 @@ pub const DEFAULT_ARENA_THRESHOLD: usize = 64 << 10;
 
 /// Default soft cap on arena bytes in flight to one worker: 8 MiB.
 pub const DEFAULT_ARENA_INFLIGHT: usize = 8 << 20;
+/// Default deadline for a new worker's HELLO: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default output budget of a worker: 1 MiB per second.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
+
 /// How often blocked threads look at stop requests and deadlines.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -115,8 +121,19 @@ pub struct Config {
     /// Cap on a frame body, both ways: bounds one job's payload and one
     /// result.
     pub max_frame: usize,
-    /// How long a new worker may take to send HELLO (imports, model loads).
+    /// Deprecated: use [`Config::handshake_timeout`]. If not zero (the
+    /// default), it is the handshake deadline instead.
     pub hello_timeout: Duration,
+    /// How long a new worker may take to send HELLO (imports, model
+    /// loads). If the first worker of every slot fails its handshake the
+    /// same way (no HELLO in time, exits first, speaks another protocol),
+    /// [`run`] gives up at once with [`PersistentError::WorkersFailing`].
+    pub handshake_timeout: Duration,
+    /// Each worker's output budget, in bytes per second (bursts of as
+    /// much), both streams together: lines over it are dropped and
+    /// reported with [`WorkerEvent::OutputDropped`]. Each line costs its
+    /// length plus 64 bytes; lines are cut at 64 KiB. 0: no limit.
+    pub output_limit: usize,
     /// If set, workers are asked to send a heartbeat this often, and one
     /// that holds jobs and sends nothing for four intervals is declared
     /// lost. Catches a worker stuck outside any job timeout.
@@ -144,7 +161,8 @@ pub struct Config {
 
 impl Config {
     /// A configuration with defaults: `workers` processes of `command`,
-    /// window 16, no timeout, 64 MiB frames, 60 s to say hello, no
+    /// window 16, no timeout, 64 MiB frames, 10 s to say hello, 1 MiB/s
+    /// of output per worker, no
     /// heartbeat, give up after 5 failed starts, arenas of
     /// [`DEFAULT_ARENA`] for payloads of [`DEFAULT_ARENA_THRESHOLD`] and
     /// more.
@@ -156,7 +174,9 @@ impl Config {
             window: 16,
             timeout: None,
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
-            hello_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::ZERO,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
             heartbeat: None,
             max_failed_starts: 5,
             arena: DEFAULT_ARENA,
@@ -234,6 +254,19 @@ pub enum WorkerEvent {
         /// What happened.
         detail: String,
     },
+    /// A worker printed more than [`Config::output_limit`] allows (or a
+    /// line over 64 KiB): `bytes` of its output were dropped since the
+    /// last such notice. `detail` says so, naming the worker.
+    OutputDropped {
+        /// The slot, from 1.
+        slot: usize,
+        /// Its id.
+        worker: WorkerId,
+        /// Bytes dropped.
+        bytes: u64,
+        /// What happened.
+        detail: String,
+    },
     /// A slot gave up restarting workers.
     GaveUp {
         /// The slot, from 1.
@@ -269,26 +302,19 @@ pub trait Observer: Sync {
         let _ = (slot, worker, pid);
     }
 
-    /// A worker started or ended. By default, abnormal ends and give-ups
-    /// are written to stderr.
+    /// A worker started or ended, or its output was dropped. By default
+    /// nothing: the library never prints. Report at least
+    /// [`WorkerEvent::Ended`] with `lost: true`, [`WorkerEvent::GaveUp`]
+    /// and [`WorkerEvent::OutputDropped`] (each has a `detail` line).
     fn worker(&self, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Ended {
-                lost: true, detail, ..
-            }
-            | WorkerEvent::GaveUp { detail, .. } => eprintln!("jobmill: {detail}"),
-            _ => {}
-        }
+        let _ = event;
     }
 
-    /// A line (without its newline) a worker printed. By default it goes to
-    /// stderr, prefixed with the slot.
+    /// A line (without its newline) a worker printed, within its output
+    /// budget. By default nothing: the library never prints. A command-line
+    /// front end shows it, e.g. on stderr as `[worker SLOT] line`.
     fn output(&self, slot: usize, worker: WorkerId, stream: Stream, line: &[u8]) {
-        let _ = (worker, stream);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "[worker {slot}] ");
-        let _ = err.write_all(line);
-        let _ = err.write_all(b"\n");
+        let _ = (slot, worker, stream, line);
     }
 }
 
@@ -445,6 +471,7 @@ pub fn run(
         stop,
         next_worker: AtomicU64::new(1),
         summary: Mutex::new(Summary::default()),
+        first_round: proc::FirstRound::new(config.workers),
     };
     let results: Vec<Result<(), SlotEnd>> = std::thread::scope(|s| {
         let handles: Vec<_> = (1..=config.workers)
@@ -499,6 +526,7 @@ struct Ctx<'a> {
     stop: &'a dyn StopSource,
     next_worker: AtomicU64,
     summary: Mutex<Summary>,
+    first_round: proc::FirstRound,
 }
 
 impl Ctx<'_> {

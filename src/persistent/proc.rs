@@ -2,7 +2,8 @@
 //! (feeder and reader), reaping, and the slot loop that replaces workers.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
+use std::mem::Discriminant;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,8 +23,9 @@ use crate::sys::shm::{Arena, SharedPage};
 
 use super::arena::Extents;
 use super::link::{Flight, Link, Writer};
+use super::output::{Gate, Pipe};
 use super::read::read_error;
-use super::{Ctx, SlotEnd, StopLevel, Stream, WorkerEvent, TICK};
+use super::{Ctx, SlotEnd, StopLevel, StopSource, Stream, WorkerEvent, TICK};
 
 /// How one worker incarnation ended.
 pub(super) enum Ended {
@@ -33,6 +35,8 @@ pub(super) enum Ended {
     Eof,
     /// Channel ended before the handshake.
     EarlyExit,
+    /// No HELLO within the handshake deadline.
+    NoHello(Duration),
     /// The worker speaks another protocol version; it was sent REFUSE and
     /// is given time to exit and say why.
     Refused(String),
@@ -110,6 +114,17 @@ impl Ctx<'_> {
     /// Runs one slot: workers one after another until the queue is drained
     /// or the run stops.
     pub(super) fn slot(&self, slot: usize) -> Result<(), SlotEnd> {
+        let mut first = true;
+        let r = self.slot_loop(slot, &mut first);
+        if first {
+            // Ended before its first worker's handshake was decided: the
+            // other slots must not wait for it.
+            self.first_round.failed(None, self.stop);
+        }
+        r
+    }
+
+    fn slot_loop(&self, slot: usize, first: &mut bool) -> Result<(), SlotEnd> {
         let mut failures = 0u32;
         loop {
             if self.stopping() {
@@ -117,6 +132,30 @@ impl Ctx<'_> {
             }
             let worker = WorkerId(self.next_worker.fetch_add(1, Ordering::Relaxed));
             let life = self.incarnation(slot, worker)?;
+            let was_first = std::mem::replace(first, false);
+            let life = match life {
+                Life::NoHandshake { how, detail } => {
+                    if was_first && self.first_round.failed(Some(how), self.stop) {
+                        let detail = match self.config.workers {
+                            1 => format!("the worker failed its protocol handshake: {detail}"),
+                            n => format!(
+                                "the first {n} workers all failed their protocol handshake; \
+                                 slot {slot}: {detail}"
+                            ),
+                        };
+                        self.observer.worker(WorkerEvent::GaveUp {
+                            slot,
+                            detail: detail.clone(),
+                        });
+                        return Err(SlotEnd::Failing(detail));
+                    }
+                    Life::Lost {
+                        progressed: false,
+                        detail,
+                    }
+                }
+                life => life,
+            };
             match life {
                 Life::Done => return Ok(()),
                 Life::Left => {
@@ -145,6 +184,7 @@ impl Ctx<'_> {
                         return Ok(());
                     }
                 }
+                Life::NoHandshake { .. } => unreachable!("turned into Lost above"),
             }
         }
     }
@@ -242,32 +282,25 @@ impl Ctx<'_> {
         let name = format!("worker {} (pid {}, slot {slot})", worker.0, proc.pid);
         let stdout = proc.child.stdout.take();
         let stderr = proc.child.stderr.take();
+        let pipes = stdout.is_some() as usize + stderr.is_some() as usize;
+        let gate = Gate::new(self.config.output_limit, pipes);
+        let pipe = |stream| Pipe {
+            slot,
+            worker,
+            name: &name,
+            stream,
+            gate: &gate,
+        };
+        let (out_pipe, err_pipe) = (pipe(Stream::Stdout), pipe(Stream::Stderr));
         std::thread::scope(|s| {
             if let Some(out) = stdout {
-                s.spawn(move || self.pipe_lines(slot, worker, Stream::Stdout, out));
+                s.spawn(|| self.pipe_lines(&out_pipe, out));
             }
             if let Some(err) = stderr {
-                s.spawn(move || self.pipe_lines(slot, worker, Stream::Stderr, err));
+                s.spawn(|| self.pipe_lines(&err_pipe, err));
             }
             self.converse(slot, worker, &name, &mut proc, stream)
         })
-    }
-
-    pub(super) fn pipe_lines(&self, slot: usize, worker: WorkerId, stream: Stream, r: impl Read) {
-        let mut r = BufReader::new(r);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    self.observer.output(slot, worker, stream, &line);
-                }
-            }
-        }
     }
 
     /// Handshake, then the feeder and the read loop, then the end of life.
@@ -309,8 +342,14 @@ impl Ctx<'_> {
             arena: None,
         };
         if let Err(ended) = self.handshake(&mut reader, &link, name, proc) {
-            return Ok(self.bury(slot, worker, name, proc, Some(&link), ended, 0));
+            let how = (!matches!(ended, Ended::Killed)).then(|| std::mem::discriminant(&ended));
+            let life = self.bury(slot, worker, name, proc, Some(&link), ended, 0);
+            return Ok(match (how, life) {
+                (Some(how), Life::Lost { detail, .. }) => Life::NoHandshake { how, detail },
+                (_, life) => life,
+            });
         }
+        self.first_round.started();
         if proc.arena_granted {
             if let Some(arena) = &proc.arena {
                 link.arena = Some((Arc::clone(arena), Arc::clone(&proc.page)));
@@ -359,17 +398,19 @@ impl Ctx<'_> {
         name: &str,
         proc: &mut Proc,
     ) -> Result<(), Ended> {
-        let deadline = Instant::now() + self.config.hello_timeout;
+        let timeout = if self.config.hello_timeout.is_zero() {
+            self.config.handshake_timeout
+        } else {
+            self.config.hello_timeout
+        };
+        let deadline = Instant::now() + timeout;
         let raw = loop {
             if self.stop.level() == StopLevel::Killing {
                 return Err(Ended::Killed);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Ended::Protocol(format!(
-                    "sent no HELLO within {:?}",
-                    self.config.hello_timeout
-                )));
+                return Err(Ended::NoHello(timeout));
             }
             let _ = reader.get_ref().set_read_timeout(Some(left.min(TICK)));
             match reader.read_frame() {
@@ -462,4 +503,75 @@ pub(super) enum Life {
         /// What happened.
         detail: String,
     },
+    /// Failed its handshake (a `Lost` that never started).
+    NoHandshake {
+        /// How, for comparing with the other slots' first workers.
+        how: Discriminant<Ended>,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// How the first worker of each slot did with its handshake, so that a
+/// command that is not a worker fails the run at once instead of after
+/// [`Config::max_failed_starts`](super::Config::max_failed_starts)
+/// handshake deadlines in every slot.
+pub(super) struct FirstRound {
+    slots: usize,
+    state: Mutex<RoundState>,
+    cond: Condvar,
+}
+
+struct RoundState {
+    /// Some worker completed its handshake.
+    started: bool,
+    /// How the slots' first workers failed (None: not a handshake failure).
+    failed: Vec<Option<Discriminant<Ended>>>,
+}
+
+impl FirstRound {
+    pub(super) fn new(slots: usize) -> FirstRound {
+        FirstRound {
+            slots,
+            state: Mutex::new(RoundState {
+                started: false,
+                failed: Vec::new(),
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RoundState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A worker completed its handshake.
+    fn started(&self) {
+        let mut s = self.state();
+        if !s.started {
+            s.started = true;
+            self.cond.notify_all();
+        }
+    }
+
+    /// A slot's first worker failed (`how`: its handshake, that way), or the
+    /// slot ended before its first handshake (`None`). Waits until every
+    /// slot's first worker has started or failed, and returns whether all
+    /// of them failed their handshakes the same way, with none started.
+    fn failed(&self, how: Option<Discriminant<Ended>>, stop: &dyn StopSource) -> bool {
+        let mut s = self.state();
+        s.failed.push(how);
+        self.cond.notify_all();
+        while !s.started && s.failed.len() < self.slots {
+            if stop.level() != StopLevel::Running {
+                return false;
+            }
+            s = self
+                .cond
+                .wait_timeout(s, TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        !s.started && how.is_some() && s.failed.iter().all(|h| *h == how)
+    }
 }
