@@ -43,7 +43,13 @@
 //!   became the worker's oldest job) gets its worker killed; the job fails
 //!   with [`FailReason::Timeout`] and the worker is replaced.
 //! - **Output.** The workers' stdout and stderr are piped and handed line
-//!   by line to [`Observer::output`]; they never touch the protocol.
+//!   by line to [`Observer::output`], within a budget per worker
+//!   ([`Config::output_limit`], lines cut at 64 KiB; drops reported as
+//!   [`WorkerEvent::OutputDropped`]); they never touch the protocol. The
+//!   library itself never prints.
+//! - **Handshake.** A worker has [`Config::handshake_timeout`] to send
+//!   HELLO. When the first worker of every slot fails its handshake the
+//!   same way, the command is not a worker: [`run`] gives up at once.
 //! - **Large payloads.** Job payloads and results of at least
 //!   [`Config::arena_threshold`] bytes travel through the worker's *arena*, a
 //!   shared memory file mapped once by both sides (`$JOBMILL_ARENA_FD`): the
@@ -60,7 +66,8 @@
 //! The code, by concern: `proc.rs` (a worker's life cycle: spawn, handshake,
 //! conversation, reaping, replacement), `link.rs` (what a worker's reader
 //! and feeder share), `feed.rs` (filling the window), `read.rs` (reading
-//! results and applying them to the queue), `arena.rs` (the arena's
+//! results and applying them to the queue), `output.rs` (relaying worker
+//! output within its budget), `arena.rs` (the arena's
 //! allocator), `blame.rs` (which jobs a dead worker is blamed for).
 
 mod arena;
