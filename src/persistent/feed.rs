@@ -366,10 +366,28 @@ impl Ctx<'_> {
                 continue;
             }
             if filled.count == 0 && !closed {
-                let sent_before = link.flight().sent;
                 drop(w);
-                // Nothing queued: wait for a job, outside the writer lock so
-                // that POLLs are answered meanwhile.
+                let sent_before = {
+                    let f = link.flight();
+                    if !f.inflight.is_empty() && !f.want {
+                        // Nothing queued, and the worker still has jobs: it
+                        // asks (POLL) when it runs out, and is answered at
+                        // once with what is queued then. Meanwhile jobs
+                        // gather in the queue for a larger batch; waiting on
+                        // the queue instead would wake this thread (and make
+                        // the producer pay a wake-up) for every job put.
+                        drop(
+                            link.cond
+                                .wait_timeout(f, TICK)
+                                .unwrap_or_else(|e| e.into_inner()),
+                        );
+                        continue;
+                    }
+                    f.sent
+                };
+                // Nothing queued and the worker idle: wait for a job,
+                // outside the writer lock so that POLLs are answered
+                // meanwhile.
                 match self.queue.get(worker, Some(TICK)) {
                     Ok(lease) => {
                         let mut w = link.writer();
