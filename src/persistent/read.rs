@@ -248,13 +248,23 @@ impl Ctx<'_> {
         let mut done = 0;
         let mut failed = 0;
         // Completions in one call to the queue, failures one by one.
-        let (oks, fails): (Vec<_>, Vec<_>) = resolved.drain(..).partition(|(_, o)| o.is_ok());
-        if !oks.is_empty() {
-            let leases: Vec<Lease> = oks.iter().map(|(l, _)| l.clone()).collect();
+        // The leases move (no clone per job): results and failures apart.
+        let mut leases = Vec::with_capacity(resolved.len());
+        let mut results = Vec::with_capacity(resolved.len());
+        let mut fails = Vec::new();
+        for (lease, outcome) in resolved.drain(..) {
+            match outcome {
+                Ok(result) => {
+                    leases.push(lease);
+                    results.push(result);
+                }
+                Err(message) => fails.push((lease, Err::<Bytes, _>(message))),
+            }
+        }
+        if !leases.is_empty() {
             let completions = self.queue.complete_many(&leases)?;
-            for ((lease, outcome), completion) in oks.into_iter().zip(completions) {
+            for ((lease, result), completion) in leases.into_iter().zip(results).zip(completions) {
                 done += 1;
-                let Ok(result) = outcome else { continue };
                 self.observer.outcome(Outcome {
                     slot,
                     worker,
