@@ -18,11 +18,15 @@ pub(super) struct Filled {
     count: usize,
     closed: bool,
 }
+/// A job with its payload's arena region (offset, allocated length), if
+/// it goes through the arena.
+type Placed = (Lease, Option<(u64, u64)>);
+
 /// How [`Ctx::place`] sorted a fill's jobs.
 #[derive(Default)]
 struct Placement {
     /// To send now, with their arena regions if any.
-    ready: Vec<(Lease, Option<(u64, u64)>)>,
+    ready: Vec<Placed>,
     /// To wait for room in the arena, in order.
     park: Vec<Lease>,
     /// Never sendable, with the reason.
@@ -86,7 +90,7 @@ impl Ctx<'_> {
     /// Takes from the front of the parked jobs up to `n` that may go now
     /// (their arena regions allocated). Returns them, and whether jobs are
     /// still parked.
-    fn unpark(&self, link: &Link, n: usize) -> (Vec<(Lease, Option<(u64, u64)>)>, bool) {
+    fn unpark(&self, link: &Link, n: usize) -> (Vec<Placed>, bool) {
         let mut unparked = Vec::new();
         let mut f = link.flight();
         let f = &mut *f;
@@ -112,7 +116,7 @@ impl Ctx<'_> {
     fn place(
         &self,
         link: &Link,
-        unparked: Vec<(Lease, Option<(u64, u64)>)>,
+        unparked: Vec<Placed>,
         leases: Vec<Lease>,
         parked_left: bool,
     ) -> Placement {
@@ -169,9 +173,9 @@ impl Ctx<'_> {
         worker: WorkerId,
         link: &Link,
         w: &mut Writer,
-        ready: Vec<(Lease, Option<(u64, u64)>)>,
+        ready: Vec<Placed>,
         failed: &mut Vec<(Lease, String)>,
-    ) -> (Vec<(Lease, Option<(u64, u64)>)>, u64) {
+    ) -> (Vec<Placed>, u64) {
         let mut sendable = Vec::with_capacity(ready.len());
         let mut arena_jobs = 0;
         for (lease, region) in ready {
@@ -255,7 +259,7 @@ impl Ctx<'_> {
     }
 
     /// Registers the encoded jobs as in flight, in order.
-    fn register(link: &Link, sendable: Vec<(Lease, Option<(u64, u64)>)>) {
+    fn register(link: &Link, sendable: Vec<Placed>) {
         if sendable.is_empty() {
             return;
         }
