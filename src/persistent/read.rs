@@ -230,8 +230,11 @@ impl Ctx<'_> {
         let refill = (window / 2).max(1);
         let free_before = window.saturating_sub(before);
         let free_after = window.saturating_sub(f.inflight.len());
+        // The feeder waits for the worker's POLL while the worker holds
+        // jobs; once it holds none, the feeder waits on the queue instead.
+        let emptied = before > 0 && f.inflight.is_empty();
         drop(f);
-        Ok(unpark || free_before < refill && free_after >= refill || self.stopping())
+        Ok(unpark || free_before < refill && free_after >= refill || emptied || self.stopping())
     }
 
     /// Applies resolved outcomes to the queue and reports them.
