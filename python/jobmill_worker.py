@@ -103,7 +103,13 @@ class Job:
         if self._done:
             raise RuntimeError("job %d was already completed or failed" % self.id)
         self._done = True
-        self._worker._push_result(self.id, result)
+        w = self._worker
+        if type(result) is bytes and len(result) < w._inline_below:
+            # Small bytes: inline, straight into the batch.
+            n = len(result)
+            w._push(self.id, (_RESULT.pack(9 + n, RESULT, self.id, 0), result), 14 + n)
+        else:
+            w._push_result(self.id, result)
         if type(self.payload) is memoryview:
             self._release()
 
@@ -197,6 +203,8 @@ class Worker:
         if not granted & CAP_RUNNING_PAGE:
             self._page = None
         self._threshold = threshold
+        # Results shorter than this go inline without further checks.
+        self._inline_below = self._max_frame - 13
         self._jobs_len = jobs_len
         self._results_len = results_len
         self._view = None
@@ -206,6 +214,7 @@ class Worker:
                                     % (len(self._arena), jobs_len + results_len))
             self._view = memoryview(self._arena)
             self._ro = self._view.toreadonly()
+            self._inline_below = min(self._inline_below, threshold)
         else:
             self._arena = None
         # The result ring: regions written in order, consumed in order.
