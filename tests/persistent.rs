@@ -537,6 +537,27 @@ fn a_command_that_never_says_hello_gives_up_after_one_handshake_deadline() {
 }
 
 #[test]
+fn first_workers_failing_their_handshakes_in_different_ways_are_retried_as_usual() {
+    // Slot 1's worker exits at once, slot 2's never says HELLO: not "the
+    // same way", so each slot retries up to max_failed_starts.
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(3));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let script = r#"if [ "$JOBMILL_WORKER_SLOT" = 1 ]; then exit 0; fi; exec sleep 3059"#;
+    let mut c = Config::new(vec!["sh".into(), "-c".into(), script.into()], 2);
+    c.handshake_timeout = Duration::from_millis(300);
+    c.max_failed_starts = 2;
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("2 workers in a row") && !msg.contains("all failed"),
+        "{msg}"
+    );
+    assert_eq!(rec.spawn_count(), 4, "two starts per slot");
+}
+
+#[test]
 fn a_worker_flooding_its_output_is_cut_to_its_budget_with_one_notice() {
     // Issue 10, fault 4: `yes` as the worker relayed 450 MB of output
     // while jobmill waited for its HELLO.
