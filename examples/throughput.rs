@@ -166,6 +166,7 @@ fn queue_only(a: &Args) {
                     seq: i + 1,
                     payload: payload.clone(),
                     attempts: 0,
+                    lost: 0,
                 })
                 .expect("put");
         }
@@ -252,6 +253,7 @@ fn main() {
                     seq: i + 1,
                     payload: payload.clone(),
                     attempts: 0,
+                    lost: 0,
                 })
                 .expect("put");
         }

@@ -450,7 +450,7 @@ fn default_max_lost() -> u32 {
 }
 
 fn default_handshake() -> f64 {
-    jobmill::engine::DEFAULT_HANDSHAKE.as_secs_f64()
+    jobmill::persistent::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64()
 }
 
 /// Where the inputs of a run come from, as stored.
@@ -570,7 +570,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
         let mut w = WorkersOptions::new(command.clone(), o.jobs);
         w.config.window = o.window;
         w.config.arena = o.arena;
-        w.config.hello_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
+        w.config.handshake_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
         w.nul_records = o.print0;
         Work::Persistent(w)
     } else {
