@@ -11,9 +11,14 @@
 //! that refuses files that are not journals (without changing a byte of
 //! them), and where journals live.
 
+mod commit;
 pub mod completions;
+mod lock;
+mod observer;
 pub mod prune;
 pub mod read;
+mod rows;
+mod schema;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
