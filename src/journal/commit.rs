@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::run::ObserverError;
-
 use super::completions::{Completion, Log};
 use super::rows::apply;
 use super::writer::WriterConfig;
@@ -76,10 +74,10 @@ impl Shared {
         &'a self,
         mut st: MutexGuard<'a, Pending>,
         ticket: u64,
-    ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
+    ) -> Result<MutexGuard<'a, Pending>, JournalError> {
         loop {
             if let Some(f) = &st.failed {
-                return Err(ObserverError(f.clone()));
+                return Err(JournalError::Stopped(f.clone()));
             }
             if st.committed >= ticket {
                 return Ok(st);

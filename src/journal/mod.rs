@@ -125,6 +125,10 @@ pub enum JournalError {
         /// What was wrong.
         detail: String,
     },
+    /// The journal stopped writing (a write failed earlier, or it was
+    /// closed); the message names the file and says what happened.
+    #[error("{0}")]
+    Stopped(String),
     /// An SQLite error during an operation.
     #[error("journal {path}: {op}: {source}")]
     Sqlite {

@@ -1,9 +1,10 @@
-//! The journal writer: an [`Observer`] of a run that records every event
-//! in the journal file with group commits, one writer at a time.
+//! The journal writer: records every event of a run (a job read, an
+//! attempt started or ended, the end) in the journal file with group
+//! commits, one writer at a time. `observer.rs` feeds it the run's events.
 //!
 //! ## Group commits
 //!
-//! Observer calls never run SQL themselves on the way in: they append the
+//! The `record_*` calls never run SQL themselves on the way in: they append the
 //! event to a pending list (one mutex) and get a ticket. The writer thread
 //! commits everything pending in one transaction every 50 ms,
 //! so one commit carries the events of many jobs. A thread that must see
@@ -13,8 +14,8 @@
 //!
 //! ## The durability gate
 //!
-//! [`Observer::attempt_finished`] buffers the attempt's end for the
-//! completions log ([`super::completions`]); [`Observer::attempt_started`]
+//! [`Journal::record_end`] buffers the attempt's end for the
+//! completions log ([`super::completions`]); [`Journal::record_start`]
 //! writes every buffered end there (one `write(2)`, not a commit) before it
 //! returns. So no job starts before every end recorded so far would
 //! survive jobmill's death, and the jobs that would run twice after a crash
@@ -39,7 +40,7 @@
 //!
 //! When a write fails (disk full, I/O error, a read-only file), the
 //! transaction is rolled back, the connection is dropped, and every later
-//! observer call returns an [`ObserverError`] naming the file: the run
+//! later call returns [`JournalError::Stopped`] naming the file: the run
 //! drains. What was committed before stays.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -50,12 +51,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rusqlite::{params, Connection};
 
-use crate::run::ObserverError;
-
 use super::commit::{background, Event, Pending, Shared, Writer, BATCH_EVENTS};
-use super::completions::Log;
+use super::completions::{Completion, Log};
 use super::schema::initialize;
 use super::JournalError;
 
@@ -109,7 +109,7 @@ pub(crate) fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-pub(super) fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     unix(SystemTime::now())
 }
 
@@ -249,16 +249,17 @@ pub(crate) fn start(
     })
 }
 
-/// A running journal: the [`Observer`] that records a run.
+/// A running journal: records a run (it is the run's observer, see
+/// `observer.rs`).
 #[derive(Debug)]
 pub struct Journal {
-    pub(super) path: PathBuf,
-    pub(super) shared: Arc<Shared>,
-    pub(super) config: WriterConfig,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    config: WriterConfig,
     /// This session's row id.
-    pub(super) session: i64,
+    session: i64,
     /// Jobs recorded before this session (their rows exist).
-    pub(super) known_jobs: u64,
+    known_jobs: u64,
     thread: Mutex<Option<JoinHandle<()>>>,
     _lock: JournalLock,
 }
@@ -269,16 +270,28 @@ impl Journal {
         &self.path
     }
 
+    /// This session's row id (`session.id`).
+    pub fn session(&self) -> i64 {
+        self.session
+    }
+
+    /// Bytes of output kept per stream per job.
+    pub fn output_cap(&self) -> usize {
+        self.config.output_cap
+    }
+
+    /// The error of a journal that stopped writing (`failed`).
+    fn stopped(message: &str) -> JournalError {
+        JournalError::Stopped(message.to_string())
+    }
+
     /// Queues `event` (with the state locked); returns its ticket.
-    pub(super) fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, ObserverError> {
+    fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, JournalError> {
         if let Some(f) = &st.failed {
-            return Err(ObserverError(f.clone()));
+            return Err(Self::stopped(f));
         }
         if st.closing {
-            return Err(ObserverError(format!(
-                "journal {}: written after it was closed",
-                self.path.display()
-            )));
+            return Err(self.closed());
         }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
@@ -290,20 +303,113 @@ impl Journal {
         Ok(ticket)
     }
 
-    pub(super) fn push(&self, event: Event) -> Result<u64, ObserverError> {
+    fn closed(&self) -> JournalError {
+        JournalError::Stopped(format!(
+            "journal {}: written after it was closed",
+            self.path.display()
+        ))
+    }
+
+    /// Records job `seq` as read, with its exact input (committed with the
+    /// next batch; a start of it waits for that). Jobs recorded by an
+    /// earlier session are skipped.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing (the message names the file).
+    pub fn record_job(&self, seq: u64, input: &Bytes) -> Result<(), JournalError> {
+        if seq <= self.known_jobs {
+            // Recorded by an earlier session.
+            return Ok(());
+        }
         let mut st = self.shared.lock();
-        self.push_locked(&mut st, event)
+        let ticket = self.push_locked(
+            &mut st,
+            Event::Job {
+                seq,
+                input: input.clone(),
+            },
+        )?;
+        st.job_tickets.push_back((seq, ticket));
+        Ok(())
+    }
+
+    /// Records that the input ended (when this session reads the run's
+    /// input to its end).
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing.
+    pub fn record_input_complete(&self) -> Result<(), JournalError> {
+        let mut st = self.shared.lock();
+        self.push_locked(&mut st, Event::InputComplete).map(drop)
+    }
+
+    /// Records that an attempt of job `seq` starts in `slot` at `at`. The
+    /// durability gate: returns once every attempt end recorded so far
+    /// would survive jobmill's death, and the job's row is committed.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing: the attempt must not start.
+    pub fn record_start(&self, seq: u64, slot: usize, at: SystemTime) -> Result<(), JournalError> {
+        // The durability gate: every attempt end recorded so far survives
+        // jobmill's death before anything new starts.
+        self.write_log()?;
+        let mut st = self.shared.lock();
+        // The job's row must be in the file before the job runs (its end
+        // refers to it). It usually is: rows are committed as they are
+        // read, long before their turn.
+        let pending = st
+            .job_tickets
+            .binary_search_by_key(&seq, |&(s, _)| s)
+            .ok()
+            .map(|i| st.job_tickets[i].1);
+        if let Some(ticket) = pending {
+            st = self.shared.wait_committed(st, ticket)?;
+        }
+        let at = unix(at);
+        st.started.insert(seq, at);
+        self.push_locked(&mut st, Event::Started { seq, slot, at })
+            .map(drop)
+    }
+
+    /// When the running attempt of job `seq` started, as its start was
+    /// recorded (so its end matches it); forgets it.
+    pub(crate) fn take_started(&self, seq: u64) -> Option<f64> {
+        self.shared.lock().started.remove(&seq)
+    }
+
+    /// Records an attempt's end: buffered for the completions log (written
+    /// with the next start, in one `write(2)`), and queued for the next
+    /// batch commit.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing, or was closed.
+    pub(crate) fn record_end(&self, completion: Completion) -> Result<(), JournalError> {
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut() else {
+            return Err(self.closed());
+        };
+        let mut st = self.shared.lock();
+        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(completion)))?;
+        if let Some(Event::Finished(c)) = st.events.last() {
+            log.buffer(c);
+        }
+        log.buffered_ticket = ticket;
+        Ok(())
     }
 
     /// Writes the buffered attempt ends to the completions log (one
     /// `write(2)`; with `--journal-fsync 0`, and an fsync).
-    pub(super) fn write_log(&self) -> Result<(), ObserverError> {
+    fn write_log(&self) -> Result<(), JournalError> {
         let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
         let Some(log) = log.as_mut().filter(|l| l.has_buffered()) else {
             return Ok(());
         };
         if let Some(f) = &self.shared.lock().failed {
-            return Err(ObserverError(f.clone()));
+            return Err(Self::stopped(f));
         }
         if let Err(e) = log.write(self.config.sync_interval.is_zero()) {
             let msg = format!(
@@ -314,7 +420,7 @@ impl Journal {
             let mut st = self.shared.lock();
             st.failed.get_or_insert(msg.clone());
             self.shared.durable.notify_all();
-            return Err(ObserverError(msg));
+            return Err(JournalError::Stopped(msg));
         }
         let mut st = self.shared.lock();
         st.log_ticket = log.buffered_ticket;
@@ -328,7 +434,7 @@ impl Journal {
     /// # Errors
     ///
     /// The writer failed; the message names the file.
-    pub fn flush(&self) -> Result<(), ObserverError> {
+    pub fn flush(&self) -> Result<(), JournalError> {
         self.write_log()?;
         let st = self.shared.lock();
         let target = st.next_ticket - 1;
@@ -341,7 +447,7 @@ impl Journal {
     /// # Errors
     ///
     /// The writer failed; the message names the file.
-    pub fn close(&self, reason: &str) -> Result<(), ObserverError> {
+    pub fn close(&self, reason: &str) -> Result<(), JournalError> {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else {
             return Ok(());
@@ -368,7 +474,7 @@ impl Journal {
         let result = {
             let mut st = self.shared.lock();
             if let Some(f) = &st.failed {
-                Err(ObserverError(f.clone()))
+                Err(Self::stopped(f))
             } else {
                 let ticket = st.next_ticket;
                 st.next_ticket += 1;
@@ -412,9 +518,6 @@ impl Drop for Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::{Attempt, Capture, End, SpillBudget};
-    use crate::job::NewJob;
-    use crate::run::{AttemptOutcome, AttemptReport, Observer, RunSummary};
     use rusqlite::OpenFlags;
     use std::time::Instant;
 
@@ -429,31 +532,16 @@ mod tests {
         }
     }
 
-    fn attempt(stdout: &[u8], end: End) -> Attempt {
-        let budget = SpillBudget::new(1 << 20);
-        let mut out = Capture::new(budget.clone());
-        out.append(stdout);
-        Attempt {
-            started: SystemTime::now(),
-            duration: Duration::from_millis(5),
-            end,
-            timed_out: false,
-            terminated: false,
-            max_rss_kib: 1234,
-            stdout: out,
-            stderr: Capture::new(budget),
+    /// Records the end of job `seq`'s running attempt: done, exit 0.
+    fn end(j: &Journal, seq: u64, slot: usize, stdout: &[u8]) {
+        let started_at = j.take_started(seq).expect("started");
+        let mut c = completion(seq, started_at, stdout);
+        c.slot = slot as u64;
+        c.session = j.session();
+        if stdout.is_empty() {
+            c.output[0] = None;
         }
-    }
-
-    fn finish(j: &Journal, seq: u64, slot: usize, a: &mut Attempt, outcome: AttemptOutcome) {
-        let mut report = AttemptReport {
-            seq,
-            attempt: 1,
-            slot,
-            attempt_result: a,
-            outcome: &outcome,
-        };
-        j.attempt_finished(&mut report).unwrap();
+        j.record_end(c).unwrap();
     }
 
     fn read(path: &Path) -> Connection {
@@ -489,25 +577,19 @@ mod tests {
             sync_interval: Duration::from_secs(3600),
         };
         let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        j.attempt_started(1, 1, 2, at).unwrap();
+        j.record_start(1, 2, at).unwrap();
         // The job's row was committed before its start returned.
         let n: i64 = read(&path)
             .query_row("SELECT COUNT(*) FROM job WHERE seq = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"hello\n", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
+        end(&j, 1, 2, b"hello\n");
         // Buffered until a start (batched with other ends)...
         assert_eq!(logged(&path).len(), 0);
-        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        j.record_start(2, 1, SystemTime::now()).unwrap();
         // ...and written when the next attempt starts.
         let logged = logged(&path);
         assert_eq!(logged.len(), 1);
@@ -534,18 +616,12 @@ mod tests {
             sync_interval: Duration::from_millis(10),
         };
         let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
-        finish(
-            &j,
-            1,
-            1,
-            &mut attempt(b"", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_start(1, 1, SystemTime::now()).unwrap();
+        end(&j, 1, 1, b"");
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         // Writes job 1's end to the log (the test above shows it there).
-        j.attempt_started(2, 1, 1, SystemTime::now()).unwrap();
+        j.record_start(2, 1, SystemTime::now()).unwrap();
         let log = completions::path_of(&path);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&log).unwrap().len() > 0 {
@@ -566,10 +642,10 @@ mod tests {
             sync_interval: Duration::from_millis(50),
         };
         let j = create(path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        j.attempt_started(1, 1, 1, at).unwrap();
+        j.record_start(1, 1, at).unwrap();
         j.close("killed").unwrap();
         unix(at)
     }
@@ -672,114 +748,6 @@ mod tests {
         let err = create(&path, &record(), WriterConfig::default()).unwrap_err();
         assert!(err.to_string().contains("not recovered"), "{err}");
         assert_eq!(std::fs::read(completions::path_of(&path)).unwrap(), b"x");
-    }
-
-    #[test]
-    fn attempts_outputs_and_the_end_are_recorded_with_the_cap() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        let config = WriterConfig {
-            output_cap: 4,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-        };
-        let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, &b"\xff\x00x"[..])).unwrap();
-        j.input_complete(1).unwrap();
-        j.attempt_started(1, 1, 2, SystemTime::now()).unwrap();
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"hello world", End::Exited(3)),
-            AttemptOutcome::Requeued {
-                reason: crate::job::FailReason::Exit { code: 3 },
-            },
-        );
-        j.attempt_started(1, 2, 2, SystemTime::now()).unwrap();
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"ok", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.run_finished(&RunSummary {
-            read: 1,
-            done: 1,
-            input_complete: true,
-            ..RunSummary::default()
-        })
-        .unwrap();
-        drop(j);
-        assert!(
-            !PathBuf::from(format!("{}-wal", path.display())).exists(),
-            "a finished journal is one file"
-        );
-        super::super::check(&path).unwrap();
-        let c = read(&path);
-        let (input, state, attempts, complete): (Vec<u8>, String, i64, bool) = c
-            .query_row(
-                "SELECT input, state, attempts, (SELECT input_complete FROM run) FROM job",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .unwrap();
-        assert_eq!(input, b"\xff\x00x");
-        assert_eq!((state.as_str(), attempts, complete), ("done", 2, true));
-        let outcomes: Vec<(i64, String, Option<i64>, i64)> = c
-            .prepare("SELECT attempt, outcome, exit_code, max_rss_kb FROM attempt ORDER BY attempt")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            outcomes,
-            vec![
-                (1, "requeued".to_string(), Some(3), 1234),
-                (2, "done".to_string(), Some(0), 1234)
-            ]
-        );
-        // The output of the last attempt only; "ok" fits the cap of 4.
-        let out: (Vec<u8>, i64, bool) = c
-            .query_row(
-                "SELECT data, total_bytes, truncated FROM output WHERE seq = 1 AND stream = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap();
-        assert_eq!(out, (b"ok".to_vec(), 2, false));
-        let reason: String = c
-            .query_row("SELECT end_reason FROM run", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(reason, "complete");
-    }
-
-    #[test]
-    fn output_past_the_cap_is_truncated_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        let config = WriterConfig {
-            output_cap: 5,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-        };
-        let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "a")).unwrap();
-        j.attempt_started(1, 1, 1, SystemTime::now()).unwrap();
-        finish(
-            &j,
-            1,
-            1,
-            &mut attempt(b"0123456789", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.close("complete").unwrap();
-        let out: (Vec<u8>, i64, bool) = read(&path)
-            .query_row("SELECT data, total_bytes, truncated FROM output", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
-        assert_eq!(out, (b"01234".to_vec(), 10, true));
     }
 
     #[test]
