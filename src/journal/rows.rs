@@ -37,15 +37,7 @@ pub(super) fn apply(
             }
         }
         (Event::Started { seq, slot, at }, _) => {
-            tx.prepare_cached(
-                "UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1",
-            )?
-            .execute(params![*seq as i64])?;
-            tx.prepare_cached(
-                "INSERT INTO attempt (seq, attempt, session, slot, started_at)
-                 VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4)",
-            )?
-            .execute(params![*seq as i64, session, *slot as i64, at])?;
+            record_start(tx, *seq, session, *slot, *at)?;
         }
         (Event::Finished(c), _) => {
             let start = if plan == Plan::Insert {
@@ -71,6 +63,25 @@ pub(super) fn apply(
                 .execute(params![at, reason])?;
         }
     }
+    Ok(())
+}
+
+/// Records that an attempt of job `seq` started: its `attempt` row (the
+/// job's next attempt number, no end yet) and the job `running`.
+pub(crate) fn record_start(
+    tx: &rusqlite::Transaction<'_>,
+    seq: u64,
+    session: i64,
+    slot: usize,
+    at: f64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1")?
+        .execute(params![seq as i64])?;
+    tx.prepare_cached(
+        "INSERT INTO attempt (seq, attempt, session, slot, started_at)
+         VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4)",
+    )?
+    .execute(params![seq as i64, session, slot as i64, at])?;
     Ok(())
 }
 

@@ -55,7 +55,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection};
 
 use super::commit::{background, Event, Pending, Shared, Writer, BATCH_EVENTS};
-use super::completions::{Completion, Log};
+use super::completions::{self, Completion, Log};
 use super::schema::initialize;
 use super::JournalError;
 
@@ -346,32 +346,51 @@ impl Journal {
     }
 
     /// Records that an attempt of job `seq` starts in `slot` at `at`. The
-    /// durability gate: returns once every attempt end recorded so far
-    /// would survive jobmill's death, and the job's row is committed.
+    /// durability gate: returns once the attempt's start and every attempt
+    /// end recorded so far would survive jobmill's death (one `write(2)`
+    /// to the completions log), and the job's row is committed.
     ///
     /// # Errors
     ///
     /// The journal stopped writing: the attempt must not start.
     pub fn record_start(&self, seq: u64, slot: usize, at: SystemTime) -> Result<(), JournalError> {
-        // The durability gate: every attempt end recorded so far survives
-        // jobmill's death before anything new starts.
-        self.write_log()?;
-        let mut st = self.shared.lock();
-        // The job's row must be in the file before the job runs (its end
-        // refers to it). It usually is: rows are committed as they are
-        // read, long before their turn.
-        let pending = st
-            .job_tickets
-            .binary_search_by_key(&seq, |&(s, _)| s)
-            .ok()
-            .map(|i| st.job_tickets[i].1);
-        if let Some(ticket) = pending {
-            st = self.shared.wait_committed(st, ticket)?;
+        {
+            let st = self.shared.lock();
+            // The job's row must be in the file before the job runs (its
+            // start and end refer to it). It usually is: rows are
+            // committed as they are read, long before their turn.
+            let pending = st
+                .job_tickets
+                .binary_search_by_key(&seq, |&(s, _)| s)
+                .ok()
+                .map(|i| st.job_tickets[i].1);
+            if let Some(ticket) = pending {
+                drop(self.shared.wait_committed(st, ticket)?);
+            }
         }
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut() else {
+            return Err(self.closed());
+        };
         let at = unix(at);
-        st.started.insert(seq, at);
-        self.push_locked(&mut st, Event::Started { seq, slot, at })
-            .map(drop)
+        let ticket = {
+            let mut st = self.shared.lock();
+            let ticket = self.push_locked(&mut st, Event::Started { seq, slot, at })?;
+            st.started.insert(seq, at);
+            ticket
+        };
+        // The start goes to the log with the ends buffered before it, in
+        // one write(2): an attempt that runs is in the log even if jobmill
+        // dies before the next batch commit (recovery then records it
+        // `interrupted`).
+        log.buffer_start(&completions::Start {
+            session: self.session,
+            seq,
+            slot: slot as u64,
+            started_at: at,
+        });
+        log.buffered_ticket = ticket;
+        self.write_buffered(log)
     }
 
     /// When the running attempt of job `seq` started, as its start was
@@ -408,6 +427,11 @@ impl Journal {
         let Some(log) = log.as_mut().filter(|l| l.has_buffered()) else {
             return Ok(());
         };
+        self.write_buffered(log)
+    }
+
+    /// [`Journal::write_log`] with the log locked.
+    fn write_buffered(&self, log: &mut Log) -> Result<(), JournalError> {
         if let Some(f) = &self.shared.lock().failed {
             return Err(Self::stopped(f));
         }
@@ -555,14 +579,16 @@ mod tests {
             .unwrap()
     }
 
-    /// The records in `journal`'s completions log.
+    /// The attempt ends in `journal`'s completions log.
     fn logged(journal: &Path) -> Vec<Completion> {
         let bytes = std::fs::read(completions::path_of(journal)).unwrap();
         let mut at = 0;
         let mut out = Vec::new();
         while at < bytes.len() {
-            let (c, n) = completions::decode(&bytes[at..]).unwrap();
-            out.push(c);
+            let (r, n) = completions::decode(&bytes[at..]).unwrap();
+            if let completions::Record::End(c) = r {
+                out.push(c);
+            }
             at += n;
         }
         out
