@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 
 use jobmill::input::{Records, Source};
 use jobmill::job::NewJob;
-use jobmill::journal::resume::{json_to_bytes, os_to_json};
+use jobmill::journal::options::{StoredInput, StoredOptions, OPTIONS_VERSION};
 use jobmill::journal::writer::DEFAULT_OUTPUT_CAP;
 #[cfg(test)]
 use jobmill::journal::writer::DEFAULT_SYNC_INTERVAL;
-use jobmill::journal::{self, Journal, JournalError, RunRecord, WriterConfig};
+use jobmill::journal::{self, Journal, JournalError, RunRecord};
 use jobmill::run::halt::Halt;
 use jobmill::run::persistent::PersistentOptions;
 use jobmill::run::{self as runner, JobSource, Observer, RunOptions};
@@ -149,89 +148,6 @@ pub(super) fn split_command(
     Ok((command, Some(inputs)))
 }
 
-/// The options of a run as stored in its journal: everything `jobmill
-/// resume` needs to continue it (docs/JOURNAL.md, "The run's options").
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct StoredOptions {
-    pub jobs: usize,
-    pub keep_order: bool,
-    pub null: bool,
-    pub shell: bool,
-    pub retries: u32,
-    /// Seconds.
-    pub timeout: Option<f64>,
-    /// Seconds.
-    pub grace: f64,
-    pub halt: Option<String>,
-    pub output_memory: usize,
-    pub persistent: bool,
-    pub window: usize,
-    /// Bytes of each persistent worker's shared-memory arena.
-    #[serde(default = "default_arena")]
-    pub arena: usize,
-    pub journal_output_cap: usize,
-    /// Seconds.
-    pub journal_fsync: f64,
-    /// `{"kind": "stdin"}`, `{"kind": "file", "path": P}` (absolute) or
-    /// `{"kind": "args", "args": [...]}`; paths and arguments are strings,
-    /// or `{"hex": ...}` when not UTF-8.
-    pub input: serde_json::Value,
-}
-
-fn default_arena() -> usize {
-    jobmill::persistent::DEFAULT_ARENA
-}
-
-/// Where the inputs of a run come from, as stored.
-pub(super) enum StoredInput {
-    Stdin,
-    File(PathBuf),
-    Args(Vec<OsString>),
-}
-
-impl StoredOptions {
-    pub fn input(&self) -> anyhow::Result<StoredInput> {
-        use std::os::unix::ffi::OsStringExt;
-        let bad = || anyhow::anyhow!("the stored input source is invalid: {}", self.input);
-        let kind = self
-            .input
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or_else(bad)?;
-        Ok(match kind {
-            "stdin" => StoredInput::Stdin,
-            "file" => {
-                let p = self
-                    .input
-                    .get("path")
-                    .and_then(json_to_bytes)
-                    .ok_or_else(bad)?;
-                StoredInput::File(PathBuf::from(OsString::from_vec(p)))
-            }
-            "args" => {
-                let list = self
-                    .input
-                    .get("args")
-                    .and_then(|a| a.as_array())
-                    .ok_or_else(bad)?;
-                let mut args = Vec::with_capacity(list.len());
-                for a in list {
-                    args.push(OsString::from_vec(json_to_bytes(a).ok_or_else(bad)?));
-                }
-                StoredInput::Args(args)
-            }
-            _ => return Err(bad()),
-        })
-    }
-
-    pub fn writer_config(&self) -> WriterConfig {
-        WriterConfig {
-            output_cap: self.journal_output_cap,
-            sync_interval: Duration::from_secs_f64(self.journal_fsync.max(0.0)),
-        }
-    }
-}
-
 /// A run ready to start: what `jobmill run` and `jobmill resume` share.
 pub(super) struct Prepared {
     pub opts: RunOptions,
@@ -266,7 +182,7 @@ pub(super) fn prepare(
     let persistent = o.persistent.then(|| PersistentOptions {
         command: command.clone(),
         window: o.window,
-        arena: o.arena,
+        arena: o.arena.unwrap_or(jobmill::persistent::DEFAULT_ARENA),
     });
     let template = Template::parse(&command, o.shell)?;
     let halt: Option<Halt> = o.halt.as_deref().map(str::parse).transpose()?;
@@ -325,17 +241,14 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let input = match (&inputs, &a.arg_file) {
         (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
-        (Some(list), None) => serde_json::json!({
-            "kind": "args",
-            "args": list.iter().map(|x| os_to_json(x)).collect::<Vec<_>>(),
-        }),
-        (None, Some(path)) => serde_json::json!({
-            "kind": "file",
-            "path": os_to_json(cwd.join(path).as_os_str()),
-        }),
-        (None, None) => serde_json::json!({ "kind": "stdin" }),
+        (Some(list), None) => StoredInput::Args { args: list.clone() },
+        (None, Some(path)) => StoredInput::File {
+            path: cwd.join(path).into_os_string(),
+        },
+        (None, None) => StoredInput::Stdin,
     };
     let stored = StoredOptions {
+        version: OPTIONS_VERSION,
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -349,7 +262,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         output_memory: a.output_memory,
         persistent: a.persistent,
         window: a.window,
-        arena: a.arena,
+        arena: Some(a.arena),
         journal_output_cap: a.journal_output_cap,
         journal_fsync: a.journal_fsync.as_secs_f64(),
         input,
@@ -396,7 +309,7 @@ fn create_journal(
     stored: &StoredOptions,
     cwd: &Path,
 ) -> anyhow::Result<(Arc<Journal>, String)> {
-    let options = serde_json::to_value(stored).context("cannot encode the run's options")?;
+    let options = stored.to_json();
     let config = stored.writer_config();
     let mut record = RunRecord {
         run_id: journal::new_run_id(),
@@ -409,8 +322,11 @@ fn create_journal(
         return Ok((Arc::new(j), record.run_id));
     }
     let dir = journal::state_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the journal directory {}", dir.display()))?;
+    for w in journal::private::ensure_private_dir(&dir)
+        .with_context(|| format!("cannot create the journal directory {}", dir.display()))?
+    {
+        eprintln!("jobmill: {w}");
+    }
     // Run ids carry 16 random bits: on the rare clash, take another.
     for _ in 0..16 {
         let path = journal::path_of(&dir, &record.run_id);

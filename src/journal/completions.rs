@@ -30,6 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
@@ -438,6 +439,7 @@ impl Log {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(super::private::FILE_MODE)
             .open(&path)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
@@ -451,7 +453,7 @@ impl Log {
                 } else {
                     JournalError::Io {
                         path: path.clone(),
-                        source,
+                        cause: source,
                     }
                 }
             })?;
@@ -568,10 +570,15 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
             .read_to_end(&mut bytes)
             .map_err(|source| JournalError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
-        Err(source) => return Err(JournalError::Io { path, source }),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path,
+                cause: source,
+            })
+        }
     };
     let mut report = Recovered::default();
     if !bytes.is_empty() {
@@ -614,11 +621,14 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
         let kept = unused_name(&path, "corrupt");
         std::fs::rename(&path, &kept).map_err(|source| JournalError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         report.kept_as = Some(kept);
     } else {
-        std::fs::remove_file(&path).map_err(|source| JournalError::Io { path, source })?;
+        std::fs::remove_file(&path).map_err(|source| JournalError::Io {
+            path,
+            cause: source,
+        })?;
     }
     Ok(report)
 }

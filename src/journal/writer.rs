@@ -46,6 +46,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -118,21 +119,35 @@ pub(crate) fn now() -> f64 {
 ///
 /// # Errors
 ///
-/// [`JournalError::Exists`] if the file exists, [`JournalError::Io`] or
+/// [`JournalError::Exists`] if the file exists ([`JournalError::NotAFile`]
+/// if that is a directory or a device), [`JournalError::Io`] or
 /// [`JournalError::Sqlite`] if it cannot be created.
 pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Journal, JournalError> {
     let io = |source| JournalError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
+    // Private whatever the umask: a journal holds every input and output.
+    // SQLite gives its -wal and -shm files the mode of this file.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(super::private::FILE_MODE)
         .open(path)
         .map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                JournalError::Exists {
-                    path: path.to_path_buf(),
+                match std::fs::metadata(path) {
+                    Ok(m) if m.is_dir() => JournalError::NotAFile {
+                        path: path.to_path_buf(),
+                        kind: "a directory",
+                    },
+                    Ok(m) if !m.is_file() => JournalError::NotAFile {
+                        path: path.to_path_buf(),
+                        kind: "a device or special file",
+                    },
+                    _ => JournalError::Exists {
+                        path: path.to_path_buf(),
+                    },
                 }
             } else {
                 io(source)
@@ -197,7 +212,7 @@ pub(crate) fn start(
     }
     let log_sync = log.sync_handle().map_err(|source| JournalError::Io {
         path: log.path().to_path_buf(),
-        source,
+        cause: source,
     })?;
     let shared = Arc::new(Shared {
         path: path.to_path_buf(),
@@ -235,7 +250,7 @@ pub(crate) fn start(
             .spawn(move || background(&shared, config, &log_sync))
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?
     };
     Ok(Journal {
@@ -787,7 +802,7 @@ mod tests {
         ));
         match JournalLock::acquire(&path) {
             Err(JournalError::Locked { pid, .. }) => {
-                assert_eq!(pid, i64::from(std::process::id()));
+                assert_eq!(pid, Some(i64::from(std::process::id())));
             }
             other => panic!("expected Locked, got {other:?}"),
         }
