@@ -196,7 +196,11 @@ impl Scenario {
             .unwrap();
         assert!(out.status.success(), "status failed: {out:?}");
         let log = PathBuf::from(format!("{}-completions", self.journal.display()));
-        assert!(!log.exists(), "the completions log was not recovered");
+        assert!(
+            !log.exists(),
+            "the completions log was not recovered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let done = done_inputs(&self.journal);
         assert!(done.is_superset(&committed));
         done
