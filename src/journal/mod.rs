@@ -9,7 +9,25 @@
 //!
 //! This module holds what every part shares: the schema, the header check
 //! that refuses files that are not journals (without changing a byte of
-//! them), and where journals live.
+//! them), the errors and warnings, and where journals live.
+//!
+//! | file | what |
+//! |---|---|
+//! | `writer.rs` | [`Journal`]: `create`, `record_*`, `flush`, `close` |
+//! | `commit.rs` | the writer thread, group commits, syncs, checkpoints |
+//! | `rows.rs` | the SQL rows each event writes |
+//! | `schema.rs` | a new journal's schema and header; the writing connection |
+//! | `lock.rs` | the journal's `flock` |
+//! | `completions.rs` | the completions log: codec, append, recovery |
+//! | `observer.rs` | the journal as the run's observer (the only part that knows `run` and `exec`) |
+//! | `options.rs` | [`StoredOptions`]: the run's options as stored |
+//! | `resume.rs` | opening a journal to resume, and the [`resume::ResumePlan`] |
+//! | `private.rs` | private modes of the state directory and journal files |
+//! | `read.rs`, `snapshot.rs`, `prune.rs` | reading, snapshots of a queue, pruning |
+//!
+//! The library never prints: what the person running jobmill should know
+//! comes back as a [`Warning`] (or in a report such as
+//! [`completions::Recovered`]).
 
 mod commit;
 pub mod completions;

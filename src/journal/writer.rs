@@ -14,12 +14,13 @@
 //!
 //! ## The durability gate
 //!
-//! [`Journal::record_end`] buffers the attempt's end for the
-//! completions log ([`super::completions`]); [`Journal::record_start`]
-//! writes every buffered end there (one `write(2)`, not a commit) before it
-//! returns. So no job starts before every end recorded so far would
-//! survive jobmill's death, and the jobs that would run twice after a crash
-//! are only those in flight, at most one per slot. A start also waits, if
+//! `Journal::record_end` buffers the attempt's end for the completions
+//! log ([`super::completions`]); [`Journal::record_start`] writes its own
+//! start record and every buffered end there (one `write(2)`, not a
+//! commit) before it returns. So no job starts before its start and every
+//! end recorded so far would survive jobmill's death: after a crash, an
+//! attempt that ran is in the journal, and the jobs that run twice are
+//! only those in flight, at most one per slot. A start also waits, if
 //! ever, for the job's own row to be committed (it usually was, long
 //! before).
 //!
