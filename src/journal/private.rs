@@ -79,3 +79,34 @@ pub fn tighten(path: &Path, mode: u32) -> Option<Warning> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_state_directory_is_created_private_and_an_open_one_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/jobmill");
+        assert_eq!(ensure_private_dir(&dir).unwrap(), vec![]);
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(ensure_private_dir(&dir).unwrap(), vec![]);
+        assert_eq!(mode(&dir), 0o700);
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(ensure_private_dir(&file).is_err());
+    }
+
+    #[test]
+    fn what_cannot_be_tightened_is_a_warning_not_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tighten(&tmp.path().join("gone"), DIR_MODE).expect("a warning");
+        assert!(matches!(w, Warning::NotPrivate { .. }));
+        assert!(w.to_string().contains("could not be made private"), "{w}");
+    }
+}
