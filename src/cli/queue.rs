@@ -23,7 +23,8 @@ use jobmill::template::Template;
 use super::report::Reporter;
 
 use super::args;
-use super::run::{resolve_program, split_command, RunArgs};
+use super::args::resolve_program;
+use super::run::{split_command, RunArgs};
 
 /// Most jobs sent to Redis in one call by `submit`.
 const SUBMIT_BATCH: usize = 1000;
@@ -486,7 +487,26 @@ fn open_existing(url: &str) -> anyhow::Result<RedisQueue> {
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
 /// (other workers may join), and reports like `run`; then collects the
 /// queue's results into a journal in the state directory (src/cli/collect.rs).
-pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
+    if a.timeout.is_some_and(|t| t.is_zero()) {
+        a.timeout = None;
+    }
+    if a.arg_file.len() > 1
+        || a.link
+        || a.colsep.is_some()
+        || a.header.is_some()
+        || a.csv
+        || a.trim.is_some()
+        || a.max_args.is_some()
+        || a.context_replace
+        || a.multi
+        || a.dry_run
+    {
+        bail!(
+            "--queue takes one input source, without --link, --colsep, --header, --csv, \
+             --trim, -n, -X, -m or --dry-run"
+        );
+    }
     let started_at = super::collect::unix_now();
     let (command, _) = split_command(a.command.clone())?;
     let (shell, persistent) = (a.shell, a.persistent);

@@ -479,7 +479,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     }
     if !o.shell {
         // Resolve the program once, not in every job's spawn.
-        if let Some(path) = resolve_program(&command[0])? {
+        if let Some(path) = args::resolve_program(&command[0])? {
             command[0] = path.into_os_string();
         }
     }
@@ -555,25 +555,6 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         a.timeout = None;
     }
     a.halt = a.halt.as_deref().and_then(args::halt);
-    if let Some(url) = a.queue.take() {
-        if a.arg_file.len() > 1
-            || a.link
-            || a.colsep.is_some()
-            || a.header.is_some()
-            || a.csv
-            || a.trim.is_some()
-            || a.max_args.is_some()
-            || a.context_replace
-            || a.multi
-            || a.dry_run
-        {
-            bail!(
-                "--queue takes one input source, without --link, --colsep, --header, --csv, \
-                 --trim, -n, -X, -m or --dry-run"
-            );
-        }
-        return super::queue::run_on_queue(&url, a);
-    }
     if a.no_journal && a.journal.is_some() {
         bail!("give either --journal PATH or --no-journal, not both");
     }
@@ -841,38 +822,6 @@ fn create_journal(
         }
     }
     bail!("cannot find a free run id in {}", dir.display())
-}
-
-/// Finds the program on `PATH` once, instead of in every job's spawn, and
-/// refuses one that cannot be found instead of failing every job. `None`
-/// when the program name comes from the input (`{}` in it).
-pub(super) fn resolve_program(program: &OsString) -> anyhow::Result<Option<PathBuf>> {
-    use std::os::unix::ffi::OsStrExt;
-    if program.as_bytes().contains(&b'{') {
-        return Ok(None);
-    }
-    let found = if program.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(program);
-        is_executable(&p).then_some(p)
-    } else {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|p| is_executable(p))
-        })
-    };
-    match found {
-        Some(p) => Ok(Some(p)),
-        None => bail!(
-            "command not found or not executable: {}",
-            program.to_string_lossy()
-        ),
-    }
-}
-
-fn is_executable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
