@@ -39,7 +39,10 @@ pub mod halt;
 pub mod output;
 mod plan;
 mod process;
+pub mod joblog;
+pub mod results;
 pub mod stop;
+pub mod throttle;
 mod workers;
 
 pub use gate::Gate;
@@ -108,6 +111,14 @@ pub struct Options {
     pub grace: Duration,
     /// What the queue stores of each attempt (the host, for Redis).
     pub host: Option<String>,
+    /// Print each job's output (default). Off for front ends that collect
+    /// results with an [`Observer`] instead (the Python bindings' `Pool`).
+    pub print_output: bool,
+    /// Prefix every line of a job's output (`--tag`, `--tagstring`).
+    pub tag: Option<output::Tag>,
+    /// Throttles consulted before each start (`--delay`, `--memfree`,
+    /// `--load`); `None`: start as soon as a slot is free.
+    pub throttle: Option<Arc<throttle::Throttle>>,
 }
 
 impl Default for Options {
@@ -119,6 +130,9 @@ impl Default for Options {
             handle_signals: false,
             grace: Duration::from_secs(2),
             host: None,
+            print_output: true,
+            tag: None,
+            throttle: None,
         }
     }
 }
@@ -231,13 +245,23 @@ impl Dispatch {
     /// back unrun).
     pub fn lease(&self, worker: WorkerId) -> Option<Lease> {
         let gate = self.queue();
+        let go_on = || self.may_start();
         loop {
             if !self.may_start() {
                 return None;
             }
+            // --memfree, --load: before taking a job, so that another
+            // worker on a shared queue may take it meanwhile.
+            if let Some(t) = &self.opts.throttle {
+                if !t.wait_system(&go_on) {
+                    return None;
+                }
+            }
             match gate.get(worker, Some(POLL)) {
                 Ok(lease) => {
-                    if !self.may_start() {
+                    // --delay: counted from the previous start.
+                    let delayed = self.opts.throttle.as_ref().is_none_or(|t| t.wait_delay(&go_on));
+                    if !delayed || !self.may_start() {
                         self.give_back(&lease);
                         return None;
                     }
@@ -346,8 +370,14 @@ impl Dispatch {
         }
         // The job's output is printed once, with its last attempt (or the
         // attempt a stop cut short).
-        if resolution.is_final() || outcome.end == AttemptEnd::Stopped {
-            if let Err(e) = self.printer.job_output(job.seq, stdout, stderr) {
+        if self.opts.print_output
+            && (resolution.is_final() || outcome.end == AttemptEnd::Stopped)
+        {
+            let tag = match &self.opts.tag {
+                Some(t) => t.render(&job.payload, job.seq, slot),
+                None => Vec::new(),
+            };
+            if let Err(e) = self.printer.tagged_output(job.seq, tag, stdout, stderr) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     // Nobody reads our output any more: stop quietly.
                     self.stop(Level::Killing, StopCause::OutputClosed);
@@ -519,6 +549,10 @@ impl crate::events::JobOutput for Capture {
 
     fn head(&mut self, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
         Capture::head(self, limit)
+    }
+
+    fn copy_to(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Capture::copy_to(self, w)
     }
 }
 
