@@ -884,7 +884,7 @@ mod tests {
     fn words_are_quoted_like_gnu_parallel_quotes_them() {
         let q = |w: &[u8]| {
             let mut out = Vec::new();
-            parallel_quote_into(w, &mut out);
+            joblog::parallel_quote_into(w, &mut out);
             String::from_utf8_lossy(&out).into_owned()
         };
         assert_eq!(q(b"plain-1.txt"), "plain-1.txt");

@@ -10,6 +10,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use jobmill::engine::halt::Halt;
+use jobmill::engine::joblog::{self, Joblog};
+use jobmill::engine::output::Tag;
+use jobmill::engine::results::{Results, Target};
+use jobmill::engine::throttle::{ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::input::{Records, Source};
@@ -154,6 +158,51 @@ pub struct RunArgs {
     /// The command and its arguments, then optionally `::: INPUT...`.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
+
+    /// Prefix each line of a job's output (stdout and stderr) with its
+    /// input and a TAB (GNU parallel's --tag).
+    #[arg(long)]
+    pub tag: bool,
+
+    /// Prefix each line of a job's output with STR (replacement strings
+    /// work: `{}`, `{#}`, `{%}`, ...) and a TAB.
+    #[arg(long, value_name = "STR")]
+    pub tagstring: Option<String>,
+
+    /// Keep each job's stdout, stderr and sequence number in files under
+    /// DIR, in GNU parallel's layout (DIR/1/INPUT/stdout ...), or, for a
+    /// name ending in .csv, .tsv or .json, one row per job in that table.
+    /// The output is then not printed.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub results: Option<PathBuf>,
+
+    /// Write GNU parallel's joblog to FILE, one line per finished job, as
+    /// jobs finish. With --resume, continue the run that wrote FILE.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+
+    /// With --joblog FILE: continue the run that wrote FILE (as `jobmill
+    /// resume`); a fresh run if no journal recorded FILE.
+    #[arg(long, requires = "joblog")]
+    pub resume: bool,
+
+    /// As --resume, also running failed and dead jobs again.
+    #[arg(long, requires = "joblog")]
+    pub resume_failed: bool,
+
+    /// Wait DURATION between two job starts.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub delay: Option<Duration>,
+
+    /// Start a job only while the system has at least SIZE of memory
+    /// available (MemAvailable).
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    pub memfree: Option<usize>,
+
+    /// Start a job only while fewer than N processes are running on the
+    /// system (N% of the CPU threads with a `%`).
+    #[arg(long, value_name = "N")]
+    pub load: Option<String>,
 }
 
 /// Splits `COMMAND... ::: INPUT...` into the command and the inputs.
@@ -202,6 +251,27 @@ pub(super) struct StoredOptions {
     pub journal_output_cap: usize,
     /// Seconds.
     pub journal_fsync: f64,
+    /// `--tag`.
+    #[serde(default)]
+    pub tag: bool,
+    /// `--tagstring`.
+    #[serde(default)]
+    pub tagstring: Option<String>,
+    /// `--results`, absolute.
+    #[serde(default)]
+    pub results: Option<PathBuf>,
+    /// `--joblog`, absolute: `run --resume --joblog FILE` finds the run by it.
+    #[serde(default)]
+    pub joblog: Option<PathBuf>,
+    /// `--delay`, seconds.
+    #[serde(default)]
+    pub delay: Option<f64>,
+    /// `--memfree`, bytes.
+    #[serde(default)]
+    pub memfree: Option<u64>,
+    /// `--load`, processes (a percentage resolved when the run started).
+    #[serde(default)]
+    pub load: Option<f64>,
     /// `{"kind": "stdin"}`, `{"kind": "file", "path": P}` (absolute) or
     /// `{"kind": "args", "args": [...]}`; paths and arguments are strings,
     /// or `{"hex": ...}` when not UTF-8.
@@ -274,6 +344,64 @@ impl StoredOptions {
 pub(super) struct Prepared {
     pub plan: Plan,
     pub policy: RetryPolicy,
+    /// `--joblog`, `--results`: the observers [`Prepared::outputs`] makes.
+    pub outputs: Outputs,
+}
+
+/// The files a run writes besides its output and journal.
+pub(super) struct Outputs {
+    joblog: Option<PathBuf>,
+    results: Option<PathBuf>,
+    command: joblog::Command,
+}
+
+impl Prepared {
+    /// The observers writing `--joblog` and `--results`; with `append` (a
+    /// resumed run), they add to the files instead of replacing them.
+    pub fn outputs(&self, append: bool) -> anyhow::Result<Vec<Arc<dyn Observer>>> {
+        let o = &self.outputs;
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if let Some(path) = &o.joblog {
+            let j = Joblog::create(path, o.command.clone(), append)
+                .with_context(|| format!("cannot write the joblog {}", path.display()))?;
+            observers.push(Arc::new(j));
+        }
+        if let Some(path) = &o.results {
+            let r = Results::create(
+                Target::of(path),
+                o.command.clone(),
+                Box::new(values_of),
+                append,
+            )
+            .with_context(|| format!("cannot write the results to {}", path.display()))?;
+            observers.push(Arc::new(r));
+        }
+        Ok(observers)
+    }
+}
+
+/// The values of a job's payload, for `--results`: one value per job.
+fn values_of(payload: &[u8]) -> Vec<Vec<u8>> {
+    vec![payload.to_vec()]
+}
+
+/// Parses `--load`: N processes, or N% of the CPU threads.
+fn parse_load(s: &str) -> anyhow::Result<f64> {
+    let bad = || anyhow::anyhow!("invalid --load value {s:?} (expected e.g. 4, 2.5 or 80%)");
+    let (num, percent) = match s.trim().strip_suffix('%') {
+        Some(n) => (n, true),
+        None => (s.trim(), false),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(bad());
+    }
+    Ok(if percent {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        v * cpus as f64 / 100.0
+    } else {
+        v
+    })
 }
 
 impl Prepared {
@@ -303,6 +431,13 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     if command.is_empty() {
         bail!("no command given after `--`");
     }
+    // The joblog's and the results' Command column: as given, as GNU
+    // parallel logs it (not the resolved program).
+    let output_command = if o.persistent {
+        joblog::Command::Fixed(command.clone())
+    } else {
+        joblog::Command::Template(Template::parse(&command, o.shell)?)
+    };
     if !o.shell {
         // Resolve the program once, not in every job's spawn.
         if let Some(path) = resolve_program(&command[0])? {
@@ -338,9 +473,32 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     plan.output_memory = o.output_memory;
     plan.guardian = std::env::current_exe().ok();
     plan.handle_signals = true;
+    let tagstring = o.tagstring.as_deref().or(o.tag.then_some("{}"));
+    if let Some(text) = tagstring {
+        let template = Template::parse(&[OsString::from(text)], false)?;
+        plan.tag = Some(Tag::new(text.as_bytes(), template));
+    }
+    if o.results.is_some() {
+        // As GNU parallel: the output goes to the results only.
+        plan.print_output = false;
+        plan.keep_order = false;
+    }
+    if o.delay.is_some() || o.memfree.is_some() || o.load.is_some() {
+        plan.throttle = Some(Arc::new(Throttle::new(
+            o.delay.map(|d| Duration::from_secs_f64(d.max(0.0))),
+            o.memfree,
+            o.load,
+            Arc::new(ProcSource),
+        )));
+    }
     Ok(Prepared {
         plan,
         policy: RetryPolicy::with_retries(o.retries).max_lost(o.max_lost),
+        outputs: Outputs {
+            joblog: o.joblog.clone(),
+            results: o.results.clone(),
+            command: output_command,
+        },
     })
 }
 
@@ -375,13 +533,29 @@ pub(super) fn journal_line(path: &Path, run_id: &str) -> String {
 /// Runs `jobmill run`; returns the exit status.
 pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     if let Some(url) = a.queue.take() {
+        if a.results.is_some()
+            || a.joblog.is_some()
+            || a.delay.is_some()
+            || a.memfree.is_some()
+            || a.load.is_some()
+        {
+            bail!(
+                "--results, --joblog, --delay, --memfree and --load are not supported with \
+                 --queue yet (see `jobmill results --queue URL --format joblog`)"
+            );
+        }
         return super::queue::run_on_queue(&url, a);
     }
     if a.no_journal && a.journal.is_some() {
         bail!("give either --journal PATH or --no-journal, not both");
     }
-    let (command, inputs) = split_command(std::mem::take(&mut a.command))?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    if a.resume || a.resume_failed {
+        if let Some(code) = resume_by_joblog(&a, &cwd)? {
+            return Ok(code);
+        }
+    }
+    let (command, inputs) = split_command(std::mem::take(&mut a.command))?;
     let input = match (&inputs, &a.arg_file) {
         (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
         (Some(list), None) => serde_json::json!({
@@ -414,6 +588,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         print0: a.print0,
         journal_output_cap: a.journal_output_cap,
         journal_fsync: a.journal_fsync.as_secs_f64(),
+        tag: a.tag,
+        tagstring: a.tagstring.clone(),
+        results: a.results.as_ref().map(|p| cwd.join(p)),
+        joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
+        delay: a.delay.map(|d| d.as_secs_f64()),
+        memfree: a.memfree.map(|m| m as u64),
+        load: a.load.as_deref().map(parse_load).transpose()?,
         input,
     };
     let prepared = prepare(&command, &stored)?;
@@ -438,10 +619,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
             reporter.line(&journal_line(j.path(), id));
         }
     }
-    let observers: Vec<Arc<dyn Observer>> = journal
+    let mut observers: Vec<Arc<dyn Observer>> = journal
         .iter()
         .map(|(j, _)| Arc::clone(j) as Arc<dyn Observer>)
         .collect();
+    observers.extend(prepared.outputs(false)?);
     let summary = prepared.run(jobs, Arc::clone(&reporter), observers)?;
     super::report_error(&summary);
     if let Some((j, id)) = &journal {
@@ -451,6 +633,97 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(summary.exit_code() as u8)
+}
+
+/// `run --resume|--resume-failed --joblog FILE`: continues the run whose
+/// journal recorded FILE as its joblog, as `jobmill resume [--failed]`
+/// does. `None` when no journal recorded it: the run starts afresh (as GNU
+/// parallel does with a joblog that does not exist yet).
+fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
+    let Some(joblog) = &a.joblog else {
+        bail!("--resume and --resume-failed need --joblog FILE");
+    };
+    let joblog = cwd.join(joblog);
+    let Some(path) = journal_of_joblog(&joblog, a.journal.as_deref())? else {
+        if a.verbose {
+            eprintln!(
+                "jobmill: no journal recorded the joblog {}: starting a new run",
+                joblog.display()
+            );
+        }
+        return Ok(None);
+    };
+    let Some(run) = path.to_str() else {
+        bail!(
+            "the journal {} of the joblog {} has a name that is not UTF-8:              resume it with `jobmill resume`",
+            path.display(),
+            joblog.display()
+        );
+    };
+    if a.verbose {
+        eprintln!(
+            "jobmill: the joblog {} was written by the run of {}: resuming it",
+            joblog.display(),
+            path.display()
+        );
+    }
+    super::resume::resume(super::resume::ResumeArgs {
+        run: run.to_string(),
+        failed: a.resume_failed,
+        progress: a.progress,
+        verbose: a.verbose,
+    })
+    .map(Some)
+}
+
+/// The journal whose run wrote the joblog `joblog`: `journal` if given,
+/// else the newest journal recording it among the `.sqlite` files beside
+/// the joblog and in the state directory.
+pub(super) fn journal_of_joblog(
+    joblog: &Path,
+    journal: Option<&Path>,
+) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(j) = journal {
+        return Ok(j.is_file().then(|| j.to_path_buf()));
+    }
+    let same = |stored: &Path| {
+        stored == joblog
+            || matches!(
+                (stored.canonicalize(), joblog.canonicalize()),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    let mut dirs = vec![journal::state_dir()];
+    if let Some(parent) = joblog.parent() {
+        dirs.push(parent.to_path_buf());
+    }
+    let mut best: Option<(f64, PathBuf)> = None;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("sqlite") {
+                continue;
+            }
+            let Ok(j) = jobmill::journal::read::Journal::open_header_only(&p) else {
+                continue;
+            };
+            let Ok(run) = j.run() else { continue };
+            let stored = run
+                .options
+                .get("joblog")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            if stored.as_deref().is_some_and(same)
+                && best.as_ref().is_none_or(|(t, _)| run.started_at > *t)
+            {
+                best = Some((run.started_at, p));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
 }
 
 /// Creates the run's journal: `--journal PATH`, or a new file in the state

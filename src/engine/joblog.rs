@@ -33,7 +33,8 @@ use crate::outcome::AttemptEnd;
 use crate::template::Template;
 
 /// The header line, without its newline.
-pub const HEADER: &str = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand";
+pub const HEADER: &str =
+    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand";
 
 /// One line of a joblog.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,7 +327,10 @@ impl Observer for Joblog {
         };
         // One write(2) of the whole line: readers never see half of it.
         write_entry(&mut st.file, &entry).map_err(|e| {
-            ObserverError::msg(format!("cannot write the joblog {}: {e}", self.path.display()))
+            ObserverError::msg(format!(
+                "cannot write the joblog {}: {e}",
+                self.path.display()
+            ))
         })
     }
 }

@@ -36,10 +36,10 @@
 
 mod gate;
 pub mod halt;
+pub mod joblog;
 pub mod output;
 mod plan;
 mod process;
-pub mod joblog;
 pub mod results;
 pub mod stop;
 pub mod throttle;
@@ -260,7 +260,11 @@ impl Dispatch {
             match gate.get(worker, Some(POLL)) {
                 Ok(lease) => {
                     // --delay: counted from the previous start.
-                    let delayed = self.opts.throttle.as_ref().is_none_or(|t| t.wait_delay(&go_on));
+                    let delayed = self
+                        .opts
+                        .throttle
+                        .as_ref()
+                        .is_none_or(|t| t.wait_delay(&go_on));
                     if !delayed || !self.may_start() {
                         self.give_back(&lease);
                         return None;
@@ -370,9 +374,7 @@ impl Dispatch {
         }
         // The job's output is printed once, with its last attempt (or the
         // attempt a stop cut short).
-        if self.opts.print_output
-            && (resolution.is_final() || outcome.end == AttemptEnd::Stopped)
-        {
+        if self.opts.print_output && (resolution.is_final() || outcome.end == AttemptEnd::Stopped) {
             let tag = match &self.opts.tag {
                 Some(t) => t.render(&job.payload, job.seq, slot),
                 None => Vec::new(),

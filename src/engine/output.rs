@@ -45,6 +45,11 @@ pub struct Tag {
     /// string without a replacement string (used as is).
     template: Option<Template>,
     literal: Vec<u8>,
+    /// Whether the tag string holds `{}` or one of its forms, whose several
+    /// values (several input sources) are several words. Otherwise only
+    /// the first word is the tag: a template without the input may append
+    /// it.
+    all_words: bool,
 }
 
 impl Tag {
@@ -52,9 +57,13 @@ impl Tag {
     /// (`{}` for `--tag`), as `Template::parse(&[STR], false)` gives it.
     /// `text` is the tag string itself.
     pub fn new(text: &[u8], template: Template) -> Tag {
+        let has = |token: &[u8]| text.windows(token.len()).any(|w| w == token);
         Tag {
             template: text.contains(&b'{').then_some(template),
             literal: text.to_vec(),
+            all_words: [&b"{}"[..], b"{.}", b"{/}", b"{//}", b"{/.}"]
+                .iter()
+                .any(|t| has(t)),
         }
     }
 
@@ -67,7 +76,8 @@ impl Tag {
             Some(t) => {
                 let mut argv = Vec::new();
                 t.render(payload, seq, slot, &mut argv);
-                let words: Vec<&[u8]> = argv.iter().map(|w| w.as_bytes()).collect();
+                let n = if self.all_words { argv.len() } else { 1 };
+                let words: Vec<&[u8]> = argv.iter().take(n).map(|w| w.as_bytes()).collect();
                 words.join(&b' ')
             }
         };
@@ -344,5 +354,6 @@ mod tests {
         assert_eq!(t("{}-x").render(b"in", 1, 1), b"in-x\t".to_vec());
         assert_eq!(t("{}:{#}:{%}").render(b"in", 4, 2), b"in:4:2\t".to_vec());
         assert_eq!(t("plain").render(b"in", 1, 1), b"plain\t".to_vec());
+        assert_eq!(t("j{#}").render(b"in", 4, 2), b"j4\t".to_vec());
     }
 }

@@ -165,11 +165,7 @@ impl Results {
         })
     }
 
-    fn write_dir(
-        dir: &Path,
-        values: &[Vec<u8>],
-        report: &mut AttemptReport<'_>,
-    ) -> io::Result<()> {
+    fn write_dir(dir: &Path, values: &[Vec<u8>], report: &mut AttemptReport<'_>) -> io::Result<()> {
         let d = job_dir(dir, values);
         fs::create_dir_all(&d)?;
         fs::write(d.join("seq"), report.seq.to_string())?;
@@ -272,7 +268,9 @@ impl Results {
 /// Quotes a CSV/TSV field as GNU parallel does: in double quotes, quotes
 /// doubled, when it holds white space, a comma or a quote.
 fn quote_field(f: &[u8], out: &mut Vec<u8>) {
-    if f.iter().any(|&b| b.is_ascii_whitespace() || b == b',' || b == b'"') {
+    if f.iter()
+        .any(|&b| b.is_ascii_whitespace() || b == b',' || b == b'"')
+    {
         out.push(b'"');
         for &b in f {
             if b == b'"' {
