@@ -241,7 +241,7 @@ fn results_csv_has_gnu_parallels_columns_and_parses_back() {
     assert_eq!(r[9], "0");
     assert_eq!(r[10], "say \"0\", ok\n");
     assert_eq!(r[11], "e\n");
-    if let Some(_) = gnu(dir.path(), &["--results", "gnu.csv", "echo {}", ":::", "0"]) {
+    if gnu(dir.path(), &["--results", "gnu.csv", "echo {}", ":::", "0"]).is_some() {
         let gnu_text = std::fs::read_to_string(dir.path().join("gnu.csv")).unwrap();
         assert_eq!(parse_csv(&gnu_text, ',')[0], rows[0]);
     }

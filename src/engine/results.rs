@@ -201,11 +201,11 @@ impl Results {
                     .iter()
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .collect();
-                write!(
+                writeln!(
                     line,
                     "{{ \"Seq\": {}, \"Host\": \":\", \"Starttime\": {:.3}, \"JobRuntime\": {:.3}, \
                      \"Send\": 0, \"Receive\": {}, \"Exitval\": {exitval}, \"Signal\": {}, \
-                     \"Command\": {}, \"V\": {}, \"Stdout\": {}, \"Stderr\": {} }}\n",
+                     \"Command\": {}, \"V\": {}, \"Stdout\": {}, \"Stderr\": {} }}",
                     report.seq,
                     c.started_at,
                     c.runtime,
