@@ -432,3 +432,124 @@ fn resume_with_joblog_continues_the_run_after_kill_9() {
     run_ok(jobmill_in(dir.path()).args(&failed_args));
     assert_eq!(lines(&ran).len(), 5);
 }
+
+mod memfree {
+    //! `--memfree` through the library, with a system source the test
+    //! controls: the youngest job is stopped when memory falls below half,
+    //! and runs again, uncounted, once memory is back.
+
+    use std::ffi::OsString;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use jobmill::engine::throttle::{SystemSource, Throttle};
+    use jobmill::engine::{JobSource, Plan, Work};
+    use jobmill::events::{AttemptReport, Observer, ObserverError};
+    use jobmill::job::{NewJob, RetryPolicy};
+    use jobmill::outcome::AttemptEnd;
+    use jobmill::queue::memory::MemoryQueue;
+    use jobmill::template::Template;
+
+    use super::common::wait_until;
+
+    struct Fake(AtomicU64);
+
+    impl SystemSource for Fake {
+        fn mem_available(&self) -> std::io::Result<u64> {
+            Ok(self.0.load(Ordering::SeqCst))
+        }
+        fn load(&self) -> std::io::Result<f64> {
+            Ok(0.0)
+        }
+    }
+
+    #[derive(Default)]
+    struct Ends(Mutex<Vec<(u64, AttemptEnd)>>);
+
+    impl Observer for Ends {
+        fn attempt_finished(&self, r: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
+            self.0.lock().unwrap().push((r.seq, r.outcome.end.clone()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_youngest_job_is_stopped_below_half_and_runs_again_uncounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let script =
+            format!("echo x >> {d}/started.$1; while [ ! -e {d}/release ]; do sleep 0.02; done");
+        let argv: Vec<OsString> = ["sh", "-c", &script, "sh"].iter().map(Into::into).collect();
+        let mut plan = Plan::new(Work::Command(Template::parse(&argv, false).unwrap()));
+        plan.jobs = 2;
+        plan.grace = std::time::Duration::from_millis(200);
+        let fake = Arc::new(Fake(AtomicU64::new(1 << 30)));
+        plan.throttle = Some(Arc::new(Throttle::new(
+            None,
+            Some(1000),
+            None,
+            fake.clone(),
+        )));
+        let queue = Arc::new(MemoryQueue::new(16, RetryPolicy::with_retries(0)));
+        let input: JobSource = Box::new(
+            ["1", "2"]
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Ok(NewJob::new(i as u64 + 1, v.as_bytes().to_vec()))),
+        );
+        let ends = Arc::new(Ends::default());
+        // The journal records the stopped attempt and the next one.
+        let record = jobmill::journal::RunRecord {
+            run_id: "memfree".into(),
+            command: argv.clone(),
+            options: serde_json::json!({}),
+            cwd: dir.path().to_path_buf(),
+        };
+        let journal_path = dir.path().join("j.sqlite");
+        let journal =
+            Arc::new(jobmill::journal::create(&journal_path, &record, Default::default()).unwrap());
+        let observers: Vec<Arc<dyn Observer>> = vec![ends.clone(), journal.clone()];
+        let run = std::thread::spawn(move || plan.run(queue, Some(input), observers).unwrap());
+        let started = |n: u32| {
+            std::fs::read_to_string(dir.path().join(format!("started.{n}")))
+                .map_or(0, |s| s.lines().count())
+        };
+        wait_until("both jobs started", || started(1) == 1 && started(2) == 1);
+        // Below half of --memfree: the youngest is stopped; below SIZE,
+        // nothing starts.
+        fake.0.store(400, Ordering::SeqCst);
+        wait_until("a job was stopped", || !ends.0.lock().unwrap().is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(started(1) + started(2), 2, "nothing starts below --memfree");
+        // Memory is back: the stopped job runs again and both finish.
+        fake.0.store(1 << 30, Ordering::SeqCst);
+        wait_until("the stopped job started again", || {
+            started(1) + started(2) == 3
+        });
+        std::fs::write(dir.path().join("release"), b"").unwrap();
+        let summary = run.join().unwrap();
+        assert!(summary.error.is_none(), "{:?}", summary.error);
+        assert_eq!((summary.done, summary.failed, summary.dead), (2, 0, 0));
+        journal.close("ended").unwrap();
+        drop(journal);
+        let conn = rusqlite::Connection::open(&journal_path).unwrap();
+        let outcomes: Vec<String> = conn
+            .prepare("SELECT outcome FROM attempt ORDER BY seq, attempt")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut sorted = outcomes.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["done", "done", "interrupted"], "{outcomes:?}");
+        let ends = ends.0.lock().unwrap();
+        let stopped: Vec<u64> = ends
+            .iter()
+            .filter(|(_, e)| *e == AttemptEnd::Stopped)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(stopped.len(), 1, "{ends:?}");
+        assert_eq!(started(stopped[0] as u32), 2);
+    }
+}

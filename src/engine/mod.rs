@@ -94,6 +94,14 @@ pub trait Executor: Send + Sync {
     /// The kill stage of a stop: stop every running attempt now (TERM, KILL
     /// after the grace). Called from the signal thread or a slot thread.
     fn kill(&self);
+
+    /// `--memfree`: stops the attempt that started last, so that its job
+    /// runs again later without counting an attempt (it ends as
+    /// [`AttemptEnd::Stopped`]). Returns its job's number, or `None` when
+    /// the executor cannot (the default) or nothing runs.
+    fn stop_youngest(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Everything that shapes the engine, whatever the executor.
@@ -373,8 +381,10 @@ impl Dispatch {
             });
         }
         // The job's output is printed once, with its last attempt (or the
-        // attempt a stop cut short).
-        if self.opts.print_output && (resolution.is_final() || outcome.end == AttemptEnd::Stopped) {
+        // attempt a stop cut short; not one that `--memfree` stopped while
+        // the run goes on: its job runs again).
+        let cut_short = outcome.end == AttemptEnd::Stopped && !self.may_start();
+        if self.opts.print_output && (resolution.is_final() || cut_short) {
             let tag = match &self.opts.tag {
                 Some(t) => t.render(&job.payload, job.seq, slot),
                 None => Vec::new(),
@@ -578,6 +588,48 @@ impl Resolution {
     }
 }
 
+/// How long the memory watcher leaves the system after stopping a job,
+/// for the memory to come back, before it may stop another.
+const MEMFREE_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// `--memfree`: while the run goes on, when the available memory falls
+/// below half of SIZE and more than one attempt runs, stops the youngest
+/// (it runs again later, uncounted). One attempt always may run, so the
+/// run makes progress. Returns the flag that ends the thread, and the
+/// thread.
+#[allow(clippy::type_complexity)]
+fn memory_watcher(
+    d: &Arc<Dispatch>,
+    executor: &Arc<dyn Executor>,
+) -> std::io::Result<Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>> {
+    let Some(throttle) = d.opts.throttle.clone().filter(|t| t.watches_memory()) else {
+        return Ok(None);
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, executor, flag) = (Arc::clone(d), Arc::clone(executor), Arc::clone(&done));
+    let handle = thread::Builder::new()
+        .name("jobmill-memfree".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                thread::sleep(throttle::POLL);
+                if !d.may_start() || d.running() < 2 || !throttle.memory_critical() {
+                    continue;
+                }
+                if let Some(seq) = executor.stop_youngest() {
+                    d.notice(Notice::Info(format!(
+                        "memory available fell below half of --memfree: stopped job {seq}, \
+                         the last started; it runs again later"
+                    )));
+                    let until = std::time::Instant::now() + MEMFREE_COOLDOWN;
+                    while std::time::Instant::now() < until && !flag.load(Ordering::SeqCst) {
+                        thread::sleep(throttle::POLL);
+                    }
+                }
+            }
+        })?;
+    Ok(Some((done, handle)))
+}
+
 /// Runs the jobs of `queue` through `executor`, reporting to `observers`.
 ///
 /// With `input`, the run owns the queue: a reader thread puts the inputs on
@@ -631,8 +683,13 @@ pub fn run(
             .name("jobmill-input".into())
             .spawn(move || d.read_input(jobs))?;
     }
+    let watcher = memory_watcher(&d, &executor)?;
     if let Err(e) = executor.execute(&d) {
         d.fatal(e);
+    }
+    if let Some((done, thread)) = watcher {
+        done.store(true, Ordering::SeqCst);
+        let _ = thread.join();
     }
     if let Err(e) = d.printer.finish() {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -4,7 +4,10 @@
 //!
 //! - `--delay D`: two starts are at least D apart.
 //! - `--memfree SIZE`: a job starts only while the system's
-//!   `MemAvailable` is at least SIZE.
+//!   `MemAvailable` is at least SIZE. Below half of SIZE, the engine's
+//!   memory watcher stops the youngest attempt through
+//!   [`Executor::stop_youngest`](super::Executor::stop_youngest) (as long as
+//!   more than one runs); its job runs again later, uncounted.
 //! - `--load N`: a job starts only while the system's load is below N. As
 //!   in GNU parallel, the load is the number of processes running now (the
 //!   runnable count of `/proc/loadavg`, jobmill's own reading thread not
@@ -123,6 +126,12 @@ impl Throttle {
             source,
             last: Mutex::new(None),
         }
+    }
+
+    /// Whether `--memfree` is set (the engine then watches for memory
+    /// falling below half of it).
+    pub fn watches_memory(&self) -> bool {
+        self.memfree.is_some()
     }
 
     /// Whether any throttle is set.
