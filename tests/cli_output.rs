@@ -553,3 +553,64 @@ mod memfree {
         assert_eq!(started(stopped[0] as u32), 2);
     }
 }
+
+#[test]
+fn resume_failed_with_joblog_runs_the_failed_jobs_again_and_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    // Job 2 fails until the file `fixed` exists.
+    let script = "echo $1 >> ran; if [ $1 = 2 ] && [ ! -e fixed ]; then exit 5; fi";
+    let args = |flag: &'static str| {
+        [
+            "run", "-j", "1", flag, "--joblog", "log", "--", "sh", "-c", script, "sh", ":::", "1",
+            "2", "3",
+        ]
+    };
+    let first = jobmill_in(dir.path())
+        .args(args("--resume"))
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    let rows = joblog_rows(&dir.path().join("log"));
+    assert_eq!(
+        rows.iter().map(|r| r[6].as_str()).collect::<Vec<_>>(),
+        ["0", "5", "0"]
+    );
+    // --resume: nothing is unfinished; the failed job stays failed.
+    let again = jobmill_in(dir.path())
+        .args(args("--resume"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    std::fs::write(dir.path().join("fixed"), b"").unwrap();
+    run_ok(jobmill_in(dir.path()).args(args("--resume-failed")));
+    let ran = std::fs::read_to_string(dir.path().join("ran")).unwrap();
+    assert_eq!(ran, "1\n2\n3\n2\n");
+    let rows = joblog_rows(&dir.path().join("log"));
+    let seqs: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[6].as_str()))
+        .collect();
+    assert_eq!(seqs, [("1", "0"), ("2", "5"), ("3", "0"), ("2", "0")]);
+}
+
+#[test]
+fn tag_with_keep_order_survives_the_reorder_spill() {
+    // Job 1 ends last, after the 299 others: more than the printer holds
+    // as captures (256), so the rest go through its spill file.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "if [ $1 = 1 ]; then while [ $(wc -l < done) -lt 299 ]; do sleep 0.02; done; \
+                  else echo x >> done; fi; echo a$1; echo b$1";
+    std::fs::write(dir.path().join("done"), b"").unwrap();
+    let inputs: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
+    let out = run_ok(
+        jobmill_in(dir.path())
+            .args([
+                "run", "-k", "-j", "3", "--tag", "--", "sh", "-c", script, "sh", ":::",
+            ])
+            .args(&inputs),
+    );
+    let want: String = (1..=300)
+        .map(|i| format!("{i}\ta{i}\n{i}\tb{i}\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
