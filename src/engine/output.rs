@@ -319,6 +319,100 @@ fn copy_range(file: &mut File, (start, len): (u64, u64), to: &mut dyn Write) -> 
     to.flush()
 }
 
+/// How a running job's output is printed as it comes (`--line-buffer`,
+/// `-u`), instead of whole when the job ends.
+///
+/// Not wired yet: the output of a running attempt is read by
+/// `exec::Supervisor` into its captures, which expose it only once the
+/// attempt ends. Wiring needs a hook there: a callback in
+/// `exec::AttemptSpec` called with each chunk read from a job's stdout or
+/// stderr, which the slot would pass to [`LiveOutput::chunk`] (and then
+/// [`LiveOutput::finish`] when the attempt ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Whole lines as they come, never half a line (`--line-buffer`).
+    Lines,
+    /// Every chunk as it comes (`-u`).
+    Ungrouped,
+}
+
+/// The output of one running job, printed as it comes (see [`Live`]).
+pub struct LiveOutput {
+    mode: Live,
+    tag: Vec<u8>,
+    /// The unfinished last line of stdout and of stderr.
+    pending: [Vec<u8>; 2],
+}
+
+impl LiveOutput {
+    /// The live output of one attempt, each line prefixed with `tag`
+    /// (empty: none).
+    pub fn new(mode: Live, tag: Vec<u8>) -> LiveOutput {
+        LiveOutput {
+            mode,
+            tag,
+            pending: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Bytes the job wrote to stdout (`stderr` false) or stderr, written
+    /// to `out` now: whole lines under `--line-buffer` (the rest waits for
+    /// its newline), everything under `-u`. `out` is locked by the caller
+    /// for one call, so that lines of different jobs never mix.
+    ///
+    /// # Errors
+    ///
+    /// Writing to `out` failed.
+    pub fn chunk(&mut self, stderr: bool, bytes: &[u8], out: &mut dyn Write) -> io::Result<()> {
+        let pending = &mut self.pending[usize::from(stderr)];
+        match self.mode {
+            Live::Ungrouped => {
+                let mut w = Tagged {
+                    inner: out,
+                    tag: &self.tag,
+                    at_line_start: pending.is_empty(),
+                };
+                w.write_all(bytes)?;
+                // Remember whether the next chunk starts a line.
+                pending.clear();
+                if !w.at_line_start {
+                    pending.push(b'.');
+                }
+                w.flush()
+            }
+            Live::Lines => {
+                let Some(last_nl) = bytes.iter().rposition(|&b| b == b'\n') else {
+                    pending.extend_from_slice(bytes);
+                    return Ok(());
+                };
+                let mut w = Tagged::new(&mut *out, &self.tag);
+                w.write_all(pending)?;
+                w.write_all(&bytes[..=last_nl])?;
+                w.flush()?;
+                pending.clear();
+                pending.extend_from_slice(&bytes[last_nl + 1..]);
+                Ok(())
+            }
+        }
+    }
+
+    /// The job ended: what remains of a last line without a newline, for
+    /// `stderr` false (stdout) or true, is written to `out`.
+    ///
+    /// # Errors
+    ///
+    /// Writing to `out` failed.
+    pub fn finish(&mut self, stderr: bool, out: &mut dyn Write) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending[usize::from(stderr)]);
+        if self.mode == Live::Lines && !pending.is_empty() {
+            let mut w = Tagged::new(&mut *out, &self.tag);
+            w.write_all(&pending)?;
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +449,29 @@ mod tests {
         assert_eq!(t("{}:{#}:{%}").render(b"in", 4, 2), b"in:4:2\t".to_vec());
         assert_eq!(t("plain").render(b"in", 1, 1), b"plain\t".to_vec());
         assert_eq!(t("j{#}").render(b"in", 4, 2), b"j4\t".to_vec());
+    }
+
+    #[test]
+    fn line_buffer_prints_whole_lines_only_and_the_rest_at_the_end() {
+        let mut live = LiveOutput::new(Live::Lines, b"t\t".to_vec());
+        let mut out = Vec::new();
+        live.chunk(false, b"ab", &mut out).unwrap();
+        assert!(out.is_empty(), "half a line waits");
+        live.chunk(false, b"c\nd\ne", &mut out).unwrap();
+        assert_eq!(out, b"t\tabc\nt\td\n");
+        live.finish(false, &mut out).unwrap();
+        assert_eq!(out, b"t\tabc\nt\td\nt\te");
+    }
+
+    #[test]
+    fn ungrouped_prints_every_chunk_at_once() {
+        let mut live = LiveOutput::new(Live::Ungrouped, b"t\t".to_vec());
+        let mut out = Vec::new();
+        live.chunk(false, b"ab", &mut out).unwrap();
+        assert_eq!(out, b"t\tab");
+        live.chunk(false, b"c\nd", &mut out).unwrap();
+        assert_eq!(out, b"t\tabc\nt\td");
+        live.finish(false, &mut out).unwrap();
+        assert_eq!(out, b"t\tabc\nt\td");
     }
 }
