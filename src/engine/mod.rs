@@ -33,6 +33,14 @@
 //!
 //! Stopping is modelled once, in [`stop`]: running → draining → killing,
 //! with one signal thread for every front end.
+//!
+//! Options of GNU parallel live in this one loop too: `--delay`,
+//! `--memfree` and `--load` are a [`throttle::Throttle`] that
+//! [`Dispatch::lease`] consults before every start, whatever the executor
+//! (with `--memfree`, a watcher thread also stops the youngest attempt
+//! through [`Executor::stop_youngest`] when memory runs low); `--tag` is a
+//! [`output::Tag`] of the printer; `--joblog` and `--results` are observers
+//! ([`joblog::Joblog`], [`results::Results`]).
 
 mod gate;
 pub mod halt;
@@ -247,7 +255,9 @@ impl Dispatch {
         self.fatal(Arc::new(Message(message)));
     }
 
-    /// Leases the next job for `worker`, waiting as long as it takes.
+    /// Leases the next job for `worker`, waiting as long as it takes (and
+    /// as the throttles say: `--memfree` and `--load` before taking a job,
+    /// `--delay` once it holds one).
     /// `None` when the executor should end: the queue is closed and
     /// drained, or the run is stopping (a lease taken meanwhile is given
     /// back unrun).
