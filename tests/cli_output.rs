@@ -614,3 +614,39 @@ fn tag_with_keep_order_survives_the_reorder_spill() {
         .collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
 }
+
+#[test]
+fn resume_finds_a_journal_kept_beside_the_joblog() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("logs");
+    std::fs::create_dir(&sub).unwrap();
+    let script = "echo $1 >> ran; [ $1 != 2 ] || [ -e fixed ]";
+    let first = jobmill_in(dir.path())
+        .args([
+            "run",
+            "-j1",
+            "--journal",
+            "logs/run.sqlite",
+            "--joblog",
+            "logs/jl",
+        ])
+        .args(["--", "sh", "-c", script, "sh", ":::", "1", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    std::fs::write(dir.path().join("fixed"), b"").unwrap();
+    // From another directory, by another path to the same joblog, and a
+    // command that differs: the recorded run is resumed, with a warning.
+    let out =
+        run_ok(jobmill_in(&sub).args(["run", "--resume-failed", "--joblog", "./jl", "--", "true"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("with its own command"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ran")).unwrap(),
+        "1\n2\n2\n"
+    );
+    assert_eq!(joblog_rows(&sub.join("jl")).len(), 3);
+}

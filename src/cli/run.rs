@@ -644,7 +644,7 @@ fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
         bail!("--resume and --resume-failed need --joblog FILE");
     };
     let joblog = cwd.join(joblog);
-    let Some(path) = journal_of_joblog(&joblog, a.journal.as_deref())? else {
+    let Some((path, stored_command)) = journal_of_joblog(&joblog, a.journal.as_deref())? else {
         if a.verbose {
             eprintln!(
                 "jobmill: no journal recorded the joblog {}: starting a new run",
@@ -667,6 +667,15 @@ fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
             path.display()
         );
     }
+    let (given, _) = split_command(a.command.clone())?;
+    if !stored_command.is_empty() && given != stored_command {
+        eprintln!(
+            "jobmill: resuming the run that wrote {} with its own command and inputs \
+             (as recorded in {}), not the command given",
+            joblog.display(),
+            path.display()
+        );
+    }
     super::resume::resume(super::resume::ResumeArgs {
         run: run.to_string(),
         failed: a.resume_failed,
@@ -682,9 +691,16 @@ fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
 pub(super) fn journal_of_joblog(
     joblog: &Path,
     journal: Option<&Path>,
-) -> anyhow::Result<Option<PathBuf>> {
+) -> anyhow::Result<Option<(PathBuf, Vec<OsString>)>> {
     if let Some(j) = journal {
-        return Ok(j.is_file().then(|| j.to_path_buf()));
+        if !j.is_file() {
+            return Ok(None);
+        }
+        let command = jobmill::journal::read::Journal::open_header_only(j)
+            .and_then(|r| r.run())
+            .map(|run| run.command)
+            .unwrap_or_default();
+        return Ok(Some((j.to_path_buf(), command)));
     }
     let same = |stored: &Path| {
         stored == joblog
@@ -697,7 +713,7 @@ pub(super) fn journal_of_joblog(
     if let Some(parent) = joblog.parent() {
         dirs.push(parent.to_path_buf());
     }
-    let mut best: Option<(f64, PathBuf)> = None;
+    let mut best: Option<(f64, PathBuf, Vec<OsString>)> = None;
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -717,13 +733,13 @@ pub(super) fn journal_of_joblog(
                 .and_then(|v| v.as_str())
                 .map(PathBuf::from);
             if stored.as_deref().is_some_and(same)
-                && best.as_ref().is_none_or(|(t, _)| run.started_at > *t)
+                && best.as_ref().is_none_or(|(t, _, _)| run.started_at > *t)
             {
-                best = Some((run.started_at, p));
+                best = Some((run.started_at, p, run.command));
             }
         }
     }
-    Ok(best.map(|(_, p)| p))
+    Ok(best.map(|(_, p, c)| (p, c)))
 }
 
 /// Creates the run's journal: `--journal PATH`, or a new file in the state
