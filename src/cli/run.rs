@@ -538,10 +538,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
             || a.delay.is_some()
             || a.memfree.is_some()
             || a.load.is_some()
+            || a.tag
+            || a.tagstring.is_some()
         {
             bail!(
-                "--results, --joblog, --delay, --memfree and --load are not supported with \
-                 --queue yet (see `jobmill results --queue URL --format joblog`)"
+                "--tag, --tagstring, --results, --joblog, --delay, --memfree and --load are \
+                 not supported with --queue yet (for a joblog: `jobmill results --queue URL \
+                 --format joblog`)"
             );
         }
         return super::queue::run_on_queue(&url, a);
