@@ -650,3 +650,50 @@ fn resume_finds_a_journal_kept_beside_the_joblog() {
     );
     assert_eq!(joblog_rows(&sub.join("jl")).len(), 3);
 }
+
+#[test]
+fn the_live_joblog_matches_the_journals_joblog() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "printf '%s' \"$1\"; exit ${#1}";
+    let run = jobmill_in(dir.path())
+        .args([
+            "run",
+            "-j",
+            "2",
+            "--journal",
+            "j.sqlite",
+            "--joblog",
+            "live",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            ":::",
+            "a",
+            "bb",
+            "it's",
+            "",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(3), "three jobs exit non-zero");
+    let stored = run_ok(jobmill_in(dir.path()).args(["results", "j.sqlite", "--format", "joblog"]));
+    std::fs::write(dir.path().join("stored"), &stored.stdout).unwrap();
+    // Every column but the times, which each records at its own moment.
+    let strip = |rows: Vec<Vec<String>>| {
+        let mut rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|mut r| {
+                r[2].clear();
+                r[3].clear();
+                r
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let live = strip(joblog_rows(&dir.path().join("live")));
+    assert_eq!(live.len(), 4);
+    assert_eq!(live, strip(joblog_rows(&dir.path().join("stored"))));
+}
