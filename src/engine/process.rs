@@ -167,7 +167,10 @@ impl Executor for Processes {
         use rustix::process::{kill_process_group, Pid, Signal};
         let (seq, attempt, stopped) = {
             let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-            let r = attempts.values().max_by_key(|r| r.started)?;
+            let r = attempts
+                .values()
+                .filter(|r| !r.stopped.load(Ordering::SeqCst))
+                .max_by_key(|r| r.started)?;
             (r.seq, r.attempt, Arc::clone(&r.stopped))
         };
         let pid = find_group(seq, attempt)?;
