@@ -697,3 +697,69 @@ fn the_live_joblog_matches_the_journals_joblog() {
     assert_eq!(live.len(), 4);
     assert_eq!(live, strip(joblog_rows(&dir.path().join("stored"))));
 }
+
+#[test]
+fn several_sources_nest_the_results_and_tag_with_every_value_as_gnu_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = run_ok(jobmill_in(dir.path()).args([
+        "run", "-k", "--tag", "--", "echo", ":::", "a", "b", ":::", "x", "y",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        "a x\ta x\na y\ta y\nb x\tb x\nb y\tb y\n"
+    );
+    run_ok(jobmill_in(dir.path()).args([
+        "run",
+        "--results",
+        "ours",
+        "--",
+        "echo",
+        ":::",
+        "a",
+        "b",
+        ":::",
+        "x",
+        "y",
+    ]));
+    let tree_ours = tree(&dir.path().join("ours"));
+    assert_eq!(tree_ours["1/b/2/y/stdout"], b"b y\n");
+    run_ok(jobmill_in(dir.path()).args([
+        "run",
+        "-k",
+        "--results",
+        "t.csv",
+        "--",
+        "echo",
+        ":::",
+        "a",
+        ":::",
+        "x",
+    ]));
+    let rows = parse_csv(
+        &std::fs::read_to_string(dir.path().join("t.csv")).unwrap(),
+        ',',
+    );
+    assert_eq!(rows[0][9..], ["V1", "V2", "Stdout", "Stderr"]);
+    assert_eq!(rows[1][8..], ["echo a x", "a", "x", "a x\n", ""]);
+    if let Some(theirs) = gnu(
+        dir.path(),
+        &["-k", "--tag", "echo", ":::", "a", "b", ":::", "x", "y"],
+    ) {
+        assert_eq!(ours.stdout, theirs.stdout);
+        gnu(
+            dir.path(),
+            &[
+                "--results",
+                "theirs",
+                "echo",
+                ":::",
+                "a",
+                "b",
+                ":::",
+                "x",
+                "y",
+            ],
+        );
+        assert_eq!(tree_ours, tree(&dir.path().join("theirs")));
+    }
+}

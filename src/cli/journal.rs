@@ -334,6 +334,15 @@ const COLUMNS: [&str; 10] = [
     "input",
 ];
 
+/// How the run's payloads hold their values (`shape` in its options;
+/// absent in single-value runs and older journals).
+fn stored_shape(info: &RunInfo) -> jobmill::input::Shape {
+    info.options
+        .get("shape")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// Writes rows in one format, reusing its buffers.
 struct RowWriter {
     format: Format,
@@ -350,7 +359,7 @@ impl RowWriter {
         // workers had it): the joblog's Command column is then empty.
         let template = if format == Format::Joblog && !info.command.iter().all(|a| a.is_empty()) {
             Some(
-                Template::parse(&info.command, info.shell())
+                Template::parse_shaped(&info.command, info.shell(), stored_shape(info))
                     .context("the journal's command cannot be rendered")?,
             )
         } else {

@@ -21,7 +21,13 @@ use clap::{Parser, Subcommand};
 /// `jobmill run -- COMMAND {}` runs COMMAND once per input line, in parallel,
 /// without a shell, with retries, timeouts and clean Ctrl-C handling.
 #[derive(Debug, Parser)]
-#[command(name = "jobmill", version, about, long_about)]
+#[command(
+    name = "jobmill",
+    version,
+    about,
+    long_about,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,10 +40,13 @@ enum Command {
     /// Run COMMAND once per input, in parallel.
     ///
     /// Inputs come from stdin (one per line), from `-a FILE`, or from
-    /// `::: a b c` after the command. `{}` in the command is replaced by the
-    /// input; without any replacement string the input is appended as the
-    /// last argument. The command is executed directly, never through a
-    /// shell, unless `--shell` is given.
+    /// `::: a b c` and `:::: FILE` after the command; several sources give
+    /// every combination (`:::+` and `--link` pair them instead). `{}` in
+    /// the command is replaced by the input, `{1}`, `{2}`... by the values
+    /// of several sources or columns (`--colsep`, `--csv`) or batches
+    /// (`-n`, `-X`, `-m`); without any replacement string the values are
+    /// appended as the last arguments. The command is executed directly,
+    /// never through a shell, unless `--shell` is given.
     ///
     /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
     /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
@@ -124,11 +133,15 @@ pub fn main() -> u8 {
                 let _ = e.print();
                 return 0;
             }
-            let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // `jobmill` alone: the help, on stderr, with clap's usage
+                // status.
+                let _ = e.print();
+                return 2;
+            }
             eprintln!(
                 "jobmill: {} (see `jobmill --help`)",
-                first.trim_start_matches("error: ")
+                one_line(&e.to_string())
             );
             return 255;
         }
@@ -151,6 +164,25 @@ pub fn main() -> u8 {
             255
         }
     }
+}
+
+/// A clap error message in one line: its text up to the usage, the lines
+/// joined (so a list of missing arguments is kept).
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error: "));
+        }
+    }
+    if parts.is_empty() {
+        return "invalid arguments".to_string();
+    }
+    parts.join(" ")
 }
 
 /// Modes of the binary that are not user commands: the guardian process.

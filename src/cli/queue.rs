@@ -128,6 +128,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
     pub heartbeat: Option<Duration>,
 
+    /// With --persistent: how long a new worker may take to complete its
+    /// handshake (imports, model loads) before it is given up on.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "10s", requires = "persistent")]
+    pub handshake_timeout: Duration,
+
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -363,6 +368,7 @@ struct WorkSpec {
     persistent: bool,
     window: usize,
     heartbeat: Option<Duration>,
+    handshake_timeout: Duration,
 }
 
 impl WorkSpec {
@@ -387,6 +393,7 @@ impl WorkSpec {
             let mut w = WorkersOptions::new(command, 1);
             w.config.window = self.window;
             w.config.heartbeat = self.heartbeat;
+            w.config.handshake_timeout = self.handshake_timeout;
             Work::Persistent(w)
         } else {
             Work::Command(template_of(self.command, self.shell)?)
@@ -428,6 +435,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: a.heartbeat,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
     super::check_stdio(false)?;
@@ -506,9 +514,10 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: None,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
-    let source = input_source(inputs, &a.arg_file)?;
+    let source = input_source(inputs, &a.arg_file.first().cloned())?;
     let queue = Arc::new(connect(url)?);
     let submit = resume_plan(&queue)?;
     apply_settings(&queue, Some(a.retries), Some(a.max_lost), None, None)?;

@@ -7,7 +7,8 @@ use clap::Args;
 
 use jobmill::engine::JobSource;
 use jobmill::events::Observer;
-use jobmill::input::{Records, Source};
+use jobmill::input::plan::Payloads;
+use jobmill::input::{Records, Source, SourceSpec};
 use jobmill::journal::{self, resume};
 
 use super::report::Reporter;
@@ -70,8 +71,22 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
 
     // The input past the recorded jobs, when the run had not read it all.
     let separator = if stored.null { 0 } else { b'\n' };
-    let mut rest: Option<Records> = None;
-    if !run.input_complete {
+    let mut rest: Option<Payloads> = None;
+    if !run.input_complete && stored.plan.is_some() {
+        // Several sources, columns or batches: rebuild the same jobs.
+        let plan = stored.input_plan()?;
+        if plan.sources.iter().any(|s| s.spec == SourceSpec::Stdin) {
+            eprintln!(
+                "jobmill: the run read stdin and did not read its input to the end: \
+                 resuming the {} recorded jobs only (the rest of that input is not in the journal)",
+                run.jobs
+            );
+        } else {
+            let (mut payloads, _) = plan.open().map_err(super::run::one_error)?;
+            r.verify_prefix(&mut payloads, "the run's input sources")?;
+            rest = Some(payloads);
+        }
+    } else if !run.input_complete {
         let input = stored.input()?;
         let (source, name) = match input {
             StoredInput::Stdin => {
@@ -91,7 +106,7 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
         if let Some(source) = source {
             let mut records = Records::new(source, separator);
             r.verify_prefix(&mut records, &name)?;
-            rest = Some(records);
+            rest = Some(Box::new(records));
         }
     }
     let whole_input = rest.is_some();

@@ -16,7 +16,10 @@ use jobmill::engine::results::{Results, Target};
 use jobmill::engine::throttle::{ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
-use jobmill::input::{Records, Source};
+use jobmill::input::plan::Payloads;
+use jobmill::input::{
+    Batch, Columns, Header, Plan as InputPlan, Shape, SourceDef, SourceSpec, Trim,
+};
 use jobmill::job::NewJob;
 use jobmill::job::RetryPolicy;
 use jobmill::journal::resume::{json_to_bytes, os_to_json};
@@ -37,8 +40,10 @@ const DEFAULT_SYNC_TEXT: &str = "50ms";
 /// Options of `jobmill run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Jobs to run at once (default: the number of CPUs).
-    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    /// Jobs to run at once (default: the number of CPU threads): N, +N or
+    /// -N (CPU threads plus or minus N), or P% of the CPU threads.
+    #[arg(short = 'j', long = "jobs", value_name = "N", allow_hyphen_values = true,
+          value_parser = args::jobs)]
     pub jobs: Option<usize>,
 
     /// Print each job's output in input order (output of jobs that finish
@@ -50,16 +55,62 @@ pub struct RunArgs {
     #[arg(short = '0', long = "null")]
     pub null: bool,
 
-    /// Read inputs from FILE instead of stdin.
+    /// Read inputs from FILE instead of stdin (`-` is stdin). Repeat for
+    /// several input sources, as `:::: FILE`.
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
-    pub arg_file: Option<PathBuf>,
+    pub arg_file: Vec<PathBuf>,
+
+    /// Pair the input sources (first with first, second with second...)
+    /// instead of running every combination; shorter ones start over.
+    #[arg(long, visible_alias = "xapply")]
+    pub link: bool,
+
+    /// Split each input into columns {1}, {2}... at matches of REGEX.
+    #[arg(long, value_name = "REGEX")]
+    pub colsep: Option<String>,
+
+    /// Remove white space from the start (l), end (r) or both (lr) of each
+    /// input, or of each column with --colsep; n: none. Default: lr with
+    /// --colsep (not --csv), else n.
+    #[arg(long, value_name = "n|l|r|lr")]
+    pub trim: Option<String>,
+
+    /// Take column names from the first input of each source, for {name}:
+    /// `:` or a REGEX the first input must match.
+    #[arg(long, value_name = ":|REGEX")]
+    pub header: Option<String>,
+
+    /// Read inputs as CSV (fields separated by --colsep, default `,`;
+    /// quoted fields may hold separators, `""` and line breaks).
+    #[arg(long)]
+    pub csv: bool,
+
+    /// Put up to N inputs in each command, as {1}...{N}.
+    #[arg(short = 'n', long = "max-args", value_name = "N")]
+    pub max_args: Option<usize>,
+
+    /// Put as many inputs as fit the command-line limit in each command;
+    /// `{}` in a word is repeated for each (context replace).
+    #[arg(short = 'X')]
+    pub context_replace: bool,
+
+    /// Put as many inputs as fit the command-line limit in each command,
+    /// `{}` standing for all of them.
+    #[arg(short = 'm')]
+    pub multi: bool,
+
+    /// Print each command, shell-quoted, instead of running it (no journal).
+    #[arg(long, visible_alias = "dryrun")]
+    pub dry_run: bool,
 
     /// Run the command with `sh -c`, every substituted value shell-quoted.
     #[arg(long)]
     pub shell: bool,
 
-    /// Re-run a failed job up to N more times.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Re-run a failed job up to N more times (GNU parallel's N counts
+    /// all attempts).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_hyphen_values = true,
+          value_parser = args::retries)]
     pub retries: u32,
 
     /// Run a job whose worker vanished without a verdict (a long-lived
@@ -70,7 +121,7 @@ pub struct RunArgs {
     pub max_lost: u32,
 
     /// Stop an attempt after DURATION (e.g. 30, 1.5s, 10m): TERM to its
-    /// process group, KILL after --grace.
+    /// process group, KILL after --grace. 0: no timeout.
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     pub timeout: Option<Duration>,
 
@@ -78,12 +129,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "2s")]
     pub grace: Duration,
 
-    /// Stop early: `soon|now,fail|success|done=N|P%` (GNU parallel's meaning).
+    /// Stop early: `soon|now,fail|success|done=N|P%` (GNU parallel's
+    /// meaning); `0` never, `1` is `soon,fail=1`, `2` is `now,fail=1`.
     #[arg(long, value_name = "WHEN,WHAT=N")]
     pub halt: Option<String>,
 
     /// Show a live progress bar on stderr (only on a terminal).
-    #[arg(long)]
+    #[arg(long, visible_aliases = ["bar", "eta"])]
     pub progress: bool,
 
     /// Job output held in memory before spilling to temporary files.
@@ -155,7 +207,9 @@ pub struct RunArgs {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
-    /// The command and its arguments, then optionally `::: INPUT...`.
+    /// The command and its arguments, then optionally input sources:
+    /// `::: INPUT...`, `:::: FILE...`, `:::+`/`::::+` to pair with the
+    /// previous source.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
 
@@ -221,6 +275,178 @@ pub(super) fn split_command(
     Ok((command, Some(inputs)))
 }
 
+/// Splits `COMMAND... ::: A... :::: FILE... :::+ B...` into the command and
+/// its input sources, in order.
+pub(super) fn split_sources(
+    words: Vec<OsString>,
+) -> anyhow::Result<(Vec<OsString>, Vec<SourceDef>)> {
+    let mut command = Vec::new();
+    let mut sources: Vec<SourceDef> = Vec::new();
+    // The separator in effect: (files?, linked?).
+    let mut mode: Option<(bool, bool)> = None;
+    for w in words {
+        let sep = match w.to_str() {
+            Some(":::") => Some((false, false)),
+            Some(":::+") => Some((false, true)),
+            Some("::::") => Some((true, false)),
+            Some("::::+") => Some((true, true)),
+            _ => None,
+        };
+        if let Some((files, linked)) = sep {
+            mode = Some((files, linked));
+            if !files {
+                sources.push(SourceDef {
+                    spec: SourceSpec::Args(Vec::new()),
+                    linked: linked && !sources.is_empty(),
+                });
+            }
+            continue;
+        }
+        match mode {
+            None => command.push(w),
+            Some((true, linked)) => {
+                let spec = if w == "-" {
+                    SourceSpec::Stdin
+                } else {
+                    SourceSpec::File(PathBuf::from(w))
+                };
+                sources.push(SourceDef {
+                    spec,
+                    linked: linked && !sources.is_empty(),
+                });
+                // Only the first file after `::::+` pairs with the previous.
+                mode = Some((true, false));
+            }
+            Some((false, _)) => match sources.last_mut().map(|s| &mut s.spec) {
+                Some(SourceSpec::Args(list)) => list.push(w),
+                _ => unreachable!("`:::` opens an argument source"),
+            },
+        }
+    }
+    if command.is_empty() {
+        bail!(
+            "no command given: put the command after `--`, e.g. `jobmill run -- echo {{}} ::: a b`"
+        );
+    }
+    Ok((command, sources))
+}
+
+/// The input of a run beyond one plain source, as stored in its journal to
+/// rebuild the same jobs on resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StoredPlan {
+    /// Each source: `{"kind": "stdin"}`, `{"kind": "file", "path": P}` or
+    /// `{"kind": "args", "args": [...]}` (as `StoredOptions::input`), plus
+    /// `"linked": true` for `:::+`.
+    pub sources: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub link: bool,
+    #[serde(default)]
+    pub colsep: Option<String>,
+    #[serde(default)]
+    pub csv: bool,
+    /// `--trim` as given; absent: GNU parallel's default.
+    #[serde(default)]
+    pub trim: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `-n N`.
+    #[serde(default)]
+    pub max_args: Option<usize>,
+    /// `-X`/`-m`: `[budget, overhead]` in bytes, and the job slots the
+    /// last inputs are spread over.
+    #[serde(default)]
+    pub fit: Option<(usize, usize, usize)>,
+    /// `-X`.
+    #[serde(default)]
+    pub context: bool,
+}
+
+/// GNU parallel's longest command line (`parallel --max-line-length-allowed`
+/// on Linux), which `-X` and `-m` fill.
+const MAX_LINE: usize = 130_000;
+
+impl StoredPlan {
+    /// The input plan, with relative paths taken from the current directory.
+    pub fn plan(&self, null: bool) -> anyhow::Result<InputPlan> {
+        let mut sources = Vec::with_capacity(self.sources.len());
+        for v in &self.sources {
+            let linked = v.get("linked").and_then(|l| l.as_bool()).unwrap_or(false);
+            let spec = match stored_input(v)? {
+                StoredInput::Stdin => SourceSpec::Stdin,
+                StoredInput::File(p) => SourceSpec::File(p),
+                StoredInput::Args(a) => SourceSpec::Args(a),
+            };
+            sources.push(SourceDef { spec, linked });
+        }
+        let columns = match (&self.colsep, self.csv) {
+            (None, false) => Columns::Whole,
+            (Some(re), false) => Columns::Regex(
+                regex::bytes::Regex::new(re).with_context(|| format!("--colsep {re:?}"))?,
+            ),
+            (sep, true) => {
+                let sep = sep.as_deref().unwrap_or(",");
+                match sep.as_bytes() {
+                    [b] => Columns::Csv(*b),
+                    b"\\t" => Columns::Csv(b'\t'),
+                    _ => bail!("--csv needs --colsep to be one character, not {sep:?}"),
+                }
+            }
+        };
+        let trim = match self.trim.as_deref() {
+            Some(t) => Trim::parse(t)
+                .with_context(|| format!("invalid --trim {t:?} (expected n, l, r or lr)"))?,
+            None if self.colsep.is_some() && !self.csv => Trim::parse("lr").expect("lr"),
+            None => Trim::default(),
+        };
+        let header = match self.header.as_deref() {
+            None => None,
+            Some(":") => Some(Header::FirstLine),
+            Some(re) => Some(Header::Matching(
+                regex::bytes::Regex::new(re).with_context(|| format!("--header {re:?}"))?,
+            )),
+        };
+        let batch = match (self.max_args, self.fit) {
+            (Some(0), _) => bail!("-n must be at least 1"),
+            (Some(n), _) => Batch::Count(n),
+            (None, Some((budget, overhead, slots))) => Batch::Fit {
+                budget,
+                overhead,
+                slots,
+            },
+            (None, None) => Batch::One,
+        };
+        Ok(InputPlan {
+            sources,
+            link: self.link,
+            separator: if null { 0 } else { b'\n' },
+            columns,
+            trim,
+            header,
+            batch,
+            context: self.context,
+        })
+    }
+}
+
+fn source_to_json(def: &SourceDef, cwd: &Path) -> serde_json::Value {
+    let mut v = match &def.spec {
+        SourceSpec::Stdin => serde_json::json!({ "kind": "stdin" }),
+        SourceSpec::File(p) => serde_json::json!({
+            "kind": "file",
+            "path": os_to_json(cwd.join(p).as_os_str()),
+        }),
+        SourceSpec::Args(list) => serde_json::json!({
+            "kind": "args",
+            "args": list.iter().map(|x| os_to_json(x)).collect::<Vec<_>>(),
+        }),
+    };
+    if def.linked {
+        v["linked"] = serde_json::Value::Bool(true);
+    }
+    v
+}
+
 /// The options of a run as stored in its journal: everything `jobmill
 /// resume` needs to continue it (docs/JOURNAL.md, "The run's options").
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,8 +500,15 @@ pub(super) struct StoredOptions {
     pub load: Option<f64>,
     /// `{"kind": "stdin"}`, `{"kind": "file", "path": P}` (absolute) or
     /// `{"kind": "args", "args": [...]}`; paths and arguments are strings,
-    /// or `{"hex": ...}` when not UTF-8.
+    /// or `{"hex": ...}` when not UTF-8. `{"kind": "plan"}` when the
+    /// input is described by `plan`.
     pub input: serde_json::Value,
+    /// How the jobs' payloads hold their values (absent: one value each).
+    #[serde(default)]
+    pub shape: Shape,
+    /// Several sources, columns or batches (absent: `input` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<StoredPlan>,
 }
 
 fn default_arena() -> usize {
@@ -287,7 +520,7 @@ fn default_max_lost() -> u32 {
 }
 
 fn default_handshake() -> f64 {
-    jobmill::engine::DEFAULT_HANDSHAKE.as_secs_f64()
+    jobmill::persistent::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64()
 }
 
 /// Where the inputs of a run come from, as stored.
@@ -299,26 +532,48 @@ pub(super) enum StoredInput {
 
 impl StoredOptions {
     pub fn input(&self) -> anyhow::Result<StoredInput> {
+        stored_input(&self.input)
+    }
+
+    /// The input plan of the run: `plan`, or the one source of `input`.
+    pub fn input_plan(&self) -> anyhow::Result<InputPlan> {
+        if let Some(p) = &self.plan {
+            return p.plan(self.null);
+        }
+        let spec = match self.input()? {
+            StoredInput::Stdin => SourceSpec::Stdin,
+            StoredInput::File(p) => SourceSpec::File(p),
+            StoredInput::Args(a) => SourceSpec::Args(a),
+        };
+        let mut plan = InputPlan::new(vec![SourceDef {
+            spec,
+            linked: false,
+        }]);
+        plan.separator = if self.null { 0 } else { b'\n' };
+        Ok(plan)
+    }
+
+    pub fn writer_config(&self) -> WriterConfig {
+        WriterConfig {
+            output_cap: self.journal_output_cap,
+            sync_interval: Duration::from_secs_f64(self.journal_fsync.max(0.0)),
+        }
+    }
+}
+
+fn stored_input(input: &serde_json::Value) -> anyhow::Result<StoredInput> {
+    {
         use std::os::unix::ffi::OsStringExt;
-        let bad = || anyhow::anyhow!("the stored input source is invalid: {}", self.input);
-        let kind = self
-            .input
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or_else(bad)?;
+        let bad = || anyhow::anyhow!("the stored input source is invalid: {}", input);
+        let kind = input.get("kind").and_then(|k| k.as_str()).ok_or_else(bad)?;
         Ok(match kind {
             "stdin" => StoredInput::Stdin,
             "file" => {
-                let p = self
-                    .input
-                    .get("path")
-                    .and_then(json_to_bytes)
-                    .ok_or_else(bad)?;
+                let p = input.get("path").and_then(json_to_bytes).ok_or_else(bad)?;
                 StoredInput::File(PathBuf::from(OsString::from_vec(p)))
             }
             "args" => {
-                let list = self
-                    .input
+                let list = input
                     .get("args")
                     .and_then(|a| a.as_array())
                     .ok_or_else(bad)?;
@@ -330,13 +585,6 @@ impl StoredOptions {
             }
             _ => return Err(bad()),
         })
-    }
-
-    pub fn writer_config(&self) -> WriterConfig {
-        WriterConfig {
-            output_cap: self.journal_output_cap,
-            sync_interval: Duration::from_secs_f64(self.journal_fsync.max(0.0)),
-        }
     }
 }
 
@@ -353,9 +601,24 @@ pub(super) struct Outputs {
     joblog: Option<PathBuf>,
     results: Option<PathBuf>,
     command: joblog::Command,
+    /// How payloads split into values (`--results`' V1...Vn).
+    shape: Shape,
 }
 
 impl Prepared {
+    /// The run's payloads turned out to have `shape` (several values per
+    /// job): the tag, the joblog's and the results' commands and values
+    /// follow it.
+    fn reshape(&mut self, shape: &Shape) {
+        if let Some(tag) = &self.plan.tag {
+            self.plan.tag = Some(tag.with_shape(shape.clone()));
+        }
+        if let joblog::Command::Template(t) = &self.outputs.command {
+            self.outputs.command = joblog::Command::Template(t.with_shape(shape.clone()));
+        }
+        self.outputs.shape = shape.clone();
+    }
+
     /// The observers writing `--joblog` and `--results`; with `append` (a
     /// resumed run), they add to the files instead of replacing them.
     pub fn outputs(&self, append: bool) -> anyhow::Result<Vec<Arc<dyn Observer>>> {
@@ -367,22 +630,18 @@ impl Prepared {
             observers.push(Arc::new(j));
         }
         if let Some(path) = &o.results {
-            let r = Results::create(
-                Target::of(path),
-                o.command.clone(),
-                Box::new(values_of),
-                append,
-            )
-            .with_context(|| format!("cannot write the results to {}", path.display()))?;
+            let shape = o.shape.clone();
+            let split = move |payload: &[u8]| {
+                let mut values = Vec::new();
+                shape.split(payload, &mut values);
+                values.iter().map(|v| v.to_vec()).collect()
+            };
+            let r = Results::create(Target::of(path), o.command.clone(), Box::new(split), append)
+                .with_context(|| format!("cannot write the results to {}", path.display()))?;
             observers.push(Arc::new(r));
         }
         Ok(observers)
     }
-}
-
-/// The values of a job's payload, for `--results`: one value per job.
-fn values_of(payload: &[u8]) -> Vec<Vec<u8>> {
-    vec![payload.to_vec()]
 }
 
 /// Parses `--load`: N processes, or N% of the CPU threads.
@@ -436,7 +695,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     let output_command = if o.persistent {
         joblog::Command::Fixed(command.clone())
     } else {
-        joblog::Command::Template(Template::parse(&command, o.shell)?)
+        joblog::Command::Template(Template::parse_shaped(&command, o.shell, o.shape.clone())?)
     };
     if !o.shell {
         // Resolve the program once, not in every job's spawn.
@@ -457,11 +716,11 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
         let mut w = WorkersOptions::new(command.clone(), o.jobs);
         w.config.window = o.window;
         w.config.arena = o.arena;
-        w.config.hello_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
+        w.config.handshake_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
         w.nul_records = o.print0;
         Work::Persistent(w)
     } else {
-        Work::Command(Template::parse(&command, o.shell)?)
+        Work::Command(Template::parse_shaped(&command, o.shell, o.shape.clone())?)
     };
     let halt: Option<Halt> = o.halt.as_deref().map(str::parse).transpose()?;
     let mut plan = Plan::new(work);
@@ -475,7 +734,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     plan.handle_signals = true;
     let tagstring = o.tagstring.as_deref().or(o.tag.then_some("{}"));
     if let Some(text) = tagstring {
-        let template = Template::parse(&[OsString::from(text)], false)?;
+        let template = Template::parse_shaped(&[OsString::from(text)], false, o.shape.clone())?;
         plan.tag = Some(Tag::new(text.as_bytes(), template));
     }
     if o.results.is_some() {
@@ -498,12 +757,16 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
             joblog: o.joblog.clone(),
             results: o.results.clone(),
             command: output_command,
+            shape: o.shape.clone(),
         },
     })
 }
 
-/// Jobs numbered from `first` from records.
-pub(super) fn numbered(records: Records, first: u64) -> JobSource {
+/// Jobs numbered from `first` from payloads.
+pub(super) fn numbered(
+    records: impl Iterator<Item = Result<Vec<u8>, jobmill::input::InputError>> + Send + 'static,
+    first: u64,
+) -> JobSource {
     Box::new(
         records
             .zip(first..)
@@ -532,7 +795,27 @@ pub(super) fn journal_line(path: &Path, run_id: &str) -> String {
 
 /// Runs `jobmill run`; returns the exit status.
 pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
+    if a.timeout.is_some_and(|t| t.is_zero()) {
+        a.timeout = None;
+    }
+    a.halt = a.halt.as_deref().and_then(args::halt);
     if let Some(url) = a.queue.take() {
+        if a.arg_file.len() > 1
+            || a.link
+            || a.colsep.is_some()
+            || a.header.is_some()
+            || a.csv
+            || a.trim.is_some()
+            || a.max_args.is_some()
+            || a.context_replace
+            || a.multi
+            || a.dry_run
+        {
+            bail!(
+                "--queue takes one input source, without --link, --colsep, --header, --csv, \
+                 --trim, -n, -X, -m or --dry-run"
+            );
+        }
         if a.results.is_some()
             || a.joblog.is_some()
             || a.delay.is_some()
@@ -558,23 +841,9 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
             return Ok(code);
         }
     }
-    let (command, inputs) = split_command(std::mem::take(&mut a.command))?;
-    let input = match (&inputs, &a.arg_file) {
-        (Some(_), Some(_)) => bail!("give inputs either with `:::` or with --arg-file, not both"),
-        (Some(list), None) => serde_json::json!({
-            "kind": "args",
-            "args": list.iter().map(|x| os_to_json(x)).collect::<Vec<_>>(),
-        }),
-        (None, Some(path)) => serde_json::json!({
-            "kind": "file",
-            "path": os_to_json(cwd.join(path).as_os_str()),
-        }),
-        (None, None) => serde_json::json!({ "kind": "stdin" }),
-    };
-    let stored = StoredOptions {
-        jobs: a
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    let (command, input, plan) = input_of(&mut a, &cwd)?;
+    let mut stored = StoredOptions {
+        jobs: a.jobs.unwrap_or_else(args::cpu_threads),
         keep_order: a.keep_order,
         null: a.null,
         shell: a.shell,
@@ -599,17 +868,35 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         memfree: a.memfree.map(|m| m as u64),
         load: a.load.as_deref().map(parse_load).transpose()?,
         input,
+        shape: Shape::default(),
+        plan,
     };
-    let prepared = prepare(&command, &stored)?;
-
-    super::check_stdio(inputs.is_none() && a.arg_file.is_none())?;
-    let source = match (inputs, &a.arg_file) {
-        (Some(list), _) => Source::Args(list),
-        (None, Some(path)) => Source::file(path)?,
-        (None, None) => Source::stdin(),
-    };
-    let separator = if a.null { 0 } else { b'\n' };
-    let jobs = numbered(Records::new(source, separator), 1);
+    if a.dry_run {
+        let (payloads, shape) = stored.input_plan()?.open().map_err(one_error)?;
+        stored.shape = shape;
+        return dry_run(&command, &stored, payloads);
+    }
+    let mut prepared = prepare(&command, &stored)?;
+    let input_plan = stored.input_plan()?;
+    super::check_stdio(
+        input_plan
+            .sources
+            .iter()
+            .any(|s| s.spec == SourceSpec::Stdin),
+    )?;
+    let (payloads, shape) = input_plan.open().map_err(one_error)?;
+    if shape != stored.shape {
+        prepared.reshape(&shape);
+        match &mut prepared.plan.work {
+            Work::Command(t) => *t = t.with_shape(shape.clone()),
+            _ if shape.joined => bail!(
+                "--persistent takes one value per job: not several sources, columns or batches"
+            ),
+            _ => {}
+        }
+        stored.shape = shape;
+    }
+    let jobs = numbered(payloads, 1);
 
     let journal = if a.no_journal {
         None
@@ -658,7 +945,8 @@ fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
     };
     let Some(run) = path.to_str() else {
         bail!(
-            "the journal {} of the joblog {} has a name that is not UTF-8:              resume it with `jobmill resume`",
+            "the journal {} of the joblog {} has a name that is not UTF-8: \
+             resume it with `jobmill resume`",
             path.display(),
             joblog.display()
         );
@@ -745,6 +1033,149 @@ pub(super) fn journal_of_joblog(
     Ok(best.map(|(_, p, c)| (p, c)))
 }
 
+/// The command, and the run's input as stored: `input`, and the plan when
+/// there is more than one plain source.
+fn input_of(
+    a: &mut RunArgs,
+    cwd: &Path,
+) -> anyhow::Result<(Vec<OsString>, serde_json::Value, Option<StoredPlan>)> {
+    let (command, given) = split_sources(std::mem::take(&mut a.command))?;
+    let mut sources: Vec<SourceDef> = a
+        .arg_file
+        .iter()
+        .map(|p| SourceDef {
+            spec: if p.as_os_str() == "-" {
+                SourceSpec::Stdin
+            } else {
+                SourceSpec::File(p.clone())
+            },
+            linked: false,
+        })
+        .collect();
+    sources.extend(given);
+    if sources.is_empty() {
+        sources.push(SourceDef {
+            spec: SourceSpec::Stdin,
+            linked: false,
+        });
+    }
+    let batched = a.max_args.is_some() || a.context_replace || a.multi;
+    if sources.len() == 1
+        && !a.link
+        && a.colsep.is_none()
+        && !a.csv
+        && a.trim.is_none()
+        && a.header.is_none()
+        && !batched
+    {
+        // One plain source: stored as always.
+        return Ok((command, source_to_json(&sources[0], cwd), None));
+    }
+    if a.context_replace && a.multi {
+        bail!("give -X or -m, not both");
+    }
+    let fit = if a.context_replace || a.multi {
+        let shape = Shape {
+            joined: true,
+            names: Vec::new(),
+            context: a.context_replace,
+        };
+        let t = Template::parse_shaped(&command, a.shell, shape)?;
+        Some((
+            MAX_LINE.saturating_sub(t.fixed_len()),
+            t.value_overhead(),
+            a.jobs.unwrap_or_else(args::cpu_threads),
+        ))
+    } else {
+        None
+    };
+    let plan = StoredPlan {
+        sources: sources.iter().map(|s| source_to_json(s, cwd)).collect(),
+        link: a.link,
+        colsep: a.colsep.clone(),
+        csv: a.csv,
+        trim: a.trim.clone(),
+        header: a.header.clone(),
+        max_args: a.max_args,
+        fit,
+        context: a.context_replace,
+    };
+    Ok((command, serde_json::json!({ "kind": "plan" }), Some(plan)))
+}
+
+/// An input error as one message (its text already holds its cause).
+pub(super) fn one_error(e: jobmill::input::InputError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// `--dry-run`: prints each command, shell-quoted, without running it.
+fn dry_run(command: &[OsString], stored: &StoredOptions, payloads: Payloads) -> anyhow::Result<u8> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let template = Template::parse_shaped(command, stored.shell, stored.shape.clone())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut argv = Vec::new();
+    let mut line = Vec::new();
+    for (r, seq) in payloads.zip(1u64..) {
+        let payload = r.map_err(one_error)?;
+        let slot = ((seq - 1) % stored.jobs.max(1) as u64) as usize + 1;
+        template.render(&payload, seq, slot, &mut argv);
+        line.clear();
+        if stored.shell {
+            line.extend_from_slice(argv[2].as_bytes());
+        } else {
+            for (i, w) in argv.iter().enumerate() {
+                if i > 0 {
+                    line.push(b' ');
+                }
+                gnu_quote_into(w.as_bytes(), &mut line);
+            }
+        }
+        line.push(b'\n');
+        out.write_all(&line)?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// Quotes a word for `sh` as GNU parallel prints it: as is when it holds
+/// only `[-_.+a-zA-Z0-9/]`, else single-quoted, a `'` as `'"'"'`.
+pub(super) fn gnu_quote_into(w: &[u8], out: &mut Vec<u8>) {
+    if w.is_empty() {
+        out.extend_from_slice(b"''");
+        return;
+    }
+    if w.iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.+/".contains(b))
+    {
+        out.extend_from_slice(w);
+        return;
+    }
+    let mut q = vec![b'\''];
+    let mut i = 0;
+    while i < w.len() {
+        if w[i] == b'\'' {
+            let run = w[i..].iter().take_while(|&&b| b == b'\'').count();
+            q.extend_from_slice(b"'\"");
+            q.extend_from_slice(&w[i..i + run]);
+            q.extend_from_slice(b"\"'");
+            i += run;
+        } else {
+            q.push(w[i]);
+            i += 1;
+        }
+    }
+    q.push(b'\'');
+    let mut s: &[u8] = &q;
+    if let Some(rest) = s.strip_prefix(b"''") {
+        s = rest;
+    }
+    if let Some(rest) = s.strip_suffix(b"''") {
+        s = rest;
+    }
+    out.extend_from_slice(s);
+}
+
 /// Creates the run's journal: `--journal PATH`, or a new file in the state
 /// directory.
 fn create_journal(
@@ -822,6 +1253,47 @@ mod tests {
             args::duration(DEFAULT_SYNC_TEXT).unwrap(),
             DEFAULT_SYNC_INTERVAL
         );
+    }
+
+    fn words(w: &[&str]) -> Vec<OsString> {
+        w.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn sources_are_split_in_order_with_their_links() {
+        let (cmd, s) = split_sources(words(&[
+            "echo", "{}", ":::", "a", "b", ":::+", "1", "::::", "f", "-", "::::+", "g", ":::",
+        ]))
+        .unwrap();
+        assert_eq!(cmd, words(&["echo", "{}"]));
+        let specs: Vec<_> = s.iter().map(|d| (d.spec.clone(), d.linked)).collect();
+        assert_eq!(
+            specs,
+            vec![
+                (SourceSpec::Args(words(&["a", "b"])), false),
+                (SourceSpec::Args(words(&["1"])), true),
+                (SourceSpec::File("f".into()), false),
+                (SourceSpec::Stdin, false),
+                (SourceSpec::File("g".into()), true),
+                (SourceSpec::Args(vec![]), false),
+            ]
+        );
+        assert!(split_sources(words(&[":::", "a"])).is_err());
+    }
+
+    #[test]
+    fn dry_run_quotes_like_gnu_parallel() {
+        let q = |w: &str| {
+            let mut out = Vec::new();
+            gnu_quote_into(w.as_bytes(), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(q("a/b-c_d.e+f"), "a/b-c_d.e+f");
+        assert_eq!(q(""), "''");
+        assert_eq!(q("a b"), "'a b'");
+        assert_eq!(q("it's"), "'it'\"'\"'s'");
+        assert_eq!(q("'x"), "\"'\"'x'");
+        assert_eq!(q("x$y"), "'x$y'");
     }
 
     #[test]

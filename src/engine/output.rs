@@ -67,6 +67,17 @@ impl Tag {
         }
     }
 
+    /// The same tag for a run whose payloads have another [`Shape`]
+    /// (several values per job).
+    ///
+    /// [`Shape`]: crate::input::Shape
+    pub fn with_shape(&self, shape: crate::input::Shape) -> Tag {
+        Tag {
+            template: self.template.as_ref().map(|t| t.with_shape(shape)),
+            ..self.clone()
+        }
+    }
+
     /// The prefix for the job of `payload`, `seq` and `slot`, with its TAB.
     /// The words the template renders are joined with spaces (several
     /// values of `{}`, as GNU parallel prints them).
