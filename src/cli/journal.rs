@@ -9,13 +9,13 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use jobmill::engine::joblog;
 use jobmill::journal::prune;
 use jobmill::journal::read::{
     format_duration, format_utc, JobRow, JobState, Journal, Liveness, Output, RunInfo, StateFilter,
@@ -396,10 +396,7 @@ impl RowWriter {
             Format::Tsv => writeln!(out, "{}", COLUMNS.join("\t")),
             Format::Csv => write!(out, "{}\r\n", COLUMNS.join(",")),
             Format::Json => Ok(()),
-            Format::Joblog => writeln!(
-                out,
-                "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
-            ),
+            Format::Joblog => writeln!(out, "{}", joblog::HEADER),
         }
     }
 
@@ -445,28 +442,11 @@ impl RowWriter {
     }
 
     fn joblog(&mut self, out: &mut impl Write, r: &JobRow) -> io::Result<()> {
-        // GNU parallel: Exitval -1 with the signal for a job it killed
-        // (timeout), 0 with the signal for one killed by someone else.
-        let exitval = r.exit_code.unwrap_or(if r.timed_out || r.signal.is_none() {
-            -1
-        } else {
-            0
-        });
-        write!(
-            out,
-            "{}\t:\t{:.3}\t{:>10.3}\t0\t{}\t{}\t{}\t",
-            r.seq,
-            r.started_at.unwrap_or(0.0),
-            r.duration.unwrap_or(0.0),
-            r.stdout_bytes.unwrap_or(0),
-            exitval,
-            r.signal.unwrap_or(0),
-        )?;
         self.field.clear();
         if let Some(t) = &self.template {
             if self.persistent {
                 // Run as is, without substitution.
-                self.argv.clone_from(&self.command);
+                joblog::command_field(&self.command, false, &mut self.field);
             } else {
                 t.render(
                     &r.input,
@@ -474,29 +454,22 @@ impl RowWriter {
                     r.slot.unwrap_or(1) as usize,
                     &mut self.argv,
                 );
-            }
-            if t.is_shell() && !self.persistent {
-                // The script, as GNU parallel logs it (a newline would
-                // end the line: written as `\n`).
-                let script = self.argv.last().map_or(&[][..], |s| s.as_bytes());
-                for &b in script {
-                    match b {
-                        b'\n' => self.field.extend_from_slice(b"\\n"),
-                        b'\r' => self.field.extend_from_slice(b"\\r"),
-                        b => self.field.push(b),
-                    }
-                }
-            } else {
-                for (i, a) in self.argv.iter().enumerate() {
-                    if i > 0 {
-                        self.field.push(b' ');
-                    }
-                    parallel_quote_into(a.as_bytes(), &mut self.field);
-                }
+                joblog::command_field(&self.argv, t.is_shell(), &mut self.field);
             }
         }
-        out.write_all(&self.field)?;
-        out.write_all(b"\n")
+        joblog::write_entry(
+            out,
+            &joblog::Entry {
+                seq: r.seq,
+                started_at: r.started_at.unwrap_or(0.0),
+                runtime: r.duration.unwrap_or(0.0),
+                received: r.stdout_bytes.unwrap_or(0),
+                exit_code: r.exit_code,
+                signal: r.signal,
+                timed_out: r.timed_out,
+                command: &self.field,
+            },
+        )
     }
 }
 
@@ -567,41 +540,6 @@ fn hex_byte(b: u8, out: &mut Vec<u8>) {
         HEX[usize::from(b >> 4)],
         HEX[usize::from(b & 15)],
     ]);
-}
-
-/// Quotes one word as GNU parallel does in its joblog: unquoted when it
-/// holds only safe characters, else in single quotes with `'` as
-/// `'"'"'`; a word with control characters as `$'...'` (bash), so the
-/// line stays one line.
-fn parallel_quote_into(word: &[u8], out: &mut Vec<u8>) {
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_%+,./:=@-".contains(&b);
-    if !word.is_empty() && word.iter().all(|&b| safe(b)) {
-        out.extend_from_slice(word);
-    } else if word.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        out.extend_from_slice(b"$'");
-        for &b in word {
-            match b {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\'' => out.extend_from_slice(b"\\'"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b if b < 0x20 || b == 0x7f => hex_byte(b, out),
-                b => out.push(b),
-            }
-        }
-        out.push(b'\'');
-    } else {
-        out.push(b'\'');
-        for &b in word {
-            if b == b'\'' {
-                out.extend_from_slice(b"'\"'\"'");
-            } else {
-                out.push(b);
-            }
-        }
-        out.push(b'\'');
-    }
 }
 
 /// Base64 (standard alphabet, padded).
@@ -971,7 +909,7 @@ mod tests {
     fn words_are_quoted_like_gnu_parallel_quotes_them() {
         let q = |w: &[u8]| {
             let mut out = Vec::new();
-            parallel_quote_into(w, &mut out);
+            joblog::parallel_quote_into(w, &mut out);
             String::from_utf8_lossy(&out).into_owned()
         };
         assert_eq!(q(b"plain-1.txt"), "plain-1.txt");

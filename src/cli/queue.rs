@@ -507,6 +507,20 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
              --trim, -n, -X, -m or --dry-run"
         );
     }
+    if a.results.is_some()
+        || a.joblog.is_some()
+        || a.delay.is_some()
+        || a.memfree.is_some()
+        || a.load.is_some()
+        || a.tag
+        || a.tagstring.is_some()
+    {
+        bail!(
+            "--tag, --tagstring, --results, --joblog, --delay, --memfree and --load are \
+             not supported with --queue yet (for a joblog: `jobmill results --queue URL \
+             --format joblog`)"
+        );
+    }
     let started_at = super::collect::unix_now();
     let (command, _) = split_command(a.command.clone())?;
     let (shell, persistent) = (a.shell, a.persistent);

@@ -99,7 +99,8 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
             }
         );
     }
-    let observers: Vec<Arc<dyn Observer>> = vec![Arc::clone(&journal) as Arc<dyn Observer>];
+    let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::clone(&journal) as Arc<dyn Observer>];
+    observers.extend(prepared.outputs(true)?);
     let summary = prepared.run(plan.jobs, Arc::clone(&reporter), observers)?;
     super::report_error(&summary);
     let _ = journal.close("ended");

@@ -10,6 +10,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use jobmill::engine::halt::Halt;
+use jobmill::engine::joblog::{self, Joblog};
+use jobmill::engine::output::Tag;
+use jobmill::engine::results::{Results, Target};
+use jobmill::engine::throttle::{ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::input::plan::Payloads;
@@ -209,6 +213,51 @@ pub struct RunArgs {
     /// previous source.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
+
+    /// Prefix each line of a job's output (stdout and stderr) with its
+    /// input and a TAB (GNU parallel's --tag).
+    #[arg(long)]
+    pub tag: bool,
+
+    /// Prefix each line of a job's output with STR (replacement strings
+    /// work: `{}`, `{#}`, `{%}`, ...) and a TAB.
+    #[arg(long, value_name = "STR")]
+    pub tagstring: Option<String>,
+
+    /// Keep each job's stdout, stderr and sequence number in files under
+    /// DIR, in GNU parallel's layout (DIR/1/INPUT/stdout ...), or, for a
+    /// name ending in .csv, .tsv or .json, one row per job in that table.
+    /// The output is then not printed.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub results: Option<PathBuf>,
+
+    /// Write GNU parallel's joblog to FILE, one line per finished job, as
+    /// jobs finish. With --resume, continue the run that wrote FILE.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+
+    /// With --joblog FILE: continue the run that wrote FILE (as `jobmill
+    /// resume`); a fresh run if no journal recorded FILE.
+    #[arg(long, requires = "joblog")]
+    pub resume: bool,
+
+    /// As --resume, also running failed and dead jobs again.
+    #[arg(long, requires = "joblog")]
+    pub resume_failed: bool,
+
+    /// Wait DURATION between two job starts.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    pub delay: Option<Duration>,
+
+    /// Start a job only while the system has at least SIZE of memory
+    /// available (MemAvailable).
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    pub memfree: Option<usize>,
+
+    /// Start a job only while fewer than N processes are running on the
+    /// system (N% of the CPU threads with a `%`).
+    #[arg(long, value_name = "N")]
+    pub load: Option<String>,
 }
 
 /// Splits `COMMAND... ::: INPUT...` into the command and the inputs.
@@ -448,6 +497,75 @@ fn stored_source(input: &serde_json::Value) -> anyhow::Result<SourceSpec> {
 pub(super) struct Prepared {
     pub plan: Plan,
     pub policy: RetryPolicy,
+    /// `--joblog`, `--results`: the observers [`Prepared::outputs`] makes.
+    pub outputs: Outputs,
+}
+
+/// The files a run writes besides its output and journal.
+pub(super) struct Outputs {
+    joblog: Option<PathBuf>,
+    results: Option<PathBuf>,
+    command: joblog::Command,
+    /// How payloads split into values (`--results`' V1...Vn).
+    shape: Shape,
+}
+
+impl Prepared {
+    /// The run's payloads turned out to have `shape` (several values per
+    /// job): the tag, the joblog's and the results' commands and values
+    /// follow it.
+    fn reshape(&mut self, shape: &Shape) {
+        if let Some(tag) = &self.plan.tag {
+            self.plan.tag = Some(tag.with_shape(shape.clone()));
+        }
+        if let joblog::Command::Template(t) = &self.outputs.command {
+            self.outputs.command = joblog::Command::Template(t.with_shape(shape.clone()));
+        }
+        self.outputs.shape = shape.clone();
+    }
+
+    /// The observers writing `--joblog` and `--results`; with `append` (a
+    /// resumed run), they add to the files instead of replacing them.
+    pub fn outputs(&self, append: bool) -> anyhow::Result<Vec<Arc<dyn Observer>>> {
+        let o = &self.outputs;
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if let Some(path) = &o.joblog {
+            let j = Joblog::create(path, o.command.clone(), append)
+                .with_context(|| format!("cannot write the joblog {}", path.display()))?;
+            observers.push(Arc::new(j));
+        }
+        if let Some(path) = &o.results {
+            let shape = o.shape.clone();
+            let split = move |payload: &[u8]| {
+                let mut values = Vec::new();
+                shape.split(payload, &mut values);
+                values.iter().map(|v| v.to_vec()).collect()
+            };
+            let r = Results::create(Target::of(path), o.command.clone(), Box::new(split), append)
+                .with_context(|| format!("cannot write the results to {}", path.display()))?;
+            observers.push(Arc::new(r));
+        }
+        Ok(observers)
+    }
+}
+
+/// Parses `--load`: N processes, or N% of the CPU threads.
+fn parse_load(s: &str) -> anyhow::Result<f64> {
+    let bad = || anyhow::anyhow!("invalid --load value {s:?} (expected e.g. 4, 2.5 or 80%)");
+    let (num, percent) = match s.trim().strip_suffix('%') {
+        Some(n) => (n, true),
+        None => (s.trim(), false),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(bad());
+    }
+    Ok(if percent {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        v * cpus as f64 / 100.0
+    } else {
+        v
+    })
 }
 
 impl Prepared {
@@ -477,6 +595,13 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     if command.is_empty() {
         bail!("no command given after `--`");
     }
+    // The joblog's and the results' Command column: as given, as GNU
+    // parallel logs it (not the resolved program).
+    let output_command = if o.persistent {
+        joblog::Command::Fixed(command.clone())
+    } else {
+        joblog::Command::Template(Template::parse_shaped(&command, o.shell, o.shape.clone())?)
+    };
     if !o.shell {
         // Resolve the program once, not in every job's spawn.
         if let Some(path) = args::resolve_program(&command[0])? {
@@ -512,9 +637,33 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     plan.output_memory = o.output_memory;
     plan.guardian = std::env::current_exe().ok();
     plan.handle_signals = true;
+    let tagstring = o.tagstring.as_deref().or(o.tag.then_some("{}"));
+    if let Some(text) = tagstring {
+        let template = Template::parse_shaped(&[OsString::from(text)], false, o.shape.clone())?;
+        plan.tag = Some(Tag::new(text.as_bytes(), template));
+    }
+    if o.results.is_some() {
+        // As GNU parallel: the output goes to the results only.
+        plan.print_output = false;
+        plan.keep_order = false;
+    }
+    if o.delay.is_some() || o.memfree.is_some() || o.load.is_some() {
+        plan.throttle = Some(Arc::new(Throttle::new(
+            o.delay.map(|d| Duration::from_secs_f64(d.max(0.0))),
+            o.memfree,
+            o.load,
+            Arc::new(ProcSource),
+        )));
+    }
     Ok(Prepared {
         plan,
         policy: RetryPolicy::with_retries(o.retries).max_lost(o.max_lost),
+        outputs: Outputs {
+            joblog: o.joblog.clone(),
+            results: o.results.clone(),
+            command: output_command,
+            shape: o.shape.clone(),
+        },
     })
 }
 
@@ -559,6 +708,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         bail!("give either --journal PATH or --no-journal, not both");
     }
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    if a.resume || a.resume_failed {
+        if let Some(code) = resume_by_joblog(&a, &cwd)? {
+            return Ok(code);
+        }
+    }
     let (command, input, plan) = input_of(&mut a, &cwd)?;
     let mut stored = StoredOptions {
         version: OPTIONS_VERSION,
@@ -579,6 +733,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         print0: a.print0,
         journal_output_cap: a.journal_output_cap,
         journal_fsync: a.journal_fsync.as_secs_f64(),
+        tag: a.tag,
+        tagstring: a.tagstring.clone(),
+        results: a.results.as_ref().map(|p| cwd.join(p)),
+        joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
+        delay: a.delay.map(|d| d.as_secs_f64()),
+        memfree: a.memfree.map(|m| m as u64),
+        load: a.load.as_deref().map(parse_load).transpose()?,
         input,
         shape: Shape::default(),
         plan,
@@ -598,6 +759,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
     )?;
     let (payloads, shape) = input_plan.open().map_err(one_error)?;
     if shape != stored.shape {
+        prepared.reshape(&shape);
         match &mut prepared.plan.work {
             Work::Command(t) => *t = t.with_shape(shape.clone()),
             _ if shape.joined => bail!(
@@ -620,10 +782,11 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
             reporter.line(&journal_line(j.path(), id));
         }
     }
-    let observers: Vec<Arc<dyn Observer>> = journal
+    let mut observers: Vec<Arc<dyn Observer>> = journal
         .iter()
         .map(|(j, _)| Arc::clone(j) as Arc<dyn Observer>)
         .collect();
+    observers.extend(prepared.outputs(false)?);
     let summary = prepared.run(jobs, Arc::clone(&reporter), observers)?;
     super::report_error(&summary);
     if let Some((j, id)) = &journal {
@@ -633,6 +796,114 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(summary.exit_code() as u8)
+}
+
+/// `run --resume|--resume-failed --joblog FILE`: continues the run whose
+/// journal recorded FILE as its joblog, as `jobmill resume [--failed]`
+/// does. `None` when no journal recorded it: the run starts afresh (as GNU
+/// parallel does with a joblog that does not exist yet).
+fn resume_by_joblog(a: &RunArgs, cwd: &Path) -> anyhow::Result<Option<u8>> {
+    let Some(joblog) = &a.joblog else {
+        bail!("--resume and --resume-failed need --joblog FILE");
+    };
+    let joblog = cwd.join(joblog);
+    let Some((path, stored_command)) = journal_of_joblog(&joblog, a.journal.as_deref())? else {
+        if a.verbose {
+            eprintln!(
+                "jobmill: no journal recorded the joblog {}: starting a new run",
+                joblog.display()
+            );
+        }
+        return Ok(None);
+    };
+    let Some(run) = path.to_str() else {
+        bail!(
+            "the journal {} of the joblog {} has a name that is not UTF-8: \
+             resume it with `jobmill resume`",
+            path.display(),
+            joblog.display()
+        );
+    };
+    if a.verbose {
+        eprintln!(
+            "jobmill: the joblog {} was written by the run of {}: resuming it",
+            joblog.display(),
+            path.display()
+        );
+    }
+    let (given, _) = split_command(a.command.clone())?;
+    if !stored_command.is_empty() && given != stored_command {
+        eprintln!(
+            "jobmill: resuming the run that wrote {} with its own command and inputs \
+             (as recorded in {}), not the command given",
+            joblog.display(),
+            path.display()
+        );
+    }
+    super::resume::resume(super::resume::ResumeArgs {
+        run: run.to_string(),
+        failed: a.resume_failed,
+        progress: a.progress,
+        verbose: a.verbose,
+    })
+    .map(Some)
+}
+
+/// The journal whose run wrote the joblog `joblog`: `journal` if given,
+/// else the newest journal recording it among the `.sqlite` files beside
+/// the joblog and in the state directory.
+pub(super) fn journal_of_joblog(
+    joblog: &Path,
+    journal: Option<&Path>,
+) -> anyhow::Result<Option<(PathBuf, Vec<OsString>)>> {
+    if let Some(j) = journal {
+        if !j.is_file() {
+            return Ok(None);
+        }
+        let command = jobmill::journal::read::Journal::open_header_only(j)
+            .and_then(|r| r.run())
+            .map(|run| run.command)
+            .unwrap_or_default();
+        return Ok(Some((j.to_path_buf(), command)));
+    }
+    let same = |stored: &Path| {
+        stored == joblog
+            || matches!(
+                (stored.canonicalize(), joblog.canonicalize()),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    let mut dirs = vec![journal::state_dir()];
+    if let Some(parent) = joblog.parent() {
+        dirs.push(parent.to_path_buf());
+    }
+    let mut best: Option<(f64, PathBuf, Vec<OsString>)> = None;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("sqlite") {
+                continue;
+            }
+            let Ok(j) = jobmill::journal::read::Journal::open_header_only(&p) else {
+                continue;
+            };
+            let Ok(run) = j.run() else { continue };
+            let stored = run
+                .options
+                .get("joblog")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            if stored.as_deref().is_some_and(same)
+                && best.as_ref().is_none_or(|(t, _, _)| run.started_at > *t)
+            {
+                best = Some((run.started_at, p, run.command));
+            }
+        }
+    }
+    Ok(best.map(|(_, p, c)| (p, c)))
 }
 
 /// The command, and the run's input as stored: `input`, and the plan when

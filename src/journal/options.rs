@@ -73,6 +73,27 @@ pub struct StoredOptions {
     /// the command line that made them stored it (read by the CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<serde_json::Value>,
+    /// `--tag`.
+    #[serde(default)]
+    pub tag: bool,
+    /// `--tagstring`.
+    #[serde(default)]
+    pub tagstring: Option<String>,
+    /// `--results`, absolute.
+    #[serde(default)]
+    pub results: Option<std::path::PathBuf>,
+    /// `--joblog`, absolute: `run --resume --joblog FILE` finds the run by it.
+    #[serde(default)]
+    pub joblog: Option<std::path::PathBuf>,
+    /// `--delay`, seconds.
+    #[serde(default)]
+    pub delay: Option<f64>,
+    /// `--memfree`, bytes.
+    #[serde(default)]
+    pub memfree: Option<u64>,
+    /// `--load`, processes (a percentage resolved when the run started).
+    #[serde(default)]
+    pub load: Option<f64>,
     /// `--journal-output-cap`, bytes.
     pub journal_output_cap: usize,
     /// `--journal-fsync`, seconds.
