@@ -68,7 +68,10 @@ fn console_lines(stderr: &str) -> Vec<&str> {
 
 /// `performance.now()` at the load event, as the page writes it.
 fn load_ms(dom: &str) -> f64 {
-    let at = dom.find("id=\"load-ms\">").expect("the page has its load time") + 13;
+    let at = dom
+        .find("id=\"load-ms\">")
+        .expect("the page has its load time")
+        + 13;
     let end = at + dom[at..].find('<').unwrap();
     dom[at..end]
         .parse()
@@ -125,7 +128,16 @@ exit 0"#;
     let run = jobmill()
         .current_dir(dir.path())
         .env("XDG_STATE_HOME", &state)
-        .args(["run", "-j4", "--retries", "1", "--timeout", "1s", "--shell", "--journal"])
+        .args([
+            "run",
+            "-j4",
+            "--retries",
+            "1",
+            "--timeout",
+            "1s",
+            "--shell",
+            "--journal",
+        ])
         .arg(&journal)
         .args(["-a", "inputs", "--", script])
         .stdout(Stdio::null())
@@ -152,8 +164,15 @@ exit 0"#;
         String::from_utf8_lossy(&out.stderr)
     );
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(!html.contains("http://") && !html.contains("https://"), "no network address in the page");
-    assert_eq!(html.matches("</script>").count(), 2, "only the page's own two scripts end");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no network address in the page"
+    );
+    assert_eq!(
+        html.matches("</script>").count(),
+        2,
+        "only the page's own two scripts end"
+    );
 
     // The journal's own account: attempts per job, and the failed jobs.
     let results = jobmill()
@@ -167,16 +186,26 @@ exit 0"#;
     let jobs = json_lines(&results.stdout);
     assert_eq!(jobs.len(), 1000);
     let attempts: u64 = jobs.iter().map(|j| j["attempts"].as_u64().unwrap()).sum();
-    assert!(attempts > 1000, "retries and timeouts made more attempts: {attempts}");
+    assert!(
+        attempts > 1000,
+        "retries and timeouts made more attempts: {attempts}"
+    );
     let failed: Vec<&serde_json::Value> = jobs
         .iter()
         .filter(|j| matches!(j["state"].as_str(), Some("failed" | "dead")))
         .collect();
-    assert_eq!(failed.len(), 41, "20 exit 3, 10 timed out, 10 killed, job 1000: {failed:?}");
+    assert_eq!(
+        failed.len(),
+        41,
+        "20 exit 3, 10 timed out, 10 killed, job 1000: {failed:?}"
+    );
 
     let (dom, log) = chromium(&page, &["--dump-dom"]);
     assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
-    assert!(dom.contains("data-rendered=\"ok\""), "the script ran to its end");
+    assert!(
+        dom.contains("data-rendered=\"ok\""),
+        "the script ran to its end"
+    );
     let bars = dom.matches("class=\"bar o-").count() - html.matches("class=\"bar o-").count();
     assert_eq!(bars as u64, attempts, "one bar per attempt");
     let failures = &dom[dom.find("id=\"failures\"").unwrap()..];
@@ -191,7 +220,10 @@ exit 0"#;
             "<tr data-seq=\"{seq}\"><td class=\"num\">{seq}</td><td class=\"input\">{}</td>",
             shown(&input)
         );
-        assert!(failures.contains(&row), "the failure table lists job {seq}: {row}");
+        assert!(
+            failures.contains(&row),
+            "the failure table lists job {seq}: {row}"
+        );
     }
     assert!(failures.contains("boom 53"), "stderr tails are shown");
     assert!(failures.contains("timed out"), "timeouts are a group");
@@ -207,7 +239,11 @@ exit 0"#;
             "--window-size=1400,1800",
         ],
     );
-    assert!(std::fs::metadata(&png).unwrap().len() > 10_000, "a screenshot in {}", png.display());
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 10_000,
+        "a screenshot in {}",
+        png.display()
+    );
 }
 
 #[test]
@@ -241,7 +277,11 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
         snap.job(&JobSnapshot {
             seq,
             input: Some(input.as_bytes()),
-            state: if failed { JobState::Failed } else { JobState::Done },
+            state: if failed {
+                JobState::Failed
+            } else {
+                JobState::Done
+            },
             attempts: 1 + u32::from(seq % 31 == 0),
             exit_code: Some(if failed { 2 } else { 0 }),
             signal: None,
@@ -275,9 +315,16 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
     );
     let (dom, log) = chromium(&page, &["--dump-dom"]);
     assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
-    assert!(dom.contains("data-rendered=\"ok\""), "the script ran to its end");
+    assert!(
+        dom.contains("data-rendered=\"ok\""),
+        "the script ran to its end"
+    );
     assert!(dom.contains("id=\"tl-canvas\""), "a canvas timeline");
-    assert_eq!(dom.matches("class=\"bar o-").count(), 1, "no DOM bar (only the script's text)");
+    assert_eq!(
+        dom.matches("class=\"bar o-").count(),
+        1,
+        "no DOM bar (only the script's text)"
+    );
     let ms = load_ms(&dom);
     eprintln!("report of 100,000 jobs: load event at {ms:.0} ms in headless Chromium");
     // The issue's budget is 2 s; a shared, busy test machine gets slack.
@@ -356,7 +403,17 @@ fn status_watch_shows_changing_counts_in_a_tmux_pane_and_ends_with_the_run() {
     );
     let ok = tmux
         .cmd()
-        .args(["new-session", "-d", "-s", "watch", "-x", "200", "-y", "50", &watch])
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            "watch",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            &watch,
+        ])
         .status()
         .unwrap()
         .success();
@@ -369,20 +426,38 @@ fn status_watch_shows_changing_counts_in_a_tmux_pane_and_ends_with_the_run() {
             if want.iter().all(|w| last.contains(w)) {
                 return last.clone();
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; the pane:\n{last}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the pane:\n{last}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let first = seen("the first frame", &["state:    running (pid", ", 0 done,", "slots:    2 busy of 2"]);
+    let first = seen(
+        "the first frame",
+        &[
+            "state:    running (pid",
+            ", 0 done,",
+            "slots:    2 busy of 2",
+        ],
+    );
     release(1, 4);
     seen("4 done", &[", 4 done, 0 failed"]);
     release(5, 8);
-    let middle = seen("7 done and 1 failed", &[", 7 done, 1 failed", "recent failures:", "job 6 "]);
+    let middle = seen(
+        "7 done and 1 failed",
+        &[", 7 done, 1 failed", "recent failures:", "job 6 "],
+    );
     assert!(!middle.contains("WATCH-EXIT"), "still watching:\n{middle}");
     release(9, 12);
     let end = seen(
         "the end of the run",
-        &[", 11 done, 1 failed", "not running (any more)", "state:    finished", "WATCH-EXIT=0"],
+        &[
+            ", 11 done, 1 failed",
+            "not running (any more)",
+            "state:    finished",
+            "WATCH-EXIT=0",
+        ],
     );
     assert!(run.wait().unwrap().code() == Some(1), "one job failed");
     assert_ne!(first, end);

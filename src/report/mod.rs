@@ -349,13 +349,12 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
             let dur = duration
                 .or_else(|| ended.map(|x| x - t0))
                 .map(|d| ms(d.max(0.0)));
-            let why = match r.get::<_, Option<String>>(10).map_err(e)? {
-                Some(w) => Some(*reason_ix.entry(w.clone()).or_insert_with(|| {
+            let why = r.get::<_, Option<String>>(10).map_err(e)?.map(|w| {
+                *reason_ix.entry(w.clone()).or_insert_with(|| {
                     reasons.push(w);
                     (reasons.len() - 1) as u32
-                })),
-                None => None,
-            };
+                })
+            });
             slots.insert(slot);
             att.job.push(ji);
             att.n.push(r.get::<_, i64>(1).map_err(e)?.max(0) as u32);
