@@ -149,6 +149,7 @@ exit 0"#;
         String::from_utf8_lossy(&run.stderr)
     );
 
+    let before = std::fs::read(&journal).unwrap();
     let page = target_dir().join("report-1000.html");
     let out = jobmill()
         .env("XDG_STATE_HOME", &state)
@@ -163,6 +164,18 @@ exit 0"#;
         "report: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        std::fs::read(&journal).unwrap() == before,
+        "the journal is unchanged"
+    );
+    for companion in ["-wal", "-shm"] {
+        let mut p = journal.clone().into_os_string();
+        p.push(companion);
+        assert!(
+            !Path::new(&p).exists(),
+            "no {companion} appeared next to the journal"
+        );
+    }
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(
         !html.contains("http://") && !html.contains("https://"),
@@ -461,4 +474,81 @@ fn status_watch_shows_changing_counts_in_a_tmux_pane_and_ends_with_the_run() {
     );
     assert!(run.wait().unwrap().code() == Some(1), "one job failed");
     assert_ne!(first, end);
+}
+
+#[test]
+fn status_watch_on_a_run_that_was_killed_or_finished_shows_its_last_state_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("run.sqlite");
+    let mut run = jobmill()
+        .current_dir(dir.path())
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .args(["run", "-j2", "--shell", "--journal"])
+        .arg(&journal)
+        .args([
+            "--",
+            "[ {#} -le 2 ] || while [ ! -e go ]; do sleep 0.02; done",
+            ":::",
+        ])
+        .args((1..=6).map(|i| i.to_string()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watch = |what: &str| -> String {
+        let out = jobmill()
+            .arg("status")
+            .arg(&journal)
+            .arg("--watch")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("not running (any more): this is its last state"),
+            "{what}:\n{text}"
+        );
+        text
+    };
+    // Two jobs done, two waiting: kill jobmill (SIGKILL).
+    wait_until("two jobs are done", || {
+        let out = jobmill().arg("status").arg(&journal).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(", 2 done,")
+    });
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let killed = watch("a killed run");
+    assert!(killed.contains("state:    interrupted"), "{killed}");
+    assert!(killed.contains(", 2 done,"), "{killed}");
+    assert_eq!(
+        killed.matches("jobmill status --watch").count(),
+        1,
+        "one frame:\n{killed}"
+    );
+
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let resumed = jobmill()
+        .current_dir(dir.path())
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .arg("resume")
+        .arg(&journal)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let finished = watch("a finished run");
+    assert!(
+        finished.contains("state:    finished (complete)"),
+        "{finished}"
+    );
+    assert!(finished.contains(", 6 done, 0 failed"), "{finished}");
 }

@@ -241,7 +241,7 @@ pub fn watch(run: Option<&str>) -> anyhow::Result<u8> {
     let Some(run) = run else {
         anyhow::bail!("--watch needs the run to watch (RUN_ID|PATH); --queue is not watched yet");
     };
-    let path = journal::locate(run)?;
+    let path = locate(run)?;
     let j = Journal::open(&path)?;
     let conn = open_conn(&path)?;
     let tty = io::stdout().is_terminal();
