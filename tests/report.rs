@@ -3,6 +3,7 @@
 //! the test (scripts/test.sh installs them), it is never skipped.
 
 mod common;
+mod redis_support;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -551,4 +552,78 @@ fn status_watch_on_a_run_that_was_killed_or_finished_shows_its_last_state_and_en
         "{finished}"
     );
     assert!(finished.contains(", 6 done, 0 failed"), "{finished}");
+}
+
+#[test]
+fn a_report_of_a_shared_queue_draws_its_collected_jobs_and_watch_ends_on_a_drained_queue() {
+    require("chromium");
+    let server = redis_support::RedisServer::start();
+    let url = server.url("pictured");
+    let worker = jobmill()
+        .args(["worker", "--queue", &url, "-j", "2", "--", "sh", "-c"])
+        .arg("[ $(($1 % 10)) -ne 0 ] || { echo \"bad $1\" >&2; exit 3; }")
+        .args(["sh", "{}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = (1..=40).map(|i| format!("q-{i}\n")).collect();
+    let input = input.replace("q-", "");
+    let sub = common::submit(&url, &[], &input);
+    assert!(
+        sub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let (code, _, stderr) = common::finish(worker);
+    assert_eq!(code, 0, "worker: {stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("queue.html");
+    let out = jobmill()
+        .args(["report", "--queue", &url, "-o"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report --queue: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    let (dom, log) = chromium(&page, &["--dump-dom"]);
+    assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
+    assert!(dom.contains("data-rendered=\"ok\""));
+    let bars = dom.matches("class=\"bar o-").count() - html.matches("class=\"bar o-").count();
+    assert_eq!(bars, 40, "the last attempt of every job");
+    assert!(
+        dom.contains("collected from a shared queue"),
+        "the page says what is missing"
+    );
+    let failures = &dom[dom.find("id=\"failures\"").unwrap()..];
+    for seq in [10, 20, 30, 40] {
+        assert!(
+            failures.contains(&format!("<td class=\"input\">{seq}</td>")),
+            "failed job {seq} is listed"
+        );
+    }
+    assert!(dom.contains("its output (no stderr)"), "the page says the stderr is missing");
+
+    let watch = jobmill()
+        .args(["status", "--queue", &url, "--watch"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&watch.stdout);
+    assert!(
+        watch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watch.stderr)
+    );
+    assert!(
+        text.contains("closed and drained: this is its last state"),
+        "{text}"
+    );
+    assert!(text.contains("36 done, 4 failed"), "{text}");
 }

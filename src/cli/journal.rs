@@ -102,8 +102,9 @@ pub struct StatusArgs {
     #[arg(long, value_name = "PATH", requires = "queue")]
     pub save: Option<PathBuf>,
 
-    /// Redraw every second until the run is no longer running (or Ctrl-C).
-    #[arg(long, conflicts_with = "queue")]
+    /// Redraw every second until the run is no longer running, or the
+    /// queue is drained (or Ctrl-C).
+    #[arg(long)]
     pub watch: bool,
 }
 
@@ -667,7 +668,7 @@ fn write_json(out: &mut impl Write, r: &JobRow, outputs: Option<&[Output]>) -> i
 /// `jobmill status`.
 pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
     if a.watch {
-        return super::page::watch(a.run.as_deref());
+        return super::page::watch(a.run.as_deref(), a.queue.as_deref());
     }
     let Some(run) = a.run else {
         let Some(url) = a.queue else {

@@ -15,7 +15,9 @@ use jobmill::journal::read::{self, format_duration, format_utc, JobState, Journa
 use jobmill::journal::{self};
 use jobmill::report;
 
+use super::collect;
 use super::journal::{escape_into, report_recovered};
+use super::queue::{self, QueueArgs};
 
 /// Options of `jobmill report`.
 #[derive(Debug, Args)]
@@ -23,7 +25,13 @@ pub struct ReportArgs {
     /// The run: a run id (or a unique prefix of one) in the state
     /// directory, or the path of a journal file.
     #[arg(value_name = "RUN_ID|PATH")]
-    pub run: String,
+    pub run: Option<String>,
+
+    /// Draw a shared queue (redis://[:password@]host:port/NAME) instead:
+    /// its finished jobs are collected into a temporary journal first (each
+    /// job's last attempt only; the page says what is missing).
+    #[arg(long, value_name = "URL", conflicts_with = "run")]
+    pub queue: Option<String>,
 
     /// Write the page to FILE (`-` for stdout); default RUN_ID.html in the
     /// current directory.
@@ -54,7 +62,18 @@ fn locate(run: &str) -> anyhow::Result<PathBuf> {
 
 /// `jobmill report`.
 pub fn report(a: ReportArgs) -> anyhow::Result<u8> {
-    let path = locate(&a.run)?;
+    let (_collected, path) = match (&a.run, &a.queue) {
+        (Some(run), _) => (None, locate(run)?),
+        (None, Some(url)) => {
+            let queue = queue::open_queue(url, false)?;
+            let (dir, path, c) = collect::collect_temporary(&queue)?;
+            collect::report(&c);
+            (Some(dir), path)
+        }
+        (None, None) => anyhow::bail!(
+            "give the run to draw (RUN_ID|PATH: a run id or a journal file) or --queue URL"
+        ),
+    };
     let page = report::build(
         &path,
         &report::Options {
@@ -237,9 +256,14 @@ fn frame(j: &Journal, conn: &rusqlite::Connection, now: f64) -> anyhow::Result<F
 
 /// `jobmill status RUN --watch`: redraws every second until the run is no
 /// longer running (then shows its last state and says so) or Ctrl-C.
-pub fn watch(run: Option<&str>) -> anyhow::Result<u8> {
+pub fn watch(run: Option<&str>, queue_url: Option<&str>) -> anyhow::Result<u8> {
     let Some(run) = run else {
-        anyhow::bail!("--watch needs the run to watch (RUN_ID|PATH); --queue is not watched yet");
+        let Some(url) = queue_url else {
+            anyhow::bail!(
+                "give the run to watch (RUN_ID|PATH: a run id or a journal file) or --queue URL"
+            );
+        };
+        return watch_queue(url);
     };
     let path = locate(run)?;
     let j = Journal::open(&path)?;
@@ -279,4 +303,45 @@ fn open_conn(path: &Path) -> anyhow::Result<rusqlite::Connection> {
         .with_context(|| format!("cannot open journal {} read-only", path.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(conn)
+}
+
+/// `jobmill status --queue URL --watch`: the queue's counters every
+/// second, until it is closed and drained (or Ctrl-C).
+fn watch_queue(url: &str) -> anyhow::Result<u8> {
+    let q = queue::open_queue(url, false)?;
+    let tty = io::stdout().is_terminal();
+    loop {
+        let tick = Instant::now();
+        {
+            let mut stdout = io::stdout().lock();
+            if tty {
+                stdout.write_all(b"\x1b[H\x1b[2J")?;
+            }
+            writeln!(
+                stdout,
+                "jobmill status --watch · {} UTC · every 1s, Ctrl-C to stop",
+                format_utc(now())
+            )?;
+            stdout.flush()?;
+        }
+        queue::status(QueueArgs {
+            queue: url.to_string(),
+        })?;
+        let drained = q.status()?.counts.is_drained();
+        let mut stdout = io::stdout().lock();
+        if drained {
+            writeln!(
+                stdout,
+                "the queue is closed and drained: this is its last state."
+            )?;
+            stdout.flush()?;
+            return Ok(0);
+        }
+        if !tty {
+            writeln!(stdout)?;
+        }
+        stdout.flush()?;
+        drop(stdout);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
 }

@@ -488,7 +488,8 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
     if info.options.get("source").is_some() {
         notes.push(
             "This journal was collected from a shared queue: it holds each job's last \
-             attempt only, without its slot (all on slot 1) or peak memory."
+             attempt only, without its slot (all on slot 1), its peak memory or its output \
+             (no stderr)."
                 .to_string(),
         );
     }
