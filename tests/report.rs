@@ -608,7 +608,10 @@ fn a_report_of_a_shared_queue_draws_its_collected_jobs_and_watch_ends_on_a_drain
             "failed job {seq} is listed"
         );
     }
-    assert!(dom.contains("its output (no stderr)"), "the page says the stderr is missing");
+    assert!(
+        dom.contains("its output (no stderr)"),
+        "the page says the stderr is missing"
+    );
 
     let watch = jobmill()
         .args(["status", "--queue", &url, "--watch"])

@@ -274,12 +274,8 @@ pub fn watch(run: Option<&str>, queue_url: Option<&str>) -> anyhow::Result<u8> {
         let tick = Instant::now();
         let f = frame(&j, &conn, now())?;
         let mut out = String::new();
-        if tty {
-            // Home, clear: the frame replaces the previous one.
-            out.push_str("\x1b[H\x1b[2J");
-        }
         out.push_str(&format!(
-            "jobmill status --watch · {} UTC · every 1s, Ctrl-C to stop\n",
+            "jobmill status --watch - {} UTC - every 1s, Ctrl-C to stop\n",
             format_utc(now())
         ));
         out.push_str(&f.text);
@@ -287,6 +283,9 @@ pub fn watch(run: Option<&str>, queue_url: Option<&str>) -> anyhow::Result<u8> {
             out.push_str("the run is not running (any more): this is its last state.\n");
         } else if !tty {
             out.push('\n');
+        }
+        if tty {
+            out = in_place(&out);
         }
         stdout.write_all(out.as_bytes())?;
         stdout.flush()?;
@@ -315,11 +314,13 @@ fn watch_queue(url: &str) -> anyhow::Result<u8> {
         {
             let mut stdout = io::stdout().lock();
             if tty {
+                // Home and clear (the queue's status is printed by another
+                // function, line by line).
                 stdout.write_all(b"\x1b[H\x1b[2J")?;
             }
             writeln!(
                 stdout,
-                "jobmill status --watch · {} UTC · every 1s, Ctrl-C to stop",
+                "jobmill status --watch - {} UTC - every 1s, Ctrl-C to stop",
                 format_utc(now())
             )?;
             stdout.flush()?;
@@ -344,4 +345,18 @@ fn watch_queue(url: &str) -> anyhow::Result<u8> {
         drop(stdout);
         std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
     }
+}
+
+/// A frame drawn over the previous one on a terminal: from the top-left
+/// corner, each line cleared to its end, then the rest of the screen
+/// cleared (no full clear between frames: no flicker, no scrolling).
+fn in_place(frame: &str) -> String {
+    let mut out = String::with_capacity(frame.len() + 64);
+    out.push_str("\x1b[H");
+    for line in frame.lines() {
+        out.push_str(line);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
 }
