@@ -244,6 +244,23 @@ exit 0"#;
     let ms = load_ms(&dom);
     eprintln!("report of 1,000 jobs ({attempts} attempts): load event at {ms:.0} ms");
 
+    // Hovering job 1000's bar shows its input, duration, reason and RSS.
+    let hovered = format!("{}#hover=job-1000", page.display());
+    let (dom, log) = chromium(Path::new(&hovered), &["--dump-dom"]);
+    assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
+    let tip = &dom[dom.find("<div id=\"tip\"").expect("the tooltip")..];
+    let tip = &tip[..tip.find("</div>").unwrap()];
+    assert!(!tip.contains("hidden"), "the tooltip is shown: {tip}");
+    for want in [
+        "<b>job 1000</b>",
+        &shown(odd),
+        "duration",
+        "exited with code 4",
+        "peak RSS",
+    ] {
+        assert!(tip.contains(want), "the tooltip shows {want:?}: {tip}");
+    }
+
     let png = target_dir().join("report-1000.png");
     let _ = std::fs::remove_file(&png);
     chromium(
@@ -341,6 +358,15 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
     );
     let ms = load_ms(&dom);
     eprintln!("report of 100,000 jobs: load event at {ms:.0} ms in headless Chromium");
+    // Hover on the canvas finds an attempt under the pointer.
+    let hovered = format!("{}#hover=job-50000", page.display());
+    let (dom, _) = chromium(Path::new(&hovered), &["--dump-dom"]);
+    let tip = &dom[dom.find("<div id=\"tip\"").expect("the tooltip")..];
+    let tip = &tip[..tip.find("</div>").unwrap()];
+    assert!(
+        !tip.contains("hidden") && tip.contains("input: "),
+        "the tooltip is shown: {tip}"
+    );
     // The issue's budget is 2 s; a shared, busy test machine gets slack.
     assert!(ms < 6000.0, "load event at {ms:.0} ms");
 }

@@ -295,6 +295,27 @@
   topTable(document.getElementById("slowest"), "Slowest", D.slowest, "duration");
   topTable(document.getElementById("largest"), "Largest (peak memory)", D.largest, "rss");
 
+  // `#hover=job-N` (for tests and links): hovers job N's last attempt with
+  // a synthetic pointer event, through the same handlers as a mouse.
+  var hv = /[#&]hover=job-(\d+)/.exec(location.hash);
+  if (hv && N) {
+    var want = +hv[1], at = -1;
+    for (var w = 0; w < N; w++) if (J.seq[A.job[w]] === want) at = w;
+    if (at >= 0) {
+      if (N <= D.dom_bar_limit) {
+        var el = tl.querySelector('.bar[data-i="' + at + '"]'), rc = el.getBoundingClientRect();
+        el.dispatchEvent(new MouseEvent("mouseover", { bubbles: true, clientX: rc.left + 1, clientY: rc.top + 1 }));
+      } else {
+        var cnv = document.getElementById("tl-canvas"), cr = cnv.getBoundingClientRect();
+        var rowHeight = cr.height / D.slots.length;
+        cnv.dispatchEvent(new MouseEvent("mousemove", {
+          clientX: cr.left + (A.t0[at] + durOf(at) / 2) / span * cr.width,
+          clientY: cr.top + (slotRow[A.slot[at]] + 0.5) * rowHeight
+        }));
+      }
+    }
+  }
+
   document.body.setAttribute("data-rendered", "ok");
   window.addEventListener("load", function () {
     document.getElementById("load-ms").textContent = performance.now().toFixed(1);
