@@ -429,7 +429,15 @@ fn status_watch_shows_changing_counts_in_a_tmux_pane_and_ends_with_the_run() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the run has its journal", || journal.exists());
+    wait_until("the run's journal is readable", || {
+        jobmill()
+            .arg("status")
+            .arg(&journal)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
     let release = |from: u32, to: u32| {
         for i in from..=to {
             std::fs::write(dir.path().join(format!("go-{i}")), b"").unwrap();
