@@ -580,7 +580,27 @@ fn status_watch_on_a_run_that_was_killed_or_finished_shows_its_last_state_and_en
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
+    let companions = || {
+        ["-wal", "-shm"]
+            .into_iter()
+            .filter(|c| {
+                let mut p = journal.clone().into_os_string();
+                p.push(c);
+                Path::new(&p).exists()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        companions(),
+        Vec::<&str>::new(),
+        "the finished run closed its journal"
+    );
     let finished = watch("a finished run");
+    assert_eq!(
+        companions(),
+        Vec::<&str>::new(),
+        "watching created nothing next to the journal"
+    );
     assert!(
         finished.contains("state:    finished (complete)"),
         "{finished}"

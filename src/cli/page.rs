@@ -266,13 +266,19 @@ pub fn watch(run: Option<&str>, queue_url: Option<&str>) -> anyhow::Result<u8> {
         return watch_queue(url);
     };
     let path = locate(run)?;
-    let j = Journal::open(&path)?;
-    let conn = open_conn(&path)?;
+    // The full check once; then each frame opens the journal afresh (header
+    // check only) and closes it at once: a reader kept open across the
+    // writer's end would keep it from removing its `-wal` and `-shm`.
+    drop(Journal::open(&path)?);
     let tty = io::stdout().is_terminal();
     let mut stdout = io::stdout().lock();
     loop {
         let tick = Instant::now();
-        let f = frame(&j, &conn, now())?;
+        let f = {
+            let j = Journal::open_header_only(&path)?;
+            let conn = open_conn(&path)?;
+            frame(&j, &conn, now())?
+        };
         let mut out = String::new();
         out.push_str(&format!(
             "jobmill status --watch - {} UTC - every 1s, Ctrl-C to stop\n",
