@@ -237,7 +237,7 @@ fn every_attempt_sees_its_number_in_jobmill_attempt() {
         .args(["echo attempt $JOBMILL_ATTEMPT; exit 3", "sh", ":::", "a"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "attempt 3\n");
 }
 

@@ -102,6 +102,40 @@ pub fn halt(s: &str) -> Option<String> {
     }
 }
 
+/// Finds the program on `PATH` once, instead of in every job's spawn, and
+/// refuses one that cannot be found instead of failing every job. `None`
+/// when the program name comes from the input (`{}` in it).
+pub(super) fn resolve_program(
+    program: &std::ffi::OsString,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    if program.as_bytes().contains(&b'{') {
+        return Ok(None);
+    }
+    let found = if program.as_bytes().contains(&b'/') {
+        let p = std::path::PathBuf::from(program);
+        is_executable(&p).then_some(p)
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| is_executable(p))
+        })
+    };
+    match found {
+        Some(p) => Ok(Some(p)),
+        None => anyhow::bail!(
+            "command not found or not executable: {}",
+            program.to_string_lossy()
+        ),
+    }
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,9 +199,12 @@ pub fn collect_run(
     started_at: f64,
 ) {
     let dir = journal::state_dir();
-    let result = std::fs::create_dir_all(&dir)
+    let result = journal::private::ensure_private_dir(&dir)
         .with_context(|| format!("cannot create the state directory {}", dir.display()))
-        .and_then(|()| {
+        .and_then(|warnings| {
+            for w in warnings {
+                eprintln!("jobmill: {w}");
+            }
             let run_id = journal::new_run_id();
             let path = journal::path_of(&dir, &run_id);
             let mut options = serde_json::Map::new();

@@ -80,8 +80,10 @@ pub struct ResultsArgs {
     /// Print the stored stdout and stderr of the selected jobs instead of
     /// the table; with SEQ, of that job alone, raw (stdout to stdout,
     /// stderr to stderr).
+    /// (A value that is not a number, as in `results --output ./x.sqlite`,
+    /// is the run when none was given.)
     #[arg(long, value_name = "SEQ", num_args = 0..=1)]
-    pub output: Option<Option<u64>>,
+    pub output: Option<Option<String>>,
 }
 
 /// Options of `jobmill status`.
@@ -187,7 +189,21 @@ fn collect_queue(
 }
 
 /// `jobmill results`.
-pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
+pub fn results(mut a: ResultsArgs) -> anyhow::Result<u8> {
+    // `--output` takes an optional SEQ, so it swallows a run given after
+    // it: `results --output ./x.sqlite` means the run ./x.sqlite.
+    let output: Option<Option<u64>> = match a.output.take() {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(v)) => match v.parse::<u64>() {
+            Ok(seq) => Some(Some(seq)),
+            Err(_) if a.run.is_none() && a.queue.is_none() => {
+                a.run = Some(v);
+                Some(None)
+            }
+            Err(_) => bail!("--output takes a job number (SEQ), not {v:?}"),
+        },
+    };
     let (_dir, j) = match (&a.run, &a.queue) {
         (Some(run), _) => (None, open(run)?),
         (None, Some(url)) => {
@@ -203,11 +219,11 @@ pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
         done: a.done,
         failed: a.failed,
         dead: a.dead,
-        final_only: a.format == Format::Joblog && a.output.is_none(),
+        final_only: a.format == Format::Joblog && output.is_none(),
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-    match a.output {
+    match output {
         Some(Some(seq)) => return output_of_one(&j, &info, seq, a.format, &mut out),
         Some(None) => {
             j.for_each_job(filter, |row: &JobRow| -> anyhow::Result<()> {

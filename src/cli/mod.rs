@@ -151,7 +151,10 @@ pub fn main() -> u8 {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(mut args) => match args.queue.take() {
+            Some(url) => queue::run_on_queue(&url, args),
+            None => run::run(args),
+        },
         Command::Resume(args) => resume::resume(args),
         Command::Submit(args) => queue::submit(args),
         Command::Worker(args) => queue::worker(args),

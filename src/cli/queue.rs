@@ -23,7 +23,8 @@ use jobmill::template::Template;
 use super::report::Reporter;
 
 use super::args;
-use super::run::{resolve_program, split_command, RunArgs};
+use super::args::resolve_program;
+use super::run::{split_command, RunArgs};
 
 /// Most jobs sent to Redis in one call by `submit`.
 const SUBMIT_BATCH: usize = 1000;
@@ -127,6 +128,11 @@ pub struct WorkerArgs {
     /// lost more than the queue's --max-lost times.
     #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
     pub heartbeat: Option<Duration>,
+
+    /// With --persistent: how long a new worker may take to complete its
+    /// handshake (imports, model loads) before it is given up on.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "10s", requires = "persistent")]
+    pub handshake_timeout: Duration,
 
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
@@ -363,6 +369,7 @@ struct WorkSpec {
     persistent: bool,
     window: usize,
     heartbeat: Option<Duration>,
+    handshake_timeout: Duration,
 }
 
 impl WorkSpec {
@@ -387,6 +394,7 @@ impl WorkSpec {
             let mut w = WorkersOptions::new(command, 1);
             w.config.window = self.window;
             w.config.heartbeat = self.heartbeat;
+            w.config.handshake_timeout = self.handshake_timeout;
             Work::Persistent(w)
         } else {
             Work::Command(template_of(self.command, self.shell)?)
@@ -428,6 +436,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: a.heartbeat,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
     super::check_stdio(false)?;
@@ -478,7 +487,26 @@ fn open_existing(url: &str) -> anyhow::Result<RedisQueue> {
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
 /// (other workers may join), and reports like `run`; then collects the
 /// queue's results into a journal in the state directory (src/cli/collect.rs).
-pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
+    if a.timeout.is_some_and(|t| t.is_zero()) {
+        a.timeout = None;
+    }
+    if a.arg_file.len() > 1
+        || a.link
+        || a.colsep.is_some()
+        || a.header.is_some()
+        || a.csv
+        || a.trim.is_some()
+        || a.max_args.is_some()
+        || a.context_replace
+        || a.multi
+        || a.dry_run
+    {
+        bail!(
+            "--queue takes one input source, without --link, --colsep, --header, --csv, \
+             --trim, -n, -X, -m or --dry-run"
+        );
+    }
     let started_at = super::collect::unix_now();
     let (command, _) = split_command(a.command.clone())?;
     let (shell, persistent) = (a.shell, a.persistent);
@@ -506,6 +534,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: None,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
     let source = input_source(inputs, &a.arg_file.first().cloned())?;

@@ -18,11 +18,12 @@ use jobmill::input::{
 };
 use jobmill::job::NewJob;
 use jobmill::job::RetryPolicy;
+use jobmill::journal::options::{StoredInput, StoredOptions, OPTIONS_VERSION};
 use jobmill::journal::resume::{json_to_bytes, os_to_json};
 use jobmill::journal::writer::DEFAULT_OUTPUT_CAP;
 #[cfg(test)]
 use jobmill::journal::writer::DEFAULT_SYNC_INTERVAL;
-use jobmill::journal::{self, Journal, JournalError, RunRecord, WriterConfig};
+use jobmill::journal::{self, Journal, JournalError, RunRecord};
 use jobmill::queue::memory::MemoryQueue;
 use jobmill::template::Template;
 
@@ -323,11 +324,7 @@ impl StoredPlan {
         let mut sources = Vec::with_capacity(self.sources.len());
         for v in &self.sources {
             let linked = v.get("linked").and_then(|l| l.as_bool()).unwrap_or(false);
-            let spec = match stored_input(v)? {
-                StoredInput::Stdin => SourceSpec::Stdin,
-                StoredInput::File(p) => SourceSpec::File(p),
-                StoredInput::Args(a) => SourceSpec::Args(a),
-            };
+            let spec = stored_source(v)?;
             sources.push(SourceDef { spec, linked });
         }
         let columns = match (&self.colsep, self.csv) {
@@ -398,124 +395,53 @@ fn source_to_json(def: &SourceDef, cwd: &Path) -> serde_json::Value {
     v
 }
 
-/// The options of a run as stored in its journal: everything `jobmill
-/// resume` needs to continue it (docs/JOURNAL.md, "The run's options").
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct StoredOptions {
-    pub jobs: usize,
-    pub keep_order: bool,
-    pub null: bool,
-    pub shell: bool,
-    pub retries: u32,
-    #[serde(default = "default_max_lost")]
-    pub max_lost: u32,
-    /// Seconds.
-    pub timeout: Option<f64>,
-    /// Seconds.
-    pub grace: f64,
-    pub halt: Option<String>,
-    pub output_memory: usize,
-    pub persistent: bool,
-    pub window: usize,
-    /// Bytes of each persistent worker's shared-memory arena.
-    #[serde(default = "default_arena")]
-    pub arena: usize,
-    /// Seconds.
-    #[serde(default = "default_handshake")]
-    pub handshake_timeout: f64,
-    #[serde(default)]
-    pub print0: bool,
-    pub journal_output_cap: usize,
-    /// Seconds.
-    pub journal_fsync: f64,
-    /// `{"kind": "stdin"}`, `{"kind": "file", "path": P}` (absolute) or
-    /// `{"kind": "args", "args": [...]}`; paths and arguments are strings,
-    /// or `{"hex": ...}` when not UTF-8. `{"kind": "plan"}` when the
-    /// input is described by `plan`.
-    pub input: serde_json::Value,
-    /// How the jobs' payloads hold their values (absent: one value each).
-    #[serde(default)]
-    pub shape: Shape,
-    /// Several sources, columns or batches (absent: `input` alone).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<StoredPlan>,
-}
-
-fn default_arena() -> usize {
-    jobmill::persistent::DEFAULT_ARENA
-}
-
-fn default_max_lost() -> u32 {
-    jobmill::job::DEFAULT_MAX_LOST
-}
-
-fn default_handshake() -> f64 {
-    jobmill::engine::DEFAULT_HANDSHAKE.as_secs_f64()
-}
-
-/// Where the inputs of a run come from, as stored.
-pub(super) enum StoredInput {
-    Stdin,
-    File(PathBuf),
-    Args(Vec<OsString>),
-}
-
-impl StoredOptions {
-    pub fn input(&self) -> anyhow::Result<StoredInput> {
-        stored_input(&self.input)
+/// The input plan of a stored run: its `plan`, or the one source of its
+/// `input`.
+pub(super) fn input_plan(o: &StoredOptions) -> anyhow::Result<InputPlan> {
+    if let Some(p) = &o.plan {
+        let p: StoredPlan = serde_json::from_value(p.clone())
+            .with_context(|| format!("the stored input plan is invalid: {p}"))?;
+        return p.plan(o.null);
     }
+    let spec = match &o.input {
+        StoredInput::Stdin => SourceSpec::Stdin,
+        StoredInput::File { path } => SourceSpec::File(PathBuf::from(path)),
+        StoredInput::Args { args } => SourceSpec::Args(args.clone()),
+        StoredInput::Plan => bail!("the stored input names a plan, but the journal holds none"),
+    };
+    let mut plan = InputPlan::new(vec![SourceDef {
+        spec,
+        linked: false,
+    }]);
+    plan.separator = o.separator();
+    Ok(plan)
+}
 
-    /// The input plan of the run: `plan`, or the one source of `input`.
-    pub fn input_plan(&self) -> anyhow::Result<InputPlan> {
-        if let Some(p) = &self.plan {
-            return p.plan(self.null);
+/// One source of a [`StoredPlan`], as stored: `{"kind": "stdin"}`,
+/// `{"kind": "file", "path": P}` or `{"kind": "args", "args": [...]}`.
+fn stored_source(input: &serde_json::Value) -> anyhow::Result<SourceSpec> {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = || anyhow::anyhow!("the stored input source is invalid: {}", input);
+    let kind = input.get("kind").and_then(|k| k.as_str()).ok_or_else(bad)?;
+    Ok(match kind {
+        "stdin" => SourceSpec::Stdin,
+        "file" => {
+            let p = input.get("path").and_then(json_to_bytes).ok_or_else(bad)?;
+            SourceSpec::File(PathBuf::from(OsString::from_vec(p)))
         }
-        let spec = match self.input()? {
-            StoredInput::Stdin => SourceSpec::Stdin,
-            StoredInput::File(p) => SourceSpec::File(p),
-            StoredInput::Args(a) => SourceSpec::Args(a),
-        };
-        let mut plan = InputPlan::new(vec![SourceDef {
-            spec,
-            linked: false,
-        }]);
-        plan.separator = if self.null { 0 } else { b'\n' };
-        Ok(plan)
-    }
-
-    pub fn writer_config(&self) -> WriterConfig {
-        WriterConfig {
-            output_cap: self.journal_output_cap,
-            sync_interval: Duration::from_secs_f64(self.journal_fsync.max(0.0)),
+        "args" => {
+            let list = input
+                .get("args")
+                .and_then(|a| a.as_array())
+                .ok_or_else(bad)?;
+            let mut args = Vec::with_capacity(list.len());
+            for a in list {
+                args.push(OsString::from_vec(json_to_bytes(a).ok_or_else(bad)?));
+            }
+            SourceSpec::Args(args)
         }
-    }
-}
-
-fn stored_input(input: &serde_json::Value) -> anyhow::Result<StoredInput> {
-    {
-        use std::os::unix::ffi::OsStringExt;
-        let bad = || anyhow::anyhow!("the stored input source is invalid: {}", input);
-        let kind = input.get("kind").and_then(|k| k.as_str()).ok_or_else(bad)?;
-        Ok(match kind {
-            "stdin" => StoredInput::Stdin,
-            "file" => {
-                let p = input.get("path").and_then(json_to_bytes).ok_or_else(bad)?;
-                StoredInput::File(PathBuf::from(OsString::from_vec(p)))
-            }
-            "args" => {
-                let list = input
-                    .get("args")
-                    .and_then(|a| a.as_array())
-                    .ok_or_else(bad)?;
-                let mut args = Vec::with_capacity(list.len());
-                for a in list {
-                    args.push(OsString::from_vec(json_to_bytes(a).ok_or_else(bad)?));
-                }
-                StoredInput::Args(args)
-            }
-            _ => return Err(bad()),
-        })
-    }
+        _ => return Err(bad()),
+    })
 }
 
 /// A run ready to start: what `jobmill run` and `jobmill resume` share.
@@ -553,7 +479,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     }
     if !o.shell {
         // Resolve the program once, not in every job's spawn.
-        if let Some(path) = resolve_program(&command[0])? {
+        if let Some(path) = args::resolve_program(&command[0])? {
             command[0] = path.into_os_string();
         }
     }
@@ -569,8 +495,8 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     let work = if o.persistent {
         let mut w = WorkersOptions::new(command.clone(), o.jobs);
         w.config.window = o.window;
-        w.config.arena = o.arena;
-        w.config.hello_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
+        w.config.arena = o.arena.unwrap_or(jobmill::persistent::DEFAULT_ARENA);
+        w.config.handshake_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
         w.nul_records = o.print0;
         Work::Persistent(w)
     } else {
@@ -629,31 +555,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         a.timeout = None;
     }
     a.halt = a.halt.as_deref().and_then(args::halt);
-    if let Some(url) = a.queue.take() {
-        if a.arg_file.len() > 1
-            || a.link
-            || a.colsep.is_some()
-            || a.header.is_some()
-            || a.csv
-            || a.trim.is_some()
-            || a.max_args.is_some()
-            || a.context_replace
-            || a.multi
-            || a.dry_run
-        {
-            bail!(
-                "--queue takes one input source, without --link, --colsep, --header, --csv, \
-                 --trim, -n, -X, -m or --dry-run"
-            );
-        }
-        return super::queue::run_on_queue(&url, a);
-    }
     if a.no_journal && a.journal.is_some() {
         bail!("give either --journal PATH or --no-journal, not both");
     }
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let (command, input, plan) = input_of(&mut a, &cwd)?;
     let mut stored = StoredOptions {
+        version: OPTIONS_VERSION,
         jobs: a.jobs.unwrap_or_else(args::cpu_threads),
         keep_order: a.keep_order,
         null: a.null,
@@ -666,7 +574,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         output_memory: a.output_memory,
         persistent: a.persistent,
         window: a.window,
-        arena: a.arena,
+        arena: Some(a.arena),
         handshake_timeout: a.handshake_timeout.as_secs_f64(),
         print0: a.print0,
         journal_output_cap: a.journal_output_cap,
@@ -676,12 +584,12 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         plan,
     };
     if a.dry_run {
-        let (payloads, shape) = stored.input_plan()?.open().map_err(one_error)?;
+        let (payloads, shape) = input_plan(&stored)?.open().map_err(one_error)?;
         stored.shape = shape;
         return dry_run(&command, &stored, payloads);
     }
     let mut prepared = prepare(&command, &stored)?;
-    let input_plan = stored.input_plan()?;
+    let input_plan = input_plan(&stored)?;
     super::check_stdio(
         input_plan
             .sources
@@ -732,7 +640,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
 fn input_of(
     a: &mut RunArgs,
     cwd: &Path,
-) -> anyhow::Result<(Vec<OsString>, serde_json::Value, Option<StoredPlan>)> {
+) -> anyhow::Result<(Vec<OsString>, StoredInput, Option<serde_json::Value>)> {
     let (command, given) = split_sources(std::mem::take(&mut a.command))?;
     let mut sources: Vec<SourceDef> = a
         .arg_file
@@ -763,7 +671,14 @@ fn input_of(
         && !batched
     {
         // One plain source: stored as always.
-        return Ok((command, source_to_json(&sources[0], cwd), None));
+        let input = match &sources[0].spec {
+            SourceSpec::Stdin => StoredInput::Stdin,
+            SourceSpec::File(p) => StoredInput::File {
+                path: cwd.join(p).into_os_string(),
+            },
+            SourceSpec::Args(list) => StoredInput::Args { args: list.clone() },
+        };
+        return Ok((command, input, None));
     }
     if a.context_replace && a.multi {
         bail!("give -X or -m, not both");
@@ -794,7 +709,8 @@ fn input_of(
         fit,
         context: a.context_replace,
     };
-    Ok((command, serde_json::json!({ "kind": "plan" }), Some(plan)))
+    let plan = serde_json::to_value(&plan).context("cannot encode the run's input plan")?;
+    Ok((command, StoredInput::Plan, Some(plan)))
 }
 
 /// An input error as one message (its text already holds its cause).
@@ -878,7 +794,7 @@ fn create_journal(
     stored: &StoredOptions,
     cwd: &Path,
 ) -> anyhow::Result<(Arc<Journal>, String)> {
-    let options = serde_json::to_value(stored).context("cannot encode the run's options")?;
+    let options = stored.to_json();
     let config = stored.writer_config();
     let mut record = RunRecord {
         run_id: journal::new_run_id(),
@@ -891,8 +807,11 @@ fn create_journal(
         return Ok((Arc::new(j), record.run_id));
     }
     let dir = journal::state_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the journal directory {}", dir.display()))?;
+    for w in journal::private::ensure_private_dir(&dir)
+        .with_context(|| format!("cannot create the journal directory {}", dir.display()))?
+    {
+        eprintln!("jobmill: {w}");
+    }
     // Run ids carry 16 random bits: on the rare clash, take another.
     for _ in 0..16 {
         let path = journal::path_of(&dir, &record.run_id);
@@ -903,38 +822,6 @@ fn create_journal(
         }
     }
     bail!("cannot find a free run id in {}", dir.display())
-}
-
-/// Finds the program on `PATH` once, instead of in every job's spawn, and
-/// refuses one that cannot be found instead of failing every job. `None`
-/// when the program name comes from the input (`{}` in it).
-pub(super) fn resolve_program(program: &OsString) -> anyhow::Result<Option<PathBuf>> {
-    use std::os::unix::ffi::OsStrExt;
-    if program.as_bytes().contains(&b'{') {
-        return Ok(None);
-    }
-    let found = if program.as_bytes().contains(&b'/') {
-        let p = PathBuf::from(program);
-        is_executable(&p).then_some(p)
-    } else {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|p| is_executable(p))
-        })
-    };
-    match found {
-        Some(p) => Ok(Some(p)),
-        None => bail!(
-            "command not found or not executable: {}",
-            program.to_string_lossy()
-        ),
-    }
-}
-
-fn is_executable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

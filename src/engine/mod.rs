@@ -45,7 +45,7 @@ mod workers;
 pub use gate::Gate;
 pub use plan::{Plan, Work};
 pub use process::Processes;
-pub use workers::{Workers, WorkersOptions, DEFAULT_HANDSHAKE};
+pub use workers::{Workers, WorkersOptions};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
