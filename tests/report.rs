@@ -590,7 +590,7 @@ fn status_watch_on_a_run_that_was_killed_or_finished_shows_its_last_state_and_en
             })
             .collect::<Vec<_>>()
     };
-    // (`resume` may leave its -wal and -shm: not this test's concern.)
+    // Whatever is next to the journal now stays as it is.
     let files_before = companions();
     let main_before = std::fs::read(&journal).unwrap();
     let finished = watch("a finished run");
