@@ -102,6 +102,9 @@ struct Data {
     dom_bar_limit: usize,
     /// Seconds from the run's start to the timeline's end.
     span: f64,
+    /// Attempts without an end that were cut off by the end of their
+    /// session: attempt index → where to end the bar (seconds from start).
+    open_end: std::collections::BTreeMap<usize, f64>,
 }
 
 #[derive(Serialize)]
@@ -317,6 +320,7 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
     let mut reasons: Vec<String> = Vec::new();
     let mut reason_ix = std::collections::HashMap::new();
     let mut slots = std::collections::BTreeSet::new();
+    let mut open_end = std::collections::BTreeMap::new();
     {
         let mut st = conn
             .prepare(
@@ -349,6 +353,18 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
             let dur = duration
                 .or_else(|| ended.map(|x| x - t0))
                 .map(|d| ms(d.max(0.0)));
+            if dur.is_none() && out == 4 {
+                // Cut off by the end of its session: drawn up to where the
+                // session ended, or the next one started.
+                let cap = sessions.iter().position(|s| s.id == session).and_then(|k| {
+                    sessions[k]
+                        .ended_at
+                        .or_else(|| sessions.get(k + 1).map(|n| n.started_at))
+                });
+                if let Some(cap) = cap {
+                    open_end.insert(att.job.len(), ms((cap - t_start).max(t0 - t_start)));
+                }
+            }
             let why = r.get::<_, Option<String>>(10).map_err(e)?.map(|w| {
                 *reason_ix.entry(w.clone()).or_insert_with(|| {
                     reasons.push(w);
@@ -569,6 +585,7 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
         notes,
         dom_bar_limit: DOM_BAR_LIMIT,
         span: ms((end - t_start).max(0.0)),
+        open_end,
     };
     let json = serde_json::to_string(&data).map_err(|e| JournalError::Invalid {
         path: path.to_path_buf(),

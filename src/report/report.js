@@ -37,7 +37,12 @@
     if (o === "interrupted") return "interrupted (no end recorded)";
     return o;
   }
-  function durOf(i) { var d = A.dur[i]; return d == null ? Math.max(0, D.span - A.t0[i]) : d; }
+  function durOf(i) {
+    var d = A.dur[i];
+    if (d != null) return d;
+    var e = D.open_end[i];
+    return Math.max(0, (e != null ? e : D.span) - A.t0[i]);
+  }
 
   // ---------- header ----------
   var R = D.run, C = D.counts, h = [];
@@ -89,7 +94,18 @@
   function axisHtml() {
     var ticks = niceTicks(0, span, 8), s = '<div class="tl-axis">';
     ticks.forEach(function (t) { s += '<span style="left:' + (t / span * 100) + '%">' + fmtDur(t) + "</span>"; });
-    return s + "</div>";
+    s += "</div>";
+    // Where each resume started (the slots of a new session start afresh).
+    var marks = D.sessions.filter(function (x) { return x.id > 1; });
+    if (marks.length) {
+      s += '<div class="tl-axis tl-sessions">';
+      marks.forEach(function (x) {
+        var pct = Math.min(100, Math.max(0, x.start) / span * 100);
+        s += '<span style="left:' + pct + "%" + (pct > 90 ? ";transform:translateX(-100%)" : pct < 10 ? ";transform:none" : "") + '">▲ ' + esc(x.kind) + " #" + x.id + "</span>";
+      });
+      s += "</div>";
+    }
+    return s;
   }
   function tipHtml(i) {
     var j = A.job[i], o = OUT[A.out[i]];
