@@ -103,6 +103,11 @@ pub struct StatusArgs {
     /// (created, or updated in place), as `results --queue --save` does.
     #[arg(long, value_name = "PATH", requires = "queue")]
     pub save: Option<PathBuf>,
+
+    /// Redraw every second until the run is no longer running, or the
+    /// queue is drained (or Ctrl-C).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Options of `jobmill runs`.
@@ -616,6 +621,9 @@ fn write_json(out: &mut impl Write, r: &JobRow, outputs: Option<&[Output]>) -> i
 
 /// `jobmill status`.
 pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
+    if a.watch {
+        return super::page::watch(a.run.as_deref(), a.queue.as_deref());
+    }
     let Some(run) = a.run else {
         let Some(url) = a.queue else {
             bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");

@@ -4,6 +4,7 @@
 mod args;
 mod collect;
 mod journal;
+mod page;
 mod progress;
 mod queue;
 mod report;
@@ -78,6 +79,9 @@ enum Command {
     /// List the journals in the state directory; --prune AGE deletes
     /// finished runs older than AGE.
     Runs(journal::RunsArgs),
+    /// Write one self-contained HTML page of a run (RUN_ID|PATH): a
+    /// timeline of every attempt, throughput, histograms, failures.
+    Report(page::ReportArgs),
 }
 
 /// Which of stdin, stdout and stderr were closed when jobmill started
@@ -158,6 +162,7 @@ pub fn main() -> u8 {
         Command::Status(args) => journal::status(args),
         Command::Results(args) => journal::results(args),
         Command::Runs(args) => journal::runs(args),
+        Command::Report(args) => page::report(args),
     };
     match result {
         Ok(code) => code,
