@@ -42,6 +42,11 @@ const BIG_CHUNK: usize = 1 << 20;
 /// job's group and keeps writing).
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
+/// After the main process of a job has exited, how long a pipe with
+/// nothing to read is given to reach its end of file before a process
+/// outside the job's group is suspected to hold it.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// Poll interval when `pidfd_open` is unavailable (old kernel, or out of
 /// file descriptors) and exit must be detected by polling `waitid`.
 const FALLBACK_TICK: Duration = Duration::from_millis(10);
@@ -469,6 +474,13 @@ impl Watch {
         // The main process has exited (and is not reaped yet, so its pid,
         // which is the group id, cannot be reused): kill whatever it left
         // running in its group, then take what is left in the pipes.
+        // A pipe with nothing to read is given up to SETTLE for its end of
+        // file, which comes once its last holder is gone: a group member
+        // dying of the SIGKILL, or another slot's child between its spawn
+        // and its exec (it holds a copy of every descriptor for that long).
+        // Only a pipe still held after that makes the end suspect. A job
+        // whose processes are all gone has both pipes at end of file, and
+        // this loop costs one poll.
         self.signal(Signal::KILL);
         let drain_until = Instant::now() + DRAIN_LIMIT;
         while out.is_some() || err.is_some() {
@@ -477,7 +489,9 @@ impl Watch {
                 poll_entry(out.as_ref(), placeholder),
                 poll_entry(err.as_ref(), placeholder),
             ];
-            match poll(&mut fds, Some(&Timespec::default())) {
+            let wait = SETTLE.min(drain_until.saturating_duration_since(Instant::now()));
+            let wait = Timespec::try_from(wait).unwrap_or_default();
+            match poll(&mut fds, Some(&wait)) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
