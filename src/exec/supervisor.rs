@@ -69,6 +69,8 @@ pub struct Supervisor {
     token: String,
     /// The number of the next attempt, its `JOBMILL_GUARD_ID`.
     next_id: AtomicU64,
+    /// How many attempts ended suspect and swept `/proc`.
+    sweeps: AtomicU64,
     /// Starts the jobs; holds the environment block, built once, with
     /// `JOBMILL_GUARD` in it.
     spawner: Spawner,
@@ -116,6 +118,7 @@ impl Supervisor {
             use_pidfd: true,
             token,
             next_id: AtomicU64::new(1),
+            sweeps: AtomicU64::new(0),
             spawner,
         })
     }
@@ -154,6 +157,13 @@ impl Supervisor {
         self.guardian
             .as_ref()
             .map(|g| (super::guardian::TOKEN_VAR, g.token()))
+    }
+
+    /// How many attempts so far ended suspect (an output pipe still held
+    /// after their group was killed, or stopped) and so searched `/proc`
+    /// for leftovers: for benchmarks and tests of that cost.
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(Ordering::Relaxed)
     }
 
     /// Kills every process left by this supervisor's jobs that carries its
@@ -290,6 +300,7 @@ impl Supervisor {
     /// live process whose environment holds this supervisor's token and
     /// `JOBMILL_GUARD_ID=<id>` (see [`super::sweep`]).
     fn sweep_attempt(&self, id: u64) {
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
         let token = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
         let id = format!("{ID_VAR}={id}");
         super::sweep::kill_marked(&[token.as_bytes(), id.as_bytes()]);
