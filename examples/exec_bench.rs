@@ -130,7 +130,7 @@ fn main() {
     }
 
     println!(
-        "attempts of Supervisor::run that swept /proc: {} (an output pipe still held after 20 ms, or stopped)",
+        "attempts of Supervisor::run that swept /proc: {} (an output pipe still held 20 ms after the end, or stopped)",
         counted.sweeps()
     );
     let sweeper = Supervisor::new(None, SpillBudget::new(1)).expect("supervisor");
