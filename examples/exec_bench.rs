@@ -53,6 +53,7 @@ fn main() {
     let only = arg(5, "");
 
     let sup = Arc::new(Supervisor::new(None, SpillBudget::new(64 << 20)).expect("supervisor"));
+    let counted = Arc::clone(&sup);
     let words: Vec<String> = program.split_whitespace().map(str::to_owned).collect();
     let argv: Arc<[OsString]> = words.iter().map(OsString::from).collect();
 
@@ -128,6 +129,10 @@ fn main() {
         );
     }
 
+    println!(
+        "attempts of Supervisor::run that swept /proc: {} (an output pipe still held 20 ms after the end, or stopped)",
+        counted.sweeps()
+    );
     let sweeper = Supervisor::new(None, SpillBudget::new(1)).expect("supervisor");
     let mut sweeps: Vec<Duration> = (0..21)
         .map(|_| {

@@ -704,6 +704,7 @@ fn detached_daemon_of_a_finished_job_is_killed_at_its_end() {
     assert_eq!(a.end, End::Exited(0));
     assert_eq!(text(&mut a.stdout), "main\n");
     wait_until("the detached daemon to be killed", || !alive(pid));
+    assert_eq!(sup.sweeps(), 1);
 }
 
 #[test]
@@ -716,6 +717,7 @@ fn detached_daemon_with_redirected_output_is_killed_when_the_supervisor_ends() {
     let script = detaching(">/dev/null 2>&1", "true");
     let a = run(&sup, &["sh", "-c", &script, "sh", pids.to_str().unwrap()]);
     assert_eq!(a.end, End::Exited(0));
+    assert_eq!(sup.sweeps(), 0, "nothing pointed to the daemon");
     let pid = read_pids(&pids, 1)[0];
     drop(sup);
     wait_until("the detached daemon to be killed", || !alive(pid));

@@ -27,12 +27,17 @@
 //!   (one token per supervisor) and `JOBMILL_GUARD_ID=<n>` (one number per
 //!   attempt), which its descendants inherit; the attempt's sweep kills
 //!   every live process whose environment holds both, and the groups they
-//!   lead, never another attempt's (`exec/sweep.rs`). The sweep reads `/proc`,
-//!   so it runs only when the attempt's end is suspect: an output pipe is
-//!   still open after the group kill and the drain (something outside the
-//!   main process holds it: a group member still dying, or a detached
-//!   process), or the attempt was stopped (timeout, `terminate_all`). A
-//!   `true` that exits alone closes both pipes and costs nothing more.
+//!   lead, never another attempt's (`exec/sweep.rs`). The sweep reads `/proc`
+//!   (about 0.7 ms with 110 processes), so it runs only when the attempt's
+//!   end is suspect: the attempt was stopped (timeout, `terminate_all`:
+//!   swept at once), or an output pipe is still open after the group kill
+//!   and the drain. Such a pipe is held by a group member still dying,
+//!   another slot's child between spawn and `exec` (which holds a copy of
+//!   every descriptor), or a detached process; the attempt returns at once
+//!   and hands the pipe to a thread of the supervisor
+//!   (`exec/leftovers.rs`), which sweeps the attempt's marks if the pipe
+//!   is still held 20 ms later. A `true` that exits alone closes both
+//!   pipes and costs nothing more.
 //!   What this trigger misses: a detached process that holds neither pipe
 //!   (`setsid cmd >/dev/null 2>&1 &`, a daemon that closes its
 //!   descriptors) after a normal end. No cheap signal points to it: it is
@@ -70,6 +75,7 @@
 
 mod capture;
 pub mod guardian;
+mod leftovers;
 mod supervisor;
 mod sweep;
 

@@ -20,6 +20,7 @@ use rustix::process::{
 
 use super::capture::{Capture, SpillBudget};
 use super::guardian::GuardianLink;
+use super::leftovers::Leftovers;
 use super::{Attempt, AttemptSpec, End};
 use crate::sys::process::wait4;
 use crate::sys::spawn::Spawner;
@@ -64,6 +65,8 @@ pub struct Supervisor {
     token: String,
     /// The number of the next attempt, its `JOBMILL_GUARD_ID`.
     next_id: AtomicU64,
+    /// Sweeps what finished attempts left outside their group.
+    leftovers: Leftovers,
     /// Starts the jobs; holds the environment block, built once, with
     /// `JOBMILL_GUARD` in it.
     spawner: Spawner,
@@ -98,6 +101,7 @@ impl Supervisor {
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
         let token = new_token();
         let spawner = Spawner::new(&[(super::guardian::TOKEN_VAR, OsStr::new(&token))])?;
+        let leftovers = Leftovers::start(format!("{}={token}", super::guardian::TOKEN_VAR))?;
         let guardian = match guardian {
             Some(exe) => Some(GuardianLink::start(exe, guardian_grace, token.clone())?),
             None => None,
@@ -112,6 +116,7 @@ impl Supervisor {
             token,
             next_id: AtomicU64::new(1),
             spawner,
+            leftovers,
         })
     }
 
@@ -149,6 +154,15 @@ impl Supervisor {
         self.guardian
             .as_ref()
             .map(|g| (super::guardian::TOKEN_VAR, g.token()))
+    }
+
+    /// How many attempts so far searched `/proc` for leftovers (an output
+    /// pipe still held 20 ms after their group was killed, or a stopped
+    /// attempt): for benchmarks and tests of that cost. The search for a
+    /// held pipe runs on a thread of the supervisor after the attempt has
+    /// returned.
+    pub fn sweeps(&self) -> u64 {
+        self.leftovers.sweeps()
     }
 
     /// Kills every process left by this supervisor's jobs that carries its
@@ -244,13 +258,16 @@ impl Supervisor {
             grace: spec.grace,
         }
         .watch(self, pipes, &mut attempt);
+        let (flags, held) = flags;
         attempt.timed_out = flags.timed_out;
         attempt.terminated = flags.terminated;
-        if flags.held_open || flags.timed_out || flags.terminated {
-            // Something outside the (killed) group may be left: a process
-            // still holds the job's output pipes, or the job was stopped.
-            // Kill whatever carries this attempt's marks.
-            self.sweep_attempt(id);
+        if flags.timed_out || flags.terminated {
+            // A stopped job: kill whatever carries this attempt's marks.
+            self.leftovers.sweep_now(id);
+        } else if !held.is_empty() {
+            // Some process outside the main one still holds an output
+            // pipe: the leftovers thread finds out whether it lets go.
+            self.leftovers.check(id, held);
         }
         // The whole group has had SIGKILL by now: nothing is left for the
         // guardian to stop. Unregistering before reaping means the
@@ -277,17 +294,6 @@ impl Supervisor {
         self.running.fetch_sub(1, Ordering::AcqRel);
         attempt.duration = t0.elapsed();
         attempt
-    }
-}
-
-impl Supervisor {
-    /// Kills what is left of attempt `id` outside its process group: every
-    /// live process whose environment holds this supervisor's token and
-    /// `JOBMILL_GUARD_ID=<id>` (see [`super::sweep`]).
-    fn sweep_attempt(&self, id: u64) {
-        let token = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
-        let id = format!("{ID_VAR}={id}");
-        super::sweep::kill_marked(&[token.as_bytes(), id.as_bytes()]);
     }
 }
 
@@ -348,9 +354,6 @@ fn quoted(program: &OsStr) -> String {
 struct Stopped {
     timed_out: bool,
     terminated: bool,
-    /// An output pipe was still open after the group kill and the drain:
-    /// some process outside the group may hold it.
-    held_open: bool,
 }
 
 /// Watching one running attempt until its main process has exited.
@@ -367,12 +370,12 @@ impl Watch {
     /// Reads the job's output until its main process exits, enforcing the
     /// timeout and `terminate_all`; then kills what is left of its process
     /// group and drains the pipes. Does not reap the main process.
-    fn watch<O: AsFd, E: AsFd>(
+    fn watch(
         &self,
         sup: &Supervisor,
-        pipes: (Pipe<O>, Pipe<E>),
+        pipes: (Pipe<OwnedFd>, Pipe<OwnedFd>),
         attempt: &mut Attempt,
-    ) -> Stopped {
+    ) -> (Stopped, Vec<OwnedFd>) {
         let (mut out, mut err) = pipes;
         let mut stopped = Stopped::default();
         let mut buf = ReadBuf::new();
@@ -469,6 +472,8 @@ impl Watch {
         // The main process has exited (and is not reaped yet, so its pid,
         // which is the group id, cannot be reused): kill whatever it left
         // running in its group, then take what is left in the pipes.
+        // A pipe still open after this (not at end of file) is held by some
+        // other process; it is returned, for the leftovers thread.
         self.signal(Signal::KILL);
         let drain_until = Instant::now() + DRAIN_LIMIT;
         while out.is_some() || err.is_some() {
@@ -494,8 +499,7 @@ impl Watch {
                 break;
             }
         }
-        stopped.held_open = out.is_some() || err.is_some();
-        stopped
+        (stopped, out.into_iter().chain(err).collect())
     }
 
     /// SIGTERM to the job's process group, then SIGCONT so that a stopped

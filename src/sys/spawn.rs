@@ -28,6 +28,14 @@
 //! A program that cannot be started (`ENOENT`, `EACCES`, `ENOEXEC`…) is an
 //! error returned by `posix_spawnp` itself: glibc's child reports the
 //! `exec` failure before the call returns.
+//!
+//! What it saves is small next to a job's own cost. On 2,000 `true 1` jobs
+//! at `-j2` (issue 10), `perf` puts about 87% of all CPU in the `true`
+//! processes (exec, dynamic loading, exit), about 9% in the slot threads
+//! (mostly the kernel side of clone, pipes, poll and pidfd; std's
+//! `Command::spawn` itself was 0.5%), 2.5% in the journal's thread; per
+//! job, `strace` shows std's extra `open`/`close` of `/dev/null` and two
+//! `fcntl`s, gone here, against about 270 system calls of the child.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, OsStr, OsString};
