@@ -108,6 +108,9 @@ pub struct Options {
     pub grace: Duration,
     /// What the queue stores of each attempt (the host, for Redis).
     pub host: Option<String>,
+    /// Print each job's output (default). Off for front ends that collect
+    /// results with an [`Observer`] instead (the Python bindings' `Pool`).
+    pub print_output: bool,
 }
 
 impl Default for Options {
@@ -119,6 +122,7 @@ impl Default for Options {
             handle_signals: false,
             grace: Duration::from_secs(2),
             host: None,
+            print_output: true,
         }
     }
 }
@@ -346,7 +350,9 @@ impl Dispatch {
         }
         // The job's output is printed once, with its last attempt (or the
         // attempt a stop cut short).
-        if resolution.is_final() || outcome.end == AttemptEnd::Stopped {
+        if self.opts.print_output
+            && (resolution.is_final() || outcome.end == AttemptEnd::Stopped)
+        {
             if let Err(e) = self.printer.job_output(job.seq, stdout, stderr) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     // Nobody reads our output any more: stop quietly.

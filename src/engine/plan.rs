@@ -108,6 +108,7 @@ impl Plan {
             handle_signals: self.handle_signals,
             grace: self.grace,
             host: self.host,
+            print_output: true,
         };
         super::run(queue, input, executor, observers, opts)
     }

@@ -1,0 +1,431 @@
+"""jobmill.Pool: ``multiprocessing.Pool``'s API over jobmill's engine.
+
+The workers are long-lived ``python -m jobmill.worker`` processes started and
+supervised by the Rust coordinator (``jobmill::engine`` with the ``Workers``
+executor over a ``MemoryQueue``). Each task is one job; results come back
+through an observer of the engine, never printed. The caller waits in Rust
+with the GIL released, checking for Ctrl-C every 50 ms.
+"""
+import base64
+import collections
+import concurrent.futures
+import itertools
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+import weakref
+
+from . import _jobmill
+from .worker import EXC_PREFIX
+
+DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
+_TERMINATED = 100  # the pool was terminated before the task ended
+
+
+class WorkerLost(Exception):
+    """The worker running a task died (SIGKILL, segfault, ``os._exit``, the
+    OOM killer) more than ``max_lost`` times."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker (its ``__cause__``)."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def _describe(args, kwargs):
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _function_key(func):
+    """The pickle of ``func``: by reference (module and qualified name), or by
+    value through cloudpickle when it is installed and ``func`` has no name
+    to be found by (a lambda, a closure)."""
+    try:
+        data = pickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(data)
+        if getattr(func, "__module__", None) == "__main__" and not _main_is_importable():
+            raise pickle.PicklingError("defined in an interactive __main__")
+        return data
+    except Exception as exc:
+        try:
+            import cloudpickle
+        except ImportError:
+            name = getattr(func, "__qualname__", repr(func))
+            raise TypeError(
+                f"jobmill.Pool passes functions by reference (module and qualified name), "
+                f"as multiprocessing's spawn does: {name!r} cannot be found that way ({exc}). "
+                f"Define it at the top level of a module (in a script, above the "
+                f"`if __name__ == \"__main__\":` guard), or install cloudpickle."
+            ) from None
+        return cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _main_is_importable():
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (spec is not None and spec.name not in ("__main__",)) or bool(getattr(main, "__file__", None))
+
+
+def _main_env():
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None):
+        name = spec.name
+        if name.endswith(".__main__"):
+            return {}
+        return {"JOBMILL_PY_MAIN_MODULE": name}
+    path = getattr(main, "__file__", None)
+    if path and path.endswith(".py") and os.path.exists(path):
+        return {"JOBMILL_PY_MAIN_PATH": os.path.abspath(path)}
+    return {}
+
+
+def _rebuild_exception(data):
+    text = data.decode("utf-8", "replace")
+    if not text.startswith(EXC_PREFIX):
+        return RuntimeError(f"the task failed: {text}")
+    exc, tb = pickle.loads(base64.b64decode(text[len(EXC_PREFIX):]))
+    if exc is None:
+        exc = RuntimeError(tb.strip().splitlines()[-1] if tb.strip() else "task failed")
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+class _Task:
+    __slots__ = ("seq", "desc", "index")
+
+    def __init__(self, seq, desc, index):
+        self.seq, self.desc, self.index = seq, desc, index
+
+
+class AsyncResult:
+    """The result of ``apply_async``/``map_async`` (``multiprocessing``'s API)."""
+
+    def __init__(self, pool, n, callback=None, error_callback=None, single=True):
+        self._pool = pool
+        self._values = [None] * n
+        self._left = n
+        self._error = None
+        self._single = single
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        if n == 0:
+            self._finish()
+
+    def _set(self, index, ok, value):
+        if ok:
+            self._values[index] = value
+        elif self._error is None:
+            self._error = value
+        self._left -= 1
+        if self._left == 0:
+            self._finish()
+
+    def _finish(self):
+        self._event.set()
+        if self._error is None:
+            if self._callback is not None:
+                self._callback(self._values[0] if self._single else self._values)
+        elif self._error_callback is not None:
+            self._error_callback(self._error)
+
+    def ready(self):
+        self._pool._pump_once(0)
+        return self._event.is_set()
+
+    def successful(self):
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout=None):
+        self._pool._wait(self._event.is_set, timeout)
+
+    def get(self, timeout=None):
+        if not self._pool._wait(self._event.is_set, timeout):
+            raise concurrent.futures.TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._values[0] if self._single else self._values
+
+
+class _Iter:
+    """``imap`` (ordered) and ``imap_unordered``."""
+
+    def __init__(self, pool, n, ordered):
+        self._pool = pool
+        self._n = n
+        self._ordered = ordered
+        self._ready = {} if ordered else collections.deque()
+        self._next = 0
+        self._given = 0
+
+    def _set(self, index, ok, value):
+        if self._ordered:
+            self._ready[index] = (ok, value)
+        else:
+            self._ready.append((ok, value))
+
+    def __iter__(self):
+        return self
+
+    def _available(self):
+        return (self._next in self._ready) if self._ordered else bool(self._ready)
+
+    def __next__(self):
+        return self.next()
+
+    def next(self, timeout=None):
+        if self._given >= self._n:
+            raise StopIteration
+        if not self._pool._wait(self._available, timeout):
+            raise concurrent.futures.TimeoutError
+        if self._ordered:
+            ok, value = self._ready.pop(self._next)
+            self._next += 1
+        else:
+            ok, value = self._ready.popleft()
+        self._given += 1
+        if not ok:
+            raise value
+        return value
+
+
+class Pool:
+    """A process pool with ``multiprocessing.Pool``'s methods, over jobmill.
+
+    ``retries``: times a task that raised is run again. ``max_lost``: times a
+    task whose worker died is run again on a fresh worker before it raises
+    ``WorkerLost``. ``timeout``: seconds a task may run; past it its worker is
+    killed and the task raises ``TimeoutError`` (counted under ``retries``).
+    ``chunksize`` arguments are accepted and ignored: tasks are pipelined to
+    each worker through a window of ``window`` jobs.
+    """
+
+    def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *,
+                 retries=0, max_lost=3, timeout=None, journal=None, progress=False, queue=None,
+                 window=None):
+        if journal is not None:
+            raise NotImplementedError("jobmill.Pool(journal=...) is not implemented yet")
+        if queue is not None:
+            raise NotImplementedError("jobmill.Pool(queue=...) is not implemented yet")
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and maxtasksperchild < 1:
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self._processes = processes
+        env = {
+            "JOBMILL_PY_PARENT": str(os.getpid()),
+            "JOBMILL_PY_SYS_PATH": json.dumps([p for p in sys.path if isinstance(p, str)]),
+        }
+        env.update(_main_env())
+        if initializer is not None:
+            env["JOBMILL_PY_INITIALIZER"] = base64.b64encode(
+                pickle.dumps((initializer, tuple(initargs)))).decode("ascii")
+        if maxtasksperchild:
+            env["JOBMILL_PY_MAXTASKS"] = str(maxtasksperchild)
+        if window is None:
+            window = 1 if timeout is not None or maxtasksperchild else 64
+        self._core = _jobmill.PoolCore(
+            [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
+            retries, max_lost, timeout, window)
+        self._timeout = timeout
+        self._pending = {}
+        self._seq = itertools.count(1)
+        self._submit_lock = threading.Lock()
+        self._pump_lock = threading.Lock()
+        self._state = "run"
+        self._finalizer = weakref.finalize(self, _terminate_core, self._core)
+
+    # -- submitting ------------------------------------------------------
+
+    def _check_running(self):
+        if self._state != "run":
+            raise ValueError("Pool not running")
+
+    def _submit(self, func, arglist, sink):
+        """Queue one task per (args, kwargs) of ``arglist``; each result goes
+        to ``sink._set(index, ok, value)``."""
+        self._check_running()
+        fkey = _function_key(func)
+        with self._submit_lock:
+            payloads = []
+            first = None
+            for index, (args, kwargs) in enumerate(arglist):
+                seq = next(self._seq)
+                if first is None:
+                    first = seq
+                payloads.append(pickle.dumps((fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                self._pending[seq] = (sink, index, args, kwargs)
+                if len(payloads) >= 4096:
+                    self._core.submit(first, payloads)
+                    payloads, first = [], None
+            if payloads:
+                self._core.submit(first, payloads)
+
+    # -- waiting ---------------------------------------------------------
+
+    def _dispatch(self, batch):
+        for seq, code, data in batch:
+            entry = self._pending.pop(seq, None)
+            if entry is None:
+                continue
+            sink, index, args, kwargs = entry
+            if code == DONE:
+                sink._set(index, True, pickle.loads(data))
+                continue
+            desc = _describe(args, kwargs)
+            if code == RAISED:
+                err = _rebuild_exception(data)
+            elif code == TIMED_OUT:
+                err = concurrent.futures.TimeoutError(
+                    f"task {seq} ({desc}) ran past the timeout of {self._timeout} s; its worker was killed")
+            elif code == LOST:
+                err = WorkerLost(f"task {seq} ({desc}) was lost: {data.decode('utf-8', 'replace')}")
+            elif code == _TERMINATED:
+                err = RuntimeError(f"task {seq} ({desc}) did not run: {data.decode('utf-8', 'replace')}")
+            else:
+                err = RuntimeError(f"task {seq} ({desc}) failed: {data.decode('utf-8', 'replace')}")
+            sink._set(index, False, err)
+
+    def _fail_pending(self, why):
+        batch = [(seq, _TERMINATED, why.encode()) for seq in list(self._pending)]
+        self._dispatch(batch)
+
+    def _pump_once(self, wait):
+        got = self._pump_lock.acquire(timeout=wait) if wait > 0 else self._pump_lock.acquire(False)
+        if not got:
+            return
+        try:
+            batch = self._core.collect(wait)
+            self._dispatch(batch)
+            if not batch and self._core.finished and self._pending:
+                self._core.join()
+                why = self._core.error or (
+                    "the pool was terminated" if self._state == "terminate" else "the pool's engine ended")
+                self._fail_pending(why)
+        finally:
+            self._pump_lock.release()
+
+    def _wait(self, done, timeout=None):
+        """Pump results until ``done()``; False if ``timeout`` passed first.
+        Ctrl-C terminates the pool (every worker is killed) and propagates."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not done():
+                wait = 0.2
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        return done()
+                self._pump_once(wait)
+            return True
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+    # -- the API of multiprocessing.Pool ----------------------------------
+
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+        result = AsyncResult(self, 1, callback, error_callback, single=True)
+        self._submit(func, [(tuple(args), dict(kwds))], result)
+        return result
+
+    def apply(self, func, args=(), kwds={}):
+        return self.apply_async(func, args, kwds).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        items = [((x,), {}) for x in iterable]
+        result = AsyncResult(self, len(items), callback, error_callback, single=False)
+        self._submit(func, items, result)
+        return result
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        items = [(tuple(x), {}) for x in iterable]
+        result = AsyncResult(self, len(items), callback, error_callback, single=False)
+        self._submit(func, items, result)
+        return result
+
+    def map(self, func, iterable, chunksize=None):
+        return self.map_async(func, iterable).get()
+
+    def starmap(self, func, iterable, chunksize=None):
+        return self.starmap_async(func, iterable).get()
+
+    def imap(self, func, iterable, chunksize=None):
+        items = [((x,), {}) for x in iterable]
+        it = _Iter(self, len(items), ordered=True)
+        self._submit(func, items, it)
+        return it
+
+    def imap_unordered(self, func, iterable, chunksize=None):
+        items = [((x,), {}) for x in iterable]
+        it = _Iter(self, len(items), ordered=False)
+        self._submit(func, items, it)
+        return it
+
+    def close(self):
+        """No more tasks; the workers exit once the queued ones are done."""
+        if self._state == "run":
+            self._state = "close"
+            self._core.close()
+
+    def terminate(self):
+        """Kill every worker now; tasks not done raise in their callers."""
+        self._state = "terminate"
+        self._core.terminate()
+        self._core.join()
+        if self._pump_lock.acquire(timeout=1):
+            try:
+                self._dispatch(self._core.collect(0))
+                self._fail_pending("the pool was terminated")
+            finally:
+                self._pump_lock.release()
+        self._finalizer.detach()
+
+    def join(self):
+        """Wait for the workers to exit (after ``close`` or ``terminate``)."""
+        if self._state == "run":
+            raise ValueError("Pool is still running")
+        try:
+            while not self._core.finished:
+                self._pump_once(0.2)
+            self._core.join()
+            self._pump_once(0)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        self._finalizer.detach()
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc):
+        # As multiprocessing.Pool: leaving the block terminates the pool.
+        self.terminate()
+
+    def __reduce__(self):
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+
+def _terminate_core(core):
+    core.terminate()
+    try:
+        core.join(5.0)
+    except BaseException:
+        pass
