@@ -12,6 +12,7 @@
 from ._jobmill import Closed, Empty as _NativeEmpty  # noqa: F401
 from ._queue import Queue
 from ._pool import Pool, AsyncResult, WorkerLost, RemoteTraceback
+from ._executor import Executor
 
-__all__ = ["Queue", "Pool", "AsyncResult", "Closed", "WorkerLost", "RemoteTraceback"]
+__all__ = ["Queue", "Pool", "Executor", "AsyncResult", "Closed", "WorkerLost", "RemoteTraceback"]
 __version__ = "0.2.0"

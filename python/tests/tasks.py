@@ -77,3 +77,13 @@ def init_env(value):
 
 def read_env(_):
     return os.environ.get("JOBMILL_TEST_INIT")
+
+
+def limit_memory(nbytes):
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+
+
+def allocate(nbytes):
+    return len(bytearray(nbytes))

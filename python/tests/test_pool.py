@@ -180,3 +180,32 @@ def test_sigint_to_the_process_group_mid_map(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_workers_die_with_a_sigkilled_caller(tmp_path):
+    pidfile = str(tmp_path / "pids")
+    script = tmp_path / "caller.py"
+    script.write_text(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), pidfile=pidfile))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        pids = [int(p) for p in open(pidfile).read().split()]
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_memory_limit_raises_memory_error_or_worker_lost():
+    with jobmill.Pool(1, max_lost=0, initializer=tasks.limit_memory, initargs=(1 << 30,)) as pool:
+        r = pool.apply_async(tasks.allocate, (4 << 30,))
+        with pytest.raises((MemoryError, jobmill.WorkerLost)):
+            r.get(timeout=300)
+        assert pool.apply(tasks.square, (3,)) == 9
