@@ -19,7 +19,7 @@ import time
 import weakref
 
 from . import _jobmill
-from .worker import EXC_PREFIX
+from ._wire import CHUNK, EXC_PREFIX
 
 DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
 _TERMINATED = 100  # the pool was terminated before the task ended
@@ -102,11 +102,12 @@ def _rebuild_exception(data):
     return exc
 
 
-class _Task:
-    __slots__ = ("seq", "desc", "index")
+class _Chunk:
+    """Tasks start..start+len(part) of a sink, sent as one job."""
+    __slots__ = ("sink", "start", "fkey", "part")
 
-    def __init__(self, seq, desc, index):
-        self.seq, self.desc, self.index = seq, desc, index
+    def __init__(self, sink, start, fkey, part):
+        self.sink, self.start, self.fkey, self.part = sink, start, fkey, part
 
 
 class AsyncResult:
@@ -239,11 +240,12 @@ class Pool:
         if maxtasksperchild:
             env["JOBMILL_PY_MAXTASKS"] = str(maxtasksperchild)
         if window is None:
-            window = 1 if timeout is not None or maxtasksperchild else 64
+            window = 1 if timeout is not None or maxtasksperchild else 16
         self._core = _jobmill.PoolCore(
             [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
             retries, max_lost, timeout, window)
         self._timeout = timeout
+        self._retries = retries
         self._pending = {}
         self._seq = itertools.count(1)
         self._submit_lock = threading.Lock()
@@ -257,23 +259,51 @@ class Pool:
         if self._state != "run":
             raise ValueError("Pool not running")
 
-    def _submit(self, func, arglist, sink):
+    def _submit(self, func, arglist, sink, chunked=False):
         """Queue one task per (args, kwargs) of ``arglist``; each result goes
-        to ``sink._set(index, ok, value)``."""
+        to ``sink._set(index, ok, value)``. With ``chunked`` (the map family,
+        no timeout, no retries), tasks travel in chunks of one job each, so
+        that tiny tasks are not bound by the per-job cost; a chunk whose
+        worker died is split into single tasks (each with the lost-worker
+        rule), so a task that kills its worker is named alone."""
         self._check_running()
         fkey = _function_key(func)
+        n = len(arglist)
+        size = 1
+        if chunked and self._timeout is None and self._retries == 0:
+            size = max(1, min(2048, n // (self._processes * 4)))
         with self._submit_lock:
             payloads = []
             first = None
-            for index, (args, kwargs) in enumerate(arglist):
+            for start in range(0, n, size):
                 seq = next(self._seq)
                 if first is None:
                     first = seq
-                payloads.append(pickle.dumps((fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
-                self._pending[seq] = (sink, index, args, kwargs)
-                if len(payloads) >= 4096:
+                if size == 1:
+                    args, kwargs = arglist[start]
+                    payloads.append(pickle.dumps((fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                    self._pending[seq] = (sink, start, args, kwargs)
+                else:
+                    part = arglist[start:start + size]
+                    payloads.append(pickle.dumps((fkey, CHUNK, part), protocol=pickle.HIGHEST_PROTOCOL))
+                    self._pending[seq] = (_Chunk(sink, start, fkey, part), -1, None, None)
+                if len(payloads) >= 1024:
                     self._core.submit(first, payloads)
                     payloads, first = [], None
+            if payloads:
+                self._core.submit(first, payloads)
+
+    def _resubmit_single(self, chunk):
+        """A chunk was lost: its tasks go again one job each."""
+        with self._submit_lock:
+            first = None
+            payloads = []
+            for i, (args, kwargs) in enumerate(chunk.part):
+                seq = next(self._seq)
+                if first is None:
+                    first = seq
+                payloads.append(pickle.dumps((chunk.fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs)
             if payloads:
                 self._core.submit(first, payloads)
 
@@ -285,22 +315,36 @@ class Pool:
             if entry is None:
                 continue
             sink, index, args, kwargs = entry
+            if isinstance(sink, _Chunk):
+                if code == DONE:
+                    for i, (ok, value) in enumerate(pickle.loads(data)):
+                        sink.sink._set(sink.start + i, ok, value if ok else _rebuild_exception(value.encode()))
+                    continue
+                if code == LOST and self._state == "run":
+                    self._resubmit_single(sink)
+                    continue
+                for i, (a, k) in enumerate(sink.part):
+                    self._dispatch_failure(sink.sink, sink.start + i, seq, code, data, a, k)
+                continue
             if code == DONE:
                 sink._set(index, True, pickle.loads(data))
                 continue
-            desc = _describe(args, kwargs)
-            if code == RAISED:
-                err = _rebuild_exception(data)
-            elif code == TIMED_OUT:
-                err = concurrent.futures.TimeoutError(
-                    f"task {seq} ({desc}) ran past the timeout of {self._timeout} s; its worker was killed")
-            elif code == LOST:
-                err = WorkerLost(f"task {seq} ({desc}) was lost: {data.decode('utf-8', 'replace')}")
-            elif code == _TERMINATED:
-                err = RuntimeError(f"task {seq} ({desc}) did not run: {data.decode('utf-8', 'replace')}")
-            else:
-                err = RuntimeError(f"task {seq} ({desc}) failed: {data.decode('utf-8', 'replace')}")
-            sink._set(index, False, err)
+            self._dispatch_failure(sink, index, seq, code, data, args, kwargs)
+
+    def _dispatch_failure(self, sink, index, seq, code, data, args, kwargs):
+        desc = _describe(args, kwargs)
+        if code == RAISED:
+            err = _rebuild_exception(data)
+        elif code == TIMED_OUT:
+            err = concurrent.futures.TimeoutError(
+                f"task {seq} ({desc}) ran past the timeout of {self._timeout} s; its worker was killed")
+        elif code == LOST:
+            err = WorkerLost(f"task {seq} ({desc}) was lost: {data.decode('utf-8', 'replace')}")
+        elif code == _TERMINATED:
+            err = RuntimeError(f"task {seq} ({desc}) did not run: {data.decode('utf-8', 'replace')}")
+        else:
+            err = RuntimeError(f"task {seq} ({desc}) failed: {data.decode('utf-8', 'replace')}")
+        sink._set(index, False, err)
 
     def _fail_pending(self, why):
         batch = [(seq, _TERMINATED, why.encode()) for seq in list(self._pending)]
@@ -351,13 +395,13 @@ class Pool:
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
         items = [((x,), {}) for x in iterable]
         result = AsyncResult(self, len(items), callback, error_callback, single=False)
-        self._submit(func, items, result)
+        self._submit(func, items, result, chunked=True)
         return result
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
         items = [(tuple(x), {}) for x in iterable]
         result = AsyncResult(self, len(items), callback, error_callback, single=False)
-        self._submit(func, items, result)
+        self._submit(func, items, result, chunked=True)
         return result
 
     def map(self, func, iterable, chunksize=None):
@@ -369,13 +413,13 @@ class Pool:
     def imap(self, func, iterable, chunksize=None):
         items = [((x,), {}) for x in iterable]
         it = _Iter(self, len(items), ordered=True)
-        self._submit(func, items, it)
+        self._submit(func, items, it, chunked=True)
         return it
 
     def imap_unordered(self, func, iterable, chunksize=None):
         items = [((x,), {}) for x in iterable]
         it = _Iter(self, len(items), ordered=False)
-        self._submit(func, items, it)
+        self._submit(func, items, it, chunked=True)
         return it
 
     def close(self):

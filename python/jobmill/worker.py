@@ -21,8 +21,7 @@ import traceback
 import jobmill_worker
 from jobmill_worker import Closed, Empty, Job, Worker, jobs, serve  # noqa: F401
 
-# Prefix of a failure message that carries a pickled exception.
-EXC_PREFIX = "jobmill-py-exc:"
+from jobmill._wire import CHUNK, EXC_PREFIX
 
 
 def _die_with_parent():
@@ -104,7 +103,15 @@ def main():
     for job in jobs(worker):
         try:
             fn, args, kwargs = _load(job.payload, cache)
-            result = fn(*args, **kwargs)
+            if args is CHUNK or args == CHUNK:
+                result = []
+                for a, k in kwargs:
+                    try:
+                        result.append((True, fn(*a, **k)))
+                    except BaseException as exc:
+                        result.append((False, _exception_message(exc)))
+            else:
+                result = fn(*args, **kwargs)
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # the task's verdict, whatever it is
             job.fail(_exception_message(exc))
