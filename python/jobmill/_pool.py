@@ -19,6 +19,7 @@ import time
 import weakref
 
 from . import _jobmill
+from . import _wire
 from ._wire import CHUNK, EXC_PREFIX
 
 DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
@@ -281,11 +282,11 @@ class Pool:
                     first = seq
                 if size == 1:
                     args, kwargs = arglist[start]
-                    payloads.append(pickle.dumps((fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                    payloads.append(_wire.dumps((fkey, args, kwargs)))
                     self._pending[seq] = (sink, start, args, kwargs)
                 else:
                     part = arglist[start:start + size]
-                    payloads.append(pickle.dumps((fkey, CHUNK, part), protocol=pickle.HIGHEST_PROTOCOL))
+                    payloads.append(_wire.dumps((fkey, CHUNK, part)))
                     self._pending[seq] = (_Chunk(sink, start, fkey, part), -1, None, None)
                 if len(payloads) >= 1024:
                     self._core.submit(first, payloads)
@@ -302,7 +303,7 @@ class Pool:
                 seq = next(self._seq)
                 if first is None:
                     first = seq
-                payloads.append(pickle.dumps((chunk.fkey, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                payloads.append(_wire.dumps((chunk.fkey, args, kwargs)))
                 self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs)
             if payloads:
                 self._core.submit(first, payloads)
@@ -317,7 +318,9 @@ class Pool:
             sink, index, args, kwargs = entry
             if isinstance(sink, _Chunk):
                 if code == DONE:
-                    for i, (ok, value) in enumerate(pickle.loads(data)):
+                    if data[:len(_wire.OOB_MAGIC)] == _wire.OOB_MAGIC:
+                        data = bytearray(data)
+                    for i, (ok, value) in enumerate(_wire.loads(data)):
                         sink.sink._set(sink.start + i, ok, value if ok else _rebuild_exception(value.encode()))
                     continue
                 if code == LOST and self._state == "run":
@@ -327,7 +330,10 @@ class Pool:
                     self._dispatch_failure(sink.sink, sink.start + i, seq, code, data, a, k)
                 continue
             if code == DONE:
-                sink._set(index, True, pickle.loads(data))
+                if data[:len(_wire.OOB_MAGIC)] == _wire.OOB_MAGIC:
+                    # Writable arrays, the caller's to keep.
+                    data = bytearray(data)
+                sink._set(index, True, _wire.loads(data))
                 continue
             self._dispatch_failure(sink, index, seq, code, data, args, kwargs)
 

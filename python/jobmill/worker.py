@@ -21,6 +21,7 @@ import traceback
 import jobmill_worker
 from jobmill_worker import Closed, Empty, Job, Worker, jobs, serve  # noqa: F401
 
+from jobmill import _wire
 from jobmill._wire import CHUNK, EXC_PREFIX
 
 
@@ -84,7 +85,7 @@ def _exception_message(exc):
 
 
 def _load(payload, cache):
-    fkey, args, kwargs = pickle.loads(payload)
+    fkey, args, kwargs = _wire.loads(payload)
     fn = cache.get(fkey)
     if fn is None:
         fn = pickle.loads(fkey)
@@ -112,7 +113,8 @@ def main():
                         result.append((False, _exception_message(exc)))
             else:
                 result = fn(*args, **kwargs)
-            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            data = _wire.dumps(result)
+            del result, args, kwargs  # views of the payload end with the task
         except BaseException as exc:  # the task's verdict, whatever it is
             job.fail(_exception_message(exc))
         else:
