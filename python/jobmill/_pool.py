@@ -271,8 +271,11 @@ class Pool:
         fkey = _function_key(func)
         n = len(arglist)
         size = 1
-        if chunked and self._timeout is None and self._retries == 0:
-            size = max(1, min(2048, n // (self._processes * 4)))
+        if chunked and self._timeout is None and self._retries == 0 and n > 1:
+            # Chunks are for tiny tasks: large items go one a job, through
+            # the arena.
+            if len(_wire.dumps(arglist[0])) <= 4096:
+                size = max(1, min(2048, n // (self._processes * 4)))
         with self._submit_lock:
             payloads = []
             first = None

@@ -230,11 +230,17 @@ impl PoolCore {
     }
 
     /// Queues the payloads as jobs `first`, `first + 1`, …
-    fn submit(&self, py: Python<'_>, first: u64, payloads: Vec<Vec<u8>>) -> PyResult<()> {
+    fn submit(&self, py: Python<'_>, first: u64, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<()> {
+        // One memcpy each (a `Vec<u8>` argument would be extracted item by
+        // item through the sequence protocol: 25 MB/s).
+        let payloads: Vec<Bytes> = payloads
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+            .collect();
         py.allow_threads(|| {
             for (i, p) in payloads.into_iter().enumerate() {
                 self.queue
-                    .put(NewJob::new(first + i as u64, Bytes::from(p)))
+                    .put(NewJob::new(first + i as u64, p))
                     .map_err(|e| e.to_string())?;
             }
             Ok(())
