@@ -230,7 +230,12 @@ impl PoolCore {
     }
 
     /// Queues the payloads as jobs `first`, `first + 1`, …
-    fn submit(&self, py: Python<'_>, first: u64, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<()> {
+    fn submit(
+        &self,
+        py: Python<'_>,
+        first: u64,
+        payloads: Vec<Bound<'_, PyBytes>>,
+    ) -> PyResult<()> {
         // One memcpy each (a `Vec<u8>` argument would be extracted item by
         // item through the sequence protocol: 25 MB/s).
         let payloads: Vec<Bytes> = payloads
@@ -329,7 +334,10 @@ impl PoolCore {
     /// The engine's fatal error, once joined (`None` if it had none).
     #[getter]
     fn error(&self) -> Option<String> {
-        self.summary.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.summary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

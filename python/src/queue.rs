@@ -230,7 +230,11 @@ impl QueueCore {
             .keep();
         let path = dir.join("q.sock");
         let listener = UnixListener::bind(&path).map_err(os_err)?;
-        let capacity = if maxsize == 0 { usize::MAX / 2 } else { maxsize };
+        let capacity = if maxsize == 0 {
+            usize::MAX / 2
+        } else {
+            maxsize
+        };
         let local = Arc::new(Local {
             queue: Arc::new(MemoryQueue::new(capacity, RetryPolicy::with_retries(0))),
             seq: AtomicU64::new(0),
@@ -270,7 +274,9 @@ impl QueueCore {
     /// A handle on the queue served at `path`, for another process.
     #[staticmethod]
     fn connect(py: Python<'_>, path: PathBuf) -> PyResult<QueueCore> {
-        let stream = py.allow_threads(|| UnixStream::connect(&path)).map_err(lost_owner)?;
+        let stream = py
+            .allow_threads(|| UnixStream::connect(&path))
+            .map_err(lost_owner)?;
         Ok(QueueCore {
             side: Side::Client {
                 stream: Mutex::new(stream),

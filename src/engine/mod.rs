@@ -350,9 +350,7 @@ impl Dispatch {
         }
         // The job's output is printed once, with its last attempt (or the
         // attempt a stop cut short).
-        if self.opts.print_output
-            && (resolution.is_final() || outcome.end == AttemptEnd::Stopped)
-        {
+        if self.opts.print_output && (resolution.is_final() || outcome.end == AttemptEnd::Stopped) {
             if let Err(e) = self.printer.job_output(job.seq, stdout, stderr) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     // Nobody reads our output any more: stop quietly.
