@@ -209,3 +209,28 @@ def test_memory_limit_raises_memory_error_or_worker_lost():
         with pytest.raises((MemoryError, jobmill.WorkerLost)):
             r.get(timeout=300)
         assert pool.apply(tasks.square, (3,)) == 9
+
+
+MAIN_SCRIPT = textwrap.dedent("""
+    import jobmill
+
+    def triple(x):
+        return 3 * x
+
+    print("main module ran as", __name__, flush=True)
+
+    if __name__ == "__main__":
+        pool = jobmill.Pool(2)
+        print(pool.map(triple, range(5)), flush=True)
+        # No close(), no join(): the interpreter must still exit.
+""")
+
+
+def test_functions_of_the_main_script_and_exit_without_close(tmp_path):
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[0, 3, 6, 9, 12]" in out.stdout
+    # The workers ran the main module as __mp_main__, not its guarded part.
+    assert out.stdout.count("main module ran as __main__") == 1
