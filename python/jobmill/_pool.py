@@ -23,6 +23,8 @@ from . import _wire
 from ._wire import CHUNK, EXC_PREFIX
 
 DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
+# Payload bytes submitted and not yet answered, at most (see Pool._feed).
+MAX_INFLIGHT = 256 << 20
 _TERMINATED = 100  # the pool was terminated before the task ended
 
 
@@ -248,6 +250,9 @@ class Pool:
         self._timeout = timeout
         self._retries = retries
         self._pending = {}
+        self._backlog = collections.deque()
+        self._core_closed = False
+        self._inflight = 0
         self._seq = itertools.count(1)
         self._submit_lock = threading.Lock()
         self._pump_lock = threading.Lock()
@@ -276,21 +281,37 @@ class Pool:
             # the arena.
             if len(_wire.dumps(arglist[0])) <= 4096:
                 size = max(1, min(2048, n // (self._processes * 4)))
-        with self._submit_lock:
-            payloads = []
-            first = None
+        def jobs():
             for start in range(0, n, size):
+                if size == 1:
+                    args, kwargs = arglist[start]
+                    yield (sink, start, args, kwargs), _wire.dumps((fkey, args, kwargs))
+                else:
+                    part = arglist[start:start + size]
+                    yield (_Chunk(sink, start, fkey, part), -1, None, None), _wire.dumps((fkey, CHUNK, part))
+
+        with self._submit_lock:
+            self._backlog.append(jobs())
+        self._feed()
+
+    def _feed(self):
+        """Submit backlogged jobs while the payload bytes in flight stay under
+        ``MAX_INFLIGHT`` (always at least two jobs a worker), so that the
+        caller's memory holds a bounded part of a large map."""
+        with self._submit_lock:
+            payloads, first = [], None
+            while self._backlog and (self._inflight < MAX_INFLIGHT or len(self._pending) < 2 * self._processes):
+                try:
+                    entry, payload = next(self._backlog[0])
+                except StopIteration:
+                    self._backlog.popleft()
+                    continue
                 seq = next(self._seq)
                 if first is None:
                     first = seq
-                if size == 1:
-                    args, kwargs = arglist[start]
-                    payloads.append(_wire.dumps((fkey, args, kwargs)))
-                    self._pending[seq] = (sink, start, args, kwargs)
-                else:
-                    part = arglist[start:start + size]
-                    payloads.append(_wire.dumps((fkey, CHUNK, part)))
-                    self._pending[seq] = (_Chunk(sink, start, fkey, part), -1, None, None)
+                payloads.append(payload)
+                self._pending[seq] = entry + (len(payload),)
+                self._inflight += len(payload)
                 if len(payloads) >= 1024:
                     self._core.submit(first, payloads)
                     payloads, first = [], None
@@ -306,8 +327,10 @@ class Pool:
                 seq = next(self._seq)
                 if first is None:
                     first = seq
-                payloads.append(_wire.dumps((chunk.fkey, args, kwargs)))
-                self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs)
+                payload = _wire.dumps((chunk.fkey, args, kwargs))
+                payloads.append(payload)
+                self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs, len(payload))
+                self._inflight += len(payload)
             if payloads:
                 self._core.submit(first, payloads)
 
@@ -318,7 +341,8 @@ class Pool:
             entry = self._pending.pop(seq, None)
             if entry is None:
                 continue
-            sink, index, args, kwargs = entry
+            sink, index, args, kwargs, size = entry
+            self._inflight -= size
             if isinstance(sink, _Chunk):
                 if code == DONE:
                     if data[:len(_wire.OOB_MAGIC)] == _wire.OOB_MAGIC:
@@ -326,7 +350,7 @@ class Pool:
                     for i, (ok, value) in enumerate(_wire.loads(data)):
                         sink.sink._set(sink.start + i, ok, value if ok else _rebuild_exception(value.encode()))
                     continue
-                if code == LOST and self._state == "run":
+                if code == LOST and not self._core_closed:
                     self._resubmit_single(sink)
                     continue
                 for i, (a, k) in enumerate(sink.part):
@@ -356,6 +380,13 @@ class Pool:
         sink._set(index, False, err)
 
     def _fail_pending(self, why):
+        with self._submit_lock:
+            # Jobs never submitted fail as those submitted and not done.
+            while self._backlog:
+                for entry, payload in self._backlog.popleft():
+                    seq = next(self._seq)
+                    self._pending[seq] = entry + (len(payload),)
+                    self._inflight += len(payload)
         batch = [(seq, _TERMINATED, why.encode()) for seq in list(self._pending)]
         self._dispatch(batch)
 
@@ -366,6 +397,10 @@ class Pool:
         try:
             batch = self._core.collect(wait)
             self._dispatch(batch)
+            if self._backlog and self._state != "terminate":
+                self._feed()
+            if self._state == "close" and not self._core_closed:
+                self._close_core_when_fed()
             if not batch and self._core.finished and self._pending:
                 self._core.join()
                 why = self._core.error or (
@@ -435,11 +470,24 @@ class Pool:
         """No more tasks; the workers exit once the queued ones are done."""
         if self._state == "run":
             self._state = "close"
-            self._core.close()
+            self._close_core_when_fed()
+
+    def _close_core_when_fed(self):
+        # The engine's queue closes once every task is in it: none waits in
+        # the backlog, and no chunk that may be split (if its worker dies)
+        # is still out.
+        with self._submit_lock:
+            if self._core_closed or self._backlog:
+                return
+            if any(isinstance(e[0], _Chunk) for e in self._pending.values()):
+                return
+            self._core_closed = True
+        self._core.close()
 
     def terminate(self):
         """Kill every worker now; tasks not done raise in their callers."""
         self._state = "terminate"
+        self._core_closed = True
         self._core.terminate()
         self._core.join()
         if self._pump_lock.acquire(timeout=1):
