@@ -105,6 +105,34 @@ def _rebuild_exception(data):
     return exc
 
 
+class _Progress:
+    """``progress=True``: one line on stderr (a terminal) with the tasks done,
+    the rate and the time left, redrawn at most 5 times a second."""
+
+    def __init__(self):
+        self.total = 0
+        self.done = 0
+        self.start = time.monotonic()
+        self.drawn = 0.0
+
+    def update(self, pool, batch):
+        for seq, code, data in batch:
+            entry = pool._pending.get(seq)
+            if entry is not None:
+                self.done += len(entry[0].part) if isinstance(entry[0], _Chunk) else 1
+        now = time.monotonic()
+        if now - self.drawn < 0.2 and self.done < self.total:
+            return
+        self.drawn = now
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = "?" if left == float("inf") else f"{left:.0f}s"
+        sys.stderr.write(f"\rjobmill: {self.done}/{self.total} tasks, {rate:,.0f}/s, ETA {eta}   ")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
 class _Chunk:
     """Tasks start..start+len(part) of a sink, sent as one job."""
     __slots__ = ("sink", "start", "fkey", "part")
@@ -249,6 +277,7 @@ class Pool:
             retries, max_lost, timeout, window)
         self._timeout = timeout
         self._retries = retries
+        self._progress = _Progress() if progress and sys.stderr.isatty() else None
         self._pending = {}
         self._backlog = collections.deque()
         self._core_closed = False
@@ -292,6 +321,8 @@ class Pool:
 
         with self._submit_lock:
             self._backlog.append(jobs())
+        if self._progress is not None:
+            self._progress.total += n
         self._feed()
 
     def _feed(self):
@@ -337,6 +368,8 @@ class Pool:
     # -- waiting ---------------------------------------------------------
 
     def _dispatch(self, batch):
+        if self._progress is not None and batch:
+            self._progress.update(self, batch)
         for seq, code, data in batch:
             entry = self._pending.pop(seq, None)
             if entry is None:
