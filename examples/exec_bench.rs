@@ -8,6 +8,10 @@
 //! only the variants whose name contains it (e.g. `jobmill`, for strace).
 //! With `JOBMILL_BIN` set to the jobmill binary, a variant with the
 //! guardian process is added.
+//!
+//! Last, it times one sweep of `/proc` for a supervisor's leftovers (what
+//! an attempt whose end is suspect pays: an output pipe still held after
+//! its group was killed, or a stop), as the median of 21.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
@@ -123,4 +127,29 @@ fn main() {
             t.as_secs_f64() / base
         );
     }
+
+    let sweeper = Supervisor::new(None, SpillBudget::new(1)).expect("supervisor");
+    let mut sweeps: Vec<Duration> = (0..21)
+        .map(|_| {
+            let t = Instant::now();
+            sweeper.sweep_leftovers();
+            t.elapsed()
+        })
+        .collect();
+    sweeps.sort();
+    let processes = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    println!(
+        "one sweep of /proc for leftovers ({processes} processes): {:.3} ms (median of 21)",
+        sweeps[sweeps.len() / 2].as_secs_f64() * 1e3
+    );
 }

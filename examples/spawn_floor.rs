@@ -1,9 +1,11 @@
-//! The floor for any runner that starts a process per job: `-j` threads,
+//! std's floor for a runner that starts a process per job: `-j` threads,
 //! each running `COMMAND LINE` with a bare `std::process::Command::status()`
 //! (posix_spawn) for every line of stdin, with no output capture, process
-//! group, journal or supervision. `bench/run_vs_peers.sh` times it next to
-//! jobmill and xargs, with the same command and argument, so the best any
-//! tool can do on the machine is printed in the same run.
+//! group, journal or supervision. The reference floor of
+//! `bench/run_vs_peers.sh` is the C loop `../shared/peers/spawn_floor.c`
+//! (`posix_spawnp` + `waitpid`), which this loop trails by the cost of
+//! std's `Command` (about 1.08× on the machine of issue 10); keep this one
+//! to see what std itself costs.
 //!
 //! `spawn_floor JOBS COMMAND [ARG...] < inputs`
 

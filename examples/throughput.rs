@@ -20,6 +20,14 @@
 //! also starts its processes before its clock) and stops when the last
 //! result is recorded.
 //!
+//! `--queue-only` measures the same producer and queue without workers:
+//! W threads lease jobs in batches of half the window and complete them in
+//! batches of 256, as the coordinator does (`queue-only items_per_s=…`),
+//! the ceiling the queue and the producer leave to the coordinator.
+//!
+//! `--put-only` measures the producer alone: COUNT puts into a queue large
+//! enough to hold them all, with nobody taking (`put-only items_per_s=…`).
+//!
 //! `--memcpy` instead measures this machine's memcpy at SIZE (copies of a
 //! SIZE buffer into another, COUNT times) and prints `memcpy size=…
 //! gb_per_s=…`, the ceiling to compare with.
@@ -43,6 +51,8 @@ struct Args {
     window: Option<usize>,
     worker: String,
     memcpy: bool,
+    queue_only: bool,
+    put_only: bool,
 }
 
 fn parse() -> Args {
@@ -53,6 +63,8 @@ fn parse() -> Args {
         window: None,
         worker: "rust".into(),
         memcpy: false,
+        queue_only: false,
+        put_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +76,8 @@ fn parse() -> Args {
             "--window" => a.window = Some(val().parse().expect("--window")),
             "--worker" => a.worker = val(),
             "--memcpy" => a.memcpy = true,
+            "--queue-only" => a.queue_only = true,
+            "--put-only" => a.put_only = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -113,6 +127,58 @@ fn memcpy(size: usize, count: u64) {
     println!(
         "memcpy size={size} count={count} gb_per_s={:.1} seconds={dt:.2}",
         size as f64 * count as f64 / dt / 1e9
+    );
+}
+
+/// The producer and the queue alone: `workers` threads lease and complete
+/// in the coordinator's batch sizes.
+fn queue_only(a: &Args) {
+    let queue = MemoryQueue::new(64 << 10, RetryPolicy::default());
+    let payload = bytes::Bytes::from(vec![b'x'; a.size]);
+    let lease_batch = (a.window.unwrap_or(1024) / 2).max(1);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..a.workers {
+            let queue = &queue;
+            s.spawn(move || {
+                let worker = WorkerId(w as u64 + 1);
+                let mut leases = Vec::new();
+                loop {
+                    leases.clear();
+                    match queue.try_get_many(worker, lease_batch, &mut leases) {
+                        Ok(_) => {}
+                        Err(jobmill::queue::TryGetError::Empty) => {
+                            if let Ok(l) = queue.get(worker, Some(Duration::from_millis(50))) {
+                                leases.push(l);
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                    for chunk in leases.chunks(256) {
+                        queue.complete_many(chunk).expect("complete");
+                    }
+                }
+            });
+        }
+        for i in 0..a.count {
+            queue
+                .put(NewJob {
+                    seq: i + 1,
+                    payload: payload.clone(),
+                    attempts: 0,
+                    lost: 0,
+                })
+                .expect("put");
+        }
+        queue.close().expect("close");
+    });
+    let dt = t0.elapsed().as_secs_f64();
+    println!(
+        "queue-only size={} count={} workers={} items_per_s={:.0} seconds={dt:.2}",
+        a.size,
+        a.count,
+        a.workers,
+        a.count as f64 / dt
     );
 }
 
@@ -171,6 +237,33 @@ fn main() {
     let a = parse();
     if a.memcpy {
         memcpy(a.size, a.count);
+        return;
+    }
+    if a.queue_only {
+        queue_only(&a);
+        return;
+    }
+    if a.put_only {
+        let queue = MemoryQueue::new(a.count as usize + 1, RetryPolicy::default());
+        let payload = bytes::Bytes::from(vec![b'x'; a.size]);
+        let t0 = Instant::now();
+        for i in 0..a.count {
+            queue
+                .put(NewJob {
+                    seq: i + 1,
+                    payload: payload.clone(),
+                    attempts: 0,
+                    lost: 0,
+                })
+                .expect("put");
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "put-only size={} count={} items_per_s={:.0} seconds={dt:.2}",
+            a.size,
+            a.count,
+            a.count as f64 / dt
+        );
         return;
     }
     let (command, env): (Vec<OsString>, Vec<(OsString, OsString)>) = match a.worker.as_str() {

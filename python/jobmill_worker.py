@@ -59,6 +59,7 @@ JOB, POLL_END, CLOSED = 0x10, 0x11, 0x12
 RESULT, FAILURE, BATCH, POLL, LEAVING, HEARTBEAT = 0x20, 0x21, 0x22, 0x23, 0x24, 0x30
 
 _HEADER = struct.Struct("<IB")  # body length, type
+_JOB_HEADER = struct.Struct("<IBQQIB")  # a JOB's header and fields up to its payload kind
 _JOB = struct.Struct("<QQIB")  # id, seq, attempt, payload kind
 _WELCOME = struct.Struct("<HIIII")  # version, window, max_frame, heartbeat_ms, capabilities
 _WELCOME2 = struct.Struct("<IQQ")  # version 2: arena threshold, job area, result area
@@ -96,11 +97,21 @@ class Job:
 
     def complete(self, result=b""):
         """Report the job done with ``result`` (bytes-like, or str as UTF-8)."""
-        if isinstance(result, str):
+        # The hot path of every job: kept to a few attribute lookups.
+        if type(result) is not bytes and isinstance(result, str):
             result = result.encode()
-        self._finish()
-        self._worker._push_result(self.id, result)
-        self._release()
+        if self._done:
+            raise RuntimeError("job %d was already completed or failed" % self.id)
+        self._done = True
+        w = self._worker
+        if type(result) is bytes and len(result) < w._inline_below:
+            # Small bytes: inline, straight into the batch.
+            n = len(result)
+            w._push(self.id, (_RESULT.pack(9 + n, RESULT, self.id, 0), result), 14 + n)
+        else:
+            w._push_result(self.id, result)
+        if type(self.payload) is memoryview:
+            self._release()
 
     def fail(self, message):
         """Report the job failed: retried if attempts are left, then final."""
@@ -192,6 +203,8 @@ class Worker:
         if not granted & CAP_RUNNING_PAGE:
             self._page = None
         self._threshold = threshold
+        # Results shorter than this go inline without further checks.
+        self._inline_below = self._max_frame - 13
         self._jobs_len = jobs_len
         self._results_len = results_len
         self._view = None
@@ -201,13 +214,20 @@ class Worker:
                                     % (len(self._arena), jobs_len + results_len))
             self._view = memoryview(self._arena)
             self._ro = self._view.toreadonly()
+            self._inline_below = min(self._inline_below, threshold)
         else:
             self._arena = None
         # The result ring: regions written in order, consumed in order.
         self._ring = collections.deque()
         self._ring_head = 0
         self._ring_seen = 0
-        self._lock = threading.Condition(threading.Lock())
+        # The hot paths take the plain lock (a C-level context manager); the
+        # condition wraps the same lock for the flusher's waits.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
+        # The id written on the state page (0: none), mirrored here so that
+        # answering a job need not read the page back.
+        self._running = 0
         self._pending = []
         self._pending_count = 0
         self._pending_bytes = 0
@@ -255,24 +275,35 @@ class Worker:
     def _parse_buffered(self):
         """Handle every whole frame already buffered, without reading."""
         buf, off, end_all = self._buf, self._off, len(self._buf)
-        jobs = self._jobs
-        while end_all - off >= 5:
-            n, kind = _HEADER.unpack_from(buf, off)
-            if n > self._max_frame:
-                raise ProtocolError("frame of %d bytes exceeds the limit of %d" % (n, self._max_frame))
-            if end_all - off < 5 + n:
+        append = self._jobs.append
+        max_frame = self._max_frame
+        job_header, header = _JOB_HEADER.unpack_from, _HEADER.unpack_from
+        while True:
+            # One unpack per job: the frame header and the JOB fields (junk
+            # for other, shorter frames, and then unused).
+            avail = end_all - off
+            if avail >= 26:
+                n, kind, id, seq, attempt, pkind = job_header(buf, off)
+            elif avail >= 5:
+                n, kind = header(buf, off)
+            else:
+                break
+            if n > max_frame:
+                raise ProtocolError("frame of %d bytes exceeds the limit of %d" % (n, max_frame))
+            if avail < 5 + n:
                 break
             start = off + 5
             off = start + n
             if kind == JOB:
-                id, seq, attempt, pkind = _JOB.unpack_from(buf, start)
+                if n < 21:
+                    raise ProtocolError("malformed JOB frame of %d bytes" % n)
                 if pkind == 0:
-                    jobs.append(Job(self, id, seq, attempt, buf[start + 21:off]))
+                    append(Job(self, id, seq, attempt, buf[start + 21:off]))
                 elif pkind == 1 and self._arena is not None and n == 37:
                     at, size = _REF.unpack_from(buf, start + 21)
                     if at + size > self._jobs_len:
                         raise ProtocolError("job %d is outside the arena's job area" % id)
-                    jobs.append(Job(self, id, seq, attempt, self._ro[at:at + size]))
+                    append(Job(self, id, seq, attempt, self._ro[at:at + size]))
                 else:
                     raise ProtocolError("unknown payload kind %d in JOB" % pkind)
             else:
@@ -300,7 +331,7 @@ class Worker:
     # -- getting jobs -------------------------------------------------------
 
     def _send_poll(self):
-        with self._lock:
+        with self._mutex:
             self._flush_locked(extra=_POLL_FRAME)
         self._polls += 1
 
@@ -309,6 +340,15 @@ class Worker:
         # Two POLLs at most: the first answer may be a full window's; after
         # the second the coordinator sends the next job as soon as there is
         # one (polling on would spin while the queue is empty).
+        jobs = self._jobs
+        if jobs:
+            # The hot path, _take inlined.
+            job = jobs.popleft()
+            self._taken += 1
+            if self._page is not None:
+                _U64.pack_into(self._page, 0, job.id)
+                self._running = job.id
+            return job
         polled = 0
         while True:
             if self._jobs:
@@ -357,6 +397,7 @@ class Worker:
         self._taken += 1
         if self._page is not None:
             _U64.pack_into(self._page, 0, job.id)
+            self._running = job.id
         return job
 
     def __iter__(self):
@@ -365,18 +406,21 @@ class Worker:
     # -- results ------------------------------------------------------------
 
     def _push(self, id, parts, size):
-        page = self._page
-        if page is not None and _U64.unpack_from(page, 0)[0] == id:
-            _U64.pack_into(page, 0, 0)
-        with self._lock:
+        if self._running == id:
+            self._running = 0
+            _U64.pack_into(self._page, 0, 0)
+        with self._mutex:
             if self._error is not None:
                 raise ProtocolError("writing to the coordinator failed: %s" % self._error)
-            if self._pending_bytes + size > self._max_frame:
+            pending_bytes = self._pending_bytes + size
+            if pending_bytes > self._max_frame:
                 self._flush_locked()
+                pending_bytes = size
             self._pending.extend(parts)
-            self._pending_count += 1
-            self._pending_bytes += size
-            if self._pending_count >= BATCH_ENTRIES or self._pending_bytes >= BATCH_BYTES:
+            count = self._pending_count + 1
+            self._pending_count = count
+            self._pending_bytes = pending_bytes
+            if count >= BATCH_ENTRIES or pending_bytes >= BATCH_BYTES:
                 self._flush_locked()
             elif self._first_pending is None:
                 self._first_pending = time.monotonic()
@@ -411,9 +455,9 @@ class Worker:
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
         n = view.nbytes
-        page = self._page
-        if page is not None and _U64.unpack_from(page, 0)[0] == id:
-            _U64.pack_into(page, 0, 0)
+        if self._running == id:
+            self._running = 0
+            _U64.pack_into(self._page, 0, 0)
         spins = 0
         while True:
             with self._lock:
@@ -437,12 +481,14 @@ class Worker:
             n = len(result) if isinstance(result, (bytes, bytearray)) else memoryview(result).nbytes
             if self._threshold <= n <= self._results_len:
                 return self._push_arena_result(id, result)
-        result = bytes(result)
-        if 14 + len(result) > self._max_frame:
+        if type(result) is not bytes:
+            result = bytes(result)
+        n = len(result)
+        if 14 + n > self._max_frame:
             self._push_failure(id, b"result of %d bytes exceeds the frame limit of %d bytes"
-                               % (len(result), self._max_frame))
-            raise ProtocolError("result of job %d is too large (%d bytes)" % (id, len(result)))
-        self._push(id, (_RESULT.pack(9 + len(result), RESULT, id, 0), result), 14 + len(result))
+                               % (n, self._max_frame))
+            raise ProtocolError("result of job %d is too large (%d bytes)" % (id, n))
+        self._push(id, (_RESULT.pack(9 + n, RESULT, id, 0), result), 14 + n)
 
     def _push_failure(self, id, message):
         message = message[: max(0, self._max_frame - 64)]
@@ -525,10 +571,11 @@ def jobs(worker=None):
     A job that the loop body neither completed nor failed is failed when the
     loop moves on."""
     w = worker if worker is not None else Worker()
+    get = w.get
     try:
         while True:
             try:
-                job = w.get()
+                job = get()
             except Closed:
                 return
             yield job

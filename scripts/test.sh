@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README says: installs what the tests need when
-# it is missing (redis-server, GNU parallel, python3, openssl from Debian), then runs
+# it is missing (redis-server, GNU parallel with Text::CSV, python3, openssl,
+# chromium, tmux from Debian), then runs
 # every test. Tests that need Redis start their own throwaway server on a free
 # loopback port; a missing redis-server makes them fail, never skip.
 set -euo pipefail
@@ -11,6 +12,12 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v parallel >/dev/null 2>&1 || need+=(parallel)
+# GNU parallel's --csv needs Text::CSV (tests/compat_parallel.rs uses it).
+perl -MText::CSV -e 1 >/dev/null 2>&1 || need+=(libtext-csv-perl)
+# `jobmill report` is rendered in headless Chromium, `status --watch` read
+# in a tmux pane (tests/report.rs).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

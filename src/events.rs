@@ -107,6 +107,15 @@ pub trait JobOutput {
     ///
     /// When spilled output cannot be read back.
     fn head(&mut self, limit: usize) -> io::Result<(Vec<u8>, bool)>;
+    /// Writes all of it to `w` (by default through [`JobOutput::head`]).
+    ///
+    /// # Errors
+    ///
+    /// When spilled output cannot be read back, or `w` fails.
+    fn copy_to(&mut self, w: &mut dyn io::Write) -> io::Result<()> {
+        let (bytes, _) = self.head(usize::MAX)?;
+        w.write_all(&bytes)
+    }
 }
 
 /// One finished attempt, as observers see it.

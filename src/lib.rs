@@ -63,6 +63,7 @@ pub mod persistent;
 pub mod pool;
 pub mod protocol;
 pub mod queue;
+pub mod report;
 pub mod sys;
 pub mod template;
 pub mod worker;

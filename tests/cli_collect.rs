@@ -380,7 +380,7 @@ fn inputs_the_queue_does_not_keep_are_collected_empty_with_a_note() {
     let out = ok(&["results", "--queue", &url]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 job has no input"), "{err}");
-    assert!(err.contains("over 16 KiB"), "{err}");
+    assert!(err.contains("up to 16 KiB"), "{err}");
     let rows = tsv_rows(&text(&out));
     assert_eq!((&*rows[&1][1], &*rows[&1][9]), ("done", ""));
     assert_eq!((&*rows[&2][1], &*rows[&2][9]), ("done", "small"));

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::process::{Child, Stdio};
 
 use common::{finish, jobmill, submit, wait_until};
+use jobmill::queue::redis::{RedisConfig, RedisQueue};
 use redis_support::RedisServer;
 
 fn spawn_worker(url: &str, jobs: usize, command: &[&str]) -> Child {
@@ -75,29 +76,32 @@ fn two_workers_and_a_submitter_run_1000_jobs_exactly_once() {
 }
 
 #[test]
-fn a_worker_killed_mid_job_loses_its_lease_and_every_job_ends_done_once() {
+fn a_worker_killed_with_sigkill_under_no_retries_loses_its_leases_and_its_jobs_run_again_elsewhere()
+{
     let server = RedisServer::start();
     let url = server.url("killed");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("started");
     let input: String = (1..=10).map(|i| format!("{i}\n")).collect();
-    submit(&url, &["--visibility", "1s", "--retries", "2"], &input);
-    // Job 1's first attempt hangs; every other attempt is quick.
+    // The default --retries 0: a lost job must run again all the same.
+    submit(&url, &["--visibility", "1s"], &input);
+    // The first attempts of jobs 1 and 2 hang; every other attempt is quick.
     let script = format!(
-        "echo $1 >> {m}; if [ $1 = 1 ] && [ $JOBMILL_ATTEMPT = 1 ]; then sleep 60; fi; echo out-$1",
+        "echo $1 >> {m}; if [ $1 -le 2 ] && [ $JOBMILL_ATTEMPT = 1 ]; then sleep 60; fi; echo out-$1",
         m = marker.display()
     );
     let command = ["sh", "-c", &script, "sh", "{}"];
-    let doomed = spawn_worker(&url, 1, &command);
-    wait_until("the first worker to start job 1", || {
-        std::fs::read_to_string(&marker).is_ok_and(|s| s.lines().any(|l| l == "1"))
+    let doomed = spawn_worker(&url, 2, &command);
+    wait_until("the first worker to start jobs 1 and 2", || {
+        std::fs::read_to_string(&marker)
+            .is_ok_and(|s| s.lines().any(|l| l == "1") && s.lines().any(|l| l == "2"))
     });
     let pid = doomed.id();
     common::send_signal("KILL", pid);
     let (_, doomed_out, _) = finish(doomed);
     assert!(
-        !doomed_out.contains("out-1\n"),
-        "job 1 should not have finished"
+        !doomed_out.contains("out-1\n") && !doomed_out.contains("out-2\n"),
+        "jobs 1 and 2 should not have finished"
     );
     let survivor = spawn_worker(&url, 2, &command);
     let (code, out, err) = finish(survivor);
@@ -111,12 +115,28 @@ fn a_worker_killed_mid_job_loses_its_lease_and_every_job_ends_done_once() {
     }
     let r = results(&url);
     assert_eq!(r.len(), 10);
-    assert_eq!(
-        r[&1],
-        ("done".to_string(), 2),
-        "the lost attempt is counted"
-    );
-    assert!((2..=10).all(|i| r[&i] == ("done".to_string(), 1)));
+    for i in 1..=2 {
+        assert_eq!(
+            r[&i],
+            ("done".to_string(), 2),
+            "job {i}: done at its second attempt, the lost one recorded"
+        );
+    }
+    assert!((3..=10).all(|i| r[&i] == ("done".to_string(), 1)));
+    // The records say which attempts were lost.
+    let q = RedisQueue::connect(
+        &url,
+        RedisConfig {
+            create: false,
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    let recs = q.results().unwrap();
+    let lost: Vec<(u64, u32)> = recs.iter().map(|r| (r.seq, r.lost)).collect();
+    assert!(lost.contains(&(1, 1)) && lost.contains(&(2, 1)), "{lost:?}");
+    assert!(recs.iter().filter(|r| r.seq > 2).all(|r| r.lost == 0));
+    assert!(q.dead_letters().unwrap().is_empty());
 }
 
 #[test]

@@ -125,13 +125,16 @@ fn two_persistent_workers_run_1000_jobs_each_exactly_once() {
 }
 
 #[test]
-fn a_persistent_worker_process_killed_mid_job_is_replaced_and_every_job_ends_done_once() {
+fn a_persistent_worker_process_killed_mid_job_under_no_retries_is_replaced_and_every_job_ends_done_once(
+) {
     let server = RedisServer::start();
     let url = server.url("pkilled");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pid");
     let input: String = (1..=60).map(|i| format!("{i}\n")).collect();
-    submit(&url, &["--retries", "2"], &input);
+    // No retries: the job its worker died with was lost, not failed, so it
+    // runs again all the same.
+    submit(&url, &[], &input);
     // Job 7's first attempt hangs after writing its worker's pid; every
     // other attempt completes at once.
     let script = format!(
@@ -163,7 +166,7 @@ fn a_persistent_worker_process_killed_mid_job_is_replaced_and_every_job_ends_don
     assert_eq!(
         (r[&7].0.as_str(), r[&7].1),
         ("done", 2),
-        "the lost attempt is counted"
+        "the lost attempt is recorded (not counted against the retries: there are none)"
     );
     for i in (1..=60).filter(|&i| i != 7) {
         assert_eq!(
@@ -348,7 +351,8 @@ fn a_killed_persistent_worker_host_takes_its_processes_along_and_peers_take_its_
     wait_until("the guardian to kill the worker process", || {
         !common::pid_alive(child)
     });
-    // A peer takes the four idle leases over, attempts counted.
+    // A peer takes the four idle leases over; they run again as lost
+    // attempts (recorded, not counted against the retries).
     let survivor = spawn_worker(&url, 2, &[], &script);
     let (code, out, err) = finish(survivor);
     assert_eq!(code, 0, "{err}");
@@ -359,7 +363,7 @@ fn a_killed_persistent_worker_host_takes_its_processes_along_and_peers_take_its_
     assert_eq!(r.len(), 20);
     assert!(r.values().all(|(s, _, _)| s == "done"));
     // Every job the lost host held (at least the one it ran) idled out and
-    // was taken over with its attempt counted; the others ran once.
+    // was taken over, its lost attempt recorded; the others ran once.
     let retried = r.values().filter(|(_, a, _)| *a == 2).count();
     assert!(retried >= 1, "{r:?}");
     assert!(r.values().all(|(_, a, _)| *a <= 2), "{r:?}");

@@ -362,3 +362,154 @@ fn verbose_prints_the_journal_and_run_id_at_the_start_and_nothing_on_success_wit
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `jobmill` run through `sh` with umask 022 (the usual default), so that
+/// the modes checked are jobmill's choice, not the test's umask.
+fn jm_umask(state: &Path) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 022 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_jobmill"))
+        .env("XDG_STATE_HOME", state);
+    c
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Fault 9: under umask 022, the state directory is created 0700 and a
+/// journal, its -wal and -shm files and its completions log are 0600, while
+/// the run is live and after it; an existing directory readable by others
+/// is tightened.
+#[test]
+fn journals_and_the_state_directory_are_private_under_umask_022() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let gate = dir.path().join("gate");
+    let release = dir.path().join("release");
+    let mut child = spawn_in_own_group(
+        jm_umask(&state)
+            .args(["run", "-j2", "--"])
+            .args(["sh", "-c"])
+            .arg(format!(
+                "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+                gate.display(),
+                release.display()
+            ))
+            .args(["sh", ":::", "a", "b", "c"]),
+    );
+    wait_until("a job runs", || gate.exists());
+    let jdir = state.join("jobmill");
+    assert_eq!(mode(&jdir), 0o700, "state directory");
+    let journal = std::fs::read_dir(&jdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sqlite"))
+        .expect("a journal");
+    wait_until("the first commit made the WAL", || {
+        Path::new(&format!("{}-wal", journal.display())).exists()
+    });
+    for suffix in ["", "-wal", "-shm", "-completions"] {
+        let p = PathBuf::from(format!("{}{suffix}", journal.display()));
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    std::fs::write(&release, "").unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert_eq!(mode(&journal), 0o600);
+
+    // An existing directory that others can read is tightened.
+    let state2 = dir.path().join("state2");
+    let jdir2 = state2.join("jobmill");
+    std::fs::create_dir_all(&jdir2).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&jdir2, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = jm_umask(&state2)
+        .args(["run", "--", "true", ":::", "x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&jdir2), 0o700, "tightened");
+    // --journal FILE elsewhere: the file is private too.
+    let j = dir.path().join("mine.sqlite");
+    let out = jm_umask(&state2)
+        .args(["run", "--journal"])
+        .arg(&j)
+        .args(["--", "true", ":::", "x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&j), 0o600);
+}
+
+/// Issue 12: `--journal DIR` and `--journal /dev/null` say what the path
+/// is, not "already exists; use jobmill resume".
+#[test]
+fn a_journal_path_that_is_a_directory_or_a_device_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, needle) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (PathBuf::from("/dev/null"), "is a device"),
+    ] {
+        let out = jm(&dir.path().join("state"))
+            .args(["run", "--journal"])
+            .arg(&path)
+            .args(["--", "true", ":::", "x"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        assert!(err.contains(needle), "{needle:?} in {err}");
+        assert!(!err.contains("jobmill resume"), "{err}");
+    }
+}
+
+/// Issue 12: an OS error is printed once, not once per level of the chain.
+#[test]
+fn an_os_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such.sqlite");
+    let out = jm(&dir.path().join("state"))
+        .arg("resume")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
+
+/// Issue 12: two resumes started just after a `kill -9` name the live
+/// holder of the journal (the other resume), never the dead run's pid.
+#[test]
+fn a_refused_resume_names_the_live_holder_not_the_dead_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let journal = dir.path().join("j.sqlite");
+    let gate = dir.path().join("gate");
+    let job = format!("touch {}; sleep 30", gate.display());
+    let mut run = spawn_in_own_group(
+        jm(&state)
+            .args(["run", "-j1", "--journal"])
+            .arg(&journal)
+            .args(["--", "sh", "-c", &job, "sh", ":::", "a"]),
+    );
+    wait_until("the job runs", || gate.exists());
+    let dead = run.id();
+    send_signal("KILL", dead);
+    wait_exit(&mut run);
+    std::fs::remove_file(&gate).unwrap();
+    let mut first = spawn_in_own_group(jm(&state).arg("resume").arg(&journal));
+    wait_until("the resumed job runs", || gate.exists());
+    let out = jm(&state).arg("resume").arg(&journal).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains(&format!("in use by another jobmill (pid {})", first.id())),
+        "{err}"
+    );
+    assert!(!err.contains(&format!("pid {dead}")), "{err}");
+    send_signal("KILL", first.id());
+    wait_exit(&mut first);
+}

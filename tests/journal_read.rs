@@ -1293,3 +1293,30 @@ fn status_shortens_long_inputs_on_a_character_boundary() {
     assert!(line.ends_with("é..."), "{line}");
     assert!(line.len() < 120, "{line}");
 }
+
+/// Issue 12: `results --output PATH` takes PATH as the run (`--output`'s
+/// SEQ is optional), the same as `results PATH --output`.
+#[test]
+fn results_output_followed_by_a_path_reads_that_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.sqlite");
+    finished_run(&p, "20261130-010000-aaaa");
+    let ps = p.to_str().unwrap();
+    let after = jobmill()
+        .args(["results", "--output", ps])
+        .output()
+        .unwrap();
+    assert!(after.status.success(), "{after:?}");
+    let before = jobmill()
+        .args(["results", ps, "--output"])
+        .output()
+        .unwrap();
+    assert_eq!(after.stdout, before.stdout);
+    assert!(!after.stdout.is_empty());
+    let bad = jobmill()
+        .args(["results", ps, "--output", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("job number"));
+}

@@ -196,7 +196,11 @@ impl Scenario {
             .unwrap();
         assert!(out.status.success(), "status failed: {out:?}");
         let log = PathBuf::from(format!("{}-completions", self.journal.display()));
-        assert!(!log.exists(), "the completions log was not recovered");
+        assert!(
+            !log.exists(),
+            "the completions log was not recovered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let done = done_inputs(&self.journal);
         assert!(done.is_superset(&committed));
         done
@@ -776,8 +780,10 @@ fn results_after_sigkill_show_the_ends_the_completions_log_held() {
             })
             .is_ok_and(|n| n > 0)
     };
+    // The log also holds attempt starts: wait for the quick job's end,
+    // which carries its output.
     wait_until("the quick job's end in the completions log", || {
-        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) || committed()
+        std::fs::read(&log).is_ok_and(|b| b.windows(9).any(|w| w == b"out-quick")) || committed()
     });
     send_signal("KILL", child.id());
     wait_exit(&mut child);
@@ -817,4 +823,79 @@ fn results_after_sigkill_show_the_ends_the_completions_log_held() {
             .unwrap();
         assert_ne!(state, "done", "{input}");
     }
+}
+
+/// Fault 7: after any crash and resume, a job that ran twice shows two
+/// attempts. Repeated `kill -9` of the run, then of each resume, then a
+/// resume to completion; each job appends its input to a side file when
+/// it runs. For every job, the journal's attempts are at least the times
+/// it really ran. An attempt can be recorded and its process killed
+/// before it wrote its line (jobmill died between the two); those extra
+/// attempts are `interrupted`, at most one per slot per kill, and a job
+/// never interrupted has exactly one attempt.
+#[test]
+fn attempts_cover_every_real_run_across_repeated_kill_and_resume() {
+    const KILLS: usize = 6;
+    let mut rng = Rng::new();
+    let s = Scenario::new(400);
+    s.interrupt(Stop::Kill, 1 + rng.below(40) as usize);
+    for _ in 1..KILLS {
+        let before = side_lines(&s.side);
+        let mut cmd = jm(&s.state());
+        cmd.arg("resume").arg(&s.journal);
+        let mut child = spawn_in_own_group(&mut cmd);
+        let mut out = child.stdout.take().unwrap();
+        let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let after = before + 1 + rng.below(40) as usize;
+        wait_until("enough jobs started", || {
+            side_lines(&s.side) >= after || child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the resume ended early"
+        );
+        send_signal("KILL", child.id());
+        wait_exit(&mut child);
+        let _ = drain.join();
+    }
+    s.resume();
+    let c = db(&s.journal);
+    let counts = side_counts(&s.side);
+    let (mut twice, mut extra) = (0, 0);
+    for seq in 1..=s.n {
+        let ran = counts
+            .get(&format!("input-{seq}").into_bytes())
+            .copied()
+            .unwrap_or(0);
+        let (attempts, rows, interrupted): (i64, i64, i64) = c
+            .query_row(
+                "SELECT attempts, (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq),
+                        (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
+                           AND a.outcome = 'interrupted')
+                 FROM job WHERE seq = ?1",
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            attempts, rows,
+            "job {seq}: job.attempts and its attempt rows"
+        );
+        assert!(
+            attempts as usize >= ran,
+            "job {seq} ran {ran} times but the journal records {attempts} attempts"
+        );
+        if interrupted == 0 {
+            assert_eq!((attempts, ran), (1, 1), "job {seq}, never interrupted");
+        }
+        if ran >= 2 {
+            twice += 1;
+        }
+        extra += attempts as usize - ran;
+    }
+    assert!(
+        extra <= KILLS * JOBS,
+        "{extra} attempts recorded beyond the real runs, more than {JOBS} per kill"
+    );
+    eprintln!("{KILLS} kills: {twice} jobs ran twice or more; {extra} attempts recorded but killed before they ran");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobmill::job::{FailReason, JobState, RetryPolicy};
-use jobmill::persistent::{self, Config, OutcomeKind, PersistentError, Stop, Stream};
+use jobmill::persistent::{self, Config, OutcomeKind, PersistentError, Stop, Stream, WorkerEvent};
 use jobmill::queue::memory::MemoryQueue;
 use jobmill::queue::{Disposition, Queue};
 use jobmill::worker::{self, TryGetError, Worker};
@@ -493,15 +493,130 @@ fn a_command_that_is_not_a_worker_gives_up_with_a_clear_error() {
     put_all(&q, &payloads(3));
     q.close().unwrap();
     let rec = Recorder::default();
-    let mut c = Config::new(vec!["true".into()], 1);
+    let mut c = Config::new(vec!["true".into()], 2);
     c.max_failed_starts = 3;
     let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("3 workers in a row") && msg.contains("is it a jobmill worker"),
+        msg.contains("workers keep failing")
+            && msg.contains("all failed their protocol handshake")
+            && msg.contains("is it a jobmill worker"),
         "{msg}"
     );
     assert_eq!(q.counts().unwrap().queued, 3, "no job was touched");
+    // The first worker of each slot failed the same way: no retries.
+    assert_eq!(rec.spawn_count(), 2, "{:?}", rec.events.lock().unwrap());
+}
+
+#[test]
+fn a_command_that_never_says_hello_gives_up_after_one_handshake_deadline() {
+    // Issue 10, fault 4: `sleep 3059` held jobmill for 5 handshake
+    // deadlines of 60 s in every slot. Now the first worker of every slot
+    // fails the same way, concurrently, and the run gives up at once.
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(3));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = Config::new(vec!["sleep".into(), "3059".into()], 3);
+    c.handshake_timeout = Duration::from_millis(500);
+    let t0 = std::time::Instant::now();
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    let took = t0.elapsed();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, PersistentError::WorkersFailing { .. })
+            && msg.contains("sent no HELLO within 500ms")
+            && msg.contains("is it a jobmill worker"),
+        "{msg}"
+    );
+    // Generous: three sequential deadlines or five retries would still
+    // pass this, the old 5 x 60 s would not.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert_eq!(rec.spawn_count(), 3, "one worker per slot, no retries");
+    assert_eq!(q.counts().unwrap().queued, 3, "no job was touched");
+}
+
+#[test]
+fn first_workers_failing_their_handshakes_in_different_ways_are_retried_as_usual() {
+    // Slot 1's worker exits at once, slot 2's never says HELLO: not "the
+    // same way", so each slot retries up to max_failed_starts.
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(3));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let script = r#"if [ "$JOBMILL_WORKER_SLOT" = 1 ]; then exit 0; fi; exec sleep 3059"#;
+    let mut c = Config::new(vec!["sh".into(), "-c".into(), script.into()], 2);
+    c.handshake_timeout = Duration::from_millis(300);
+    c.max_failed_starts = 2;
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("2 workers in a row") && !msg.contains("all failed"),
+        "{msg}"
+    );
+    assert_eq!(rec.spawn_count(), 4, "two starts per slot");
+}
+
+#[test]
+fn a_worker_flooding_its_output_is_cut_to_its_budget_with_one_notice() {
+    // Issue 10, fault 4: `yes` as the worker relayed 450 MB of output
+    // while jobmill waited for its HELLO.
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    put_all(&q, &payloads(1));
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let mut c = Config::new(vec!["yes".into()], 1);
+    c.handshake_timeout = Duration::from_secs(1);
+    c.output_limit = 64 << 10;
+    let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
+    assert!(err.to_string().contains("sent no HELLO"), "{err}");
+    let lines = rec.lines.lock().unwrap();
+    let relayed: usize = lines.iter().map(|(_, _, l)| l.len() + 1).sum();
+    // A burst of 64 KiB plus 64 KiB/s for the 1 s deadline (and a slow
+    // machine's slack), at 66 bytes of budget per "y" line: well under
+    // 10,000 lines, against millions without the budget.
+    assert!(!lines.is_empty());
+    assert!(lines.len() < 10_000, "{} lines relayed", lines.len());
+    assert!(relayed < 64 << 10, "{relayed} bytes relayed");
+    let events = rec.events.lock().unwrap();
+    let dropped: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            WorkerEvent::OutputDropped { bytes, detail, .. } => {
+                assert!(
+                    detail.contains("bytes of worker output dropped"),
+                    "{detail}"
+                );
+                Some(*bytes)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped.len(), 1, "one notice for the flood: {dropped:?}");
+    assert!(dropped[0] > relayed as u64, "{dropped:?}");
+}
+
+#[test]
+fn a_line_longer_than_64_kib_is_cut_and_the_rest_reported() {
+    let q = MemoryQueue::new(100, RetryPolicy::default());
+    q.close().unwrap();
+    let rec = Recorder::default();
+    let (command, env) = python(
+        "import sys\nsys.stderr.write('x' * 200000 + '\\nafter\\n')\nsys.stderr.flush()\n\
+         import jobmill_worker\nfor job in jobmill_worker.jobs(): job.complete(b'')\n",
+    );
+    let mut c = Config::new(command, 1);
+    c.env = env;
+    persistent::run(&q, &c, &rec, &Stop::new()).unwrap();
+    let lines = rec.lines.lock().unwrap();
+    let texts: Vec<usize> = lines.iter().map(|(_, _, l)| l.len()).collect();
+    assert_eq!(texts, vec![64 << 10, 5], "{texts:?}");
+    let events = rec.events.lock().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            WorkerEvent::OutputDropped { bytes, .. } if *bytes == 200_000 - (64 << 10) + 1)),
+        "{events:?}"
+    );
 }
 
 #[test]

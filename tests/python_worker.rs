@@ -246,7 +246,7 @@ fn python_worker_with_another_protocol_version_is_refused_by_name() {
     let script = "import jobmill_worker as jw\njw.PROTOCOL_VERSION = 99\njw.Worker()\n";
     let mut c = config(script, 1);
     c.max_failed_starts = 1;
-    c.hello_timeout = Duration::from_secs(30);
+    c.handshake_timeout = Duration::from_secs(30);
     let err = persistent::run(&q, &c, &rec, &Stop::new()).unwrap_err();
     assert!(
         err.to_string().contains("speaks protocol version 99"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use jobmill::job::{FailReason, JobState, NewJob, RetryPolicy, WorkerId};
 use jobmill::queue::redis::{
-    AttemptInfo, OpenError, ProducerState, RedisConfig, RedisQueue, MAX_PAYLOAD,
+    AttemptInfo, OpenError, ProducerState, RedisConfig, RedisQueue, Requeue, MAX_PAYLOAD,
 };
 use jobmill::queue::{Completion, Disposition, GetError, PutError, Queue, QueueError, TryGetError};
 use redis_support::{wait_until, RedisServer};
@@ -197,11 +197,12 @@ fn two_consumers_and_one_producer_run_1000_jobs_exactly_once() {
 }
 
 #[test]
-fn an_idle_lease_is_redelivered_with_the_attempt_counted_and_the_late_ack_is_stale() {
+fn an_idle_lease_is_redelivered_as_a_lost_attempt_and_the_late_ack_is_stale() {
     let server = RedisServer::start();
     let url = server.url("idle");
+    // No retries: the job did not fail, it was lost, so it runs again.
     let hung_cfg = RedisConfig {
-        policy: RetryPolicy::with_retries(3),
+        policy: RetryPolicy::with_retries(0),
         visibility_timeout: Duration::from_millis(300),
         lease_heartbeat: false, // this client "hangs": it never extends its lease
         ..RedisConfig::default()
@@ -219,7 +220,11 @@ fn an_idle_lease_is_redelivered_with_the_attempt_counted_and_the_late_ack_is_sta
     assert_eq!(old.job.attempts, 1);
     let new = live.get(WorkerId(1), LONG).unwrap();
     assert_eq!(new.job.id, old.job.id);
-    assert_eq!(new.job.attempts, 2, "the lost attempt is counted");
+    assert_eq!(
+        (new.job.attempts, new.job.lost),
+        (2, 1),
+        "the lost attempt is recorded, as lost"
+    );
     assert_eq!(&new.job.payload[..], b"input 1");
     assert_eq!(hung.complete(&old).unwrap(), Completion::Stale);
     assert_eq!(
@@ -234,26 +239,134 @@ fn an_idle_lease_is_redelivered_with_the_attempt_counted_and_the_late_ack_is_sta
 }
 
 #[test]
-fn a_lease_idling_out_on_its_last_attempt_is_dead_lettered_as_worker_lost() {
+fn a_lease_idling_out_past_max_lost_is_dead_as_lost_keeps_its_input_and_can_be_requeued() {
     let server = RedisServer::start();
     let url = server.url("lastidle");
     let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(0).max_lost(1),
+        visibility_timeout: Duration::from_millis(200),
+        lease_heartbeat: false,
+        ..RedisConfig::default()
+    };
+    let hung = RedisQueue::connect(&url, cfg.clone()).unwrap();
+    let hung2 = RedisQueue::connect(&url, cfg).unwrap();
+    let live = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
+    assert_eq!(
+        live.policy().max_lost,
+        1,
+        "max_lost is a setting of the queue"
+    );
+    hung.put(job(1)).unwrap();
+    hung.close().unwrap();
+    let first = hung.get(WorkerId(1), LONG).unwrap();
+    assert_eq!((first.job.attempts, first.job.lost), (1, 0));
+    // The first loss is forgiven: another hung client gets it back.
+    let second = hung2.get(WorkerId(1), LONG).unwrap();
+    assert_eq!((second.job.attempts, second.job.lost), (2, 1));
+    // The second is past max_lost: the peer reclaims it and it is dead.
+    assert!(matches!(live.get(WorkerId(1), None), Err(GetError::Closed)));
+    let dl = live.dead_letters().unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].state, "dead");
+    assert_eq!((dl[0].attempts, dl[0].lost), (2, 2));
+    assert!(dl[0].reason.contains("worker lost"), "{}", dl[0].reason);
+    assert_eq!(
+        dl[0].input.as_deref(),
+        Some(&b"input 1"[..]),
+        "a dead job keeps its input"
+    );
+    // Requeued: a fresh allowance, and it completes.
+    let done = live.requeue(|r| r.state == "dead").unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1, Requeue::Requeued);
+    assert!(live.dead_letters().unwrap().is_empty());
+    let c = live.counts().unwrap();
+    assert_eq!((c.queued, c.dead, c.closed), (1, 0, true));
+    assert!(!c.is_drained());
+    let again = live.get(WorkerId(2), LONG).unwrap();
+    assert_eq!(again.job.id, first.job.id);
+    assert_eq!(again.job.seq, 1);
+    assert_eq!((again.job.attempts, again.job.lost), (1, 0));
+    assert_eq!(&again.job.payload[..], b"input 1");
+    assert_eq!(
+        live.complete_with(&again, &AttemptInfo::default()).unwrap(),
+        Completion::Recorded
+    );
+    // The late reports of the hung clients change nothing.
+    assert_eq!(hung.complete(&first).unwrap(), Completion::Stale);
+    assert_eq!(hung2.complete(&second).unwrap(), Completion::Stale);
+    let c = live.counts().unwrap();
+    assert_eq!((c.done, c.dead), (1, 0));
+    assert!(c.is_drained());
+    let r = live.results().unwrap();
+    assert_eq!((r.len(), r[0].state.as_str()), (1, "done"));
+    // Nothing left to requeue.
+    assert!(live.requeue(|_| true).unwrap().is_empty());
+}
+
+#[test]
+fn a_large_input_of_a_job_dead_as_lost_is_kept_and_requeued_whole() {
+    let server = RedisServer::start();
+    let url = server.url("bigdead");
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(0).max_lost(0),
         visibility_timeout: Duration::from_millis(200),
         lease_heartbeat: false,
         ..RedisConfig::default()
     };
     let hung = RedisQueue::connect(&url, cfg).unwrap();
     let live = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
-    hung.put(job(1)).unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    hung.put(NewJob::new(1, payload.clone())).unwrap();
     hung.close().unwrap();
-    let _old = hung.get(WorkerId(1), LONG).unwrap();
-    // The peer waits, reclaims the idle lease, finds it out of attempts.
+    let _held = hung.get(WorkerId(1), LONG).unwrap();
     assert!(matches!(live.get(WorkerId(1), None), Err(GetError::Closed)));
     let dl = live.dead_letters().unwrap();
-    assert_eq!(dl.len(), 1);
-    assert_eq!(dl[0].state, "dead");
-    assert_eq!(dl[0].attempts, 1);
-    assert!(dl[0].reason.contains("worker lost"), "{}", dl[0].reason);
+    assert_eq!((dl[0].state.as_str(), dl[0].lost), ("dead", 1));
+    assert_eq!(dl[0].input_bytes, Some(100_000));
+    assert_eq!(dl[0].input, None, "too large for the record");
+    let out = live.requeue(|_| true).unwrap();
+    assert_eq!(out[0].1, Requeue::Requeued);
+    let again = live.get(WorkerId(2), LONG).unwrap();
+    assert_eq!(&again.job.payload[..], &payload[..], "the whole input");
+    live.complete(&again).unwrap();
+    let keys: Vec<String> = server.cmd(&["KEYS", "jm:{bigdead}:p:*"]);
+    assert!(keys.is_empty(), "payload key left: {keys:?}");
+}
+
+#[test]
+fn requeue_selects_failed_or_dead_jobs_and_an_old_record_without_input_is_reported() {
+    let server = RedisServer::start();
+    let q = open(&server, "rq", RedisConfig::default());
+    for i in 1..=3 {
+        q.put(job(i)).unwrap();
+    }
+    q.close().unwrap();
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    let b = q.get(WorkerId(1), LONG).unwrap();
+    let c = q.get(WorkerId(1), LONG).unwrap();
+    q.fail(&a, FailReason::Exit { code: 3 }).unwrap();
+    q.fail(&b, FailReason::Timeout).unwrap();
+    q.complete(&c).unwrap();
+    assert!(q.counts().unwrap().is_drained());
+    // Only the failed one.
+    let out = q.requeue(|r| r.state == "failed").unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0.job, out[0].1), (a.job.id.0, Requeue::Requeued));
+    let c = q.counts().unwrap();
+    assert_eq!((c.queued, c.failed, c.dead), (1, 0, 1));
+    let again = q.get(WorkerId(2), LONG).unwrap();
+    assert_eq!((again.job.seq, again.job.attempts), (1, 1));
+    q.complete(&again).unwrap();
+    // A dead-letter record written without the input cannot be requeued.
+    let key = "jm:{rq}:d";
+    let rec: String = server.cmd(&["HGET", key, &b.job.id.0.to_string()]);
+    let mut v: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    v.as_object_mut().unwrap().remove("input_b64");
+    let _: i64 = server.cmd(&["HSET", key, &b.job.id.0.to_string(), &v.to_string()]);
+    let out = q.requeue(|_| true).unwrap();
+    assert_eq!(out[0].1, Requeue::InputNotKept);
+    assert_eq!(q.counts().unwrap().dead, 1);
 }
 
 #[test]
@@ -375,10 +488,11 @@ fn release_gives_the_attempt_back() {
 }
 
 #[test]
-fn worker_lost_fails_only_that_workers_leases_with_the_attempt_counted() {
+fn worker_lost_requeues_only_that_workers_leases_without_counting_against_retries() {
     let server = RedisServer::start();
+    // No retries: lost jobs still run again, because they never failed.
     let cfg = RedisConfig {
-        policy: RetryPolicy::with_retries(1),
+        policy: RetryPolicy::with_retries(0),
         ..RedisConfig::default()
     };
     let q = open(&server, "lost", cfg);
@@ -400,7 +514,53 @@ fn worker_lost_fails_only_that_workers_leases_with_the_attempt_counted() {
     assert_eq!(q.complete(&a).unwrap(), Completion::Stale);
     assert_eq!(q.complete(&other).unwrap(), Completion::Recorded);
     let r = q.get(WorkerId(3), LONG).unwrap();
-    assert_eq!(r.job.attempts, 2);
+    assert_eq!(r.job.id, a.job.id);
+    // The lost attempt is recorded, and known to be lost.
+    assert_eq!((r.job.attempts, r.job.lost), (2, 1));
+    // Its next, real failure is judged on counted attempts only: with no
+    // retries, it is final at once.
+    match q.fail(&r, FailReason::Exit { code: 2 }).unwrap() {
+        Disposition::Final(JobState::Failed { attempts, .. }) => assert_eq!(attempts, 2),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    let rec = q.dead_letters().unwrap();
+    assert_eq!((rec[0].attempts, rec[0].lost), (2, 1));
+}
+
+#[test]
+fn a_job_lost_past_max_lost_is_dead_with_the_reason_kept() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(5).max_lost(1),
+        ..RedisConfig::default()
+    };
+    let q = open(&server, "maxlost", cfg);
+    q.put(job(1)).unwrap();
+    let _first = q.get(WorkerId(1), LONG).unwrap();
+    let lost = q
+        .worker_lost(WorkerId(1), "killed by the OOM killer")
+        .unwrap();
+    assert_eq!(lost[0].1, Disposition::Requeued { attempts: 1 });
+    let _second = q.get(WorkerId(2), LONG).unwrap();
+    let lost = q
+        .worker_lost(WorkerId(2), "killed by the OOM killer")
+        .unwrap();
+    match &lost[0].1 {
+        Disposition::Final(JobState::Dead { attempts, reason }) => {
+            assert_eq!(*attempts, 2);
+            assert_eq!(
+                reason,
+                &FailReason::WorkerLost {
+                    detail: "killed by the OOM killer".into()
+                }
+            );
+        }
+        other => panic!("expected dead, got {other:?}"),
+    }
+    assert_eq!(q.counts().unwrap().dead, 1);
+    let dl = q.dead_letters().unwrap();
+    assert_eq!((dl[0].attempts, dl[0].lost), (2, 2));
+    assert_eq!(dl[0].input.as_deref(), Some(&b"input 1"[..]));
 }
 
 #[test]
@@ -618,11 +778,15 @@ fn settings_set_by_a_later_client_are_followed_by_an_earlier_one() {
     assert_eq!(worker.policy(), RetryPolicy::default());
     let submitter = RedisQueue::connect(&url, RedisConfig::default()).unwrap();
     submitter
-        .set_settings(RetryPolicy::with_retries(2), Duration::from_secs(5), 10)
+        .set_settings(
+            RetryPolicy::with_retries(2).max_lost(7),
+            Duration::from_secs(5),
+            10,
+        )
         .unwrap();
     submitter.put(job(1)).unwrap();
     let l = worker.get(WorkerId(1), LONG).unwrap();
-    assert_eq!(worker.policy(), RetryPolicy::with_retries(2));
+    assert_eq!(worker.policy(), RetryPolicy::with_retries(2).max_lost(7));
     assert_eq!(worker.visibility_timeout(), Duration::from_secs(5));
     assert_eq!(
         worker.fail(&l, FailReason::Exit { code: 1 }).unwrap(),
@@ -691,7 +855,7 @@ fn a_missing_queue_is_an_error_when_not_creating_and_destroy_removes_every_key()
 }
 
 #[test]
-fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
+fn a_password_in_the_url_is_used_and_a_wrong_or_missing_one_is_a_clear_error_without_it() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let good = format!("redis://:s3cret@127.0.0.1:{}/auth", server.port);
     let q = RedisQueue::connect(&good, RedisConfig::default()).expect("password accepted");
@@ -703,9 +867,55 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_is_a_clear_error_without_it() {
         .to_string();
     assert!(!msg.contains("wrong"), "password shown: {msg}");
     assert!(msg.contains(":***@"), "{msg}");
+    assert!(msg.contains("refused the password"), "{msg}");
     let none = server.url("auth");
     let msg = RedisQueue::connect(&none, RedisConfig::default())
         .unwrap_err()
         .to_string();
-    assert!(msg.to_lowercase().contains("auth"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "the Redis server at 127.0.0.1:{} requires a password: put it in the URL as \
+             redis://:PASSWORD@127.0.0.1:{}/auth",
+            server.port, server.port
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("multibulk"), "{msg}");
+}
+
+#[test]
+fn requeue_puts_back_many_dead_jobs_across_pages_in_job_order() {
+    let server = RedisServer::start();
+    let q = open(&server, "rqmany", RedisConfig::default());
+    let n = 1200u64;
+    q.put_many(&(1..=n).map(job).collect::<Vec<_>>()).unwrap();
+    q.close().unwrap();
+    let mut leases = Vec::new();
+    while (leases.len() as u64) < n {
+        leases.extend(q.get_many(WorkerId(1), 500, LONG).unwrap());
+    }
+    for l in &leases {
+        q.fail(l, FailReason::Timeout).unwrap();
+    }
+    assert_eq!(q.counts().unwrap().dead, n);
+    // Every other one only: the selection is honoured.
+    let out = q.requeue(|r| r.job % 2 == 0).unwrap();
+    assert_eq!(out.len() as u64, n / 2);
+    assert!(out.iter().all(|(_, w)| *w == Requeue::Requeued));
+    let c = q.counts().unwrap();
+    assert_eq!((c.queued, c.dead), (n / 2, n / 2));
+    let mut again = Vec::new();
+    while (again.len() as u64) < n / 2 {
+        again.extend(q.get_many(WorkerId(2), 500, LONG).unwrap());
+    }
+    let ids: Vec<u64> = again.iter().map(|l| l.job.id.0).collect();
+    let want: Vec<u64> = (1..=n).filter(|i| i % 2 == 0).collect();
+    assert_eq!(ids, want, "requeued in job order");
+    assert!(again
+        .iter()
+        .all(|l| l.job.attempts == 1 && l.job.payload == format!("input {}", l.job.seq)));
+    assert_eq!(q.complete_many(&again).unwrap().len() as u64, n / 2);
+    let c = q.counts().unwrap();
+    assert_eq!((c.done, c.dead), (n / 2, n / 2));
+    assert!(c.is_drained());
 }

@@ -159,8 +159,9 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
 pub fn report(c: &Collected) {
     if c.inputs_missing > 0 {
         eprintln!(
-            "jobmill: {} job{} ha{} no input in the queue's records (inputs over {} KiB are \
-             not kept, nor those of jobs failed after their worker was lost): recorded as empty",
+            "jobmill: {} job{} ha{} no input in the queue's records (records keep inputs up \
+             to {} KiB; a failed or dead job's larger input stays in the queue for `jobmill \
+             requeue`): recorded as empty",
             c.inputs_missing,
             if c.inputs_missing == 1 { "" } else { "s" },
             if c.inputs_missing == 1 { "s" } else { "ve" },
@@ -198,9 +199,12 @@ pub fn collect_run(
     started_at: f64,
 ) {
     let dir = journal::state_dir();
-    let result = std::fs::create_dir_all(&dir)
+    let result = journal::private::ensure_private_dir(&dir)
         .with_context(|| format!("cannot create the state directory {}", dir.display()))
-        .and_then(|()| {
+        .and_then(|warnings| {
+            for w in warnings {
+                eprintln!("jobmill: {w}");
+            }
             let run_id = journal::new_run_id();
             let path = journal::path_of(&dir, &run_id);
             let mut options = serde_json::Map::new();

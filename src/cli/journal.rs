@@ -9,13 +9,13 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use jobmill::engine::joblog;
 use jobmill::journal::prune;
 use jobmill::journal::read::{
     format_duration, format_utc, JobRow, JobState, Journal, Liveness, Output, RunInfo, StateFilter,
@@ -80,8 +80,10 @@ pub struct ResultsArgs {
     /// Print the stored stdout and stderr of the selected jobs instead of
     /// the table; with SEQ, of that job alone, raw (stdout to stdout,
     /// stderr to stderr).
+    /// (A value that is not a number, as in `results --output ./x.sqlite`,
+    /// is the run when none was given.)
     #[arg(long, value_name = "SEQ", num_args = 0..=1)]
-    pub output: Option<Option<u64>>,
+    pub output: Option<Option<String>>,
 }
 
 /// Options of `jobmill status`.
@@ -101,6 +103,11 @@ pub struct StatusArgs {
     /// (created, or updated in place), as `results --queue --save` does.
     #[arg(long, value_name = "PATH", requires = "queue")]
     pub save: Option<PathBuf>,
+
+    /// Redraw every second until the run is no longer running, or the
+    /// queue is drained (or Ctrl-C).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Options of `jobmill runs`.
@@ -182,7 +189,21 @@ fn collect_queue(
 }
 
 /// `jobmill results`.
-pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
+pub fn results(mut a: ResultsArgs) -> anyhow::Result<u8> {
+    // `--output` takes an optional SEQ, so it swallows a run given after
+    // it: `results --output ./x.sqlite` means the run ./x.sqlite.
+    let output: Option<Option<u64>> = match a.output.take() {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(v)) => match v.parse::<u64>() {
+            Ok(seq) => Some(Some(seq)),
+            Err(_) if a.run.is_none() && a.queue.is_none() => {
+                a.run = Some(v);
+                Some(None)
+            }
+            Err(_) => bail!("--output takes a job number (SEQ), not {v:?}"),
+        },
+    };
     let (_dir, j) = match (&a.run, &a.queue) {
         (Some(run), _) => (None, open(run)?),
         (None, Some(url)) => {
@@ -198,11 +219,11 @@ pub fn results(a: ResultsArgs) -> anyhow::Result<u8> {
         done: a.done,
         failed: a.failed,
         dead: a.dead,
-        final_only: a.format == Format::Joblog && a.output.is_none(),
+        final_only: a.format == Format::Joblog && output.is_none(),
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-    match a.output {
+    match output {
         Some(Some(seq)) => return output_of_one(&j, &info, seq, a.format, &mut out),
         Some(None) => {
             j.for_each_job(filter, |row: &JobRow| -> anyhow::Result<()> {
@@ -334,6 +355,15 @@ const COLUMNS: [&str; 10] = [
     "input",
 ];
 
+/// How the run's payloads hold their values (`shape` in its options;
+/// absent in single-value runs and older journals).
+fn stored_shape(info: &RunInfo) -> jobmill::input::Shape {
+    info.options
+        .get("shape")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// Writes rows in one format, reusing its buffers.
 struct RowWriter {
     format: Format,
@@ -350,7 +380,7 @@ impl RowWriter {
         // workers had it): the joblog's Command column is then empty.
         let template = if format == Format::Joblog && !info.command.iter().all(|a| a.is_empty()) {
             Some(
-                Template::parse(&info.command, info.shell())
+                Template::parse_shaped(&info.command, info.shell(), stored_shape(info))
                     .context("the journal's command cannot be rendered")?,
             )
         } else {
@@ -371,10 +401,7 @@ impl RowWriter {
             Format::Tsv => writeln!(out, "{}", COLUMNS.join("\t")),
             Format::Csv => write!(out, "{}\r\n", COLUMNS.join(",")),
             Format::Json => Ok(()),
-            Format::Joblog => writeln!(
-                out,
-                "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
-            ),
+            Format::Joblog => writeln!(out, "{}", joblog::HEADER),
         }
     }
 
@@ -420,28 +447,11 @@ impl RowWriter {
     }
 
     fn joblog(&mut self, out: &mut impl Write, r: &JobRow) -> io::Result<()> {
-        // GNU parallel: Exitval -1 with the signal for a job it killed
-        // (timeout), 0 with the signal for one killed by someone else.
-        let exitval = r.exit_code.unwrap_or(if r.timed_out || r.signal.is_none() {
-            -1
-        } else {
-            0
-        });
-        write!(
-            out,
-            "{}\t:\t{:.3}\t{:>10.3}\t0\t{}\t{}\t{}\t",
-            r.seq,
-            r.started_at.unwrap_or(0.0),
-            r.duration.unwrap_or(0.0),
-            r.stdout_bytes.unwrap_or(0),
-            exitval,
-            r.signal.unwrap_or(0),
-        )?;
         self.field.clear();
         if let Some(t) = &self.template {
             if self.persistent {
                 // Run as is, without substitution.
-                self.argv.clone_from(&self.command);
+                joblog::command_field(&self.command, false, &mut self.field);
             } else {
                 t.render(
                     &r.input,
@@ -449,29 +459,22 @@ impl RowWriter {
                     r.slot.unwrap_or(1) as usize,
                     &mut self.argv,
                 );
-            }
-            if t.is_shell() && !self.persistent {
-                // The script, as GNU parallel logs it (a newline would
-                // end the line: written as `\n`).
-                let script = self.argv.last().map_or(&[][..], |s| s.as_bytes());
-                for &b in script {
-                    match b {
-                        b'\n' => self.field.extend_from_slice(b"\\n"),
-                        b'\r' => self.field.extend_from_slice(b"\\r"),
-                        b => self.field.push(b),
-                    }
-                }
-            } else {
-                for (i, a) in self.argv.iter().enumerate() {
-                    if i > 0 {
-                        self.field.push(b' ');
-                    }
-                    parallel_quote_into(a.as_bytes(), &mut self.field);
-                }
+                joblog::command_field(&self.argv, t.is_shell(), &mut self.field);
             }
         }
-        out.write_all(&self.field)?;
-        out.write_all(b"\n")
+        joblog::write_entry(
+            out,
+            &joblog::Entry {
+                seq: r.seq,
+                started_at: r.started_at.unwrap_or(0.0),
+                runtime: r.duration.unwrap_or(0.0),
+                received: r.stdout_bytes.unwrap_or(0),
+                exit_code: r.exit_code,
+                signal: r.signal,
+                timed_out: r.timed_out,
+                command: &self.field,
+            },
+        )
     }
 }
 
@@ -542,41 +545,6 @@ fn hex_byte(b: u8, out: &mut Vec<u8>) {
         HEX[usize::from(b >> 4)],
         HEX[usize::from(b & 15)],
     ]);
-}
-
-/// Quotes one word as GNU parallel does in its joblog: unquoted when it
-/// holds only safe characters, else in single quotes with `'` as
-/// `'"'"'`; a word with control characters as `$'...'` (bash), so the
-/// line stays one line.
-fn parallel_quote_into(word: &[u8], out: &mut Vec<u8>) {
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_%+,./:=@-".contains(&b);
-    if !word.is_empty() && word.iter().all(|&b| safe(b)) {
-        out.extend_from_slice(word);
-    } else if word.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        out.extend_from_slice(b"$'");
-        for &b in word {
-            match b {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\'' => out.extend_from_slice(b"\\'"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b if b < 0x20 || b == 0x7f => hex_byte(b, out),
-                b => out.push(b),
-            }
-        }
-        out.push(b'\'');
-    } else {
-        out.push(b'\'');
-        for &b in word {
-            if b == b'\'' {
-                out.extend_from_slice(b"'\"'\"'");
-            } else {
-                out.push(b);
-            }
-        }
-        out.push(b'\'');
-    }
 }
 
 /// Base64 (standard alphabet, padded).
@@ -653,6 +621,9 @@ fn write_json(out: &mut impl Write, r: &JobRow, outputs: Option<&[Output]>) -> i
 
 /// `jobmill status`.
 pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
+    if a.watch {
+        return super::page::watch(a.run.as_deref(), a.queue.as_deref());
+    }
     let Some(run) = a.run else {
         let Some(url) = a.queue else {
             bail!("give the run to read (RUN_ID|PATH: a run id or a journal file) or --queue URL");
@@ -946,7 +917,7 @@ mod tests {
     fn words_are_quoted_like_gnu_parallel_quotes_them() {
         let q = |w: &[u8]| {
             let mut out = Vec::new();
-            parallel_quote_into(w, &mut out);
+            joblog::parallel_quote_into(w, &mut out);
             String::from_utf8_lossy(&out).into_owned()
         };
         assert_eq!(q(b"plain-1.txt"), "plain-1.txt");

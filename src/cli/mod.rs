@@ -4,9 +4,11 @@
 mod args;
 mod collect;
 mod journal;
+mod page;
 mod progress;
 mod queue;
 mod report;
+mod requeue;
 mod resume;
 mod run;
 
@@ -20,21 +22,32 @@ use clap::{Parser, Subcommand};
 /// `jobmill run -- COMMAND {}` runs COMMAND once per input line, in parallel,
 /// without a shell, with retries, timeouts and clean Ctrl-C handling.
 #[derive(Debug, Parser)]
-#[command(name = "jobmill", version, about, long_about)]
+#[command(
+    name = "jobmill",
+    version,
+    about,
+    long_about,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of `run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run COMMAND once per input, in parallel.
     ///
     /// Inputs come from stdin (one per line), from `-a FILE`, or from
-    /// `::: a b c` after the command. `{}` in the command is replaced by the
-    /// input; without any replacement string the input is appended as the
-    /// last argument. The command is executed directly, never through a
-    /// shell, unless `--shell` is given.
+    /// `::: a b c` and `:::: FILE` after the command; several sources give
+    /// every combination (`:::+` and `--link` pair them instead). `{}` in
+    /// the command is replaced by the input, `{1}`, `{2}`... by the values
+    /// of several sources or columns (`--colsep`, `--csv`) or batches
+    /// (`-n`, `-X`, `-m`); without any replacement string the values are
+    /// appended as the last arguments. The command is executed directly,
+    /// never through a shell, unless `--shell` is given.
     ///
     /// Exit status: 0 if all jobs succeeded; else the number of failed jobs
     /// (at most 101); 130 if interrupted; 255 on a usage or internal error.
@@ -53,6 +66,10 @@ enum Command {
     /// Exit status: 0 once the queue is closed and drained; 3 if its
     /// producer was lost; 130 if interrupted; 255 on an error.
     Worker(queue::WorkerArgs),
+    /// Put the dead jobs of a shared queue (--queue) back, or its failed
+    /// ones (--failed), all or those numbered; each gets a fresh retry
+    /// allowance.
+    Requeue(requeue::RequeueArgs),
     /// Show a run's counts by state, elapsed time, ETA, slowest jobs and
     /// top failure reasons (RUN_ID|PATH), or a shared queue's (--queue).
     Status(journal::StatusArgs),
@@ -62,6 +79,9 @@ enum Command {
     /// List the journals in the state directory; --prune AGE deletes
     /// finished runs older than AGE.
     Runs(journal::RunsArgs),
+    /// Write one self-contained HTML page of a run (RUN_ID|PATH): a
+    /// timeline of every attempt, throughput, histograms, failures.
+    Report(page::ReportArgs),
 }
 
 /// Which of stdin, stdout and stderr were closed when jobmill started
@@ -123,23 +143,32 @@ pub fn main_from(args: Vec<std::ffi::OsString>) -> u8 {
                 let _ = e.print();
                 return 0;
             }
-            let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // `jobmill` alone: the help, on stderr, with clap's usage
+                // status.
+                let _ = e.print();
+                return 2;
+            }
             eprintln!(
                 "jobmill: {} (see `jobmill --help`)",
-                first.trim_start_matches("error: ")
+                one_line(&e.to_string())
             );
             return 255;
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(mut args) => match args.queue.take() {
+            Some(url) => queue::run_on_queue(&url, args),
+            None => run::run(args),
+        },
         Command::Resume(args) => resume::resume(args),
         Command::Submit(args) => queue::submit(args),
         Command::Worker(args) => queue::worker(args),
+        Command::Requeue(args) => requeue::requeue(args),
         Command::Status(args) => journal::status(args),
         Command::Results(args) => journal::results(args),
         Command::Runs(args) => journal::runs(args),
+        Command::Report(args) => page::report(args),
     };
     match result {
         Ok(code) => code,
@@ -149,6 +178,25 @@ pub fn main_from(args: Vec<std::ffi::OsString>) -> u8 {
             255
         }
     }
+}
+
+/// A clap error message in one line: its text up to the usage, the lines
+/// joined (so a list of missing arguments is kept).
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error: "));
+        }
+    }
+    if parts.is_empty() {
+        return "invalid arguments".to_string();
+    }
+    parts.join(" ")
 }
 
 /// Modes of the binary that are not user commands: the guardian process.

@@ -14,16 +14,17 @@ use clap::Args;
 use jobmill::engine::{Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::input::{InputError, Records, Source};
-use jobmill::job::{NewJob, RetryPolicy};
+use jobmill::job::NewJob;
 use jobmill::outcome::exit;
-use jobmill::queue::redis::{ProducerState, RedisConfig, RedisQueue};
+use jobmill::queue::redis::{OpenError, ProducerState, RedisConfig, RedisQueue};
 use jobmill::queue::{PutError, Queue};
 use jobmill::template::Template;
 
 use super::report::Reporter;
 
 use super::args;
-use super::run::{resolve_program, split_command, RunArgs};
+use super::args::resolve_program;
+use super::run::{split_command, RunArgs};
 
 /// Most jobs sent to Redis in one call by `submit`.
 const SUBMIT_BATCH: usize = 1000;
@@ -52,15 +53,22 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
 
+    /// A job whose worker vanished (its lease idled past --visibility, or
+    /// its long-lived worker died) runs again without using up a retry, up
+    /// to N times; the loss after that makes it dead with the cause "worker
+    /// lost" (a setting of the queue; default 3).
+    #[arg(long, value_name = "N")]
+    pub max_lost: Option<u32>,
+
     /// A lease not extended by its worker's heartbeat for this long is
-    /// taken over and its attempt counted as failed (a setting of the
-    /// queue; default 30s).
-    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    /// taken over and the job runs again as lost (see --max-lost); at
+    /// least 1s (a setting of the queue; default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = visibility)]
     pub visibility: Option<Duration>,
 
-    /// Most jobs waiting in the queue before submit waits (a setting of
-    /// the queue; default 100000).
-    #[arg(long, value_name = "N")]
+    /// Most jobs waiting in the queue before submit waits, at least 1 (a
+    /// setting of the queue; default 100000).
+    #[arg(long, value_name = "N", value_parser = capacity)]
     pub capacity: Option<u64>,
 
     /// `::: INPUT...` gives the inputs on the command line.
@@ -115,10 +123,16 @@ pub struct WorkerArgs {
 
     /// With --persistent: ask the workers for a heartbeat this often; a
     /// worker that holds jobs and stays silent for four intervals (hung,
-    /// stopped) is killed and replaced, and the job it was running fails
-    /// as worker lost (its attempt counted).
+    /// stopped) is killed and replaced, and the job it was running is
+    /// lost: it runs again (not counted against --retries) unless it was
+    /// lost more than the queue's --max-lost times.
     #[arg(long, value_name = "DURATION", value_parser = args::duration, requires = "persistent")]
     pub heartbeat: Option<Duration>,
+
+    /// With --persistent: how long a new worker may take to complete its
+    /// handshake (imports, model loads) before it is given up on.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "10s", requires = "persistent")]
+    pub handshake_timeout: Duration,
 
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
@@ -132,6 +146,38 @@ pub struct QueueArgs {
     #[arg(long, value_name = "URL")]
     pub queue: String,
 }
+
+/// Parses `--visibility`: a duration of at least 1 s.
+fn visibility(s: &str) -> Result<Duration, String> {
+    let d = args::duration(s)?;
+    if d < MIN_VISIBILITY {
+        return Err(format!(
+            "a visibility timeout of {s} is too short: workers extend their leases every \
+             third of it, and a lease not extended in time is taken from a healthy worker and \
+             its job run again; use at least 1s"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `--capacity`: at least 1.
+fn capacity(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid capacity {s:?}: expected a whole number of jobs"))?;
+    if n == 0 {
+        return Err(
+            "a capacity of 0 would let no job wait in the queue, so nothing could be \
+             submitted; use at least 1"
+                .into(),
+        );
+    }
+    Ok(n)
+}
+
+/// The shortest visibility timeout the command line accepts.
+const MIN_VISIBILITY: Duration = Duration::from_secs(1);
 
 /// Environment variable naming a PEM file of certificate authorities to
 /// trust for `rediss://` (a private CA) instead of the built-in web roots.
@@ -159,10 +205,13 @@ pub(super) fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> 
 
 /// Reads `source` on a thread and hands jobs over in batches: as many as
 /// are ready, up to `SUBMIT_BATCH`, so a trickling input is not delayed.
-fn batches(source: Source, separator: u8) -> mpsc::Receiver<Result<NewJob, InputError>> {
+fn batches(source: Source, separator: u8, skip: u64) -> mpsc::Receiver<Result<NewJob, InputError>> {
     let (tx, rx) = mpsc::sync_channel(4 * SUBMIT_BATCH);
     std::thread::spawn(move || {
         for (r, seq) in Records::new(source, separator).zip(1u64..) {
+            if seq <= skip && r.is_ok() {
+                continue;
+            }
             let item = r.map(|payload| NewJob::new(seq, payload));
             let stop = item.is_err();
             if tx.send(item).is_err() || stop {
@@ -181,7 +230,19 @@ fn submit_all(
     separator: u8,
     keep_open: bool,
 ) -> anyhow::Result<u64> {
-    let rx = batches(source, separator);
+    submit_from(queue, source, separator, keep_open, 0)
+}
+
+/// As [`submit_all`], skipping the first `skip` inputs (already on the
+/// queue; they keep their sequence numbers).
+fn submit_from(
+    queue: &RedisQueue,
+    source: Source,
+    separator: u8,
+    keep_open: bool,
+    skip: u64,
+) -> anyhow::Result<u64> {
+    let rx = batches(source, separator, skip);
     let mut total = 0u64;
     let mut batch = Vec::with_capacity(SUBMIT_BATCH);
     while let Ok(first) = rx.recv() {
@@ -234,14 +295,22 @@ fn input_source(
 fn apply_settings(
     queue: &RedisQueue,
     retries: Option<u32>,
+    max_lost: Option<u32>,
     visibility: Option<Duration>,
     capacity: Option<u64>,
 ) -> anyhow::Result<()> {
-    if retries.is_none() && visibility.is_none() && capacity.is_none() {
+    if retries.is_none() && max_lost.is_none() && visibility.is_none() && capacity.is_none() {
         return Ok(());
     }
+    let mut policy = queue.policy();
+    if let Some(r) = retries {
+        policy = policy.with_max_attempts(r.saturating_add(1));
+    }
+    if let Some(m) = max_lost {
+        policy = policy.max_lost(m);
+    }
     queue.set_settings(
-        retries.map_or(queue.policy(), RetryPolicy::with_retries),
+        policy,
         visibility.unwrap_or(queue.visibility_timeout()),
         capacity.unwrap_or(queue.capacity()),
     )?;
@@ -260,7 +329,7 @@ pub fn submit(a: SubmitArgs) -> anyhow::Result<u8> {
     };
     let source = input_source(inputs, &a.arg_file)?;
     let queue = connect(&a.queue)?;
-    apply_settings(&queue, a.retries, a.visibility, a.capacity)?;
+    apply_settings(&queue, a.retries, a.max_lost, a.visibility, a.capacity)?;
     let n = submit_all(&queue, source, if a.null { 0 } else { b'\n' }, a.keep_open)?;
     eprintln!(
         "jobmill: submitted {n} job{} to {}{}",
@@ -300,6 +369,7 @@ struct WorkSpec {
     persistent: bool,
     window: usize,
     heartbeat: Option<Duration>,
+    handshake_timeout: Duration,
 }
 
 impl WorkSpec {
@@ -324,6 +394,7 @@ impl WorkSpec {
             let mut w = WorkersOptions::new(command, 1);
             w.config.window = self.window;
             w.config.heartbeat = self.heartbeat;
+            w.config.handshake_timeout = self.handshake_timeout;
             Work::Persistent(w)
         } else {
             Work::Command(template_of(self.command, self.shell)?)
@@ -365,18 +436,91 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: a.heartbeat,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
     super::check_stdio(false)?;
-    let queue = Arc::new(connect(&a.queue)?);
+    let queue = Arc::new(open_existing(&a.queue)?);
     let summary = work(plan, queue)?;
     Ok(summary.worker_exit_code() as u8)
+}
+
+/// How often a worker looks for a queue that does not exist yet.
+const QUEUE_POLL: Duration = Duration::from_millis(500);
+
+/// Opens a queue that a producer creates: a worker started before its
+/// `submit` (or on a misspelled name) says so once and waits, creating
+/// nothing, until the queue exists.
+fn open_existing(url: &str) -> anyhow::Result<RedisQueue> {
+    let mut said = false;
+    loop {
+        match open_queue(url, false) {
+            Err(e) => match e.downcast_ref::<OpenError>() {
+                Some(OpenError::Missing {
+                    url: shown,
+                    name,
+                    endpoint,
+                }) => {
+                    if !said {
+                        eprintln!(
+                            "jobmill: there is no queue named {name:?} on {endpoint} (yet): \
+                             waiting for `jobmill submit --queue {shown}` to create it; nothing \
+                             is created meanwhile (check the name if none is coming; Ctrl-C \
+                             stops)"
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(QUEUE_POLL);
+                }
+                _ => return Err(e),
+            },
+            Ok(q) => {
+                if said {
+                    eprintln!("jobmill: queue {} was created; working", q.url());
+                }
+                return Ok(q);
+            }
+        }
+    }
 }
 
 /// `jobmill run --queue URL`: submits the inputs, works on them locally
 /// (other workers may join), and reports like `run`; then collects the
 /// queue's results into a journal in the state directory (src/cli/collect.rs).
-pub fn run_on_queue(url: &str, a: RunArgs) -> anyhow::Result<u8> {
+pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
+    if a.timeout.is_some_and(|t| t.is_zero()) {
+        a.timeout = None;
+    }
+    if a.arg_file.len() > 1
+        || a.link
+        || a.colsep.is_some()
+        || a.header.is_some()
+        || a.csv
+        || a.trim.is_some()
+        || a.max_args.is_some()
+        || a.context_replace
+        || a.multi
+        || a.dry_run
+    {
+        bail!(
+            "--queue takes one input source, without --link, --colsep, --header, --csv, \
+             --trim, -n, -X, -m or --dry-run"
+        );
+    }
+    if a.results.is_some()
+        || a.joblog.is_some()
+        || a.delay.is_some()
+        || a.memfree.is_some()
+        || a.load.is_some()
+        || a.tag
+        || a.tagstring.is_some()
+    {
+        bail!(
+            "--tag, --tagstring, --results, --joblog, --delay, --memfree and --load are \
+             not supported with --queue yet (for a joblog: `jobmill results --queue URL \
+             --format joblog`)"
+        );
+    }
     let started_at = super::collect::unix_now();
     let (command, _) = split_command(a.command.clone())?;
     let (shell, persistent) = (a.shell, a.persistent);
@@ -404,33 +548,133 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         persistent: a.persistent,
         window: a.window,
         heartbeat: None,
+        handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
-    let source = input_source(inputs, &a.arg_file)?;
+    let source = input_source(inputs, &a.arg_file.first().cloned())?;
     let queue = Arc::new(connect(url)?);
-    apply_settings(&queue, Some(a.retries), None, None)?;
-    let submitter = {
-        let queue = Arc::clone(&queue);
-        let separator = if a.null { 0 } else { b'\n' };
-        std::thread::Builder::new()
-            .name("jobmill-submit".into())
-            .spawn(move || submit_all(&queue, source, separator, false))?
+    let submit = resume_plan(&queue)?;
+    apply_settings(&queue, Some(a.retries), Some(a.max_lost), None, None)?;
+    let submitter = match submit {
+        Submit::Skip(n) => {
+            let queue = Arc::clone(&queue);
+            let separator = if a.null { 0 } else { b'\n' };
+            Some(
+                std::thread::Builder::new()
+                    .name("jobmill-submit".into())
+                    .spawn(move || submit_from(&queue, source, separator, false, n))?,
+            )
+        }
+        Submit::Nothing => None,
     };
     let summary = work(plan, Arc::clone(&queue))?;
     if summary.worker_exit_code() != exit::SUCCESS {
         // The submitter may be blocked on input; do not wait for it.
         return Ok(summary.worker_exit_code() as u8);
     }
-    match submitter.join() {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
+    match submitter.map(std::thread::JoinHandle::join) {
+        None | Some(Ok(Ok(_))) => {}
+        Some(Ok(Err(e))) => {
             eprintln!("jobmill: {e:#}");
             return Ok(255);
         }
-        Err(_) => bail!("internal error: the submit thread panicked"),
+        Some(Err(_)) => bail!("internal error: the submit thread panicked"),
     }
     let c = queue.counts()?;
     Ok(exit::failures(c.failed + c.dead) as u8)
+}
+
+/// What `run --queue` submits.
+enum Submit {
+    /// The inputs after the first N (N = 0: a new queue).
+    Skip(u64),
+    /// Nothing: the queue was filled and closed by an earlier run.
+    Nothing,
+}
+
+/// `run --queue` on a queue that already holds jobs (the same command run
+/// again, e.g. after the earlier one was killed):
+///
+/// - closed: the earlier run submitted everything; work on what is
+///   unfinished without submitting again;
+/// - open, left open on purpose (`submit --keep-open`) or new: submit every
+///   input, adding to it;
+/// - open, its producer gone without closing (killed mid-submission):
+///   resume the submission after the jobs it holds;
+/// - open, its producer heard from within its liveness TTL: wait for the
+///   TTL to tell whether it is gone (then resume) or alive (then refuse).
+fn resume_plan(queue: &RedisQueue) -> anyhow::Result<Submit> {
+    let url = queue.url();
+    let mut s = queue.status()?;
+    if s.producer == ProducerState::Alive && !s.counts.closed {
+        let ttl = queue.producer_ttl();
+        eprintln!(
+            "jobmill: queue {url} is open and its producer was heard from within the last \
+             {ttl:?}: waiting up to {ttl:?} to see whether it is still alive (an earlier run \
+             killed mid-submission is not)"
+        );
+        let deadline = std::time::Instant::now() + ttl + Duration::from_secs(1);
+        while s.producer == ProducerState::Alive && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            s = queue.status()?;
+        }
+        if s.producer == ProducerState::Alive && !s.counts.closed {
+            bail!(
+                "queue {url} is being filled by another producer right now ({} jobs so far): \
+                 work on it with `jobmill worker --queue {url}`, or use a new queue name",
+                s.counts.produced
+            );
+        }
+    }
+    let c = s.counts;
+    let leased_note = || {
+        if c.leased > 0 {
+            eprintln!(
+                "jobmill: {} job{} still leased by workers that may be gone (such as the \
+                 earlier run): they run again, here or elsewhere, once their leases idle out \
+                 (visibility timeout {:?})",
+                c.leased,
+                if c.leased == 1 { " is" } else { "s are" },
+                queue.visibility_timeout()
+            );
+        }
+    };
+    if c.closed {
+        eprintln!(
+            "jobmill: queue {url} already holds {} job{} from an earlier submission and is \
+             closed: not submitting the input again; {} ({} queued, {} running; {} done, {} \
+             failed, {} dead). Run new inputs on a new queue name; put failed or dead jobs \
+             back with `jobmill requeue --queue {url}`",
+            c.produced,
+            if c.produced == 1 { "" } else { "s" },
+            if c.queued + c.leased == 0 {
+                "every job has ended"
+            } else {
+                "working on what is unfinished"
+            },
+            c.queued,
+            c.leased,
+            c.done,
+            c.failed,
+            c.dead
+        );
+        leased_note();
+        return Ok(Submit::Nothing);
+    }
+    if c.produced == 0 || s.producer != ProducerState::Lost {
+        return Ok(Submit::Skip(0));
+    }
+    eprintln!(
+        "jobmill: queue {url} is open and holds {} job{} from an earlier submission whose \
+         producer vanished before the end of its input: resuming it, submitting the inputs \
+         after the first {} (this assumes the same input as before)",
+        c.produced,
+        if c.produced == 1 { "" } else { "s" },
+        c.produced
+    );
+    leased_note();
+    queue.announce_producer()?;
+    Ok(Submit::Skip(c.produced))
 }
 
 /// `jobmill status --queue URL`.
@@ -462,10 +706,45 @@ pub fn status(a: QueueArgs) -> anyhow::Result<u8> {
     )?;
     writeln!(
         out,
-        "settings: {} attempts per job, visibility timeout {:?}, capacity {}",
+        "settings: {} attempts per job, max {} lost, visibility timeout {:?}, capacity {}",
         queue.policy().max_attempts,
+        queue.policy().max_lost,
         queue.visibility_timeout(),
         queue.capacity()
     )?;
+    if c.failed + c.dead > 0 {
+        writeln!(
+            out,
+            "requeue:  jobmill requeue --queue {} puts the dead jobs back (--failed: the \
+             failed ones)",
+            queue.url()
+        )?;
+    }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_visibility_under_one_second_is_refused_with_the_reason() {
+        assert_eq!(visibility("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(visibility("2m").unwrap(), Duration::from_secs(120));
+        for short in ["0", "1ms", "500ms", "0.9"] {
+            let e = visibility(short).unwrap_err();
+            assert!(e.contains("too short") && e.contains("at least 1s"), "{e}");
+        }
+        assert!(visibility("soon").is_err());
+    }
+
+    #[test]
+    fn a_capacity_of_zero_is_refused_with_the_reason() {
+        assert_eq!(capacity("1").unwrap(), 1);
+        assert_eq!(capacity("100000").unwrap(), 100_000);
+        let e = capacity("0").unwrap_err();
+        assert!(e.contains("no job wait") && e.contains("at least 1"), "{e}");
+        assert!(capacity("-1").is_err());
+        assert!(capacity("lots").is_err());
+    }
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use jobmill::engine::JobSource;
-use jobmill::events::Observer;
-use jobmill::input::{Records, Source};
-use jobmill::journal::{self, resume};
+use jobmill::events::{Observer, StopCause};
+use jobmill::input::SourceSpec;
+use jobmill::journal::options::StoredInput;
+use jobmill::journal::{self, resume, Warning};
+use jobmill::outcome::exit;
 
 use super::report::Reporter;
-
-use super::run::{journal_line, numbered, prepare, StoredInput, StoredOptions};
+use super::run::{input_plan, journal_line, one_error, prepare};
 
 /// Options of `jobmill resume`.
 #[derive(Debug, Args)]
@@ -45,59 +45,42 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot resolve the path {}", path.display()))?;
     let r = resume::open(&path)?;
     super::journal::report_recovered(&path, &r.recovered);
-    if a.verbose && r.recovered.applied > 0 {
+    if a.verbose && r.recovered.applied + r.recovered.started > 0 {
         eprintln!(
-            "jobmill: recorded {} attempt ends from the completions log of {}",
+            "jobmill: recorded {} attempt ends and {} attempt starts from the completions log of {}",
             r.recovered.applied,
+            r.recovered.started,
             path.display()
         );
     }
-    let run = r.run.clone();
-    let stored: StoredOptions = serde_json::from_value(run.options.clone()).with_context(|| {
-        format!(
-            "journal {}: the stored options are not those of `jobmill run`",
-            path.display()
-        )
-    })?;
-    std::env::set_current_dir(&run.cwd).with_context(|| {
+    let cwd = r.run.cwd.clone();
+    std::env::set_current_dir(&cwd).with_context(|| {
         format!(
             "cannot resume in the run's working directory {}",
-            run.cwd.display()
+            cwd.display()
         )
     })?;
-    let prepared = prepare(&run.command, &stored)?;
+    let prepared = prepare(&r.run.command, &r.options)?;
     let reporter = Arc::new(Reporter::new(a.progress));
-
-    // The input past the recorded jobs, when the run had not read it all.
-    let separator = if stored.null { 0 } else { b'\n' };
-    let mut rest: Option<Records> = None;
-    if !run.input_complete {
-        let input = stored.input()?;
-        let (source, name) = match input {
-            StoredInput::Stdin => {
-                eprintln!(
-                    "jobmill: the run's input was stdin and it was not read to its end: \
-                     resuming the {} recorded jobs only (the rest of that input is not in the journal)",
-                    run.jobs
-                );
-                (None, String::new())
-            }
-            StoredInput::File(p) => {
-                let name = p.display().to_string();
-                (Some(Source::file(&p)?), name)
-            }
-            StoredInput::Args(list) => (Some(Source::Args(list)), "the `:::` inputs".to_string()),
-        };
-        if let Some(source) = source {
-            let mut records = Records::new(source, separator);
-            r.verify_prefix(&mut records, &name)?;
-            rest = Some(records);
+    let plan = if r.options.input == StoredInput::Plan && !r.run.input_complete {
+        // Several sources, columns or batches: rebuild the same payloads.
+        let input = input_plan(&r.options)?;
+        if input.sources.iter().any(|s| s.spec == SourceSpec::Stdin) {
+            let warning = Warning::StdinNotRead { jobs: r.run.jobs };
+            r.plan_with(a.failed, None, vec![warning])?
+        } else {
+            let (payloads, _) = input.open().map_err(one_error)?;
+            let rest = (payloads, "the run's input sources".to_string());
+            r.plan_with(a.failed, Some(rest), Vec::new())?
         }
+    } else {
+        r.plan(a.failed)?
+    };
+    for w in &plan.warnings {
+        reporter.line(&format!("jobmill: {w}"));
     }
-    let whole_input = rest.is_some();
-    let known = run.jobs;
-    let (journal, pending) = r.start(a.failed, whole_input, stored.writer_config())?;
-    let journal = Arc::new(journal);
+    let run = plan.run;
+    let journal = Arc::new(plan.journal);
     if a.verbose || a.progress {
         reporter.line(&journal_line(journal.path(), &run.run_id));
     }
@@ -109,29 +92,26 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
             run.done,
             run.failed,
             run.dead,
-            if whole_input {
+            if plan.whole_input {
                 ", then the rest of the input"
             } else {
                 ""
             }
         );
     }
-    let mut jobs: JobSource = Box::new(pending);
-    if let Some(records) = rest {
-        jobs = Box::new(jobs.chain(numbered(records, known + 1)));
-    }
-    let observers: Vec<Arc<dyn Observer>> = vec![Arc::clone(&journal) as Arc<dyn Observer>];
-    let summary = prepared.run(jobs, Arc::clone(&reporter), observers)?;
+    let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::clone(&journal) as Arc<dyn Observer>];
+    observers.extend(prepared.outputs(true)?);
+    let summary = prepared.run(plan.jobs, Arc::clone(&reporter), observers)?;
     super::report_error(&summary);
     let _ = journal.close("ended");
     let path = journal.path().to_path_buf();
     drop(journal);
-    if summary.error.is_some() || summary.stop != jobmill::events::StopCause::None {
+    if summary.error.is_some() || summary.stop != StopCause::None {
         eprintln!("{}", journal_line(&path, &run.run_id));
         return Ok(summary.exit_code() as u8);
     }
     // The run as a whole: jobs failed or dead, in this session or before.
-    let (failed, unfinished) = final_counts(&path)?;
+    let (failed, unfinished) = resume::final_counts(&path)?;
     if failed > 0 || unfinished > 0 {
         eprintln!("{}", journal_line(&path, &run.run_id));
     }
@@ -141,21 +121,5 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
             run.run_id
         );
     }
-    Ok(failed.min(101) as u8)
-}
-
-/// Jobs failed or dead, and jobs not final, in the journal.
-fn final_counts(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("cannot read journal {}", path.display()))?;
-    let (failed, unfinished): (i64, i64) = conn
-        .query_row(
-            "SELECT COALESCE(SUM(state IN ('failed', 'dead')), 0),
-                    COALESCE(SUM(state NOT IN ('done', 'failed', 'dead')), 0) FROM job",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .with_context(|| format!("cannot read journal {}", path.display()))?;
-    Ok((failed as u64, unfinished as u64))
+    Ok(exit::failures(failed) as u8)
 }

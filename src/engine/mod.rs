@@ -33,19 +33,30 @@
 //!
 //! Stopping is modelled once, in [`stop`]: running → draining → killing,
 //! with one signal thread for every front end.
+//!
+//! Options of GNU parallel live in this one loop too: `--delay`,
+//! `--memfree` and `--load` are a [`throttle::Throttle`] that
+//! [`Dispatch::lease`] consults before every start, whatever the executor
+//! (with `--memfree`, a watcher thread also stops the youngest attempt
+//! through [`Executor::stop_youngest`] when memory runs low); `--tag` is a
+//! [`output::Tag`] of the printer; `--joblog` and `--results` are observers
+//! ([`joblog::Joblog`], [`results::Results`]).
 
 mod gate;
 pub mod halt;
+pub mod joblog;
 pub mod output;
 mod plan;
 mod process;
+pub mod results;
 pub mod stop;
+pub mod throttle;
 mod workers;
 
 pub use gate::Gate;
 pub use plan::{Plan, Work};
 pub use process::Processes;
-pub use workers::{Workers, WorkersOptions, DEFAULT_HANDSHAKE};
+pub use workers::{Workers, WorkersOptions};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,6 +102,14 @@ pub trait Executor: Send + Sync {
     /// The kill stage of a stop: stop every running attempt now (TERM, KILL
     /// after the grace). Called from the signal thread or a slot thread.
     fn kill(&self);
+
+    /// `--memfree`: stops the attempt that started last, so that its job
+    /// runs again later without counting an attempt (it ends as
+    /// [`AttemptEnd::Stopped`]). Returns its job's number, or `None` when
+    /// the executor cannot (the default) or nothing runs.
+    fn stop_youngest(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Everything that shapes the engine, whatever the executor.
@@ -111,6 +130,11 @@ pub struct Options {
     /// Print each job's output (default). Off for front ends that collect
     /// results with an [`Observer`] instead (the Python bindings' `Pool`).
     pub print_output: bool,
+    /// Prefix every line of a job's output (`--tag`, `--tagstring`).
+    pub tag: Option<output::Tag>,
+    /// Throttles consulted before each start (`--delay`, `--memfree`,
+    /// `--load`); `None`: start as soon as a slot is free.
+    pub throttle: Option<Arc<throttle::Throttle>>,
 }
 
 impl Default for Options {
@@ -123,6 +147,8 @@ impl Default for Options {
             grace: Duration::from_secs(2),
             host: None,
             print_output: true,
+            tag: None,
+            throttle: None,
         }
     }
 }
@@ -229,19 +255,35 @@ impl Dispatch {
         self.fatal(Arc::new(Message(message)));
     }
 
-    /// Leases the next job for `worker`, waiting as long as it takes.
+    /// Leases the next job for `worker`, waiting as long as it takes (and
+    /// as the throttles say: `--memfree` and `--load` before taking a job,
+    /// `--delay` once it holds one).
     /// `None` when the executor should end: the queue is closed and
     /// drained, or the run is stopping (a lease taken meanwhile is given
     /// back unrun).
     pub fn lease(&self, worker: WorkerId) -> Option<Lease> {
         let gate = self.queue();
+        let go_on = || self.may_start();
         loop {
             if !self.may_start() {
                 return None;
             }
+            // --memfree, --load: before taking a job, so that another
+            // worker on a shared queue may take it meanwhile.
+            if let Some(t) = &self.opts.throttle {
+                if !t.wait_system(&go_on) {
+                    return None;
+                }
+            }
             match gate.get(worker, Some(POLL)) {
                 Ok(lease) => {
-                    if !self.may_start() {
+                    // --delay: counted from the previous start.
+                    let delayed = self
+                        .opts
+                        .throttle
+                        .as_ref()
+                        .is_none_or(|t| t.wait_delay(&go_on));
+                    if !delayed || !self.may_start() {
                         self.give_back(&lease);
                         return None;
                     }
@@ -349,9 +391,15 @@ impl Dispatch {
             });
         }
         // The job's output is printed once, with its last attempt (or the
-        // attempt a stop cut short).
-        if self.opts.print_output && (resolution.is_final() || outcome.end == AttemptEnd::Stopped) {
-            if let Err(e) = self.printer.job_output(job.seq, stdout, stderr) {
+        // attempt a stop cut short; not one that `--memfree` stopped while
+        // the run goes on: its job runs again).
+        let cut_short = outcome.end == AttemptEnd::Stopped && !self.may_start();
+        if self.opts.print_output && (resolution.is_final() || cut_short) {
+            let tag = match &self.opts.tag {
+                Some(t) => t.render(&job.payload, job.seq, slot),
+                None => Vec::new(),
+            };
+            if let Err(e) = self.printer.tagged_output(job.seq, tag, stdout, stderr) {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     // Nobody reads our output any more: stop quietly.
                     self.stop(Level::Killing, StopCause::OutputClosed);
@@ -524,6 +572,10 @@ impl crate::events::JobOutput for Capture {
     fn head(&mut self, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
         Capture::head(self, limit)
     }
+
+    fn copy_to(&mut self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Capture::copy_to(self, w)
+    }
 }
 
 impl Resolution {
@@ -544,6 +596,48 @@ impl Resolution {
             Disposition::Stale => Resolution::Interrupted,
         }
     }
+}
+
+/// How long the memory watcher leaves the system after stopping a job,
+/// for the memory to come back, before it may stop another.
+const MEMFREE_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// `--memfree`: while the run goes on, when the available memory falls
+/// below half of SIZE and more than one attempt runs, stops the youngest
+/// (it runs again later, uncounted). One attempt always may run, so the
+/// run makes progress. Returns the flag that ends the thread, and the
+/// thread.
+#[allow(clippy::type_complexity)]
+fn memory_watcher(
+    d: &Arc<Dispatch>,
+    executor: &Arc<dyn Executor>,
+) -> std::io::Result<Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>> {
+    let Some(throttle) = d.opts.throttle.clone().filter(|t| t.watches_memory()) else {
+        return Ok(None);
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, executor, flag) = (Arc::clone(d), Arc::clone(executor), Arc::clone(&done));
+    let handle = thread::Builder::new()
+        .name("jobmill-memfree".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                thread::sleep(throttle::POLL);
+                if !d.may_start() || d.running() < 2 || !throttle.memory_critical() {
+                    continue;
+                }
+                if let Some(seq) = executor.stop_youngest() {
+                    d.notice(Notice::Info(format!(
+                        "memory available fell below half of --memfree: stopped job {seq}, \
+                         the last started; it runs again later"
+                    )));
+                    let until = std::time::Instant::now() + MEMFREE_COOLDOWN;
+                    while std::time::Instant::now() < until && !flag.load(Ordering::SeqCst) {
+                        thread::sleep(throttle::POLL);
+                    }
+                }
+            }
+        })?;
+    Ok(Some((done, handle)))
 }
 
 /// Runs the jobs of `queue` through `executor`, reporting to `observers`.
@@ -599,8 +693,13 @@ pub fn run(
             .name("jobmill-input".into())
             .spawn(move || d.read_input(jobs))?;
     }
+    let watcher = memory_watcher(&d, &executor)?;
     if let Err(e) = executor.execute(&d) {
         d.fatal(e);
+    }
+    if let Some((done, thread)) = watcher {
+        done.store(true, Ordering::SeqCst);
+        let _ = thread.join();
     }
     if let Err(e) = d.printer.finish() {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -48,6 +48,12 @@ pub struct Plan {
     pub handle_signals: bool,
     /// The host name stored with each attempt by queues that record it.
     pub host: Option<String>,
+    /// Print each job's output (off: `--results` keeps it instead).
+    pub print_output: bool,
+    /// Prefix every line of a job's output (`--tag`, `--tagstring`).
+    pub tag: Option<super::output::Tag>,
+    /// `--delay`, `--memfree`, `--load`.
+    pub throttle: Option<Arc<super::throttle::Throttle>>,
 }
 
 impl Plan {
@@ -65,6 +71,9 @@ impl Plan {
             guardian: None,
             handle_signals: false,
             host: None,
+            print_output: true,
+            tag: None,
+            throttle: None,
         }
     }
 
@@ -108,7 +117,9 @@ impl Plan {
             handle_signals: self.handle_signals,
             grace: self.grace,
             host: self.host,
-            print_output: true,
+            print_output: self.print_output,
+            tag: self.tag,
+            throttle: self.throttle.filter(|t| t.is_active()),
         };
         super::run(queue, input, executor, observers, opts)
     }

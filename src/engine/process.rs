@@ -15,18 +15,26 @@
 //!
 //! Each attempt sees `JOBMILL_SEQ`, `JOBMILL_SLOT` and `JOBMILL_ATTEMPT` in
 //! its environment.
+//!
+//! **`--memfree`**: [`Executor::stop_youngest`] stops the attempt started
+//! last (TERM to its process group, KILL after the grace); it ends as
+//! [`AttemptEnd::Stopped`], so its job goes back to the queue without
+//! counting an attempt. The supervisor does not expose an attempt's process
+//! group, so it is found in `/proc`: the child of jobmill that leads its own
+//! group and carries the attempt's `JOBMILL_SEQ` and `JOBMILL_ATTEMPT`.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::events::{Notice, SharedError};
 use crate::exec::{AttemptSpec, Supervisor};
 use crate::job::WorkerId;
+use crate::outcome::AttemptEnd;
 use crate::template::Template;
 
 use super::{Dispatch, Executor};
@@ -42,6 +50,17 @@ pub struct Processes {
     slots: usize,
     timeout: Option<Duration>,
     grace: Duration,
+    /// The attempts running now, by slot (for [`Executor::stop_youngest`]).
+    attempts: Arc<Mutex<HashMap<usize, Running>>>,
+}
+
+/// An attempt running in a slot.
+struct Running {
+    seq: u64,
+    attempt: u32,
+    started: Instant,
+    /// Set when `--memfree` stopped it.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Processes {
@@ -60,8 +79,40 @@ impl Processes {
             slots: slots.max(1),
             timeout,
             grace,
+            attempts: Arc::new(Mutex::new(HashMap::new())),
         }
     }
+}
+
+/// The process group led by the child of jobmill that runs attempt
+/// `attempt` of job `seq`, found in `/proc`.
+fn find_group(seq: u64, attempt: u32) -> Option<u32> {
+    let me = std::process::id();
+    let want_seq = format!("JOBMILL_SEQ={seq}");
+    let want_attempt = format!("JOBMILL_ATTEMPT={attempt}");
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, pgrp.
+        let mut rest = stat.rsplit_once(')').map(|(_, r)| r)?.split_whitespace();
+        let ppid = rest.nth(1).and_then(|p| p.parse::<u32>().ok());
+        let pgrp = rest.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(me) || pgrp != Some(pid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let has = |want: &str| env.split(|&b| b == 0).any(|v| v == want.as_bytes());
+        if has(&want_seq) && has(&want_attempt) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// The slot threads and slot numbers of one run.
@@ -110,6 +161,39 @@ impl Executor for Processes {
 
     fn kill(&self) {
         self.supervisor.terminate_all();
+    }
+
+    fn stop_youngest(&self) -> Option<u64> {
+        use rustix::process::{kill_process_group, Pid, Signal};
+        let (seq, attempt, stopped) = {
+            let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let r = attempts
+                .values()
+                .filter(|r| !r.stopped.load(Ordering::SeqCst))
+                .max_by_key(|r| r.started)?;
+            (r.seq, r.attempt, Arc::clone(&r.stopped))
+        };
+        let pid = find_group(seq, attempt)?;
+        let group = Pid::from_raw(pid as i32)?;
+        stopped.store(true, Ordering::SeqCst);
+        let _ = kill_process_group(group, Signal::TERM);
+        // KILL after the grace, if the same attempt still runs.
+        let attempts = Arc::clone(&self.attempts);
+        let grace = self.grace;
+        let _ = thread::Builder::new()
+            .name("jobmill-memfree".into())
+            .spawn(move || {
+                thread::sleep(grace);
+                let still = attempts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .any(|r| r.seq == seq && r.attempt == attempt);
+                if still && find_group(seq, attempt) == Some(pid) {
+                    let _ = kill_process_group(group, Signal::KILL);
+                }
+            });
+        Some(seq)
     }
 }
 
@@ -180,9 +264,30 @@ impl Processes {
                 slots.give_back(slot);
                 return;
             }
+            let stopped = Arc::new(AtomicBool::new(false));
+            self.attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    slot,
+                    Running {
+                        seq: job.seq,
+                        attempt: job.attempts,
+                        started: Instant::now(),
+                        stopped: Arc::clone(&stopped),
+                    },
+                );
             let attempt = self.supervisor.run(&spec);
+            self.attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&slot);
             slots.give_back(slot);
-            let outcome = attempt.outcome();
+            let mut outcome = attempt.outcome();
+            if stopped.load(Ordering::SeqCst) {
+                // --memfree stopped it: not the job's fault.
+                outcome.end = AttemptEnd::Stopped;
+            }
             d.finish(&lease, slot, &outcome, attempt.stdout, attempt.stderr);
         }
     }

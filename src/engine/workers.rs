@@ -23,7 +23,6 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::events::{Notice, Resolution, SharedError};
 use crate::exec::{Capture, Supervisor};
@@ -155,7 +154,8 @@ impl persistent::Observer for Adapter<'_> {
             WorkerEvent::Ended {
                 lost: true, detail, ..
             }
-            | WorkerEvent::GaveUp { detail, .. } => self.d.notice(Notice::Info(detail)),
+            | WorkerEvent::GaveUp { detail, .. }
+            | WorkerEvent::OutputDropped { detail, .. } => self.d.notice(Notice::Info(detail)),
             _ => {}
         }
     }
@@ -167,6 +167,3 @@ impl persistent::Observer for Adapter<'_> {
         });
     }
 }
-
-/// The default time a new worker has for its handshake.
-pub const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(10);

@@ -2,11 +2,12 @@
 //!
 //! ## The model
 //!
-//! - **Spawn.** std's [`std::process::Command`], which uses `posix_spawn`
-//!   (a `vfork`-style clone, about twice as fast as fork+exec and
-//!   independent of the parent's size) as long as no `pre_exec` hook is
-//!   set — so none is. The program is looked up in `PATH` like `Command`
-//!   does; arguments are passed as bytes, unchanged.
+//! - **Spawn.** One `posix_spawnp` ([`crate::sys::spawn`]): a `vfork`-style
+//!   clone, independent of the parent's size, with only the attributes a
+//!   job needs. The environment block is built once per supervisor (so
+//!   jobs see jobmill's environment as it was when the supervisor was
+//!   made); only the per-job variables are added per spawn. The program is
+//!   looked up in `PATH`; arguments are passed as bytes, unchanged.
 //! - **One process group per job** (`process_group(0)`): the job's
 //!   grandchildren share its group, so a signal to the group reaches all of
 //!   them, and the terminal's Ctrl-C (sent to jobmill's foreground group)
@@ -18,18 +19,39 @@
 //!   writing more than a pipe holds never blocks.
 //! - **Exit.** When the main process has exited (still unreaped, so its pid —
 //!   the group id — cannot be reused), jobmill sends SIGKILL to the rest of
-//!   its process group: no background process outlives its job (a job that
-//!   wants a daemon must detach it into another group or session, e.g. with
-//!   `setsid`). It then takes what is left in the pipes and reaps the main
-//!   process with `wait4`, which also gives its peak memory. A job killed by
-//!   a signal ends [`End::Signaled`].
+//!   its process group, then takes what is left in the pipes and reaps the
+//!   main process with `wait4`, which also gives its peak memory. A job
+//!   killed by a signal ends [`End::Signaled`].
+//! - **Detached leftovers.** A process that left the job's group (`setsid`,
+//!   a daemon) escapes that kill. Every job carries `JOBMILL_GUARD=<token>`
+//!   (one token per supervisor) and `JOBMILL_GUARD_ID=<n>` (one number per
+//!   attempt), which its descendants inherit; the attempt's sweep kills
+//!   every live process whose environment holds both, and the groups they
+//!   lead, never another attempt's (`exec/sweep.rs`). The sweep reads `/proc`,
+//!   so it runs only when the attempt's end is suspect: an output pipe is
+//!   still open after the group kill and the drain (something outside the
+//!   main process holds it: a group member still dying, or a detached
+//!   process), or the attempt was stopped (timeout, `terminate_all`). A
+//!   `true` that exits alone closes both pipes and costs nothing more.
+//!   What this trigger misses: a detached process that holds neither pipe
+//!   (`setsid cmd >/dev/null 2>&1 &`, a daemon that closes its
+//!   descriptors) after a normal end. No cheap signal points to it: it is
+//!   in no group of the job, not a child of jobmill, and the group kill's
+//!   result is success as long as the unreaped main process is in the
+//!   group. It is killed when the supervisor is dropped (a sweep for the
+//!   token, every attempt being over), or by the guardian if jobmill is
+//!   killed. A process started with a cleared environment (`env -i`)
+//!   carries no marks and is never found.
 //! - **Timeout.** SIGTERM to the whole group (followed by SIGCONT, so that a
 //!   stopped job gets to handle it), SIGKILL to the group `grace` later if
 //!   the main process is still there; the attempt is marked `timed_out`.
 //! - **Interrupt.** [`Supervisor::terminate_all`] does the same to every
 //!   running attempt (and to any started after it), marking them
 //!   `terminated`: stopped by jobmill, not the job's fault.
-//! - **jobmill dies.** The [`guardian`] process stops every registered job.
+//! - **jobmill dies.** The [`guardian`] process stops every registered job,
+//!   and every process carrying the token. A guardian that dies is noticed
+//!   (a pidfd, or a failed write) and replaced at once, with the live
+//!   groups and the same token.
 //! - **Output.** Each stream goes to a [`Capture`]: in memory while the
 //!   run's [`SpillBudget`] allows, then spilled to the run's one unlinked
 //!   temporary file, so output waiting to be printed is never held in
@@ -37,9 +59,10 @@
 //!   descriptor. Reads go through a 64 KiB stack buffer; a stream that fills
 //!   it gets its pipe enlarged to 1 MiB and a 1 MiB buffer, so small jobs
 //!   allocate nothing and large outputs move in few system calls.
-//! - **Cost per attempt**, beyond std's `posix_spawn` and two pipes:
+//! - **Cost per attempt**, beyond `posix_spawnp` and two pipes:
 //!   `pidfd_open`, one or two `poll`s, a read per stream, one `kill` of
-//!   the group, `wait4`, and with a guardian two 8-byte writes.
+//!   the group, `wait4`, and with a guardian two 8-byte writes (under a
+//!   lock that also keeps the set of live groups for a new guardian).
 //!
 //! A supervisor never installs signal handlers and never reaps other
 //! children. It needs `SIGCHLD` not to be ignored (auto-reaping would take
@@ -48,9 +71,10 @@
 mod capture;
 pub mod guardian;
 mod supervisor;
+mod sweep;
 
 pub use capture::{Capture, SpillBudget};
-pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE};
+pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE, ID_VAR};
 
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
@@ -58,11 +82,12 @@ use std::time::{Duration, SystemTime};
 /// What to run for one attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptSpec<'a> {
-    /// The program (`argv[0]`, looked up in `PATH` as `Command` does) and
-    /// its arguments.
+    /// The program (`argv[0]`, looked up in jobmill's `PATH` unless it
+    /// holds a `/`) and its arguments.
     pub argv: &'a [OsString],
     /// Extra environment variables for the job (e.g. `JOBMILL_SEQ`), on top
-    /// of jobmill's own environment.
+    /// of jobmill's own environment (as it was when the supervisor was
+    /// made), replacing variables of the same name.
     pub env: &'a [(&'a str, OsString)],
     /// Stop the attempt after this long; `None` lets it run.
     pub timeout: Option<Duration>,

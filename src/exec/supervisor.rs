@@ -5,10 +5,11 @@ use std::ffi::OsStr;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
@@ -21,6 +22,7 @@ use super::capture::{Capture, SpillBudget};
 use super::guardian::GuardianLink;
 use super::{Attempt, AttemptSpec, End};
 use crate::sys::process::wait4;
+use crate::sys::spawn::Spawner;
 
 /// Grace period the guardian gives jobs between TERM and KILL when jobmill
 /// dies, unless set with [`Supervisor::with_guardian_grace`].
@@ -57,6 +59,14 @@ pub struct Supervisor {
     running: AtomicUsize,
     /// Whether to wait on a pidfd (false only in tests of the fallback).
     use_pidfd: bool,
+    /// The value of `JOBMILL_GUARD` in this supervisor's jobs (and its
+    /// guardian's token): unique to this supervisor.
+    token: String,
+    /// The number of the next attempt, its `JOBMILL_GUARD_ID`.
+    next_id: AtomicU64,
+    /// Starts the jobs; holds the environment block, built once, with
+    /// `JOBMILL_GUARD` in it.
+    spawner: Spawner,
 }
 
 impl Supervisor {
@@ -86,8 +96,10 @@ impl Supervisor {
     ) -> io::Result<Self> {
         let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
+        let token = new_token();
+        let spawner = Spawner::new(&[(super::guardian::TOKEN_VAR, OsStr::new(&token))])?;
         let guardian = match guardian {
-            Some(exe) => Some(GuardianLink::start(exe, guardian_grace)?),
+            Some(exe) => Some(GuardianLink::start(exe, guardian_grace, token.clone())?),
             None => None,
         };
         Ok(Self {
@@ -97,7 +109,16 @@ impl Supervisor {
             stopping: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             use_pidfd: true,
+            token,
+            next_id: AtomicU64::new(1),
+            spawner,
         })
+    }
+
+    /// The process id of the guardian running now (it changes when a dead
+    /// guardian is replaced); `None` without one.
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.guardian.as_ref().and_then(GuardianLink::pid)
     }
 
     /// Number of attempts running now.
@@ -130,6 +151,16 @@ impl Supervisor {
             .map(|g| (super::guardian::TOKEN_VAR, g.token()))
     }
 
+    /// Kills every process left by this supervisor's jobs that carries its
+    /// token and is still alive (a detached daemon whose job has ended),
+    /// whatever its attempt. Only call it when no attempt is running (a
+    /// running job carries the token too); dropping the supervisor does it.
+    /// Returns how many processes were found.
+    pub fn sweep_leftovers(&self) -> usize {
+        let needle = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
+        super::sweep::kill_marked(&[needle.as_bytes()])
+    }
+
     /// Removes a group registered with [`Supervisor::guard_group`]; call it
     /// before reaping the group's leader.
     pub fn unguard_group(&self, pgid: u32) {
@@ -138,8 +169,9 @@ impl Supervisor {
         }
     }
 
-    /// Whether the guardian was started and then lost (a write to it
-    /// failed): jobs are then no longer protected against jobmill's death.
+    /// Whether the guardian was started, died, and no new one could be
+    /// started: jobs are then no longer protected against jobmill's death.
+    /// (A guardian that dies is replaced, see [`super::guardian`].)
     pub fn guardian_lost(&self) -> bool {
         self.guardian.as_ref().is_some_and(GuardianLink::is_lost)
     }
@@ -175,21 +207,14 @@ impl Supervisor {
             attempt.end = End::SpawnFailed("empty command: no program to run".to_owned());
             return attempt;
         };
-        let mut cmd = Command::new(program);
-        cmd.args(&spec.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for (key, value) in spec.env {
-            cmd.env(key, value);
-        }
-        if let Some(g) = &self.guardian {
-            // Found by the guardian's sweep if jobmill dies before the
-            // registration below.
-            cmd.env(super::guardian::TOKEN_VAR, g.token());
-        }
-        let mut child = match cmd.spawn() {
+        // Found by the guardian's sweep if jobmill dies before the
+        // registration below (JOBMILL_GUARD, in the spawner's fixed
+        // environment), and by this attempt's own sweep at its end.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut id_buf = [0u8; 20];
+        let vars = std::iter::once((ID_VAR, decimal(id, &mut id_buf)))
+            .chain(spec.env.iter().map(|(k, v)| (*k, v.as_bytes())));
+        let child = match self.spawner.spawn(spec.argv, vars) {
             Ok(child) => child,
             Err(e) => {
                 attempt.end = End::SpawnFailed(format!("cannot run {}: {e}", quoted(program)));
@@ -197,8 +222,11 @@ impl Supervisor {
                 return attempt;
             }
         };
-        let pid = Pid::from_child(&child);
-        let raw_pid = pid.as_raw_nonzero().get();
+        let raw_pid = child.pid;
+        let Some(pid) = Pid::from_raw(raw_pid) else {
+            attempt.end = End::SpawnFailed(format!("cannot run {}: no pid", quoted(program)));
+            return attempt;
+        };
         // Register first, then count: `running() > 0` means the guardian
         // has been told (the write is in its pipe even if jobmill dies
         // now). A `kill -9` of jobmill in the few microseconds before this
@@ -209,7 +237,7 @@ impl Supervisor {
         }
         self.running.fetch_add(1, Ordering::AcqRel);
 
-        let pipes = (child.stdout.take(), child.stderr.take());
+        let pipes = (Some(child.stdout), Some(child.stderr));
         let flags = Watch {
             pid,
             timeout: spec.timeout,
@@ -218,6 +246,12 @@ impl Supervisor {
         .watch(self, pipes, &mut attempt);
         attempt.timed_out = flags.timed_out;
         attempt.terminated = flags.terminated;
+        if flags.held_open || flags.timed_out || flags.terminated {
+            // Something outside the (killed) group may be left: a process
+            // still holds the job's output pipes, or the job was stopped.
+            // Kill whatever carries this attempt's marks.
+            self.sweep_attempt(id);
+        }
         // The whole group has had SIGKILL by now: nothing is left for the
         // guardian to stop. Unregistering before reaping means the
         // guardian never holds a group id that could be reused.
@@ -241,10 +275,57 @@ impl Supervisor {
             )),
         };
         self.running.fetch_sub(1, Ordering::AcqRel);
-        drop(child);
         attempt.duration = t0.elapsed();
         attempt
     }
+}
+
+impl Supervisor {
+    /// Kills what is left of attempt `id` outside its process group: every
+    /// live process whose environment holds this supervisor's token and
+    /// `JOBMILL_GUARD_ID=<id>` (see [`super::sweep`]).
+    fn sweep_attempt(&self, id: u64) {
+        let token = format!("{}={}", super::guardian::TOKEN_VAR, self.token);
+        let id = format!("{ID_VAR}={id}");
+        super::sweep::kill_marked(&[token.as_bytes(), id.as_bytes()]);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // No attempt runs any more (`run` borrows the supervisor): anything
+        // carrying the token is a leftover that no attempt's sweep caught
+        // (one that closed or redirected the job's output pipes).
+        self.sweep_leftovers();
+    }
+}
+
+/// The environment variable holding an attempt's number, unique within
+/// its supervisor: with `JOBMILL_GUARD` it marks the attempt's processes.
+pub const ID_VAR: &str = "JOBMILL_GUARD_ID";
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A token unique to one supervisor: pid, time and a counter.
+fn new_token() -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{nanos:x}-{n}", std::process::id())
 }
 
 /// The program name for messages, in backquotes, with control characters
@@ -267,6 +348,9 @@ fn quoted(program: &OsStr) -> String {
 struct Stopped {
     timed_out: bool,
     terminated: bool,
+    /// An output pipe was still open after the group kill and the drain:
+    /// some process outside the group may hold it.
+    held_open: bool,
 }
 
 /// Watching one running attempt until its main process has exited.
@@ -410,6 +494,7 @@ impl Watch {
                 break;
             }
         }
+        stopped.held_open = out.is_some() || err.is_some();
         stopped
     }
 

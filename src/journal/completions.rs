@@ -30,6 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
@@ -47,8 +48,12 @@ pub fn path_of(journal: &Path) -> PathBuf {
 /// 1 GiB each and the rest); a larger length is corruption.
 const MAX_BODY: u32 = u32::MAX / 2;
 
-/// Version byte that starts each body.
+/// Byte that starts the body of an attempt's end (the log's first
+/// format, version 1, held only these).
 const VERSION: u8 = 1;
+
+/// Byte that starts the body of an attempt's start.
+const KIND_START: u8 = 2;
 
 /// What attempts can end as (the `attempt.outcome` column).
 pub(crate) const OUTCOMES: [&str; 5] = ["done", "requeued", "failed", "dead", "interrupted"];
@@ -88,6 +93,30 @@ pub(crate) struct Completion {
     pub max_rss_kib: Option<u64>,
     /// Kept stdout (index 0) and stderr (index 1), if any.
     pub output: [Option<Output>; 2],
+}
+
+/// One attempt's start: written in the same `write(2)` as the ends
+/// buffered before it, before the attempt runs, so that an attempt that
+/// ran is in the log even if jobmill dies before the next batch commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Start {
+    /// The session (journal row id) the attempt runs in.
+    pub session: i64,
+    /// The job's sequence number.
+    pub seq: u64,
+    /// The slot it runs in.
+    pub slot: u64,
+    /// When it started (Unix seconds; as its start event records it).
+    pub started_at: f64,
+}
+
+/// A record of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Record {
+    /// An attempt started.
+    Start(Start),
+    /// An attempt ended.
+    End(Completion),
 }
 
 /// A stream's kept output.
@@ -201,6 +230,22 @@ pub(crate) fn encode(c: &Completion, buf: &mut Vec<u8>) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Appends the framed record of start `st` to `buf`.
+pub(crate) fn encode_start(st: &Start, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    let body = buf.len();
+    buf.push(KIND_START);
+    buf.extend_from_slice(&st.session.to_le_bytes());
+    buf.extend_from_slice(&st.seq.to_le_bytes());
+    buf.extend_from_slice(&st.slot.to_le_bytes());
+    buf.extend_from_slice(&st.started_at.to_le_bytes());
+    let len = (buf.len() - body) as u32;
+    let crc = crc32fast::hash(&buf[body..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// A cursor over a body that fails instead of panicking.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -272,7 +317,7 @@ pub fn frame_len(bytes: &[u8]) -> Result<usize, DecodeError> {
 ///
 /// [`DecodeError`]: incomplete, checksum mismatch or malformed. Never
 /// panics, whatever the bytes.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
     let need = frame_len(bytes)?;
     if bytes.len() < need {
         return Err(DecodeError::Incomplete {
@@ -286,8 +331,21 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
         return Err(DecodeError::Checksum);
     }
     let mut r = Reader { bytes: body };
-    if r.u8()? != VERSION {
-        return Err(DecodeError::Malformed("unknown version"));
+    match r.u8()? {
+        VERSION => {}
+        KIND_START => {
+            let st = Start {
+                session: r.i64()?,
+                seq: r.u64()?,
+                slot: r.u64()?,
+                started_at: r.f64()?,
+            };
+            if !r.bytes.is_empty() {
+                return Err(DecodeError::Malformed("trailing bytes"));
+            }
+            return Ok((Record::Start(st), need));
+        }
+        _ => return Err(DecodeError::Malformed("unknown version")),
     }
     let flags = r.u8()?;
     let outcome = *OUTCOMES
@@ -336,7 +394,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
         return Err(DecodeError::Malformed("trailing bytes"));
     }
     Ok((
-        Completion {
+        Record::End(Completion {
             session,
             seq,
             slot,
@@ -351,7 +409,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Completion, usize), DecodeError> {
             duration,
             max_rss_kib,
             output,
-        },
+        }),
         need,
     ))
 }
@@ -382,6 +440,7 @@ impl Log {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(super::private::FILE_MODE)
             .open(&path)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
@@ -395,7 +454,7 @@ impl Log {
                 } else {
                     JournalError::Io {
                         path: path.clone(),
-                        source,
+                        cause: source,
                     }
                 }
             })?;
@@ -416,6 +475,12 @@ impl Log {
     /// Adds the record of `c` to the records waiting for [`Log::write`].
     pub fn buffer(&mut self, c: &Completion) {
         encode(c, &mut self.buf);
+    }
+
+    /// Adds the record of start `st` to the records waiting for
+    /// [`Log::write`].
+    pub fn buffer_start(&mut self, st: &Start) {
+        encode_start(st, &mut self.buf);
     }
 
     /// Whether records wait for [`Log::write`].
@@ -475,6 +540,10 @@ impl Log {
 pub struct Recovered {
     /// Attempt ends written into the journal.
     pub applied: u64,
+    /// Attempt starts written into the journal (attempts that started but
+    /// whose start was not committed; without an end, `jobmill resume`
+    /// records them `interrupted`).
+    pub started: u64,
     /// Records that the journal already held.
     pub already: u64,
     /// Where the log was kept because a record failed its checksum or did
@@ -502,10 +571,15 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
             .read_to_end(&mut bytes)
             .map_err(|source| JournalError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
-        Err(source) => return Err(JournalError::Io { path, source }),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path,
+                cause: source,
+            })
+        }
     };
     let mut report = Recovered::default();
     if !bytes.is_empty() {
@@ -516,10 +590,18 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
         let mut at = 0;
         while at < bytes.len() {
             match decode(&bytes[at..]) {
-                Ok((c, n)) => {
+                Ok((Record::End(c), n)) => {
                     at += n;
                     if apply(&tx, &c).map_err(JournalError::sqlite(journal, "recover"))? {
                         report.applied += 1;
+                    } else {
+                        report.already += 1;
+                    }
+                }
+                Ok((Record::Start(st), n)) => {
+                    at += n;
+                    if apply_start(&tx, &st).map_err(JournalError::sqlite(journal, "recover"))? {
+                        report.started += 1;
                     } else {
                         report.already += 1;
                     }
@@ -540,11 +622,14 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
         let kept = unused_name(&path, "corrupt");
         std::fs::rename(&path, &kept).map_err(|source| JournalError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         report.kept_as = Some(kept);
     } else {
-        std::fs::remove_file(&path).map_err(|source| JournalError::Io { path, source })?;
+        std::fs::remove_file(&path).map_err(|source| JournalError::Io {
+            path,
+            cause: source,
+        })?;
     }
     Ok(report)
 }
@@ -590,6 +675,30 @@ fn apply(tx: &rusqlite::Transaction<'_>, c: &Completion) -> rusqlite::Result<boo
             Ok(true)
         }
     }
+}
+
+/// Records start `st` unless the journal has it (or has no row for its
+/// job); returns whether it wrote.
+fn apply_start(tx: &rusqlite::Transaction<'_>, st: &Start) -> rusqlite::Result<bool> {
+    let seq = st.seq as i64;
+    let known: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM attempt WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
+            params![seq, st.session, st.started_at],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if known.is_some() {
+        return Ok(false);
+    }
+    let job: Option<i64> = tx
+        .query_row("SELECT seq FROM job WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()?;
+    if job.is_none() {
+        return Ok(false);
+    }
+    super::rows::record_start(tx, st.seq, st.session, st.slot as usize, st.started_at)?;
+    Ok(true)
 }
 
 /// Runs [`recover`] if a completions log exists and no jobmill holds the
@@ -647,7 +756,29 @@ mod tests {
         encode(&sample(), &mut buf);
         let (c, n) = decode(&buf).unwrap();
         assert_eq!(n, buf.len());
-        assert_eq!(c, sample());
+        assert_eq!(c, Record::End(sample()));
+    }
+
+    #[test]
+    fn a_start_record_decodes_to_what_was_encoded_and_tears_as_incomplete() {
+        let st = Start {
+            session: 3,
+            seq: 42,
+            slot: 2,
+            started_at: 1_790_000_000.5,
+        };
+        let mut buf = Vec::new();
+        encode_start(&st, &mut buf);
+        encode(&sample(), &mut buf);
+        let (r, n) = decode(&buf).unwrap();
+        assert_eq!(r, Record::Start(st));
+        assert_eq!(decode(&buf[n..]).unwrap().0, Record::End(sample()));
+        for cut in 0..n {
+            assert!(matches!(
+                decode(&buf[..cut]),
+                Err(DecodeError::Incomplete { .. })
+            ));
+        }
     }
 
     #[test]
@@ -729,7 +860,7 @@ mod tests {
             let mut at = 0;
             for c in &cs {
                 let (d, n) = decode(&buf[at..]).unwrap();
-                prop_assert_eq!(&d, c);
+                prop_assert_eq!(&d, &Record::End(c.clone()));
                 at += n;
             }
             prop_assert_eq!(at, buf.len());

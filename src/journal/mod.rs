@@ -9,11 +9,36 @@
 //!
 //! This module holds what every part shares: the schema, the header check
 //! that refuses files that are not journals (without changing a byte of
-//! them), and where journals live.
+//! them), the errors and warnings, and where journals live.
+//!
+//! | file | what |
+//! |---|---|
+//! | `writer.rs` | [`Journal`]: `create`, `record_*`, `flush`, `close` |
+//! | `commit.rs` | the writer thread, group commits, syncs, checkpoints |
+//! | `rows.rs` | the SQL rows each event writes |
+//! | `schema.rs` | a new journal's schema and header; the writing connection |
+//! | `lock.rs` | the journal's `flock` |
+//! | `completions.rs` | the completions log: codec, append, recovery |
+//! | `observer.rs` | the journal as the run's observer (the only part that knows `run` and `exec`) |
+//! | `options.rs` | [`StoredOptions`]: the run's options as stored |
+//! | `resume.rs` | opening a journal to resume, and the [`resume::ResumePlan`] |
+//! | `private.rs` | private modes of the state directory and journal files |
+//! | `read.rs`, `snapshot.rs`, `prune.rs` | reading, snapshots of a queue, pruning |
+//!
+//! The library never prints: what the person running jobmill should know
+//! comes back as a [`Warning`] (or in a report such as
+//! [`completions::Recovered`]).
 
+mod commit;
 pub mod completions;
+mod lock;
+mod observer;
+pub mod options;
+pub mod private;
 pub mod prune;
 pub mod read;
+mod rows;
+mod schema;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +46,7 @@ use std::path::{Path, PathBuf};
 pub mod resume;
 pub mod writer;
 
+pub use options::StoredOptions;
 pub use writer::{create, Journal, JournalLock, RunRecord, WriterConfig};
 
 /// The schema of a new journal (SQL).
@@ -39,12 +65,13 @@ pub const EXTENSION: &str = "sqlite";
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The file could not be read or written.
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}: {cause}")]
     Io {
         /// The journal file.
         path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error (in the message, so not a
+        /// `source`: it would be printed twice).
+        cause: std::io::Error,
     },
     /// The file is not an SQLite database, or is corrupt or truncated.
     #[error("journal {path} is not a readable jobmill journal ({detail}); it was left unchanged")]
@@ -89,18 +116,37 @@ pub enum JournalError {
         matches: String,
     },
     /// Another jobmill process is writing this journal.
-    #[error("journal {path} is in use by another jobmill (pid {pid})")]
+    #[error("journal {path} is in use by another jobmill{}", holder(*pid))]
     Locked {
         /// The journal file.
         path: PathBuf,
-        /// The process holding it, if known (0 if not).
-        pid: i64,
+        /// The live process holding its lock, if known.
+        pid: Option<i64>,
     },
     /// A new journal was asked for at a path that already exists.
     #[error("journal {path} already exists; to continue that run use `jobmill resume {path}` (a journal is never overwritten)")]
     Exists {
         /// The existing file.
         path: PathBuf,
+    },
+    /// A new journal was asked for at a path that exists and is not a
+    /// regular file (a directory, a device such as `/dev/null`).
+    #[error("cannot create journal {path}: it exists and is {kind}, not a journal file; give the path of a new file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: `a directory`, `a device`, ...
+        kind: &'static str,
+    },
+    /// The input of the run cannot be read again on resume.
+    #[error("cannot resume from journal {path}: cannot read its input {input}: {cause}")]
+    Input {
+        /// The journal file.
+        path: PathBuf,
+        /// The input (a file path).
+        input: String,
+        /// The operating system's error.
+        cause: std::io::Error,
     },
     /// The input file of the run changed since the journal recorded it.
     #[error("cannot resume from journal {path}: input {seq} of {input} differs from the one recorded (the input file changed since the run)")]
@@ -120,23 +166,73 @@ pub enum JournalError {
         /// What was wrong.
         detail: String,
     },
+    /// The journal stopped writing (a write failed earlier, or it was
+    /// closed); the message names the file and says what happened.
+    #[error("{0}")]
+    Stopped(String),
     /// An SQLite error during an operation.
-    #[error("journal {path}: {op}: {source}")]
+    #[error("journal {path}: {op}: {cause}")]
     Sqlite {
         /// The journal file.
         path: PathBuf,
         /// What was being done.
         op: &'static str,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// SQLite's error (in the message, so not a `source`).
+        cause: rusqlite::Error,
     },
+}
+
+/// ` (pid N)`, or nothing when the holder is not known.
+fn holder(pid: Option<i64>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+/// Something the person running jobmill should know that is not an error.
+/// The library never prints: front ends render these (the CLI on stderr,
+/// as `jobmill: warning: ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// A journal directory or file could not be made private (others may
+    /// read the inputs and outputs it holds).
+    NotPrivate {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its mode (0 if unknown).
+        mode: u32,
+        /// Why it could not be changed.
+        error: String,
+    },
+    /// The run's input was stdin and it was not read to its end: only the
+    /// recorded jobs are resumed.
+    StdinNotRead {
+        /// Jobs recorded.
+        jobs: u64,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::NotPrivate { path, mode, error } => write!(
+                f,
+                "warning: {} (mode {mode:04o}) could not be made private to you: {error}; \
+                 other users may read the journals' inputs and outputs",
+                path.display()
+            ),
+            Warning::StdinNotRead { jobs } => write!(
+                f,
+                "the run's input was stdin and it was not read to its end: \
+                 resuming the {jobs} recorded jobs only (the rest of that input is not in the journal)"
+            ),
+        }
+    }
 }
 
 impl JournalError {
     /// Wraps an SQLite error of operation `op` on `path`.
     pub fn sqlite(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError {
         let path = path.to_path_buf();
-        move |source| JournalError::Sqlite { path, op, source }
+        move |cause| JournalError::Sqlite { path, op, cause }
     }
 }
 
@@ -247,7 +343,7 @@ pub(crate) fn check_magic(path: &Path) -> Result<(), JournalError> {
     let mut magic = [0u8; 16];
     let io = |source| JournalError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let n = f.read(&mut magic).map_err(io)?;

@@ -77,7 +77,7 @@ pub fn list(dir: &Path) -> Result<Vec<RunEntry>, JournalError> {
         Err(source) => {
             return Err(JournalError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })
         }
     };
@@ -170,7 +170,7 @@ fn remove(path: &Path) -> Result<(), JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(JournalError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }

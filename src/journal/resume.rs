@@ -1,7 +1,11 @@
 //! Resuming a run from its journal.
 //!
 //! [`open`] locks an existing journal, checks it without changing a byte
-//! ([`super::check`]) and reads the stored run. [`Resumable::start`] then
+//! ([`super::check`]) and reads the stored run and its options.
+//! [`Resumable::plan`] then assembles the session: the stored jobs still to
+//! run, then the rest of the input when the run had not read it all
+//! (checked against the recorded inputs), and the journal to append to:
+//! a [`ResumePlan`]. (It calls [`Resumable::start`], which
 //! closes the books of the interrupted sessions (attempts left without an
 //! end become `interrupted`, jobs left `running` go back to `queued`),
 //! opens a new session and returns the writer with the stored jobs still
@@ -14,18 +18,21 @@
 //! sessions.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use crate::input::InputError;
+use crate::input::{InputError, Records, Source};
 use crate::job::NewJob;
 
+use super::options::{StoredInput, StoredOptions};
 use super::writer::{self, Journal, JournalLock, WriterConfig};
-use super::{check, completions, JournalError};
+use super::{check, completions, JournalError, Warning};
+
+pub use super::options::{bytes_to_json, json_to_bytes, os_to_json};
 
 /// The run stored in a journal.
 #[derive(Debug, Clone)]
@@ -58,6 +65,8 @@ pub struct Resumable {
     conn: Connection,
     /// The stored run.
     pub run: StoredRun,
+    /// The run's options, as stored.
+    pub options: StoredOptions,
     /// What the completions log left by the last session held.
     pub recovered: completions::Recovered,
 }
@@ -82,11 +91,17 @@ pub fn open(path: &Path) -> Result<Resumable, JournalError> {
     )
     .map_err(JournalError::sqlite(path, "open"))?;
     let run = read_run(path, &conn)?;
+    let options =
+        StoredOptions::from_json(&run.options).map_err(|detail| JournalError::Invalid {
+            path: path.to_path_buf(),
+            detail,
+        })?;
     Ok(Resumable {
         path: path.to_path_buf(),
         lock,
         conn,
         run,
+        options,
         recovered,
     })
 }
@@ -190,9 +205,10 @@ impl Resumable {
                     Some(Ok(record)) if Sha256::digest(&record)[..] == hash[..] => {}
                     Some(Ok(_)) | None => return Err(changed()),
                     Some(Err(e)) => {
-                        return Err(JournalError::Io {
-                            path: PathBuf::from(input_name),
-                            source: e.source,
+                        return Err(JournalError::Input {
+                            path: self.path.clone(),
+                            input: e.name,
+                            cause: e.source,
                         })
                     }
                 }
@@ -266,6 +282,158 @@ impl Resumable {
         )?;
         Ok((journal, pending))
     }
+}
+
+/// The payloads of a run's input, in order.
+pub type Payloads = Box<dyn Iterator<Item = Result<Vec<u8>, InputError>> + Send>;
+
+/// The jobs of a resumed session, in order.
+pub type Jobs = Box<dyn Iterator<Item = Result<NewJob, InputError>> + Send>;
+
+/// A resumed session, ready to run: what `jobmill resume` needs besides
+/// the command line.
+pub struct ResumePlan {
+    /// The stored run (id, command, working directory, counts).
+    pub run: StoredRun,
+    /// The run's options.
+    pub options: StoredOptions,
+    /// The journal, recording this new session.
+    pub journal: Journal,
+    /// The stored jobs still to run, then the rest of the input (if the
+    /// run had not read it all and it can be read again).
+    pub jobs: Jobs,
+    /// Whether [`ResumePlan::jobs`] ends where the run's input ends.
+    pub whole_input: bool,
+    /// What the person resuming should know (e.g. the input was stdin and
+    /// its rest is gone).
+    pub warnings: Vec<Warning>,
+}
+
+impl std::fmt::Debug for ResumePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumePlan")
+            .field("run", &self.run)
+            .field("options", &self.options)
+            .field("journal", &self.journal)
+            .field("whole_input", &self.whole_input)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resumable {
+    /// Assembles the resumed session: when the run had not read its whole
+    /// input, re-opens it (a file or the `:::` arguments; stdin is gone:
+    /// a [`Warning::StdinNotRead`]) and checks that it starts with the
+    /// recorded inputs; then closes the books of the earlier sessions and
+    /// opens a new one ([`Resumable::start`]). With `failed`, failed and
+    /// dead jobs run again too.
+    ///
+    /// Reads the input file by the absolute path stored; does not change
+    /// the working directory (the caller moves to [`StoredRun::cwd`]).
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Input`] if the input cannot be read,
+    /// [`JournalError::InputChanged`] if it does not start with the
+    /// recorded inputs (then the journal is not changed), and the errors
+    /// of [`Resumable::start`].
+    pub fn plan(self, failed: bool) -> Result<ResumePlan, JournalError> {
+        let mut warnings = Vec::new();
+        let mut rest: Option<(Payloads, String)> = None;
+        if !self.run.input_complete {
+            match &self.options.input {
+                StoredInput::Stdin => warnings.push(Warning::StdinNotRead {
+                    jobs: self.run.jobs,
+                }),
+                StoredInput::File { path } => {
+                    let p = PathBuf::from(path);
+                    let source = Source::file(&p).map_err(|e| JournalError::Input {
+                        path: self.path.clone(),
+                        input: e.name,
+                        cause: e.source,
+                    })?;
+                    let records = Records::new(source, self.options.separator());
+                    rest = Some((Box::new(records), p.display().to_string()));
+                }
+                StoredInput::Args { args } => {
+                    let records =
+                        Records::new(Source::Args(args.clone()), self.options.separator());
+                    rest = Some((Box::new(records), "the `:::` inputs".to_string()));
+                }
+                // Several sources, columns or batches: the caller, which
+                // knows how the input plan was stored, gives the rest.
+                StoredInput::Plan => {}
+            }
+        }
+        self.plan_with(failed, rest, warnings)
+    }
+
+    /// As [`Resumable::plan`], with the input given by the caller: `rest`
+    /// yields the run's payloads from the first (the recorded ones are
+    /// checked against the journal's hashes, then the rest is run), named
+    /// in messages as its second element; `None` when the input cannot be
+    /// read again (stdin), with `warnings` to pass on.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resumable::plan`].
+    pub fn plan_with(
+        self,
+        failed: bool,
+        rest: Option<(Payloads, String)>,
+        warnings: Vec<Warning>,
+    ) -> Result<ResumePlan, JournalError> {
+        let rest = match rest {
+            Some((mut payloads, name)) => {
+                self.verify_prefix(&mut payloads, &name)?;
+                Some(payloads)
+            }
+            None => None,
+        };
+        let whole_input = rest.is_some();
+        let run = self.run.clone();
+        let options = self.options.clone();
+        let (journal, pending) = self.start(failed, whole_input, options.writer_config())?;
+        let mut jobs: Jobs = Box::new(pending);
+        if let Some(records) = rest {
+            let first = run.jobs + 1;
+            jobs = Box::new(
+                jobs.chain(
+                    records
+                        .zip(first..)
+                        .map(|(r, seq)| r.map(|payload| NewJob::new(seq, payload))),
+                ),
+            );
+        }
+        Ok(ResumePlan {
+            run,
+            options,
+            journal,
+            jobs,
+            whole_input,
+            warnings,
+        })
+    }
+}
+
+/// Jobs failed or dead, and jobs not final, in the journal at `path`
+/// (after a session: the exit status of the whole run).
+///
+/// # Errors
+///
+/// The journal cannot be read.
+pub fn final_counts(path: &Path) -> Result<(u64, u64), JournalError> {
+    let conn = super::read::open_read_only(path).map_err(JournalError::sqlite(path, "open"))?;
+    let (failed, unfinished): (i64, i64) = conn
+        .query_row(
+            "SELECT COALESCE(SUM(state IN ('failed', 'dead')), 0),
+                    COALESCE(SUM(state NOT IN ('done', 'failed', 'dead')), 0) FROM job",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(JournalError::sqlite(path, "count jobs"))?;
+    Ok((failed as u64, unfinished as u64))
 }
 
 /// The stored jobs a resumed run still has to run, read from the journal
@@ -343,27 +511,4 @@ impl Iterator for PendingJobs {
         }
         self.batch.pop_front().map(Ok)
     }
-}
-
-/// Encodes bytes that should be text as JSON: a string when they are
-/// UTF-8, else `{"hex": "..."}`.
-pub fn bytes_to_json(b: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(b) {
-        Ok(s) => serde_json::Value::String(s.to_string()),
-        Err(_) => serde_json::json!({ "hex": hex::encode(b) }),
-    }
-}
-
-/// Decodes [`bytes_to_json`].
-pub fn json_to_bytes(v: &serde_json::Value) -> Option<Vec<u8>> {
-    match v {
-        serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-        serde_json::Value::Object(o) => hex::decode(o.get("hex")?.as_str()?).ok(),
-        _ => None,
-    }
-}
-
-/// [`bytes_to_json`] of an OS string.
-pub fn os_to_json(s: &std::ffi::OsStr) -> serde_json::Value {
-    bytes_to_json(s.as_bytes())
 }

@@ -17,6 +17,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ pub struct Snapshot {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -141,13 +142,14 @@ impl Snapshot {
             .read(true)
             .write(true)
             .create(!exists)
+            .mode(super::private::FILE_MODE)
             .truncate(false)
             .open(path)
             .map_err(io_err(path))?;
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(JournalError::Locked {
                 path: path.to_path_buf(),
-                pid: super::read::flock_holder(path).flatten().unwrap_or(0),
+                pid: super::read::flock_holder(path).flatten(),
             });
         }
         let sql = |op| JournalError::sqlite(path, op);

@@ -1,9 +1,10 @@
-//! The journal writer: an [`Observer`] of a run that records every event
-//! in the journal file with group commits, one writer at a time.
+//! The journal writer: records every event of a run (a job read, an
+//! attempt started or ended, the end) in the journal file with group
+//! commits, one writer at a time. `observer.rs` feeds it the run's events.
 //!
 //! ## Group commits
 //!
-//! Observer calls never run SQL themselves on the way in: they append the
+//! The `record_*` calls never run SQL themselves on the way in: they append the
 //! event to a pending list (one mutex) and get a ticket. The writer thread
 //! commits everything pending in one transaction every 50 ms,
 //! so one commit carries the events of many jobs. A thread that must see
@@ -13,12 +14,13 @@
 //!
 //! ## The durability gate
 //!
-//! [`Observer::attempt_finished`] buffers the attempt's end for the
-//! completions log ([`super::completions`]); [`Observer::attempt_started`]
-//! writes every buffered end there (one `write(2)`, not a commit) before it
-//! returns. So no job starts before every end recorded so far would
-//! survive jobmill's death, and the jobs that would run twice after a crash
-//! are only those in flight, at most one per slot. A start also waits, if
+//! `Journal::record_end` buffers the attempt's end for the completions
+//! log ([`super::completions`]); [`Journal::record_start`] writes its own
+//! start record and every buffered end there (one `write(2)`, not a
+//! commit) before it returns. So no job starts before its start and every
+//! end recorded so far would survive jobmill's death: after a crash, an
+//! attempt that ran is in the journal, and the jobs that run twice are
+//! only those in flight, at most one per slot. A start also waits, if
 //! ever, for the job's own row to be committed (it usually was, long
 //! before).
 //!
@@ -39,31 +41,29 @@
 //!
 //! When a write fails (disk full, I/O error, a read-only file), the
 //! transaction is rolled back, the connection is dropped, and every later
-//! observer call returns an [`ObserverError`] naming the file: the run
+//! later call returns [`JournalError::Stopped`] naming the file: the run
 //! drains. What was committed before stays.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use sha2::{Digest, Sha256};
+use rusqlite::{params, Connection};
 
-use crate::events::{AttemptReport, AttemptStart, Observer, ObserverError, Resolution, RunSummary};
-use crate::job::{FailReason, JobState, NewJob};
-use crate::outcome::AttemptEnd;
-
+use super::commit::{background, Event, Pending, Shared, Writer, BATCH_EVENTS};
 use super::completions::{self, Completion, Log};
-use super::{JournalError, APPLICATION_ID, SCHEMA, SCHEMA_VERSION};
+use super::schema::initialize;
+use super::JournalError;
 
-/// Pending events that make the writer commit before its interval ends.
-const BATCH_EVENTS: usize = 1024;
+pub use super::lock::JournalLock;
+pub(crate) use super::rows::{record_end, StartRow};
+pub(crate) use super::schema::open_rw;
 
 /// Default cap of the output kept per stream per job: 1 MiB.
 pub const DEFAULT_OUTPUT_CAP: usize = 1 << 20;
@@ -111,94 +111,8 @@ pub(crate) fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     unix(SystemTime::now())
-}
-
-/// The host name, or `""`.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// An exclusive lock on a journal file, held for as long as this lives
-/// (`flock`, released by the kernel when the process dies).
-#[derive(Debug)]
-pub struct JournalLock {
-    _file: File,
-}
-
-impl JournalLock {
-    /// Takes the lock on `path`, which must exist.
-    ///
-    /// # Errors
-    ///
-    /// [`JournalError::Locked`] when another process holds it (with that
-    /// process's pid when the journal names it), [`JournalError::Io`] when
-    /// the file cannot be opened.
-    pub fn acquire(path: &Path) -> Result<JournalLock, JournalError> {
-        let file = File::open(path).map_err(|source| JournalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(JournalLock { _file: file }),
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(JournalError::Locked {
-                path: path.to_path_buf(),
-                pid: holder_pid(path).unwrap_or(0),
-            }),
-            Err(e) => Err(JournalError::Io {
-                path: path.to_path_buf(),
-                source: e.into(),
-            }),
-        }
-    }
-}
-
-/// The pid of the latest unfinished session of a journal (best effort).
-fn holder_pid(path: &Path) -> Option<i64> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.query_row(
-        "SELECT pid FROM session WHERE ended_at IS NULL ORDER BY id DESC LIMIT 1",
-        [],
-        |r| r.get(0),
-    )
-    .optional()
-    .ok()
-    .flatten()
-}
-
-/// Page size of new journals: small pages make the small commits of short
-/// jobs cheaper (fewer WAL bytes to write and checksum; measured 20% less
-/// CPU per commit than 4096).
-const PAGE_SIZE: u32 = 1024;
-
-/// Opens the writer's connection in WAL mode (`synchronous=FULL` until the
-/// writer starts).
-pub(crate) fn open_rw(path: &Path) -> Result<Connection, JournalError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(JournalError::sqlite(path, "open"))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(JournalError::sqlite(path, "set busy timeout"))?;
-    // Takes effect only on a new, empty file (before WAL mode writes it).
-    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))
-        .map_err(JournalError::sqlite(path, "set the page size"))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(JournalError::sqlite(path, "enable WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(JournalError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("cannot use WAL mode (journal_mode is {mode})"),
-        });
-    }
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
-        .map_err(JournalError::sqlite(path, "set synchronous"))?;
-    Ok(conn)
 }
 
 /// Creates a new journal at `path`, which must not exist, records the run
@@ -206,21 +120,35 @@ pub(crate) fn open_rw(path: &Path) -> Result<Connection, JournalError> {
 ///
 /// # Errors
 ///
-/// [`JournalError::Exists`] if the file exists, [`JournalError::Io`] or
+/// [`JournalError::Exists`] if the file exists ([`JournalError::NotAFile`]
+/// if that is a directory or a device), [`JournalError::Io`] or
 /// [`JournalError::Sqlite`] if it cannot be created.
 pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Journal, JournalError> {
     let io = |source| JournalError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
+    // Private whatever the umask: a journal holds every input and output.
+    // SQLite gives its -wal and -shm files the mode of this file.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(super::private::FILE_MODE)
         .open(path)
         .map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                JournalError::Exists {
-                    path: path.to_path_buf(),
+                match std::fs::metadata(path) {
+                    Ok(m) if m.is_dir() => JournalError::NotAFile {
+                        path: path.to_path_buf(),
+                        kind: "a directory",
+                    },
+                    Ok(m) if !m.is_file() => JournalError::NotAFile {
+                        path: path.to_path_buf(),
+                        kind: "a device or special file",
+                    },
+                    _ => JournalError::Exists {
+                        path: path.to_path_buf(),
+                    },
                 }
             } else {
                 io(source)
@@ -245,56 +173,6 @@ pub fn create(path: &Path, run: &RunRecord, config: WriterConfig) -> Result<Jour
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
     })
-}
-
-/// Writes the header, the schema, the run and its first session into the
-/// new, empty file at `path`, in one `FULL` transaction.
-fn initialize(path: &Path, run: &RunRecord) -> Result<Connection, JournalError> {
-    let mut conn = open_rw(path)?;
-    let mut raw = Vec::new();
-    for a in &run.command {
-        raw.extend_from_slice(a.as_bytes());
-        raw.push(0);
-    }
-    let display: Vec<String> = run
-        .command
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let tx = conn
-        .transaction()
-        .map_err(JournalError::sqlite(path, "begin"))?;
-    tx.execute_batch(&format!(
-        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-    ))
-    .map_err(JournalError::sqlite(path, "write header"))?;
-    tx.execute_batch(SCHEMA)
-        .map_err(JournalError::sqlite(path, "create schema"))?;
-    tx.execute(
-        "INSERT INTO run (id, run_id, command, command_raw, options, cwd, host, started_at,
-                          jobmill_version, schema_version)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            run.run_id,
-            serde_json::to_string(&display).unwrap_or_default(),
-            raw,
-            run.options.to_string(),
-            run.cwd.as_os_str().as_bytes(),
-            host_name(),
-            now(),
-            env!("CARGO_PKG_VERSION"),
-            SCHEMA_VERSION,
-        ],
-    )
-    .map_err(JournalError::sqlite(path, "record the run"))?;
-    tx.execute(
-        "INSERT INTO session (id, kind, pid, started_at) VALUES (1, 'run', ?1, ?2)",
-        params![std::process::id(), now()],
-    )
-    .map_err(JournalError::sqlite(path, "record the session"))?;
-    tx.commit()
-        .map_err(JournalError::sqlite(path, "commit the run"))?;
-    Ok(conn)
 }
 
 /// Starts the writer on an open journal connection, in session `session`
@@ -335,7 +213,7 @@ pub(crate) fn start(
     }
     let log_sync = log.sync_handle().map_err(|source| JournalError::Io {
         path: log.path().to_path_buf(),
-        source,
+        cause: source,
     })?;
     let shared = Arc::new(Shared {
         path: path.to_path_buf(),
@@ -373,7 +251,7 @@ pub(crate) fn start(
             .spawn(move || background(&shared, config, &log_sync))
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?
     };
     Ok(Journal {
@@ -387,7 +265,8 @@ pub(crate) fn start(
     })
 }
 
-/// A running journal: the [`Observer`] that records a run.
+/// A running journal: records a run (it is the run's observer, see
+/// `observer.rs`).
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -401,349 +280,34 @@ pub struct Journal {
     _lock: JournalLock,
 }
 
-#[derive(Debug)]
-struct Shared {
-    path: PathBuf,
-    /// The completions log; `None` once closed. Locked before `state`
-    /// when both are needed.
-    log: Mutex<Option<Log>>,
-    state: Mutex<Pending>,
-    /// The connection; used only by the thread that set
-    /// [`Pending::writing`], so never contended.
-    writer: Mutex<Option<Writer>>,
-    /// Signalled when a completion is pending or the journal is closing.
-    work: Condvar,
-    /// Signalled after each commit (or failure).
-    durable: Condvar,
-}
-
-#[derive(Debug)]
-struct Pending {
-    events: Vec<Event>,
-    /// The ticket of the next event.
-    next_ticket: u64,
-    /// Every event with a ticket up to this one is committed.
-    committed: u64,
-    /// Why the writer stopped, if it failed.
-    failed: Option<String>,
-    closing: bool,
-    /// A thread is writing a batch (only one at a time).
-    writing: bool,
-    /// The background thread sleeps with nothing to do: the next event
-    /// wakes it.
-    idle: bool,
-    /// When each running attempt started, by job (the value its start
-    /// event carries, so its end can be matched to it).
-    started: HashMap<u64, f64>,
-    /// (job, ticket) of the job rows not known to be committed, in input
-    /// order.
-    job_tickets: VecDeque<(u64, u64)>,
-    /// Bytes in the completions log (mirrors [`Log::len`]).
-    log_len: u64,
-    /// Ticket of the last event whose record is in the completions log.
-    log_ticket: u64,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until `ticket` is committed, committing the pending events
-    /// itself when no other thread is writing (leader/follower group
-    /// commit: whoever writes takes everything pending).
-    fn wait_committed<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, Pending>,
-        ticket: u64,
-    ) -> Result<MutexGuard<'a, Pending>, ObserverError> {
-        loop {
-            if let Some(f) = &st.failed {
-                return Err(ObserverError::msg(f.clone()));
-            }
-            if st.committed >= ticket {
-                return Ok(st);
-            }
-            if st.writing {
-                st = self.durable.wait(st).unwrap_or_else(|e| e.into_inner());
-            } else {
-                st = self.write_pending(st);
-            }
-        }
-    }
-
-    /// Empties the completions log if every record in it has a ticket up
-    /// to `durable` (committed and synced). Takes the log's lock, then the
-    /// state's (the order appends use).
-    fn clear_log(&self, durable: u64) -> std::io::Result<()> {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = self.lock();
-        let Some(log) = log.as_mut() else {
-            st.log_len = 0;
-            return Ok(());
-        };
-        if st.log_ticket <= durable && log.len > 0 {
-            log.clear()?;
-            st.log_len = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes every pending event in one transaction. Called with the
-    /// state locked and no writer active; returns with it locked.
-    fn write_pending<'a>(&'a self, mut st: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
-        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(w) = guard.as_mut() else {
-            if st.failed.is_none() {
-                st.failed = Some(format!("journal {}: already closed", self.path.display()));
-            }
-            self.durable.notify_all();
-            return st;
-        };
-        st.writing = true;
-        let mut batch = std::mem::take(&mut w.spare);
-        std::mem::swap(&mut batch, &mut st.events);
-        let last = st.next_ticket - 1;
-        drop(st);
-        let result = w.write(&self.path, &batch);
-        batch.clear();
-        w.spare = batch;
-        if result.is_err() {
-            // Rolled back; the connection is not used again.
-            *guard = None;
-        }
-        drop(guard);
-        let mut st = self.lock();
-        st.writing = false;
-        match result {
-            Ok(()) => {
-                st.committed = last;
-                while st.job_tickets.front().is_some_and(|&(_, t)| t <= last) {
-                    st.job_tickets.pop_front();
-                }
-            }
-            Err(e) => {
-                st.failed = Some(format!(
-                    "{e}; the run stops (what was recorded before is kept)"
-                ));
-            }
-        }
-        self.durable.notify_all();
-        st
-    }
-}
-
-/// The background thread: commits what is pending every 50 ms, syncs the WAL and the completions log to disk every
-/// `sync_interval`, empties the completions log once a synced commit covers
-/// it, checkpoints the WAL into the file every second (so slots never pay
-/// for a checkpoint), and stops when the journal closes.
-fn background(shared: &Shared, config: WriterConfig, log_sync: &File) {
-    // Between two batch commits. Readers see a live run at most this
-    // late; slots never wait for it (their gate is the completions log).
-    // Measured on 2000 `true` jobs at -j2: 1.05x the time of --no-journal
-    // at 50 ms, 1.10x at 5 ms (ten times the commits and wake-ups).
-    const FLUSH_EVERY: Duration = Duration::from_millis(50);
-    const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-    let wal_path = PathBuf::from(format!("{}-wal", shared.path.display()));
-    let mut wal: Option<File> = None;
-    let mut checkpointer: Option<Connection> = None;
-    let mut last_sync = Instant::now();
-    let mut last_checkpoint = Instant::now();
-    let mut synced_to = 0u64;
-    let mut checkpointed_to = 0u64;
-    let full = config.sync_interval.is_zero();
-    let mut last_write = Instant::now();
-    let mut st = shared.lock();
-    loop {
-        if st.closing || st.failed.is_some() {
-            break;
-        }
-        if !st.events.is_empty() && !st.writing {
-            // One batch per interval, however fast events arrive, unless
-            // they pile up (fast jobs: their rows must be in before their
-            // starts, which would otherwise commit on the slots' path).
-            let since = last_write.elapsed();
-            if since >= FLUSH_EVERY || st.events.len() >= BATCH_EVENTS {
-                st = shared.write_pending(st);
-                last_write = Instant::now();
-            } else {
-                st = wait_for(shared, st, Some(FLUSH_EVERY - since));
-            }
-            continue;
-        }
-        let committed = st.committed;
-        if full {
-            // Every commit is synced (FULL), every record too.
-            synced_to = committed;
-        } else if committed > synced_to && last_sync.elapsed() >= config.sync_interval {
-            // fdatasync of the WAL through a descriptor of our own: it
-            // covers every commit written before it, and holds up no
-            // writer. The log is synced too, for the ends not committed yet.
-            drop(st);
-            if wal.is_none() {
-                wal = File::open(&wal_path).ok();
-            }
-            let synced = wal
-                .as_ref()
-                .map_or(Ok(()), File::sync_data)
-                .and_then(|()| log_sync.sync_data());
-            if let Err(e) = synced {
-                let mut s = shared.lock();
-                s.failed = Some(format!(
-                    "journal {}: cannot sync to disk: {e}; the run stops",
-                    shared.path.display()
-                ));
-                shared.durable.notify_all();
-                break;
-            }
-            synced_to = committed;
-            last_sync = Instant::now();
-            st = shared.lock();
-            continue;
-        }
-        if st.log_len > 0 && st.log_ticket <= synced_to {
-            // Every record is in a commit on disk: drop them.
-            drop(st);
-            if let Err(e) = shared.clear_log(synced_to) {
-                let mut s = shared.lock();
-                s.failed = Some(format!(
-                    "journal {}: cannot empty its completions log: {e}; the run stops",
-                    shared.path.display()
-                ));
-                shared.durable.notify_all();
-                break;
-            }
-            st = shared.lock();
-            continue;
-        }
-        if committed > checkpointed_to && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            drop(st);
-            if checkpointer.is_none() {
-                checkpointer = open_checkpointer(&shared.path);
-            }
-            if let Some(c) = &checkpointer {
-                // PASSIVE: copies what it can without blocking writers; a
-                // failure here loses nothing (the frames stay in the WAL).
-                let _ = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-            }
-            checkpointed_to = committed;
-            last_checkpoint = Instant::now();
-            st = shared.lock();
-            continue;
-        }
-        if !st.events.is_empty() {
-            // Another thread is writing; look again shortly.
-            st = wait_for(shared, st, Some(FLUSH_EVERY));
-            continue;
-        }
-        // Nothing pending: sleep until a sync or a checkpoint is due, or
-        // an event arrives (the first one after idling wakes us), so an
-        // idle run costs no wake-ups.
-        let mut due: Option<Duration> = None;
-        if !full && committed > synced_to {
-            due = Some(config.sync_interval.saturating_sub(last_sync.elapsed()));
-        }
-        if committed > checkpointed_to {
-            let c = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
-            due = Some(due.map_or(c, |d| d.min(c)));
-        }
-        st.idle = true;
-        st = wait_for(shared, st, due);
-        st.idle = false;
-        if !st.events.is_empty() && !st.closing {
-            // Woken by an event: let more gather, to commit them together.
-            st = wait_for(shared, st, Some(FLUSH_EVERY));
-        }
-    }
-}
-
-/// Waits on `shared.work`, at most `timeout` if given.
-fn wait_for<'a>(
-    shared: &'a Shared,
-    st: MutexGuard<'a, Pending>,
-    timeout: Option<Duration>,
-) -> MutexGuard<'a, Pending> {
-    match timeout {
-        Some(t) => {
-            shared
-                .work
-                .wait_timeout(st, t)
-                .unwrap_or_else(|e| e.into_inner())
-                .0
-        }
-        None => shared.work.wait(st).unwrap_or_else(|e| e.into_inner()),
-    }
-}
-
-/// A second connection, for checkpoints off the slots' path.
-fn open_checkpointer(path: &Path) -> Option<Connection> {
-    let c = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .ok()?;
-    c.busy_timeout(Duration::from_secs(1)).ok()?;
-    c.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
-        .ok()?;
-    Some(c)
-}
-
-/// The connection and what the writer needs to write events.
-#[derive(Debug)]
-struct Writer {
-    conn: Connection,
-    session: i64,
-    known_jobs: u64,
-    whole_input: bool,
-    /// An empty batch, to swap with the pending list.
-    spare: Vec<Event>,
-    /// Per event of the batch being written, how to write it
-    /// ([`Writer::plan`]). Kept to reuse the allocation.
-    plan: Vec<Plan>,
-    /// Scratch map of [`Writer::plan`]: job → index of the nearest end seen.
-    ends: HashMap<u64, usize>,
-    /// Jobs of this session with an attempt ended but not final (retried
-    /// or interrupted): the only new jobs that may have output rows to
-    /// replace.
-    retried: HashSet<u64>,
-}
-
-/// How [`Writer::write`] writes one event of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Plan {
-    /// As itself.
-    Apply,
-    /// Not at all: a start whose end is in the same batch.
-    Skip,
-    /// An end whose start was skipped: one finished attempt row.
-    Insert,
-}
-
-#[derive(Debug)]
-enum Event {
-    Job { seq: u64, input: Bytes },
-    InputComplete,
-    Started { seq: u64, slot: usize, at: f64 },
-    Finished(Box<Completion>),
-    RunFinished { reason: String },
-}
-
 impl Journal {
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// This session's row id (`session.id`).
+    pub fn session(&self) -> i64 {
+        self.session
+    }
+
+    /// Bytes of output kept per stream per job.
+    pub fn output_cap(&self) -> usize {
+        self.config.output_cap
+    }
+
+    /// The error of a journal that stopped writing (`failed`).
+    fn stopped(message: &str) -> JournalError {
+        JournalError::Stopped(message.to_string())
+    }
+
     /// Queues `event` (with the state locked); returns its ticket.
-    fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, ObserverError> {
+    fn push_locked(&self, st: &mut Pending, event: Event) -> Result<u64, JournalError> {
         if let Some(f) = &st.failed {
-            return Err(ObserverError::msg(f.clone()));
+            return Err(Self::stopped(f));
         }
         if st.closing {
-            return Err(ObserverError::msg(format!(
-                "journal {}: written after it was closed",
-                self.path.display()
-            )));
+            return Err(self.closed());
         }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
@@ -755,20 +319,137 @@ impl Journal {
         Ok(ticket)
     }
 
-    fn push(&self, event: Event) -> Result<u64, ObserverError> {
+    fn closed(&self) -> JournalError {
+        JournalError::Stopped(format!(
+            "journal {}: written after it was closed",
+            self.path.display()
+        ))
+    }
+
+    /// Records job `seq` as read, with its exact input (committed with the
+    /// next batch; a start of it waits for that). Jobs recorded by an
+    /// earlier session are skipped.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing (the message names the file).
+    pub fn record_job(&self, seq: u64, input: &Bytes) -> Result<(), JournalError> {
+        if seq <= self.known_jobs {
+            // Recorded by an earlier session.
+            return Ok(());
+        }
         let mut st = self.shared.lock();
-        self.push_locked(&mut st, event)
+        let ticket = self.push_locked(
+            &mut st,
+            Event::Job {
+                seq,
+                input: input.clone(),
+            },
+        )?;
+        st.job_tickets.push_back((seq, ticket));
+        Ok(())
+    }
+
+    /// Records that the input ended (when this session reads the run's
+    /// input to its end).
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing.
+    pub fn record_input_complete(&self) -> Result<(), JournalError> {
+        let mut st = self.shared.lock();
+        self.push_locked(&mut st, Event::InputComplete).map(drop)
+    }
+
+    /// Records that an attempt of job `seq` starts in `slot` at `at`. The
+    /// durability gate: returns once the attempt's start and every attempt
+    /// end recorded so far would survive jobmill's death (one `write(2)`
+    /// to the completions log), and the job's row is committed.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing: the attempt must not start.
+    pub fn record_start(&self, seq: u64, slot: usize, at: SystemTime) -> Result<(), JournalError> {
+        {
+            let st = self.shared.lock();
+            // The job's row must be in the file before the job runs (its
+            // start and end refer to it). It usually is: rows are
+            // committed as they are read, long before their turn.
+            let pending = st
+                .job_tickets
+                .binary_search_by_key(&seq, |&(s, _)| s)
+                .ok()
+                .map(|i| st.job_tickets[i].1);
+            if let Some(ticket) = pending {
+                drop(self.shared.wait_committed(st, ticket)?);
+            }
+        }
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut() else {
+            return Err(self.closed());
+        };
+        let at = unix(at);
+        let ticket = {
+            let mut st = self.shared.lock();
+            let ticket = self.push_locked(&mut st, Event::Started { seq, slot, at })?;
+            st.started.insert(seq, at);
+            ticket
+        };
+        // The start goes to the log with the ends buffered before it, in
+        // one write(2): an attempt that runs is in the log even if jobmill
+        // dies before the next batch commit (recovery then records it
+        // `interrupted`).
+        log.buffer_start(&completions::Start {
+            session: self.session,
+            seq,
+            slot: slot as u64,
+            started_at: at,
+        });
+        log.buffered_ticket = ticket;
+        self.write_buffered(log)
+    }
+
+    /// When the running attempt of job `seq` started, as its start was
+    /// recorded (so its end matches it); forgets it.
+    pub(crate) fn take_started(&self, seq: u64) -> Option<f64> {
+        self.shared.lock().started.remove(&seq)
+    }
+
+    /// Records an attempt's end: buffered for the completions log (written
+    /// with the next start, in one `write(2)`), and queued for the next
+    /// batch commit.
+    ///
+    /// # Errors
+    ///
+    /// The journal stopped writing, or was closed.
+    pub(crate) fn record_end(&self, completion: Completion) -> Result<(), JournalError> {
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = log.as_mut() else {
+            return Err(self.closed());
+        };
+        let mut st = self.shared.lock();
+        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(completion)))?;
+        if let Some(Event::Finished(c)) = st.events.last() {
+            log.buffer(c);
+        }
+        log.buffered_ticket = ticket;
+        Ok(())
     }
 
     /// Writes the buffered attempt ends to the completions log (one
     /// `write(2)`; with `--journal-fsync 0`, and an fsync).
-    fn write_log(&self) -> Result<(), ObserverError> {
+    fn write_log(&self) -> Result<(), JournalError> {
         let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
         let Some(log) = log.as_mut().filter(|l| l.has_buffered()) else {
             return Ok(());
         };
+        self.write_buffered(log)
+    }
+
+    /// [`Journal::write_log`] with the log locked.
+    fn write_buffered(&self, log: &mut Log) -> Result<(), JournalError> {
         if let Some(f) = &self.shared.lock().failed {
-            return Err(ObserverError::msg(f.clone()));
+            return Err(Self::stopped(f));
         }
         if let Err(e) = log.write(self.config.sync_interval.is_zero()) {
             let msg = format!(
@@ -779,7 +460,7 @@ impl Journal {
             let mut st = self.shared.lock();
             st.failed.get_or_insert(msg.clone());
             self.shared.durable.notify_all();
-            return Err(ObserverError::msg(msg));
+            return Err(JournalError::Stopped(msg));
         }
         let mut st = self.shared.lock();
         st.log_ticket = log.buffered_ticket;
@@ -793,7 +474,7 @@ impl Journal {
     /// # Errors
     ///
     /// The writer failed; the message names the file.
-    pub fn flush(&self) -> Result<(), ObserverError> {
+    pub fn flush(&self) -> Result<(), JournalError> {
         self.write_log()?;
         let st = self.shared.lock();
         let target = st.next_ticket - 1;
@@ -806,7 +487,7 @@ impl Journal {
     /// # Errors
     ///
     /// The writer failed; the message names the file.
-    pub fn close(&self, reason: &str) -> Result<(), ObserverError> {
+    pub fn close(&self, reason: &str) -> Result<(), JournalError> {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else {
             return Ok(());
@@ -833,7 +514,7 @@ impl Journal {
         let result = {
             let mut st = self.shared.lock();
             if let Some(f) = &st.failed {
-                Err(ObserverError::msg(f.clone()))
+                Err(Self::stopped(f))
             } else {
                 let ticket = st.next_ticket;
                 st.next_ticket += 1;
@@ -874,372 +555,13 @@ impl Drop for Journal {
     }
 }
 
-/// (attempt outcome, job state, reason) of a resolution.
-fn outcome_fields(
-    resolution: &Resolution,
-    end: &AttemptEnd,
-) -> (&'static str, &'static str, Option<String>) {
-    match resolution {
-        Resolution::Done => ("done", "done", None),
-        Resolution::Requeued { reason } => ("requeued", "queued", Some(reason.to_string())),
-        Resolution::Final(JobState::Failed { reason, .. }) => {
-            ("failed", "failed", Some(reason.to_string()))
-        }
-        Resolution::Final(JobState::Dead { reason, .. }) => {
-            ("dead", "dead", Some(reason.to_string()))
-        }
-        Resolution::Final(other) => ("failed", "failed", Some(format!("{other:?}"))),
-        Resolution::Interrupted if *end == AttemptEnd::Stopped => (
-            "interrupted",
-            "queued",
-            Some("stopped by jobmill (interrupted)".to_string()),
-        ),
-        Resolution::Interrupted => (
-            "interrupted",
-            "queued",
-            Some("the lease was taken over by another worker".to_string()),
-        ),
-    }
-}
-
-impl Observer for Journal {
-    fn job_read(&self, job: &NewJob) -> Result<(), ObserverError> {
-        if job.seq <= self.known_jobs {
-            // Recorded by an earlier session.
-            return Ok(());
-        }
-        let mut st = self.shared.lock();
-        let ticket = self.push_locked(
-            &mut st,
-            Event::Job {
-                seq: job.seq,
-                input: job.payload.clone(),
-            },
-        )?;
-        st.job_tickets.push_back((job.seq, ticket));
-        Ok(())
-    }
-
-    fn input_complete(&self, _total: u64) -> Result<(), ObserverError> {
-        self.push(Event::InputComplete).map(drop)
-    }
-
-    fn attempt_started(&self, start: &AttemptStart) -> Result<(), ObserverError> {
-        let (seq, slot) = (start.seq, start.slot);
-        // The durability gate: every attempt end recorded so far survives
-        // jobmill's death before anything new starts.
-        self.write_log()?;
-        let mut st = self.shared.lock();
-        // The job's row must be in the file before the job runs (its end
-        // refers to it). It usually is: rows are committed as they are
-        // read, long before their turn.
-        let pending = st
-            .job_tickets
-            .binary_search_by_key(&seq, |&(s, _)| s)
-            .ok()
-            .map(|i| st.job_tickets[i].1);
-        if let Some(ticket) = pending {
-            st = self.shared.wait_committed(st, ticket)?;
-        }
-        let at = unix(start.at);
-        st.started.insert(seq, at);
-        self.push_locked(&mut st, Event::Started { seq, slot, at })
-            .map(drop)
-    }
-
-    fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
-        let o = report.outcome;
-        let (outcome, job_state, mut reason) = outcome_fields(report.resolution, &o.end);
-        if let AttemptEnd::Failed(FailReason::Spawn { error }) = &o.end {
-            if reason.is_none() {
-                reason = Some(error.clone());
-            }
-        }
-        let cap = self.config.output_cap;
-        let mut output: [Option<completions::Output>; 2] = [None, None];
-        for (i, stream) in [&mut *report.stdout, &mut *report.stderr]
-            .into_iter()
-            .enumerate()
-        {
-            let total = stream.len();
-            if total == 0 {
-                continue;
-            }
-            let (data, truncated) = match stream.head(cap) {
-                Ok(v) => v,
-                Err(e) => (format!("(output lost: {e})").into_bytes(), true),
-            };
-            output[i] = Some(completions::Output {
-                data,
-                total,
-                truncated,
-            });
-        }
-        let started_at = self.shared.lock().started.remove(&report.seq);
-        let completion = Completion {
-            session: self.session,
-            seq: report.seq,
-            slot: report.slot as u64,
-            started_at: started_at.unwrap_or_else(|| unix(o.started)),
-            ended_at: now(),
-            exit_code: o.exit_code,
-            signal: o.end.signal(),
-            timed_out: o.end == AttemptEnd::Failed(FailReason::Timeout),
-            outcome,
-            job_state,
-            reason,
-            duration: o.duration.map(|d| d.as_secs_f64()),
-            max_rss_kib: o.max_rss_kib,
-            output,
-        };
-        // Buffered: written to the completions log, in one write(2) with
-        // any others, before the next attempt starts anywhere.
-        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(log) = log.as_mut() else {
-            return Err(ObserverError::msg(format!(
-                "journal {}: written after it was closed",
-                self.path.display()
-            )));
-        };
-        let mut st = self.shared.lock();
-        let ticket = self.push_locked(&mut st, Event::Finished(Box::new(completion)))?;
-        if let Some(Event::Finished(c)) = st.events.last() {
-            log.buffer(c);
-        }
-        log.buffered_ticket = ticket;
-        Ok(())
-    }
-
-    fn run_finished(&self, summary: &RunSummary) -> Result<(), ObserverError> {
-        let reason = match &summary.error {
-            Some(e) => format!("error: {e}"),
-            None => summary.ending().to_string(),
-        };
-        self.close(&reason)
-    }
-}
-
-impl Writer {
-    /// Writes `batch` in one transaction.
-    ///
-    /// An attempt whose start and end are both in the batch (the common
-    /// case) is written as one finished row and one job update, instead of
-    /// a start and then an update of each: the same rows as writing them
-    /// one by one.
-    fn write(&mut self, path: &Path, batch: &[Event]) -> Result<(), JournalError> {
-        self.plan(batch);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(JournalError::sqlite(path, "begin"))?;
-        for (e, plan) in batch.iter().zip(&self.plan) {
-            Self::apply(
-                &tx,
-                e,
-                *plan,
-                self.session,
-                self.known_jobs,
-                self.whole_input,
-                &mut self.retried,
-            )
-            .map_err(JournalError::sqlite(path, "write"))?;
-        }
-        tx.commit().map_err(JournalError::sqlite(path, "commit"))
-    }
-
-    /// Fills [`Writer::plan`]: each start followed in `batch` by its end
-    /// (the next end of the same job, before any later start of it) is
-    /// skipped, and that end written as a whole attempt.
-    fn plan(&mut self, batch: &[Event]) {
-        self.plan.clear();
-        self.plan.resize(batch.len(), Plan::Apply);
-        self.ends.clear();
-        for (i, e) in batch.iter().enumerate().rev() {
-            match e {
-                Event::Finished(f) => {
-                    self.ends.insert(f.seq, i);
-                }
-                Event::Started { seq, .. } => {
-                    if let Some(end) = self.ends.remove(seq) {
-                        self.plan[i] = Plan::Skip;
-                        self.plan[end] = Plan::Insert;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Writes event `e` as `plan` says. `retried`: [`Writer::retried`].
-    fn apply(
-        tx: &rusqlite::Transaction<'_>,
-        e: &Event,
-        plan: Plan,
-        session: i64,
-        known_jobs: u64,
-        whole_input: bool,
-        retried: &mut HashSet<u64>,
-    ) -> rusqlite::Result<()> {
-        match (e, plan) {
-            (_, Plan::Skip) => {}
-            // Only jobs new to the journal are queued ([`Journal::job_read`]).
-            (Event::Job { seq, input }, _) => {
-                let hash = Sha256::digest(input);
-                tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
-                    .execute(params![*seq as i64, &input[..], &hash[..]])?;
-            }
-            (Event::InputComplete, _) => {
-                if whole_input {
-                    tx.prepare_cached(
-                        "UPDATE run SET input_complete = 1,
-                                total_jobs = (SELECT COUNT(*) FROM job) WHERE id = 1",
-                    )?
-                    .execute([])?;
-                }
-            }
-            (Event::Started { seq, slot, at }, _) => {
-                tx.prepare_cached(
-                    "UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1",
-                )?
-                .execute(params![*seq as i64])?;
-                tx.prepare_cached(
-                    "INSERT INTO attempt (seq, attempt, session, slot, started_at)
-                     VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4)",
-                )?
-                .execute(params![*seq as i64, session, *slot as i64, at])?;
-            }
-            (Event::Finished(c), _) => {
-                let start = if plan == Plan::Insert {
-                    StartRow::Missing
-                } else {
-                    StartRow::Recorded
-                };
-                // Output rows to replace: only an earlier session's, or an
-                // earlier attempt's of this session.
-                let replace = c.seq <= known_jobs || retried.contains(&c.seq);
-                record_end(tx, c, start, replace)?;
-                if c.final_at().is_some() {
-                    retried.remove(&c.seq);
-                } else {
-                    retried.insert(c.seq);
-                }
-            }
-            (Event::RunFinished { reason }, _) => {
-                let at = now();
-                tx.prepare_cached(
-                    "UPDATE session SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-                )?
-                .execute(params![session, at, reason])?;
-                tx.prepare_cached("UPDATE run SET ended_at = ?1, end_reason = ?2 WHERE id = 1")?
-                    .execute(params![at, reason])?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether the journal already has the row of an attempt's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum StartRow {
-    /// Committed: the end updates it (matched by job, session and start
-    /// time).
-    Recorded,
-    /// Not written (its start came in the same batch, or never reached the
-    /// journal): the end inserts the whole row and counts the attempt.
-    Missing,
-}
-
-/// Records the end of attempt `c`: its `attempt` row, the job's state
-/// after it, and its kept output (first deleting the job's earlier output
-/// rows if `replace`: they may exist).
-pub(super) fn record_end(
-    tx: &rusqlite::Transaction<'_>,
-    c: &Completion,
-    start: StartRow,
-    replace: bool,
-) -> rusqlite::Result<()> {
-    let seq = c.seq as i64;
-    let (attempt_sql, new_attempts) = match start {
-        StartRow::Missing => (
-            "INSERT INTO attempt (seq, attempt, session, slot, started_at,
-                    ended_at, exit_code, signal, timed_out, outcome, reason,
-                    duration, max_rss_kb)
-             VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1) + 1, ?2, ?3,
-                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            1,
-        ),
-        StartRow::Recorded => (
-            "UPDATE attempt SET slot = ?3, ended_at = ?5, exit_code = ?6, signal = ?7,
-                    timed_out = ?8, outcome = ?9, reason = ?10, duration = ?11,
-                    max_rss_kb = ?12
-             WHERE seq = ?1 AND session = ?2 AND started_at = ?4",
-            0,
-        ),
-    };
-    tx.prepare_cached(attempt_sql)?.execute(params![
-        seq,
-        c.session,
-        c.slot as i64,
-        c.started_at,
-        c.ended_at,
-        c.exit_code,
-        c.signal,
-        c.timed_out,
-        c.outcome,
-        c.reason,
-        c.duration,
-        c.max_rss_kib.map(|k| k as i64),
-    ])?;
-    tx.prepare_cached(
-        "UPDATE job SET attempts = attempts + ?7, state = ?2, exit_code = ?3,
-                signal = ?4, reason = ?5, finished_at = ?6 WHERE seq = ?1",
-    )?
-    .execute(params![
-        seq,
-        c.job_state,
-        c.exit_code,
-        c.signal,
-        c.reason,
-        c.final_at(),
-        new_attempts,
-    ])?;
-    write_output(tx, c, replace)
-}
-
-/// Replaces job `c.seq`'s kept output with this attempt's.
-fn write_output(
-    tx: &rusqlite::Transaction<'_>,
-    c: &Completion,
-    replace: bool,
-) -> rusqlite::Result<()> {
-    let seq = c.seq as i64;
-    if replace {
-        tx.prepare_cached("DELETE FROM output WHERE seq = ?1")?
-            .execute(params![seq])?;
-    }
-    for (i, o) in c.output.iter().enumerate() {
-        if let Some(o) = o {
-            tx.prepare_cached(
-                "INSERT INTO output (seq, stream, data, total_bytes, truncated)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                seq,
-                i as i64 + 1,
-                o.data,
-                o.total as i64,
-                o.truncated
-            ])?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Resolution as AttemptOutcome;
-    use crate::exec::{Attempt, Capture, End, SpillBudget};
+    use rusqlite::OpenFlags;
+    use std::time::Instant;
+
+    use super::super::completions::{self, Completion};
 
     fn record() -> RunRecord {
         RunRecord {
@@ -1250,44 +572,16 @@ mod tests {
         }
     }
 
-    fn attempt(stdout: &[u8], end: End) -> Attempt {
-        let budget = SpillBudget::new(1 << 20);
-        let mut out = Capture::new(budget.clone());
-        out.append(stdout);
-        Attempt {
-            started: SystemTime::now(),
-            duration: Duration::from_millis(5),
-            end,
-            timed_out: false,
-            terminated: false,
-            max_rss_kib: 1234,
-            stdout: out,
-            stderr: Capture::new(budget),
+    /// Records the end of job `seq`'s running attempt: done, exit 0.
+    fn end(j: &Journal, seq: u64, slot: usize, stdout: &[u8]) {
+        let started_at = j.take_started(seq).expect("started");
+        let mut c = completion(seq, started_at, stdout);
+        c.slot = slot as u64;
+        c.session = j.session();
+        if stdout.is_empty() {
+            c.output[0] = None;
         }
-    }
-
-    fn finish(j: &Journal, seq: u64, slot: usize, a: &mut Attempt, resolution: AttemptOutcome) {
-        let outcome = a.outcome();
-        let mut report = AttemptReport {
-            seq,
-            attempt: 1,
-            slot,
-            outcome: &outcome,
-            resolution: &resolution,
-            stdout: &mut a.stdout,
-            stderr: &mut a.stderr,
-        };
-        j.attempt_finished(&mut report).unwrap();
-    }
-
-    fn started(j: &Journal, seq: u64, attempt: u32, slot: usize, at: SystemTime) {
-        j.attempt_started(&AttemptStart {
-            seq,
-            attempt,
-            slot,
-            at,
-        })
-        .unwrap();
+        j.record_end(c).unwrap();
     }
 
     fn read(path: &Path) -> Connection {
@@ -1301,14 +595,16 @@ mod tests {
             .unwrap()
     }
 
-    /// The records in `journal`'s completions log.
+    /// The attempt ends in `journal`'s completions log.
     fn logged(journal: &Path) -> Vec<Completion> {
         let bytes = std::fs::read(completions::path_of(journal)).unwrap();
         let mut at = 0;
         let mut out = Vec::new();
         while at < bytes.len() {
-            let (c, n) = completions::decode(&bytes[at..]).unwrap();
-            out.push(c);
+            let (r, n) = completions::decode(&bytes[at..]).unwrap();
+            if let completions::Record::End(c) = r {
+                out.push(c);
+            }
             at += n;
         }
         out
@@ -1323,25 +619,19 @@ mod tests {
             sync_interval: Duration::from_secs(3600),
         };
         let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        started(&j, 1, 1, 2, at);
+        j.record_start(1, 2, at).unwrap();
         // The job's row was committed before its start returned.
         let n: i64 = read(&path)
             .query_row("SELECT COUNT(*) FROM job WHERE seq = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"hello\n", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
+        end(&j, 1, 2, b"hello\n");
         // Buffered until a start (batched with other ends)...
         assert_eq!(logged(&path).len(), 0);
-        started(&j, 2, 1, 1, SystemTime::now());
+        j.record_start(2, 1, SystemTime::now()).unwrap();
         // ...and written when the next attempt starts.
         let logged = logged(&path);
         assert_eq!(logged.len(), 1);
@@ -1368,18 +658,12 @@ mod tests {
             sync_interval: Duration::from_millis(10),
         };
         let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        started(&j, 1, 1, 1, SystemTime::now());
-        finish(
-            &j,
-            1,
-            1,
-            &mut attempt(b"", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_start(1, 1, SystemTime::now()).unwrap();
+        end(&j, 1, 1, b"");
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         // Writes job 1's end to the log (the test above shows it there).
-        started(&j, 2, 1, 1, SystemTime::now());
+        j.record_start(2, 1, SystemTime::now()).unwrap();
         let log = completions::path_of(&path);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&log).unwrap().len() > 0 {
@@ -1400,10 +684,10 @@ mod tests {
             sync_interval: Duration::from_millis(50),
         };
         let j = create(path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "in1")).unwrap();
-        j.job_read(&NewJob::new(2, "in2")).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        started(&j, 1, 1, 1, at);
+        j.record_start(1, 1, at).unwrap();
         j.close("killed").unwrap();
         unix(at)
     }
@@ -1434,7 +718,7 @@ mod tests {
         }
     }
 
-    fn write_log(journal: &Path, records: &[Completion], tail: &[u8]) {
+    pub(super) fn write_log(journal: &Path, records: &[Completion], tail: &[u8]) {
         let mut buf = Vec::new();
         for c in records {
             completions::encode(c, &mut buf);
@@ -1509,114 +793,6 @@ mod tests {
     }
 
     #[test]
-    fn attempts_outputs_and_the_end_are_recorded_with_the_cap() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        let config = WriterConfig {
-            output_cap: 4,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-        };
-        let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, &b"\xff\x00x"[..])).unwrap();
-        j.input_complete(1).unwrap();
-        started(&j, 1, 1, 2, SystemTime::now());
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"hello world", End::Exited(3)),
-            AttemptOutcome::Requeued {
-                reason: crate::job::FailReason::Exit { code: 3 },
-            },
-        );
-        started(&j, 1, 2, 2, SystemTime::now());
-        finish(
-            &j,
-            1,
-            2,
-            &mut attempt(b"ok", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.run_finished(&RunSummary {
-            read: 1,
-            done: 1,
-            input_complete: true,
-            ..RunSummary::default()
-        })
-        .unwrap();
-        drop(j);
-        assert!(
-            !PathBuf::from(format!("{}-wal", path.display())).exists(),
-            "a finished journal is one file"
-        );
-        super::super::check(&path).unwrap();
-        let c = read(&path);
-        let (input, state, attempts, complete): (Vec<u8>, String, i64, bool) = c
-            .query_row(
-                "SELECT input, state, attempts, (SELECT input_complete FROM run) FROM job",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .unwrap();
-        assert_eq!(input, b"\xff\x00x");
-        assert_eq!((state.as_str(), attempts, complete), ("done", 2, true));
-        let outcomes: Vec<(i64, String, Option<i64>, i64)> = c
-            .prepare("SELECT attempt, outcome, exit_code, max_rss_kb FROM attempt ORDER BY attempt")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            outcomes,
-            vec![
-                (1, "requeued".to_string(), Some(3), 1234),
-                (2, "done".to_string(), Some(0), 1234)
-            ]
-        );
-        // The output of the last attempt only; "ok" fits the cap of 4.
-        let out: (Vec<u8>, i64, bool) = c
-            .query_row(
-                "SELECT data, total_bytes, truncated FROM output WHERE seq = 1 AND stream = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap();
-        assert_eq!(out, (b"ok".to_vec(), 2, false));
-        let reason: String = c
-            .query_row("SELECT end_reason FROM run", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(reason, "complete");
-    }
-
-    #[test]
-    fn output_past_the_cap_is_truncated_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
-        let config = WriterConfig {
-            output_cap: 5,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-        };
-        let j = create(&path, &record(), config).unwrap();
-        j.job_read(&NewJob::new(1, "a")).unwrap();
-        started(&j, 1, 1, 1, SystemTime::now());
-        finish(
-            &j,
-            1,
-            1,
-            &mut attempt(b"0123456789", End::Exited(0)),
-            AttemptOutcome::Done,
-        );
-        j.close("complete").unwrap();
-        let out: (Vec<u8>, i64, bool) = read(&path)
-            .query_row("SELECT data, total_bytes, truncated FROM output", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
-        assert_eq!(out, (b"01234".to_vec(), 10, true));
-    }
-
-    #[test]
     fn an_existing_path_is_refused_and_a_held_journal_is_locked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.sqlite");
@@ -1627,7 +803,7 @@ mod tests {
         ));
         match JournalLock::acquire(&path) {
             Err(JournalError::Locked { pid, .. }) => {
-                assert_eq!(pid, i64::from(std::process::id()));
+                assert_eq!(pid, Some(i64::from(std::process::id())));
             }
             other => panic!("expected Locked, got {other:?}"),
         }

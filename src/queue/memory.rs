@@ -50,6 +50,9 @@ struct State {
     next_token: u64,
     closed: bool,
     counts: Counts,
+    /// Threads waiting in `get`: a put wakes one only if there is one
+    /// (`notify_one` is a system call even when nobody waits).
+    getters: usize,
 }
 
 impl State {
@@ -187,8 +190,11 @@ impl Queue for MemoryQueue {
             lost: job.lost,
         });
         state.counts.produced += 1;
+        let wake = state.getters > 0;
         drop(state);
-        self.available.notify_one();
+        if wake {
+            self.available.notify_one();
+        }
         Ok(id)
     }
 
@@ -207,22 +213,30 @@ impl Queue for MemoryQueue {
             if state.drained() {
                 return Err(GetError::Closed);
             }
-            state = match deadline {
-                None => self
-                    .available
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner()),
+            let wait = match deadline {
+                None => None,
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(GetError::Timeout);
                     }
+                    Some(deadline - now)
+                }
+            };
+            state.getters += 1;
+            state = match wait {
+                None => self
+                    .available
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(left) => {
                     self.available
-                        .wait_timeout(state, deadline - now)
+                        .wait_timeout(state, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            state.getters -= 1;
         }
     }
 

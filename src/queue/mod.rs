@@ -328,8 +328,11 @@ pub trait Queue: Send + Sync {
     /// Only backend failures. A stale lease is ignored.
     fn release(&self, lease: &Lease) -> Result<(), QueueError>;
 
-    /// Fails every lease held by `worker` with [`FailReason::WorkerLost`],
-    /// each attempt counted. Returns what happened to each job.
+    /// Fails every lease held by `worker` with [`FailReason::WorkerLost`]:
+    /// each is a lost attempt, judged by the lost-worker rule of
+    /// [`JobState::apply`](crate::job::JobState::apply) (requeued without
+    /// counting against the retries, or dead once lost more than
+    /// `max_lost` times). Returns what happened to each job.
     ///
     /// # Errors
     ///

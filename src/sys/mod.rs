@@ -7,6 +7,7 @@
 pub mod fd;
 pub mod process;
 pub mod shm;
+pub mod spawn;
 
 /// This machine's host name (from the kernel), or `"unknown"`.
 pub fn hostname() -> String {

@@ -17,11 +17,17 @@ pub struct Recorder {
     pub outcomes: Mutex<Vec<Outcome>>,
     pub events: Mutex<Vec<WorkerEvent>>,
     pub lines: Mutex<Vec<(usize, Stream, String)>>,
+    /// Worker processes spawned (handshake or not).
+    pub spawned: Mutex<usize>,
 }
 
 impl Observer for Recorder {
     fn outcome(&self, outcome: Outcome) {
         self.outcomes.lock().unwrap().push(outcome);
+    }
+
+    fn spawned(&self, _slot: usize, _worker: WorkerId, _pid: u32) {
+        *self.spawned.lock().unwrap() += 1;
     }
 
     fn worker(&self, event: WorkerEvent) {
@@ -52,6 +58,11 @@ impl Recorder {
             }
         }
         map
+    }
+
+    /// Worker processes spawned.
+    pub fn spawn_count(&self) -> usize {
+        *self.spawned.lock().unwrap()
     }
 
     /// The `detail` of every lost-worker event.

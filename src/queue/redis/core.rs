@@ -69,6 +69,8 @@ pub(super) struct Settle {
     /// Job id and whether its payload has its own key (used by 'd').
     pub(super) job: u64,
     pub(super) ext: bool,
+    /// Lost attempts the requeued copy carries (used by 'q').
+    pub(super) lost: u32,
 }
 
 /// How a script call is made.
@@ -90,6 +92,24 @@ pub(super) struct HeldLease {
     pub(super) seq: u64,
     pub(super) worker: WorkerId,
     pub(super) attempt: u32,
+    pub(super) lost: u32,
+}
+
+/// A job's input as a record keeps it: the bytes when known (at most the
+/// record limit is kept) and the size.
+pub(super) struct RecordInput<'a> {
+    pub(super) bytes: Option<&'a [u8]>,
+    pub(super) size: Option<u64>,
+}
+
+impl<'a> RecordInput<'a> {
+    /// The whole payload.
+    pub(super) fn payload(p: &'a [u8]) -> RecordInput<'a> {
+        RecordInput {
+            bytes: Some(p),
+            size: Some(p.len() as u64),
+        }
+    }
 }
 
 /// What the lease script says when nothing was queued.
@@ -124,6 +144,7 @@ pub(super) struct Inner {
     pub(super) instance: u64,
     /// The queue's settings as last seen (every lease reply carries them).
     pub(super) max_attempts: AtomicU32,
+    pub(super) max_lost: AtomicU32,
     pub(super) visibility_ms: AtomicU64,
     pub(super) capacity: AtomicU64,
     pub(super) producer_ttl: Duration,
@@ -220,7 +241,7 @@ impl Inner {
 
     pub(super) fn policy(&self) -> RetryPolicy {
         RetryPolicy::with_retries(0)
-            .max_lost(0)
+            .max_lost(self.max_lost.load(Ordering::Relaxed))
             .with_max_attempts(self.max_attempts.load(Ordering::Relaxed).max(1))
     }
 
@@ -229,9 +250,18 @@ impl Inner {
     }
 
     /// Takes the settings from a lease reply.
-    pub(super) fn follow_settings(&self, max_attempts: Option<i64>, visibility_ms: Option<i64>) {
+    pub(super) fn follow_settings(
+        &self,
+        max_attempts: Option<i64>,
+        visibility_ms: Option<i64>,
+        max_lost: Option<i64>,
+    ) {
         if let Some(m) = max_attempts.filter(|m| *m > 0) {
             self.max_attempts.store(m as u32, Ordering::Relaxed);
+        }
+        if let Some(m) = max_lost.filter(|m| *m >= 0) {
+            self.max_lost
+                .store(u32::try_from(m).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
         if let Some(v) = visibility_ms.filter(|v| *v > 0) {
             self.visibility_ms.store(v as u64, Ordering::Relaxed);
@@ -268,28 +298,35 @@ impl Inner {
         let status = a.next().as_ref().and_then(int);
         let max_attempts = a.next().as_ref().and_then(int);
         let visibility_ms = a.next().as_ref().and_then(int);
-        self.follow_settings(max_attempts, visibility_ms);
+        let max_lost = a.next().as_ref().and_then(int);
+        self.follow_settings(max_attempts, visibility_ms, max_lost);
         match status {
             Some(1) => {
                 let rest: Vec<Value> = a.collect();
-                if rest.len() % 5 != 0 {
-                    return Err(protocol(OP, "lease entries not in fives"));
+                if rest.len() % 6 != 0 {
+                    return Err(protocol(OP, "lease entries not in sixes"));
                 }
-                let mut leases = Vec::with_capacity(rest.len() / 5);
+                let mut leases = Vec::with_capacity(rest.len() / 6);
                 let mut it = rest.into_iter();
-                while let (Some(id), Some(j), Some(s), Some(att), Some(p)) =
-                    (it.next(), it.next(), it.next(), it.next(), it.next())
-                {
+                while let (Some(id), Some(j), Some(s), Some(att), Some(lo), Some(p)) = (
+                    it.next(),
+                    it.next(),
+                    it.next(),
+                    it.next(),
+                    it.next(),
+                    it.next(),
+                ) {
                     let bad = || protocol(OP, "malformed lease entry");
                     let entry = text(&id).ok_or_else(bad)?;
                     let token = token_of(&entry).ok_or_else(bad)?;
                     let job_id = int(&j).ok_or_else(bad)? as u64;
                     let seq = int(&s).ok_or_else(bad)? as u64;
                     let recorded = int(&att).ok_or_else(bad)? as u32;
+                    let lost = int(&lo).ok_or_else(bad)? as u32;
                     // The script counted the attempt; the state machine must agree.
                     let next = JobState::Queued {
                         attempts: recorded.saturating_sub(1),
-                        lost: 0,
+                        lost,
                     }
                     .apply(Transition::Lease { worker }, self.policy())
                     .map_err(|e| protocol(OP, e))?;
@@ -310,7 +347,7 @@ impl Inner {
                             seq,
                             payload,
                             attempts: attempt,
-                            lost: 0,
+                            lost,
                         },
                         worker,
                         token,
@@ -391,7 +428,8 @@ impl Inner {
                         .arg(s.attempts)
                         .arg(&s.record)
                         .arg(s.job)
-                        .arg(if s.ext { "1" } else { "0" });
+                        .arg(if s.ext { "1" } else { "0" })
+                        .arg(s.lost);
                 }
             },
         )?;
@@ -416,7 +454,7 @@ impl Inner {
         held: HeldLease,
         reason: FailReason,
         info: &AttemptInfo,
-        input: Option<&[u8]>,
+        input: RecordInput<'_>,
     ) -> Result<(Settle, Disposition), QueueError> {
         let HeldLease {
             entry,
@@ -425,11 +463,12 @@ impl Inner {
             seq,
             worker,
             attempt,
+            lost,
         } = held;
         let next = JobState::Leased {
             worker,
             attempt,
-            lost: 0,
+            lost,
         }
         .apply(
             Transition::Fail {
@@ -438,9 +477,11 @@ impl Inner {
             self.policy(),
         )
         .map_err(|e| protocol("fail", e))?;
-        let (action, attempts, record) = match &next {
-            JobState::Queued { attempts, .. } => ("q", *attempts, String::new()),
+        let (action, attempts, lost, record) = match &next {
+            JobState::Queued { attempts, lost } => ("q", *attempts, *lost, String::new()),
             JobState::Failed { attempts, .. } | JobState::Dead { attempts, .. } => {
+                // The record counts every lost attempt, this one included.
+                let lost = lost + u32::from(reason.is_lost());
                 let (exit_code, signal) = match &reason {
                     FailReason::Exit { code } => (Some(*code), None),
                     FailReason::Signal { signal } => (None, Some(*signal)),
@@ -451,6 +492,7 @@ impl Inner {
                     seq,
                     state: next.name().to_string(),
                     attempts: *attempts,
+                    lost,
                     reason: reason.to_string(),
                     exit_code,
                     signal,
@@ -460,14 +502,15 @@ impl Inner {
                     input: None,
                     input_bytes: None,
                 }
-                .with_input(input);
+                .with_input(input.bytes)
+                .with_size(input.size);
                 let json = serde_json::to_string(&rec).map_err(|e| protocol("fail", e))?;
                 let action = if matches!(next, JobState::Failed { .. }) {
                     "f"
                 } else {
                     "x"
                 };
-                (action, *attempts, json)
+                (action, *attempts, lost, json)
             }
             other => return Err(protocol("fail", format!("fail led to {other:?}"))),
         };
@@ -484,6 +527,7 @@ impl Inner {
                 record,
                 job,
                 ext: false,
+                lost,
             },
             disposition,
         ))
@@ -528,17 +572,23 @@ impl Inner {
             .ok_or_else(|| protocol(OP, "cursor"))?;
         lock(&self.reclaim).0 = next;
         let rest = &a[1..];
-        if rest.len() % 5 != 0 {
-            return Err(protocol(OP, "reclaim entries not in fives"));
+        if rest.len() % 8 != 0 {
+            return Err(protocol(OP, "reclaim entries not in eights"));
         }
         let mut items = Vec::new();
-        for c in rest.chunks(5) {
+        for c in rest.chunks(8) {
             let bad = || protocol(OP, "malformed reclaim entry");
             let entry = text(&c[0]).ok_or_else(bad)?;
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let attempt = int(&c[3]).ok_or_else(bad)? as u32;
-            let owner = text(&c[4]).unwrap_or_default();
+            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let owner = text(&c[5]).unwrap_or_default();
+            let inline = match &c[6] {
+                Value::BulkString(b) => b.as_slice(),
+                _ => &[],
+            };
+            let size = int(&c[7]).map(|n| n as u64);
             let reason = FailReason::WorkerLost {
                 detail: format!(
                     "consumer {owner} held the lease for {} ms without a heartbeat",
@@ -554,8 +604,13 @@ impl Inner {
                 seq,
                 worker: WorkerId(0),
                 attempt: attempt.max(1),
+                lost,
             };
-            let (item, _) = self.fail_item(held, reason, &AttemptInfo::default(), None)?;
+            let input = RecordInput {
+                bytes: Some(inline),
+                size,
+            };
+            let (item, _) = self.fail_item(held, reason, &AttemptInfo::default(), input)?;
             items.push(item);
         }
         let n = items.len();
@@ -648,6 +703,7 @@ impl Inner {
             for j in jobs {
                 inv.arg(j.seq)
                     .arg(j.attempts)
+                    .arg(j.lost)
                     .arg(if j.payload.len() > INLINE_LIMIT {
                         "1"
                     } else {

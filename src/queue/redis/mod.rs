@@ -16,9 +16,12 @@
 //!   new entry (XADD) carrying the attempts made; release requeues with the
 //!   attempt given back.
 //! - **Dead or hung workers**: a lease idle for the visibility timeout is
-//!   taken over with `XAUTOCLAIM` and failed with [`FailReason::WorkerLost`]
-//!   (attempt counted). A live worker's leases are extended by a heartbeat
-//!   thread (`XCLAIM` min-idle 0 `JUSTID` of its own entries).
+//!   taken over with `XAUTOCLAIM` and failed with [`FailReason::WorkerLost`]:
+//!   a lost attempt, which the job's `lost` count (in its stream entry)
+//!   records and the lost-worker rule judges (runs again unless lost more
+//!   than the queue's `max_lost` times; not counted against the retries).
+//!   A live worker's leases are extended by a heartbeat thread (`XCLAIM`
+//!   min-idle 0 `JUSTID` of its own entries).
 //! - **Waiting** never polls: a consumer with nothing to lease blocks in
 //!   `XREAD` on the job stream and a small wake-up stream (close, drained,
 //!   room) from the ids the lease script returned, on a pooled connection
@@ -26,6 +29,8 @@
 //! - **Backpressure**: `put` fails fast inside the script when
 //!   `queued >= capacity` and blocks on the wake-up stream until a lease
 //!   makes room.
+//! - **Dead jobs** keep their input (in their record, or in their payload
+//!   key), and [`RedisQueue::requeue`] puts them back.
 //! - **Reconnection**: every call is retried with backoff on a new
 //!   connection, with replay protection so it takes effect once.
 
@@ -49,12 +54,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ::redis::Value;
+
 use crate::job::{FailReason, JobId, JobState, NewJob, RetryPolicy, Transition, WorkerId};
 
 use self::conn::{ConnSettings, Pool};
 use self::core::{
     array, entry_of, heartbeat_loop, int, lock, protocol, text, Call, HeldLease, Inner, Keys,
-    PutChunk, Settle,
+    PutChunk, RecordInput, Settle,
 };
 use super::{
     Completion, Counts, Disposition, GetError, Lease, PutError, Queue, QueueError, TryGetError,
@@ -73,6 +80,42 @@ const PUT_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 
 /// Most jobs sent in one `put_many` script call.
 const PUT_CHUNK_JOBS: usize = 2000;
+
+/// A clear message for an authentication failure, if `e` is one.
+fn auth_problem(e: &::redis::RedisError, url: &QueueUrl) -> Option<String> {
+    let text = format!("{e} {}", e.code().unwrap_or(""));
+    let endpoint = url.endpoint();
+    if text.contains("NOAUTH") || text.contains("unauthenticated") {
+        Some(format!(
+            "the Redis server at {endpoint} requires a password: put it in the URL as \
+             redis://:PASSWORD@{endpoint}/{name} (or redis://USER:PASSWORD@… for an ACL user)",
+            name = url.name
+        ))
+    } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("uthentication failed")
+    {
+        Some(format!(
+            "the Redis server at {endpoint} refused the password (or user) in the URL {url} \
+             (a server with no password set refuses any: then leave it out of the URL)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// What [`RedisQueue::requeue`] did with one failed or dead job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back in the queue, with no attempts made.
+    Requeued,
+    /// Its record changed meanwhile (another client requeued it): nothing
+    /// done.
+    Changed,
+    /// Its input was not kept (a record written before inputs were kept
+    /// for every dead job): it cannot run again.
+    InputNotKept,
+}
 
 /// A [`Queue`] on Redis Streams. See the module documentation.
 ///
@@ -127,7 +170,11 @@ impl RedisQueue {
         let keys = Keys::new(&url.name);
         // The setup runs on its own connection, before any pooled slot gets
         // a replay name (which needs the instance number this returns).
+        let auth = |e: &::redis::RedisError| auth_problem(e, &url);
         let mut con = pool.connect().map_err(|e| {
+            if let Some(m) = auth(&e) {
+                return fail(m);
+            }
             let waited = if e.is_timeout() {
                 format!(
                     " (no answer within {:.1} s)",
@@ -151,18 +198,29 @@ impl RedisQueue {
             .arg(config.policy.max_attempts.max(1))
             .arg(config.visibility_timeout.as_millis().max(1) as u64)
             .arg(config.capacity.max(1))
-            .arg(if config.create { "1" } else { "0" });
-        let v: Vec<i64> = inv
-            .invoke(&mut con)
-            .map_err(|e| fail(format!("setup script failed on {}: {e}", url.endpoint())))?;
+            .arg(if config.create { "1" } else { "0" })
+            .arg(config.policy.max_lost);
+        // A server wanting a password answers NOAUTH to a PING; to the setup
+        // script (a long command) it would only say "Protocol error:
+        // unauthenticated multibulk length".
+        ::redis::cmd("PING")
+            .query::<String>(&mut con)
+            .map_err(|e| match auth(&e) {
+                Some(m) => fail(m),
+                None => fail(format!("redis at {}: {e}", url.endpoint())),
+            })?;
+        let v: Vec<i64> = inv.invoke(&mut con).map_err(|e| match auth(&e) {
+            Some(m) => fail(m),
+            None => fail(format!("setup script failed on {}: {e}", url.endpoint())),
+        })?;
         if v[..] == [0] {
-            return Err(fail(format!(
-                "there is no queue named {:?} on {}",
-                url.name,
-                url.endpoint()
-            )));
+            return Err(OpenError::Missing {
+                url: shown.clone(),
+                name: url.name.clone(),
+                endpoint: url.endpoint(),
+            });
         }
-        let [instance, max_attempts, vis_ms, capacity] = v[..] else {
+        let [instance, max_attempts, vis_ms, capacity, max_lost] = v[..] else {
             return Err(fail("setup script returned a malformed reply".into()));
         };
         drop(con);
@@ -172,6 +230,7 @@ impl RedisQueue {
             pool,
             instance: instance as u64,
             max_attempts: AtomicU32::new(max_attempts.max(1) as u32),
+            max_lost: AtomicU32::new(max_lost.max(0) as u32),
             visibility_ms: AtomicU64::new(vis_ms.max(1) as u64),
             capacity: AtomicU64::new(capacity.max(1) as u64),
             producer_ttl: config.producer_ttl.max(Duration::from_millis(30)),
@@ -237,18 +296,29 @@ impl RedisQueue {
                 .arg(key)
                 .arg("max_attempts")
                 .arg(max)
+                .arg("max_lost")
+                .arg(policy.max_lost)
                 .arg("visibility_ms")
                 .arg(vis)
                 .arg("capacity")
                 .arg(capacity.max(1))
                 .query::<i64>(con)
         })?;
-        self.inner
-            .follow_settings(Some(i64::from(max)), Some(vis as i64));
+        self.inner.follow_settings(
+            Some(i64::from(max)),
+            Some(vis as i64),
+            Some(i64::from(policy.max_lost)),
+        );
         self.inner
             .capacity
             .store(capacity.max(1), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How long this client's producer liveness signal lasts
+    /// ([`RedisConfig::producer_ttl`]).
+    pub fn producer_ttl(&self) -> Duration {
+        self.inner.producer_ttl
     }
 
     /// The capacity recorded for the queue, as seen at connect or set by
@@ -426,8 +496,10 @@ impl RedisQueue {
             seq: lease.job.seq,
             worker: lease.worker,
             attempt: lease.job.attempts,
+            lost: lease.job.lost,
         };
-        let (item, disposition) = inner.fail_item(held, reason, info, Some(&lease.job.payload))?;
+        let (item, disposition) =
+            inner.fail_item(held, reason, info, RecordInput::payload(&lease.job.payload))?;
         Ok(if inner.settle(&[item])?.first() == Some(&true) {
             disposition
         } else {
@@ -450,6 +522,7 @@ impl RedisQueue {
                         seq: lease.job.seq,
                         state: "done".into(),
                         attempts: lease.job.attempts,
+                        lost: lease.job.lost,
                         reason: String::new(),
                         exit_code: Some(0),
                         signal: None,
@@ -478,6 +551,7 @@ impl RedisQueue {
                 record,
                 job: lease.job.id.0,
                 ext: lease.job.payload.len() > INLINE_LIMIT,
+                lost: 0,
             });
         }
         Ok(self
@@ -536,6 +610,29 @@ impl RedisQueue {
             None,
             &|_| {},
         )?;
+        Ok(())
+    }
+
+    /// Declares this client the queue's producer before its first put
+    /// (refreshing the liveness key from then on), so that workers do not
+    /// report an earlier, vanished producer lost while this one is about to
+    /// put (`run --queue` resuming a submission).
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    pub fn announce_producer(&self) -> Result<(), QueueError> {
+        let ttl = self.inner.producer_ttl.as_millis() as u64;
+        self.inner.run(
+            "producer heartbeat",
+            &scripts::scripts().producer_alive,
+            Call::Plain,
+            None,
+            &|inv| {
+                inv.arg(ttl);
+            },
+        )?;
+        self.inner.producing.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -607,6 +704,91 @@ impl RedisQueue {
             }
             cursor = next;
         }
+    }
+
+    /// Puts back the failed and dead jobs whose dead-letter record
+    /// `select` accepts (`jobmill requeue`). Each goes back as a new job
+    /// copy with no attempts made and no losses (a fresh retry allowance
+    /// under the queue's policy), keeping its job id and sequence number;
+    /// its dead-letter record and result are removed and the failed/dead
+    /// counter goes down, so the queue is no longer drained until it has
+    /// run. Returns each selected record with what happened to it, by job id.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures, or a record that is not valid JSON.
+    pub fn requeue<F>(&self, mut select: F) -> Result<Vec<(JobRecord, Requeue)>, QueueError>
+    where
+        F: FnMut(&JobRecord) -> bool,
+    {
+        const OP: &str = "requeue";
+        let key = self.inner.keys.dead();
+        // HSCAN in pages, keeping only the selected records (by job id: a
+        // page may repeat one), so a few jobs picked among many dead
+        // letters cost little memory; requeued in job order.
+        let mut picked: HashMap<u64, (JobRecord, String)> = HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, flat): (u64, Vec<String>) =
+                self.inner.pool.call(OP, None, |con, _, _| {
+                    ::redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query(con)
+                })?;
+            for pair in flat.chunks(2) {
+                let json = pair.get(1).ok_or_else(|| protocol(OP, "HSCAN reply"))?;
+                let rec = serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(OP, e))?;
+                if select(&rec) {
+                    picked.insert(rec.job, (rec, json.clone()));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut picked: Vec<(JobRecord, String)> = picked.into_values().collect();
+        picked.sort_by_key(|(r, _)| r.job);
+        let mut out = Vec::with_capacity(picked.len());
+        for chunk in picked.chunks(500) {
+            let v = self.inner.run(
+                OP,
+                &scripts::scripts().requeue,
+                Call::Replayed,
+                None,
+                &|inv| {
+                    inv.arg(chunk.len());
+                    for (rec, json) in chunk {
+                        let counter = if rec.state == "failed" {
+                            "failed"
+                        } else {
+                            "dead"
+                        };
+                        inv.arg(rec.job).arg(json).arg(counter).arg(rec.seq);
+                        match &rec.input {
+                            Some(b) => inv.arg("1").arg(&b[..]),
+                            None => inv.arg("0").arg(""),
+                        };
+                    }
+                },
+            )?;
+            let a = array(OP, v)?;
+            if a.len() != chunk.len() {
+                return Err(protocol(OP, "reply length"));
+            }
+            for ((rec, _), r) in chunk.iter().zip(a) {
+                let what = match int(&r) {
+                    Some(1) => Requeue::Requeued,
+                    Some(-1) => Requeue::InputNotKept,
+                    _ => Requeue::Changed,
+                };
+                out.push((rec.clone(), what));
+            }
+        }
+        Ok(out)
     }
 
     fn records(&self, operation: &'static str, key: &str) -> Result<Vec<JobRecord>, QueueError> {
@@ -801,7 +983,7 @@ impl Queue for RedisQueue {
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts, .. } = next else {
+        let JobState::Queued { attempts, lost } = next else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {
@@ -812,6 +994,7 @@ impl Queue for RedisQueue {
             record: String::new(),
             job: lease.job.id.0,
             ext: false,
+            lost,
         }])?;
         Ok(())
     }
@@ -827,17 +1010,26 @@ impl Queue for RedisQueue {
             inv.arg(&consumer);
         })?;
         let a = array(OP, v)?;
-        if a.len() % 4 != 0 {
-            return Err(protocol(OP, "held entries not in fours"));
+        if a.len() % 7 != 0 {
+            return Err(protocol(OP, "held entries not in sevens"));
         }
         let mut items = Vec::new();
         let mut outcomes = Vec::new();
-        for c in a.chunks(4) {
+        for c in a.chunks(7) {
             let bad = || protocol(OP, "malformed held entry");
             let entry = text(&c[0]).ok_or_else(bad)?;
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let held = text(&c[3]).ok_or_else(bad)?;
+            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let inline = match &c[5] {
+                Value::BulkString(b) => b.as_slice(),
+                _ => &[],
+            };
+            let input = RecordInput {
+                bytes: Some(inline),
+                size: int(&c[6]).map(|n| n as u64),
+            };
             let attempt: u32 = held
                 .split_once('|')
                 .and_then(|(a, _)| a.parse().ok())
@@ -852,8 +1044,9 @@ impl Queue for RedisQueue {
                 seq,
                 worker,
                 attempt,
+                lost,
             };
-            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), None)?;
+            let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), input)?;
             items.push(item);
             outcomes.push((JobId(job), d));
         }

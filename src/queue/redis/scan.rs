@@ -19,6 +19,8 @@ pub struct LiveJob {
     /// Attempts started: the one in progress for a leased job, those made
     /// before for a queued one.
     pub attempts: u32,
+    /// How many of the attempts made before were lost.
+    pub lost: u32,
     /// Leased by a worker (running) rather than waiting.
     pub leased: bool,
     /// Its input, when stored inside the stream entry (at most
@@ -99,6 +101,7 @@ impl RedisQueue {
                 let mut job = None;
                 let mut seq = None;
                 let mut made = 0u32;
+                let mut lost = 0u32;
                 let mut input = None;
                 for kv in fields.chunks(2) {
                     let [k, v] = kv else { return Err(bad().into()) };
@@ -107,6 +110,7 @@ impl RedisQueue {
                         b"j" => job = num(),
                         b"s" => seq = num(),
                         b"a" => made = num().unwrap_or(0) as u32,
+                        b"l" => lost = num().unwrap_or(0) as u32,
                         b"p" => input = Some(v.clone()),
                         _ => {}
                     }
@@ -122,6 +126,7 @@ impl RedisQueue {
                     job: job.ok_or_else(bad)?,
                     seq: seq.ok_or_else(bad)?,
                     attempts,
+                    lost,
                     leased: held.is_some(),
                     input,
                 })?;

@@ -82,6 +82,17 @@ local function trim()
   if cut then redis.call('XTRIM', S, 'MINID', '~', cut) end
 end
 local function wake(what) redis.call('XADD', E, 'MAXLEN', '~', '100', '*', 'w', what) end
+-- The input of an entry for a record: inline payload and its size, or ''
+-- and the size of the payload key.
+local function entry_input(out, f)
+  if f['x'] == '1' then
+    out[#out + 1] = ''
+    out[#out + 1] = redis.call('STRLEN', PFX .. 'p:' .. f['j'])
+  else
+    out[#out + 1] = f['p'] or ''
+    out[#out + 1] = string.len(f['p'] or '')
+  end
+end
 local function payload_of(f)
   if f['x'] == '1' then return redis.call('GET', PFX .. 'p:' .. f['j']) or '' end
   return f['p'] or ''
@@ -90,10 +101,10 @@ end
 
 /// Creates the stream and group if missing, records the settings if unset
 /// (first creator wins) and hands out an instance number.
-/// ARGV[4..7] = max_attempts, visibility_ms, capacity, create ('0': only
-/// open an existing queue). Returns {instance, max_attempts,
-/// visibility_ms, capacity}, or {0} when the queue does not exist and
-/// create is '0'.
+/// ARGV[4..8] = max_attempts, visibility_ms, capacity, create ('0': only
+/// open an existing queue), max_lost. Returns {instance, max_attempts,
+/// visibility_ms, capacity, max_lost}, or {0} when the queue does not
+/// exist and create is '0'.
 const INIT: &str = r#"
 if ARGV[7] == '0' and redis.call('EXISTS', S) == 0 then return {0} end
 if redis.call('EXISTS', S) == 0 then
@@ -104,13 +115,14 @@ end
 redis.call('HSETNX', M, 'max_attempts', ARGV[4])
 redis.call('HSETNX', M, 'visibility_ms', ARGV[5])
 redis.call('HSETNX', M, 'capacity', ARGV[6])
+redis.call('HSETNX', M, 'max_lost', ARGV[8])
 local inst = redis.call('HINCRBY', M, 'instances', 1)
-return {inst, num('max_attempts'), num('visibility_ms'), num('capacity')}
+return {inst, num('max_attempts'), num('visibility_ms'), num('capacity'), num('max_lost')}
 "#;
 
 /// Enqueues up to k jobs (as many as there is room for).
 /// ARGV[4] = producer TTL ms, ARGV[5] = k, then per job: seq, attempts,
-/// external flag ('1' = payload in its own key), payload.
+/// lost, external flag ('1' = payload in its own key), payload.
 /// Returns {0} closed, {-1, wake id} full, {n, first job id}.
 const PUT: &str = r#"
 local c = cached()
@@ -123,13 +135,13 @@ local n = math.min(k, room)
 local last = redis.call('HINCRBY', M, 'next_id', n)
 local first = last - n + 1
 for i = 0, n - 1 do
-  local b = 6 + i * 4
+  local b = 6 + i * 5
   local id = tostring(first + i)
-  if ARGV[b + 2] == '1' then
-    redis.call('SET', PFX .. 'p:' .. id, ARGV[b + 3])
-    redis.call('XADD', S, '*', 'j', id, 's', ARGV[b], 'a', ARGV[b + 1], 'x', '1')
+  if ARGV[b + 3] == '1' then
+    redis.call('SET', PFX .. 'p:' .. id, ARGV[b + 4])
+    redis.call('XADD', S, '*', 'j', id, 's', ARGV[b], 'a', ARGV[b + 1], 'l', ARGV[b + 2], 'x', '1')
   else
-    redis.call('XADD', S, '*', 'j', id, 's', ARGV[b], 'a', ARGV[b + 1], 'p', ARGV[b + 3])
+    redis.call('XADD', S, '*', 'j', id, 's', ARGV[b], 'a', ARGV[b + 1], 'l', ARGV[b + 2], 'p', ARGV[b + 4])
   end
 end
 redis.call('HINCRBY', M, 'produced', n)
@@ -141,10 +153,10 @@ return remember({n, tostring(first)})
 /// Leases up to `count` new entries for a consumer (XREADGROUP `>`), counting
 /// an attempt for each in the lease hash.
 /// ARGV[4] = consumer, ARGV[5] = count.
-/// Returns {1, max_attempts, visibility_ms, id, job, seq, attempt, payload,
-/// id, ...} or, when nothing is queued, {0, max_attempts, visibility_ms,
-/// closed, produced, done, failed, dead, producer_seen, producer_alive,
-/// leased, stream last id, wake last id}. (The settings ride along so that
+/// Returns {1, max_attempts, visibility_ms, max_lost, id, job, seq, attempt,
+/// lost, payload, id, ...} or, when nothing is queued, {0, max_attempts,
+/// visibility_ms, max_lost, closed, produced, done, failed, dead,
+/// producer_seen, producer_alive, leased, stream last id, wake last id}. (The settings ride along so that
 /// clients follow a change made by `set_settings`.)
 const LEASE: &str = r#"
 local function entry(out, id, f, attempt)
@@ -152,13 +164,14 @@ local function entry(out, id, f, attempt)
   out[#out + 1] = f['j']
   out[#out + 1] = f['s']
   out[#out + 1] = tostring(attempt)
+  out[#out + 1] = f['l'] or '0'
   out[#out + 1] = payload_of(f)
 end
 local c = cached()
 if c then
   -- One XREADGROUP delivers consecutive entries: the range first..last
   -- holds them all; keep those this consumer still holds.
-  local out = {1, num('max_attempts'), num('visibility_ms')}
+  local out = {1, num('max_attempts'), num('visibility_ms'), num('max_lost')}
   for _, e in ipairs(redis.call('XRANGE', S, c[1], c[2])) do
     local held = redis.call('HGET', L, e[1])
     if held then
@@ -173,7 +186,7 @@ local before = unfinished() - redis.call('HLEN', L)
 local r = redis.call('XREADGROUP', 'GROUP', G, ARGV[4], 'COUNT', ARGV[5], 'STREAMS', S, '>')
 if not r then
   local v = redis.call('HMGET', M, 'closed', 'produced', 'done', 'failed', 'dead', 'producer_seen')
-  local out = {0, num('max_attempts'), num('visibility_ms')}
+  local out = {0, num('max_attempts'), num('visibility_ms'), num('max_lost')}
   for i = 1, 6 do out[#out + 1] = tonumber(v[i]) or 0 end
   out[#out + 1] = redis.call('EXISTS', PR)
   out[#out + 1] = redis.call('HLEN', L)
@@ -181,7 +194,7 @@ if not r then
   out[#out + 1] = last_id(E)
   return out
 end
-local out = {1, num('max_attempts'), num('visibility_ms')}
+local out = {1, num('max_attempts'), num('visibility_ms'), num('max_lost')}
 local got = r[1][2]
 -- The lease hash fields of the whole batch in one HSET (in chunks, within
 -- Lua's unpack limit).
@@ -207,7 +220,9 @@ return out
 /// with the attempt unchanged, so the old holder's late report is stale.
 /// The caller then fails each one with `WorkerLost` (SETTLE).
 /// ARGV[4] = consumer, ARGV[5] = min idle ms, ARGV[6] = count, ARGV[7] = cursor.
-/// Returns {next cursor, id, job, seq, attempt, old owner, ...}.
+/// Returns {next cursor, id, job, seq, attempt, lost, old owner, inline
+/// payload ('' when external), payload size, ...}: the payload so that a
+/// job dead-lettered by the reclaimer keeps its input in its record.
 const RECLAIM: &str = r#"
 local c = cached()
 if c then return c end
@@ -229,7 +244,9 @@ for _, id in ipairs(r[2]) do
     out[#out + 1] = f['j']
     out[#out + 1] = f['s']
     out[#out + 1] = attempt
+    out[#out + 1] = f['l'] or '0'
     out[#out + 1] = owner
+    entry_input(out, f)
   end
 end
 return remember(out)
@@ -238,10 +255,12 @@ return remember(out)
 /// Resolves k leases, each only if it is still current (lease hash matches
 /// and XACK returned 1). Actions: 'd' done, 'q' requeue (a new entry with
 /// the attempts given; the old one is acked), 'f' failed and 'x' dead
-/// (record stored as dead letter and as result); 'd' stores its record as
-/// the result when one is given. Settled entries are left for `trim`.
+/// (record stored as dead letter and as result; a payload in its own key is
+/// kept, for `requeue`); 'd' stores its record as the result when one is
+/// given. Settled entries are left for `trim`.
 /// ARGV[4] = k, then per lease: entry id, expected lease, action, attempts,
-/// record, job id, external payload flag. Returns {1|0 per lease} (0 = stale).
+/// record, job id, external payload flag, lost. Returns {1|0 per lease}
+/// (0 = stale).
 const SETTLE: &str = r#"
 local c = cached()
 if c then return c end
@@ -254,13 +273,13 @@ local nd, nf, nx = 0, 0, 0
 local cur = {}
 for from = 0, k - 1, 1000 do
   local ids = {}
-  for i = from, math.min(k, from + 1000) - 1 do ids[#ids + 1] = ARGV[5 + i * 7] end
+  for i = from, math.min(k, from + 1000) - 1 do ids[#ids + 1] = ARGV[5 + i * 8] end
   local got = redis.call('HMGET', L, unpack(ids))
   for j = 1, #got do cur[from + j] = got[j] end
 end
 local seen, gone, recs = {}, {}, {}
 for i = 0, k - 1 do
-  local b = 5 + i * 7
+  local b = 5 + i * 8
   local id, action = ARGV[b], ARGV[b + 2]
   local ok = 0
   if cur[i + 1] == ARGV[b + 1] and not seen[id] then
@@ -283,12 +302,11 @@ for i = 0, k - 1 do
         local f = fields(e[1][2])
         if action == 'q' then
           if f['x'] == '1' then
-            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'x', '1')
+            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'l', ARGV[b + 7], 'x', '1')
           else
-            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'p', f['p'] or '')
+            redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'l', ARGV[b + 7], 'p', f['p'] or '')
           end
         else
-          if f['x'] == '1' then redis.call('DEL', PFX .. 'p:' .. f['j']) end
           redis.call('HSET', D, f['j'], ARGV[b + 4])
           redis.call('HSET', R, f['j'], ARGV[b + 4])
           if action == 'f' then nf = nf + 1 else nx = nx + 1 end
@@ -335,7 +353,8 @@ return out
 "#;
 
 /// Lists the leases one consumer holds (for `worker_lost`).
-/// ARGV[4] = consumer. Returns {id, job, seq, lease, ...}.
+/// ARGV[4] = consumer. Returns {id, job, seq, lease, lost, inline payload,
+/// payload size, ...}.
 const HELD: &str = r#"
 local out = {}
 local p = redis.call('XPENDING', S, G, '-', '+', 1000000, ARGV[4])
@@ -349,9 +368,52 @@ for _, x in ipairs(p) do
     out[#out + 1] = f['j']
     out[#out + 1] = f['s']
     out[#out + 1] = held
+    out[#out + 1] = f['l'] or '0'
+    entry_input(out, f)
   end
 end
 return out
+"#;
+
+/// Puts failed or dead jobs back (`jobmill requeue`): for each job whose
+/// dead-letter record still equals the one given, removes the record (dead
+/// letter and result), takes it off its counter and adds a new entry with
+/// no attempts made. The input comes from the job's payload key when it
+/// has one, else from the caller (the record's input).
+/// ARGV[4] = k, then per job: job id, record, counter ('failed' or 'dead'),
+/// seq, input flag ('1' = the input follows), input.
+/// Returns {1 requeued | 0 record changed | -1 input not kept, per job}.
+const REQUEUE: &str = r#"
+local c = cached()
+if c then return c end
+local k = tonumber(ARGV[4])
+local out = {}
+local n = 0
+for i = 0, k - 1 do
+  local b = 5 + i * 6
+  local job = ARGV[b]
+  local r = 0
+  if redis.call('HGET', D, job) == ARGV[b + 1] then
+    local ext = redis.call('EXISTS', PFX .. 'p:' .. job) == 1
+    if ext or ARGV[b + 4] == '1' then
+      redis.call('HDEL', D, job)
+      redis.call('HDEL', R, job)
+      redis.call('HINCRBY', M, ARGV[b + 2], -1)
+      if ext then
+        redis.call('XADD', S, '*', 'j', job, 's', ARGV[b + 3], 'a', '0', 'l', '0', 'x', '1')
+      else
+        redis.call('XADD', S, '*', 'j', job, 's', ARGV[b + 3], 'a', '0', 'l', '0', 'p', ARGV[b + 5])
+      end
+      n = n + 1
+      r = 1
+    else
+      r = -1
+    end
+  end
+  out[#out + 1] = r
+end
+if n > 0 then wake('requeued') end
+return remember(out)
 "#;
 
 /// Closes the queue: sets the flag, drops the producer key, wakes waiters.
@@ -410,6 +472,7 @@ pub(crate) struct Scripts {
     pub producer_alive: Script,
     pub leave_open: Script,
     pub forget: Script,
+    pub requeue: Script,
 }
 
 /// The scripts, each with the shared prelude.
@@ -430,6 +493,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             producer_alive: s(PRODUCER_ALIVE),
             leave_open: s(LEAVE_OPEN),
             forget: s(FORGET),
+            requeue: s(REQUEUE),
         }
     })
 }

@@ -20,7 +20,9 @@ pub struct RedisConfig {
     /// Attempts per job, if this client creates the queue.
     pub policy: RetryPolicy,
     /// A lease not extended for this long is taken over and its attempt
-    /// counted as failed (worker lost), if this client creates the queue.
+    /// failed as lost (see the lost-worker rule in [`crate::job`]: the job
+    /// runs again unless it was lost `policy.max_lost` times before), if
+    /// this client creates the queue.
     pub visibility_timeout: Duration,
     /// Most jobs waiting to be leased before `put` blocks, if this client
     /// creates the queue.
@@ -73,6 +75,17 @@ pub enum OpenError {
     /// The URL is malformed.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// The queue does not exist and [`RedisConfig::create`] was off
+    /// (nothing was created).
+    #[error("cannot open queue {url}: there is no queue named {name:?} on {endpoint}")]
+    Missing {
+        /// The queue URL, password redacted.
+        url: String,
+        /// The queue's name.
+        name: String,
+        /// The server, `host:port`.
+        endpoint: String,
+    },
     /// The server could not be reached or refused the setup.
     #[error("cannot open queue {url}: {error}")]
     Queue {
@@ -117,8 +130,12 @@ pub struct JobRecord {
     pub seq: u64,
     /// `"done"`, `"failed"` or `"dead"`.
     pub state: String,
-    /// Attempts made.
+    /// Attempts made, lost ones included.
     pub attempts: u32,
+    /// How many of `attempts` were lost (their worker vanished without a
+    /// verdict); 0 is not stored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u32,
     /// The last attempt's failure, in words.
     pub reason: String,
     /// The last attempt's exit code, when it exited.
@@ -152,6 +169,11 @@ pub struct JobRecord {
     pub input_bytes: Option<u64>,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Largest input kept in a [`JobRecord`]: larger inputs are recorded by
 /// length only (the payload key is deleted when the job ends).
 pub const RECORD_INPUT_LIMIT: usize = 16 * 1024;
@@ -170,6 +192,19 @@ impl JobRecord {
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_millis() as u64);
+        self
+    }
+
+    /// Sets the input's size when known apart from its bytes (a payload in
+    /// its own key, which the reclaimer does not fetch): the bytes are kept
+    /// only if they are the whole input.
+    pub(super) fn with_size(mut self, size: Option<u64>) -> JobRecord {
+        if let Some(n) = size {
+            self.input_bytes = Some(n);
+            if self.input.as_ref().map(|b| b.len() as u64) != Some(n) {
+                self.input = None;
+            }
+        }
         self
     }
 }

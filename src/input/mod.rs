@@ -8,6 +8,17 @@
 //!
 //! Reading is lazy and its memory is bounded by the longest record: a
 //! consumer can start work on the first record before the stream ends.
+//!
+//! [`plan`] turns several sources, columns and batches into job payloads;
+//! [`shape`] defines how a job with several values is stored.
+
+pub mod columns;
+pub mod plan;
+pub mod shape;
+
+pub use columns::{Columns, Trim};
+pub use plan::{Batch, Header, Plan, SourceDef, SourceSpec};
+pub use shape::Shape;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read};
