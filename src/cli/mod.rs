@@ -201,7 +201,7 @@ fn one_line(rendered: &str) -> String {
 
 /// Modes of the binary that are not user commands: the guardian process.
 fn hidden_modes(args: &[std::ffi::OsString]) -> Option<u8> {
-    let mut args = args.iter().cloned().skip(1);
+    let mut args = args.iter().skip(1).cloned();
     if args.next()?.to_str()? == jobmill::exec::guardian::GUARDIAN_ARG {
         let grace_ms: u64 = args
             .next()
