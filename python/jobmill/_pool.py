@@ -20,7 +20,18 @@ import weakref
 
 from . import _jobmill
 from . import _wire
-from ._wire import CHUNK, EXC_PREFIX
+from ._wire import CHUNK, CHUNK_MAP, CHUNK_STAR, EXC_PREFIX
+
+_KIND = {"call": CHUNK, "map": CHUNK_MAP, "star": CHUNK_STAR}
+
+
+def _pair(mode, item):
+    """(args, kwargs) of an item of ``mode``."""
+    if mode == "map":
+        return (item,), {}
+    if mode == "star":
+        return tuple(item), {}
+    return item
 
 DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
 # Payload bytes submitted and not yet answered, at most (see Pool._feed).
@@ -135,10 +146,10 @@ class _Progress:
 
 class _Chunk:
     """Tasks start..start+len(part) of a sink, sent as one job."""
-    __slots__ = ("sink", "start", "fkey", "part")
+    __slots__ = ("sink", "start", "fkey", "part", "mode")
 
-    def __init__(self, sink, start, fkey, part):
-        self.sink, self.start, self.fkey, self.part = sink, start, fkey, part
+    def __init__(self, sink, start, fkey, part, mode):
+        self.sink, self.start, self.fkey, self.part, self.mode = sink, start, fkey, part, mode
 
 
 class AsyncResult:
@@ -162,6 +173,12 @@ class AsyncResult:
         elif self._error is None:
             self._error = value
         self._left -= 1
+        if self._left == 0:
+            self._finish()
+
+    def _set_many(self, start, values):
+        self._values[start:start + len(values)] = values
+        self._left -= len(values)
         if self._left == 0:
             self._finish()
 
@@ -209,6 +226,12 @@ class _Iter:
             self._ready[index] = (ok, value)
         else:
             self._ready.append((ok, value))
+
+    def _set_many(self, start, values):
+        if self._ordered:
+            self._ready.update(zip(range(start, start + len(values)), [(True, v) for v in values]))
+        else:
+            self._ready.extend((True, v) for v in values)
 
     def __iter__(self):
         return self
@@ -294,7 +317,7 @@ class Pool:
         if self._state != "run":
             raise ValueError("Pool not running")
 
-    def _submit(self, func, arglist, sink, chunked=False):
+    def _submit(self, func, arglist, sink, chunked=False, mode="call"):
         """Queue one task per (args, kwargs) of ``arglist``; each result goes
         to ``sink._set(index, ok, value)``. With ``chunked`` (the map family,
         no timeout, no retries), tasks travel in chunks of one job each, so
@@ -313,11 +336,12 @@ class Pool:
         def jobs():
             for start in range(0, n, size):
                 if size == 1:
-                    args, kwargs = arglist[start]
+                    args, kwargs = _pair(mode, arglist[start])
                     yield (sink, start, args, kwargs), _wire.dumps((fkey, args, kwargs))
                 else:
                     part = arglist[start:start + size]
-                    yield (_Chunk(sink, start, fkey, part), -1, None, None), _wire.dumps((fkey, CHUNK, part))
+                    yield ((_Chunk(sink, start, fkey, part, mode), -1, None, None),
+                           _wire.dumps((fkey, _KIND[mode], part)))
 
         with self._submit_lock:
             self._backlog.append(jobs())
@@ -354,7 +378,8 @@ class Pool:
         with self._submit_lock:
             first = None
             payloads = []
-            for i, (args, kwargs) in enumerate(chunk.part):
+            for i, item in enumerate(chunk.part):
+                args, kwargs = _pair(chunk.mode, item)
                 seq = next(self._seq)
                 if first is None:
                     first = seq
@@ -380,13 +405,21 @@ class Pool:
                 if code == DONE:
                     if data[:len(_wire.OOB_MAGIC)] == _wire.OOB_MAGIC:
                         data = bytearray(data)
-                    for i, (ok, value) in enumerate(_wire.loads(data)):
-                        sink.sink._set(sink.start + i, ok, value if ok else _rebuild_exception(value.encode()))
+                    values, errors = _wire.loads(data)
+                    if errors:
+                        for i, value in enumerate(values):
+                            if i in errors:
+                                sink.sink._set(sink.start + i, False, _rebuild_exception(errors[i].encode()))
+                            else:
+                                sink.sink._set(sink.start + i, True, value)
+                    else:
+                        sink.sink._set_many(sink.start, values)
                     continue
                 if code == LOST and not self._core_closed:
                     self._resubmit_single(sink)
                     continue
-                for i, (a, k) in enumerate(sink.part):
+                for i, item in enumerate(sink.part):
+                    a, k = _pair(sink.mode, item)
                     self._dispatch_failure(sink.sink, sink.start + i, seq, code, data, a, k)
                 continue
             if code == DONE:
@@ -470,15 +503,15 @@ class Pool:
         return self.apply_async(func, args, kwds).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        items = [((x,), {}) for x in iterable]
+        items = list(iterable)
         result = AsyncResult(self, len(items), callback, error_callback, single=False)
-        self._submit(func, items, result, chunked=True)
+        self._submit(func, items, result, chunked=True, mode="map")
         return result
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        items = [(tuple(x), {}) for x in iterable]
+        items = list(iterable)
         result = AsyncResult(self, len(items), callback, error_callback, single=False)
-        self._submit(func, items, result, chunked=True)
+        self._submit(func, items, result, chunked=True, mode="star")
         return result
 
     def map(self, func, iterable, chunksize=None):
@@ -488,15 +521,15 @@ class Pool:
         return self.starmap_async(func, iterable).get()
 
     def imap(self, func, iterable, chunksize=None):
-        items = [((x,), {}) for x in iterable]
+        items = list(iterable)
         it = _Iter(self, len(items), ordered=True)
-        self._submit(func, items, it, chunked=True)
+        self._submit(func, items, it, chunked=True, mode="map")
         return it
 
     def imap_unordered(self, func, iterable, chunksize=None):
-        items = [((x,), {}) for x in iterable]
+        items = list(iterable)
         it = _Iter(self, len(items), ordered=False)
-        self._submit(func, items, it, chunked=True)
+        self._submit(func, items, it, chunked=True, mode="map")
         return it
 
     def close(self):

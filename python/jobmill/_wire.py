@@ -3,9 +3,14 @@
 # Prefix of a failure message that carries a pickled (exception, traceback).
 EXC_PREFIX = "jobmill-py-exc:"
 # A job's payload: pickle of (function key, args, kwargs) for one task, or of
-# (function key, CHUNK, [(args, kwargs), ...]) for a chunk of tasks, whose
-# result is the pickle of [(True, value) | (False, failure message), ...].
+# (function key, KIND, items) for a chunk of tasks, KIND saying how each item
+# is called: CHUNK (items are (args, kwargs)), CHUNK_MAP (fn(item)) or
+# CHUNK_STAR (fn(*item)). A chunk's result is the pickle of
+# (values, {index: failure message}), values holding None where a task failed.
 CHUNK = "jobmill-chunk"
+CHUNK_MAP = "jobmill-chunk-map"
+CHUNK_STAR = "jobmill-chunk-star"
+CHUNKS = (CHUNK, CHUNK_MAP, CHUNK_STAR)
 
 import pickle
 import struct

@@ -22,7 +22,7 @@ import jobmill_worker
 from jobmill_worker import Closed, Empty, Job, Worker, jobs, serve  # noqa: F401
 
 from jobmill import _wire
-from jobmill._wire import CHUNK, EXC_PREFIX
+from jobmill._wire import CHUNK, CHUNK_MAP, CHUNK_STAR, CHUNKS, EXC_PREFIX
 
 
 def _die_with_parent():
@@ -95,6 +95,38 @@ def _load(payload, cache):
     return fn, args, kwargs
 
 
+def _call(fn, kind, x):
+    if kind == CHUNK_MAP:
+        return fn(x)
+    if kind == CHUNK_STAR:
+        return fn(*x)
+    return fn(*x[0], **x[1])
+
+
+def _run_chunk(fn, kind, items):
+    """Runs every task of a chunk once, in order; each keeps its own verdict."""
+    values, errors = [], {}
+    append = values.append
+    start = 0
+    while start < len(items):
+        try:
+            if kind == CHUNK_MAP:
+                for x in items[start:] if start else items:
+                    append(fn(x))
+            elif kind == CHUNK_STAR:
+                for x in items[start:] if start else items:
+                    append(fn(*x))
+            else:
+                for a, k in items[start:] if start else items:
+                    append(fn(*a, **k))
+            break
+        except BaseException as exc:
+            errors[len(values)] = _exception_message(exc)
+            append(None)
+            start = len(values)
+    return values, errors
+
+
 def main():
     _setup()
     maxtasks = int(os.environ.get("JOBMILL_PY_MAXTASKS") or 0)
@@ -104,13 +136,8 @@ def main():
     for job in jobs(worker):
         try:
             fn, args, kwargs = _load(job.payload, cache)
-            if args is CHUNK or args == CHUNK:
-                result = []
-                for a, k in kwargs:
-                    try:
-                        result.append((True, fn(*a, **k)))
-                    except BaseException as exc:
-                        result.append((False, _exception_message(exc)))
+            if isinstance(args, str) and args in CHUNKS:
+                result = _run_chunk(fn, args, kwargs)
             else:
                 result = fn(*args, **kwargs)
             data = _wire.dumps(result)

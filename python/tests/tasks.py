@@ -107,3 +107,11 @@ def array_info(a):
 
 def double(a):
     return a * 2
+
+
+def count_and_fail_odd(x, path):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x

@@ -234,3 +234,20 @@ def test_functions_of_the_main_script_and_exit_without_close(tmp_path):
     assert "[0, 3, 6, 9, 12]" in out.stdout
     # The workers ran the main module as __mp_main__, not its guarded part.
     assert out.stdout.count("main module ran as __main__") == 1
+
+
+def test_each_task_of_a_chunk_runs_once_and_keeps_its_own_verdict(tmp_path):
+    path = str(tmp_path / "calls")
+    n = 1000
+    with jobmill.Pool(2) as pool:
+        got = []
+        results = [pool.apply_async(tasks.identity, (x,)) for x in range(3)]
+        assert [r.get(timeout=300) for r in results] == [0, 1, 2]
+        res = pool.starmap_async(tasks.count_and_fail_odd, [(x, path) for x in range(n)])
+        with pytest.raises(ValueError, match="odd"):
+            res.get(timeout=300)
+        for ok in pool.imap_unordered(tasks.square, range(10)):
+            got.append(ok)
+    calls = sorted(int(x) for x in open(path).read().split())
+    assert calls == list(range(n))
+    assert sorted(got) == [x * x for x in range(10)]
