@@ -125,11 +125,17 @@ pub(crate) fn check_stdio(reads_stdin: bool) -> anyhow::Result<()> {
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> u8 {
-    if let Some(code) = hidden_modes() {
+    main_from(std::env::args_os().collect())
+}
+
+/// [`main`] with the command line given (program name first): the Python
+/// package's `jobmill` command runs the CLI in its own process this way.
+pub fn main_from(args: Vec<std::ffi::OsString>) -> u8 {
+    if let Some(code) = hidden_modes(&args) {
         return code;
     }
     CLOSED_STDIO.get_or_init(closed_stdio);
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -194,8 +200,8 @@ fn one_line(rendered: &str) -> String {
 }
 
 /// Modes of the binary that are not user commands: the guardian process.
-fn hidden_modes() -> Option<u8> {
-    let mut args = std::env::args_os().skip(1);
+fn hidden_modes(args: &[std::ffi::OsString]) -> Option<u8> {
+    let mut args = args.iter().skip(1).cloned();
     if args.next()?.to_str()? == jobmill::exec::guardian::GUARDIAN_ARG {
         let grace_ms: u64 = args
             .next()
@@ -208,6 +214,15 @@ fn hidden_modes() -> Option<u8> {
         );
     }
     None
+}
+
+/// The program that runs the guardian (`jobmill __guardian`): this one, or
+/// `$JOBMILL_GUARDIAN_EXE` when the CLI runs inside another program (the
+/// Python package's `jobmill` command, whose process is `python`).
+pub(crate) fn guardian_exe() -> Option<std::path::PathBuf> {
+    std::env::var_os("JOBMILL_GUARDIAN_EXE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
 }
 
 /// Prints a run's fatal error, with its chain of causes, on stderr.

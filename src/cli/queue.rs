@@ -406,7 +406,7 @@ impl WorkSpec {
         plan.timeout = self.timeout;
         plan.grace = self.grace;
         plan.output_memory = self.output_memory;
-        plan.guardian = std::env::current_exe().ok();
+        plan.guardian = super::guardian_exe();
         plan.handle_signals = true;
         plan.host = Some(jobmill::sys::hostname());
         Ok(plan)

@@ -635,7 +635,7 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     plan.grace = Duration::from_secs_f64(o.grace);
     plan.halt = halt;
     plan.output_memory = o.output_memory;
-    plan.guardian = std::env::current_exe().ok();
+    plan.guardian = super::guardian_exe();
     plan.handle_signals = true;
     let tagstring = o.tagstring.as_deref().or(o.tag.then_some("{}"));
     if let Some(text) = tagstring {
