@@ -18,6 +18,8 @@ perl -MText::CSV -e 1 >/dev/null 2>&1 || need+=(libtext-csv-perl)
 # in a tmux pane (tests/report.rs).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# The Python package's tests build it into a virtualenv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -33,4 +35,9 @@ state=$(mktemp -d)
 trap 'rm -rf "$state"' EXIT
 export XDG_STATE_HOME="$state"
 
-cargo test --all-targets --no-fail-fast "$@"
+status=0
+cargo test --all-targets --no-fail-fast "$@" || status=$?
+# The Python package (python/): built with maturin into a fresh virtualenv,
+# its pytest suite run there with numpy (scripts/test_python.sh).
+bash scripts/test_python.sh || status=$?
+exit "$status"
