@@ -29,6 +29,9 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The Python worker's zero-copy test wraps payloads with numpy (tests/payloads.rs).
+python3 -c 'import numpy' >/dev/null 2>&1 || python3 -m pip install --quiet numpy
+
 # Journals written by the tests go to a throwaway state directory, never to
 # the user's ~/.local/state/jobmill.
 state=$(mktemp -d)

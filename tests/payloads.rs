@@ -488,10 +488,12 @@ fn python_worker_wraps_a_large_payload_with_numpy_without_copying() {
         .args(["-c", "import numpy"])
         .status()
         .is_ok_and(|s| s.success());
-    if !have_numpy {
-        eprintln!("numpy is not installed: nothing to check");
-        return;
-    }
+    // scripts/test.sh installs numpy; without it this test must not pass.
+    assert!(
+        have_numpy,
+        "numpy is not installed for python3 (scripts/test.sh installs it: \
+         python3 -m pip install numpy)"
+    );
     // The worker checks that the array is a read-only view of the payload
     // (not a copy), and answers with a numpy array (bytes-like result).
     let script = r#"
