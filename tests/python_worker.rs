@@ -309,7 +309,8 @@ fn example_analysis_script_summarises_each_input() {
 
 #[test]
 fn python_crash_is_blamed_on_the_running_job_only() {
-    let q = queue_of(100, RetryPolicy::default());
+    // No loss forgiven: a wrongly blamed job would end dead.
+    let q = queue_of(100, RetryPolicy::default().max_lost(0));
     let rec = Recorder::default();
     let script = "import os, jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload == b'item-20' and job.attempt == 1:\n        os.kill(os.getpid(), 9)\n    job.complete(job.payload)\n";
     let mut c = config(script, 1);
@@ -338,7 +339,8 @@ s.sendall(struct.pack("<IB", len(body), 1) + body)
 s.recv(4096)
 time.sleep(60)
 "#;
-    let q = queue_of(1, RetryPolicy::default());
+    // No loss forgiven, so the lost job ends dead at once.
+    let q = queue_of(1, RetryPolicy::default().max_lost(0));
     let rec = Recorder::default();
     let mut c = config(script, 1);
     c.heartbeat = Some(Duration::from_millis(100));
