@@ -362,7 +362,11 @@ impl Dispatch {
         mut stdout: Capture,
         mut stderr: Capture,
     ) {
-        self.running.fetch_sub(1, Ordering::SeqCst);
+        // Saturating: an executor may report an attempt it could not
+        // announce (a payload it could not send fails without starting).
+        let _ = self
+            .running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         {
             let mut report = AttemptReport {
                 seq: job.seq,
