@@ -155,6 +155,7 @@ impl Queue for Gate<'_> {
         info: &AttemptInfo,
     ) -> Result<Disposition, QueueError> {
         self.usable("fail")?;
+        self.d.mark_ending(lease.job.seq);
         self.d
             .queue
             .fail_with(lease, reason, info)

@@ -177,6 +177,14 @@ pub struct Dispatch {
     stopped: AtomicU64,
     /// The backend failed: later calls are not tried (see [`Dispatch::queue`]).
     backend_failed: AtomicBool,
+    /// Jobs whose failed attempt the queue has settled (and may have
+    /// requeued) but observers have not seen end yet; see
+    /// [`Dispatch::wait_reported`].
+    ending: Mutex<std::collections::HashSet<u64>>,
+    /// How many entries `ending` has: starts skip its lock when none.
+    ending_count: AtomicUsize,
+    /// Signalled when an entry leaves `ending`.
+    reported: std::sync::Condvar,
     error: Mutex<Option<SharedError>>,
 }
 
@@ -306,6 +314,7 @@ impl Dispatch {
     /// it must not start (an observer such as the journal failed to record
     /// it; the run is draining) — the caller gives the lease back.
     pub fn start(&self, job: &Job, slot: usize) -> bool {
+        self.wait_reported(job.seq);
         let start = AttemptStart {
             seq: job.seq,
             attempt: job.attempts,
@@ -379,6 +388,7 @@ impl Dispatch {
             };
             self.observe(|o| o.attempt_finished(&mut report));
         }
+        self.mark_reported(job.seq);
         if let AttemptEnd::Failed(FailReason::Reported { message }) = &outcome.end {
             self.notice(Notice::AttemptFailed {
                 seq: job.seq,
@@ -446,6 +456,52 @@ impl Dispatch {
             }
         }
         self.check_halt();
+    }
+
+    /// A failed attempt of job `seq` is about to be settled: the queue may
+    /// requeue the job, and another slot or worker may lease it before
+    /// this attempt's end is reported. Its next start waits for that
+    /// report ([`Dispatch::wait_reported`]), so observers (the journal)
+    /// always see an attempt end before the next attempt of the job starts.
+    fn mark_ending(&self, seq: u64) {
+        let mut e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        if e.insert(seq) {
+            self.ending_count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn mark_reported(&self, seq: u64) {
+        if self.ending_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        if e.remove(&seq) {
+            self.ending_count.fetch_sub(1, Ordering::SeqCst);
+            drop(e);
+            self.reported.notify_all();
+        }
+    }
+
+    /// Waits until the previous attempt of job `seq`, if its end is being
+    /// settled, has been reported. Bounded: an executor that settles an
+    /// attempt and never reports it delays the next start by 1 s at most.
+    fn wait_reported(&self, seq: u64) {
+        if self.ending_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+        while e.contains(&seq) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            e = self
+                .reported
+                .wait_timeout(e, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn check_halt(&self) {
@@ -680,6 +736,9 @@ pub fn run(
         stale: AtomicU64::new(0),
         stopped: AtomicU64::new(0),
         backend_failed: AtomicBool::new(false),
+        ending: Mutex::new(std::collections::HashSet::new()),
+        ending_count: AtomicUsize::new(0),
+        reported: std::sync::Condvar::new(),
         error: Mutex::new(None),
         opts,
     });

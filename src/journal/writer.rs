@@ -803,7 +803,13 @@ mod tests {
         ));
         match JournalLock::acquire(&path) {
             Err(JournalError::Locked { pid, .. }) => {
-                assert_eq!(pid, Some(i64::from(std::process::id())));
+                // The holder is named when /proc/locks shows it, and never
+                // wrongly (on some filesystems the lock's device differs
+                // from stat's, and then no holder is named).
+                assert!(
+                    pid.is_none() || pid == Some(i64::from(std::process::id())),
+                    "{pid:?}"
+                );
             }
             other => panic!("expected Locked, got {other:?}"),
         }
