@@ -78,7 +78,14 @@ impl Queue for Gate<'_> {
         }
         self.usable("lease")?;
         self.d.queue.get(worker, timeout).map_err(|e| match e {
-            GetError::Backend(e) => GetError::Backend(self.failed(e)),
+            // Nothing is queued or leased anywhere and the producer is gone:
+            // the run drains (see `failed`); to the executor this is a lease
+            // that timed out, so that it ends its workers as a drain does
+            // (CLOSED to each), instead of failing with them still waiting.
+            GetError::Backend(e) => match self.failed(e) {
+                QueueError::ProducerLost { .. } => GetError::Timeout,
+                e => GetError::Backend(e),
+            },
             other => other,
         })
     }
