@@ -683,11 +683,20 @@ impl RedisQueue {
         F: FnMut(JobRecord) -> Result<(), E>,
     {
         const OP: &str = "results";
-        let key = self.inner.keys.results();
+        self.scan_records(OP, self.inner.keys.results(), |rec, _| f(rec))
+    }
+
+    /// Calls `f` with every JSON record of the hash at `key` (and its
+    /// text), scanned in pages of 1000 (`HSCAN`; a page may repeat one).
+    fn scan_records<E, F>(&self, op: &'static str, key: &str, mut f: F) -> Result<(), E>
+    where
+        E: From<QueueError>,
+        F: FnMut(JobRecord, &str) -> Result<(), E>,
+    {
         let mut cursor = 0u64;
         loop {
             let (next, flat): (u64, Vec<String>) =
-                self.inner.pool.call(OP, None, |con, _, _| {
+                self.inner.pool.call(op, None, |con, _, _| {
                     ::redis::cmd("HSCAN")
                         .arg(key)
                         .arg(cursor)
@@ -696,8 +705,11 @@ impl RedisQueue {
                         .query(con)
                 })?;
             for pair in flat.chunks(2) {
-                let json = pair.get(1).ok_or_else(|| protocol(OP, "HSCAN reply"))?;
-                f(serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(OP, e))?)?;
+                let json = pair.get(1).ok_or_else(|| protocol(op, "HSCAN reply"))?;
+                f(
+                    serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(op, e))?,
+                    json,
+                )?;
             }
             if next == 0 {
                 return Ok(());
@@ -727,29 +739,12 @@ impl RedisQueue {
         // page may repeat one), so a few jobs picked among many dead
         // letters cost little memory; requeued in job order.
         let mut picked: HashMap<u64, (JobRecord, String)> = HashMap::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, flat): (u64, Vec<String>) =
-                self.inner.pool.call(OP, None, |con, _, _| {
-                    ::redis::cmd("HSCAN")
-                        .arg(key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query(con)
-                })?;
-            for pair in flat.chunks(2) {
-                let json = pair.get(1).ok_or_else(|| protocol(OP, "HSCAN reply"))?;
-                let rec = serde_json::from_str::<JobRecord>(json).map_err(|e| protocol(OP, e))?;
-                if select(&rec) {
-                    picked.insert(rec.job, (rec, json.clone()));
-                }
+        self.scan_records(OP, key, |rec, json| {
+            if select(&rec) {
+                picked.insert(rec.job, (rec, json.to_string()));
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+            Ok::<(), QueueError>(())
+        })?;
         let mut picked: Vec<(JobRecord, String)> = picked.into_values().collect();
         picked.sort_by_key(|(r, _)| r.job);
         let mut out = Vec::with_capacity(picked.len());
