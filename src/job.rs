@@ -136,6 +136,23 @@ pub enum FailReason {
         /// The operating system's error, with the program named.
         error: String,
     },
+    /// The attempt was killed for memory that was not its own limit: by the
+    /// kernel's OOM killer, or by the memory cgroup of the run (or of the
+    /// machine). Such an attempt is not the job's fault; it follows
+    /// `--max-oom`, not the retries.
+    OutOfMemory {
+        /// `true` when it was inferred rather than read from a cgroup: a
+        /// SIGKILL during which the kernel's `oom_kill` counter rose.
+        likely: bool,
+    },
+    /// The attempt went over its own memory limit (`--mem-limit`).
+    MemoryLimit {
+        /// The limit, in bytes.
+        limit: u64,
+        /// `true` when the limit was RLIMIT_AS, under which the job only
+        /// sees allocation failures, so the cause is inferred.
+        likely: bool,
+    },
 }
 
 impl FailReason {
@@ -154,7 +171,8 @@ impl FailReason {
     }
 
     /// A short, stable name of the cause, as stored in journals and shown by
-    /// `status`: `exit`, `signal`, `timeout`, `reported`, `lost`, `spawn`.
+    /// `status`: `exit`, `signal`, `timeout`, `reported`, `lost`, `spawn`,
+    /// `oom`, `memory-limit`.
     pub fn cause(&self) -> &'static str {
         match self {
             FailReason::Exit { .. } => "exit",
@@ -163,7 +181,16 @@ impl FailReason {
             FailReason::Timeout => "timeout",
             FailReason::WorkerLost { .. } => "lost",
             FailReason::Spawn { .. } => "spawn",
+            FailReason::OutOfMemory { .. } => "oom",
+            FailReason::MemoryLimit { .. } => "memory-limit",
         }
+    }
+
+    /// Whether the attempt was killed for memory that was not its own limit
+    /// ([`FailReason::OutOfMemory`]). Such attempts follow
+    /// `--max-oom`, not the retries.
+    pub fn is_oom(&self) -> bool {
+        matches!(self, FailReason::OutOfMemory { .. })
     }
 }
 
@@ -178,6 +205,24 @@ impl fmt::Display for FailReason {
             FailReason::Timeout => write!(f, "timed out"),
             FailReason::WorkerLost { detail } => write!(f, "worker lost: {detail}"),
             FailReason::Spawn { error } => write!(f, "could not start: {error}"),
+            FailReason::OutOfMemory { likely: false } => {
+                write!(f, "killed by the kernel's OOM killer (out of memory)")
+            }
+            FailReason::OutOfMemory { likely: true } => write!(
+                f,
+                "likely out of memory (SIGKILL while the kernel's OOM kill count rose)"
+            ),
+            FailReason::MemoryLimit { limit, likely } => {
+                let mib = *limit as f64 / (1024.0 * 1024.0);
+                if *likely {
+                    write!(
+                        f,
+                        "likely over its memory limit of {mib:.0} MiB (RLIMIT_AS: an allocation failed)"
+                    )
+                } else {
+                    write!(f, "over its memory limit of {mib:.0} MiB")
+                }
+            }
         }
     }
 }

@@ -60,6 +60,10 @@ impl AttemptEnd {
     pub fn signal(&self) -> Option<i32> {
         match self {
             AttemptEnd::Failed(FailReason::Signal { signal }) => Some(*signal),
+            // The OOM killer and a cgroup's limit kill with SIGKILL.
+            AttemptEnd::Failed(
+                FailReason::OutOfMemory { .. } | FailReason::MemoryLimit { likely: false, .. },
+            ) => Some(9),
             _ => None,
         }
     }
