@@ -89,6 +89,7 @@ fn main() {
                     env: &[],
                     timeout: None,
                     grace: Duration::from_secs(2),
+                    on_output: None,
                 });
                 assert!(matches!(a.end, End::Exited(_)), "{:?}", a.end);
             }),
@@ -103,6 +104,7 @@ fn main() {
                     env: &[],
                     timeout: None,
                     grace: Duration::from_secs(2),
+                    on_output: None,
                 });
                 assert!(matches!(a.end, End::Exited(_)), "{:?}", a.end);
             }),

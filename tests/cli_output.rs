@@ -1,7 +1,7 @@
 //! `jobmill run` output options end to end, with real processes, compared
 //! with the real GNU parallel where it has the option: `--tag`,
 //! `--tagstring`, `--results`, `--joblog` (live, and `--resume` by it),
-//! `--delay`, `--memfree`, `--load`.
+//! `--delay`, `--memfree`, `--load`, `--line-buffer`, `-u`.
 
 mod common;
 
@@ -30,14 +30,17 @@ fn run_ok(c: &mut Command) -> Output {
     out
 }
 
-/// GNU parallel's output for `args`, or `None` when it is not installed.
+/// GNU parallel's output for `args`. GNU parallel must be installed
+/// (scripts/test.sh installs it): without it the test fails, never skips.
 fn gnu(dir: &Path, args: &[&str]) -> Option<Output> {
     let out = Command::new("parallel")
         .current_dir(dir)
         .arg("--will-cite")
         .args(args)
         .output()
-        .ok()?;
+        .unwrap_or_else(|e| {
+            panic!("GNU parallel is needed for this test (apt-get install parallel): {e}")
+        });
     assert!(
         out.status.success(),
         "GNU parallel {args:?}: {}",
@@ -762,4 +765,171 @@ fn several_sources_nest_the_results_and_tag_with_every_value_as_gnu_parallel() {
         );
         assert_eq!(tree_ours, tree(&dir.path().join("theirs")));
     }
+}
+
+/// A job that prints `ready-$1`, waits (at most 60 s, then fails) until the
+/// file `go` exists, then prints `done-$1`: a line can only be seen before
+/// `go` exists if it is printed while the job runs.
+const WAIT_FOR_GO: &str = "printf \"$2\" \"$1\"; i=0; while [ ! -e go ]; do \
+     i=$((i+1)); [ $i -gt 1200 ] && exit 3; sleep 0.05; done; echo \"done-$1\"";
+
+/// Reads `r` until what was read contains every one of `needles`.
+fn read_until(r: &mut impl std::io::Read, seen: &mut Vec<u8>, needles: &[&str]) {
+    let mut buf = [0u8; 256];
+    while !needles
+        .iter()
+        .all(|n| String::from_utf8_lossy(seen).contains(n))
+    {
+        let n = r.read(&mut buf).expect("read stdout");
+        assert!(
+            n > 0,
+            "stdout closed before {needles:?} appeared: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn line_buffer_prints_each_line_while_its_job_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = jobmill_in(dir.path())
+        .args(["run", "-j2", "--line-buffer", "--tag", "--", "sh", "-c"])
+        .args([WAIT_FOR_GO, "sh", "{}", "ready-%s\\n", ":::", "a", "b"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    // Both jobs are still waiting for `go`: grouped output would show
+    // nothing yet (and the jobs would give up and fail).
+    read_until(&mut stdout, &mut seen, &["a\tready-a\n", "b\tready-b\n"]);
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+    seen.extend_from_slice(&rest);
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+    let mut lines: Vec<&str> = std::str::from_utf8(&seen).unwrap().lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["a\tdone-a", "a\tready-a", "b\tdone-b", "b\tready-b"]
+    );
+}
+
+#[test]
+fn ungroup_prints_half_a_line_while_its_job_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = jobmill_in(dir.path())
+        .args(["run", "-u", "--", "sh", "-c"])
+        .args([WAIT_FOR_GO, "sh", "{}", "part-%s:", ":::", "a"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, &["part-a:"]);
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    std::io::Read::read_to_end(&mut stdout, &mut seen).unwrap();
+    assert!(wait_exit(&mut child).success());
+    assert_eq!(String::from_utf8_lossy(&seen), "part-a:done-a\n");
+}
+
+#[test]
+fn line_buffer_keeps_lines_whole_and_tagged_as_gnu_parallel() {
+    // Each job writes every line in two pieces, with a pause between them
+    // in which the other job writes: whatever the timing, each printed line
+    // is whole and carries its own job's tag.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pieces.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfor i in 1 2 3; do printf \"$1-$i\"; sleep 0.05; echo -end; done\necho \"$1-last\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [
+        "-j2",
+        "--line-buffer",
+        "--tag",
+        "./pieces.sh",
+        ":::",
+        "x",
+        "y",
+    ];
+    let ours = run_ok(
+        jobmill_in(dir.path())
+            .arg("run")
+            .args(&args[..3])
+            .arg("--")
+            .args(&args[3..]),
+    );
+    let theirs = gnu(dir.path(), &args).unwrap();
+    let sorted = |o: &Output| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&ours), sorted(&theirs));
+    for line in sorted(&ours) {
+        let (tag, rest) = line.split_once('\t').expect("tagged");
+        assert!(rest.starts_with(tag), "{line:?} mixes two jobs");
+    }
+    assert_eq!(sorted(&ours).len(), 8);
+}
+
+#[test]
+fn line_buffer_and_ungroup_refuse_keep_order() {
+    for opt in ["--line-buffer", "-u"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = jobmill_in(dir.path())
+            .args(["run", "-k", opt, "--", "echo", ":::", "a"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(255), "{opt}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot be used with --keep-order"),
+            "{opt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn line_buffer_stops_quietly_when_the_reader_goes_away() {
+    // A reader that closes the pipe after the first line, as `| head -1`:
+    // jobmill stops the job and exits without an error message or a hang.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = jobmill_in(dir.path())
+        .args(["run", "--no-journal", "--line-buffer", "--", "sh", "-c"])
+        .args([
+            "i=0; while [ $i -lt 600 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
+            ":::",
+            "a",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, &["line 0\n"]);
+    drop(stdout);
+    let status = wait_exit(&mut child);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("panicked"),
+        "{err}"
+    );
 }

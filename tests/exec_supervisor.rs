@@ -35,6 +35,7 @@ fn run_with(
         env: &[],
         timeout,
         grace,
+        on_output: None,
     })
 }
 
@@ -162,6 +163,7 @@ fn non_utf8_argument_bytes_arrive_unchanged() {
         env: &[],
         timeout: None,
         grace: Duration::from_secs(1),
+        on_output: None,
     });
     assert_eq!(a.end, End::Exited(0));
     assert_eq!(a.stdout.to_vec().unwrap(), arg.into_vec());
@@ -177,6 +179,7 @@ fn extra_environment_reaches_the_job() {
         env: &env,
         timeout: None,
         grace: Duration::from_secs(1),
+        on_output: None,
     });
     assert_eq!(text(&mut a.stdout), "42");
 }
@@ -210,6 +213,7 @@ fn empty_command_is_a_spawn_failure() {
         env: &[],
         timeout: None,
         grace: Duration::from_secs(1),
+        on_output: None,
     });
     assert!(matches!(a.end, End::SpawnFailed(_)), "{:?}", a.end);
 }
@@ -525,6 +529,7 @@ fn helper_supervising_a_sleep() {
                 env: &[],
                 timeout: None,
                 grace: Duration::from_secs(1),
+                on_output: None,
             })
         });
         // `running()` counts an attempt once the guardian knows its group.
@@ -596,6 +601,7 @@ fn helper_losing_its_guardian() {
             env: &[],
             timeout: None,
             grace: Duration::from_secs(1),
+            on_output: None,
         })
     };
     std::thread::scope(|scope| {
@@ -835,6 +841,7 @@ fn malformed_commands_fail_to_spawn_without_panicking() {
             env: &[],
             timeout: None,
             grace: Duration::from_secs(1),
+            on_output: None,
         });
         match &a.end {
             End::SpawnFailed(msg) => {
@@ -852,7 +859,32 @@ fn malformed_commands_fail_to_spawn_without_panicking() {
         env: &[("BAD\0KEY", OsString::from("v"))],
         timeout: None,
         grace: Duration::from_secs(1),
+        on_output: None,
     });
     assert!(matches!(a.end, End::SpawnFailed(_)), "{:?}", a.end);
     assert_eq!(sup.running(), 0);
+}
+
+#[test]
+fn output_hook_sees_every_chunk_as_captured() {
+    let sup = supervisor();
+    let argv = argv(&["sh", "-c", "printf a; echo b >&2; seq 1 20000; printf end"]);
+    let seen = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    let hook = |stderr: bool, bytes: &[u8]| {
+        let mut s = seen.borrow_mut();
+        if stderr { &mut s.1 } else { &mut s.0 }.extend_from_slice(bytes);
+    };
+    let mut a = sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[],
+        timeout: None,
+        grace: Duration::from_secs(2),
+        on_output: Some(&hook),
+    });
+    assert_eq!(a.end, End::Exited(0));
+    let (out, err) = seen.into_inner();
+    assert_eq!(out, a.stdout.to_vec().unwrap());
+    assert_eq!(err, a.stderr.to_vec().unwrap());
+    assert!(out.starts_with(b"a1\n2\n") && out.ends_with(b"20000\nend"));
+    assert_eq!(err, b"b\n");
 }

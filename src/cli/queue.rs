@@ -514,9 +514,11 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
         || a.load.is_some()
         || a.tag
         || a.tagstring.is_some()
+        || a.line_buffer
+        || a.ungroup
     {
         bail!(
-            "--tag, --tagstring, --results, --joblog, --delay, --memfree and --load are \
+            "--tag, --tagstring, --line-buffer, -u, --results, --joblog, --delay, --memfree and --load are \
              not supported with --queue yet (for a joblog: `jobmill results --queue URL \
              --format joblog`)"
         );

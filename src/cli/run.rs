@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use jobmill::engine::halt::Halt;
 use jobmill::engine::joblog::{self, Joblog};
-use jobmill::engine::output::Tag;
+use jobmill::engine::output::{Live, Tag};
 use jobmill::engine::results::{Results, Target};
 use jobmill::engine::throttle::{ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
@@ -218,6 +218,17 @@ pub struct RunArgs {
     /// input and a TAB (GNU parallel's --tag).
     #[arg(long)]
     pub tag: bool,
+
+    /// Print each job's output as it comes, a whole line at a time, instead
+    /// of whole when the job ends: lines of different jobs interleave, but
+    /// never half a line. Cannot be used with --keep-order.
+    #[arg(long = "line-buffer", visible_alias = "lb", conflicts_with = "ungroup")]
+    pub line_buffer: bool,
+
+    /// Print each job's output as it comes, unbuffered: lines of different
+    /// jobs may mix. Cannot be used with --keep-order.
+    #[arg(short = 'u', long = "ungroup")]
+    pub ungroup: bool,
 
     /// Prefix each line of a job's output with STR (replacement strings
     /// work: `{}`, `{#}`, `{%}`, ...) and a TAB.
@@ -642,6 +653,13 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
         let template = Template::parse_shaped(&[OsString::from(text)], false, o.shape.clone())?;
         plan.tag = Some(Tag::new(text.as_bytes(), template));
     }
+    if o.live.is_some() && o.keep_order {
+        bail!(
+            "--line-buffer and -u print output as it comes, so they cannot be used with \
+             --keep-order"
+        );
+    }
+    plan.live = o.live;
     if o.results.is_some() {
         // As GNU parallel: the output goes to the results only.
         plan.print_output = false;
@@ -735,6 +753,13 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         journal_fsync: a.journal_fsync.as_secs_f64(),
         tag: a.tag,
         tagstring: a.tagstring.clone(),
+        live: if a.line_buffer {
+            Some(Live::Lines)
+        } else if a.ungroup {
+            Some(Live::Ungrouped)
+        } else {
+            None
+        },
         results: a.results.as_ref().map(|p| cwd.join(p)),
         joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
         delay: a.delay.map(|d| d.as_secs_f64()),

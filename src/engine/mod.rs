@@ -132,6 +132,12 @@ pub struct Options {
     pub print_output: bool,
     /// Prefix every line of a job's output (`--tag`, `--tagstring`).
     pub tag: Option<output::Tag>,
+    /// Print output as it comes (`--line-buffer`, `-u`) instead of whole
+    /// when each job ends. Only for an executor that prints a running job's
+    /// output itself ([`Processes`]); [`Plan`](plan::Plan) sets it only
+    /// then (a long-lived worker's output arrives whole, and is printed
+    /// whole).
+    pub live: Option<output::Live>,
     /// Throttles consulted before each start (`--delay`, `--memfree`,
     /// `--load`); `None`: start as soon as a slot is free.
     pub throttle: Option<Arc<throttle::Throttle>>,
@@ -148,6 +154,7 @@ impl Default for Options {
             host: None,
             print_output: true,
             tag: None,
+            live: None,
             throttle: None,
         }
     }
@@ -408,18 +415,12 @@ impl Dispatch {
         // attempt a stop cut short; not one that `--memfree` stopped while
         // the run goes on: its job runs again).
         let cut_short = outcome.end == AttemptEnd::Stopped && !self.may_start();
-        if self.opts.print_output && (resolution.is_final() || cut_short) {
-            let tag = match &self.opts.tag {
-                Some(t) => t.render(&job.payload, job.seq, slot),
-                None => Vec::new(),
-            };
+        // Printed as it came instead, under `--line-buffer` or `-u`.
+        let printed_live = self.live_output().is_some();
+        if self.opts.print_output && !printed_live && (resolution.is_final() || cut_short) {
+            let tag = self.tag(job, slot);
             if let Err(e) = self.printer.tagged_output(job.seq, tag, stdout, stderr) {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    // Nobody reads our output any more: stop quietly.
-                    self.stop(Level::Killing, StopCause::OutputClosed);
-                } else {
-                    self.fatal_msg(format!("cannot write the output of job {}: {e}", job.seq));
-                }
+                self.output_failed(job.seq, &e);
             }
         }
         match &resolution {
@@ -463,6 +464,33 @@ impl Dispatch {
     /// this attempt's end is reported. Its next start waits for that
     /// report ([`Dispatch::wait_reported`]), so observers (the journal)
     /// always see an attempt end before the next attempt of the job starts.
+    /// The prefix of every line of `job`'s output in `slot` (`--tag`,
+    /// `--tagstring`); empty without one.
+    pub fn tag(&self, job: &Job, slot: usize) -> Vec<u8> {
+        match &self.opts.tag {
+            Some(t) => t.render(&job.payload, job.seq, slot),
+            None => Vec::new(),
+        }
+    }
+
+    /// How output is printed as it comes (`--line-buffer`, `-u`), when it
+    /// is, for executors that read a running job's output. `None`: print
+    /// each job's output whole (or not at all, with `--results`).
+    pub fn live_output(&self) -> Option<output::Live> {
+        self.opts.live.filter(|_| self.opts.print_output)
+    }
+
+    /// Writing job `seq`'s output failed with `e`: a closed stdout stops
+    /// the run quietly, anything else is fatal.
+    pub fn output_failed(&self, seq: u64, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // Nobody reads our output any more: stop quietly.
+            self.stop(Level::Killing, StopCause::OutputClosed);
+        } else {
+            self.fatal_msg(format!("cannot write the output of job {seq}: {e}"));
+        }
+    }
+
     fn mark_ending(&self, seq: u64) {
         let mut e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
         if e.insert(seq) {

@@ -331,15 +331,13 @@ fn copy_range(file: &mut File, (start, len): (u64, u64), to: &mut dyn Write) -> 
 }
 
 /// How a running job's output is printed as it comes (`--line-buffer`,
-/// `-u`), instead of whole when the job ends.
-///
-/// Not wired yet: the output of a running attempt is read by
-/// `exec::Supervisor` into its captures, which expose it only once the
-/// attempt ends. Wiring needs a hook there: a callback in
-/// `exec::AttemptSpec` called with each chunk read from a job's stdout or
-/// stderr, which the slot would pass to [`LiveOutput::chunk`] (and then
-/// [`LiveOutput::finish`] when the attempt ends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `-u`), instead of whole when the job ends. The executor of a process per
+/// attempt reads the job's pipes and hands each chunk to a [`LivePrinter`]
+/// (through `exec::AttemptSpec::on_output`); the output is still captured
+/// for the journal. Every attempt's output is printed, a failed attempt's
+/// that is retried included, since it is printed before anyone knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Live {
     /// Whole lines as they come, never half a line (`--line-buffer`).
     Lines,
@@ -421,6 +419,58 @@ impl LiveOutput {
             w.flush()?;
         }
         Ok(())
+    }
+}
+
+/// A [`LiveOutput`] printing to jobmill's stdout and stderr, each call
+/// holding the stream's lock so that output of different jobs never mixes
+/// within a line (under `--line-buffer`). After the first error it prints
+/// nothing more.
+pub struct LivePrinter {
+    out: LiveOutput,
+    failed: bool,
+}
+
+impl LivePrinter {
+    /// A printer of one attempt's output, each line prefixed with `tag`.
+    pub fn new(mode: Live, tag: Vec<u8>) -> LivePrinter {
+        LivePrinter {
+            out: LiveOutput::new(mode, tag),
+            failed: false,
+        }
+    }
+
+    /// Prints what the job just wrote to its stdout (`stderr` false) or
+    /// stderr, as [`LiveOutput::chunk`] says.
+    ///
+    /// # Errors
+    ///
+    /// The first error writing to stdout or stderr (a closed pipe
+    /// included); after it, calls print nothing and succeed.
+    pub fn chunk(&mut self, stderr: bool, bytes: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let result = if stderr {
+            self.out.chunk(true, bytes, &mut io::stderr().lock())
+        } else {
+            self.out.chunk(false, bytes, &mut io::stdout().lock())
+        };
+        self.failed = result.is_err();
+        result
+    }
+
+    /// The attempt ended: prints what remains of unfinished last lines.
+    ///
+    /// # Errors
+    ///
+    /// As for [`LivePrinter::chunk`].
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        self.out.finish(false, &mut io::stdout().lock())?;
+        self.out.finish(true, &mut io::stderr().lock())
     }
 }
 

@@ -52,6 +52,10 @@ pub struct Plan {
     pub print_output: bool,
     /// Prefix every line of a job's output (`--tag`, `--tagstring`).
     pub tag: Option<super::output::Tag>,
+    /// Print output as it comes (`--line-buffer`, `-u`). Applies to a
+    /// process per attempt only: a long-lived worker's result arrives
+    /// whole, and is printed whole.
+    pub live: Option<super::output::Live>,
     /// `--delay`, `--memfree`, `--load`.
     pub throttle: Option<Arc<super::throttle::Throttle>>,
 }
@@ -73,6 +77,7 @@ impl Plan {
             host: None,
             print_output: true,
             tag: None,
+            live: None,
             throttle: None,
         }
     }
@@ -96,6 +101,10 @@ impl Plan {
             self.grace,
             budget.clone(),
         )?);
+        let live = match self.work {
+            Work::Command(_) => self.live,
+            Work::Persistent(_) => None,
+        };
         let executor: Arc<dyn Executor> = match self.work {
             Work::Command(template) => Arc::new(Processes::new(
                 supervisor,
@@ -119,6 +128,7 @@ impl Plan {
             host: self.host,
             print_output: self.print_output,
             tag: self.tag,
+            live,
             throttle: self.throttle.filter(|t| t.is_active()),
         };
         super::run(queue, input, executor, observers, opts)

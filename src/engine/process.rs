@@ -13,6 +13,10 @@
 //! and given back when it ends, so a single job at `-j2` always gets slot 1,
 //! and no two running jobs share one (GNU parallel's rule).
 //!
+//! Under `--line-buffer` and `-u` a slot prints its job's output as the
+//! supervisor reads it (a [`LivePrinter`] behind the attempt's output
+//! hook), instead of the engine printing it whole at the end.
+//!
 //! Each attempt sees `JOBMILL_SEQ`, `JOBMILL_SLOT` and `JOBMILL_ATTEMPT` in
 //! its environment.
 //!
@@ -23,6 +27,7 @@
 //! group, so it is found in `/proc`: the child of jobmill that leads its own
 //! group and carries the attempt's `JOBMILL_SEQ` and `JOBMILL_ATTEMPT`.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::ffi::OsString;
@@ -32,11 +37,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::events::{Notice, SharedError};
-use crate::exec::{AttemptSpec, Supervisor};
+use crate::exec::{AttemptSpec, OutputHook, Supervisor};
 use crate::job::WorkerId;
 use crate::outcome::AttemptEnd;
 use crate::template::Template;
 
+use super::output::LivePrinter;
 use super::{Dispatch, Executor};
 
 /// Stack of a slot thread: the supervisor reads output through a 64 KiB
@@ -253,11 +259,21 @@ impl Processes {
                 ("JOBMILL_SLOT", OsString::from(slot.to_string())),
                 ("JOBMILL_ATTEMPT", OsString::from(job.attempts.to_string())),
             ];
+            let live = d
+                .live_output()
+                .map(|mode| RefCell::new(LivePrinter::new(mode, d.tag(job, slot))));
+            let print = |stderr: bool, bytes: &[u8]| {
+                if let Some(Err(e)) = live.as_ref().map(|p| p.borrow_mut().chunk(stderr, bytes)) {
+                    // A closed stdout stops the run (and this job) now.
+                    d.output_failed(job.seq, &e);
+                }
+            };
             let spec = AttemptSpec {
                 argv: &argv,
                 env: &env,
                 timeout: self.timeout,
                 grace: self.grace,
+                on_output: live.is_some().then_some(&print as OutputHook<'_>),
             };
             if !d.start(job, slot) {
                 d.give_back(&lease);
@@ -278,6 +294,9 @@ impl Processes {
                     },
                 );
             let attempt = self.supervisor.run(&spec);
+            if let Some(Err(e)) = live.map(|p| p.into_inner().finish()) {
+                d.output_failed(job.seq, &e);
+            }
             self.attempts
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -85,8 +85,13 @@ pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE, ID_VAR};
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
+/// Called with each chunk of output as it is read from a running job:
+/// `false` for its stdout, `true` for its stderr, then the bytes. The
+/// chunk is also captured as usual. Used for `--line-buffer` and `-u`.
+pub type OutputHook<'a> = &'a dyn Fn(bool, &[u8]);
+
 /// What to run for one attempt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AttemptSpec<'a> {
     /// The program (`argv[0]`, looked up in jobmill's `PATH` unless it
     /// holds a `/`) and its arguments.
@@ -99,6 +104,21 @@ pub struct AttemptSpec<'a> {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when stopping the attempt.
     pub grace: Duration,
+    /// Sees every chunk of output as it is read; `None`: the output is only
+    /// captured.
+    pub on_output: Option<OutputHook<'a>>,
+}
+
+impl std::fmt::Debug for AttemptSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptSpec")
+            .field("argv", &self.argv)
+            .field("env", &self.env)
+            .field("timeout", &self.timeout)
+            .field("grace", &self.grace)
+            .field("on_output", &self.on_output.is_some())
+            .finish()
+    }
 }
 
 /// How an attempt ended.

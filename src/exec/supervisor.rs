@@ -21,7 +21,7 @@ use rustix::process::{
 use super::capture::{Capture, SpillBudget};
 use super::guardian::GuardianLink;
 use super::leftovers::Leftovers;
-use super::{Attempt, AttemptSpec, End};
+use super::{Attempt, AttemptSpec, End, OutputHook};
 use crate::sys::process::wait4;
 use crate::sys::spawn::Spawner;
 
@@ -256,6 +256,7 @@ impl Supervisor {
             pid,
             timeout: spec.timeout,
             grace: spec.grace,
+            on_output: spec.on_output,
         }
         .watch(self, pipes, &mut attempt);
         let (flags, held) = flags;
@@ -357,16 +358,17 @@ struct Stopped {
 }
 
 /// Watching one running attempt until its main process has exited.
-struct Watch {
+struct Watch<'a> {
     pid: Pid,
     timeout: Option<Duration>,
     grace: Duration,
+    on_output: Option<OutputHook<'a>>,
 }
 
 /// One of the job's output pipes while it is open.
 type Pipe<T> = Option<T>;
 
-impl Watch {
+impl Watch<'_> {
     /// Reads the job's output until its main process exits, enforcing the
     /// timeout and `terminate_all`; then kills what is left of its process
     /// group and drains the pipes. Does not reap the main process.
@@ -444,10 +446,10 @@ impl Watch {
                 !fds[2].revents().is_empty(),
                 !fds[3].revents().is_empty(),
             ];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
                 err = None;
             }
             let exited = match &pidfd {
@@ -489,10 +491,10 @@ impl Watch {
                 Err(_) => break,
             }
             let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout) {
+            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr) {
+            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
                 err = None;
             }
             if Instant::now() >= drain_until {
@@ -500,6 +502,11 @@ impl Watch {
             }
         }
         (stopped, out.into_iter().chain(err).collect())
+    }
+
+    /// The hook for one stream (`stderr` false: stdout), if any.
+    fn tee(&self, stderr: bool) -> Option<(OutputHook<'_>, bool)> {
+        self.on_output.map(|h| (h, stderr))
     }
 
     /// SIGTERM to the job's process group, then SIGCONT so that a stopped
@@ -559,10 +566,15 @@ impl ReadBuf {
         }
     }
 
-    /// Reads once from a pipe that poll reported ready into `capture`.
-    /// Returns false at end of file (or on an error, which ends the stream
-    /// too).
-    fn read_once<F: AsFd>(&mut self, fd: Option<&F>, capture: &mut Capture) -> bool {
+    /// Reads once from a pipe that poll reported ready into `capture`, and
+    /// hands what was read to `tee` (a hook and its stream). Returns false
+    /// at end of file (or on an error, which ends the stream too).
+    fn read_once<F: AsFd>(
+        &mut self,
+        fd: Option<&F>,
+        capture: &mut Capture,
+        tee: Option<(OutputHook<'_>, bool)>,
+    ) -> bool {
         let Some(fd) = fd else { return false };
         let buf: &mut [MaybeUninit<u8>] = if self.big.is_empty() {
             &mut self.small
@@ -575,6 +587,9 @@ impl ReadBuf {
                 Ok(([], _)) => return false,
                 Ok((data, _)) => {
                     capture.append(data);
+                    if let Some((hook, stderr)) = tee {
+                        hook(stderr, data);
+                    }
                     break data.len();
                 }
                 Err(Errno::INTR) => continue,
@@ -633,6 +648,7 @@ mod tests {
             env: &[],
             timeout,
             grace: Duration::from_secs(5),
+            on_output: None,
         })
     }
 

@@ -79,6 +79,9 @@ pub struct StoredOptions {
     /// `--tagstring`.
     #[serde(default)]
     pub tagstring: Option<String>,
+    /// `--line-buffer` or `-u`: how output is printed as it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::engine::output::Live>,
     /// `--results`, absolute.
     #[serde(default)]
     pub results: Option<std::path::PathBuf>,
