@@ -484,7 +484,7 @@ fn supervisor_with_guardian_runs_jobs() {
     let sup = Supervisor::new(Some(&jobmill_bin()), SpillBudget::new(1 << 20)).unwrap();
     let mut a = run(&sup, &["echo", "hi"]);
     assert_eq!(text(&mut a.stdout), "hi\n");
-    assert!(!sup.guardian_lost());
+    assert_eq!(sup.guardian_lost(), None);
 }
 
 #[test]
@@ -887,4 +887,34 @@ fn output_hook_sees_every_chunk_as_captured() {
     assert_eq!(err, a.stderr.to_vec().unwrap());
     assert!(out.starts_with(b"a1\n2\n") && out.ends_with(b"20000\nend"));
     assert_eq!(err, b"b\n");
+}
+
+/// A guardian killed when no new one can be started (its binary is gone)
+/// is reported, with the reason, through `guardian_lost`; the library does
+/// not print it (the engine turns it into a notice).
+#[test]
+fn a_guardian_that_cannot_be_replaced_is_reported_lost_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("jobmill-copy");
+    std::fs::copy(jobmill_bin(), &exe).unwrap();
+    let sup = Supervisor::new(Some(&exe), SpillBudget::new(1 << 20)).unwrap();
+    let pid = sup.guardian_pid().unwrap();
+    std::fs::remove_file(&exe).unwrap();
+    assert_eq!(sup.guardian_lost(), None);
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("the guardian's loss to be noticed", || {
+        sup.guardian_lost().is_some()
+    });
+    let why = sup.guardian_lost().unwrap();
+    assert!(
+        why.contains("no new one could be started") && why.contains("no longer stopped"),
+        "{why}"
+    );
+    // Jobs still run, unguarded.
+    let mut a = run(&sup, &["echo", "still"]);
+    assert_eq!(text(&mut a.stdout), "still\n");
 }

@@ -174,6 +174,8 @@ pub struct Dispatch {
     owns_queue: bool,
     kill: Mutex<Option<Arc<dyn Executor>>>,
     read: AtomicU64,
+    /// The loss of the guardian was told.
+    guardian_told: AtomicBool,
     input_complete: AtomicBool,
     running: AtomicUsize,
     done: AtomicU64,
@@ -480,6 +482,17 @@ impl Dispatch {
         self.opts.live.filter(|_| self.opts.print_output)
     }
 
+    /// Tells once (as a [`Notice::Info`]) that `supervisor`'s guardian
+    /// is gone for good. Executors call it as attempts end: one atomic load
+    /// while the guardian is there.
+    pub fn check_guardian(&self, supervisor: &crate::exec::Supervisor) {
+        if let Some(why) = supervisor.guardian_lost() {
+            if !self.guardian_told.swap(true, Ordering::SeqCst) {
+                self.notice(Notice::Info(why));
+            }
+        }
+    }
+
     /// Writing job `seq`'s output failed with `e`: a closed stdout stops
     /// the run quietly, anything else is fatal.
     pub fn output_failed(&self, seq: u64, e: &std::io::Error) {
@@ -755,6 +768,7 @@ pub fn run(
         owns_queue: input.is_some(),
         kill: Mutex::new(Some(Arc::clone(&executor))),
         read: AtomicU64::new(0),
+        guardian_told: AtomicBool::new(false),
         input_complete: AtomicBool::new(false),
         running: AtomicUsize::new(0),
         done: AtomicU64::new(0),

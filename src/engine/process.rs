@@ -294,6 +294,7 @@ impl Processes {
                     },
                 );
             let attempt = self.supervisor.run(&spec);
+            d.check_guardian(&self.supervisor);
             if let Some(Err(e)) = live.map(|p| p.into_inner().finish()) {
                 d.output_failed(job.seq, &e);
             }

@@ -142,6 +142,7 @@ impl persistent::Observer for Adapter<'_> {
     }
 
     fn spawned(&self, _slot: usize, _worker: WorkerId, pid: u32) {
+        self.d.check_guardian(&self.workers.supervisor);
         self.workers.supervisor.guard_group(pid);
     }
 

@@ -238,7 +238,7 @@ fn stop_groups(groups: &HashSet<i32>, lone: &[i32], grace: Duration) {
 /// the same token (so that its sweep still finds every job) and hands it
 /// every group still registered, under the lock that registrations take,
 /// so none is lost or doubled. If no new guardian can be started, the
-/// link is lost ([`GuardianLink::is_lost`]) and the message says why.
+/// link is lost ([`GuardianLink::lost`] says why).
 #[derive(Debug)]
 pub(crate) struct GuardianLink {
     shared: Arc<Shared>,
@@ -254,6 +254,9 @@ struct Shared {
     token: String,
     state: Mutex<State>,
     lost: AtomicBool,
+    /// Why the link was lost, once it is (for the run's messages: the
+    /// library does not print).
+    why_lost: Mutex<Option<String>>,
     /// Event fd that ends the monitor thread.
     shutdown: OwnedFd,
 }
@@ -303,6 +306,7 @@ impl GuardianLink {
                 generation: 0,
             }),
             lost: AtomicBool::new(false),
+            why_lost: Mutex::new(None),
             shutdown,
         });
         let watched = Arc::clone(&shared);
@@ -328,9 +332,17 @@ impl GuardianLink {
         self.shared.send(b'-', pgid);
     }
 
-    /// Whether the guardian died and no new one could be started.
-    pub(crate) fn is_lost(&self) -> bool {
-        self.shared.lost.load(Ordering::Relaxed)
+    /// Why the guardian is gone for good, when it died and no new one
+    /// could be started. One atomic load while it is not.
+    pub(crate) fn lost(&self) -> Option<String> {
+        if !self.shared.lost.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared
+            .why_lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The process id of the guardian running now.
@@ -367,6 +379,11 @@ impl Shared {
 
     /// Replaces a dead guardian with a new one that knows every registered
     /// group. Called with the state locked.
+    fn mark_lost(&self, why: String) {
+        *self.why_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.lost.store(true, Ordering::Release);
+    }
+
     fn restart(&self, state: &mut State) {
         if let Some(mut old) = state.running.take() {
             // Dead or dying already; make sure, and reap it.
@@ -377,11 +394,10 @@ impl Shared {
         let running = match spawn_guardian(&self.exe, self.grace, &self.token, self.ready_timeout) {
             Ok(running) => running,
             Err(e) => {
-                eprintln!(
-                    "jobmill: the guardian process died and no new one could be started \
-                     ({e}): jobs are no longer stopped if jobmill is killed"
-                );
-                self.lost.store(true, Ordering::Relaxed);
+                self.mark_lost(format!(
+                    "the guardian process died and no new one could be started ({e}): \
+                     jobs are no longer stopped if jobmill is killed"
+                ));
                 return;
             }
         };
@@ -393,8 +409,11 @@ impl Shared {
         }
         let mut w: &ChildStdin = &running.stdin;
         if w.write_all(&lines).is_err() {
-            eprintln!("jobmill: the new guardian process died at once");
-            self.lost.store(true, Ordering::Relaxed);
+            self.mark_lost(
+                "the new guardian process died at once: jobs are no longer stopped if \
+                 jobmill is killed"
+                    .to_owned(),
+            );
             return;
         }
         state.running = Some(running);

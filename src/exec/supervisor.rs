@@ -183,11 +183,12 @@ impl Supervisor {
         }
     }
 
-    /// Whether the guardian was started, died, and no new one could be
-    /// started: jobs are then no longer protected against jobmill's death.
-    /// (A guardian that dies is replaced, see [`super::guardian`].)
-    pub fn guardian_lost(&self) -> bool {
-        self.guardian.as_ref().is_some_and(GuardianLink::is_lost)
+    /// Why the guardian is gone, when it was started, died, and no new one
+    /// could be started: jobs are then no longer protected against
+    /// jobmill's death. (A guardian that dies is replaced, see
+    /// [`super::guardian`].) One atomic load while it is not.
+    pub fn guardian_lost(&self) -> Option<String> {
+        self.guardian.as_ref().and_then(GuardianLink::lost)
     }
 
     /// Sends TERM to every running job's process group now; each gets KILL
