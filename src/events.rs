@@ -26,6 +26,24 @@ use crate::outcome::{exit, Outcome};
 /// An error of any kind, kept with its chain of sources.
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
+/// `error` and its chain of sources as one line, `: `-separated, the way
+/// the CLI shows an error; a source whose text its wrapper already ends
+/// with is not repeated. The one place errors are rendered with their
+/// causes for a person.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}
+
 /// A failure reported by an [`Observer`]; it stops the run from starting
 /// more jobs.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -132,7 +132,7 @@ fn the_queue_works_over_tls_with_a_private_ca_and_refuses_an_unknown_one() {
 
     // Without the CA the server's certificate is not trusted: a clear error.
     let e = RedisQueue::connect(&url, RedisConfig::default()).unwrap_err();
-    let msg = e.to_string();
+    let msg = jobmill::events::error_chain(&e);
     assert!(msg.contains(&format!("127.0.0.1:{tls_port}")), "{msg}");
     assert!(msg.to_lowercase().contains("certificate"), "{msg}");
 }

@@ -12,7 +12,6 @@ mod requeue;
 mod resume;
 mod run;
 
-use std::error::Error as _;
 use std::io;
 
 use clap::{Parser, Subcommand};
@@ -228,18 +227,7 @@ pub(crate) fn guardian_exe() -> Option<std::path::PathBuf> {
 /// Prints a run's fatal error, with its chain of causes, on stderr.
 fn report_error(summary: &jobmill::events::RunSummary) {
     if let Some(e) = &summary.error {
-        let mut line = format!("jobmill: {e}");
-        let mut source = e.source();
-        while let Some(s) = source {
-            let text = s.to_string();
-            // Wrapped errors often repeat their source's text.
-            if !line.ends_with(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            source = s.source();
-        }
-        eprintln!("{line}");
+        eprintln!("jobmill: {}", jobmill::events::error_chain(e.as_ref()));
     }
 }
 

@@ -57,10 +57,10 @@ impl Gate<'_> {
     /// leases idle out and peers take them over).
     fn usable(&self, operation: &'static str) -> Result<(), QueueError> {
         if self.d.backend_failed.load(Ordering::Relaxed) {
-            return Err(QueueError::Backend {
+            return Err(QueueError::backend(
                 operation,
-                detail: "not tried after an earlier failure of the queue".into(),
-            });
+                "not tried after an earlier failure of the queue",
+            ));
         }
         Ok(())
     }

@@ -90,7 +90,7 @@ impl Ctx<'_> {
             ),
             Ended::Silent => format!("{name} stopped heartbeating and was killed"),
             Ended::Killed => format!("{name} was stopped"),
-            Ended::Queue(e) => format!("{name} stopped: {e}"),
+            Ended::Queue(e) => format!("{name} stopped: {}", crate::events::error_chain(e)),
         };
         let held = inflight.len();
         let detail = match (running, taken) {

@@ -126,8 +126,13 @@ pub enum QueueError {
     Backend {
         /// The operation, e.g. "lease".
         operation: &'static str,
-        /// What went wrong.
+        /// What went wrong, and where (e.g. "redis at HOST:PORT unreachable
+        /// for 30.0 s"); the underlying error, if any, is the source.
         detail: String,
+        /// The backend's own error (a connection's, a client library's),
+        /// kept whole.
+        #[source]
+        source: Option<crate::events::SharedError>,
     },
     /// The queue is open but nothing is left to do, and its producer
     /// stopped signalling that it is alive without closing the queue.
@@ -146,6 +151,32 @@ pub enum QueueError {
         /// The backend's limit.
         limit: usize,
     },
+}
+
+impl QueueError {
+    /// A backend failure during `operation` described by `detail`, with no
+    /// underlying error.
+    pub fn backend(operation: &'static str, detail: impl Into<String>) -> QueueError {
+        QueueError::Backend {
+            operation,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure during `operation`, described by `detail`, caused
+    /// by `source` (kept as the error's source, not copied into the text).
+    pub fn backend_caused(
+        operation: &'static str,
+        detail: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> QueueError {
+        QueueError::Backend {
+            operation,
+            detail: detail.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
 }
 
 /// Why [`Queue::put`] did not enqueue.

@@ -197,14 +197,15 @@ impl Pool {
                 Err(e) if is_transient(&e) => {
                     slot.con = None;
                     if !retry || started.elapsed() + backoff > self.settings.reconnect_for {
-                        break Err(QueueError::Backend {
+                        break Err(QueueError::backend_caused(
                             operation,
-                            detail: format!(
-                                "redis at {} unreachable for {:.1} s: {e}",
+                            format!(
+                                "redis at {} unreachable for {:.1} s",
                                 self.endpoint,
                                 started.elapsed().as_secs_f64()
                             ),
-                        });
+                            e,
+                        ));
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -212,10 +213,11 @@ impl Pool {
                 Err(e) => {
                     // The connection may be mid-reply: never reuse it.
                     slot.con = None;
-                    break Err(QueueError::Backend {
+                    break Err(QueueError::backend_caused(
                         operation,
-                        detail: format!("redis at {}: {e}", self.endpoint),
-                    });
+                        format!("redis at {}", self.endpoint),
+                        e,
+                    ));
                 }
             }
         };

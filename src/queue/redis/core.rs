@@ -163,10 +163,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(super) fn protocol(operation: &'static str, what: impl std::fmt::Display) -> QueueError {
-    QueueError::Backend {
-        operation,
-        detail: format!("unexpected reply from redis: {what}"),
-    }
+    QueueError::backend(operation, format!("unexpected reply from redis: {what}"))
 }
 
 pub(super) fn int(v: &Value) -> Option<i64> {

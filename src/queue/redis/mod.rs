@@ -150,10 +150,12 @@ impl RedisQueue {
         let shown = url.to_string();
         let fail = |detail: String| OpenError::Queue {
             url: shown.clone(),
-            error: QueueError::Backend {
-                operation: "connect",
-                detail,
-            },
+            error: QueueError::backend("connect", detail),
+        };
+        // As `fail`, keeping the client's error as the source.
+        let fail_by = |detail: String, e: ::redis::RedisError| OpenError::Queue {
+            url: shown.clone(),
+            error: QueueError::backend_caused("connect", detail, e),
         };
         let settings = ConnSettings {
             connect_timeout: config.connect_timeout,
@@ -166,7 +168,7 @@ impl RedisQueue {
             settings,
             config.tls_ca.clone(),
         )
-        .map_err(|e| fail(format!("bad server address: {e}")))?;
+        .map_err(|e| fail_by("bad server address".into(), e))?;
         let keys = Keys::new(&url.name);
         // The setup runs on its own connection, before any pooled slot gets
         // a replay name (which needs the instance number this returns).
@@ -183,10 +185,10 @@ impl RedisQueue {
             } else {
                 String::new()
             };
-            fail(format!(
-                "redis at {} is unreachable: {e}{waited}",
-                url.endpoint()
-            ))
+            fail_by(
+                format!("redis at {} is unreachable{waited}", url.endpoint()),
+                e,
+            )
         })?;
         let mut inv = scripts::scripts().init.prepare_invoke();
         for k in &keys.all {
@@ -207,11 +209,11 @@ impl RedisQueue {
             .query::<String>(&mut con)
             .map_err(|e| match auth(&e) {
                 Some(m) => fail(m),
-                None => fail(format!("redis at {}: {e}", url.endpoint())),
+                None => fail_by(format!("redis at {}", url.endpoint()), e),
             })?;
         let v: Vec<i64> = inv.invoke(&mut con).map_err(|e| match auth(&e) {
             Some(m) => fail(m),
-            None => fail(format!("setup script failed on {}: {e}", url.endpoint())),
+            None => fail_by(format!("setup script failed on {}", url.endpoint()), e),
         })?;
         if v[..] == [0] {
             return Err(OpenError::Missing {
@@ -1107,7 +1109,8 @@ mod tests {
             ..RedisConfig::default()
         };
         let e = RedisQueue::connect("redis://127.0.0.1:1/q", cfg).unwrap_err();
-        let msg = e.to_string();
+        let msg = crate::events::error_chain(&e);
+        assert!(msg.contains("refused"), "the client's error is kept: {msg}");
         assert!(msg.contains("127.0.0.1:1"), "{msg}");
         assert!(msg.contains("unreachable"), "{msg}");
     }

@@ -87,11 +87,12 @@ pub enum OpenError {
         endpoint: String,
     },
     /// The server could not be reached or refused the setup.
-    #[error("cannot open queue {url}: {error}")]
+    #[error("cannot open queue {url}")]
     Queue {
         /// The queue URL, password redacted.
         url: String,
         /// What failed.
+        #[source]
         error: QueueError,
     },
 }
