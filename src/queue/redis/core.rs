@@ -69,8 +69,22 @@ pub(super) struct Settle {
     /// Job id and whether its payload has its own key (used by 'd').
     pub(super) job: u64,
     pub(super) ext: bool,
-    /// Lost attempts the requeued copy carries (used by 'q').
-    pub(super) lost: u32,
+    /// Lost and OOM-killed attempts the requeued copy carries, packed by
+    /// [`pack_counts`] (used by 'q').
+    pub(super) lost: u64,
+}
+
+/// The lost and OOM counts of a job as its stream entry's `l` field keeps
+/// them: `lost + oom × 2^32` (entries written before OOM counts existed
+/// hold the lost count alone, which reads back with no OOM kills). The
+/// scripts pass the field through unchanged.
+pub(super) fn pack_counts(lost: u32, oom: u32) -> u64 {
+    u64::from(lost) | (u64::from(oom) << 32)
+}
+
+/// The lost and OOM counts of a packed `l` field (see [`pack_counts`]).
+pub(super) fn unpack_counts(l: u64) -> (u32, u32) {
+    (l as u32, (l >> 32) as u32)
 }
 
 /// How a script call is made.
@@ -93,6 +107,7 @@ pub(super) struct HeldLease {
     pub(super) worker: WorkerId,
     pub(super) attempt: u32,
     pub(super) lost: u32,
+    pub(super) oom: u32,
 }
 
 /// A job's input as a record keeps it: the bytes when known (at most the
@@ -322,11 +337,12 @@ impl Inner {
                     let job_id = int(&j).ok_or_else(bad)? as u64;
                     let seq = int(&s).ok_or_else(bad)? as u64;
                     let recorded = int(&att).ok_or_else(bad)? as u32;
-                    let lost = int(&lo).ok_or_else(bad)? as u32;
+                    let (lost, oom) = unpack_counts(int(&lo).ok_or_else(bad)? as u64);
                     // The script counted the attempt; the state machine must agree.
                     let next = JobState::Queued {
                         attempts: recorded.saturating_sub(1),
                         lost,
+                        oom,
                     }
                     .apply(Transition::Lease { worker }, self.policy())
                     .map_err(|e| protocol(OP, e))?;
@@ -348,6 +364,7 @@ impl Inner {
                             payload,
                             attempts: attempt,
                             lost,
+                            oom,
                         },
                         worker,
                         token,
@@ -464,11 +481,13 @@ impl Inner {
             worker,
             attempt,
             lost,
+            oom,
         } = held;
         let next = JobState::Leased {
             worker,
             attempt,
             lost,
+            oom,
         }
         .apply(
             Transition::Fail {
@@ -478,7 +497,11 @@ impl Inner {
         )
         .map_err(|e| protocol("fail", e))?;
         let (action, attempts, lost, record) = match &next {
-            JobState::Queued { attempts, lost } => ("q", *attempts, *lost, String::new()),
+            JobState::Queued {
+                attempts,
+                lost,
+                oom,
+            } => ("q", *attempts, pack_counts(*lost, *oom), String::new()),
             JobState::Failed { attempts, .. } | JobState::Dead { attempts, .. } => {
                 // The record counts every lost attempt, this one included.
                 let lost = lost + u32::from(reason.is_lost());
@@ -510,7 +533,7 @@ impl Inner {
                 } else {
                     "x"
                 };
-                (action, *attempts, lost, json)
+                (action, *attempts, u64::from(lost), json)
             }
             other => return Err(protocol("fail", format!("fail led to {other:?}"))),
         };
@@ -582,7 +605,7 @@ impl Inner {
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let attempt = int(&c[3]).ok_or_else(bad)? as u32;
-            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let (lost, oom) = unpack_counts(int(&c[4]).ok_or_else(bad)? as u64);
             let owner = text(&c[5]).unwrap_or_default();
             let inline = match &c[6] {
                 Value::BulkString(b) => b.as_slice(),
@@ -605,6 +628,7 @@ impl Inner {
                 worker: WorkerId(0),
                 attempt: attempt.max(1),
                 lost,
+                oom,
             };
             let input = RecordInput {
                 bytes: Some(inline),
@@ -703,7 +727,7 @@ impl Inner {
             for j in jobs {
                 inv.arg(j.seq)
                     .arg(j.attempts)
-                    .arg(j.lost)
+                    .arg(pack_counts(j.lost, j.oom))
                     .arg(if j.payload.len() > INLINE_LIMIT {
                         "1"
                     } else {

@@ -497,6 +497,7 @@ impl RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
             lost: lease.job.lost,
+            oom: lease.job.oom,
         };
         let (item, disposition) =
             inner.fail_item(held, reason, info, RecordInput::payload(&lease.job.payload))?;
@@ -540,6 +541,7 @@ impl RedisQueue {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
                 lost: lease.job.lost,
+                oom: lease.job.oom,
             }
             .apply(Transition::Complete, self.inner.policy())
             .map_err(|e| protocol("complete", e))?;
@@ -975,10 +977,16 @@ impl Queue for RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
             lost: lease.job.lost,
+            oom: lease.job.oom,
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts, lost } = next else {
+        let JobState::Queued {
+            attempts,
+            lost,
+            oom,
+        } = next
+        else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {
@@ -989,7 +997,7 @@ impl Queue for RedisQueue {
             record: String::new(),
             job: lease.job.id.0,
             ext: false,
-            lost,
+            lost: core::pack_counts(lost, oom),
         }])?;
         Ok(())
     }
@@ -1016,7 +1024,7 @@ impl Queue for RedisQueue {
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let held = text(&c[3]).ok_or_else(bad)?;
-            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let (lost, oom) = core::unpack_counts(int(&c[4]).ok_or_else(bad)? as u64);
             let inline = match &c[5] {
                 Value::BulkString(b) => b.as_slice(),
                 _ => &[],
@@ -1040,6 +1048,7 @@ impl Queue for RedisQueue {
                 worker,
                 attempt,
                 lost,
+                oom,
             };
             let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), input)?;
             items.push(item);
