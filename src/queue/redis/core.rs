@@ -72,6 +72,9 @@ pub(super) struct Settle {
     /// Lost and OOM-killed attempts the requeued copy carries, packed by
     /// [`pack_counts`] (used by 'q').
     pub(super) lost: u64,
+    /// A 'q' waits this long in the delayed set before it may be leased
+    /// (`--retry-delay`); 0: at once.
+    pub(super) delay_ms: u64,
 }
 
 /// The lost and OOM counts of a job as its stream entry's `l` field keeps
@@ -137,6 +140,8 @@ pub(super) struct EmptyInfo {
     pub(super) leased: u64,
     pub(super) stream_last: String,
     pub(super) wake_last: String,
+    /// How long until the next delayed retry is due, if one waits.
+    pub(super) due_in: Option<Duration>,
 }
 
 impl EmptyInfo {
@@ -160,6 +165,8 @@ pub(super) struct Inner {
     /// The queue's settings as last seen (every lease reply carries them).
     pub(super) max_attempts: AtomicU32,
     pub(super) max_lost: AtomicU32,
+    /// The policy this client was opened with (see [`Inner::policy`]).
+    pub(super) local_policy: RetryPolicy,
     pub(super) visibility_ms: AtomicU64,
     pub(super) capacity: AtomicU64,
     pub(super) producer_ttl: Duration,
@@ -254,8 +261,11 @@ impl Inner {
         )
     }
 
+    /// The retry policy: `max_attempts` and `max_lost` are the queue's (as
+    /// last seen); `max_oom`, `--retry-on` and the retry delays are this
+    /// client's own.
     pub(super) fn policy(&self) -> RetryPolicy {
-        RetryPolicy::with_retries(0)
+        self.local_policy
             .max_lost(self.max_lost.load(Ordering::Relaxed))
             .with_max_attempts(self.max_attempts.load(Ordering::Relaxed).max(1))
     }
@@ -378,7 +388,7 @@ impl Inner {
             }
             Some(0) => {
                 let v: Vec<Value> = a.collect();
-                if v.len() != 10 {
+                if v.len() != 11 {
                     return Err(protocol(OP, "empty reply has wrong length"));
                 }
                 let n = |i: usize| int(&v[i]).unwrap_or(0) as u64;
@@ -391,6 +401,9 @@ impl Inner {
                     leased: n(7),
                     stream_last: text(&v[8]).unwrap_or_else(|| "0-0".into()),
                     wake_last: text(&v[9]).unwrap_or_else(|| "0-0".into()),
+                    due_in: int(&v[10])
+                        .filter(|ms| *ms >= 0)
+                        .map(|ms| Duration::from_millis(ms as u64)),
                 }))
             }
             _ => Err(protocol(OP, "lease status")),
@@ -446,7 +459,8 @@ impl Inner {
                         .arg(&s.record)
                         .arg(s.job)
                         .arg(if s.ext { "1" } else { "0" })
-                        .arg(s.lost);
+                        .arg(s.lost)
+                        .arg(s.delay_ms);
                 }
             },
         )?;
@@ -537,6 +551,7 @@ impl Inner {
             }
             other => return Err(protocol("fail", format!("fail led to {other:?}"))),
         };
+        let delay = self.policy().requeue_delay(&reason, &next, seq);
         let disposition = match next {
             JobState::Queued { attempts, .. } => Disposition::Requeued { attempts },
             fin => Disposition::Final(fin),
@@ -551,6 +566,7 @@ impl Inner {
                 job,
                 ext: false,
                 lost,
+                delay_ms: delay.as_millis() as u64,
             },
             disposition,
         ))

@@ -231,6 +231,7 @@ impl RedisQueue {
             instance: instance as u64,
             max_attempts: AtomicU32::new(max_attempts.max(1) as u32),
             max_lost: AtomicU32::new(max_lost.max(0) as u32),
+            local_policy: config.policy,
             visibility_ms: AtomicU64::new(vis_ms.max(1) as u64),
             capacity: AtomicU64::new(capacity.max(1) as u64),
             producer_ttl: config.producer_ttl.max(Duration::from_millis(30)),
@@ -423,6 +424,10 @@ impl RedisQueue {
                 // Nothing can idle out; wake for the producer's liveness.
                 wait = wait.max(inner.producer_ttl / 2);
             }
+            if let Some(due) = info.due_in {
+                // A delayed retry: look again when it is due.
+                wait = wait.min(due.max(Duration::from_millis(1)));
+            }
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
@@ -554,6 +559,7 @@ impl RedisQueue {
                 job: lease.job.id.0,
                 ext: lease.job.payload.len() > INLINE_LIMIT,
                 lost: 0,
+                delay_ms: 0,
             });
         }
         Ok(self
@@ -830,6 +836,7 @@ impl RedisQueue {
             }
             ::redis::cmd("DEL")
                 .arg(&keys.all[..])
+                .arg(format!("{}w", keys.prefix))
                 .query::<i64>(con)
                 .map(|_| ())
         })
@@ -998,6 +1005,7 @@ impl Queue for RedisQueue {
             job: lease.job.id.0,
             ext: false,
             lost: core::pack_counts(lost, oom),
+            delay_ms: 0,
         }])?;
         Ok(())
     }
