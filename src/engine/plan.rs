@@ -52,7 +52,9 @@ pub struct Plan {
     pub print_output: bool,
     /// Prefix every line of a job's output (`--tag`, `--tagstring`).
     pub tag: Option<super::output::Tag>,
-    /// `--delay`, `--memfree`, `--load`.
+    /// `--delay`, `--memfree`, `--load`, `--mem-per-job`; a throttle with
+    /// nothing set still caps the jobs at once after an OOM kill (see
+    /// [`super::throttle`]).
     pub throttle: Option<Arc<super::throttle::Throttle>>,
 }
 
@@ -119,7 +121,7 @@ impl Plan {
             host: self.host,
             print_output: self.print_output,
             tag: self.tag,
-            throttle: self.throttle.filter(|t| t.is_active()),
+            throttle: self.throttle,
         };
         super::run(queue, input, executor, observers, opts)
     }
