@@ -473,14 +473,14 @@ impl PendingJobs {
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
                        AND a.outcome IN ('requeued', 'failed', 'dead')),
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
-                       AND a.outcome = 'requeued' AND a.reason LIKE '{LOST}%'),
+                       AND a.outcome = 'requeued' AND a.reason LIKE ?2 || '%'),
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
                        AND a.outcome = 'requeued'
-                       AND (a.reason LIKE '{OOM}%' OR a.reason LIKE '{LIKELY_OOM}%'))
+                       AND (a.reason LIKE ?3 || '%' OR a.reason LIKE ?4 || '%'))
              FROM job WHERE seq > ?1 AND state IN {states} ORDER BY seq LIMIT 1024"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![self.last], |r| {
+        let rows = stmt.query_map(params![self.last, LOST, OOM, LIKELY_OOM], |r| {
             let seq: i64 = r.get(0)?;
             let input: Vec<u8> = r.get(1)?;
             let state: String = r.get(2)?;
