@@ -1140,7 +1140,7 @@ mod tests {
                 reason: OOM
             }
         );
-        assert_eq!(state.apply(Transition::Release, policy).is_err(), true);
+        assert!(state.apply(Transition::Release, policy).is_err());
     }
 
     #[test]

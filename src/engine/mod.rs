@@ -395,7 +395,18 @@ impl Dispatch {
         // --mem-per-job learns its peak; an OOM kill lowers the cap on
         // jobs at once.
         if let Some(t) = &self.opts.throttle {
+            let before = t.oom_cap();
             t.ended(job.seq, outcome);
+            match (before, t.oom_cap()) {
+                (b, Some(cap)) if b.is_none_or(|b| cap < b) => {
+                    self.notice(Notice::Info(format!(
+                        "job {} was killed out of memory: at most {cap} job{} at once for now",
+                        job.seq,
+                        if cap == 1 { "" } else { "s" }
+                    )));
+                }
+                _ => {}
+            }
         }
         {
             let mut report = AttemptReport {
