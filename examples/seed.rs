@@ -99,6 +99,7 @@ fn trial(items: usize, size: usize, workers: usize, strategy: &str) -> bool {
                 payload: item.clone(),
                 attempts: 0,
                 lost: 0,
+                oom: 0,
             })
             .expect("put");
     }

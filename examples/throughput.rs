@@ -167,6 +167,7 @@ fn queue_only(a: &Args) {
                     payload: payload.clone(),
                     attempts: 0,
                     lost: 0,
+                    oom: 0,
                 })
                 .expect("put");
         }
@@ -254,6 +255,7 @@ fn main() {
                     payload: payload.clone(),
                     attempts: 0,
                     lost: 0,
+                    oom: 0,
                 })
                 .expect("put");
         }
@@ -312,6 +314,7 @@ fn main() {
                         payload: payload.clone(),
                         attempts: 0,
                         lost: 0,
+                        oom: 0,
                     })
                     .expect("put");
             }

@@ -14,14 +14,19 @@
 //!    │  not counted)    │                                  │ no            (lost + 1)
 //!    └──────────────────┤                                  ▼
 //!                       │                                 Dead
+//!                       ├─ reason is "oom" ──────────▶ oom < max_oom? ──── yes ──▶ Queued
+//!                       │                                  │ no            (oom + 1)
+//!                       │                                  ▼
+//!                       │                                 Dead
 //!                       ▼
-//!            counted attempts left? ── yes ──▶ Queued   (requeued)
+//!     selected by --retry-on (all, without it)
+//!     and counted attempts left? ── yes ──▶ Queued   (requeued, after the retry delay)
 //!                       │
 //!                       no
 //!                       ▼
 //!              reason is the job's own verdict? ── yes ──▶ Failed
 //!                       │
-//!                       no (signal, timeout, spawn error)
+//!                       no (signal, timeout, spawn error, memory limit)
 //!                       ▼
 //!                      Dead
 //! ```
@@ -39,6 +44,29 @@
 //! that kills every worker still ends [`JobState::Dead`] with the cause
 //! "worker lost". A process-per-job attempt killed by a signal is the job's
 //! own death ([`FailReason::Signal`]) and counts against the retries.
+//!
+//! **The out-of-memory rule.** An attempt killed for memory that was not its
+//! own limit ([`FailReason::OutOfMemory`]) is the same kind of non-fault: it
+//! is recorded, requeued without counting against the retries, and bounded
+//! by [`RetryPolicy::max_oom`] (`--max-oom`, default 3); the OOM kill after
+//! that makes the job [`JobState::Dead`] with the cause "oom". (The engine
+//! then runs fewer jobs beside it: see `engine::throttle`.) An attempt over
+//! its *own* limit ([`FailReason::MemoryLimit`]) is an ordinary failure.
+//!
+//! **Which failures are retried.** Without `--retry-on`, every counted
+//! failure is retried while attempts are left. [`RetryOn`] narrows that to
+//! chosen exit codes, signals and timeouts; a failure it does not select
+//! ends the job at once (Failed for a verdict, Dead otherwise), whatever
+//! attempts are left. Lost workers and OOM kills follow their own bounds
+//! regardless.
+//!
+//! **Retry delays.** [`RetryPolicy::retry_delay`] gives how long a retried
+//! job waits before it may be leased again: the n-th retry waits
+//! `min(D × F^(n-1), max)`, times a jitter factor drawn uniformly from
+//! [0.8, 1.2] (±20%), from a hash of the job and the attempt (so it is
+//! reproducible, and different jobs that fail together spread out). Only
+//! retries counted against `--retries` wait; lost and OOM requeues do not.
+//! The queue holds the waiting job (it holds no slot).
 
 use std::fmt;
 
@@ -77,6 +105,9 @@ pub struct NewJob {
     pub attempts: u32,
     /// How many of those attempts were lost (see the lost-worker rule).
     pub lost: u32,
+    /// How many of those attempts were killed out of memory (see the
+    /// out-of-memory rule).
+    pub oom: u32,
 }
 
 impl NewJob {
@@ -87,6 +118,7 @@ impl NewJob {
             payload: payload.into(),
             attempts: 0,
             lost: 0,
+            oom: 0,
         }
     }
 }
@@ -104,6 +136,22 @@ pub struct Job {
     pub attempts: u32,
     /// How many of `attempts` were lost (see the lost-worker rule).
     pub lost: u32,
+    /// How many of `attempts` were killed out of memory (see the
+    /// out-of-memory rule).
+    pub oom: u32,
+}
+
+impl Job {
+    /// The state of this job as a queue hands it out: leased by `worker`,
+    /// running attempt `attempts`.
+    pub fn leased_by(&self, worker: WorkerId) -> JobState {
+        JobState::Leased {
+            worker,
+            attempt: self.attempts,
+            lost: self.lost,
+            oom: self.oom,
+        }
+    }
 }
 
 /// Why one attempt of a job failed.
@@ -275,27 +323,209 @@ pub fn signal_name(signal: i32) -> String {
     }
 }
 
-/// How many attempts a job gets.
+/// Which counted failures `--retries` re-runs (`--retry-on`): any of
+/// chosen exit codes, death by a signal, a timeout. [`RetryOn::ALL`] (the
+/// default, no `--retry-on`) re-runs every failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Every failure is selected (no `--retry-on`).
+    all: bool,
+    /// Exit codes 0..=255, one bit each.
+    exit: [u64; 4],
+    /// [`FailReason::Signal`] is selected.
+    signal: bool,
+    /// [`FailReason::Timeout`] is selected.
+    timeout: bool,
+}
+
+/// A `--retry-on` list that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --retry-on {item:?}: {why} (expected a comma-separated list of exit=CODES, signal, timeout; CODES like 3,4,10-20)")]
+pub struct RetryOnError {
+    /// The part of the list that was refused.
+    pub item: String,
+    /// Why.
+    pub why: &'static str,
+}
+
+impl RetryOn {
+    /// Every failure is retried (the default).
+    pub const ALL: RetryOn = RetryOn {
+        all: true,
+        exit: [0; 4],
+        signal: false,
+        timeout: false,
+    };
+
+    /// Nothing is retried (a starting point for building a list).
+    pub const NONE: RetryOn = RetryOn {
+        all: false,
+        exit: [0; 4],
+        signal: false,
+        timeout: false,
+    };
+
+    /// Whether every failure is selected (no `--retry-on`).
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The same selection, also selecting exit `code`.
+    pub fn with_exit(mut self, code: u8) -> RetryOn {
+        self.exit[usize::from(code / 64)] |= 1 << (code % 64);
+        self
+    }
+
+    /// Whether a counted failure for `reason` is re-run.
+    pub fn selects(&self, reason: &FailReason) -> bool {
+        if self.all {
+            return true;
+        }
+        match reason {
+            FailReason::Exit { code } => u8::try_from(*code)
+                .is_ok_and(|c| self.exit[usize::from(c / 64)] & (1 << (c % 64)) != 0),
+            FailReason::Signal { .. } => self.signal,
+            FailReason::Timeout => self.timeout,
+            _ => false,
+        }
+    }
+
+    /// Parses a `--retry-on` list: comma-separated `exit=CODES`, `signal`,
+    /// `timeout`, where CODES are codes and ranges (`exit=3,4,10-20`: the
+    /// items after `exit=` that are numbers or ranges belong to it).
+    ///
+    /// # Errors
+    ///
+    /// [`RetryOnError`] naming the item refused: an unknown word, a code
+    /// outside 1..=255, a backward range, or an empty list.
+    pub fn parse(text: &str) -> Result<RetryOn, RetryOnError> {
+        let mut on = RetryOn::NONE;
+        let mut in_exit = false;
+        let mut any = false;
+        for raw in text.split(',') {
+            let item = raw.trim();
+            let bad = |why| RetryOnError {
+                item: item.to_string(),
+                why,
+            };
+            let codes = if let Some(rest) = item.strip_prefix("exit=") {
+                in_exit = true;
+                rest
+            } else if item == "signal" {
+                in_exit = false;
+                on.signal = true;
+                any = true;
+                continue;
+            } else if item == "timeout" {
+                in_exit = false;
+                on.timeout = true;
+                any = true;
+                continue;
+            } else if in_exit && item.starts_with(|c: char| c.is_ascii_digit()) {
+                item
+            } else {
+                return Err(bad("unknown cause"));
+            };
+            let code = |t: &str| -> Result<u8, RetryOnError> {
+                match t.trim().parse::<u16>() {
+                    Ok(n @ 1..=255) => Ok(n as u8),
+                    _ => Err(bad("an exit code is a number from 1 to 255")),
+                }
+            };
+            let (lo, hi) = match codes.split_once('-') {
+                Some((a, b)) => (code(a)?, code(b)?),
+                None => {
+                    let c = code(codes)?;
+                    (c, c)
+                }
+            };
+            if lo > hi {
+                return Err(bad("a range goes from low to high"));
+            }
+            for c in lo..=hi {
+                on = on.with_exit(c);
+            }
+            any = true;
+        }
+        if !any {
+            return Err(RetryOnError {
+                item: text.to_string(),
+                why: "empty list",
+            });
+        }
+        Ok(on)
+    }
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn::ALL
+    }
+}
+
+/// How long a retried job waits before it runs again (`--retry-delay`,
+/// `--retry-backoff`, `--retry-max-delay`). See [`RetryPolicy::retry_delay`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first retry's delay; zero: no delay (the default).
+    pub delay: std::time::Duration,
+    /// Each later retry waits this many times longer (default 2).
+    pub factor: f64,
+    /// No delay is longer than this, before jitter (default 10 minutes).
+    pub max: std::time::Duration,
+}
+
+/// The default of `--retry-backoff`.
+pub const DEFAULT_RETRY_BACKOFF: f64 = 2.0;
+
+/// The default of `--retry-max-delay`.
+pub const DEFAULT_RETRY_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: std::time::Duration::ZERO,
+            factor: DEFAULT_RETRY_BACKOFF,
+            max: DEFAULT_RETRY_MAX_DELAY,
+        }
+    }
+}
+
+/// How many attempts a job gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Counted attempts allowed, at least 1. `--retries N` means `N + 1`.
-    /// Lost attempts are not counted here.
+    /// Lost and OOM-killed attempts are not counted here.
     pub max_attempts: u32,
     /// How many times a job may be lost and run again (`--max-lost`); the
     /// loss after that makes it [`JobState::Dead`].
     pub max_lost: u32,
+    /// How many times a job may be killed out of memory and run again
+    /// (`--max-oom`); the OOM kill after that makes it [`JobState::Dead`].
+    pub max_oom: u32,
+    /// Which counted failures are re-run (`--retry-on`).
+    pub retry_on: RetryOn,
+    /// How long a retried job waits.
+    pub backoff: Backoff,
 }
 
 /// The default of `--max-lost`.
 pub const DEFAULT_MAX_LOST: u32 = 3;
 
+/// The default of `--max-oom`.
+pub const DEFAULT_MAX_OOM: u32 = 3;
+
 impl RetryPolicy {
     /// A policy allowing `retries` re-runs after the first attempt, and the
-    /// default [`DEFAULT_MAX_LOST`] losses.
+    /// default [`DEFAULT_MAX_LOST`] losses and [`DEFAULT_MAX_OOM`] OOM
+    /// kills; every failure retried at once.
     pub fn with_retries(retries: u32) -> Self {
         RetryPolicy {
             max_attempts: retries.saturating_add(1),
             max_lost: DEFAULT_MAX_LOST,
+            max_oom: DEFAULT_MAX_OOM,
+            retry_on: RetryOn::ALL,
+            backoff: Backoff::default(),
         }
     }
 
@@ -310,6 +540,71 @@ impl RetryPolicy {
     /// The same policy with `max_lost` losses allowed.
     pub fn max_lost(self, max_lost: u32) -> Self {
         RetryPolicy { max_lost, ..self }
+    }
+
+    /// The same policy with `max_oom` OOM kills allowed.
+    pub fn max_oom(self, max_oom: u32) -> Self {
+        RetryPolicy { max_oom, ..self }
+    }
+
+    /// The same policy re-running only the failures `retry_on` selects.
+    pub fn retry_on(self, retry_on: RetryOn) -> Self {
+        RetryPolicy { retry_on, ..self }
+    }
+
+    /// The same policy with retry delays `backoff`.
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        RetryPolicy { backoff, ..self }
+    }
+
+    /// How long the `retry`-th retry (from 1) waits before it may run:
+    /// `min(delay × factor^(retry-1), max)`, times a jitter factor uniform
+    /// in [0.8, 1.2] drawn from a hash of `salt` (the queue passes the job
+    /// and its attempt). Zero when no delay is set.
+    pub fn retry_delay(&self, retry: u32, salt: u64) -> std::time::Duration {
+        let b = &self.backoff;
+        if b.delay.is_zero() || retry == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let factor = if b.factor.is_finite() && b.factor >= 1.0 {
+            b.factor
+        } else {
+            1.0
+        };
+        let exp = i32::try_from(retry - 1).unwrap_or(i32::MAX);
+        let base = (b.delay.as_secs_f64() * factor.powi(exp)).min(b.max.as_secs_f64());
+        // splitmix64: a well-spread hash of the salt, as a uniform [0, 1).
+        let mut z = salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let jitter = 0.8 + 0.4 * unit;
+        std::time::Duration::try_from_secs_f64(base * jitter).unwrap_or(b.max)
+    }
+
+    /// How long a job that just went from `leased` (attempt `attempt`) to
+    /// `next` after failing for `reason` waits before it may be leased
+    /// again: the retry delay for a counted retry, zero for anything else
+    /// (a loss, an OOM kill, a final state). `salt` spreads the jitter.
+    pub fn requeue_delay(
+        &self,
+        reason: &FailReason,
+        next: &JobState,
+        salt: u64,
+    ) -> std::time::Duration {
+        match next {
+            JobState::Queued {
+                attempts,
+                lost,
+                oom,
+                ..
+            } if !reason.is_lost() && !reason.is_oom() => {
+                let counted = attempts.saturating_sub(*lost).saturating_sub(*oom);
+                self.retry_delay(counted, salt ^ u64::from(*attempts).rotate_left(32))
+            }
+            _ => std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -328,6 +623,8 @@ pub enum JobState {
         attempts: u32,
         /// How many of them were lost.
         lost: u32,
+        /// How many of them were killed out of memory.
+        oom: u32,
     },
     /// Held by a worker, running attempt number `attempt` (from 1).
     Leased {
@@ -337,6 +634,8 @@ pub enum JobState {
         attempt: u32,
         /// How many earlier attempts were lost.
         lost: u32,
+        /// How many earlier attempts were killed out of memory.
+        oom: u32,
     },
     /// Finished successfully. Final.
     Done {
@@ -351,8 +650,9 @@ pub enum JobState {
         /// The last attempt's failure.
         reason: FailReason,
     },
-    /// Ran out of attempts; the last one never reached a verdict (killed by a
-    /// signal, timed out, worker lost, could not start). Final.
+    /// Ran out of attempts (or its failure was not one `--retry-on`
+    /// selects); the last one never reached a verdict (killed by a signal,
+    /// timed out, worker lost, out of memory, could not start). Final.
     Dead {
         /// Attempts made.
         attempts: u32,
@@ -427,27 +727,43 @@ impl JobState {
         policy: RetryPolicy,
     ) -> Result<JobState, InvalidTransition> {
         let next = match (self, &transition) {
-            (JobState::Queued { attempts, lost }, Transition::Lease { worker }) => {
-                JobState::Leased {
-                    worker: *worker,
-                    attempt: attempts + 1,
-                    lost: *lost,
-                }
-            }
+            (
+                JobState::Queued {
+                    attempts,
+                    lost,
+                    oom,
+                },
+                Transition::Lease { worker },
+            ) => JobState::Leased {
+                worker: *worker,
+                attempt: attempts + 1,
+                lost: *lost,
+                oom: *oom,
+            },
             (JobState::Leased { attempt, .. }, Transition::Complete) => {
                 JobState::Done { attempts: *attempt }
             }
-            (JobState::Leased { attempt, lost, .. }, Transition::Release) => JobState::Queued {
+            (
+                JobState::Leased {
+                    attempt, lost, oom, ..
+                },
+                Transition::Release,
+            ) => JobState::Queued {
                 attempts: attempt - 1,
                 lost: *lost,
+                oom: *oom,
             },
-            (JobState::Leased { attempt, lost, .. }, Transition::Fail { reason })
-                if reason.is_lost() =>
-            {
+            (
+                JobState::Leased {
+                    attempt, lost, oom, ..
+                },
+                Transition::Fail { reason },
+            ) if reason.is_lost() => {
                 if *lost < policy.max_lost {
                     JobState::Queued {
                         attempts: *attempt,
                         lost: lost + 1,
+                        oom: *oom,
                     }
                 } else {
                     JobState::Dead {
@@ -456,13 +772,39 @@ impl JobState {
                     }
                 }
             }
-            (JobState::Leased { attempt, lost, .. }, Transition::Fail { reason }) => {
-                // Lost attempts do not count against the retries.
-                let counted = attempt.saturating_sub(*lost);
-                if counted < policy.max_attempts {
+            (
+                JobState::Leased {
+                    attempt, lost, oom, ..
+                },
+                Transition::Fail { reason },
+            ) if reason.is_oom() => {
+                if *oom < policy.max_oom {
                     JobState::Queued {
                         attempts: *attempt,
                         lost: *lost,
+                        oom: oom + 1,
+                    }
+                } else {
+                    JobState::Dead {
+                        attempts: *attempt,
+                        reason: reason.clone(),
+                    }
+                }
+            }
+            (
+                JobState::Leased {
+                    attempt, lost, oom, ..
+                },
+                Transition::Fail { reason },
+            ) => {
+                // Lost and OOM-killed attempts do not count against the
+                // retries.
+                let counted = attempt.saturating_sub(*lost).saturating_sub(*oom);
+                if counted < policy.max_attempts && policy.retry_on.selects(reason) {
+                    JobState::Queued {
+                        attempts: *attempt,
+                        lost: *lost,
+                        oom: *oom,
                     }
                 } else if reason.is_verdict() {
                     JobState::Failed {
@@ -498,6 +840,7 @@ mod tests {
             worker: W,
             attempt,
             lost: 0,
+            oom: 0,
         }
     }
 
@@ -506,6 +849,7 @@ mod tests {
         let s = JobState::Queued {
             attempts: 2,
             lost: 0,
+            oom: 0,
         };
         let next = s
             .apply(Transition::Lease { worker: W }, RetryPolicy::default())
@@ -527,7 +871,8 @@ mod tests {
             next,
             JobState::Queued {
                 attempts: 1,
-                lost: 0
+                lost: 0,
+                oom: 0
             }
         );
     }
@@ -569,7 +914,8 @@ mod tests {
             next,
             JobState::Queued {
                 attempts: 1,
-                lost: 1
+                lost: 1,
+                oom: 0
             }
         );
         // Its next, real failure is judged on counted attempts only: with
@@ -606,6 +952,7 @@ mod tests {
         let mut state = JobState::Queued {
             attempts: 0,
             lost: 0,
+            oom: 0,
         };
         let mut losses = 0;
         loop {
@@ -664,13 +1011,15 @@ mod tests {
             worker: W,
             attempt: 3,
             lost: 2,
+            oom: 0,
         };
         assert_eq!(
             s.apply(Transition::Release, RetryPolicy::default())
                 .unwrap(),
             JobState::Queued {
                 attempts: 2,
-                lost: 2
+                lost: 2,
+                oom: 0
             }
         );
     }
@@ -684,7 +1033,8 @@ mod tests {
             next,
             JobState::Queued {
                 attempts: 0,
-                lost: 0
+                lost: 0,
+                oom: 0
             }
         );
     }
@@ -723,6 +1073,7 @@ mod tests {
         let s = JobState::Queued {
             attempts: 0,
             lost: 0,
+            oom: 0,
         };
         assert!(s
             .apply(Transition::Complete, RetryPolicy::default())
@@ -730,6 +1081,249 @@ mod tests {
         assert!(s
             .apply(Transition::Release, RetryPolicy::default())
             .is_err());
+    }
+
+    fn fail(state: JobState, reason: FailReason, policy: RetryPolicy) -> JobState {
+        state.apply(Transition::Fail { reason }, policy).unwrap()
+    }
+
+    fn lease(state: JobState, policy: RetryPolicy) -> JobState {
+        state
+            .apply(Transition::Lease { worker: W }, policy)
+            .unwrap()
+    }
+
+    const OOM: FailReason = FailReason::OutOfMemory { likely: false };
+
+    #[test]
+    fn oom_kill_is_requeued_without_counting_against_retries() {
+        let policy = RetryPolicy::with_retries(0);
+        let next = fail(leased(1), OOM, policy);
+        assert_eq!(
+            next,
+            JobState::Queued {
+                attempts: 1,
+                lost: 0,
+                oom: 1
+            }
+        );
+        // Its next, real failure is judged on counted attempts only: with
+        // no retries, it is final at once.
+        let end = fail(lease(next, policy), FailReason::Exit { code: 2 }, policy);
+        assert_eq!(
+            end,
+            JobState::Failed {
+                attempts: 2,
+                reason: FailReason::Exit { code: 2 }
+            }
+        );
+    }
+
+    #[test]
+    fn oom_past_max_oom_is_dead_with_the_cause_oom() {
+        let policy = RetryPolicy::with_retries(5).max_oom(2);
+        let mut state = JobState::Queued {
+            attempts: 0,
+            lost: 0,
+            oom: 0,
+        };
+        let mut kills = 0;
+        while !state.is_final() {
+            state = fail(lease(state, policy), OOM, policy);
+            kills += 1;
+        }
+        assert_eq!(kills, 3, "two OOM kills are forgiven, the third is final");
+        assert_eq!(
+            state,
+            JobState::Dead {
+                attempts: 3,
+                reason: OOM
+            }
+        );
+        assert!(state.apply(Transition::Release, policy).is_err());
+    }
+
+    #[test]
+    fn oom_and_lost_counts_are_kept_apart_and_survive_release() {
+        let policy = RetryPolicy::with_retries(0).max_oom(1).max_lost(1);
+        let lost = FailReason::WorkerLost {
+            detail: "gone".into(),
+        };
+        let s = fail(leased(1), OOM, policy);
+        let s = fail(lease(s, policy), lost.clone(), policy);
+        assert_eq!(
+            s,
+            JobState::Queued {
+                attempts: 2,
+                lost: 1,
+                oom: 1
+            }
+        );
+        let held = lease(s, policy);
+        assert_eq!(
+            held.apply(Transition::Release, policy).unwrap(),
+            JobState::Queued {
+                attempts: 2,
+                lost: 1,
+                oom: 1
+            }
+        );
+        // The second OOM kill is past --max-oom 1, whatever the losses.
+        assert!(
+            matches!(fail(held, OOM, policy), JobState::Dead { reason, .. } if reason.is_oom())
+        );
+    }
+
+    #[test]
+    fn memory_limit_is_an_ordinary_counted_failure() {
+        let policy = RetryPolicy::with_retries(1);
+        let over = FailReason::MemoryLimit {
+            limit: 1 << 20,
+            likely: false,
+        };
+        let s = fail(leased(1), over.clone(), policy);
+        assert_eq!(
+            s,
+            JobState::Queued {
+                attempts: 1,
+                lost: 0,
+                oom: 0
+            }
+        );
+        assert!(matches!(
+            fail(lease(s, policy), over, policy),
+            JobState::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_on_retries_only_the_selected_failures() {
+        let on = RetryOn::parse("exit=3,10-12,signal").unwrap();
+        let policy = RetryPolicy::with_retries(2).retry_on(on);
+        for code in [3, 10, 11, 12] {
+            assert!(
+                matches!(
+                    fail(leased(1), FailReason::Exit { code }, policy),
+                    JobState::Queued { .. }
+                ),
+                "exit {code}"
+            );
+        }
+        for code in [1, 4, 9, 13, 255] {
+            assert_eq!(
+                fail(leased(1), FailReason::Exit { code }, policy),
+                JobState::Failed {
+                    attempts: 1,
+                    reason: FailReason::Exit { code }
+                },
+                "exit {code} is not selected: failed at once"
+            );
+        }
+        assert!(matches!(
+            fail(leased(1), FailReason::Signal { signal: 9 }, policy),
+            JobState::Queued { .. }
+        ));
+        assert_eq!(
+            fail(leased(1), FailReason::Timeout, policy),
+            JobState::Dead {
+                attempts: 1,
+                reason: FailReason::Timeout
+            },
+            "a timeout is not selected: dead at once"
+        );
+        // Losses and OOM kills follow their own bounds regardless.
+        let lost = FailReason::WorkerLost { detail: "x".into() };
+        assert!(matches!(
+            fail(leased(1), lost, policy),
+            JobState::Queued { lost: 1, .. }
+        ));
+        assert!(matches!(
+            fail(leased(1), OOM, policy),
+            JobState::Queued { oom: 1, .. }
+        ));
+        // Selected failures still stop at the last attempt.
+        assert!(matches!(
+            fail(leased(3), FailReason::Exit { code: 3 }, policy),
+            JobState::Failed { attempts: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn retry_on_without_a_list_retries_everything() {
+        let all = RetryOn::default();
+        assert!(all.is_all());
+        for r in [
+            FailReason::Exit { code: 1 },
+            FailReason::Timeout,
+            FailReason::Signal { signal: 15 },
+            FailReason::Spawn { error: "x".into() },
+            FailReason::Reported {
+                message: "x".into(),
+            },
+        ] {
+            assert!(all.selects(&r), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn retry_on_lists_parse_and_bad_ones_are_named() {
+        let on = RetryOn::parse("timeout, exit=1-2,255").unwrap();
+        assert!(on.selects(&FailReason::Timeout));
+        assert!(on.selects(&FailReason::Exit { code: 255 }));
+        assert!(on.selects(&FailReason::Exit { code: 2 }));
+        assert!(!on.selects(&FailReason::Exit { code: 3 }));
+        assert!(!on.selects(&FailReason::Signal { signal: 9 }));
+        for bad in [
+            "", "exit=", "exit=0", "exit=256", "exit=5-3", "oom", "4", "signal,4", "exit=a",
+        ] {
+            let e = RetryOn::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("--retry-on"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn retry_delays_grow_by_the_factor_up_to_the_cap_within_the_jitter() {
+        let policy = RetryPolicy::with_retries(10).backoff(Backoff {
+            delay: std::time::Duration::from_secs(1),
+            factor: 2.0,
+            max: std::time::Duration::from_secs(5),
+        });
+        for salt in 0..200u64 {
+            let d: Vec<f64> = (1..=5)
+                .map(|n| policy.retry_delay(n, salt).as_secs_f64())
+                .collect();
+            for (n, (got, base)) in d.iter().zip([1.0, 2.0, 4.0, 5.0, 5.0]).enumerate() {
+                assert!(
+                    *got >= base * 0.8 - 1e-9 && *got <= base * 1.2 + 1e-9,
+                    "retry {} salt {salt}: {got} vs {base}",
+                    n + 1
+                );
+            }
+        }
+        // The jitter spreads: not every salt gives the same delay.
+        let first: std::collections::HashSet<u128> = (0..50)
+            .map(|s| policy.retry_delay(1, s).as_micros())
+            .collect();
+        assert!(first.len() > 40);
+        assert_eq!(
+            RetryPolicy::default().retry_delay(3, 1),
+            std::time::Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn only_counted_retries_wait() {
+        let policy = RetryPolicy::with_retries(3).backoff(Backoff {
+            delay: std::time::Duration::from_secs(1),
+            ..Backoff::default()
+        });
+        let exit = FailReason::Exit { code: 1 };
+        let next = fail(leased(1), exit.clone(), policy);
+        assert!(policy.requeue_delay(&exit, &next, 7) >= std::time::Duration::from_millis(800));
+        let next = fail(leased(1), OOM, policy);
+        assert!(policy.requeue_delay(&OOM, &next, 7).is_zero());
+        let done = fail(leased(4), exit.clone(), policy);
+        assert!(policy.requeue_delay(&exit, &done, 7).is_zero());
     }
 
     #[test]

@@ -326,3 +326,50 @@ fn sigterm_stops_a_worker_and_gives_its_running_job_back_unrun() {
     assert_eq!(out, "out-x\n");
     assert_eq!(results(&url)[&1], ("done".to_string(), 1));
 }
+
+#[test]
+fn a_worker_retries_by_its_retry_on_and_waits_its_retry_delay_on_the_queue() {
+    let server = RedisServer::start();
+    let url = server.url("retrypolicy");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // Exit 3 until the third attempt; exit 1 at once.
+    submit(&url, &["--retries", "2"], "3\n1\n");
+    let script = format!(
+        "date +%s.%N >> {d}/starts.$1; [ $1 = 3 ] && [ $(wc -l < {d}/starts.$1) -ge 3 ] && exit 0; exit $1"
+    );
+    let worker = jobmill()
+        .args([
+            "worker",
+            "--queue",
+            &url,
+            "-j",
+            "2",
+            "--retry-on",
+            "exit=3",
+            "--retry-delay",
+            "0.3s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, _, err) = finish(worker);
+    assert_eq!(code, 0, "{err}");
+    let r = results(&url);
+    assert_eq!(r[&1], ("done".to_string(), 3), "exit 3 is retried");
+    assert_eq!(r[&2], ("failed".to_string(), 1), "exit 1 is not");
+    let t: Vec<f64> = std::fs::read_to_string(dir.path().join("starts.3"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    // Lower bounds only: 0.3 s and 0.6 s, less the jitter of 20%.
+    assert!(t[1] - t[0] >= 0.24 && t[2] - t[1] >= 0.48, "{t:?}");
+}

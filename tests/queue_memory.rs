@@ -219,6 +219,7 @@ fn resumed_job_keeps_its_previous_attempts() {
         payload: b"x".to_vec().into(),
         attempts: 1,
         lost: 0,
+        oom: 0,
     })
     .unwrap();
     let l = q.try_get(W1).unwrap();
@@ -308,6 +309,67 @@ fn concurrent_producers_and_failing_consumers_lose_and_duplicate_nothing() {
     assert!(c.is_drained());
 }
 
+#[test]
+fn oom_kills_requeue_uncounted_up_to_max_oom_then_the_job_is_dead() {
+    let q = MemoryQueue::new(8, RetryPolicy::with_retries(0).max_oom(2));
+    q.put(job(1)).unwrap();
+    q.close().unwrap();
+    let oom = FailReason::OutOfMemory { likely: true };
+    for n in 1..=2 {
+        let l = q.try_get(W1).unwrap();
+        assert_eq!((l.job.attempts, l.job.oom), (n, n - 1));
+        assert_eq!(
+            q.fail(&l, oom.clone()).unwrap(),
+            Disposition::Requeued { attempts: n }
+        );
+    }
+    let l = q.try_get(W1).unwrap();
+    assert_eq!(l.job.oom, 2);
+    let Disposition::Final(JobState::Dead { attempts, reason }) = q.fail(&l, oom).unwrap() else {
+        panic!("the third OOM kill is final")
+    };
+    assert_eq!((attempts, reason.cause()), (3, "oom"));
+    assert!(q.counts().unwrap().is_drained());
+}
+
+#[test]
+fn a_delayed_retry_waits_in_the_queue_without_being_leased_and_keeps_it_undrained() {
+    let delay = Duration::from_millis(300);
+    let policy = RetryPolicy::with_retries(1).backoff(jobmill::job::Backoff {
+        delay,
+        factor: 1.0,
+        max: delay,
+    });
+    let q = MemoryQueue::new(8, policy);
+    q.put(job(1)).unwrap();
+    q.put(job(2)).unwrap();
+    q.close().unwrap();
+    let a = q.try_get(W1).unwrap();
+    let failed_at = std::time::Instant::now();
+    assert_eq!(
+        q.fail(&a, FailReason::Exit { code: 1 }).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+    // The other job is leased meanwhile; the delayed one is not (yet).
+    let b = q.try_get(W2).unwrap();
+    assert_eq!(b.job.seq, 2);
+    q.complete(&b).unwrap();
+    assert!(matches!(q.try_get(W2), Err(TryGetError::Empty)));
+    let c = q.counts().unwrap();
+    assert_eq!(c.queued, 1, "a delayed retry counts as queued");
+    assert!(!c.is_drained());
+    // A blocking get wakes for it once it is due (no earlier than the
+    // smallest jittered delay).
+    let again = q.get(W1, Some(Duration::from_secs(30))).unwrap();
+    assert!(failed_at.elapsed() >= delay.mul_f64(0.8));
+    assert_eq!((again.job.seq, again.job.attempts), (1, 2));
+    q.complete(&again).unwrap();
+    assert!(matches!(
+        q.get(W1, Some(Duration::ZERO)),
+        Err(GetError::Closed)
+    ));
+}
+
 // ---- Model-based property test -------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -316,7 +378,7 @@ enum Op {
     TryGet(u8),
     GetNoWait(u8),
     Complete(u8),
-    Fail(u8, bool),
+    Fail(u8, u8),
     Release(u8),
     Lost(u8),
     Close,
@@ -328,7 +390,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..3).prop_map(Op::TryGet),
         1 => (0u8..3).prop_map(Op::GetNoWait),
         3 => any::<u8>().prop_map(Op::Complete),
-        2 => (any::<u8>(), any::<bool>()).prop_map(|(i, v)| Op::Fail(i, v)),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(i, v)| Op::Fail(i, v)),
         1 => any::<u8>().prop_map(Op::Release),
         1 => (0u8..3).prop_map(Op::Lost),
         1 => Just(Op::Close),
@@ -396,9 +458,13 @@ proptest! {
                     // A second completion of the same lease is stale.
                     prop_assert_eq!(q.complete(&l).unwrap(), Completion::Stale);
                 }
-                Op::Fail(i, verdict) if !m.leases.is_empty() => {
+                Op::Fail(i, kind) if !m.leases.is_empty() => {
                     let l = m.leases.remove(i as usize % m.leases.len());
-                    let reason = if verdict { FailReason::Exit { code: 2 } } else { FailReason::Timeout };
+                    let reason = match kind {
+                        0 => FailReason::Exit { code: 2 },
+                        1 => FailReason::Timeout,
+                        _ => FailReason::OutOfMemory { likely: false },
+                    };
                     let d = q.fail(&l, reason).unwrap();
                     m.record(l.job.seq, &d);
                 }

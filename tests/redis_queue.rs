@@ -924,3 +924,83 @@ fn requeue_puts_back_many_dead_jobs_across_pages_in_job_order() {
     assert_eq!((c.done, c.dead), (n / 2, n / 2));
     assert!(c.is_drained());
 }
+
+#[test]
+fn oom_kills_are_carried_in_the_entry_and_bounded_by_max_oom() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(0).max_oom(1),
+        ..RedisConfig::default()
+    };
+    let q = open(&server, "oom", cfg);
+    q.put(job(1)).unwrap();
+    let oom = FailReason::OutOfMemory { likely: false };
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(
+        q.fail(&a, oom.clone()).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+    // Another client sees the OOM kill (and no loss) in the requeued entry.
+    let other = open(&server, "oom", RedisConfig::default());
+    let b = other.get(WorkerId(2), LONG).unwrap();
+    assert_eq!((b.job.attempts, b.job.lost, b.job.oom), (2, 0, 1));
+    other.release(&b).unwrap();
+    let c = q.get(WorkerId(1), LONG).unwrap();
+    assert_eq!(
+        (c.job.attempts, c.job.oom),
+        (2, 1),
+        "release keeps the OOM count"
+    );
+    match q.fail(&c, oom).unwrap() {
+        Disposition::Final(JobState::Dead { attempts, reason }) => {
+            assert_eq!((attempts, reason.cause()), (2, "oom"))
+        }
+        other => panic!("the second OOM kill is past --max-oom 1: {other:?}"),
+    }
+}
+
+#[test]
+fn a_delayed_retry_waits_on_the_server_without_a_lease_and_keeps_the_queue_undrained() {
+    let server = RedisServer::start();
+    let delay = Duration::from_millis(400);
+    let cfg = RedisConfig {
+        policy: RetryPolicy::with_retries(1).backoff(jobmill::job::Backoff {
+            delay,
+            factor: 1.0,
+            max: delay,
+        }),
+        ..RedisConfig::default()
+    };
+    let q = open(&server, "delayed", cfg);
+    q.put(job(1)).unwrap();
+    q.put(NewJob::new(2, vec![b'x'; MAX_PAYLOAD.min(1 << 20)]))
+        .unwrap();
+    q.close().unwrap();
+    let a = q.get(WorkerId(1), LONG).unwrap();
+    let b = q.get(WorkerId(1), LONG).unwrap();
+    let failed_at = Instant::now();
+    assert_eq!(
+        q.fail(&a, FailReason::Exit { code: 1 }).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+    // A large (external) payload is delayed too.
+    assert_eq!(
+        q.fail(&b, FailReason::Timeout).unwrap(),
+        Disposition::Requeued { attempts: 1 }
+    );
+    assert!(matches!(q.try_get(WorkerId(2)), Err(TryGetError::Empty)));
+    assert!(!q.counts().unwrap().is_drained());
+    let mut again = vec![
+        q.get(WorkerId(2), LONG).unwrap(),
+        q.get(WorkerId(2), LONG).unwrap(),
+    ];
+    assert!(failed_at.elapsed() >= delay.mul_f64(0.8));
+    again.sort_by_key(|l| l.job.seq);
+    assert_eq!(&again[0].job.payload[..], b"input 1");
+    assert_eq!(again[1].job.payload.len(), MAX_PAYLOAD.min(1 << 20));
+    assert_eq!((again[0].job.attempts, again[1].job.attempts), (2, 2));
+    for l in &again {
+        assert_eq!(q.complete(l).unwrap(), Completion::Recorded);
+    }
+    assert!(matches!(q.get(WorkerId(2), LONG), Err(GetError::Closed)));
+}

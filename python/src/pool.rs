@@ -176,10 +176,7 @@ impl PoolCore {
         timeout: Option<f64>,
         window: usize,
     ) -> PyResult<PoolCore> {
-        let policy = RetryPolicy {
-            max_attempts: retries.saturating_add(1),
-            max_lost,
-        };
+        let policy = RetryPolicy::with_retries(retries).max_lost(max_lost);
         let queue = Arc::new(MemoryQueue::new(usize::MAX / 2, policy));
         let budget = SpillBudget::new(1 << 30);
         let supervisor = Arc::new(

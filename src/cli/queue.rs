@@ -14,7 +14,7 @@ use clap::Args;
 use jobmill::engine::{Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::input::{InputError, Records, Source};
-use jobmill::job::NewJob;
+use jobmill::job::{NewJob, RetryPolicy};
 use jobmill::outcome::exit;
 use jobmill::queue::redis::{OpenError, ProducerState, RedisConfig, RedisQueue};
 use jobmill::queue::{PutError, Queue};
@@ -134,6 +134,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "10s", requires = "persistent")]
     pub handshake_timeout: Duration,
 
+    /// Retry policies by cause and memory-aware starts (this worker's own:
+    /// --retries and --max-lost are the queue's, set by its producer).
+    #[command(flatten)]
+    pub policy: super::run::PolicyArgs,
+
     /// The command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -183,15 +188,22 @@ const MIN_VISIBILITY: Duration = Duration::from_secs(1);
 /// trust for `rediss://` (a private CA) instead of the built-in web roots.
 pub const CA_ENV: &str = "JOBMILL_REDIS_CA";
 
-fn connect(url: &str) -> anyhow::Result<RedisQueue> {
-    open_queue(url, true)
+fn connect(url: &str, policy: RetryPolicy) -> anyhow::Result<RedisQueue> {
+    open_queue_with(url, true, policy)
 }
 
 /// Opens the queue; with `create` false a queue that does not exist is an
 /// error (read-only commands).
 pub(super) fn open_queue(url: &str, create: bool) -> anyhow::Result<RedisQueue> {
+    open_queue_with(url, create, RetryPolicy::default())
+}
+
+/// As [`open_queue`], with this client's retry policy (its `--max-oom`,
+/// `--retry-on` and retry delays; attempts and losses are the queue's).
+fn open_queue_with(url: &str, create: bool, policy: RetryPolicy) -> anyhow::Result<RedisQueue> {
     let mut config = RedisConfig {
         create,
+        policy,
         ..RedisConfig::default()
     };
     if let Some(path) = std::env::var_os(CA_ENV) {
@@ -328,7 +340,7 @@ pub fn submit(a: SubmitArgs) -> anyhow::Result<u8> {
         ),
     };
     let source = input_source(inputs, &a.arg_file)?;
-    let queue = connect(&a.queue)?;
+    let queue = open_queue(&a.queue, true)?;
     apply_settings(&queue, a.retries, a.max_lost, a.visibility, a.capacity)?;
     let n = submit_all(&queue, source, if a.null { 0 } else { b'\n' }, a.keep_open)?;
     eprintln!(
@@ -426,7 +438,9 @@ fn work(plan: Plan, queue: Arc<RedisQueue>) -> anyhow::Result<RunSummary> {
 
 /// `jobmill worker`.
 pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
-    let plan = WorkSpec {
+    let policy = a.policy.retry_policy(0, jobmill::job::DEFAULT_MAX_LOST)?;
+    let throttle = a.policy.queue_throttle(&a.command, a.persistent)?;
+    let mut plan = WorkSpec {
         command: a.command,
         shell: a.shell,
         jobs: a.jobs,
@@ -439,8 +453,9 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
         handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
+    plan.throttle = Some(throttle);
     super::check_stdio(false)?;
-    let queue = Arc::new(open_existing(&a.queue)?);
+    let queue = Arc::new(open_existing(&a.queue, policy)?);
     let summary = work(plan, queue)?;
     Ok(summary.worker_exit_code() as u8)
 }
@@ -451,10 +466,10 @@ const QUEUE_POLL: Duration = Duration::from_millis(500);
 /// Opens a queue that a producer creates: a worker started before its
 /// `submit` (or on a misspelled name) says so once and waits, creating
 /// nothing, until the queue exists.
-fn open_existing(url: &str) -> anyhow::Result<RedisQueue> {
+fn open_existing(url: &str, policy: RetryPolicy) -> anyhow::Result<RedisQueue> {
     let mut said = false;
     loop {
-        match open_queue(url, false) {
+        match open_queue_with(url, false, policy) {
             Err(e) => match e.downcast_ref::<OpenError>() {
                 Some(OpenError::Missing {
                     url: shown,
@@ -540,7 +555,9 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         bail!("--keep-order and --halt are not supported with --queue yet");
     }
     let (command, inputs) = split_command(a.command)?;
-    let plan = WorkSpec {
+    let policy = a.policy.retry_policy(a.retries, a.max_lost)?;
+    let throttle = a.policy.queue_throttle(&command, a.persistent)?;
+    let mut plan = WorkSpec {
         command,
         shell: a.shell,
         jobs: a.jobs,
@@ -553,8 +570,9 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         handshake_timeout: a.handshake_timeout,
     }
     .into_plan()?;
+    plan.throttle = Some(throttle);
     let source = input_source(inputs, &a.arg_file.first().cloned())?;
-    let queue = Arc::new(connect(url)?);
+    let queue = Arc::new(connect(url, policy)?);
     let submit = resume_plan(&queue)?;
     apply_settings(&queue, Some(a.retries), Some(a.max_lost), None, None)?;
     let submitter = match submit {

@@ -13,7 +13,7 @@ use jobmill::engine::halt::Halt;
 use jobmill::engine::joblog::{self, Joblog};
 use jobmill::engine::output::{Live, Tag};
 use jobmill::engine::results::{Results, Target};
-use jobmill::engine::throttle::{ProcSource, Throttle};
+use jobmill::engine::throttle::{MemPerJob, ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::input::plan::Payloads;
@@ -269,7 +269,164 @@ pub struct RunArgs {
     /// system (N% of the CPU threads with a `%`).
     #[arg(long, value_name = "N")]
     pub load: Option<String>,
+
+    /// Retry policies by cause and memory-aware starts.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
+
+/// Options shared by `run` and `worker`: which failures are retried and
+/// when, and memory-aware starts.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Run a job killed out of memory (by the kernel's OOM killer or the
+    /// run's memory cgroup; not its own --mem-limit) again up to N times,
+    /// with fewer jobs beside it. Such kills do not count against
+    /// --retries; the one after the Nth leaves the job dead with the cause
+    /// "oom".
+    #[arg(long, value_name = "N", default_value_t = jobmill::job::DEFAULT_MAX_OOM)]
+    pub max_oom: u32,
+
+    /// Re-run only these failures under --retries: a comma-separated list
+    /// of exit=CODES (codes and ranges: exit=3,4,10-20), signal, timeout.
+    /// Any other failure ends the job at once. Default: every failure.
+    #[arg(long, value_name = "LIST", value_parser = retry_on)]
+    pub retry_on: Option<String>,
+
+    /// Wait D before the first retry of a failed job (e.g. 5s, 1m); each
+    /// later retry waits --retry-backoff times longer, up to
+    /// --retry-max-delay, with ±20% jitter. A waiting job holds no slot.
+    #[arg(long, value_name = "D", value_parser = args::duration)]
+    pub retry_delay: Option<Duration>,
+
+    /// With --retry-delay: each retry waits F times longer than the one
+    /// before (at least 1).
+    #[arg(long, value_name = "F", default_value_t = jobmill::job::DEFAULT_RETRY_BACKOFF)]
+    pub retry_backoff: f64,
+
+    /// With --retry-delay: no retry waits longer than D (before jitter).
+    #[arg(long, value_name = "D", value_parser = args::duration, default_value = "10m")]
+    pub retry_max_delay: Duration,
+
+    /// Start a job only while the memory available (MemAvailable, or the
+    /// run's memory cgroup limit less its usage) covers SIZE for each job
+    /// running plus this one. `auto`: learn SIZE as the 95th percentile of
+    /// the peak memory of the jobs finished so far and of earlier runs of
+    /// the same command (one job at a time until the first estimate).
+    #[arg(long, value_name = "SIZE|auto", value_parser = mem_per_job)]
+    pub mem_per_job: Option<String>,
+}
+
+impl PolicyArgs {
+    /// Checks the values clap cannot, naming the option.
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.retry_backoff.is_finite() || self.retry_backoff < 1.0 {
+            bail!(
+                "invalid --retry-backoff {}: a factor of at least 1 (e.g. 2)",
+                self.retry_backoff
+            );
+        }
+        if self.retry_delay.is_some() && self.retry_max_delay.is_zero() {
+            bail!("--retry-max-delay must be more than 0 with --retry-delay");
+        }
+        Ok(())
+    }
+
+    /// The retry policy with `retries` and `max_lost` (`worker` and
+    /// `run --queue`, which keep no journal options).
+    pub fn retry_policy(&self, retries: u32, max_lost: u32) -> anyhow::Result<RetryPolicy> {
+        self.check()?;
+        let retry_on = match &self.retry_on {
+            Some(text) => jobmill::job::RetryOn::parse(text)?,
+            None => jobmill::job::RetryOn::ALL,
+        };
+        Ok(RetryPolicy::with_retries(retries)
+            .max_lost(max_lost)
+            .max_oom(self.max_oom)
+            .retry_on(retry_on)
+            .backoff(jobmill::job::Backoff {
+                delay: self.retry_delay.unwrap_or_default(),
+                factor: self.retry_backoff,
+                max: self.retry_max_delay,
+            }))
+    }
+
+    /// The throttle of a run on a shared queue (`worker`, `run --queue`):
+    /// `--mem-per-job` (each host learns and limits for itself) and the
+    /// cap after an OOM kill.
+    pub(super) fn queue_throttle(
+        &self,
+        command: &[OsString],
+        persistent: bool,
+    ) -> anyhow::Result<Arc<Throttle>> {
+        let mem_per_job = stored_mem_per_job(self.mem_per_job.as_deref())?;
+        if mem_per_job.is_some() && persistent {
+            bail!("--mem-per-job cannot be used with --persistent (the workers are long-lived)");
+        }
+        let throttle =
+            Throttle::new(None, None, None, Arc::new(ProcSource)).with_mem_per_job(mem_per_job);
+        seed_peaks(&throttle, command);
+        Ok(Arc::new(throttle))
+    }
+
+    /// Writes these options into `o`.
+    fn store(&self, o: &mut StoredOptions) {
+        o.max_oom = self.max_oom;
+        o.retry_on = self.retry_on.clone();
+        o.retry_delay = self.retry_delay.map(|d| d.as_secs_f64());
+        o.retry_backoff = self.retry_backoff;
+        o.retry_max_delay = self.retry_max_delay.as_secs_f64();
+        o.mem_per_job = self.mem_per_job.clone();
+    }
+}
+
+/// Parses `--retry-on` (kept as given, once valid).
+fn retry_on(s: &str) -> Result<String, String> {
+    jobmill::job::RetryOn::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `--mem-per-job`: `auto`, or a size (kept as bytes).
+fn mem_per_job(s: &str) -> Result<String, String> {
+    if s.trim() == "auto" {
+        return Ok("auto".into());
+    }
+    match args::size(s) {
+        Ok(0) => Err("--mem-per-job must be more than 0 (or auto)".into()),
+        Ok(n) => Ok(n.to_string()),
+        Err(e) => Err(format!("{e}, or auto")),
+    }
+}
+
+/// The throttle's `--mem-per-job` from its stored form.
+pub(super) fn stored_mem_per_job(s: Option<&str>) -> anyhow::Result<Option<MemPerJob>> {
+    Ok(match s {
+        None => None,
+        Some("auto") => Some(MemPerJob::Auto),
+        Some(n) => {
+            Some(MemPerJob::Size(n.parse().map_err(|_| {
+                anyhow::anyhow!("invalid stored --mem-per-job {n:?}")
+            })?))
+        }
+    })
+}
+
+/// Seeds `--mem-per-job auto` with the peaks of earlier runs of `command`
+/// found in the state directory; returns how many.
+pub(super) fn seed_peaks(throttle: &Throttle, command: &[OsString]) -> usize {
+    if throttle.mem_per_job() != Some(MemPerJob::Auto) {
+        return 0;
+    }
+    let peaks = journal::prune::earlier_peaks(&journal::state_dir(), command, SEED_PEAKS);
+    for p in &peaks {
+        throttle.learn_peak(*p);
+    }
+    peaks.len()
+}
+
+/// At most this many peaks of earlier runs seed `--mem-per-job auto`.
+const SEED_PEAKS: usize = 10_000;
 
 /// Splits `COMMAND... ::: INPUT...` into the command and the inputs.
 pub(super) fn split_command(
@@ -602,6 +759,7 @@ const QUEUE_CAPACITY: usize = 1024;
 /// Builds the run from the command (as given, before the program is
 /// resolved) and the stored options.
 pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result<Prepared> {
+    let command_as_given = command.to_vec();
     let mut command = command.to_vec();
     if command.is_empty() {
         bail!("no command given after `--`");
@@ -665,17 +823,24 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
         plan.print_output = false;
         plan.keep_order = false;
     }
-    if o.delay.is_some() || o.memfree.is_some() || o.load.is_some() {
-        plan.throttle = Some(Arc::new(Throttle::new(
-            o.delay.map(|d| Duration::from_secs_f64(d.max(0.0))),
-            o.memfree,
-            o.load,
-            Arc::new(ProcSource),
-        )));
+    let mem_per_job = stored_mem_per_job(o.mem_per_job.as_deref())?;
+    if mem_per_job.is_some() && o.persistent {
+        bail!("--mem-per-job cannot be used with --persistent (the workers are long-lived)");
     }
+    // Always a throttle: with nothing set it still caps the jobs at once
+    // after an OOM kill.
+    let throttle = Throttle::new(
+        o.delay.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        o.memfree,
+        o.load,
+        Arc::new(ProcSource),
+    )
+    .with_mem_per_job(mem_per_job);
+    seed_peaks(&throttle, &command_as_given);
+    plan.throttle = Some(Arc::new(throttle));
     Ok(Prepared {
         plan,
-        policy: RetryPolicy::with_retries(o.retries).max_lost(o.max_lost),
+        policy: o.retry_policy().map_err(anyhow::Error::msg)?,
         outputs: Outputs {
             joblog: o.joblog.clone(),
             results: o.results.clone(),
@@ -765,10 +930,18 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         delay: a.delay.map(|d| d.as_secs_f64()),
         memfree: a.memfree.map(|m| m as u64),
         load: a.load.as_deref().map(parse_load).transpose()?,
+        max_oom: a.policy.max_oom,
+        retry_on: None,
+        retry_delay: None,
+        retry_backoff: a.policy.retry_backoff,
+        retry_max_delay: a.policy.retry_max_delay.as_secs_f64(),
+        mem_per_job: None,
         input,
         shape: Shape::default(),
         plan,
     };
+    a.policy.check()?;
+    a.policy.store(&mut stored);
     if a.dry_run {
         let (payloads, shape) = input_plan(&stored)?.open().map_err(one_error)?;
         stored.shape = shape;

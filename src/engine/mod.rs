@@ -38,7 +38,11 @@
 //! `--memfree` and `--load` are a [`throttle::Throttle`] that
 //! [`Dispatch::lease`] consults before every start, whatever the executor
 //! (with `--memfree`, a watcher thread also stops the youngest attempt
-//! through [`Executor::stop_youngest`] when memory runs low); `--tag` is a
+//! through [`Executor::stop_youngest`] when memory runs low). So are
+//! `--mem-per-job` and the cap on jobs at once after an OOM kill, which the
+//! throttle learns from every attempt's end in [`Dispatch::report`]. A
+//! retry delayed by `--retry-delay` waits in the queue, not in a slot
+//! (see [`crate::queue::memory`]). `--tag` is a
 //! [`output::Tag`] of the printer; `--joblog` and `--results` are observers
 //! ([`joblog::Joblog`], [`results::Results`]).
 
@@ -139,7 +143,8 @@ pub struct Options {
     /// whole).
     pub live: Option<output::Live>,
     /// Throttles consulted before each start (`--delay`, `--memfree`,
-    /// `--load`); `None`: start as soon as a slot is free.
+    /// `--load`, `--mem-per-job`, the OOM cap); `None`: start as soon as a
+    /// slot is free, and no cap after an OOM kill.
     pub throttle: Option<Arc<throttle::Throttle>>,
 }
 
@@ -285,35 +290,46 @@ impl Dispatch {
             if !self.may_start() {
                 return None;
             }
-            // --memfree, --load: before taking a job, so that another
+            // --memfree, --load, then --mem-per-job and the OOM cap
+            // (admission, counted): before taking a job, so that another
             // worker on a shared queue may take it meanwhile.
-            if let Some(t) = &self.opts.throttle {
-                if !t.wait_system(&go_on) {
+            let throttle = self.opts.throttle.as_deref();
+            if let Some(t) = throttle {
+                if !t.wait_system(&go_on) || !t.admit(&go_on) {
                     return None;
                 }
             }
             match gate.get(worker, Some(POLL)) {
                 Ok(lease) => {
                     // --delay: counted from the previous start.
-                    let delayed = self
-                        .opts
-                        .throttle
-                        .as_ref()
-                        .is_none_or(|t| t.wait_delay(&go_on));
+                    let delayed = throttle.is_none_or(|t| t.wait_delay(&go_on));
+                    if let Some(t) = throttle {
+                        t.bind(lease.job.seq);
+                    }
                     if !delayed || !self.may_start() {
                         self.give_back(&lease);
                         return None;
                     }
                     return Some(lease);
                 }
-                Err(GetError::Timeout) => continue,
-                Err(GetError::Closed) | Err(GetError::Backend(_)) => return None,
+                Err(e) => {
+                    if let Some(t) = throttle {
+                        t.unadmit();
+                    }
+                    match e {
+                        GetError::Timeout => continue,
+                        GetError::Closed | GetError::Backend(_) => return None,
+                    }
+                }
             }
         }
     }
 
     /// Gives a lease back unrun (the attempt is not counted).
     pub fn give_back(&self, lease: &Lease) {
+        if let Some(t) = &self.opts.throttle {
+            t.unbind(lease.job.seq);
+        }
         if self.queue().release(lease).is_ok() {
             let _ = self.printer.skip(lease.job.seq);
         }
@@ -385,6 +401,22 @@ impl Dispatch {
         let _ = self
             .running
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        // --mem-per-job learns its peak; an OOM kill lowers the cap on
+        // jobs at once.
+        if let Some(t) = &self.opts.throttle {
+            let before = t.oom_cap();
+            t.ended(job.seq, outcome);
+            match (before, t.oom_cap()) {
+                (b, Some(cap)) if b.is_none_or(|b| cap < b) => {
+                    self.notice(Notice::Info(format!(
+                        "job {} was killed out of memory: at most {cap} job{} at once for now",
+                        job.seq,
+                        if cap == 1 { "" } else { "s" }
+                    )));
+                }
+                _ => {}
+            }
+        }
         {
             let mut report = AttemptReport {
                 seq: job.seq,

@@ -56,7 +56,9 @@ pub struct Plan {
     /// process per attempt only: a long-lived worker's result arrives
     /// whole, and is printed whole.
     pub live: Option<super::output::Live>,
-    /// `--delay`, `--memfree`, `--load`.
+    /// `--delay`, `--memfree`, `--load`, `--mem-per-job`; a throttle with
+    /// nothing set still caps the jobs at once after an OOM kill (see
+    /// [`super::throttle`]).
     pub throttle: Option<Arc<super::throttle::Throttle>>,
 }
 
@@ -129,7 +131,7 @@ impl Plan {
             print_output: self.print_output,
             tag: self.tag,
             live,
-            throttle: self.throttle.filter(|t| t.is_active()),
+            throttle: self.throttle,
         };
         super::run(queue, input, executor, observers, opts)
     }

@@ -7,6 +7,11 @@
 //! read as version 1. Fields added later get defaults, so older journals
 //! keep parsing; a journal from a newer jobmill with a higher version is
 //! refused, naming both versions.
+//!
+//! Version 2 added the retry policy by cause (`max_oom`, `retry_on`,
+//! `retry_delay`, `retry_backoff`, `retry_max_delay`) and `mem_per_job`:
+//! an older jobmill refuses such a journal rather than resume it while
+//! ignoring them.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -18,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::writer::WriterConfig;
 
 /// The version of the stored options this build writes and reads.
-pub const OPTIONS_VERSION: u32 = 1;
+pub const OPTIONS_VERSION: u32 = 2;
 
 fn version_1() -> u32 {
     1
@@ -43,6 +48,24 @@ pub struct StoredOptions {
     /// `--max-lost` (3 in journals written before it was stored).
     #[serde(default = "default_max_lost")]
     pub max_lost: u32,
+    /// `--max-oom` (3 when absent).
+    #[serde(default = "default_max_oom")]
+    pub max_oom: u32,
+    /// `--retry-on`, as given (every failure is retried when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    /// `--retry-delay`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<f64>,
+    /// `--retry-backoff` (2 when absent).
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: f64,
+    /// `--retry-max-delay`, seconds (600 when absent).
+    #[serde(default = "default_retry_max_delay")]
+    pub retry_max_delay: f64,
+    /// `--mem-per-job`: `"auto"`, or bytes as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_per_job: Option<String>,
     /// `--timeout`, seconds.
     pub timeout: Option<f64>,
     /// `--grace`, seconds.
@@ -109,6 +132,18 @@ fn default_max_lost() -> u32 {
     crate::job::DEFAULT_MAX_LOST
 }
 
+fn default_max_oom() -> u32 {
+    crate::job::DEFAULT_MAX_OOM
+}
+
+fn default_retry_backoff() -> f64 {
+    crate::job::DEFAULT_RETRY_BACKOFF
+}
+
+fn default_retry_max_delay() -> f64 {
+    crate::job::DEFAULT_RETRY_MAX_DELAY.as_secs_f64()
+}
+
 fn default_handshake() -> f64 {
     10.0
 }
@@ -164,6 +199,30 @@ impl StoredOptions {
         } else {
             b'\n'
         }
+    }
+
+    /// The retry policy these options describe: `--retries`,
+    /// `--max-lost`, `--max-oom`, `--retry-on` and the retry delays.
+    ///
+    /// # Errors
+    ///
+    /// The stored `--retry-on` does not parse (the message names it).
+    pub fn retry_policy(&self) -> Result<crate::job::RetryPolicy, String> {
+        use crate::job::{Backoff, RetryOn, RetryPolicy};
+        let retry_on = match &self.retry_on {
+            Some(text) => RetryOn::parse(text).map_err(|e| e.to_string())?,
+            None => RetryOn::ALL,
+        };
+        let secs = |s: f64| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX);
+        Ok(RetryPolicy::with_retries(self.retries)
+            .max_lost(self.max_lost)
+            .max_oom(self.max_oom)
+            .retry_on(retry_on)
+            .backoff(Backoff {
+                delay: self.retry_delay.map_or(Duration::ZERO, secs),
+                factor: self.retry_backoff,
+                max: secs(self.retry_max_delay),
+            }))
     }
 
     /// The stored JSON.
@@ -265,6 +324,11 @@ mod tests {
         let o = StoredOptions::from_json(&serde_json::from_str(OLD).unwrap()).unwrap();
         assert_eq!(o.version, 1);
         assert_eq!(o.arena, None);
+        // Before version 2: every failure retried at once, 3 OOM kills.
+        let p = o.retry_policy().unwrap();
+        assert_eq!((p.max_attempts, p.max_oom), (3, 3));
+        assert!(p.retry_on.is_all() && p.backoff.delay.is_zero());
+        assert_eq!(o.mem_per_job, None);
         assert_eq!((o.jobs, o.retries, o.timeout), (4, 2, Some(1.5)));
         assert_eq!(o.halt.as_deref(), Some("now,fail=1"));
         assert_eq!(
@@ -295,7 +359,23 @@ mod tests {
         let mut o = StoredOptions::from_json(&serde_json::from_str(OLD).unwrap()).unwrap();
         o.version = OPTIONS_VERSION;
         o.arena = Some(1 << 20);
+        o.retry_on = Some("exit=3,10-12,timeout".into());
+        o.retry_delay = Some(1.5);
+        o.mem_per_job = Some("auto".into());
+        o.max_oom = 5;
         let v = o.to_json();
+        let p = StoredOptions::from_json(&v)
+            .unwrap()
+            .retry_policy()
+            .unwrap();
+        assert_eq!(p.max_oom, 5);
+        assert_eq!(p.backoff.delay, Duration::from_millis(1500));
+        assert!(p
+            .retry_on
+            .selects(&crate::job::FailReason::Exit { code: 11 }));
+        assert!(!p
+            .retry_on
+            .selects(&crate::job::FailReason::Exit { code: 1 }));
         assert_eq!(v["version"], OPTIONS_VERSION);
         assert_eq!(StoredOptions::from_json(&v).unwrap(), o);
         let mut newer = v.clone();

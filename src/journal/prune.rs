@@ -103,6 +103,33 @@ pub fn list(dir: &Path) -> Result<Vec<RunEntry>, JournalError> {
         .collect())
 }
 
+/// The peak memory, in bytes, of attempts that ran to their end (done or
+/// failed, not killed for memory, lost or interrupted) in the journals of
+/// `dir` whose command is `command` exactly, newest runs first, at most
+/// `limit`: what `--mem-per-job auto` starts from. Journals that cannot be
+/// read are skipped.
+pub fn earlier_peaks(dir: &Path, command: &[std::ffi::OsString], limit: usize) -> Vec<u64> {
+    let Ok(entries) = list(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.iter().rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(summary) = &e.summary else { continue };
+        if summary.run.command != command {
+            continue;
+        }
+        if let Ok(j) = Journal::open_header_only(&e.path) {
+            if let Ok(peaks) = j.peaks(limit - out.len()) {
+                out.extend(peaks);
+            }
+        }
+    }
+    out
+}
+
 /// Deletes the journals of `dir` (with their `-wal` and `-shm`) whose run
 /// finished more than `age` before `now` (Unix seconds). Running and
 /// interrupted runs, and files that fail the full [`super::check`], are

@@ -497,6 +497,35 @@ impl Journal {
         })
     }
 
+    /// The peak memory, in bytes, of up to `limit` attempts that ran to
+    /// their end (done or failed: not killed for memory, lost or
+    /// interrupted), latest first.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Sqlite`] on a read error.
+    pub fn peaks(&self, limit: usize) -> Result<Vec<u64>, JournalError> {
+        let read = || -> rusqlite::Result<Vec<u64>> {
+            let mut stmt = self.conn.prepare(
+                "SELECT max_rss_kb FROM attempt WHERE max_rss_kb IS NOT NULL
+                   AND (outcome = 'done'
+                        OR (outcome IN ('failed', 'dead', 'requeued')
+                            AND COALESCE(reason, '') NOT LIKE '%out of memory%'
+                            AND COALESCE(reason, '') NOT LIKE '%OOM killer%'
+                            AND COALESCE(reason, '') NOT LIKE 'worker lost:%'))
+                 ORDER BY ended_at DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|kib| kib.max(0) as u64 * 1024))
+                .collect()
+        };
+        read().map_err(|e| JournalError::Sqlite {
+            path: self.path.clone(),
+            op: "read the peaks",
+            cause: e,
+        })
+    }
+
     /// Every session, oldest first.
     ///
     /// # Errors

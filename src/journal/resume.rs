@@ -449,6 +449,15 @@ pub struct PendingJobs {
     done: bool,
 }
 
+/// How the journal's `attempt.reason` (a [`FailReason`]'s text) begins
+/// for a lost attempt and for an OOM kill: resume rebuilds the lost and
+/// OOM counts from them. Tied to `FailReason`'s `Display` by a test.
+///
+/// [`FailReason`]: crate::job::FailReason
+const LOST: &str = "worker lost:";
+const OOM: &str = "killed by the kernel's OOM killer";
+const LIKELY_OOM: &str = "likely out of memory";
+
 impl PendingJobs {
     fn fill(&mut self) -> rusqlite::Result<()> {
         let Some(conn) = &self.conn else {
@@ -462,30 +471,42 @@ impl PendingJobs {
         let sql = format!(
             "SELECT seq, input, state,
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
-                       AND a.outcome IN ('requeued', 'failed', 'dead'))
+                       AND a.outcome IN ('requeued', 'failed', 'dead')),
+                    (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
+                       AND a.outcome = 'requeued' AND a.reason LIKE ?2 || '%'),
+                    (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
+                       AND a.outcome = 'requeued'
+                       AND (a.reason LIKE ?3 || '%' OR a.reason LIKE ?4 || '%'))
              FROM job WHERE seq > ?1 AND state IN {states} ORDER BY seq LIMIT 1024"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![self.last], |r| {
+        let rows = stmt.query_map(params![self.last, LOST, OOM, LIKELY_OOM], |r| {
             let seq: i64 = r.get(0)?;
             let input: Vec<u8> = r.get(1)?;
             let state: String = r.get(2)?;
             let counted: i64 = r.get(3)?;
-            Ok((seq, input, state, counted))
+            let lost: i64 = r.get(4)?;
+            let oom: i64 = r.get(5)?;
+            Ok((seq, input, state, counted, lost, oom))
         })?;
         for row in rows {
-            let (seq, input, state, counted) = row?;
+            let (seq, input, state, counted, lost, oom) = row?;
             self.last = seq;
-            let attempts = if matches!(state.as_str(), "failed" | "dead") {
-                0
+            // A failed or dead job run again (`--failed`) starts afresh;
+            // otherwise it keeps its attempts, and which of them were lost
+            // or killed out of memory (they do not count against the
+            // retries, and stay bounded by --max-lost and --max-oom).
+            let (attempts, lost, oom) = if matches!(state.as_str(), "failed" | "dead") {
+                (0, 0, 0)
             } else {
-                counted as u32
+                (counted as u32, lost as u32, oom as u32)
             };
             self.batch.push_back(NewJob {
                 seq: seq as u64,
                 payload: Bytes::from(input),
                 attempts,
-                lost: 0,
+                lost,
+                oom,
             });
         }
         Ok(())
@@ -510,5 +531,26 @@ impl Iterator for PendingJobs {
             }
         }
         self.batch.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::job::FailReason;
+
+    #[test]
+    fn lost_and_oom_reasons_begin_as_resume_looks_for_them() {
+        let lost = FailReason::WorkerLost { detail: "x".into() }.to_string();
+        assert!(lost.starts_with(super::LOST), "{lost}");
+        let oom = FailReason::OutOfMemory { likely: false }.to_string();
+        assert!(oom.starts_with(super::OOM), "{oom}");
+        let likely = FailReason::OutOfMemory { likely: true }.to_string();
+        assert!(likely.starts_with(super::LIKELY_OOM), "{likely}");
+        let limit = FailReason::MemoryLimit {
+            limit: 1,
+            likely: false,
+        }
+        .to_string();
+        assert!(!limit.starts_with(super::OOM) && !limit.starts_with(super::LIKELY_OOM));
     }
 }

@@ -842,6 +842,7 @@ where
             payload,
             attempts: 0,
             lost: 0,
+            oom: 0,
         }) {
             // Not expected: the queue has room and stays open while the
             // engine runs.

@@ -8,8 +8,15 @@
 //! waits for room. Jobs requeued after a failure are not held back by the
 //! capacity: a consumer must never block on its own requeue, so the queue may
 //! briefly hold up to `capacity + leased` jobs.
+//!
+//! A job requeued with a retry delay (`--retry-delay`, see
+//! [`RetryPolicy::retry_delay`]) waits in a separate set ordered by its
+//! not-before time, and joins the back of the queue once that time has come
+//! (checked at every lease; a blocking `get` sleeps no longer than the
+//! earliest one). It holds no slot meanwhile, and it counts as queued: the
+//! queue is not drained while a delayed retry is pending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,12 +46,15 @@ struct Held {
     worker: WorkerId,
     attempt: u32,
     lost: u32,
+    oom: u32,
     token: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queued: VecDeque<Job>,
+    /// Retries waiting for their not-before time (`--retry-delay`).
+    delayed: BTreeMap<(Instant, JobId), Job>,
     leased: HashMap<JobId, Held>,
     next_id: u64,
     next_token: u64,
@@ -57,18 +67,44 @@ struct State {
 
 impl State {
     fn drained(&self) -> bool {
-        self.closed && self.queued.is_empty() && self.leased.is_empty()
+        self.closed && self.queued.is_empty() && self.delayed.is_empty() && self.leased.is_empty()
+    }
+
+    /// Moves the delayed retries whose time has come to the back of the
+    /// queue.
+    fn promote_due(&mut self) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let job = entry.remove();
+            self.queued.push_back(job);
+        }
+    }
+
+    /// When the earliest delayed retry becomes due.
+    fn next_due(&self) -> Option<Instant> {
+        self.delayed.keys().next().map(|(at, _)| *at)
     }
 
     fn lease_front(&mut self, worker: WorkerId, policy: RetryPolicy) -> Option<Lease> {
+        self.promote_due();
         let mut job = self.queued.pop_front()?;
         let next = JobState::Queued {
             attempts: job.attempts,
             lost: job.lost,
+            oom: job.oom,
         }
         .apply(Transition::Lease { worker }, policy)
         .expect("a queued job can always be leased");
-        let JobState::Leased { attempt, lost, .. } = next else {
+        let JobState::Leased {
+            attempt, lost, oom, ..
+        } = next
+        else {
             unreachable!("lease leads to Leased")
         };
         job.attempts = attempt;
@@ -82,6 +118,7 @@ impl State {
                 worker,
                 attempt,
                 lost,
+                oom,
                 token,
             },
         );
@@ -113,18 +150,35 @@ impl State {
             worker: held.worker,
             attempt: held.attempt,
             lost: held.lost,
+            oom: held.oom,
         }
-        .apply(Transition::Fail { reason }, policy)
+        .apply(
+            Transition::Fail {
+                reason: reason.clone(),
+            },
+            policy,
+        )
         .expect("a leased job can always fail");
+        let delay = policy.requeue_delay(&reason, &next, held.seq);
         match next {
-            JobState::Queued { attempts, lost } => {
-                self.queued.push_back(Job {
+            JobState::Queued {
+                attempts,
+                lost,
+                oom,
+            } => {
+                let job = Job {
                     id,
                     seq: held.seq,
                     payload: held.payload,
                     attempts,
                     lost,
-                });
+                    oom,
+                };
+                if delay.is_zero() {
+                    self.queued.push_back(job);
+                } else {
+                    self.delayed.insert((Instant::now() + delay, id), job);
+                }
                 Disposition::Requeued { attempts }
             }
             JobState::Failed { .. } => {
@@ -188,6 +242,7 @@ impl Queue for MemoryQueue {
             payload: job.payload,
             attempts: job.attempts,
             lost: job.lost,
+            oom: job.oom,
         });
         state.counts.produced += 1;
         let wake = state.getters > 0;
@@ -222,6 +277,12 @@ impl Queue for MemoryQueue {
                     }
                     Some(deadline - now)
                 }
+            };
+            // Wake for the earliest delayed retry, too.
+            let wait = match (wait, state.next_due()) {
+                (w, None) => w,
+                (None, Some(due)) => Some(due.saturating_duration_since(Instant::now())),
+                (Some(w), Some(due)) => Some(w.min(due.saturating_duration_since(Instant::now()))),
             };
             state.getters += 1;
             state = match wait {
@@ -337,6 +398,7 @@ impl Queue for MemoryQueue {
             payload: held.payload,
             attempts: held.attempt - 1,
             lost: held.lost,
+            oom: held.oom,
         });
         drop(state);
         self.available.notify_one();
@@ -383,7 +445,7 @@ impl Queue for MemoryQueue {
     fn counts(&self) -> Result<Counts, QueueError> {
         let state = self.lock();
         let mut c = state.counts;
-        c.queued = state.queued.len() as u64;
+        c.queued = (state.queued.len() + state.delayed.len()) as u64;
         c.leased = state.leased.len() as u64;
         Ok(c)
     }

@@ -670,6 +670,7 @@ impl Worker {
                     payload,
                     attempts: j.attempt,
                     lost: 0,
+                    oom: 0,
                 });
             }
             Frame::PollEnd => self.polls_pending = self.polls_pending.saturating_sub(1),

@@ -69,8 +69,25 @@ pub(super) struct Settle {
     /// Job id and whether its payload has its own key (used by 'd').
     pub(super) job: u64,
     pub(super) ext: bool,
-    /// Lost attempts the requeued copy carries (used by 'q').
-    pub(super) lost: u32,
+    /// Lost and OOM-killed attempts the requeued copy carries, packed by
+    /// [`pack_counts`] (used by 'q').
+    pub(super) lost: u64,
+    /// A 'q' waits this long in the delayed set before it may be leased
+    /// (`--retry-delay`); 0: at once.
+    pub(super) delay_ms: u64,
+}
+
+/// The lost and OOM counts of a job as its stream entry's `l` field keeps
+/// them: `lost + oom × 2^32` (entries written before OOM counts existed
+/// hold the lost count alone, which reads back with no OOM kills). The
+/// scripts pass the field through unchanged.
+pub(super) fn pack_counts(lost: u32, oom: u32) -> u64 {
+    u64::from(lost) | (u64::from(oom) << 32)
+}
+
+/// The lost and OOM counts of a packed `l` field (see [`pack_counts`]).
+pub(super) fn unpack_counts(l: u64) -> (u32, u32) {
+    (l as u32, (l >> 32) as u32)
 }
 
 /// How a script call is made.
@@ -93,6 +110,7 @@ pub(super) struct HeldLease {
     pub(super) worker: WorkerId,
     pub(super) attempt: u32,
     pub(super) lost: u32,
+    pub(super) oom: u32,
 }
 
 /// A job's input as a record keeps it: the bytes when known (at most the
@@ -122,6 +140,8 @@ pub(super) struct EmptyInfo {
     pub(super) leased: u64,
     pub(super) stream_last: String,
     pub(super) wake_last: String,
+    /// How long until the next delayed retry is due, if one waits.
+    pub(super) due_in: Option<Duration>,
 }
 
 impl EmptyInfo {
@@ -145,6 +165,8 @@ pub(super) struct Inner {
     /// The queue's settings as last seen (every lease reply carries them).
     pub(super) max_attempts: AtomicU32,
     pub(super) max_lost: AtomicU32,
+    /// The policy this client was opened with (see [`Inner::policy`]).
+    pub(super) local_policy: RetryPolicy,
     pub(super) visibility_ms: AtomicU64,
     pub(super) capacity: AtomicU64,
     pub(super) producer_ttl: Duration,
@@ -236,8 +258,11 @@ impl Inner {
         )
     }
 
+    /// The retry policy: `max_attempts` and `max_lost` are the queue's (as
+    /// last seen); `max_oom`, `--retry-on` and the retry delays are this
+    /// client's own.
     pub(super) fn policy(&self) -> RetryPolicy {
-        RetryPolicy::with_retries(0)
+        self.local_policy
             .max_lost(self.max_lost.load(Ordering::Relaxed))
             .with_max_attempts(self.max_attempts.load(Ordering::Relaxed).max(1))
     }
@@ -319,11 +344,12 @@ impl Inner {
                     let job_id = int(&j).ok_or_else(bad)? as u64;
                     let seq = int(&s).ok_or_else(bad)? as u64;
                     let recorded = int(&att).ok_or_else(bad)? as u32;
-                    let lost = int(&lo).ok_or_else(bad)? as u32;
+                    let (lost, oom) = unpack_counts(int(&lo).ok_or_else(bad)? as u64);
                     // The script counted the attempt; the state machine must agree.
                     let next = JobState::Queued {
                         attempts: recorded.saturating_sub(1),
                         lost,
+                        oom,
                     }
                     .apply(Transition::Lease { worker }, self.policy())
                     .map_err(|e| protocol(OP, e))?;
@@ -345,6 +371,7 @@ impl Inner {
                             payload,
                             attempts: attempt,
                             lost,
+                            oom,
                         },
                         worker,
                         token,
@@ -358,7 +385,7 @@ impl Inner {
             }
             Some(0) => {
                 let v: Vec<Value> = a.collect();
-                if v.len() != 10 {
+                if v.len() != 11 {
                     return Err(protocol(OP, "empty reply has wrong length"));
                 }
                 let n = |i: usize| int(&v[i]).unwrap_or(0) as u64;
@@ -371,6 +398,9 @@ impl Inner {
                     leased: n(7),
                     stream_last: text(&v[8]).unwrap_or_else(|| "0-0".into()),
                     wake_last: text(&v[9]).unwrap_or_else(|| "0-0".into()),
+                    due_in: int(&v[10])
+                        .filter(|ms| *ms >= 0)
+                        .map(|ms| Duration::from_millis(ms as u64)),
                 }))
             }
             _ => Err(protocol(OP, "lease status")),
@@ -426,7 +456,8 @@ impl Inner {
                         .arg(&s.record)
                         .arg(s.job)
                         .arg(if s.ext { "1" } else { "0" })
-                        .arg(s.lost);
+                        .arg(s.lost)
+                        .arg(s.delay_ms);
                 }
             },
         )?;
@@ -461,11 +492,13 @@ impl Inner {
             worker,
             attempt,
             lost,
+            oom,
         } = held;
         let next = JobState::Leased {
             worker,
             attempt,
             lost,
+            oom,
         }
         .apply(
             Transition::Fail {
@@ -475,7 +508,11 @@ impl Inner {
         )
         .map_err(|e| protocol("fail", e))?;
         let (action, attempts, lost, record) = match &next {
-            JobState::Queued { attempts, lost } => ("q", *attempts, *lost, String::new()),
+            JobState::Queued {
+                attempts,
+                lost,
+                oom,
+            } => ("q", *attempts, pack_counts(*lost, *oom), String::new()),
             JobState::Failed { attempts, .. } | JobState::Dead { attempts, .. } => {
                 // The record counts every lost attempt, this one included.
                 let lost = lost + u32::from(reason.is_lost());
@@ -507,10 +544,11 @@ impl Inner {
                 } else {
                     "x"
                 };
-                (action, *attempts, lost, json)
+                (action, *attempts, u64::from(lost), json)
             }
             other => return Err(protocol("fail", format!("fail led to {other:?}"))),
         };
+        let delay = self.policy().requeue_delay(&reason, &next, seq);
         let disposition = match next {
             JobState::Queued { attempts, .. } => Disposition::Requeued { attempts },
             fin => Disposition::Final(fin),
@@ -525,6 +563,7 @@ impl Inner {
                 job,
                 ext: false,
                 lost,
+                delay_ms: delay.as_millis() as u64,
             },
             disposition,
         ))
@@ -579,7 +618,7 @@ impl Inner {
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let attempt = int(&c[3]).ok_or_else(bad)? as u32;
-            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let (lost, oom) = unpack_counts(int(&c[4]).ok_or_else(bad)? as u64);
             let owner = text(&c[5]).unwrap_or_default();
             let inline = match &c[6] {
                 Value::BulkString(b) => b.as_slice(),
@@ -602,6 +641,7 @@ impl Inner {
                 worker: WorkerId(0),
                 attempt: attempt.max(1),
                 lost,
+                oom,
             };
             let input = RecordInput {
                 bytes: Some(inline),
@@ -700,7 +740,7 @@ impl Inner {
             for j in jobs {
                 inv.arg(j.seq)
                     .arg(j.attempts)
-                    .arg(j.lost)
+                    .arg(pack_counts(j.lost, j.oom))
                     .arg(if j.payload.len() > INLINE_LIMIT {
                         "1"
                     } else {

@@ -233,6 +233,7 @@ impl RedisQueue {
             instance: instance as u64,
             max_attempts: AtomicU32::new(max_attempts.max(1) as u32),
             max_lost: AtomicU32::new(max_lost.max(0) as u32),
+            local_policy: config.policy,
             visibility_ms: AtomicU64::new(vis_ms.max(1) as u64),
             capacity: AtomicU64::new(capacity.max(1) as u64),
             producer_ttl: config.producer_ttl.max(Duration::from_millis(30)),
@@ -425,6 +426,10 @@ impl RedisQueue {
                 // Nothing can idle out; wake for the producer's liveness.
                 wait = wait.max(inner.producer_ttl / 2);
             }
+            if let Some(due) = info.due_in {
+                // A delayed retry: look again when it is due.
+                wait = wait.min(due.max(Duration::from_millis(1)));
+            }
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
@@ -499,6 +504,7 @@ impl RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
             lost: lease.job.lost,
+            oom: lease.job.oom,
         };
         let (item, disposition) =
             inner.fail_item(held, reason, info, RecordInput::payload(&lease.job.payload))?;
@@ -542,6 +548,7 @@ impl RedisQueue {
                 worker: lease.worker,
                 attempt: lease.job.attempts,
                 lost: lease.job.lost,
+                oom: lease.job.oom,
             }
             .apply(Transition::Complete, self.inner.policy())
             .map_err(|e| protocol("complete", e))?;
@@ -554,6 +561,7 @@ impl RedisQueue {
                 job: lease.job.id.0,
                 ext: lease.job.payload.len() > INLINE_LIMIT,
                 lost: 0,
+                delay_ms: 0,
             });
         }
         Ok(self
@@ -830,6 +838,7 @@ impl RedisQueue {
             }
             ::redis::cmd("DEL")
                 .arg(&keys.all[..])
+                .arg(format!("{}w", keys.prefix))
                 .query::<i64>(con)
                 .map(|_| ())
         })
@@ -977,10 +986,16 @@ impl Queue for RedisQueue {
             worker: lease.worker,
             attempt: lease.job.attempts,
             lost: lease.job.lost,
+            oom: lease.job.oom,
         }
         .apply(Transition::Release, inner.policy())
         .map_err(|e| protocol("release", e))?;
-        let JobState::Queued { attempts, lost } = next else {
+        let JobState::Queued {
+            attempts,
+            lost,
+            oom,
+        } = next
+        else {
             return Err(protocol("release", "release did not lead to Queued"));
         };
         inner.settle(&[Settle {
@@ -991,7 +1006,8 @@ impl Queue for RedisQueue {
             record: String::new(),
             job: lease.job.id.0,
             ext: false,
-            lost,
+            lost: core::pack_counts(lost, oom),
+            delay_ms: 0,
         }])?;
         Ok(())
     }
@@ -1018,7 +1034,7 @@ impl Queue for RedisQueue {
             let job = int(&c[1]).ok_or_else(bad)? as u64;
             let seq = int(&c[2]).ok_or_else(bad)? as u64;
             let held = text(&c[3]).ok_or_else(bad)?;
-            let lost = int(&c[4]).ok_or_else(bad)? as u32;
+            let (lost, oom) = core::unpack_counts(int(&c[4]).ok_or_else(bad)? as u64);
             let inline = match &c[5] {
                 Value::BulkString(b) => b.as_slice(),
                 _ => &[],
@@ -1042,6 +1058,7 @@ impl Queue for RedisQueue {
                 worker,
                 attempt,
                 lost,
+                oom,
             };
             let (item, d) = inner.fail_item(held, reason, &AttemptInfo::default(), input)?;
             items.push(item);

@@ -110,7 +110,7 @@ impl RedisQueue {
                         b"j" => job = num(),
                         b"s" => seq = num(),
                         b"a" => made = num().unwrap_or(0) as u32,
-                        b"l" => lost = num().unwrap_or(0) as u32,
+                        b"l" => lost = super::core::unpack_counts(num().unwrap_or(0)).0,
                         b"p" => input = Some(v.clone()),
                         _ => {}
                     }

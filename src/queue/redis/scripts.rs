@@ -82,6 +82,13 @@ local function trim()
   if cut then redis.call('XTRIM', S, 'MINID', '~', cut) end
 end
 local function wake(what) redis.call('XADD', E, 'MAXLEN', '~', '100', '*', 'w', what) end
+-- Delayed retries: a sorted set by not-before time (ms), of JSON members
+-- {j, s, a, l, x}; an inline payload waits in the key `p:w:<job id>`.
+local W = PFX .. 'w'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 -- The input of an entry for a record: inline payload and its size, or ''
 -- and the size of the payload key.
 local function entry_input(out, f)
@@ -156,8 +163,10 @@ return remember({n, tostring(first)})
 /// Returns {1, max_attempts, visibility_ms, max_lost, id, job, seq, attempt,
 /// lost, payload, id, ...} or, when nothing is queued, {0, max_attempts,
 /// visibility_ms, max_lost, closed, produced, done, failed, dead,
-/// producer_seen, producer_alive, leased, stream last id, wake last id}. (The settings ride along so that
-/// clients follow a change made by `set_settings`.)
+/// producer_seen, producer_alive, leased, stream last id, wake last id,
+/// ms until the next delayed retry is due or -1}. (The settings ride along
+/// so that clients follow a change made by `set_settings`.) Delayed
+/// retries that are due are first moved from `jm:{N}:w` to the stream.
 const LEASE: &str = r#"
 local function entry(out, id, f, attempt)
   out[#out + 1] = id
@@ -183,6 +192,24 @@ if c then
 end
 local cap = num('capacity')
 local before = unfinished() - redis.call('HLEN', L)
+-- Delayed retries whose time has come join the stream (see SETTLE).
+local due_in = -1
+if redis.call('EXISTS', W) == 1 then
+  local now = now_ms()
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', W, '-inf', now, 'LIMIT', 0, 1000)) do
+    local f = cjson.decode(m)
+    if f['x'] == '1' then
+      redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', f['a'], 'l', f['l'], 'x', '1')
+    else
+      local pk = PFX .. 'p:w:' .. f['j']
+      redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', f['a'], 'l', f['l'], 'p', redis.call('GET', pk) or '')
+      redis.call('DEL', pk)
+    end
+    redis.call('ZREM', W, m)
+  end
+  local first = redis.call('ZRANGE', W, 0, 0, 'WITHSCORES')
+  if first[2] then due_in = math.max(0, tonumber(first[2]) - now) end
+end
 local r = redis.call('XREADGROUP', 'GROUP', G, ARGV[4], 'COUNT', ARGV[5], 'STREAMS', S, '>')
 if not r then
   local v = redis.call('HMGET', M, 'closed', 'produced', 'done', 'failed', 'dead', 'producer_seen')
@@ -192,6 +219,7 @@ if not r then
   out[#out + 1] = redis.call('HLEN', L)
   out[#out + 1] = last_id(S)
   out[#out + 1] = last_id(E)
+  out[#out + 1] = due_in
   return out
 end
 local out = {1, num('max_attempts'), num('visibility_ms'), num('max_lost')}
@@ -259,8 +287,10 @@ return remember(out)
 /// kept, for `requeue`); 'd' stores its record as the result when one is
 /// given. Settled entries are left for `trim`.
 /// ARGV[4] = k, then per lease: entry id, expected lease, action, attempts,
-/// record, job id, external payload flag, lost. Returns {1|0 per lease}
-/// (0 = stale).
+/// record, job id, external payload flag, lost, delay ms. A 'q' with a
+/// delay goes to the delayed set `jm:{N}:w` (scored by its not-before time,
+/// the server's clock) instead of the stream; LEASE moves it back once due.
+/// Returns {1|0 per lease} (0 = stale).
 const SETTLE: &str = r#"
 local c = cached()
 if c then return c end
@@ -273,13 +303,14 @@ local nd, nf, nx = 0, 0, 0
 local cur = {}
 for from = 0, k - 1, 1000 do
   local ids = {}
-  for i = from, math.min(k, from + 1000) - 1 do ids[#ids + 1] = ARGV[5 + i * 8] end
+  for i = from, math.min(k, from + 1000) - 1 do ids[#ids + 1] = ARGV[5 + i * 9] end
   local got = redis.call('HMGET', L, unpack(ids))
   for j = 1, #got do cur[from + j] = got[j] end
 end
 local seen, gone, recs = {}, {}, {}
+local delayed = false
 for i = 0, k - 1 do
-  local b = 5 + i * 8
+  local b = 5 + i * 9
   local id, action = ARGV[b], ARGV[b + 2]
   local ok = 0
   if cur[i + 1] == ARGV[b + 1] and not seen[id] then
@@ -300,7 +331,17 @@ for i = 0, k - 1 do
       if redis.call('XACK', S, G, id) == 1 and e[1] then
         ok = 1
         local f = fields(e[1][2])
-        if action == 'q' then
+        local delay = tonumber(ARGV[b + 8]) or 0
+        if action == 'q' and delay > 0 then
+          local m = {j = f['j'], s = f['s'], a = ARGV[b + 3], l = ARGV[b + 7]}
+          if f['x'] == '1' then
+            m['x'] = '1'
+          else
+            redis.call('SET', PFX .. 'p:w:' .. f['j'], f['p'] or '')
+          end
+          redis.call('ZADD', W, now_ms() + delay, cjson.encode(m))
+          delayed = true
+        elseif action == 'q' then
           if f['x'] == '1' then
             redis.call('XADD', S, '*', 'j', f['j'], 's', f['s'], 'a', ARGV[b + 3], 'l', ARGV[b + 7], 'x', '1')
           else
@@ -325,6 +366,8 @@ end
 if nd > 0 then redis.call('HINCRBY', M, 'done', nd) end
 if nf > 0 then redis.call('HINCRBY', M, 'failed', nf) end
 if nx > 0 then redis.call('HINCRBY', M, 'dead', nx) end
+-- Waiting clients compute their wait from the next due retry.
+if delayed then wake('delayed') end
 if nd + nf + nx > 0 then
   if drained() then wake('drained') end
   trim()
