@@ -16,6 +16,7 @@ use jobmill::engine::results::{Results, Target};
 use jobmill::engine::throttle::{ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
+use jobmill::exec::MemoryOptions;
 use jobmill::input::plan::Payloads;
 use jobmill::input::{
     Batch, Columns, Header, Plan as InputPlan, Shape, SourceDef, SourceSpec, Trim,
@@ -264,6 +265,17 @@ pub struct RunArgs {
     /// available (MemAvailable).
     #[arg(long, value_name = "SIZE", value_parser = args::size)]
     pub memfree: Option<usize>,
+
+    /// Limit each job to SIZE of memory (e.g. 512M, 2G): the whole process
+    /// tree of each attempt runs in a memory cgroup of its own with that
+    /// limit, and a job over it ends with the cause "memory-limit". Where
+    /// no cgroup can be made (not root, no memory controller), SIZE is the
+    /// RLIMIT_AS (address space) of each process of the job instead, and a
+    /// failure that names an allocation failure is "likely" over the limit.
+    /// With --persistent, the limit applies to each worker. Also measures
+    /// each job's peak memory over its whole tree (see README, "Memory").
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    pub mem_limit: Option<usize>,
 
     /// Start a job only while fewer than N processes are running on the
     /// system (N% of the CPU threads with a `%`).
@@ -673,6 +685,12 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
             Arc::new(ProcSource),
         )));
     }
+    if o.mem_limit == Some(0) {
+        bail!("--mem-limit must be more than 0");
+    }
+    if let Some(limit) = o.mem_limit {
+        plan.memory = Some(MemoryOptions { limit: Some(limit) });
+    }
     Ok(Prepared {
         plan,
         policy: RetryPolicy::with_retries(o.retries).max_lost(o.max_lost),
@@ -764,6 +782,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
         delay: a.delay.map(|d| d.as_secs_f64()),
         memfree: a.memfree.map(|m| m as u64),
+        mem_limit: a.mem_limit.map(|m| m as u64),
         load: a.load.as_deref().map(parse_load).transpose()?,
         input,
         shape: Shape::default(),

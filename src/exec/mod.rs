@@ -74,12 +74,15 @@
 //! the job's status away).
 
 mod capture;
+pub mod cgroup;
 pub mod guardian;
 mod leftovers;
+pub mod memory;
 mod supervisor;
 mod sweep;
 
 pub use capture::{Capture, SpillBudget};
+pub use memory::MemoryOptions;
 pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE, ID_VAR};
 
 use std::ffi::OsString;
@@ -155,8 +158,15 @@ pub struct Attempt {
     /// Stopped by [`Supervisor::terminate_all`] (an interrupt): not the
     /// job's fault. Not set when the timeout had already stopped it.
     pub terminated: bool,
-    /// Peak resident set size of the main process, in KiB (`ru_maxrss`).
+    /// Peak resident set size in KiB: of the main process (`ru_maxrss`),
+    /// or with a memory option of the whole tree where its cgroup measured
+    /// more (see [`memory`]).
     pub max_rss_kib: u64,
+    /// Set when the attempt failed and memory is why
+    /// ([`FailReason::OutOfMemory`](crate::job::FailReason::OutOfMemory) or
+    /// [`FailReason::MemoryLimit`](crate::job::FailReason::MemoryLimit),
+    /// see [`memory`]).
+    pub memory: Option<crate::job::FailReason>,
     /// Everything the job wrote to its stdout.
     pub stdout: Capture,
     /// Everything the job wrote to its stderr.
@@ -166,8 +176,8 @@ pub struct Attempt {
 impl Attempt {
     /// What this attempt means in the model: stopped by jobmill, timed out
     /// (whatever the status after the TERM), succeeded, exited with a code,
-    /// killed by a signal, or could not start; with its duration and the
-    /// main process's peak RSS.
+    /// killed by a signal, died of memory, or could not start; with its
+    /// duration and peak RSS.
     pub fn outcome(&self) -> crate::outcome::Outcome {
         use crate::job::FailReason;
         use crate::outcome::{AttemptEnd, Outcome};
@@ -175,6 +185,8 @@ impl Attempt {
             AttemptEnd::Stopped
         } else if self.timed_out {
             AttemptEnd::Failed(FailReason::Timeout)
+        } else if let Some(reason) = &self.memory {
+            AttemptEnd::Failed(reason.clone())
         } else {
             match &self.end {
                 End::Exited(0) => AttemptEnd::Succeeded,

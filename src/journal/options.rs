@@ -7,6 +7,9 @@
 //! read as version 1. Fields added later get defaults, so older journals
 //! keep parsing; a journal from a newer jobmill with a higher version is
 //! refused, naming both versions.
+//!
+//! Version 2 added `mem_limit`: a limit that an older jobmill would drop
+//! silently on `resume`, so such journals are refused by it instead.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -18,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::writer::WriterConfig;
 
 /// The version of the stored options this build writes and reads.
-pub const OPTIONS_VERSION: u32 = 1;
+pub const OPTIONS_VERSION: u32 = 2;
 
 fn version_1() -> u32 {
     1
@@ -94,6 +97,10 @@ pub struct StoredOptions {
     /// `--memfree`, bytes.
     #[serde(default)]
     pub memfree: Option<u64>,
+    /// `--mem-limit`, bytes: each job's memory limit (version 2; none
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_limit: Option<u64>,
     /// `--load`, processes (a percentage resolved when the run started).
     #[serde(default)]
     pub load: Option<f64>,
@@ -295,7 +302,10 @@ mod tests {
         let mut o = StoredOptions::from_json(&serde_json::from_str(OLD).unwrap()).unwrap();
         o.version = OPTIONS_VERSION;
         o.arena = Some(1 << 20);
+        assert_eq!(o.mem_limit, None, "journals before version 2 have no limit");
+        o.mem_limit = Some(64 << 20);
         let v = o.to_json();
+        assert_eq!(v["mem_limit"], 64u64 << 20);
         assert_eq!(v["version"], OPTIONS_VERSION);
         assert_eq!(StoredOptions::from_json(&v).unwrap(), o);
         let mut newer = v.clone();
