@@ -64,6 +64,15 @@
 //!   descriptor. Reads go through a 64 KiB stack buffer; a stream that fills
 //!   it gets its pipe enlarged to 1 MiB and a 1 MiB buffer, so small jobs
 //!   allocate nothing and large outputs move in few system calls.
+//! - **Memory** (only with a memory option, [`Supervisor::with_memory`]):
+//!   the attempt runs in a cgroup of its own ([`cgroup`]), joined by the
+//!   child before `exec` (so started by `fork` and `exec`, not
+//!   `posix_spawnp`), or under `RLIMIT_AS` where no cgroup can be made.
+//!   While it runs, the watch loop also samples the cgroup's memory (5 ms,
+//!   doubling to 100 ms); after reaping, the cgroup's counters say whether
+//!   it died of memory and its tree's peak, and the cgroup is removed.
+//!   Without a cgroup, a SIGKILL during which the kernel's OOM kill count
+//!   rose is "likely out of memory" ([`memory`]).
 //! - **Cost per attempt**, beyond `posix_spawnp` and two pipes:
 //!   `pidfd_open`, one or two `poll`s, a read per stream, one `kill` of
 //!   the group, `wait4`, and with a guardian two 8-byte writes (under a
