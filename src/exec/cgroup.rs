@@ -475,11 +475,11 @@ impl JobCgroup {
                 )
             }
         };
-        let peak_bytes = if self.has_peak_file {
-            read("memory.peak").trim().parse().unwrap_or(0)
-        } else {
-            self.sampled_peak.load(Ordering::Relaxed)
+        let kept = match self.version {
+            Version::V2 => read("memory.peak").trim().parse::<u64>().ok(),
+            Version::V1 => None,
         };
+        let peak_bytes = kept.unwrap_or_else(|| self.sampled_peak.load(Ordering::Relaxed));
         Counters {
             oom_kills,
             limit_hits,
@@ -634,8 +634,59 @@ mod tests {
                 peak_bytes: 5000
             }
         );
+        // Where the kernel keeps `memory.peak`, it is the peak.
+        fs::write(dir.join("memory.peak"), "7340032\n").unwrap();
+        assert_eq!(cg.counters().peak_bytes, 7 << 20);
         // Files written by the test make the plain directory non-empty:
         // the handle's rmdir cannot succeed on it, so clean up by hand.
+        std::mem::forget(cg);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn v1_limit_reached_counts_even_when_failcnt_stays_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().to_path_buf();
+        let own = mount.join("own");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(mount.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::write(own.join("memory.limit_in_bytes"), "209715200\n").unwrap();
+        let h = Hierarchy::at(Version::V1, mount, own);
+        assert_eq!(h.effective_limit(), Some(200 << 20));
+        let cg = h.create(Some(64 << 20)).unwrap();
+        let dir = cg.dir().to_path_buf();
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
+        fs::write(dir.join("memory.failcnt"), "0\n").unwrap();
+        fs::write(
+            dir.join("memory.max_usage_in_bytes"),
+            (64u64 << 20).to_string(),
+        )
+        .unwrap();
+        fs::write(
+            dir.join("memory.stat"),
+            "cache 999999\nrss 4096\nrss_huge 0\n",
+        )
+        .unwrap();
+        cg.sample();
+        assert_eq!(
+            cg.counters(),
+            Counters {
+                oom_kills: 1,
+                limit_hits: 1,
+                peak_bytes: 4096
+            }
+        );
+        // Below the limit, with no failure counted: the limit was not hit.
+        fs::write(dir.join("memory.max_usage_in_bytes"), "1000\n").unwrap();
+        assert_eq!(cg.counters().limit_hits, 0);
         std::mem::forget(cg);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -167,8 +167,8 @@ pub struct Config {
     /// Memory options applied to each worker (`--mem-limit`): a cgroup of
     /// its own, or `RLIMIT_AS` (see [`crate::exec::memory`]). A worker
     /// that dies of memory fails the job it was running with
-    /// [`FailReason::OutOfMemory`](crate::job::FailReason::OutOfMemory) or
-    /// [`FailReason::MemoryLimit`](crate::job::FailReason::MemoryLimit)
+    /// [`FailReason::OutOfMemory`] or
+    /// [`FailReason::MemoryLimit`]
     /// instead of "worker lost".
     pub memory: Option<std::sync::Arc<crate::exec::memory::MemoryControl>>,
 }
