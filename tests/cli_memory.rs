@@ -54,7 +54,10 @@ fn job_cgroups(dir: &Path, pid: u32) -> Vec<PathBuf> {
 }
 
 /// One attempt row of a journal: (seq, reason, signal, max_rss_kb).
-fn attempts(journal: &Path) -> Vec<(i64, Option<String>, Option<i64>, Option<i64>)> {
+type Row = (i64, Option<String>, Option<i64>, Option<i64>);
+
+/// The attempt rows of a journal, in order.
+fn attempts(journal: &Path) -> Vec<Row> {
     let conn = rusqlite::Connection::open(journal).unwrap();
     let mut st = conn
         .prepare("SELECT seq, reason, signal, max_rss_kb FROM attempt ORDER BY seq, attempt")
@@ -74,10 +77,7 @@ fn run_alloc(
     env: &[(&str, &str)],
     args: &[&str],
     inputs: &[&str],
-) -> (
-    std::process::Output,
-    Vec<(i64, Option<String>, Option<i64>, Option<i64>)>,
-) {
+) -> (std::process::Output, Vec<Row>) {
     let journal = dir.join(format!("j{}.db", rand_suffix()));
     let jobmill = env!("CARGO_BIN_EXE_jobmill");
     let mut cmd = match prefix {
