@@ -377,3 +377,49 @@ fn a_persistent_worker_killed_for_memory_fails_its_job_with_the_memory_cause() {
         "{rows:?} {stderr}"
     );
 }
+
+#[test]
+fn resume_keeps_the_mem_limit_of_the_run() {
+    // The RLIMIT_AS path, so that this runs without privilege: what is
+    // under test is that `resume` applies the stored limit.
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("JOBMILL_MEMORY_NO_CGROUP", "1")];
+    let journal = dir.path().join("r.db");
+    let first = jobmill()
+        .arg("run")
+        .arg("--journal")
+        .arg(&journal)
+        .args([
+            "--mem-limit",
+            "96M",
+            "--",
+            "python3",
+            "-c",
+            ALLOC,
+            ":::",
+            "300",
+        ])
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    let again = jobmill()
+        .args(["resume", "--failed"])
+        .arg(&journal)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    let rows = attempts(&journal);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[1]
+            .1
+            .as_deref()
+            .is_some_and(|r| r.starts_with("likely over its memory limit of 96 MiB")),
+        "{rows:?} {stderr}"
+    );
+}
