@@ -423,3 +423,53 @@ fn resume_keeps_the_mem_limit_of_the_run() {
         "{rows:?} {stderr}"
     );
 }
+
+#[test]
+fn job_cgroups_left_by_a_killed_jobmill_are_removed_by_the_next_run() {
+    let Some(h) = cgroups() else { return };
+    let mut child = jobmill()
+        .args([
+            "run",
+            "--no-journal",
+            "-j",
+            "2",
+            "--mem-limit",
+            "256M",
+            "--",
+            "sleep",
+            "100",
+            ":::",
+            "1",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_until("two job cgroups exist", || {
+        job_cgroups(h.own(), pid).len() == 2
+    });
+    send_signal("KILL", pid);
+    child.wait().unwrap();
+    // The guardian kills the jobs; the cgroups of a jobmill killed with
+    // `kill -9` stay until the next run with a memory option.
+    let next = jobmill()
+        .args([
+            "run",
+            "--no-journal",
+            "--mem-limit",
+            "64M",
+            "--",
+            "true",
+            ":::",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(next.status.code(), Some(0));
+    // Removed before that run started its job.
+    assert_eq!(job_cgroups(h.own(), pid), Vec::<PathBuf>::new());
+}
