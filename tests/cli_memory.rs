@@ -77,7 +77,7 @@ fn run_alloc(
     env: &[(&str, &str)],
     args: &[&str],
     inputs: &[&str],
-) -> (std::process::Output, Vec<Row>) {
+) -> (std::process::Output, Vec<Row>, u32) {
     let journal = dir.join(format!("j{}.db", rand_suffix()));
     let jobmill = env!("CARGO_BIN_EXE_jobmill");
     let mut cmd = match prefix {
@@ -95,10 +95,15 @@ fn run_alloc(
         .args(["--", "python3", "-c", ALLOC, ":::"])
         .args(inputs)
         .envs(env.iter().copied())
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Through `sh -c '... exec "$@"'` the pid is jobmill's too.
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let rows = attempts(&journal);
-    (out, rows)
+    (out, rows, pid)
 }
 
 fn rand_suffix() -> String {
@@ -115,7 +120,7 @@ fn rand_suffix() -> String {
 fn a_job_over_its_mem_limit_ends_with_cause_memory_limit_and_its_peak_recorded() {
     let Some(h) = cgroups() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (out, rows) = run_alloc(
+    let (out, rows, pid) = run_alloc(
         dir.path(),
         None,
         &[],
@@ -155,23 +160,9 @@ fn a_job_over_its_mem_limit_ends_with_cause_memory_limit_and_its_peak_recorded()
         .filter(|l| l.contains("MiB") && l.contains("200"))
         .unwrap_or_else(|| panic!("no line for job 1 with its peak: {status}"));
     assert!(line.contains("over its memory limit of 64 MiB"), "{line}");
-    // Every job cgroup is gone (job cgroups are named by jobmill's pid;
-    // no jobmill of this test is left running).
-    let leftover: Vec<_> = std::fs::read_dir(h.own())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("jobmill-")
-                && name
-                    .split('-')
-                    .nth(1)
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .is_some_and(|p| !pid_alive(p))
-        })
-        .map(|e| e.path())
-        .collect();
-    assert!(leftover.is_empty(), "cgroups left behind: {leftover:?}");
+    // Every job cgroup of the run is gone (they are named by jobmill's
+    // pid).
+    assert_eq!(job_cgroups(h.own(), pid), Vec::<PathBuf>::new());
 }
 
 /// A cgroup of `limit_mib` under this process's own, with a child `run`
@@ -225,7 +216,7 @@ fn in_a_small_cgroup_oom_killed_jobs_are_recorded_as_out_of_memory() {
     let cg = TestCgroup::new(&h, 100);
     // With a memory option each job has a cgroup of its own; its own limit
     // (1 GiB) is not what kills it, the run's cgroup (100 MiB) is.
-    let (out, rows) = run_alloc(
+    let (out, rows, _) = run_alloc(
         dir.path(),
         Some(&cg.prefix()),
         &[],
@@ -244,16 +235,19 @@ fn in_a_small_cgroup_oom_killed_jobs_are_recorded_as_out_of_memory() {
         "{rows:?} {stderr}"
     );
     assert_eq!(rows[0].2, Some(9), "recorded with its signal");
+    let left: Vec<_> = std::fs::read_dir(&cg.run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("jobmill-"))
+        .map(|e| e.path())
+        .collect();
     assert!(
-        std::fs::read_dir(&cg.run)
-            .unwrap()
-            .flatten()
-            .all(|e| !e.file_name().to_string_lossy().starts_with("jobmill-")),
-        "job cgroups left in the run's cgroup"
+        left.is_empty(),
+        "job cgroups left in the run's cgroup: {left:?}"
     );
     // Without any memory option: no job cgroup, and the SIGKILL during
     // which the kernel's OOM kill count rose is "likely out of memory".
-    let (out, rows) = run_alloc(dir.path(), Some(&cg.prefix()), &[], &[], &["300"]);
+    let (out, rows, _) = run_alloc(dir.path(), Some(&cg.prefix()), &[], &[], &["300"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         rows[0]
@@ -314,7 +308,7 @@ fn the_rlimit_fallback_reports_a_likely_memory_limit() {
     // Forced with JOBMILL_MEMORY_NO_CGROUP, as where no cgroup can be
     // made; needs no privilege.
     let dir = tempfile::tempdir().unwrap();
-    let (out, rows) = run_alloc(
+    let (out, rows, _) = run_alloc(
         dir.path(),
         None,
         &[("JOBMILL_MEMORY_NO_CGROUP", "1")],
