@@ -363,6 +363,7 @@ fn fork_exec(
     if pid < 0 {
         return Err(fork_error);
     }
+    // End of file (the child `exec`ed) before four bytes: success.
     let mut errno = [0u8; 4];
     let mut got = 0;
     while got < errno.len() {
@@ -370,14 +371,10 @@ fn fork_exec(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                got = 0;
-                let _ = e;
-                break;
-            }
+            Err(_) => break,
         }
     }
-    if got == 0 {
+    if got < errno.len() {
         return Ok(pid);
     }
     // The child failed before `exec` and `_exit`ed: reap it.
