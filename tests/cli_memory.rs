@@ -467,3 +467,50 @@ fn job_cgroups_left_by_a_killed_jobmill_are_removed_by_the_next_run() {
     // Removed before that run started its job.
     assert_eq!(job_cgroups(h.own(), pid), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn a_worker_under_rlimit_as_reporting_an_allocation_failure_is_likely_over_its_limit() {
+    // No privilege needed: the RLIMIT_AS path, forced. The worker catches
+    // the MemoryError and reports the job failed with its traceback.
+    let script =
+        "import jobmill_worker\ndef f(job):\n    b = bytearray(int(job.payload) << 20)\n    \
+                  return b'%d\\n' % (len(b) >> 20)\njobmill_worker.serve(f)\n";
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("w.db");
+    let out = jobmill()
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+        .env("JOBMILL_MEMORY_NO_CGROUP", "1")
+        .arg("run")
+        .arg("--journal")
+        .arg(&journal)
+        .args([
+            "-j",
+            "1",
+            "--persistent",
+            "--window",
+            "1",
+            "--mem-limit",
+            "128M",
+            "--",
+            "python3",
+            "-c",
+            script,
+            ":::",
+            "8",
+            "300",
+            "8",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "8\n8\n", "{stderr}");
+    let rows = attempts(&journal);
+    let big = rows.iter().find(|r| r.0 == 2).unwrap();
+    assert_eq!(
+        big.1.as_deref(),
+        Some("likely over its memory limit of 128 MiB (RLIMIT_AS: an allocation failed)"),
+        "{rows:?} {stderr}"
+    );
+}

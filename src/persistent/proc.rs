@@ -111,6 +111,14 @@ impl Proc {
 }
 
 impl Proc {
+    /// The worker's `RLIMIT_AS`, when `--mem-limit` is enforced that way.
+    pub(super) fn rlimit_as(&self) -> Option<u64> {
+        match self.memory {
+            Some(AttemptMemory::Rlimit(limit)) => limit,
+            _ => None,
+        }
+    }
+
     /// Why the worker died, when memory is why: its cgroup recorded an OOM
     /// kill (its own `--mem-limit`, or the memory of the run or machine);
     /// under `RLIMIT_AS`, it died by SIGABRT, SIGSEGV or SIGBUS ("likely",
