@@ -350,7 +350,9 @@ fn fork_exec(
     // async-signal-safe calls (`setpgid`, `write`, `setrlimit`, `dup2`,
     // `sigaction`, `sigprocmask`, `execvpe`, `_exit`) on memory prepared
     // before the fork (the pointer arrays, `limit`, the descriptors), and
-    // never returns into Rust code: it `exec`s or `_exit`s.
+    // never returns into Rust code: it `exec`s or `_exit`s. (`execvpe` is
+    // not on POSIX's list, but glibc's searches `PATH` in stack buffers and
+    // allocates nothing, which is what `posix_spawnp`'s child does too.)
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: in the child, see above.
