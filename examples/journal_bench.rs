@@ -85,6 +85,7 @@ fn main() {
                         timed_out: false,
                         terminated: false,
                         max_rss_kib: 1000,
+                        memory: None,
                         stdout: Capture::new(budget.clone()),
                         stderr: Capture::new(budget.clone()),
                     };

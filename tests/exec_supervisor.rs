@@ -918,3 +918,53 @@ fn a_guardian_that_cannot_be_replaced_is_reported_lost_with_the_reason() {
     let mut a = run(&sup, &["echo", "still"]);
     assert_eq!(text(&mut a.stdout), "still\n");
 }
+
+/// With a memory option, attempts start by `fork` and `exec` (in a cgroup
+/// of their own, or under RLIMIT_AS where none can be made): what the
+/// supervisor does around them is the same.
+#[test]
+fn with_a_memory_option_output_exit_environment_timeout_and_group_kill_are_unchanged() {
+    use jobmill::exec::MemoryOptions;
+    let sup = supervisor().with_memory(MemoryOptions {
+        limit: Some(512 << 20),
+    });
+    let argv = argv(&["sh", "-c", "echo \"out $X\"; echo err >&2; cat; exit 3"]);
+    let mut a = sup.run(&AttemptSpec {
+        argv: &argv,
+        env: &[("X", OsString::from("x"))],
+        timeout: None,
+        grace: Duration::from_secs(2),
+        on_output: None,
+    });
+    assert_eq!(a.end, End::Exited(3));
+    assert_eq!(text(&mut a.stdout), "out x\n");
+    assert_eq!(text(&mut a.stderr), "err\n");
+    assert_eq!(a.outcome().end.cause(), "exit", "no memory cause");
+
+    let dir = tmp();
+    let pids = dir.path().join("pids");
+    let a = run_with(
+        &sup,
+        &[
+            "sh",
+            "-c",
+            "sleep 100 & echo $! > \"$1\"; wait",
+            "sh",
+            pids.to_str().unwrap(),
+        ],
+        Some(Duration::from_secs(1)),
+        Duration::from_secs(5),
+    );
+    assert!(a.timed_out);
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+    assert_eq!(a.outcome().end.cause(), "timeout");
+    let pid = read_pids(&pids, 1)[0];
+    wait_until("the group's sleep to die", || !alive(pid));
+
+    let a = run(&sup, &["jobmill-no-such-program-xyz"]);
+    assert!(
+        matches!(&a.end, End::SpawnFailed(m) if m.contains("jobmill-no-such-program-xyz")),
+        "{:?}",
+        a.end
+    );
+}

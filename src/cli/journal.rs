@@ -738,15 +738,8 @@ fn write_details(j: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
         for r in &slowest {
             field.clear();
             escape_into(&r.input, &mut field);
-            if field.len() > 60 {
-                // The escaped form is UTF-8: cut on a character boundary.
-                let mut cut = 57;
-                while cut > 0 && field[cut] & 0xC0 == 0x80 {
-                    cut -= 1;
-                }
-                field.truncate(cut);
-                field.extend_from_slice(b"...");
-            }
+            // The escaped form is UTF-8: cut on a character boundary.
+            cut_field(&mut field, 60);
             write!(
                 out,
                 "  {:>10}  job {:<6} {:<7} ",
@@ -768,7 +761,47 @@ fn write_details(j: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
             writeln!(out, "  {n:>8}  {reason}")?;
         }
     }
+    const MEMORY_SHOWN: usize = 10;
+    let (deaths, total) = j.memory_deaths(MEMORY_SHOWN)?;
+    if !deaths.is_empty() {
+        writeln!(
+            out,
+            "died of memory ({total} job{}):",
+            if total == 1 { "" } else { "s" }
+        )?;
+        let mut field = Vec::new();
+        for d in &deaths {
+            field.clear();
+            escape_into(&d.input, &mut field);
+            cut_field(&mut field, 40);
+            write!(
+                out,
+                "  job {:<6} {:<7} peak {:>10}  ",
+                d.seq,
+                d.state.map_or("?", JobState::as_str),
+                d.max_rss_kb
+                    .map_or("?".to_owned(), |kb| human_size(kb.max(0) as u64 * 1024)),
+            )?;
+            out.write_all(&field)?;
+            writeln!(out, "  (attempt {}: {})", d.attempt, d.reason)?;
+        }
+        if total > deaths.len() as u64 {
+            writeln!(out, "  ... and {} more", total - deaths.len() as u64)?;
+        }
+    }
     Ok(())
+}
+
+/// Cuts an escaped (UTF-8) field to at most `max` bytes, ending in `...`.
+fn cut_field(field: &mut Vec<u8>, max: usize) {
+    if field.len() > max {
+        let mut cut = max - 3;
+        while cut > 0 && field[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        field.truncate(cut);
+        field.extend_from_slice(b"...");
+    }
 }
 
 fn human_size(bytes: u64) -> String {

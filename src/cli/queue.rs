@@ -526,6 +526,7 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
         || a.joblog.is_some()
         || a.delay.is_some()
         || a.memfree.is_some()
+        || a.mem_limit.is_some()
         || a.load.is_some()
         || a.tag
         || a.tagstring.is_some()
@@ -533,7 +534,8 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
         || a.ungroup
     {
         bail!(
-            "--tag, --tagstring, --line-buffer, -u, --results, --joblog, --delay, --memfree and --load are \
+            "--tag, --tagstring, --line-buffer, -u, --results, --joblog, --delay, --memfree, \
+             --mem-limit and --load are \
              not supported with --queue yet (for a joblog: `jobmill results --queue URL \
              --format joblog`)"
         );

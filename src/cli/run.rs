@@ -16,6 +16,7 @@ use jobmill::engine::results::{Results, Target};
 use jobmill::engine::throttle::{MemPerJob, ProcSource, Throttle};
 use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
+use jobmill::exec::MemoryOptions;
 use jobmill::input::plan::Payloads;
 use jobmill::input::{
     Batch, Columns, Header, Plan as InputPlan, Shape, SourceDef, SourceSpec, Trim,
@@ -264,6 +265,17 @@ pub struct RunArgs {
     /// available (MemAvailable).
     #[arg(long, value_name = "SIZE", value_parser = args::size)]
     pub memfree: Option<usize>,
+
+    /// Limit each job to SIZE of memory (e.g. 512M, 2G): the whole process
+    /// tree of each attempt runs in a memory cgroup of its own with that
+    /// limit, and a job over it ends with the cause "memory-limit". Where
+    /// no cgroup can be made (not root, no memory controller), SIZE is the
+    /// RLIMIT_AS (address space) of each process of the job instead, and a
+    /// failure that names an allocation failure is "likely" over the limit.
+    /// With --persistent, the limit applies to each worker. Also measures
+    /// each job's peak memory over its whole tree (see README, "Memory").
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    pub mem_limit: Option<usize>,
 
     /// Start a job only while fewer than N processes are running on the
     /// system (N% of the CPU threads with a `%`).
@@ -838,6 +850,15 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
     .with_mem_per_job(mem_per_job);
     seed_peaks(&throttle, &command_as_given);
     plan.throttle = Some(Arc::new(throttle));
+    if o.mem_limit == Some(0) {
+        bail!("--mem-limit must be more than 0");
+    }
+    // A memory option gives each job a cgroup of its own (where one can be
+    // made): its OOM kills and whole-tree peak are then known, which
+    // `--mem-per-job` learns from and requeues by.
+    if o.mem_limit.is_some() || mem_per_job.is_some() {
+        plan.memory = Some(MemoryOptions { limit: o.mem_limit });
+    }
     Ok(Prepared {
         plan,
         policy: o.retry_policy().map_err(anyhow::Error::msg)?,
@@ -929,6 +950,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
         delay: a.delay.map(|d| d.as_secs_f64()),
         memfree: a.memfree.map(|m| m as u64),
+        mem_limit: a.mem_limit.map(|m| m as u64),
         load: a.load.as_deref().map(parse_load).transpose()?,
         max_oom: a.policy.max_oom,
         retry_on: None,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::events::{Observer, RunSummary};
-use crate::exec::{SpillBudget, Supervisor};
+use crate::exec::{MemoryOptions, SpillBudget, Supervisor};
 use crate::queue::Queue;
 use crate::template::Template;
 
@@ -60,6 +60,13 @@ pub struct Plan {
     /// nothing set still caps the jobs at once after an OOM kill (see
     /// [`super::throttle`]).
     pub throttle: Option<Arc<super::throttle::Throttle>>,
+    /// Memory options (`--mem-limit`; set it, even without a limit, for
+    /// any option that needs each job's memory measured, such as
+    /// `--mem-per-job`): each attempt, or each long-lived worker, then
+    /// runs in a cgroup of its own, or under `RLIMIT_AS` where none can be
+    /// made (see [`crate::exec::memory`]). `None`: no cgroup, and the
+    /// plain spawn path.
+    pub memory: Option<MemoryOptions>,
 }
 
 impl Plan {
@@ -81,6 +88,7 @@ impl Plan {
             tag: None,
             live: None,
             throttle: None,
+            memory: None,
         }
     }
 
@@ -98,11 +106,12 @@ impl Plan {
         observers: Vec<Arc<dyn Observer>>,
     ) -> std::io::Result<RunSummary> {
         let budget = SpillBudget::new(self.output_memory);
-        let supervisor = Arc::new(Supervisor::with_guardian_grace(
-            self.guardian.as_deref(),
-            self.grace,
-            budget.clone(),
-        )?);
+        let mut supervisor =
+            Supervisor::with_guardian_grace(self.guardian.as_deref(), self.grace, budget.clone())?;
+        if let Some(memory) = self.memory {
+            supervisor = supervisor.with_memory(memory);
+        }
+        let supervisor = Arc::new(supervisor);
         let live = match self.work {
             Work::Command(_) => self.live,
             Work::Persistent(_) => None,

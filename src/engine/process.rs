@@ -153,6 +153,9 @@ impl Slots {
 
 impl Executor for Processes {
     fn execute(&self, d: &Dispatch) -> Result<(), SharedError> {
+        if let Some(notice) = self.supervisor.memory().and_then(|m| m.notice()) {
+            d.notice(Notice::Info(notice));
+        }
         let slots = Slots {
             threads: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),

@@ -71,12 +71,16 @@ impl Workers {
         if let Some((key, value)) = supervisor.guard_env() {
             opts.config.env.push((key.into(), value.into()));
         }
+        opts.config.memory = supervisor.memory().cloned();
         Workers { supervisor, opts }
     }
 }
 
 impl Executor for Workers {
     fn execute(&self, d: &Dispatch) -> Result<(), SharedError> {
+        if let Some(notice) = self.supervisor.memory().and_then(|m| m.notice()) {
+            d.notice(Notice::Info(notice));
+        }
         let adapter = Adapter { d, workers: self };
         match persistent::run(&d.queue(), &self.opts.config, &adapter, &adapter) {
             Ok(_) => Ok(()),

@@ -340,6 +340,24 @@ impl Capture {
         Ok((out, truncated))
     }
 
+    /// The last `limit` bytes of the content (or all of it when shorter).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Capture::head`].
+    pub fn tail(&mut self, limit: usize) -> io::Result<Vec<u8>> {
+        let skip = self.len.saturating_sub(limit as u64);
+        let mut seen = 0u64;
+        let mut out = Vec::with_capacity(limit.min(self.len as usize));
+        self.read_back(u64::MAX, &mut |chunk| {
+            let start = skip.saturating_sub(seen).min(chunk.len() as u64) as usize;
+            out.extend_from_slice(&chunk[start..]);
+            seen += chunk.len() as u64;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// The whole content as a vector (convenient for small outputs and tests).
     ///
     /// # Errors

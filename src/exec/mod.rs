@@ -64,6 +64,15 @@
 //!   descriptor. Reads go through a 64 KiB stack buffer; a stream that fills
 //!   it gets its pipe enlarged to 1 MiB and a 1 MiB buffer, so small jobs
 //!   allocate nothing and large outputs move in few system calls.
+//! - **Memory** (only with a memory option, [`Supervisor::with_memory`]):
+//!   the attempt runs in a cgroup of its own ([`cgroup`]), joined by the
+//!   child before `exec` (so started by `fork` and `exec`, not
+//!   `posix_spawnp`), or under `RLIMIT_AS` where no cgroup can be made.
+//!   While it runs, the watch loop also samples the cgroup's memory (5 ms,
+//!   doubling to 100 ms); after reaping, the cgroup's counters say whether
+//!   it died of memory and its tree's peak, and the cgroup is removed.
+//!   Without a cgroup, a SIGKILL during which the kernel's OOM kill count
+//!   rose is "likely out of memory" ([`memory`]).
 //! - **Cost per attempt**, beyond `posix_spawnp` and two pipes:
 //!   `pidfd_open`, one or two `poll`s, a read per stream, one `kill` of
 //!   the group, `wait4`, and with a guardian two 8-byte writes (under a
@@ -74,12 +83,15 @@
 //! the job's status away).
 
 mod capture;
+pub mod cgroup;
 pub mod guardian;
 mod leftovers;
+pub mod memory;
 mod supervisor;
 mod sweep;
 
 pub use capture::{Capture, SpillBudget};
+pub use memory::MemoryOptions;
 pub use supervisor::{Supervisor, DEFAULT_GUARDIAN_GRACE, ID_VAR};
 
 use std::ffi::OsString;
@@ -155,8 +167,15 @@ pub struct Attempt {
     /// Stopped by [`Supervisor::terminate_all`] (an interrupt): not the
     /// job's fault. Not set when the timeout had already stopped it.
     pub terminated: bool,
-    /// Peak resident set size of the main process, in KiB (`ru_maxrss`).
+    /// Peak resident set size in KiB: of the main process (`ru_maxrss`),
+    /// or with a memory option of the whole tree where its cgroup measured
+    /// more (see [`memory`]).
     pub max_rss_kib: u64,
+    /// Set when the attempt failed and memory is why
+    /// ([`FailReason::OutOfMemory`](crate::job::FailReason::OutOfMemory) or
+    /// [`FailReason::MemoryLimit`](crate::job::FailReason::MemoryLimit),
+    /// see [`memory`]).
+    pub memory: Option<crate::job::FailReason>,
     /// Everything the job wrote to its stdout.
     pub stdout: Capture,
     /// Everything the job wrote to its stderr.
@@ -166,8 +185,8 @@ pub struct Attempt {
 impl Attempt {
     /// What this attempt means in the model: stopped by jobmill, timed out
     /// (whatever the status after the TERM), succeeded, exited with a code,
-    /// killed by a signal, or could not start; with its duration and the
-    /// main process's peak RSS.
+    /// killed by a signal, died of memory, or could not start; with its
+    /// duration and peak RSS.
     pub fn outcome(&self) -> crate::outcome::Outcome {
         use crate::job::FailReason;
         use crate::outcome::{AttemptEnd, Outcome};
@@ -175,6 +194,8 @@ impl Attempt {
             AttemptEnd::Stopped
         } else if self.timed_out {
             AttemptEnd::Failed(FailReason::Timeout)
+        } else if let Some(reason) = &self.memory {
+            AttemptEnd::Failed(reason.clone())
         } else {
             match &self.end {
                 End::Exited(0) => AttemptEnd::Succeeded,

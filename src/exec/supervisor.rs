@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
@@ -19,8 +20,10 @@ use rustix::process::{
 };
 
 use super::capture::{Capture, SpillBudget};
+use super::cgroup::JobCgroup;
 use super::guardian::GuardianLink;
 use super::leftovers::Leftovers;
+use super::memory::{self, AttemptMemory, MemoryControl, MemoryOptions};
 use super::{Attempt, AttemptSpec, End, OutputHook};
 use crate::sys::process::wait4;
 use crate::sys::spawn::Spawner;
@@ -70,6 +73,9 @@ pub struct Supervisor {
     /// Starts the jobs; holds the environment block, built once, with
     /// `JOBMILL_GUARD` in it.
     spawner: Spawner,
+    /// Memory options: a cgroup (or `RLIMIT_AS`) per attempt. `None`: the
+    /// plain `posix_spawnp` path, no cgroup.
+    memory: Option<Arc<MemoryControl>>,
 }
 
 impl Supervisor {
@@ -117,7 +123,22 @@ impl Supervisor {
             next_id: AtomicU64::new(1),
             spawner,
             leftovers,
+            memory: None,
         })
+    }
+
+    /// Runs every attempt from now on under `options`: in a cgroup of its
+    /// own, or under `RLIMIT_AS` where no cgroup can be made (see
+    /// [`super::memory`]). Without this, attempts start with
+    /// `posix_spawnp` and no cgroup.
+    pub fn with_memory(mut self, options: MemoryOptions) -> Self {
+        self.memory = Some(Arc::new(MemoryControl::new(options)));
+        self
+    }
+
+    /// The memory control set with [`Supervisor::with_memory`].
+    pub fn memory(&self) -> Option<&Arc<MemoryControl>> {
+        self.memory.as_ref()
     }
 
     /// The process id of the guardian running now (it changes when a dead
@@ -215,6 +236,7 @@ impl Supervisor {
             timed_out: false,
             terminated: false,
             max_rss_kib: 0,
+            memory: None,
             stdout: Capture::new(self.budget.clone()),
             stderr: Capture::new(self.budget.clone()),
         };
@@ -229,7 +251,28 @@ impl Supervisor {
         let mut id_buf = [0u8; 20];
         let vars = std::iter::once((ID_VAR, decimal(id, &mut id_buf)))
             .chain(spec.env.iter().map(|(k, v)| (*k, v.as_bytes())));
-        let child = match self.spawner.spawn(spec.argv, vars) {
+        // With a memory option: the attempt's cgroup (or RLIMIT_AS),
+        // joined by the child before `exec`.
+        let mem = match self.memory.as_ref().map(|m| m.for_attempt()) {
+            None => None,
+            Some(Ok(mem)) => Some(mem),
+            Some(Err(e)) => {
+                attempt.end = End::SpawnFailed(format!("cannot run {}: {e}", quoted(program)));
+                attempt.duration = t0.elapsed();
+                return attempt;
+            }
+        };
+        // The kernel's OOM kill count as the attempt starts, where no
+        // cgroup tells (a shared sample, no system call per job).
+        let oom_at_start = match &mem {
+            Some(AttemptMemory::Cgroup(_)) => None,
+            _ => memory::recent_oom_kills(),
+        };
+        let spawned = match &mem {
+            None => self.spawner.spawn(spec.argv, vars),
+            Some(mem) => self.spawner.spawn_with_setup(spec.argv, vars, mem.setup()),
+        };
+        let child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 attempt.end = End::SpawnFailed(format!("cannot run {}: {e}", quoted(program)));
@@ -258,6 +301,7 @@ impl Supervisor {
             timeout: spec.timeout,
             grace: spec.grace,
             on_output: spec.on_output,
+            cgroup: mem.as_ref().and_then(AttemptMemory::cgroup),
         }
         .watch(self, pipes, &mut attempt);
         let (flags, held) = flags;
@@ -293,6 +337,32 @@ impl Supervisor {
                 quoted(program)
             )),
         };
+        let killed_by = match attempt.end {
+            End::Signaled(sig) => Some(sig),
+            _ => None,
+        };
+        let failed = matches!(attempt.end, End::Exited(c) if c != 0) || killed_by.is_some();
+        if let Some(mem) = &mem {
+            let tail = if failed && matches!(mem, AttemptMemory::Rlimit(Some(_))) {
+                attempt.stderr.tail(memory::STDERR_TAIL).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let verdict = mem.verdict(killed_by, &tail);
+            if let Some(peak) = verdict.peak_kib {
+                // The whole tree's, or the main process's if it was more
+                // (a peak between two samples).
+                attempt.max_rss_kib = attempt.max_rss_kib.max(peak);
+            }
+            if failed {
+                attempt.memory = verdict.reason;
+            }
+        }
+        if failed && attempt.memory.is_none() {
+            attempt.memory = memory::likely_oom(killed_by, oom_at_start);
+        }
+        // Removes the cgroup, killing whatever is still in it.
+        drop(mem);
         self.running.fetch_sub(1, Ordering::AcqRel);
         attempt.duration = t0.elapsed();
         attempt
@@ -364,7 +434,17 @@ struct Watch<'a> {
     timeout: Option<Duration>,
     grace: Duration,
     on_output: Option<OutputHook<'a>>,
+    /// The attempt's cgroup, whose memory is sampled while it runs.
+    cgroup: Option<&'a JobCgroup>,
 }
+
+/// The first interval between two samples of a job cgroup's memory; it
+/// doubles up to [`SAMPLE_EVERY`], so short jobs are sampled early and long
+/// ones cost ten reads of `memory.stat` a second.
+const FIRST_SAMPLE: Duration = Duration::from_millis(5);
+
+/// The longest interval between two samples of a job cgroup's memory.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// One of the job's output pipes while it is open.
 type Pipe<T> = Option<T>;
@@ -392,11 +472,21 @@ impl Watch<'_> {
         let mut term_at = self.timeout.and_then(|t| Instant::now().checked_add(t));
         let mut kill_at: Option<Instant> = None;
         let mut stop_seen = false;
+        let sampled = self.cgroup.filter(|cg| cg.needs_sampling());
+        let mut sample_every = FIRST_SAMPLE;
+        let mut sample_at = sampled.and_then(|_| Instant::now().checked_add(sample_every));
 
         loop {
             let mut wait = None;
-            if term_at.is_some() || kill_at.is_some() {
+            if term_at.is_some() || kill_at.is_some() || sample_at.is_some() {
                 let now = Instant::now();
+                if let (Some(cg), Some(at)) = (sampled, sample_at) {
+                    if now >= at {
+                        cg.sample();
+                        sample_every = (sample_every * 2).min(SAMPLE_EVERY);
+                        sample_at = now.checked_add(sample_every);
+                    }
+                }
                 if term_at.is_some_and(|t| now >= t) {
                     term_at = None;
                     stopped.timed_out = true;
@@ -407,7 +497,7 @@ impl Watch<'_> {
                     kill_at = None;
                     self.signal(Signal::KILL);
                 }
-                wait = [term_at, kill_at]
+                wait = [term_at, kill_at, sample_at]
                     .into_iter()
                     .flatten()
                     .min()
@@ -472,6 +562,10 @@ impl Watch<'_> {
             }
         }
 
+        // What the rest of the tree holds as the main process ends.
+        if let Some(cg) = sampled {
+            cg.sample();
+        }
         // The main process has exited (and is not reaped yet, so its pid,
         // which is the group id, cannot be reused): kill whatever it left
         // running in its group, then take what is left in the pipes.

@@ -9,9 +9,9 @@
 //! refused, naming both versions.
 //!
 //! Version 2 added the retry policy by cause (`max_oom`, `retry_on`,
-//! `retry_delay`, `retry_backoff`, `retry_max_delay`) and `mem_per_job`:
-//! an older jobmill refuses such a journal rather than resume it while
-//! ignoring them.
+//! `retry_delay`, `retry_backoff`, `retry_max_delay`), `mem_per_job` and
+//! `mem_limit`: an older jobmill refuses such a journal rather than resume
+//! it while ignoring them.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -117,6 +117,10 @@ pub struct StoredOptions {
     /// `--memfree`, bytes.
     #[serde(default)]
     pub memfree: Option<u64>,
+    /// `--mem-limit`, bytes: each job's memory limit (version 2; none
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_limit: Option<u64>,
     /// `--load`, processes (a percentage resolved when the run started).
     #[serde(default)]
     pub load: Option<f64>,
@@ -359,6 +363,10 @@ mod tests {
         let mut o = StoredOptions::from_json(&serde_json::from_str(OLD).unwrap()).unwrap();
         o.version = OPTIONS_VERSION;
         o.arena = Some(1 << 20);
+        assert_eq!(o.mem_limit, None, "journals before version 2 have no limit");
+        o.mem_limit = Some(64 << 20);
+        let v = o.to_json();
+        assert_eq!(v["mem_limit"], 64u64 << 20);
         o.retry_on = Some("exit=3,10-12,timeout".into());
         o.retry_delay = Some(1.5);
         o.mem_per_job = Some("auto".into());

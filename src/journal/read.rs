@@ -241,6 +241,34 @@ impl StateFilter {
     }
 }
 
+/// The attempts (`a`) that died of memory, told by their stored reason:
+/// the text of [`FailReason::OutOfMemory`](crate::job::FailReason) and
+/// [`FailReason::MemoryLimit`](crate::job::FailReason), prefix-anchored so
+/// that a worker's reported message never matches. Once the journal
+/// stores each attempt's cause (an `attempt.cause` column), this becomes
+/// `a.cause IN ('oom', 'memory-limit')`, the one place to change.
+const DIED_OF_MEMORY: &str = "(a.reason = 'killed by the kernel''s OOM killer (out of memory)' \
+     OR a.reason LIKE 'likely out of memory (%' \
+     OR a.reason LIKE 'over its memory limit of %' \
+     OR a.reason LIKE 'likely over its memory limit of %')";
+
+/// A job that had an attempt die of memory ([`Journal::memory_deaths`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryDeath {
+    /// Sequence number.
+    pub seq: u64,
+    /// The exact input bytes.
+    pub input: Vec<u8>,
+    /// The job's state now.
+    pub state: Option<JobState>,
+    /// The latest attempt that died of memory.
+    pub attempt: u32,
+    /// Its stored reason.
+    pub reason: String,
+    /// Its peak RSS, KiB (the whole tree's where a cgroup measured it).
+    pub max_rss_kb: Option<i64>,
+}
+
 /// One job with its last attempt. Streamed rows reuse one value.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct JobRow {
@@ -770,6 +798,51 @@ impl Journal {
             .map_err(JournalError::sqlite(&self.path, "read failure reasons"))
     }
 
+    /// The jobs that had an attempt die of memory (out of memory, or over
+    /// their `--mem-limit`), by sequence number, at most `n`, with the
+    /// total number of such jobs. Each names its latest such attempt and
+    /// that attempt's peak RSS.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Sqlite`] on a read error.
+    pub fn memory_deaths(&self, n: usize) -> Result<(Vec<MemoryDeath>, u64), JournalError> {
+        let what = "read memory deaths";
+        let sql = format!(
+            "SELECT a.seq, j.input, j.state, MAX(a.attempt), a.reason, a.max_rss_kb \
+             FROM attempt a JOIN job j ON j.seq = a.seq WHERE {DIED_OF_MEMORY} \
+             GROUP BY a.seq ORDER BY a.seq LIMIT ?1"
+        );
+        let mut st = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        let rows = st
+            .query_map([n as i64], |r| {
+                Ok(MemoryDeath {
+                    seq: r.get::<_, i64>(0)?.max(0) as u64,
+                    input: r.get(1)?,
+                    state: r.get::<_, String>(2).ok().and_then(|s| JobState::parse(&s)),
+                    attempt: r.get::<_, i64>(3)?.max(0) as u32,
+                    reason: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    max_rss_kb: r.get(5)?,
+                })
+            })
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        let deaths = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        let total: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT COUNT(DISTINCT a.seq) FROM attempt a WHERE {DIED_OF_MEMORY}"),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        Ok((deaths, total.max(0) as u64))
+    }
+
     /// The stored output of job `seq`: stdout first, then stderr; a stream
     /// with nothing stored is absent.
     ///
@@ -1001,6 +1074,46 @@ pub fn format_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_causes_are_recognised_from_their_reason_text() {
+        use crate::job::FailReason;
+        let conn = Connection::open_in_memory().unwrap();
+        let matches = |reason: &FailReason| -> bool {
+            conn.query_row(
+                &format!("SELECT {} FROM (SELECT ?1 AS reason) a", DIED_OF_MEMORY),
+                [reason.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for memory in [
+            FailReason::OutOfMemory { likely: false },
+            FailReason::OutOfMemory { likely: true },
+            FailReason::MemoryLimit {
+                limit: 64 << 20,
+                likely: false,
+            },
+            FailReason::MemoryLimit {
+                limit: 64 << 20,
+                likely: true,
+            },
+        ] {
+            assert!(matches(&memory), "{memory}");
+        }
+        for other in [
+            FailReason::Signal { signal: 9 },
+            FailReason::Exit { code: 1 },
+            FailReason::Reported {
+                message: "out of memory".into(),
+            },
+            FailReason::WorkerLost {
+                detail: "killed by the kernel's OOM killer (out of memory)".into(),
+            },
+        ] {
+            assert!(!matches(&other), "{other}");
+        }
+    }
 
     #[test]
     fn durations_and_times_format_for_humans() {

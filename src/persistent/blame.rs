@@ -70,6 +70,12 @@ impl Ctx<'_> {
             .enumerate()
             .find(|(i, h)| taken.is_none() && started(*i, h))
             .map(|(_, h)| h.lease.job.id);
+        // A worker that died on its own may have died of memory: the job
+        // it was running then fails with that cause.
+        let memory_death = match ended {
+            Ended::Eof => proc.memory_death(status),
+            _ => None,
+        };
         let what = match &ended {
             Ended::Closed => format!("{name} finished ({})", describe_status(status)),
             Ended::Eof => format!("{name} {}", describe_status(status)),
@@ -108,8 +114,10 @@ impl Ctx<'_> {
                 continue;
             }
             lost_jobs += 1;
-            let reason = match ended {
-                Ended::Timeout if Some(held.lease.job.id) == running => FailReason::Timeout,
+            let is_running = Some(held.lease.job.id) == running;
+            let reason = match (&ended, &memory_death) {
+                (Ended::Timeout, _) if is_running => FailReason::Timeout,
+                (_, Some(reason)) if is_running => reason.clone(),
                 _ => FailReason::WorkerLost {
                     detail: detail.clone(),
                 },

@@ -164,6 +164,13 @@ pub struct Config {
     /// regions in use stay in the CPU caches: 1 MiB items measured 3-5x
     /// faster with 8 MiB in flight than with 32 MiB.
     pub arena_inflight: usize,
+    /// Memory options applied to each worker (`--mem-limit`): a cgroup of
+    /// its own, or `RLIMIT_AS` (see [`crate::exec::memory`]). A worker
+    /// that dies of memory fails the job it was running with
+    /// [`FailReason::OutOfMemory`] or
+    /// [`FailReason::MemoryLimit`]
+    /// instead of "worker lost".
+    pub memory: Option<std::sync::Arc<crate::exec::memory::MemoryControl>>,
 }
 
 impl Config {
@@ -189,6 +196,7 @@ impl Config {
             arena: DEFAULT_ARENA,
             arena_threshold: DEFAULT_ARENA_THRESHOLD,
             arena_inflight: DEFAULT_ARENA_INFLIGHT,
+            memory: None,
         }
     }
 }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::job::{signal_name, WorkerId};
+use crate::exec::memory::{self, AttemptMemory};
+use crate::job::{signal_name, FailReason, WorkerId};
 use crate::protocol::io::FrameReader;
 use crate::protocol::{
     decode, encode, Decoded, Frame, Refuse, Welcome, ARENA_FD_ENV, CAP_ARENA, CAP_RUNNING_PAGE,
@@ -65,6 +66,12 @@ pub(super) struct Proc {
     /// The worker's payload arena (if configured), used once granted.
     pub(super) arena: Option<Arc<Arena>>,
     pub(super) arena_granted: bool,
+    /// The worker's cgroup or `RLIMIT_AS` (with a memory option); its
+    /// cgroup is removed when the `Proc` is dropped, after reaping.
+    pub(super) memory: Option<AttemptMemory>,
+    /// The kernel's OOM kill count when the worker started, where no cgroup
+    /// tells (see [`crate::exec::memory`]).
+    pub(super) oom_at_start: Option<u64>,
 }
 
 impl Proc {
@@ -100,6 +107,44 @@ impl Proc {
                 }
             }
         }
+    }
+}
+
+impl Proc {
+    /// The worker's `RLIMIT_AS`, when `--mem-limit` is enforced that way.
+    pub(super) fn rlimit_as(&self) -> Option<u64> {
+        match self.memory {
+            Some(AttemptMemory::Rlimit(limit)) => limit,
+            _ => None,
+        }
+    }
+
+    /// Why the worker died, when memory is why: its cgroup recorded an OOM
+    /// kill (its own `--mem-limit`, or the memory of the run or machine);
+    /// under `RLIMIT_AS`, it died by SIGABRT, SIGSEGV or SIGBUS ("likely",
+    /// its stderr is not kept); without a cgroup, SIGKILL while the
+    /// kernel's OOM kill count rose since it started ("likely"). Call after
+    /// reaping, only for a worker that died on its own.
+    pub(super) fn memory_death(&self, status: ExitStatus) -> Option<FailReason> {
+        let killed_by = status.signal();
+        if status.success() {
+            return None;
+        }
+        let from_control = self.memory.as_ref().and_then(|m| match m {
+            AttemptMemory::Rlimit(Some(limit)) => matches!(
+                killed_by,
+                Some(libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS)
+            )
+            .then_some(FailReason::MemoryLimit {
+                limit: *limit,
+                likely: true,
+            }),
+            m => m.verdict(killed_by, &[]).reason,
+        });
+        from_control.or_else(|| match &self.memory {
+            Some(AttemptMemory::Cgroup(_)) => None,
+            _ => memory::likely_oom(killed_by, self.oom_at_start),
+        })
     }
 }
 
@@ -257,6 +302,18 @@ impl Ctx<'_> {
             cmd.env(ARENA_FD_ENV, arena.fd().to_string());
             crate::sys::fd::keep_open_in_child(&mut cmd, arena.fd());
         }
+        let mem = match self.config.memory.as_ref().map(|m| m.for_attempt()) {
+            None => None,
+            Some(Ok(mem)) => Some(mem),
+            Some(Err(e)) => return Err(SlotEnd::Spawn(program.clone(), e)),
+        };
+        if let Some(mem) = &mem {
+            crate::sys::spawn::setup_in_child(&mut cmd, mem.setup());
+        }
+        let oom_at_start = match &mem {
+            Some(AttemptMemory::Cgroup(_)) => None,
+            _ => memory::recent_oom_kills(),
+        };
         let child = cmd
             .spawn()
             .map_err(|e| SlotEnd::Spawn(program.clone(), e))?;
@@ -270,6 +327,8 @@ impl Ctx<'_> {
                 page_granted: false,
                 arena,
                 arena_granted: false,
+                memory: mem,
+                oom_at_start,
             },
             ours,
         ))

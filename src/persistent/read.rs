@@ -128,7 +128,7 @@ impl Ctx<'_> {
                 Ok(refill) => refill,
                 Err(detail) => return Ended::Protocol(detail),
             };
-            let reported = self.report(slot, worker, &mut resolved, completed);
+            let reported = self.report(slot, worker, proc, &mut resolved, completed);
             link.flight().resolving = 0;
             if let Err(e) = reported {
                 return Ended::Queue(e);
@@ -237,11 +237,14 @@ impl Ctx<'_> {
         Ok(unpark || free_before < refill && free_after >= refill || emptied || self.stopping())
     }
 
-    /// Applies resolved outcomes to the queue and reports them.
+    /// Applies resolved outcomes to the queue and reports them. A failure
+    /// a worker under `RLIMIT_AS` reports in words of an allocation failure
+    /// (`MemoryError`…) is "likely over its memory limit".
     pub(super) fn report(
         &self,
         slot: usize,
         worker: WorkerId,
+        proc: &Proc,
         resolved: &mut Vec<(Lease, Result<Bytes, String>)>,
         completed: &mut u64,
     ) -> Result<(), QueueError> {
@@ -279,7 +282,17 @@ impl Ctx<'_> {
         for (lease, outcome) in fails {
             let Err(message) = outcome else { continue };
             failed += 1;
-            let reason = FailReason::Reported { message };
+            let reason = match proc.rlimit_as() {
+                Some(limit)
+                    if crate::exec::memory::mentions_allocation_failure(message.as_bytes()) =>
+                {
+                    FailReason::MemoryLimit {
+                        limit,
+                        likely: true,
+                    }
+                }
+                _ => FailReason::Reported { message },
+            };
             let disposition = self.queue.fail(&lease, reason.clone())?;
             self.observer.outcome(Outcome {
                 slot,
