@@ -259,7 +259,7 @@ impl Processes {
                 timeout: self.timeout,
                 grace: self.grace,
             };
-            if !d.start(job, slot) {
+            if !d.start(job, slot, None) {
                 d.give_back(&lease);
                 slots.give_back(slot);
                 return;

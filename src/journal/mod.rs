@@ -53,7 +53,7 @@ pub use writer::{create, Journal, JournalLock, RunRecord, WriterConfig};
 pub const SCHEMA: &str = include_str!("schema.sql");
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a jobmill journal ("jmil").
 pub const APPLICATION_ID: i64 = 0x6A6D_696C;

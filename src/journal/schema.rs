@@ -98,3 +98,62 @@ pub(super) fn initialize(path: &Path, run: &RunRecord) -> Result<Connection, Jou
         .map_err(JournalError::sqlite(path, "commit the run"))?;
     Ok(conn)
 }
+
+/// What turns a version 1 journal into a version 2 one: the columns that
+/// version 2 added (appended, as `schema.sql` lists them last), and each
+/// finished attempt's `cause` back-filled from what version 1 kept of it
+/// (its outcome, reason text, timeout flag, signal and exit code; NULL
+/// where that cannot tell, e.g. an attempt interrupted by a crash). The
+/// workers, hosts and read times of version 1 rows stay NULL: they were
+/// never recorded.
+const MIGRATION_V2: &str = "
+    ALTER TABLE job ADD COLUMN read_at REAL;
+    ALTER TABLE attempt ADD COLUMN cause TEXT;
+    ALTER TABLE attempt ADD COLUMN worker INTEGER;
+    ALTER TABLE attempt ADD COLUMN host TEXT;
+    UPDATE attempt SET cause = CASE
+        WHEN outcome = 'done' THEN 'succeeded'
+        WHEN outcome = 'interrupted' THEN
+            CASE WHEN reason LIKE 'stopped by jobmill%' THEN 'stopped' END
+        WHEN timed_out = 1 OR reason = 'timed out' THEN 'timeout'
+        WHEN reason LIKE 'worker reported failure:%' THEN 'reported'
+        WHEN reason LIKE 'worker lost:%' THEN 'lost'
+        WHEN reason LIKE 'could not start:%' THEN 'spawn'
+        WHEN reason LIKE '%memory limit%' THEN 'memory-limit'
+        WHEN reason LIKE '%out of memory%' THEN 'oom'
+        WHEN signal IS NOT NULL OR reason LIKE 'killed by signal%' THEN 'signal'
+        WHEN exit_code IS NOT NULL OR reason LIKE 'exited with code%' THEN 'exit'
+    END
+    WHERE outcome IS NOT NULL;
+    UPDATE run SET schema_version = 2 WHERE id = 1;
+    PRAGMA user_version = 2;
+";
+
+/// Brings the journal that `conn` writes up to [`SCHEMA_VERSION`], inside
+/// the transaction the caller holds open (under the journal's lock), and
+/// returns the version it found. Every version's changes are applied in
+/// order; nothing is removed, so the rows a version 1 journal holds are
+/// all kept. A journal of a newer version is refused and not written.
+///
+/// # Errors
+///
+/// [`JournalError::NewerSchema`] for a newer journal;
+/// [`JournalError::Sqlite`] if a change fails (the caller's transaction
+/// then rolls back, leaving the file as it was).
+pub(crate) fn migrate_in(conn: &Connection, path: &Path) -> Result<i64, JournalError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(JournalError::sqlite(path, "read the schema version"))?;
+    if found > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 2 {
+        conn.execute_batch(MIGRATION_V2)
+            .map_err(JournalError::sqlite(path, "migrate to schema version 2"))?;
+    }
+    Ok(found)
+}

@@ -82,6 +82,14 @@ pub struct JobSnapshot<'a> {
     pub finished_at: Option<f64>,
     /// How long its last attempt ran, seconds.
     pub duration: Option<f64>,
+    /// How its last attempt ended: one of the names of
+    /// [`crate::outcome::AttemptEnd::cause`], when known.
+    pub cause: Option<String>,
+    /// The worker that ran its last attempt (the queue's id of it), when
+    /// known.
+    pub worker: Option<u64>,
+    /// The host that ran its last attempt, when known.
+    pub host: Option<String>,
 }
 
 /// What a committed snapshot wrote.
@@ -181,6 +189,10 @@ impl Snapshot {
                 .map_err(sql("set user_version"))?;
             conn.execute_batch(SCHEMA)
                 .map_err(sql("create the schema"))?;
+        } else {
+            // An existing journal of an older schema version is migrated
+            // in the snapshot's transaction.
+            super::schema::migrate_in(&conn, path)?;
         }
         let mut s = Snapshot {
             conn: Some(conn),
@@ -353,8 +365,8 @@ impl Snapshot {
             let started = ended - j.duration.unwrap_or(0.0);
             conn.prepare_cached(
                 "INSERT INTO attempt (seq, attempt, session, slot, started_at, ended_at, \
-                     exit_code, signal, timed_out, outcome, reason, duration) \
-                     VALUES (?1, ?2, 1, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     exit_code, signal, timed_out, outcome, reason, duration, cause, worker, \
+                     host) VALUES (?1, ?2, 1, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -368,6 +380,9 @@ impl Snapshot {
                     outcome,
                     j.reason,
                     j.duration,
+                    j.cause,
+                    j.worker.map(|w| w as i64),
+                    j.host,
                 ])
             })
             .map_err(sql("write an attempt"))?;
@@ -455,6 +470,9 @@ mod tests {
             timed_out: false,
             finished_at: Some(1005.0),
             duration: Some(0.5),
+            cause: Some("succeeded".into()),
+            worker: Some(3),
+            host: Some("node-1".into()),
         }
     }
 
