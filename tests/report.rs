@@ -320,6 +320,10 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
             timed_out: false,
             finished_at: Some(t0 + seq as f64 * 0.004),
             duration: Some(0.001 + (seq % 113) as f64 * 0.0007),
+            cause: Some(if failed { "exit" } else { "succeeded" }.into()),
+            // Drawn as 4 rows: 2 workers on each of 2 hosts.
+            worker: Some(seq % 2 + 1),
+            host: Some(format!("node-{}", seq % 4 / 2)),
         })
         .unwrap();
     }

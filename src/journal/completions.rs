@@ -65,20 +65,9 @@ const KIND_END_V2: u8 = 3;
 /// host (journal schema version 2).
 const KIND_START_V2: u8 = 4;
 
-/// How attempts can end (the `attempt.cause` column): the stable names of
-/// [`crate::outcome::AttemptEnd::cause`].
-pub(crate) const CAUSES: [&str; 10] = [
-    "succeeded",
-    "stopped",
-    "exit",
-    "signal",
-    "timeout",
-    "reported",
-    "lost",
-    "spawn",
-    "oom",
-    "memory-limit",
-];
+/// How attempts can end (the `attempt.cause` column), by their code in a
+/// record.
+pub(crate) use crate::outcome::CAUSES;
 
 /// Who ran an attempt, beyond its slot (the `attempt.worker` and
 /// `attempt.host` columns).

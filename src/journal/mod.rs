@@ -47,6 +47,7 @@ pub mod resume;
 pub mod writer;
 
 pub use options::StoredOptions;
+pub(crate) use schema::cause_from_v1;
 pub use writer::{create, Journal, JournalLock, RunRecord, WriterConfig};
 
 /// The schema of a new journal (SQL).

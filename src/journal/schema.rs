@@ -99,35 +99,56 @@ pub(super) fn initialize(path: &Path, run: &RunRecord) -> Result<Connection, Jou
     Ok(conn)
 }
 
+/// The SQL expression of an attempt's cause (one of
+/// [`crate::outcome::CAUSES`], or NULL) worked out from what schema
+/// version 1 kept of it, given the SQL of its `outcome`, `reason`,
+/// `timed_out`, `signal` and `exit_code`: the reason texts are those of
+/// [`crate::job::FailReason`]'s `Display`. NULL for an attempt without an
+/// outcome (in flight) and for an interrupted one that jobmill did not stop
+/// itself (its end was never recorded). The migration back-fills with it;
+/// the report falls back on it for rows that have no cause.
+pub(crate) fn cause_from_v1(
+    outcome: &str,
+    reason: &str,
+    timed_out: &str,
+    signal: &str,
+    exit_code: &str,
+) -> String {
+    format!(
+        "CASE
+            WHEN {outcome} IS NULL THEN NULL
+            WHEN {outcome} = 'done' THEN 'succeeded'
+            WHEN {outcome} = 'interrupted' THEN
+                CASE WHEN {reason} LIKE 'stopped by jobmill%' THEN 'stopped' END
+            WHEN {timed_out} = 1 OR {reason} = 'timed out' THEN 'timeout'
+            WHEN {reason} LIKE 'worker reported failure:%' THEN 'reported'
+            WHEN {reason} LIKE 'worker lost:%' THEN 'lost'
+            WHEN {reason} LIKE 'could not start:%' THEN 'spawn'
+            WHEN {reason} LIKE '%memory limit%' THEN 'memory-limit'
+            WHEN {reason} LIKE '%out of memory%' THEN 'oom'
+            WHEN {signal} IS NOT NULL OR {reason} LIKE 'killed by signal%' THEN 'signal'
+            WHEN {exit_code} IS NOT NULL OR {reason} LIKE 'exited with code%' THEN 'exit'
+        END"
+    )
+}
+
 /// What turns a version 1 journal into a version 2 one: the columns that
 /// version 2 added (appended, as `schema.sql` lists them last), and each
-/// finished attempt's `cause` back-filled from what version 1 kept of it
-/// (its outcome, reason text, timeout flag, signal and exit code; NULL
-/// where that cannot tell, e.g. an attempt interrupted by a crash). The
+/// finished attempt's `cause` back-filled with [`cause_from_v1`]. The
 /// workers, hosts and read times of version 1 rows stay NULL: they were
 /// never recorded.
-const MIGRATION_V2: &str = "
-    ALTER TABLE job ADD COLUMN read_at REAL;
-    ALTER TABLE attempt ADD COLUMN cause TEXT;
-    ALTER TABLE attempt ADD COLUMN worker INTEGER;
-    ALTER TABLE attempt ADD COLUMN host TEXT;
-    UPDATE attempt SET cause = CASE
-        WHEN outcome = 'done' THEN 'succeeded'
-        WHEN outcome = 'interrupted' THEN
-            CASE WHEN reason LIKE 'stopped by jobmill%' THEN 'stopped' END
-        WHEN timed_out = 1 OR reason = 'timed out' THEN 'timeout'
-        WHEN reason LIKE 'worker reported failure:%' THEN 'reported'
-        WHEN reason LIKE 'worker lost:%' THEN 'lost'
-        WHEN reason LIKE 'could not start:%' THEN 'spawn'
-        WHEN reason LIKE '%memory limit%' THEN 'memory-limit'
-        WHEN reason LIKE '%out of memory%' THEN 'oom'
-        WHEN signal IS NOT NULL OR reason LIKE 'killed by signal%' THEN 'signal'
-        WHEN exit_code IS NOT NULL OR reason LIKE 'exited with code%' THEN 'exit'
-    END
-    WHERE outcome IS NOT NULL;
-    UPDATE run SET schema_version = 2 WHERE id = 1;
-    PRAGMA user_version = 2;
-";
+fn migration_v2() -> String {
+    format!(
+        "ALTER TABLE job ADD COLUMN read_at REAL;
+         ALTER TABLE attempt ADD COLUMN cause TEXT;
+         ALTER TABLE attempt ADD COLUMN worker INTEGER;
+         ALTER TABLE attempt ADD COLUMN host TEXT;
+         UPDATE attempt SET cause = {};
+         UPDATE run SET schema_version = 2 WHERE id = 1;
+         PRAGMA user_version = 2;",
+        cause_from_v1("outcome", "reason", "timed_out", "signal", "exit_code")
+    )
+}
 
 /// Brings the journal that `conn` writes up to [`SCHEMA_VERSION`], inside
 /// the transaction the caller holds open (under the journal's lock), and
@@ -152,7 +173,7 @@ pub(crate) fn migrate_in(conn: &Connection, path: &Path) -> Result<i64, JournalE
         });
     }
     if found < 2 {
-        conn.execute_batch(MIGRATION_V2)
+        conn.execute_batch(&migration_v2())
             .map_err(JournalError::sqlite(path, "migrate to schema version 2"))?;
     }
     Ok(found)

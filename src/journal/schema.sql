@@ -1,9 +1,9 @@
 -- jobmill journal schema, version 2 (PRAGMA user_version = 2).
--- PRAGMA application_id = 1785620844 (0x6A6D696C, "jmil") marks the file.
+-- PRAGMA application_id = 1785555308 (0x6A6D696C, "jmil") marks the file.
 -- Times are Unix seconds as REAL. Documented in docs/JOURNAL.md.
 -- Version 2 added the columns marked "v2", each at the end of its table:
 -- a version 1 journal is migrated by adding them (src/journal/schema.rs,
--- MIGRATION_V2), so both end with the same columns in the same order.
+-- migration_v2), so both end with the same columns in the same order.
 
 -- The run: exactly one row.
 CREATE TABLE run (
