@@ -947,6 +947,66 @@ mod tests {
         assert_eq!(decode(&buf).unwrap().0, Record::Start(st));
     }
 
+    #[test]
+    fn recovering_an_older_jobmills_log_into_its_v1_journal_migrates_the_journal_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("old.sqlite");
+        let conn = rusqlite::Connection::open(&journal).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/journal_v1_schema.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/journal_v1_rows.sql"))
+            .unwrap();
+        drop(conn);
+        // The end of job 5's attempt, which the v1 journal lacks, as a v1
+        // jobmill logged it: it timed out.
+        let end = Completion {
+            session: 1,
+            seq: 5,
+            slot: 1,
+            started_at: 1_790_000_001.6,
+            ended_at: 1_790_000_003.0,
+            exit_code: None,
+            signal: Some(15),
+            timed_out: true,
+            outcome: "dead",
+            job_state: "dead",
+            reason: Some("timed out".into()),
+            duration: Some(1.4),
+            max_rss_kib: Some(900),
+            cause: None,
+            ran_by: RanBy::default(),
+            output: [None, None],
+        };
+        std::fs::write(path_of(&journal), encode_v1(&end)).unwrap();
+        let r = recover(&journal).unwrap();
+        assert_eq!((r.applied, r.already, r.problem), (1, 0, None));
+        let db = rusqlite::Connection::open(&journal).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let causes: Vec<(i64, Option<String>, Option<String>)> = db
+            .prepare("SELECT seq, outcome, cause FROM attempt ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            causes,
+            [
+                (1, s("done"), s("succeeded")),
+                (2, s("done"), s("succeeded")),
+                (3, s("failed"), s("exit")),
+                (4, s("dead"), s("timeout")),
+                (5, s("dead"), s("timeout")),
+            ],
+            "back-filled by the migration, and worked out for the recovered v1 record"
+        );
+    }
+
     fn completion() -> impl Strategy<Value = Completion> {
         let out = proptest::option::of(
             (

@@ -166,6 +166,15 @@ pub(crate) fn record_end(
         c.ran_by.worker.map(|w| w as i64),
         c.ran_by.host,
     ])?;
+    if c.cause.is_none() {
+        // A record of schema version 1 (recovered from an older jobmill's
+        // completions log): its cause is worked out as the migration does.
+        tx.prepare_cached(&format!(
+            "UPDATE attempt SET cause = {} WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
+            super::schema::cause_from_v1("outcome", "reason", "timed_out", "signal", "exit_code")
+        ))?
+        .execute(params![seq, c.session, c.started_at])?;
+    }
     tx.prepare_cached(
         "UPDATE job SET attempts = attempts + ?7, state = ?2, exit_code = ?3,
                 signal = ?4, reason = ?5, finished_at = ?6 WHERE seq = ?1",

@@ -602,6 +602,54 @@ mod tests {
     }
 
     #[test]
+    fn collecting_into_a_v1_journal_migrates_it_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sqlite");
+        // A journal an older jobmill collected from the queue (schema v1).
+        let c = Connection::open(&p).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(include_str!("../../tests/fixtures/journal_v1_schema.sql"))
+            .unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;
+             INSERT INTO run (id, run_id, command, command_raw, options, cwd, host, started_at,
+                 jobmill_version, schema_version)
+             VALUES (1, 'old', '[]', x'', '{{\"source\":\"redis://h/q\"}}', x'2f', 'h', 1000,
+                 '0.1.0', 1);
+             INSERT INTO session (id, kind, pid, started_at) VALUES (1, 'run', 1, 1000);
+             INSERT INTO job (seq, input, hash, state, attempts, exit_code, reason, finished_at)
+             VALUES (1, x'61', x'00', 'failed', 1, 2, 'exited with code 2', 1001);
+             INSERT INTO attempt (seq, attempt, session, slot, started_at, ended_at, exit_code,
+                 outcome, reason, duration)
+             VALUES (1, 1, 1, 1, 1000.5, 1001, 2, 'failed', 'exited with code 2', 0.5);"
+        ))
+        .unwrap();
+        drop(c);
+        let mut s = Snapshot::begin(&p, &header("redis://h/q")).unwrap();
+        s.job(&job(2, b"b", JobState::Done)).unwrap();
+        s.commit().unwrap();
+        let c = Connection::open(&p).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let rows: Vec<(i64, Option<String>, Option<i64>, Option<String>)> = c
+            .prepare("SELECT seq, cause, worker, host FROM attempt ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, Some("exit".into()), None, None),
+                (2, Some("succeeded".into()), Some(3), Some("node-1".into()))
+            ]
+        );
+    }
+
+    #[test]
     fn a_file_that_is_not_a_journal_is_refused_and_left_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.sqlite");
