@@ -147,7 +147,7 @@ pub(crate) enum Record {
     /// An attempt started.
     Start(Start),
     /// An attempt ended.
-    End(Completion),
+    End(Box<Completion>),
 }
 
 /// A stream's kept output.
@@ -475,7 +475,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         return Err(DecodeError::Malformed("trailing bytes"));
     }
     Ok((
-        Record::End(Completion {
+        Record::End(Box::new(Completion {
             session,
             seq,
             slot,
@@ -492,7 +492,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
             cause,
             ran_by,
             output,
-        }),
+        })),
         need,
     ))
 }
@@ -856,7 +856,7 @@ mod tests {
         encode(&sample(), &mut buf);
         let (c, n) = decode(&buf).unwrap();
         assert_eq!(n, buf.len());
-        assert_eq!(c, Record::End(sample()));
+        assert_eq!(c, Record::End(Box::new(sample())));
     }
 
     #[test]
@@ -876,7 +876,10 @@ mod tests {
         encode(&sample(), &mut buf);
         let (r, n) = decode(&buf).unwrap();
         assert_eq!(r, Record::Start(st.clone()));
-        assert_eq!(decode(&buf[n..]).unwrap().0, Record::End(sample()));
+        assert_eq!(
+            decode(&buf[n..]).unwrap().0,
+            Record::End(Box::new(sample()))
+        );
         for cut in 0..n {
             assert!(matches!(
                 decode(&buf[..cut]),
@@ -927,7 +930,7 @@ mod tests {
         let mut expected = sample();
         expected.cause = None;
         expected.ran_by = RanBy::default();
-        assert_eq!(r, Record::End(expected));
+        assert_eq!(r, Record::End(Box::new(expected)));
         // A version 1 start: kind 2, no worker or host.
         let mut body = vec![KIND_START];
         body.extend_from_slice(&3i64.to_le_bytes());
@@ -1074,7 +1077,7 @@ mod tests {
             let mut at = 0;
             for c in &cs {
                 let (d, n) = decode(&buf[at..]).unwrap();
-                prop_assert_eq!(&d, &Record::End(c.clone()));
+                prop_assert_eq!(&d, &Record::End(Box::new(c.clone())));
                 at += n;
             }
             prop_assert_eq!(at, buf.len());

@@ -1,5 +1,16 @@
-//! Creating a journal's schema and opening its writing connection. (The
-//! SQL is `schema.sql`; the header check is [`super::check`].)
+//! Creating a journal's schema, migrating an older one, and opening its
+//! writing connection. (The SQL is `schema.sql`; the header check is
+//! [`super::check`].)
+//!
+//! **Versions.** A journal's `PRAGMA user_version` is its schema version;
+//! this build writes [`SCHEMA_VERSION`] (2). Reading never migrates: the
+//! readers read version 1 as it is. Every writer into an existing journal
+//! calls [`migrate_in`] inside the transaction of its first write, under
+//! the journal's lock (resume, completions recovery, snapshots), so a
+//! version 1 journal becomes version 2 (four columns added, causes
+//! back-filled, nothing removed) atomically with that write, or not at
+//! all. A newer version is refused before anything is opened for writing
+//! ([`super::check`]), and again by [`migrate_in`].
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

@@ -633,7 +633,8 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let rows: Vec<(i64, Option<String>, Option<i64>, Option<String>)> = c
+        type Row = (i64, Option<String>, Option<i64>, Option<String>);
+        let rows: Vec<Row> = c
             .prepare("SELECT seq, cause, worker, host FROM attempt ORDER BY seq")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

@@ -620,7 +620,7 @@ mod tests {
         while at < bytes.len() {
             let (r, n) = completions::decode(&bytes[at..]).unwrap();
             if let completions::Record::End(c) = r {
-                out.push(c);
+                out.push(*c);
             }
             at += n;
         }
