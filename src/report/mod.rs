@@ -470,15 +470,24 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
                 worker,
                 slot: if worker.is_some() { 0 } else { slot },
             };
-            let lane = *lane_ix.entry(key.clone()).or_insert_with(|| {
-                lane_keys.push(key);
-                (lane_keys.len() - 1) as u32
-            });
-            let host = host.map(|h| {
-                *host_ix.entry(h.clone()).or_insert_with(|| {
+            // Looked up before inserting: no allocation per attempt.
+            let lane = match lane_ix.get(&key) {
+                Some(&l) => l,
+                None => {
+                    let l = lane_keys.len() as u32;
+                    lane_ix.insert(key.clone(), l);
+                    lane_keys.push(key);
+                    l
+                }
+            };
+            let host = host.map(|h| match host_ix.get(&h) {
+                Some(&i) => i,
+                None => {
+                    let i = hosts.len() as u32;
+                    host_ix.insert(h.clone(), i);
                     hosts.push(h);
-                    (hosts.len() - 1) as u32
-                })
+                    i
+                }
             });
             att.job.push(ji);
             att.n.push(r.get::<_, i64>(1).map_err(e)?.max(0) as u32);
