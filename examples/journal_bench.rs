@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use jobmill::events::{AttemptReport, AttemptStart, Observer, Resolution};
+use jobmill::events::{AttemptReport, AttemptStart, Observer, Resolution, Runner};
 use jobmill::exec::{Attempt, Capture, End, SpillBudget};
 use jobmill::job::NewJob;
 use jobmill::journal::{create, RunRecord, WriterConfig};
@@ -75,6 +75,7 @@ fn main() {
                         seq,
                         attempt: 1,
                         slot: s + 1,
+                        runner: Runner::default(),
                         at: SystemTime::now(),
                     })
                     .expect("start");
@@ -94,6 +95,7 @@ fn main() {
                         seq,
                         attempt: 1,
                         slot: s + 1,
+                        runner: Runner::default(),
                         outcome: &outcome,
                         resolution: &Resolution::Done,
                         stdout: &mut a.stdout,

@@ -20,7 +20,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::job::{FailReason, JobState, NewJob};
+use crate::job::{FailReason, JobState, NewJob, WorkerId};
 use crate::outcome::{exit, Outcome};
 
 /// An error of any kind, kept with its chain of sources.
@@ -98,6 +98,18 @@ impl Resolution {
     }
 }
 
+/// Who runs an attempt, beyond its slot (what the journal records as the
+/// attempt's `worker` and `host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Runner {
+    /// The long-lived worker process (`--persistent`) that runs it;
+    /// `None` when each attempt is a process of its own.
+    pub worker: Option<WorkerId>,
+    /// The host that runs it, when the run names one (a worker on a shared
+    /// queue); `None`: this machine.
+    pub host: Option<Arc<str>>,
+}
+
 /// An attempt about to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptStart {
@@ -107,6 +119,8 @@ pub struct AttemptStart {
     pub attempt: u32,
     /// The slot it runs in, from 1 (for long-lived workers: the worker's slot).
     pub slot: usize,
+    /// Who runs it.
+    pub runner: Runner,
     /// When it starts.
     pub at: SystemTime,
 }
@@ -144,6 +158,8 @@ pub struct AttemptReport<'a> {
     pub attempt: u32,
     /// The slot it ran in, from 1.
     pub slot: usize,
+    /// Who ran it.
+    pub runner: Runner,
     /// How it ended, with what was measured.
     pub outcome: &'a Outcome,
     /// What it meant for the job.

@@ -22,6 +22,21 @@ use std::time::{Duration, SystemTime};
 
 use crate::job::FailReason;
 
+/// Every name [`AttemptEnd::cause`] gives, in a fixed order (the
+/// journal's `attempt.cause` column holds one of them).
+pub const CAUSES: [&str; 10] = [
+    "succeeded",
+    "stopped",
+    "exit",
+    "signal",
+    "timeout",
+    "reported",
+    "lost",
+    "spawn",
+    "oom",
+    "memory-limit",
+];
+
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptEnd {
@@ -142,6 +157,25 @@ mod tests {
             "lost"
         );
         assert_eq!(AttemptEnd::Failed(FailReason::Timeout).cause(), "timeout");
+        for end in [
+            AttemptEnd::Succeeded,
+            AttemptEnd::Stopped,
+            AttemptEnd::Failed(FailReason::Exit { code: 1 }),
+            AttemptEnd::Failed(FailReason::Signal { signal: 9 }),
+            AttemptEnd::Failed(FailReason::Timeout),
+            AttemptEnd::Failed(FailReason::Reported {
+                message: "m".into(),
+            }),
+            AttemptEnd::Failed(FailReason::WorkerLost { detail: "d".into() }),
+            AttemptEnd::Failed(FailReason::Spawn { error: "e".into() }),
+            AttemptEnd::Failed(FailReason::OutOfMemory { likely: true }),
+            AttemptEnd::Failed(FailReason::MemoryLimit {
+                limit: 1,
+                likely: false,
+            }),
+        ] {
+            assert!(CAUSES.contains(&end.cause()), "{end:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the test (scripts/test.sh installs them), it is never skipped.
 
 mod common;
+mod fixtures;
 mod redis_support;
 
 use std::ffi::OsStr;
@@ -320,6 +321,10 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
             timed_out: false,
             finished_at: Some(t0 + seq as f64 * 0.004),
             duration: Some(0.001 + (seq % 113) as f64 * 0.0007),
+            cause: Some(if failed { "exit" } else { "succeeded" }.into()),
+            // Drawn as 4 rows: 2 workers on each of 2 hosts.
+            worker: Some(seq % 2 + 1),
+            host: Some(format!("node-{}", seq % 4 / 2)),
         })
         .unwrap();
     }
@@ -369,6 +374,121 @@ fn a_report_of_100000_jobs_loads_in_headless_chromium_within_the_budget() {
     );
     // The issue's budget is 2 s; a shared, busy test machine gets slack.
     assert!(ms < 6000.0, "load event at {ms:.0} ms");
+}
+
+#[test]
+fn a_report_of_a_v1_journal_groups_failures_by_worked_out_causes_and_says_what_it_lacks() {
+    require("chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("old.sqlite");
+    fixtures::v1_journal(&journal);
+    let before = std::fs::read(&journal).unwrap();
+    let page = dir.path().join("old.html");
+    let out = jobmill()
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .arg("report")
+        .arg(&journal)
+        .arg("-o")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&journal).unwrap() == before,
+        "the v1 journal is unchanged"
+    );
+    assert_eq!(
+        fixtures::user_version(&journal),
+        1,
+        "not migrated by a read"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    let (dom, log) = chromium(&page, &["--dump-dom"]);
+    assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
+    assert!(
+        dom.contains("data-rendered=\"ok\""),
+        "the script ran to its end"
+    );
+    let bars = dom.matches("class=\"bar o-").count() - html.matches("class=\"bar o-").count();
+    assert_eq!(bars, 5, "one bar per attempt");
+    assert!(
+        dom.contains("This journal has schema v1"),
+        "the page says what a v1 journal lacks"
+    );
+    assert!(dom.contains("one row per slot<"), "rows are slots");
+    let failures = &dom[dom.find("id=\"failures\"").unwrap()..];
+    assert!(
+        failures.contains("exit: exit code 3") && failures.contains("</span>timeout</summary>"),
+        "grouped by the causes worked out from v1's columns: {failures}"
+    );
+    assert!(failures.contains("boom c"), "stderr tails are shown");
+}
+
+#[test]
+fn a_report_of_a_persistent_run_has_one_timeline_row_per_worker() {
+    require("chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("p.sqlite");
+    let script = "import jobmill_worker\nfor job in jobmill_worker.jobs():\n    if job.payload.endswith(b'7'):\n        job.fail('no sevens')\n    else:\n        job.complete(job.payload)\n";
+    let inputs: String = (1..=40).map(|i| format!("{i}\n")).collect();
+    let run = jobmill()
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+        .args(["run", "-j3", "--persistent", "--journal"])
+        .arg(&journal)
+        .args(["--", "python3", "-c", script])
+        .stdin(
+            std::fs::File::open({
+                let p = dir.path().join("inputs");
+                std::fs::write(&p, inputs).unwrap();
+                p
+            })
+            .unwrap(),
+        )
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(4),
+        "jobs 7, 17, 27, 37 fail: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let page = dir.path().join("p.html");
+    let out = jobmill()
+        .arg("report")
+        .arg(&journal)
+        .arg("-o")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (dom, log) = chromium(&page, &["--dump-dom"]);
+    assert_eq!(console_lines(&log), Vec::<&str>::new(), "console messages");
+    assert!(dom.contains("one row per worker<"), "rows are workers");
+    let labels = dom
+        .matches("<div class=\"tl-label\" title=\"worker ")
+        .count();
+    assert!(
+        (1..=3).contains(&labels),
+        "one row per worker process that ran a job: {labels}"
+    );
+    assert_eq!(dom.matches("class=\"tl-label\" title=\"slot").count(), 0);
+    let failures = &dom[dom.find("id=\"failures\"").unwrap()..];
+    assert!(
+        failures.contains("</span>reported</summary>"),
+        "failures grouped by their recorded cause"
+    );
+    for seq in [7, 17, 27, 37] {
+        assert!(
+            failures.contains(&format!("<tr data-seq=\"{seq}\">")),
+            "job {seq}"
+        );
+    }
 }
 
 /// A tmux server of its own (its socket named after this process), killed

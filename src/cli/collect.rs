@@ -72,6 +72,9 @@ fn job_of(r: &JobRecord) -> anyhow::Result<JobSnapshot<'_>> {
         timed_out: r.reason == "timed out",
         finished_at: r.ended_ms.map(|ms| ms as f64 / 1000.0),
         duration: r.duration_ms.map(|ms| ms as f64 / 1000.0),
+        cause: r.cause.clone(),
+        worker: r.worker,
+        host: r.host.clone(),
     })
 }
 
@@ -136,6 +139,9 @@ pub fn collect(queue: &RedisQueue, path: &Path, ctx: RunContext) -> anyhow::Resu
             timed_out: false,
             finished_at: None,
             duration: None,
+            cause: None,
+            worker: None,
+            host: None,
         })?;
         Ok(())
     })?;

@@ -69,7 +69,7 @@ use std::time::Duration;
 
 use crate::events::{
     AttemptReport, AttemptStart, Message, Notice, Observer, ObserverError, Resolution, RunSummary,
-    SharedError, StopCause,
+    Runner, SharedError, StopCause,
 };
 use crate::exec::{Capture, SpillBudget};
 use crate::input::InputError;
@@ -200,6 +200,8 @@ pub struct Dispatch {
     /// Signalled when an entry leaves `ending`.
     reported: std::sync::Condvar,
     error: Mutex<Option<SharedError>>,
+    /// [`Options::host`], shared by every attempt's [`Runner`].
+    host: Option<Arc<str>>,
 }
 
 impl Dispatch {
@@ -335,15 +337,26 @@ impl Dispatch {
         }
     }
 
-    /// An attempt of `job` is about to start in `slot`. Returns false when
+    /// Who runs an attempt on long-lived worker `worker` (`None`: a
+    /// process of its own), on this run's host.
+    fn runner(&self, worker: Option<WorkerId>) -> Runner {
+        Runner {
+            worker,
+            host: self.host.clone(),
+        }
+    }
+
+    /// An attempt of `job` is about to start in `slot`, on long-lived
+    /// worker `worker` (`None`: a process of its own). Returns false when
     /// it must not start (an observer such as the journal failed to record
     /// it; the run is draining) — the caller gives the lease back.
-    pub fn start(&self, job: &Job, slot: usize) -> bool {
+    pub fn start(&self, job: &Job, slot: usize, worker: Option<WorkerId>) -> bool {
         self.wait_reported(job.seq);
         let start = AttemptStart {
             seq: job.seq,
             attempt: job.attempts,
             slot,
+            runner: self.runner(worker),
             at: std::time::SystemTime::now(),
         };
         if !self.observe(|o| o.attempt_started(&start)) {
@@ -382,15 +395,18 @@ impl Dispatch {
                 Err(_) => Resolution::Interrupted,
             },
         };
-        self.report(&lease.job, slot, outcome, resolution, stdout, stderr);
+        self.report(&lease.job, slot, None, outcome, resolution, stdout, stderr);
     }
 
-    /// An attempt of `job` ended and the queue has settled it as
-    /// `resolution`: observers, output, counts, messages and `--halt`.
+    /// An attempt of `job` in `slot` (on long-lived worker `worker`, or
+    /// `None`) ended and the queue has settled it as `resolution`:
+    /// observers, output, counts, messages and `--halt`.
+    #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
         job: &Job,
         slot: usize,
+        worker: Option<WorkerId>,
         outcome: &Outcome,
         resolution: Resolution,
         mut stdout: Capture,
@@ -422,6 +438,7 @@ impl Dispatch {
                 seq: job.seq,
                 attempt: job.attempts,
                 slot,
+                runner: self.runner(worker),
                 outcome,
                 resolution: &resolution,
                 stdout: &mut stdout,
@@ -814,6 +831,7 @@ pub fn run(
         ending_count: AtomicUsize::new(0),
         reported: std::sync::Condvar::new(),
         error: Mutex::new(None),
+        host: opts.host.as_deref().map(Arc::from),
         opts,
     });
     let signals = if d.opts.handle_signals {

@@ -278,7 +278,7 @@ impl Processes {
                 grace: self.grace,
                 on_output: live.is_some().then_some(&print as OutputHook<'_>),
             };
-            if !d.start(job, slot) {
+            if !d.start(job, slot, None) {
                 d.give_back(&lease);
                 slots.give_back(slot);
                 return;

@@ -113,10 +113,10 @@ impl StopSource for Adapter<'_> {
 }
 
 impl persistent::Observer for Adapter<'_> {
-    fn sent(&self, slot: usize, _worker: WorkerId, job: &crate::job::Job) {
+    fn sent(&self, slot: usize, worker: WorkerId, job: &crate::job::Job) {
         // A job already in a worker's window cannot be taken back: if its
         // start cannot be recorded, the run drains and the job still runs.
-        self.d.start(job, slot);
+        self.d.start(job, slot, Some(worker));
     }
 
     fn outcome(&self, o: persistent::Outcome) {
@@ -142,7 +142,15 @@ impl persistent::Observer for Adapter<'_> {
         };
         let outcome = Outcome::unmeasured(end);
         let stderr = Capture::new(d.budget().clone());
-        d.report(&o.job, o.slot, &outcome, resolution, stdout, stderr);
+        d.report(
+            &o.job,
+            o.slot,
+            Some(o.worker),
+            &outcome,
+            resolution,
+            stdout,
+            stderr,
+        );
     }
 
     fn spawned(&self, _slot: usize, _worker: WorkerId, pid: u32) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 
-use super::completions::{Completion, Log};
+use super::completions::{Completion, Log, RanBy};
 use super::rows::apply;
 use super::writer::WriterConfig;
 use super::JournalError;
@@ -342,11 +342,22 @@ pub(super) enum Plan {
 
 #[derive(Debug)]
 pub(super) enum Event {
-    Job { seq: u64, input: Bytes },
+    Job {
+        seq: u64,
+        input: Bytes,
+        read_at: f64,
+    },
     InputComplete,
-    Started { seq: u64, slot: usize, at: f64 },
+    Started {
+        seq: u64,
+        slot: usize,
+        at: f64,
+        ran_by: RanBy,
+    },
     Finished(Box<Completion>),
-    RunFinished { reason: String },
+    RunFinished {
+        reason: String,
+    },
 }
 
 impl Writer {

@@ -48,12 +48,36 @@ pub fn path_of(journal: &Path) -> PathBuf {
 /// 1 GiB each and the rest); a larger length is corruption.
 const MAX_BODY: u32 = u32::MAX / 2;
 
-/// Byte that starts the body of an attempt's end (the log's first
-/// format, version 1, held only these).
+/// Byte that starts the body of an attempt's end as jobmill wrote it for
+/// journal schema version 1 (the log's first format held only these);
+/// still read, never written.
 const VERSION: u8 = 1;
 
-/// Byte that starts the body of an attempt's start.
+/// Byte that starts the body of an attempt's start (schema version 1
+/// layout: no worker or host); still read, never written.
 const KIND_START: u8 = 2;
+
+/// Byte that starts the body of an attempt's end: the version 1 layout
+/// followed by its cause, worker and host (journal schema version 2).
+const KIND_END_V2: u8 = 3;
+
+/// Byte that starts the body of an attempt's start with its worker and
+/// host (journal schema version 2).
+const KIND_START_V2: u8 = 4;
+
+/// How attempts can end (the `attempt.cause` column), by their code in a
+/// record.
+pub(crate) use crate::outcome::CAUSES;
+
+/// Who ran an attempt, beyond its slot (the `attempt.worker` and
+/// `attempt.host` columns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RanBy {
+    /// The long-lived worker; `None` for a process per attempt.
+    pub worker: Option<u64>,
+    /// The host; `None`: the run's host.
+    pub host: Option<String>,
+}
 
 /// What attempts can end as (the `attempt.outcome` column).
 pub(crate) const OUTCOMES: [&str; 5] = ["done", "requeued", "failed", "dead", "interrupted"];
@@ -91,6 +115,11 @@ pub(crate) struct Completion {
     pub duration: Option<f64>,
     /// Peak RSS in KiB; `None` when not known.
     pub max_rss_kib: Option<u64>,
+    /// One of [`CAUSES`]; `None` when not known (a record of schema
+    /// version 1).
+    pub cause: Option<&'static str>,
+    /// Who ran it.
+    pub ran_by: RanBy,
     /// Kept stdout (index 0) and stderr (index 1), if any.
     pub output: [Option<Output>; 2],
 }
@@ -98,7 +127,7 @@ pub(crate) struct Completion {
 /// One attempt's start: written in the same `write(2)` as the ends
 /// buffered before it, before the attempt runs, so that an attempt that
 /// ran is in the log even if jobmill dies before the next batch commit.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Start {
     /// The session (journal row id) the attempt runs in.
     pub session: i64,
@@ -108,6 +137,8 @@ pub(crate) struct Start {
     pub slot: u64,
     /// When it started (Unix seconds; as its start event records it).
     pub started_at: f64,
+    /// Who runs it.
+    pub ran_by: RanBy,
 }
 
 /// A record of the log.
@@ -116,7 +147,7 @@ pub(crate) enum Record {
     /// An attempt started.
     Start(Start),
     /// An attempt ended.
-    End(Completion),
+    End(Box<Completion>),
 }
 
 /// A stream's kept output.
@@ -197,7 +228,7 @@ pub(crate) fn encode(c: &Completion, buf: &mut Vec<u8>) {
             flags |= FLAG_OUT[i];
         }
     }
-    buf.push(VERSION);
+    buf.push(KIND_END_V2);
     buf.push(flags);
     buf.push(code(&OUTCOMES, c.outcome));
     buf.push(code(&JOB_STATES, c.job_state));
@@ -221,6 +252,8 @@ pub(crate) fn encode(c: &Completion, buf: &mut Vec<u8>) {
         buf.extend_from_slice(&(o.data.len() as u32).to_le_bytes());
         buf.extend_from_slice(&o.data);
     }
+    buf.push(c.cause.map_or(u8::MAX, |cause| code(&CAUSES, cause)));
+    encode_ran_by(&c.ran_by, buf);
     let len = u32::try_from(buf.len() - body)
         .ok()
         .filter(|l| *l <= MAX_BODY)
@@ -235,15 +268,45 @@ pub(crate) fn encode_start(st: &Start, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 8]);
     let body = buf.len();
-    buf.push(KIND_START);
+    buf.push(KIND_START_V2);
     buf.extend_from_slice(&st.session.to_le_bytes());
     buf.extend_from_slice(&st.seq.to_le_bytes());
     buf.extend_from_slice(&st.slot.to_le_bytes());
     buf.extend_from_slice(&st.started_at.to_le_bytes());
+    encode_ran_by(&st.ran_by, buf);
     let len = (buf.len() - body) as u32;
     let crc = crc32fast::hash(&buf[body..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends `r`: the worker (`u64::MAX`: none), then a host flag (0 or 1)
+/// and the host's length-prefixed bytes.
+fn encode_ran_by(r: &RanBy, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&r.worker.unwrap_or(u64::MAX).to_le_bytes());
+    match &r.host {
+        Some(h) => {
+            buf.push(1);
+            buf.extend_from_slice(&(h.len() as u32).to_le_bytes());
+            buf.extend_from_slice(h.as_bytes());
+        }
+        None => buf.push(0),
+    }
+}
+
+/// Reads what [`encode_ran_by`] wrote.
+fn decode_ran_by(r: &mut Reader<'_>) -> Result<RanBy, DecodeError> {
+    let worker = Some(r.u64()?).filter(|&w| w != u64::MAX);
+    let host = match r.u8()? {
+        0 => None,
+        1 => Some(
+            std::str::from_utf8(r.bytes()?)
+                .map_err(|_| DecodeError::Malformed("host is not UTF-8"))?
+                .to_owned(),
+        ),
+        _ => return Err(DecodeError::Malformed("bad host flag")),
+    };
+    Ok(RanBy { worker, host })
 }
 
 /// A cursor over a body that fails instead of panicking.
@@ -331,15 +394,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         return Err(DecodeError::Checksum);
     }
     let mut r = Reader { bytes: body };
-    match r.u8()? {
-        VERSION => {}
-        KIND_START => {
-            let st = Start {
+    let kind = r.u8()?;
+    match kind {
+        VERSION | KIND_END_V2 => {}
+        KIND_START | KIND_START_V2 => {
+            let mut st = Start {
                 session: r.i64()?,
                 seq: r.u64()?,
                 slot: r.u64()?,
                 started_at: r.f64()?,
+                ran_by: RanBy::default(),
             };
+            if kind == KIND_START_V2 {
+                st.ran_by = decode_ran_by(&mut r)?;
+            }
             if !r.bytes.is_empty() {
                 return Err(DecodeError::Malformed("trailing bytes"));
             }
@@ -390,11 +458,24 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
             });
         }
     }
+    let (cause, ran_by) = if kind == KIND_END_V2 {
+        let cause = match r.u8()? {
+            u8::MAX => None,
+            c => Some(
+                *CAUSES
+                    .get(usize::from(c))
+                    .ok_or(DecodeError::Malformed("unknown cause"))?,
+            ),
+        };
+        (cause, decode_ran_by(&mut r)?)
+    } else {
+        (None, RanBy::default())
+    };
     if !r.bytes.is_empty() {
         return Err(DecodeError::Malformed("trailing bytes"));
     }
     Ok((
-        Record::End(Completion {
+        Record::End(Box::new(Completion {
             session,
             seq,
             slot,
@@ -408,8 +489,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
             reason,
             duration,
             max_rss_kib,
+            cause,
+            ran_by,
             output,
-        }),
+        })),
         need,
     ))
 }
@@ -554,8 +637,10 @@ pub struct Recovered {
 }
 
 /// Writes the records of `journal`'s completions log that the journal
-/// lacks into it, in one `FULL` transaction, then removes the log. The
-/// caller holds the journal's lock and has checked the journal.
+/// lacks into it, in one `FULL` transaction (which first migrates a
+/// journal of an older schema version, [`super::schema::migrate_in`]),
+/// then removes the log. The caller holds the journal's lock and has
+/// checked the journal.
 ///
 /// Does nothing when there is no log.
 ///
@@ -587,6 +672,9 @@ pub fn recover(journal: &Path) -> Result<Recovered, JournalError> {
         let tx = conn
             .transaction()
             .map_err(JournalError::sqlite(journal, "begin recovery"))?;
+        // A log left by a jobmill of schema version 1 goes into the
+        // journal migrated first, in the same transaction.
+        super::schema::migrate_in(&tx, journal)?;
         let mut at = 0;
         while at < bytes.len() {
             match decode(&bytes[at..]) {
@@ -697,7 +785,14 @@ fn apply_start(tx: &rusqlite::Transaction<'_>, st: &Start) -> rusqlite::Result<b
     if job.is_none() {
         return Ok(false);
     }
-    super::rows::record_start(tx, st.seq, st.session, st.slot as usize, st.started_at)?;
+    super::rows::record_start(
+        tx,
+        st.seq,
+        st.session,
+        st.slot as usize,
+        st.started_at,
+        &st.ran_by,
+    )?;
     Ok(true)
 }
 
@@ -739,6 +834,11 @@ mod tests {
             reason: Some("exit status 3".into()),
             duration: Some(1.25),
             max_rss_kib: Some(4096),
+            cause: Some("exit"),
+            ran_by: RanBy {
+                worker: Some(4),
+                host: Some("node-7".into()),
+            },
             output: [
                 Some(Output {
                     data: b"out\n".to_vec(),
@@ -756,7 +856,7 @@ mod tests {
         encode(&sample(), &mut buf);
         let (c, n) = decode(&buf).unwrap();
         assert_eq!(n, buf.len());
-        assert_eq!(c, Record::End(sample()));
+        assert_eq!(c, Record::End(Box::new(sample())));
     }
 
     #[test]
@@ -766,13 +866,20 @@ mod tests {
             seq: 42,
             slot: 2,
             started_at: 1_790_000_000.5,
+            ran_by: RanBy {
+                worker: Some(9),
+                host: None,
+            },
         };
         let mut buf = Vec::new();
         encode_start(&st, &mut buf);
         encode(&sample(), &mut buf);
         let (r, n) = decode(&buf).unwrap();
-        assert_eq!(r, Record::Start(st));
-        assert_eq!(decode(&buf[n..]).unwrap().0, Record::End(sample()));
+        assert_eq!(r, Record::Start(st.clone()));
+        assert_eq!(
+            decode(&buf[n..]).unwrap().0,
+            Record::End(Box::new(sample()))
+        );
         for cut in 0..n {
             assert!(matches!(
                 decode(&buf[..cut]),
@@ -796,6 +903,111 @@ mod tests {
             bad[i] ^= 0x10;
             assert_eq!(decode(&bad).unwrap_err(), DecodeError::Checksum, "byte {i}");
         }
+    }
+
+    /// `c` framed as jobmill wrote it for journal schema version 1: the
+    /// version byte 1 and no cause, worker or host.
+    fn encode_v1(c: &Completion) -> Vec<u8> {
+        let mut v2 = Vec::new();
+        let mut c = c.clone();
+        c.cause = None;
+        c.ran_by = RanBy::default();
+        encode(&c, &mut v2);
+        // The version 2 body ends with: cause (1), worker (8), host flag (1).
+        let mut body = v2[8..v2.len() - 10].to_vec();
+        body[0] = VERSION;
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        buf
+    }
+
+    #[test]
+    fn records_of_schema_version_1_still_decode_without_cause_worker_or_host() {
+        let buf = encode_v1(&sample());
+        let (r, n) = decode(&buf).unwrap();
+        assert_eq!(n, buf.len());
+        let mut expected = sample();
+        expected.cause = None;
+        expected.ran_by = RanBy::default();
+        assert_eq!(r, Record::End(Box::new(expected)));
+        // A version 1 start: kind 2, no worker or host.
+        let mut body = vec![KIND_START];
+        body.extend_from_slice(&3i64.to_le_bytes());
+        body.extend_from_slice(&42u64.to_le_bytes());
+        body.extend_from_slice(&2u64.to_le_bytes());
+        body.extend_from_slice(&1.5f64.to_le_bytes());
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        let st = Start {
+            session: 3,
+            seq: 42,
+            slot: 2,
+            started_at: 1.5,
+            ran_by: RanBy::default(),
+        };
+        assert_eq!(decode(&buf).unwrap().0, Record::Start(st));
+    }
+
+    #[test]
+    fn recovering_an_older_jobmills_log_into_its_v1_journal_migrates_the_journal_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("old.sqlite");
+        let conn = rusqlite::Connection::open(&journal).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/journal_v1_schema.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/journal_v1_rows.sql"))
+            .unwrap();
+        drop(conn);
+        // The end of job 5's attempt, which the v1 journal lacks, as a v1
+        // jobmill logged it: it timed out.
+        let end = Completion {
+            session: 1,
+            seq: 5,
+            slot: 1,
+            started_at: 1_790_000_001.6,
+            ended_at: 1_790_000_003.0,
+            exit_code: None,
+            signal: Some(15),
+            timed_out: true,
+            outcome: "dead",
+            job_state: "dead",
+            reason: Some("timed out".into()),
+            duration: Some(1.4),
+            max_rss_kib: Some(900),
+            cause: None,
+            ran_by: RanBy::default(),
+            output: [None, None],
+        };
+        std::fs::write(path_of(&journal), encode_v1(&end)).unwrap();
+        let r = recover(&journal).unwrap();
+        assert_eq!((r.applied, r.already, r.problem), (1, 0, None));
+        let db = rusqlite::Connection::open(&journal).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let causes: Vec<(i64, Option<String>, Option<String>)> = db
+            .prepare("SELECT seq, outcome, cause FROM attempt ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            causes,
+            [
+                (1, s("done"), s("succeeded")),
+                (2, s("done"), s("succeeded")),
+                (3, s("failed"), s("exit")),
+                (4, s("dead"), s("timeout")),
+                (5, s("dead"), s("timeout")),
+            ],
+            "back-filled by the migration, and worked out for the recovered v1 record"
+        );
     }
 
     fn completion() -> impl Strategy<Value = Completion> {
@@ -844,6 +1056,11 @@ mod tests {
                         reason,
                         duration: Some(0.5),
                         max_rss_kib: Some(rss),
+                        cause: CAUSES.get(o * 2).copied(),
+                        ran_by: RanBy {
+                            worker: Some(slot).filter(|s| s % 2 == 0),
+                            host: Some(format!("h{session}")).filter(|_| seq % 2 == 0),
+                        },
                         output: [a, b],
                     }
                 },
@@ -860,7 +1077,7 @@ mod tests {
             let mut at = 0;
             for c in &cs {
                 let (d, n) = decode(&buf[at..]).unwrap();
-                prop_assert_eq!(&d, &Record::End(c.clone()));
+                prop_assert_eq!(&d, &Record::End(Box::new(c.clone())));
                 at += n;
             }
             prop_assert_eq!(at, buf.len());

@@ -16,7 +16,7 @@
 //! | `writer.rs` | [`Journal`]: `create`, `record_*`, `flush`, `close` |
 //! | `commit.rs` | the writer thread, group commits, syncs, checkpoints |
 //! | `rows.rs` | the SQL rows each event writes |
-//! | `schema.rs` | a new journal's schema and header; the writing connection |
+//! | `schema.rs` | a new journal's schema and header; migration from older versions; the writing connection |
 //! | `lock.rs` | the journal's `flock` |
 //! | `completions.rs` | the completions log: codec, append, recovery |
 //! | `observer.rs` | the journal as the run's observer (the only part that knows `run` and `exec`) |
@@ -47,13 +47,16 @@ pub mod resume;
 pub mod writer;
 
 pub use options::StoredOptions;
+pub(crate) use schema::cause_from_v1;
 pub use writer::{create, Journal, JournalLock, RunRecord, WriterConfig};
 
 /// The schema of a new journal (SQL).
 pub const SCHEMA: &str = include_str!("schema.sql");
 
-/// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). It reads
+/// this version and every older one (version 1 lacks the columns that
+/// version 2 added; writing migrates it first); a newer one is refused.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a jobmill journal ("jmil").
 pub const APPLICATION_ID: i64 = 0x6A6D_696C;

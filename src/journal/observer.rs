@@ -3,16 +3,26 @@
 //! `record_*` methods. The journal knows nothing of the engine or the
 //! executors: only the model.
 
-use crate::events::{AttemptReport, AttemptStart, Observer, ObserverError, Resolution, RunSummary};
+use crate::events::{
+    AttemptReport, AttemptStart, Observer, ObserverError, Resolution, RunSummary, Runner,
+};
 use crate::job::{FailReason, JobState, NewJob};
 use crate::outcome::AttemptEnd;
 
-use super::completions::{self, Completion};
+use super::completions::{self, Completion, RanBy};
 use super::writer::{now, unix, Journal};
 use super::JournalError;
 
 fn observer_error(e: JournalError) -> ObserverError {
     ObserverError::new(e)
+}
+
+/// What the journal records of who ran an attempt.
+fn ran_by(runner: &Runner) -> RanBy {
+    RanBy {
+        worker: runner.worker.map(|w| w.0),
+        host: runner.host.as_deref().map(str::to_owned),
+    }
 }
 
 /// (attempt outcome, job state, reason) of what an attempt meant.
@@ -54,7 +64,7 @@ impl Observer for Journal {
     }
 
     fn attempt_started(&self, start: &AttemptStart) -> Result<(), ObserverError> {
-        self.record_start(start.seq, start.slot, start.at)
+        self.record_start(start.seq, start.slot, ran_by(&start.runner), start.at)
             .map_err(observer_error)
     }
 
@@ -101,6 +111,8 @@ impl Observer for Journal {
             reason,
             duration: o.duration.map(|d| d.as_secs_f64()),
             max_rss_kib: o.max_rss_kib,
+            cause: Some(o.end.cause()),
+            ran_by: ran_by(&report.runner),
             output,
         };
         self.record_end(completion).map_err(observer_error)
@@ -179,6 +191,7 @@ mod tests {
             seq,
             attempt: 1,
             slot,
+            runner: Runner::default(),
             outcome: &outcome,
             resolution: &resolution,
             stdout: &mut stdout,
@@ -192,6 +205,7 @@ mod tests {
             seq,
             attempt,
             slot,
+            runner: Runner::default(),
             at: SystemTime::now(),
         })
         .unwrap();

@@ -238,8 +238,12 @@ impl Resumable {
         let path = self.path.clone();
         let mut conn = writer::open_rw(&path)?;
         let tx = conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(JournalError::sqlite(&path, "begin"))?;
+        // The first write of this session: a journal of an older schema
+        // version is migrated in the same transaction, so it is either
+        // migrated and resumed or left as it was.
+        super::schema::migrate_in(&tx, &path)?;
         tx.execute(
             "UPDATE attempt SET outcome = 'interrupted',
                     reason = 'jobmill stopped before recording its end (killed or crashed)'

@@ -6,7 +6,7 @@ use rusqlite::params;
 use sha2::{Digest, Sha256};
 
 use super::commit::{Event, Plan};
-use super::completions::Completion;
+use super::completions::{Completion, RanBy};
 use super::writer::now;
 
 /// Writes event `e` as `plan` says. `retried`: [`Writer::retried`].
@@ -22,10 +22,19 @@ pub(super) fn apply(
     match (e, plan) {
         (_, Plan::Skip) => {}
         // Only jobs new to the journal are queued ([`Journal::job_read`]).
-        (Event::Job { seq, input }, _) => {
+        (
+            Event::Job {
+                seq,
+                input,
+                read_at,
+            },
+            _,
+        ) => {
             let hash = Sha256::digest(input);
-            tx.prepare_cached("INSERT INTO job (seq, input, hash) VALUES (?1, ?2, ?3)")?
-                .execute(params![*seq as i64, &input[..], &hash[..]])?;
+            tx.prepare_cached(
+                "INSERT INTO job (seq, input, hash, read_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![*seq as i64, &input[..], &hash[..], read_at])?;
         }
         (Event::InputComplete, _) => {
             if whole_input {
@@ -36,8 +45,16 @@ pub(super) fn apply(
                 .execute([])?;
             }
         }
-        (Event::Started { seq, slot, at }, _) => {
-            record_start(tx, *seq, session, *slot, *at)?;
+        (
+            Event::Started {
+                seq,
+                slot,
+                at,
+                ran_by,
+            },
+            _,
+        ) => {
+            record_start(tx, *seq, session, *slot, *at, ran_by)?;
         }
         (Event::Finished(c), _) => {
             let start = if plan == Plan::Insert {
@@ -67,21 +84,30 @@ pub(super) fn apply(
 }
 
 /// Records that an attempt of job `seq` started: its `attempt` row (the
-/// job's next attempt number, no end yet) and the job `running`.
+/// job's next attempt number, who runs it, no end yet) and the job
+/// `running`.
 pub(crate) fn record_start(
     tx: &rusqlite::Transaction<'_>,
     seq: u64,
     session: i64,
     slot: usize,
     at: f64,
+    ran_by: &RanBy,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE job SET state = 'running', attempts = attempts + 1 WHERE seq = ?1")?
         .execute(params![seq as i64])?;
     tx.prepare_cached(
-        "INSERT INTO attempt (seq, attempt, session, slot, started_at)
-         VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4)",
+        "INSERT INTO attempt (seq, attempt, session, slot, started_at, worker, host)
+         VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1), ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![seq as i64, session, slot as i64, at])?;
+    .execute(params![
+        seq as i64,
+        session,
+        slot as i64,
+        at,
+        ran_by.worker.map(|w| w as i64),
+        ran_by.host
+    ])?;
     Ok(())
 }
 
@@ -110,15 +136,15 @@ pub(crate) fn record_end(
         StartRow::Missing => (
             "INSERT INTO attempt (seq, attempt, session, slot, started_at,
                     ended_at, exit_code, signal, timed_out, outcome, reason,
-                    duration, max_rss_kb)
+                    duration, max_rss_kb, cause, worker, host)
              VALUES (?1, (SELECT attempts FROM job WHERE seq = ?1) + 1, ?2, ?3,
-                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             1,
         ),
         StartRow::Recorded => (
             "UPDATE attempt SET slot = ?3, ended_at = ?5, exit_code = ?6, signal = ?7,
                     timed_out = ?8, outcome = ?9, reason = ?10, duration = ?11,
-                    max_rss_kb = ?12
+                    max_rss_kb = ?12, cause = ?13, worker = ?14, host = ?15
              WHERE seq = ?1 AND session = ?2 AND started_at = ?4",
             0,
         ),
@@ -136,7 +162,19 @@ pub(crate) fn record_end(
         c.reason,
         c.duration,
         c.max_rss_kib.map(|k| k as i64),
+        c.cause,
+        c.ran_by.worker.map(|w| w as i64),
+        c.ran_by.host,
     ])?;
+    if c.cause.is_none() {
+        // A record of schema version 1 (recovered from an older jobmill's
+        // completions log): its cause is worked out as the migration does.
+        tx.prepare_cached(&format!(
+            "UPDATE attempt SET cause = {} WHERE seq = ?1 AND session = ?2 AND started_at = ?3",
+            super::schema::cause_from_v1("outcome", "reason", "timed_out", "signal", "exit_code")
+        ))?
+        .execute(params![seq, c.session, c.started_at])?;
+    }
     tx.prepare_cached(
         "UPDATE job SET attempts = attempts + ?7, state = ?2, exit_code = ?3,
                 signal = ?4, reason = ?5, finished_at = ?6 WHERE seq = ?1",

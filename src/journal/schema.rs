@@ -1,5 +1,16 @@
-//! Creating a journal's schema and opening its writing connection. (The
-//! SQL is `schema.sql`; the header check is [`super::check`].)
+//! Creating a journal's schema, migrating an older one, and opening its
+//! writing connection. (The SQL is `schema.sql`; the header check is
+//! [`super::check`].)
+//!
+//! **Versions.** A journal's `PRAGMA user_version` is its schema version;
+//! this build writes [`SCHEMA_VERSION`] (2). Reading never migrates: the
+//! readers read version 1 as it is. Every writer into an existing journal
+//! calls [`migrate_in`] inside the transaction of its first write, under
+//! the journal's lock (resume, completions recovery, snapshots), so a
+//! version 1 journal becomes version 2 (four columns added, causes
+//! back-filled, nothing removed) atomically with that write, or not at
+//! all. A newer version is refused before anything is opened for writing
+//! ([`super::check`]), and again by [`migrate_in`].
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -97,4 +108,84 @@ pub(super) fn initialize(path: &Path, run: &RunRecord) -> Result<Connection, Jou
     tx.commit()
         .map_err(JournalError::sqlite(path, "commit the run"))?;
     Ok(conn)
+}
+
+/// The SQL expression of an attempt's cause (one of
+/// [`crate::outcome::CAUSES`], or NULL) worked out from what schema
+/// version 1 kept of it, given the SQL of its `outcome`, `reason`,
+/// `timed_out`, `signal` and `exit_code`: the reason texts are those of
+/// [`crate::job::FailReason`]'s `Display`. NULL for an attempt without an
+/// outcome (in flight) and for an interrupted one that jobmill did not stop
+/// itself (its end was never recorded). The migration back-fills with it;
+/// the report falls back on it for rows that have no cause.
+pub(crate) fn cause_from_v1(
+    outcome: &str,
+    reason: &str,
+    timed_out: &str,
+    signal: &str,
+    exit_code: &str,
+) -> String {
+    format!(
+        "CASE
+            WHEN {outcome} IS NULL THEN NULL
+            WHEN {outcome} = 'done' THEN 'succeeded'
+            WHEN {outcome} = 'interrupted' THEN
+                CASE WHEN {reason} LIKE 'stopped by jobmill%' THEN 'stopped' END
+            WHEN {timed_out} = 1 OR {reason} = 'timed out' THEN 'timeout'
+            WHEN {reason} LIKE 'worker reported failure:%' THEN 'reported'
+            WHEN {reason} LIKE 'worker lost:%' THEN 'lost'
+            WHEN {reason} LIKE 'could not start:%' THEN 'spawn'
+            WHEN {reason} LIKE '%memory limit%' THEN 'memory-limit'
+            WHEN {reason} LIKE '%out of memory%' THEN 'oom'
+            WHEN {signal} IS NOT NULL OR {reason} LIKE 'killed by signal%' THEN 'signal'
+            WHEN {exit_code} IS NOT NULL OR {reason} LIKE 'exited with code%' THEN 'exit'
+        END"
+    )
+}
+
+/// What turns a version 1 journal into a version 2 one: the columns that
+/// version 2 added (appended, as `schema.sql` lists them last), and each
+/// finished attempt's `cause` back-filled with [`cause_from_v1`]. The
+/// workers, hosts and read times of version 1 rows stay NULL: they were
+/// never recorded.
+fn migration_v2() -> String {
+    format!(
+        "ALTER TABLE job ADD COLUMN read_at REAL;
+         ALTER TABLE attempt ADD COLUMN cause TEXT;
+         ALTER TABLE attempt ADD COLUMN worker INTEGER;
+         ALTER TABLE attempt ADD COLUMN host TEXT;
+         UPDATE attempt SET cause = {};
+         UPDATE run SET schema_version = 2 WHERE id = 1;
+         PRAGMA user_version = 2;",
+        cause_from_v1("outcome", "reason", "timed_out", "signal", "exit_code")
+    )
+}
+
+/// Brings the journal that `conn` writes up to [`SCHEMA_VERSION`], inside
+/// the transaction the caller holds open (under the journal's lock), and
+/// returns the version it found. Every version's changes are applied in
+/// order; nothing is removed, so the rows a version 1 journal holds are
+/// all kept. A journal of a newer version is refused and not written.
+///
+/// # Errors
+///
+/// [`JournalError::NewerSchema`] for a newer journal;
+/// [`JournalError::Sqlite`] if a change fails (the caller's transaction
+/// then rolls back, leaving the file as it was).
+pub(crate) fn migrate_in(conn: &Connection, path: &Path) -> Result<i64, JournalError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(JournalError::sqlite(path, "read the schema version"))?;
+    if found > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 2 {
+        conn.execute_batch(&migration_v2())
+            .map_err(JournalError::sqlite(path, "migrate to schema version 2"))?;
+    }
+    Ok(found)
 }

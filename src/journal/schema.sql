@@ -1,6 +1,9 @@
--- jobmill journal schema, version 1 (PRAGMA user_version = 1).
--- PRAGMA application_id = 1785620844 (0x6A6D696C, "jmil") marks the file.
+-- jobmill journal schema, version 2 (PRAGMA user_version = 2).
+-- PRAGMA application_id = 1785555308 (0x6A6D696C, "jmil") marks the file.
 -- Times are Unix seconds as REAL. Documented in docs/JOURNAL.md.
+-- Version 2 added the columns marked "v2", each at the end of its table:
+-- a version 1 journal is migrated by adding them (src/journal/schema.rs,
+-- migration_v2), so both end with the same columns in the same order.
 
 -- The run: exactly one row.
 CREATE TABLE run (
@@ -41,7 +44,8 @@ CREATE TABLE job (
     exit_code   INTEGER,                        -- of the final attempt
     signal      INTEGER,                        -- of the final attempt
     reason      TEXT,                           -- why it failed or died (final)
-    finished_at REAL                            -- when it reached done/failed/dead
+    finished_at REAL,                           -- when it reached done/failed/dead
+    read_at     REAL                            -- v2: when it was read from the input (NULL: not known)
 );
 
 -- Every attempt.
@@ -59,6 +63,11 @@ CREATE TABLE attempt (
     reason      TEXT,                           -- FailReason, human-readable
     duration    REAL,                           -- seconds
     max_rss_kb  INTEGER,                        -- peak RSS from wait4 rusage
+    cause       TEXT,                           -- v2: how it ended: succeeded stopped exit signal timeout
+                                                --     reported lost spawn oom memory-limit (NULL: in flight)
+    worker      INTEGER,                        -- v2: the long-lived worker (--persistent) or the queue's
+                                                --     worker id (Redis) that ran it; NULL: a process per job
+    host        TEXT,                           -- v2: the host that ran it; NULL: the run's host
     PRIMARY KEY (seq, attempt)
 ) WITHOUT ROWID;
 

@@ -82,6 +82,14 @@ pub struct JobSnapshot<'a> {
     pub finished_at: Option<f64>,
     /// How long its last attempt ran, seconds.
     pub duration: Option<f64>,
+    /// How its last attempt ended: one of the names of
+    /// [`crate::outcome::AttemptEnd::cause`], when known.
+    pub cause: Option<String>,
+    /// The worker that ran its last attempt (the queue's id of it), when
+    /// known.
+    pub worker: Option<u64>,
+    /// The host that ran its last attempt, when known.
+    pub host: Option<String>,
 }
 
 /// What a committed snapshot wrote.
@@ -181,6 +189,10 @@ impl Snapshot {
                 .map_err(sql("set user_version"))?;
             conn.execute_batch(SCHEMA)
                 .map_err(sql("create the schema"))?;
+        } else {
+            // An existing journal of an older schema version is migrated
+            // in the snapshot's transaction.
+            super::schema::migrate_in(&conn, path)?;
         }
         let mut s = Snapshot {
             conn: Some(conn),
@@ -353,8 +365,8 @@ impl Snapshot {
             let started = ended - j.duration.unwrap_or(0.0);
             conn.prepare_cached(
                 "INSERT INTO attempt (seq, attempt, session, slot, started_at, ended_at, \
-                     exit_code, signal, timed_out, outcome, reason, duration) \
-                     VALUES (?1, ?2, 1, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     exit_code, signal, timed_out, outcome, reason, duration, cause, worker, \
+                     host) VALUES (?1, ?2, 1, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -368,6 +380,9 @@ impl Snapshot {
                     outcome,
                     j.reason,
                     j.duration,
+                    j.cause,
+                    j.worker.map(|w| w as i64),
+                    j.host,
                 ])
             })
             .map_err(sql("write an attempt"))?;
@@ -455,6 +470,9 @@ mod tests {
             timed_out: false,
             finished_at: Some(1005.0),
             duration: Some(0.5),
+            cause: Some("succeeded".into()),
+            worker: Some(3),
+            host: Some("node-1".into()),
         }
     }
 
@@ -581,6 +599,55 @@ mod tests {
             .unwrap()
             .commit()
             .unwrap();
+    }
+
+    #[test]
+    fn collecting_into_a_v1_journal_migrates_it_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sqlite");
+        // A journal an older jobmill collected from the queue (schema v1).
+        let c = Connection::open(&p).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(include_str!("../../tests/fixtures/journal_v1_schema.sql"))
+            .unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;
+             INSERT INTO run (id, run_id, command, command_raw, options, cwd, host, started_at,
+                 jobmill_version, schema_version)
+             VALUES (1, 'old', '[]', x'', '{{\"source\":\"redis://h/q\"}}', x'2f', 'h', 1000,
+                 '0.1.0', 1);
+             INSERT INTO session (id, kind, pid, started_at) VALUES (1, 'run', 1, 1000);
+             INSERT INTO job (seq, input, hash, state, attempts, exit_code, reason, finished_at)
+             VALUES (1, x'61', x'00', 'failed', 1, 2, 'exited with code 2', 1001);
+             INSERT INTO attempt (seq, attempt, session, slot, started_at, ended_at, exit_code,
+                 outcome, reason, duration)
+             VALUES (1, 1, 1, 1, 1000.5, 1001, 2, 'failed', 'exited with code 2', 0.5);"
+        ))
+        .unwrap();
+        drop(c);
+        let mut s = Snapshot::begin(&p, &header("redis://h/q")).unwrap();
+        s.job(&job(2, b"b", JobState::Done)).unwrap();
+        s.commit().unwrap();
+        let c = Connection::open(&p).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        type Row = (i64, Option<String>, Option<i64>, Option<String>);
+        let rows: Vec<Row> = c
+            .prepare("SELECT seq, cause, worker, host FROM attempt ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, Some("exit".into()), None, None),
+                (2, Some("succeeded".into()), Some(3), Some("node-1".into()))
+            ]
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection};
 
 use super::commit::{background, Event, Pending, Shared, Writer, BATCH_EVENTS};
-use super::completions::{self, Completion, Log};
+use super::completions::{self, Completion, Log, RanBy};
 use super::schema::initialize;
 use super::JournalError;
 
@@ -344,6 +344,7 @@ impl Journal {
             Event::Job {
                 seq,
                 input: input.clone(),
+                read_at: now(),
             },
         )?;
         st.job_tickets.push_back((seq, ticket));
@@ -361,7 +362,8 @@ impl Journal {
         self.push_locked(&mut st, Event::InputComplete).map(drop)
     }
 
-    /// Records that an attempt of job `seq` starts in `slot` at `at`. The
+    /// Records that an attempt of job `seq` starts in `slot` at `at`, run
+    /// by `ran_by`. The
     /// durability gate: returns once the attempt's start and every attempt
     /// end recorded so far would survive jobmill's death (one `write(2)`
     /// to the completions log), and the job's row is committed.
@@ -369,7 +371,13 @@ impl Journal {
     /// # Errors
     ///
     /// The journal stopped writing: the attempt must not start.
-    pub fn record_start(&self, seq: u64, slot: usize, at: SystemTime) -> Result<(), JournalError> {
+    pub(crate) fn record_start(
+        &self,
+        seq: u64,
+        slot: usize,
+        ran_by: RanBy,
+        at: SystemTime,
+    ) -> Result<(), JournalError> {
         {
             let st = self.shared.lock();
             // The job's row must be in the file before the job runs (its
@@ -391,7 +399,15 @@ impl Journal {
         let at = unix(at);
         let ticket = {
             let mut st = self.shared.lock();
-            let ticket = self.push_locked(&mut st, Event::Started { seq, slot, at })?;
+            let ticket = self.push_locked(
+                &mut st,
+                Event::Started {
+                    seq,
+                    slot,
+                    at,
+                    ran_by: ran_by.clone(),
+                },
+            )?;
             st.started.insert(seq, at);
             ticket
         };
@@ -404,6 +420,7 @@ impl Journal {
             seq,
             slot: slot as u64,
             started_at: at,
+            ran_by,
         });
         log.buffered_ticket = ticket;
         self.write_buffered(log)
@@ -603,7 +620,7 @@ mod tests {
         while at < bytes.len() {
             let (r, n) = completions::decode(&bytes[at..]).unwrap();
             if let completions::Record::End(c) = r {
-                out.push(c);
+                out.push(*c);
             }
             at += n;
         }
@@ -622,7 +639,7 @@ mod tests {
         j.record_job(1, &Bytes::from("in1")).unwrap();
         j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        j.record_start(1, 2, at).unwrap();
+        j.record_start(1, 2, RanBy::default(), at).unwrap();
         // The job's row was committed before its start returned.
         let n: i64 = read(&path)
             .query_row("SELECT COUNT(*) FROM job WHERE seq = 1", [], |r| r.get(0))
@@ -631,7 +648,8 @@ mod tests {
         end(&j, 1, 2, b"hello\n");
         // Buffered until a start (batched with other ends)...
         assert_eq!(logged(&path).len(), 0);
-        j.record_start(2, 1, SystemTime::now()).unwrap();
+        j.record_start(2, 1, RanBy::default(), SystemTime::now())
+            .unwrap();
         // ...and written when the next attempt starts.
         let logged = logged(&path);
         assert_eq!(logged.len(), 1);
@@ -659,11 +677,13 @@ mod tests {
         };
         let j = create(&path, &record(), config).unwrap();
         j.record_job(1, &Bytes::from("in1")).unwrap();
-        j.record_start(1, 1, SystemTime::now()).unwrap();
+        j.record_start(1, 1, RanBy::default(), SystemTime::now())
+            .unwrap();
         end(&j, 1, 1, b"");
         j.record_job(2, &Bytes::from("in2")).unwrap();
         // Writes job 1's end to the log (the test above shows it there).
-        j.record_start(2, 1, SystemTime::now()).unwrap();
+        j.record_start(2, 1, RanBy::default(), SystemTime::now())
+            .unwrap();
         let log = completions::path_of(&path);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::metadata(&log).unwrap().len() > 0 {
@@ -687,7 +707,7 @@ mod tests {
         j.record_job(1, &Bytes::from("in1")).unwrap();
         j.record_job(2, &Bytes::from("in2")).unwrap();
         let at = SystemTime::now();
-        j.record_start(1, 1, at).unwrap();
+        j.record_start(1, 1, RanBy::default(), at).unwrap();
         j.close("killed").unwrap();
         unix(at)
     }
@@ -707,6 +727,8 @@ mod tests {
             reason: None,
             duration: Some(1.0),
             max_rss_kib: Some(10),
+            cause: Some("succeeded"),
+            ran_by: RanBy::default(),
             output: [
                 Some(completions::Output {
                     data: stdout.to_vec(),

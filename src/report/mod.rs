@@ -2,10 +2,15 @@
 //!
 //! [`build`] reads the journal read-only (through [`Journal::open`] and
 //! [`read::open_read_only`], the readers' own safety checks) and returns
-//! the page as a string: a header, a timeline of every attempt by slot,
-//! throughput over time, histograms of duration and peak memory, failures
-//! grouped by reason with their inputs and stderr tails, and the slowest
-//! and largest jobs. The data is embedded as one JSON blob (every `<`
+//! the page as a string: a header, a timeline of every attempt by slot (by
+//! worker and host where the journal records them: persistent and Redis
+//! runs), throughput over time (with queued jobs, from the read times),
+//! histograms of duration and peak memory, failures grouped by cause and
+//! exit status with their inputs and stderr tails, and the slowest and
+//! largest jobs. A schema v1 journal (written by an older jobmill) lacks
+//! the workers, hosts, causes and read times: the causes are worked out
+//! from its reasons ([`crate::journal::cause_from_v1`]), and the page says
+//! what else is missing. The data is embedded as one JSON blob (every `<`
 //! written as `\u003c`, so no `</script>` can end it early); the inline
 //! script draws everything in the browser. The page makes no network
 //! request. Limits are in `docs/REPORT.md`.
@@ -19,7 +24,8 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::journal::read::{self, format_utc, Journal, Liveness};
-use crate::journal::JournalError;
+use crate::journal::{cause_from_v1, JournalError};
+use crate::outcome::CAUSES;
 
 /// Above this many attempts the timeline is drawn on a canvas instead of
 /// one DOM element per attempt.
@@ -88,11 +94,22 @@ struct Data {
     run: RunData,
     sessions: Vec<SessionData>,
     counts: CountsData,
-    slots: Vec<u32>,
+    /// The timeline's rows, labelled: `slot N`, `worker N`, each with
+    /// `@ host` when another host ran it.
+    lanes: Vec<String>,
+    /// What the rows are: `slot`, `worker`, or `worker and host`.
+    lane_kind: &'static str,
     jobs: Jobs,
     att: Attempts,
     reasons: Vec<String>,
+    /// Hosts that ran attempts, when the journal names them.
+    hosts: Vec<String>,
     outcomes: [&'static str; 6],
+    causes: [&'static str; 10],
+    /// The journal's schema version.
+    schema: i64,
+    /// Whether every job's read time is known (queued counts are drawn).
+    read_times: bool,
     failures: Vec<FailGroup>,
     failed_total: u64,
     failed_listed: usize,
@@ -151,6 +168,10 @@ struct Jobs {
     /// Escaped input, cut to [`HOVER_INPUT_CHARS`].
     input: Vec<String>,
     state: Vec<String>,
+    /// When it was read, seconds from the run's start (`null`: not known).
+    read: Vec<Option<f64>>,
+    /// When it reached its final state, seconds from the run's start.
+    fin: Vec<Option<f64>>,
 }
 
 /// Attempts, column by column, in start order. Times are seconds from the
@@ -162,6 +183,14 @@ struct Attempts {
     /// Attempt number, from 1.
     n: Vec<u32>,
     slot: Vec<u32>,
+    /// Index into `lanes`.
+    lane: Vec<u32>,
+    /// The long-lived worker that ran it, if recorded.
+    worker: Vec<Option<i64>>,
+    /// The host that ran it, if not the run's (index into `hosts`).
+    host: Vec<Option<u32>>,
+    /// Index into `causes` (`null`: not known).
+    cause: Vec<Option<u8>>,
     t0: Vec<f64>,
     /// Duration (`null`: no end recorded).
     dur: Vec<Option<f64>>,
@@ -179,6 +208,8 @@ struct Attempts {
 
 #[derive(Serialize)]
 struct FailGroup {
+    /// The cause and, for `exit` and `signal`, the status: `exit: exit
+    /// code 3`, `signal: SIGKILL`, `timeout`.
     reason: String,
     count: u64,
     jobs: Vec<FailJob>,
@@ -192,6 +223,8 @@ struct FailJob {
     attempts: i64,
     exit: Option<i64>,
     sig: Option<i64>,
+    /// Why it failed, in words.
+    why: Option<String>,
     /// The last lines of the stored stderr, escaped line by line.
     stderr: Option<String>,
     stderr_bytes: u64,
@@ -205,6 +238,30 @@ struct TopRow {
     duration: Option<f64>,
     rss: Option<i64>,
     input: String,
+}
+
+/// A row of the timeline: a slot of the run's host, or a long-lived
+/// worker, on a host (`None`: the run's own). Ordered: the run's host
+/// first, slots before workers, by number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct LaneKey {
+    host: Option<String>,
+    worker: Option<i64>,
+    /// The slot, when no worker is recorded (else 0).
+    slot: u32,
+}
+
+impl LaneKey {
+    fn label(&self) -> String {
+        let who = match self.worker {
+            Some(w) => format!("worker {w}"),
+            None => format!("slot {}", self.slot),
+        };
+        match &self.host {
+            Some(h) => format!("{who} @ {h}"),
+            None => who,
+        }
+    }
 }
 
 fn ms(t: f64) -> f64 {
@@ -285,13 +342,35 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
     };
     let esc = opts.escape;
     let mut buf = Vec::new();
+    // A v1 journal has no read times, causes, workers or hosts: its
+    // queries read NULL in their place, and causes worked out from what it
+    // kept.
+    let schema: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql(path, "read the schema version"))?;
+    let v2 = schema >= 2;
+    let v1_cause = cause_from_v1("outcome", "reason", "timed_out", "signal", "exit_code");
+    let (read_at, cause_col, worker_col, host_col) = if v2 {
+        (
+            "read_at".to_string(),
+            format!("COALESCE(cause, {v1_cause})"),
+            "worker",
+            "host",
+        )
+    } else {
+        ("NULL".to_string(), v1_cause, "NULL", "NULL")
+    };
+    let rel = |t: f64| ms(t - t_start);
 
     // Every job (seq → index).
     let mut jobs = Jobs::default();
     let mut index = std::collections::HashMap::new();
+    let mut unread = 0u64;
     {
         let mut st = conn
-            .prepare("SELECT seq, input, state FROM job ORDER BY seq")
+            .prepare(&format!(
+                "SELECT seq, input, state, finished_at, {read_at} FROM job ORDER BY seq"
+            ))
             .map_err(sql(path, "read jobs"))?;
         let mut rows = st.query([]).map_err(sql(path, "read jobs"))?;
         while let Some(r) = rows.next().map_err(sql(path, "read jobs"))? {
@@ -302,10 +381,15 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
             };
             let input = shown(esc, input, HOVER_INPUT_CHARS, &mut buf);
             let state: String = r.get(2).map_err(sql(path, "read jobs"))?;
+            let fin: Option<f64> = r.get(3).map_err(sql(path, "read jobs"))?;
+            let read: Option<f64> = r.get(4).map_err(sql(path, "read jobs"))?;
+            unread += u64::from(read.is_none());
             index.insert(seq, jobs.seq.len() as u32);
             jobs.seq.push(seq);
             jobs.input.push(input);
             jobs.state.push(state);
+            jobs.read.push(read.map(rel));
+            jobs.fin.push(fin.map(rel));
         }
     }
 
@@ -319,15 +403,20 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
     let mut att = Attempts::default();
     let mut reasons: Vec<String> = Vec::new();
     let mut reason_ix = std::collections::HashMap::new();
-    let mut slots = std::collections::BTreeSet::new();
+    // Timeline rows by (host, worker, slot); numbered in first-seen order
+    // here, sorted below.
+    let mut lane_ix: std::collections::HashMap<LaneKey, u32> = std::collections::HashMap::new();
+    let mut lane_keys: Vec<LaneKey> = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
+    let mut host_ix = std::collections::HashMap::new();
     let mut open_end = std::collections::BTreeMap::new();
     {
         let mut st = conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT seq, attempt, slot, started_at, ended_at, duration, outcome, exit_code, \
-                 signal, timed_out, reason, max_rss_kb, session FROM attempt \
-                 ORDER BY started_at, seq, attempt",
-            )
+                 signal, timed_out, reason, max_rss_kb, session, {cause_col}, {worker_col}, \
+                 {host_col} FROM attempt ORDER BY started_at, seq, attempt"
+            ))
             .map_err(sql(path, "read attempts"))?;
         let mut rows = st.query([]).map_err(sql(path, "read attempts"))?;
         while let Some(r) = rows.next().map_err(sql(path, "read attempts"))? {
@@ -371,10 +460,46 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
                     (reasons.len() - 1) as u32
                 })
             });
-            slots.insert(slot);
+            let cause: Option<String> = r.get(13).map_err(e)?;
+            let worker: Option<i64> = r.get(14).map_err(e)?;
+            let host: Option<String> = r.get(15).map_err(e)?;
+            // The run's own host is no host of its own.
+            let host = host.filter(|h| *h != info.host);
+            let key = LaneKey {
+                host: host.clone(),
+                worker,
+                slot: if worker.is_some() { 0 } else { slot },
+            };
+            // Looked up before inserting: no allocation per attempt.
+            let lane = match lane_ix.get(&key) {
+                Some(&l) => l,
+                None => {
+                    let l = lane_keys.len() as u32;
+                    lane_ix.insert(key.clone(), l);
+                    lane_keys.push(key);
+                    l
+                }
+            };
+            let host = host.map(|h| match host_ix.get(&h) {
+                Some(&i) => i,
+                None => {
+                    let i = hosts.len() as u32;
+                    host_ix.insert(h.clone(), i);
+                    hosts.push(h);
+                    i
+                }
+            });
             att.job.push(ji);
             att.n.push(r.get::<_, i64>(1).map_err(e)?.max(0) as u32);
             att.slot.push(slot);
+            att.lane.push(lane);
+            att.worker.push(worker);
+            att.host.push(host);
+            att.cause.push(
+                cause
+                    .and_then(|c| CAUSES.iter().position(|k| *k == c))
+                    .map(|k| k as u8),
+            );
             att.t0.push(ms(t0 - t_start));
             att.dur.push(dur);
             att.out.push(out);
@@ -386,31 +511,74 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
         }
     }
 
-    // Failed and dead jobs, grouped by reason.
+    // The timeline's rows in order.
+    let mut order: Vec<u32> = (0..lane_keys.len() as u32).collect();
+    order.sort_by(|a, b| lane_keys[*a as usize].cmp(&lane_keys[*b as usize]));
+    let mut rank = vec![0u32; order.len()];
+    for (r, &l) in order.iter().enumerate() {
+        rank[l as usize] = r as u32;
+    }
+    for l in &mut att.lane {
+        *l = rank[*l as usize];
+    }
+    let lanes: Vec<String> = order
+        .iter()
+        .map(|&l| lane_keys[l as usize].label())
+        .collect();
+    let by_worker = lane_keys.iter().any(|k| k.worker.is_some());
+    let lane_kind = match (by_worker, hosts.is_empty()) {
+        (true, false) => "worker and host",
+        (true, true) => "worker",
+        (false, false) => "slot and host",
+        (false, true) => "slot",
+    };
+
+    // Failed and dead jobs, grouped by the cause of their last attempt
+    // (and the exit code or signal). A job's cause: its last attempt's, or
+    // worked out from the job's own reason and status (v1 journals, and
+    // jobs without an attempt row).
+    let job_cause = cause_from_v1("j.state", "j.reason", "0", "j.signal", "j.exit_code");
+    let last_cause = if v2 {
+        "(SELECT a.cause FROM attempt a WHERE a.seq = j.seq ORDER BY a.attempt DESC LIMIT 1)"
+    } else {
+        "NULL"
+    };
     let mut failures: Vec<FailGroup> = Vec::new();
     let mut failed_total = 0u64;
     let mut listed = 0usize;
     let mut tails = 0usize;
     {
         let mut st = conn
-            .prepare(
-                "SELECT COALESCE(j.reason, 'signal ' || j.signal, 'exit code ' || j.exit_code, \
-                 'unknown') AS r, j.seq, j.input, j.state, j.attempts, j.exit_code, j.signal, \
-                 o.data, o.total_bytes, g.n \
-                 FROM job j \
-                 JOIN (SELECT COALESCE(reason, 'signal ' || signal, 'exit code ' || exit_code, \
-                       'unknown') AS r, COUNT(*) AS n FROM job WHERE state IN ('failed', 'dead') \
-                       GROUP BY 1) g ON g.r = COALESCE(j.reason, 'signal ' || j.signal, \
-                       'exit code ' || j.exit_code, 'unknown') \
-                 LEFT JOIN output o ON o.seq = j.seq AND o.stream = 2 \
-                 WHERE j.state IN ('failed', 'dead') ORDER BY g.n DESC, r, j.seq",
-            )
+            .prepare(&format!(
+                "WITH f AS (SELECT j.seq, j.input, j.state, j.attempts, j.exit_code, j.signal, \
+                   j.reason, COALESCE({last_cause}, {job_cause}, 'unknown') AS cause \
+                   FROM job j WHERE j.state IN ('failed', 'dead')), \
+                 k AS (SELECT f.*, CASE WHEN cause = 'exit' THEN exit_code END AS kx, \
+                   CASE WHEN cause = 'signal' THEN signal END AS ks FROM f), \
+                 g AS (SELECT cause, kx, ks, COUNT(*) AS n FROM k GROUP BY 1, 2, 3) \
+                 SELECT k.cause, k.kx, k.ks, k.seq, k.input, k.state, k.attempts, k.exit_code, \
+                   k.signal, o.data, o.total_bytes, g.n, k.reason \
+                 FROM k JOIN g ON g.cause = k.cause AND g.kx IS k.kx AND g.ks IS k.ks \
+                 LEFT JOIN output o ON o.seq = k.seq AND o.stream = 2 \
+                 ORDER BY g.n DESC, k.cause, k.kx, k.ks, k.seq"
+            ))
             .map_err(sql(path, "read failures"))?;
         let mut rows = st.query([]).map_err(sql(path, "read failures"))?;
         while let Some(r) = rows.next().map_err(sql(path, "read failures"))? {
             let e = |x| sql(path, "read failures")(x);
-            let reason: String = r.get(0).map_err(e)?;
-            let count = r.get::<_, i64>(9).map_err(e)?.max(0) as u64;
+            let cause: String = r.get(0).map_err(e)?;
+            let reason = match (
+                r.get::<_, Option<i64>>(1).map_err(e)?,
+                r.get::<_, Option<i64>>(2).map_err(e)?,
+            ) {
+                (Some(code), _) => format!("{cause}: exit code {code}"),
+                (None, Some(sig)) => format!(
+                    "{cause}: {}",
+                    crate::job::signal_name(i32::try_from(sig).unwrap_or(0))
+                ),
+                (None, None) => cause,
+            };
+            let count = r.get::<_, i64>(11).map_err(e)?.max(0) as u64;
             failed_total += 1;
             if failures.last().is_none_or(|g| g.reason != reason) {
                 failures.push(FailGroup {
@@ -423,12 +591,12 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
                 continue;
             }
             listed += 1;
-            let input = match r.get_ref(2).map_err(e)? {
+            let input = match r.get_ref(4).map_err(e)? {
                 rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
                 _ => &[],
             };
             let input = shown(esc, input, TABLE_INPUT_CHARS, &mut buf);
-            let stderr = match r.get_ref(7).map_err(e)? {
+            let stderr = match r.get_ref(9).map_err(e)? {
                 rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b)
                     if !b.is_empty() && tails < STDERR_TAILS_LIMIT =>
                 {
@@ -439,14 +607,15 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
             };
             let group = failures.last_mut().expect("pushed above");
             group.jobs.push(FailJob {
-                seq: r.get::<_, i64>(1).map_err(e)?.max(0) as u64,
+                seq: r.get::<_, i64>(3).map_err(e)?.max(0) as u64,
                 input,
-                state: r.get(3).map_err(e)?,
-                attempts: r.get(4).map_err(e)?,
-                exit: r.get(5).map_err(e)?,
-                sig: r.get(6).map_err(e)?,
+                state: r.get(5).map_err(e)?,
+                attempts: r.get(6).map_err(e)?,
+                exit: r.get(7).map_err(e)?,
+                sig: r.get(8).map_err(e)?,
+                why: r.get(12).map_err(e)?,
                 stderr,
-                stderr_bytes: r.get::<_, Option<i64>>(8).map_err(e)?.unwrap_or(0).max(0) as u64,
+                stderr_bytes: r.get::<_, Option<i64>>(10).map_err(e)?.unwrap_or(0).max(0) as u64,
             });
         }
     }
@@ -490,31 +659,53 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
     let slowest = top("duration")?;
     let largest = top("max_rss_kb")?;
 
-    let mut notes = vec![
-        "This journal (schema v1) does not record which worker or host ran each attempt: \
-         the timeline has one row per slot ({%}) of the run's host."
-            .to_string(),
-        "It does not record when each job was read either, so the number of queued jobs \
-         over time cannot be drawn (only finished and running)."
-            .to_string(),
+    let collected = info.options.get("source").is_some();
+    let read_times = v2 && unread == 0 && !jobs.seq.is_empty();
+    let mut notes = Vec::new();
+    if !v2 {
+        notes.push(
+            "This journal has schema v1 (an older jobmill wrote it): it does not record which \
+             worker or host ran each attempt, so the timeline has one row per slot ({%}) of \
+             the run's host; nor how each attempt ended, so the failures are grouped by causes \
+             worked out from their reasons and exit statuses."
+                .to_string(),
+        );
+        notes.push(
+            "It does not record when each job was read either, so the number of queued jobs \
+             over time cannot be drawn (only finished and running)."
+                .to_string(),
+        );
+    } else if unread > 0 && !collected {
+        notes.push(format!(
+            "{unread} of the {} jobs were recorded before this journal was migrated from \
+             schema v1: their read times, and the workers and hosts of their attempts, are \
+             not known, so queued jobs over time are not drawn.",
+            jobs.seq.len()
+        ));
+    }
+    notes.push(
         "Stored output is kept for each job's last finished attempt only: the stderr shown \
          for a failure is that of its final attempt."
             .to_string(),
-    ];
-    if info.options.get("source").is_some() {
+    );
+    if collected {
         notes.push(
             "This journal was collected from a shared queue: it holds each job's last \
-             attempt only, without its slot (all on slot 1), its peak memory or its output \
-             (no stderr)."
+             attempt only, without its slot (drawn by the worker and host its record names, \
+             when it names them), its read time, its peak memory or its output (no stderr)."
                 .to_string(),
         );
     }
     if info.persistent() {
-        notes.push(
+        notes.push(if by_worker {
+            "A persistent run: each row is one long-lived worker process (a worker that \
+             was restarted is a new row); the attempts are the jobs it was sent."
+                .to_string()
+        } else {
             "A persistent run: each slot is one long-lived worker process; the attempts \
              are the jobs it was sent."
-                .to_string(),
-        );
+                .to_string()
+        });
     }
     if att.job.len() > DOM_BAR_LIMIT {
         notes.push(format!(
@@ -572,11 +763,16 @@ fn build_from(j: &Journal, conn: &Connection, opts: &Options) -> Result<Page, Jo
             failed: counts.failed,
             dead: counts.dead,
         },
-        slots: slots.into_iter().collect(),
+        lanes,
+        lane_kind,
         jobs,
         att,
         reasons,
+        hosts,
         outcomes: OUTCOMES,
+        causes: CAUSES,
+        schema,
+        read_times,
         failures,
         failed_total,
         failed_listed: listed,

@@ -75,19 +75,17 @@
   h.push("</header>");
 
   // ---------- sections (filled below) ----------
-  h.push('<section id="timeline-sec"><h2>Timeline: every attempt, one row per slot</h2><div class="legend">' +
+  h.push('<section id="timeline-sec"><h2>Timeline: every attempt, one row per ' + esc(D.lane_kind) + '</h2><div class="legend">' +
     OUT.map(function (o) { return '<span><i class="o-' + o + '"></i>' + o + "</span>"; }).join("") +
     '</div><div class="timeline" id="timeline"></div></section>');
   h.push('<section><h2>Throughput over time</h2><div class="chart" id="throughput"></div></section>');
   h.push('<section><h2>Distributions</h2><div class="charts"><div class="chart"><h3>Duration of attempts</h3><div id="hist-dur"></div></div>' +
     '<div class="chart"><h3>Peak memory (RSS) of attempts</h3><div id="hist-rss"></div></div></div></section>');
-  h.push('<section id="failures-sec"><h2>Failures by reason</h2><div id="failures"></div></section>');
+  h.push('<section id="failures-sec"><h2>Failures by cause and exit status</h2><div id="failures"></div></section>');
   h.push('<section><h2>The slowest and the largest jobs</h2><div class="tables"><div id="slowest"></div><div id="largest"></div></div></section>');
   app.innerHTML = h.join("");
 
   // ---------- timeline ----------
-  var slotRow = {};
-  D.slots.forEach(function (s, r) { slotRow[s] = r; });
   var span = D.span > 0 ? D.span : 1;
   var tl = document.getElementById("timeline");
 
@@ -109,10 +107,13 @@
   }
   function tipHtml(i) {
     var j = A.job[i], o = OUT[A.out[i]];
-    return "<b>job " + J.seq[j] + "</b> · attempt " + A.n[i] + " · slot " + A.slot[i] + " · " + esc(o) +
+    var who = " · slot " + A.slot[i] + (A.worker[i] != null ? " · worker " + A.worker[i] : "") +
+      (A.host[i] != null ? " · host " + esc(D.hosts[A.host[i]]) : "");
+    var cause = A.cause[i] != null ? " · cause " + D.causes[A.cause[i]] : "";
+    return "<b>job " + J.seq[j] + "</b> · attempt " + A.n[i] + who + " · " + esc(o) +
       '<br>input: <span class="mono">' + esc(J.input[j]) + "</span>" +
       "<br>started +" + fmtDur(A.t0[i]) + " · duration " + (A.dur[i] == null ? "(no end recorded)" : fmtDur(A.dur[i])) +
-      "<br>" + esc(status(i)) + (A.to[i] ? " (timed out)" : "") + " · peak RSS " + fmtKb(A.rss[i]);
+      "<br>" + esc(status(i)) + (A.to[i] ? " (timed out)" : "") + cause + " · peak RSS " + fmtKb(A.rss[i]);
   }
   function showTip(ev, html) {
     tip.innerHTML = html; tip.hidden = false;
@@ -128,14 +129,14 @@
     tl.innerHTML = '<p class="muted">No attempt recorded yet.</p>';
   } else if (N <= D.dom_bar_limit) {
     // One DOM element per attempt.
-    var rows = D.slots.map(function () { return []; });
+    var rows = D.lanes.map(function () { return []; });
     for (var k = 0; k < N; k++) {
       var left = A.t0[k] / span * 100, width = durOf(k) / span * 100;
-      rows[slotRow[A.slot[k]]].push('<div class="bar o-' + OUT[A.out[k]] + '" data-i="' + k +
+      rows[A.lane[k]].push('<div class="bar o-' + OUT[A.out[k]] + '" data-i="' + k +
         '" style="left:' + left.toFixed(4) + "%;width:" + width.toFixed(4) + '%"></div>');
     }
     tl.innerHTML = rows.map(function (bars, r) {
-      return '<div class="tl-row"><div class="tl-label">slot ' + D.slots[r] + '</div><div class="tl-track">' + bars.join("") + "</div></div>";
+      return '<div class="tl-row"><div class="tl-label" title="' + esc(D.lanes[r]) + '">' + esc(D.lanes[r]) + '</div><div class="tl-track">' + bars.join("") + "</div></div>";
     }).join("") + axisHtml();
     tl.addEventListener("mouseover", function (ev) {
       var b = ev.target.closest(".bar");
@@ -145,10 +146,10 @@
     tl.addEventListener("mouseleave", hideTip);
   } else {
     // A canvas: every attempt is a rectangle; hover finds it by slot and time.
-    var nRows = D.slots.length, rowH = Math.max(3, Math.min(16, Math.floor(640 / nRows))), gap = rowH > 6 ? 2 : 0;
+    var nRows = D.lanes.length, rowH = Math.max(3, Math.min(16, Math.floor(640 / nRows))), gap = rowH > 6 ? 2 : 0;
     var labels = '<div class="tl-canvas-labels" style="height:' + nRows * rowH + 'px">';
     var every = Math.ceil(12 / rowH);
-    D.slots.forEach(function (s, r) { if (r % every === 0) labels += '<span style="top:' + (r * rowH + rowH / 2 - 7) + 'px">slot ' + s + "</span>"; });
+    D.lanes.forEach(function (s, r) { if (r % every === 0) labels += '<span style="top:' + (r * rowH + rowH / 2 - 7) + 'px">' + esc(s) + "</span>"; });
     tl.innerHTML = '<div class="tl-canvas-wrap">' + labels + '</div><canvas class="tl" id="tl-canvas" style="height:' + nRows * rowH + 'px"></canvas></div>' + axisHtml();
     var cv = document.getElementById("tl-canvas"), dpr = window.devicePixelRatio || 1;
     var W = cv.clientWidth || 1000, H = nRows * rowH;
@@ -164,13 +165,13 @@
       ctx.fillStyle = colors[oc];
       for (var q = 0; q < N; q++) {
         if (A.out[q] !== oc) continue;
-        var r0 = slotRow[A.slot[q]];
+        var r0 = A.lane[q];
         ctx.fillRect(A.t0[q] * sx, r0 * rowH + gap / 2, Math.max(1, durOf(q) * sx), rowH - gap);
       }
     }
     // Per row: attempt indexes in start order (the data is in start order).
-    var byRow = D.slots.map(function () { return []; });
-    for (var z = 0; z < N; z++) byRow[slotRow[A.slot[z]]].push(z);
+    var byRow = D.lanes.map(function () { return []; });
+    for (var z = 0; z < N; z++) byRow[A.lane[z]].push(z);
     cv.addEventListener("mousemove", function (ev) {
       var rect = cv.getBoundingClientRect();
       var row = Math.floor((ev.clientY - rect.top) / rowH), t = (ev.clientX - rect.left) / rect.width * span;
@@ -218,17 +219,22 @@
         y0 -= hh;
       });
     }
-    if (opts.line) {
-      var lm = Math.max(1, Math.max.apply(null, opts.line.values)), pts = [];
-      opts.line.values.forEach(function (v, k) { pts.push((L + (k + 0.5) * bw).toFixed(1) + "," + (T + ph - v / lm * ph).toFixed(1)); });
-      svg.push('<polyline fill="none" stroke="' + opts.line.color + '" stroke-width="2" points="' + pts.join(" ") + '"/>');
-      niceTicks(0, lm, 4).forEach(function (t) { svg.push('<text x="' + (L + pw + 6) + '" y="' + (T + ph - t / lm * ph + 4) + '" style="fill:' + opts.line.color + '">' + fmtN(t) + "</text>"); });
-    }
+    var lines = opts.lines || [];
+    // Each line has a scale of its own (running and queued counts differ
+    // by orders of magnitude); the right axis is the first line's.
+    lines.forEach(function (ln, li) {
+      var lm = 1, pts = [];
+      ln.values.forEach(function (v) { if (v > lm) lm = v; });
+      ln.max = lm;
+      ln.values.forEach(function (v, k) { pts.push((L + (k + 0.5) * bw).toFixed(1) + "," + (T + ph - v / lm * ph).toFixed(1)); });
+      svg.push('<polyline fill="none" stroke="' + ln.color + '" stroke-width="2" points="' + pts.join(" ") + '"/>');
+      if (li === 0) niceTicks(0, lm, 4).forEach(function (t) { svg.push('<text x="' + (L + pw + 6) + '" y="' + (T + ph - t / lm * ph + 4) + '" style="fill:' + ln.color + '">' + fmtN(t) + "</text>"); });
+    });
     var every = Math.max(1, Math.ceil(nb / 8));
     for (var x = 0; x < nb; x += every) svg.push('<text x="' + (L + (x + 0.5) * bw) + '" y="' + (H - 12) + '" text-anchor="middle">' + esc(xlab(x, true)) + "</text>");
     svg.push('<line x1="' + L + '" x2="' + (L + pw) + '" y1="' + (T + ph) + '" y2="' + (T + ph) + '" stroke="#98a2b3"/></svg>');
     var legend = '<div class="legend">' + series.map(function (se) { return '<span><i style="background:' + se.color + '"></i>' + esc(se.name) + "</span>"; }).join("") +
-      (opts.line ? '<span><i style="background:' + opts.line.color + '"></i>' + esc(opts.line.name) + " (right axis)</span>" : "") + "</div>";
+      lines.map(function (ln, li) { return '<span><i style="background:' + ln.color + '"></i>' + esc(ln.name) + (li === 0 ? " (right axis)" : " (own scale, up to " + fmtN(ln.max) + ")") + "</span>"; }).join("") + "</div>";
     el.innerHTML = (opts.caption ? '<p class="muted">' + opts.caption + "</p>" : "") + legend + svg.join("");
   }
 
@@ -250,13 +256,35 @@
       }
     }
     var running = Array.prototype.slice.call(delta, 0, nb).map(function (v) { return Math.round(v * 10) / 10; });
+    var lines = [{ name: "running (average)", color: "#1f77b4", values: running }];
+    if (D.read_times) {
+      // Queued at the end of each interval: jobs read by then, less those
+      // finished by then and those running then.
+      var cnt = new Float64Array(nb), run = new Float64Array(nb + 1);
+      var bin = function (t) { return Math.min(nb - 1, Math.max(0, Math.floor(t / w))); };
+      for (var jx = 0; jx < J.seq.length; jx++) {
+        if (J.read[jx] != null) cnt[bin(J.read[jx])]++;
+        if (J.fin[jx] != null) cnt[bin(J.fin[jx])]--;
+      }
+      for (var ax = 0; ax < N; ax++) {
+        // Running at the end of intervals sb..eb-1.
+        var sb = bin(A.t0[ax]), eb = A.dur[ax] == null && D.open_end[ax] == null ? nb : bin(A.t0[ax] + durOf(ax));
+        if (sb < eb) { run[sb]++; run[eb]--; }
+      }
+      var queued = [], acc = 0, busy = 0;
+      for (var bx = 0; bx < nb; bx++) {
+        acc += cnt[bx]; busy += run[bx];
+        queued.push(Math.max(0, acc - busy));
+      }
+      lines.push({ name: "queued (at the interval's end)", color: "#b07aa1", values: queued });
+    }
     var names = ["done", "requeued (retried)", "failed", "dead", "interrupted", "running"];
     var series = [0, 2, 3, 1, 4].map(function (o) { return { name: names[o], color: "var(--" + OUT[o] + ")", values: byOut[o] }; })
       .filter(function (se) { return se.values.some(function (v) { return v > 0; }); });
     barChart(el, nb, series, function (i, short) { return short ? fmtDur(i * w) : "+" + fmtDur(i * w) + "–" + fmtDur((i + 1) * w); },
-      { h: 230, right: true, line: { name: "running (average)", color: "#1f77b4", values: running },
-        caption: "Attempts ended per interval of " + fmtDur(w) + ", by outcome, and the average number of attempts running in it. " +
-          "Queued counts are not drawn: this journal does not record when each job was read." });
+      { h: 230, right: true, lines: lines,
+        caption: "Attempts ended per interval of " + fmtDur(w) + ", by outcome, and the average number of attempts running in it" +
+          (D.read_times ? ", and the jobs read but not started or finished at its end." : ". Queued counts are not drawn: this journal does not record when each job was read.") });
   })();
 
   // Histograms: linear bins, or logarithmic when the values span more than 50×.
@@ -287,13 +315,13 @@
       ". Inputs are shown escaped (\\n, \\t, \\xHH for bytes that are not UTF-8).</p>"];
     D.failures.forEach(function (g, gi) {
       out.push('<details class="group"' + (gi < 8 ? " open" : "") + '><summary><span class="count">' + fmtN(g.count) + "</span>" + esc(g.reason) + "</summary>");
-      out.push('<table class="failures"><thead><tr><th class="num">job</th><th>input</th><th>state</th><th class="num">attempts</th><th>exit / signal</th><th>last lines of stderr</th></tr></thead><tbody>');
+      out.push('<table class="failures"><thead><tr><th class="num">job</th><th>input</th><th>state</th><th class="num">attempts</th><th>exit / signal</th><th>reason</th><th>last lines of stderr</th></tr></thead><tbody>');
       g.jobs.forEach(function (f) {
         out.push('<tr data-seq="' + f.seq + '"><td class="num">' + f.seq + '</td><td class="input">' + esc(f.input) + "</td><td>" + esc(f.state) +
           '</td><td class="num">' + f.attempts + "</td><td>" + (f.sig != null ? "signal " + f.sig : f.exit != null ? "exit " + f.exit : "–") +
-          "</td><td>" + (f.stderr != null ? "<pre>" + esc(f.stderr) + "</pre>" : f.stderr_bytes ? '<span class="muted">' + fmtN(f.stderr_bytes) + " bytes (not shown)</span>" : '<span class="muted">none</span>') + "</td></tr>");
+          "</td><td>" + (f.why != null ? esc(f.why) : "–") + "</td><td>" + (f.stderr != null ? "<pre>" + esc(f.stderr) + "</pre>" : f.stderr_bytes ? '<span class="muted">' + fmtN(f.stderr_bytes) + " bytes (not shown)</span>" : '<span class="muted">none</span>') + "</td></tr>");
       });
-      if (g.jobs.length < g.count) out.push('<tr><td colspan="6" class="muted">… and ' + fmtN(g.count - g.jobs.length) + " more (see <code>jobmill results --failed --dead</code>)</td></tr>");
+      if (g.jobs.length < g.count) out.push('<tr><td colspan="7" class="muted">… and ' + fmtN(g.count - g.jobs.length) + " more (see <code>jobmill results --failed --dead</code>)</td></tr>");
       out.push("</tbody></table></details>");
     });
     el.innerHTML = out.join("");
@@ -323,10 +351,10 @@
         el.dispatchEvent(new MouseEvent("mouseover", { bubbles: true, clientX: rc.left + 1, clientY: rc.top + 1 }));
       } else {
         var cnv = document.getElementById("tl-canvas"), cr = cnv.getBoundingClientRect();
-        var rowHeight = cr.height / D.slots.length;
+        var rowHeight = cr.height / D.lanes.length;
         cnv.dispatchEvent(new MouseEvent("mousemove", {
           clientX: cr.left + (A.t0[at] + durOf(at) / 2) / span * cr.width,
-          clientY: cr.top + (slotRow[A.slot[at]] + 0.5) * rowHeight
+          clientY: cr.top + (A.lane[at] + 0.5) * rowHeight
         }));
       }
     }

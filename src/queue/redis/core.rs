@@ -530,6 +530,8 @@ impl Inner {
                     reason: reason.to_string(),
                     exit_code,
                     signal,
+                    cause: Some(reason.cause().to_string()),
+                    worker: Some(worker.0),
                     host: info.host.clone(),
                     duration_ms: info.duration.map(|d| d.as_millis() as u64),
                     ended_ms: None,

@@ -534,6 +534,8 @@ impl RedisQueue {
                         reason: String::new(),
                         exit_code: Some(0),
                         signal: None,
+                        cause: Some("succeeded".into()),
+                        worker: Some(lease.worker.0),
                         host: info.host.clone(),
                         duration_ms: info.duration.map(|d| d.as_millis() as u64),
                         ended_ms: None,

@@ -143,6 +143,15 @@ pub struct JobRecord {
     pub exit_code: Option<i32>,
     /// The signal that killed the last attempt, when one did.
     pub signal: Option<i32>,
+    /// How the last attempt ended: `succeeded`, or its failure's
+    /// [`FailReason::cause`](crate::job::FailReason::cause) (records
+    /// written before jobmill recorded causes have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The queue's id of the worker that held the last attempt's lease,
+    /// when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u64>,
     /// The host that ran the last attempt, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
