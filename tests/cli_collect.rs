@@ -55,12 +55,12 @@ fn tsv_rows(tsv: &str) -> BTreeMap<u64, Vec<String>> {
     let mut lines = tsv.lines();
     assert_eq!(
         lines.next(),
-        Some("seq\tstate\tattempts\texit_code\tsignal\tstarted_at\tended_at\tduration\treason\tinput")
+        Some("seq\tstate\tattempts\texit_code\tsignal\tstarted_at\tended_at\tduration\treason\tcause\tinput")
     );
     let mut rows = BTreeMap::new();
     for line in lines {
         let f: Vec<String> = line.split('\t').map(str::to_string).collect();
-        assert_eq!(f.len(), 10, "{line}");
+        assert_eq!(f.len(), 11, "{line}");
         let seq: u64 = f[0].parse().unwrap();
         assert!(rows.insert(seq, f).is_none(), "job {seq} listed twice");
     }
@@ -84,7 +84,7 @@ fn results_of_a_queue_list_every_job_once_in_tsv_json_and_joblog_with_a_dead_let
     let rows = tsv_rows(&text(&ok(&["results", "--queue", &url])));
     let got: Vec<(u64, &str, &str, &str, &str, &str)> = rows
         .iter()
-        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[3], &*f[4], &*f[9]))
+        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[3], &*f[4], &*f[10]))
         .collect();
     assert_eq!(
         got,
@@ -98,6 +98,11 @@ fn results_of_a_queue_list_every_job_once_in_tsv_json_and_joblog_with_a_dead_let
     );
     assert_eq!(rows[&2][8], "exited with code 1");
     assert_eq!(rows[&3][8], "killed by signal SIGKILL");
+    assert_eq!(
+        (&*rows[&2][9], &*rows[&3][9]),
+        ("exit", "signal"),
+        "the causes"
+    );
 
     // Filters work as for a journal.
     let dead = tsv_rows(&text(&ok(&["results", "--queue", &url, "--dead"])));
@@ -241,7 +246,10 @@ fn run_with_a_queue_leaves_a_journal_that_results_and_status_read_offline() {
         text(&out)
     };
     let rows = tsv_rows(&offline(&["results", &run_id]));
-    let got: Vec<(u64, &str, &str)> = rows.iter().map(|(seq, f)| (*seq, &*f[1], &*f[9])).collect();
+    let got: Vec<(u64, &str, &str)> = rows
+        .iter()
+        .map(|(seq, f)| (*seq, &*f[1], &*f[10]))
+        .collect();
     assert_eq!(
         got,
         [(1, "done", "a"), (2, "failed", "f"), (3, "done", "b")]
@@ -295,7 +303,10 @@ fn collecting_again_updates_the_journal_in_place_without_duplicating_jobs() {
     assert_eq!(sql_count(&path, "SELECT COUNT(*) FROM run"), 1);
     assert_eq!(sql_count(&path, "SELECT COUNT(*) FROM session"), 1);
     let rows = tsv_rows(&text(&ok(&["results", p])));
-    let got: Vec<(u64, &str, &str)> = rows.iter().map(|(seq, f)| (*seq, &*f[1], &*f[9])).collect();
+    let got: Vec<(u64, &str, &str)> = rows
+        .iter()
+        .map(|(seq, f)| (*seq, &*f[1], &*f[10]))
+        .collect();
     assert_eq!(
         got,
         [
@@ -382,8 +393,8 @@ fn inputs_the_queue_does_not_keep_are_collected_empty_with_a_note() {
     assert!(err.contains("1 job has no input"), "{err}");
     assert!(err.contains("up to 16 KiB"), "{err}");
     let rows = tsv_rows(&text(&out));
-    assert_eq!((&*rows[&1][1], &*rows[&1][9]), ("done", ""));
-    assert_eq!((&*rows[&2][1], &*rows[&2][9]), ("done", "small"));
+    assert_eq!((&*rows[&1][1], &*rows[&1][10]), ("done", ""));
+    assert_eq!((&*rows[&2][1], &*rows[&2][10]), ("done", "small"));
 }
 
 #[test]
@@ -416,7 +427,7 @@ fn a_snapshot_of_a_busy_queue_records_its_queued_and_running_jobs_then_their_end
     let rows = tsv_rows(&text(&ok(&["results", "--queue", &url, "--save", p])));
     let got: Vec<(u64, &str, &str, &str)> = rows
         .iter()
-        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[9]))
+        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[10]))
         .collect();
     assert_eq!(
         got,
@@ -441,7 +452,7 @@ fn a_snapshot_of_a_busy_queue_records_its_queued_and_running_jobs_then_their_end
     let rows = tsv_rows(&text(&ok(&["results", "--queue", &url, "--save", p])));
     let got: Vec<(u64, &str, &str, &str)> = rows
         .iter()
-        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[9]))
+        .map(|(seq, f)| (*seq, &*f[1], &*f[2], &*f[10]))
         .collect();
     assert_eq!(
         got,

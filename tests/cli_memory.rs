@@ -514,3 +514,87 @@ fn a_worker_under_rlimit_as_reporting_an_allocation_failure_is_likely_over_its_l
         "{rows:?} {stderr}"
     );
 }
+
+/// A job that allocates 90 MiB, says so with a file `started-SEQ-ATTEMPT`
+/// in DIR, then holds its memory until three such files exist (every job
+/// of the test held its memory at once) or 15 s passed.
+const HOLD: &str = "import os, sys, time
+b = bytearray(90 << 20)
+d = sys.argv[1]
+open(os.path.join(d, 'started-%s-%s' % (os.environ['JOBMILL_SEQ'], os.environ['JOBMILL_ATTEMPT'])), 'w').close()
+end = time.monotonic() + 15
+while sum(f.startswith('started-') for f in os.listdir(d)) < 3 and time.monotonic() < end:
+    time.sleep(0.02)
+";
+
+#[test]
+fn an_oom_killed_job_runs_again_with_fewer_beside_it_and_succeeds() {
+    // Three jobs of 90 MiB at once do not fit the run's 240 MiB cgroup: the
+    // kernel kills one. Its attempt is recorded as out of memory, it goes
+    // back to the queue without counting against --retries 0, the run
+    // lowers its jobs at once, and the job then runs (with at most one
+    // beside it) and succeeds.
+    let Some(h) = cgroups() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let cg = TestCgroup::new(&h, 240);
+    let journal = dir.path().join("oom.sqlite");
+    let out = Command::new("sh")
+        .args(["-c", &cg.prefix(), "sh", env!("CARGO_BIN_EXE_jobmill")])
+        .args([
+            "run",
+            "-j3",
+            "--retries",
+            "0",
+            "--mem-limit",
+            "1G",
+            "--journal",
+        ])
+        .arg(&journal)
+        .args(["--", "python3", "-c", HOLD])
+        .arg(&marks)
+        .args([":::", "a", "b", "c"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    let causes: Vec<(i64, i64, Option<String>)> = conn
+        .prepare("SELECT seq, attempt, cause FROM attempt ORDER BY seq, attempt")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let oom: Vec<i64> = causes
+        .iter()
+        .filter(|(_, _, c)| c.as_deref() == Some("oom"))
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    assert!(
+        !oom.is_empty(),
+        "no attempt was killed out of memory: {causes:?} {stderr}"
+    );
+    for seq in &oom {
+        let last = causes.iter().filter(|(s, _, _)| s == seq).last().unwrap();
+        assert_eq!(
+            last.2.as_deref(),
+            Some("succeeded"),
+            "job {seq} ran again and succeeded: {causes:?}"
+        );
+    }
+    let states: Vec<String> = conn
+        .prepare("SELECT state FROM job ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(states, ["done", "done", "done"], "{causes:?}");
+    assert!(
+        stderr.contains("was killed out of memory: at most"),
+        "the run said it lowered its jobs: {stderr}"
+    );
+}

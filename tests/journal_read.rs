@@ -276,6 +276,7 @@ fn results_tsv_has_a_header_and_one_row_per_job_in_seq_order() {
             "ended_at",
             "duration",
             "reason",
+            "cause",
             "input"
         ]
     );
@@ -292,11 +293,14 @@ fn results_tsv_has_a_header_and_one_row_per_job_in_seq_order() {
             "1790000008.250",
             "7.250",
             "",
+            "succeeded",
             "a b"
         ]
     );
     assert_eq!(lines[4][..5], ["4", "failed", "2", "3", ""]);
     assert_eq!(lines[4][8], "exit code 3");
+    assert_eq!(lines[4][9], "exit", "the cause of its last attempt");
+    assert_eq!(lines[6][9], "timeout");
     assert_eq!(lines[6][..5], ["6", "dead", "1", "", "15"]);
     let seqs: Vec<&str> = lines[1..].iter().map(|l| l[0]).collect();
     assert_eq!(seqs, ["1", "2", "3", "4", "5", "6"]);
@@ -377,10 +381,10 @@ fn results_csv_quotes_fields_per_rfc4180_and_parses_back() {
     let rows = parse_csv(&out);
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0][0], "seq");
-    assert_eq!(rows[0].len(), 10);
-    assert!(rows.iter().all(|r| r.len() == 10), "{rows:?}");
-    assert_eq!(rows[1][9], "a,b");
-    assert_eq!(rows[2][9], "say \"hi\"");
+    assert_eq!(rows[0].len(), 11);
+    assert!(rows.iter().all(|r| r.len() == 11), "{rows:?}");
+    assert_eq!(rows[1][10], "a,b");
+    assert_eq!(rows[2][10], "say \"hi\"");
     assert_eq!(rows[3][8], "exit code 2, \"bad\"");
     assert_eq!(rows[3][3], "2");
 }
@@ -477,8 +481,8 @@ fn results_tsv_escapes_non_utf8_and_control_bytes_reversibly() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
     let fields: Vec<&str> = lines[1].split('\t').collect();
-    assert_eq!(fields.len(), 10);
-    assert_eq!(fields[9], "tab\\there\\nnl \\\\ \\xff\\x01 é");
+    assert_eq!(fields.len(), 11);
+    assert_eq!(fields[10], "tab\\there\\nnl \\\\ \\xff\\x01 é");
 }
 
 #[test]
@@ -627,6 +631,11 @@ fn status_shows_counts_slowest_jobs_and_top_failure_reasons() {
         "{out}"
     );
     assert!(slowest[1].contains("job 2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l == "failures by cause: exit 2, timeout 1"),
+        "{out}"
+    );
     let reasons: Vec<&str> = out
         .lines()
         .skip_while(|l| *l != "top failure reasons:")

@@ -342,7 +342,7 @@ fn write_outputs(out: &mut impl Write, row: &JobRow, outputs: &[Output]) -> io::
 }
 
 /// The column names of tsv, csv and json.
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 11] = [
     "seq",
     "state",
     "attempts",
@@ -352,6 +352,7 @@ const COLUMNS: [&str; 10] = [
     "ended_at",
     "duration",
     "reason",
+    "cause",
     "input",
 ];
 
@@ -439,6 +440,8 @@ impl RowWriter {
             escape_into(reason.as_bytes(), &mut self.field);
         }
         write_field(out, &self.field, csv)?;
+        out.write_all(sep)?;
+        out.write_all(r.cause.as_deref().unwrap_or("").as_bytes())?;
         out.write_all(sep)?;
         self.field.clear();
         escape_into(&r.input, &mut self.field);
@@ -594,6 +597,8 @@ fn write_json(out: &mut impl Write, r: &JobRow, outputs: Option<&[Output]>) -> i
         json_opt(r.max_rss_kb),
     )?;
     serde_json::to_writer(&mut *out, &r.reason).map_err(io::Error::from)?;
+    out.write_all(b",\"cause\":")?;
+    serde_json::to_writer(&mut *out, &r.cause).map_err(io::Error::from)?;
     out.write_all(b",")?;
     write_json_bytes(out, "input", &r.input)?;
     if let Some(outputs) = outputs {
@@ -729,7 +734,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The slowest jobs and the top failure reasons.
+/// The slowest jobs, the failures by cause, the top failure reasons and
+/// the jobs that died of memory.
 fn write_details(j: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
     let slowest = j.slowest(5)?;
     if !slowest.is_empty() {
@@ -753,6 +759,11 @@ fn write_details(j: &Journal, out: &mut impl Write) -> anyhow::Result<()> {
             out.write_all(&field)?;
             writeln!(out)?;
         }
+    }
+    let causes = j.failure_causes()?;
+    if !causes.is_empty() {
+        let list: Vec<String> = causes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        writeln!(out, "failures by cause: {}", list.join(", "))?;
     }
     let reasons = j.failure_reasons(5)?;
     if !reasons.is_empty() {

@@ -241,17 +241,6 @@ impl StateFilter {
     }
 }
 
-/// The attempts (`a`) that died of memory, told by their stored reason:
-/// the text of [`FailReason::OutOfMemory`](crate::job::FailReason) and
-/// [`FailReason::MemoryLimit`](crate::job::FailReason), prefix-anchored so
-/// that a worker's reported message never matches. Once the journal
-/// stores each attempt's cause (an `attempt.cause` column), this becomes
-/// `a.cause IN ('oom', 'memory-limit')`, the one place to change.
-const DIED_OF_MEMORY: &str = "(a.reason = 'killed by the kernel''s OOM killer (out of memory)' \
-     OR a.reason LIKE 'likely out of memory (%' \
-     OR a.reason LIKE 'over its memory limit of %' \
-     OR a.reason LIKE 'likely over its memory limit of %')";
-
 /// A job that had an attempt die of memory ([`Journal::memory_deaths`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryDeath {
@@ -300,6 +289,10 @@ pub struct JobRow {
     pub max_rss_kb: Option<i64>,
     /// Bytes the job wrote to stdout (stored or not), if recorded.
     pub stdout_bytes: Option<u64>,
+    /// How the last attempt ended: one of [`crate::outcome::CAUSES`]
+    /// (`exit`, `signal`, `timeout`, `oom`, ...), `None` while it runs or
+    /// when its end was never recorded.
+    pub cause: Option<String>,
 }
 
 /// Which output stream.
@@ -354,6 +347,10 @@ pub struct Progress {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// The SQL of an attempt's cause (for the attempt aliased `a`): its
+    /// `cause` column (schema v2), else what
+    /// [`cause_from_v1`](super::cause_from_v1) works out from a v1 row.
+    cause: String,
 }
 
 impl std::fmt::Debug for Journal {
@@ -362,10 +359,12 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-const JOB_SELECT: &str = "SELECT j.seq, j.input, j.state, j.attempts, j.exit_code, j.signal, \
+/// The columns of a [`JobRow`] but its cause (which follows them, from
+/// [`Journal::cause`]), then the joins they come from.
+const JOB_COLUMNS: &str = "SELECT j.seq, j.input, j.state, j.attempts, j.exit_code, j.signal, \
      j.reason, a.started_at, COALESCE(a.ended_at, j.finished_at), a.duration, a.slot, \
-     a.timed_out, a.max_rss_kb, o.total_bytes \
-     FROM job j \
+     a.timed_out, a.max_rss_kb, o.total_bytes";
+const JOB_FROM: &str = "FROM job j \
      LEFT JOIN attempt a ON a.seq = j.seq \
         AND a.attempt = (SELECT MAX(attempt) FROM attempt WHERE seq = j.seq) \
      LEFT JOIN output o ON o.seq = j.seq AND o.stream = 1";
@@ -431,10 +430,31 @@ impl Journal {
         // A live writer may hold the WAL index briefly (recovery, checkpoint).
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(JournalError::sqlite(path, "set busy timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(JournalError::sqlite(path, "read the schema version"))?;
+        let v1 = super::cause_from_v1(
+            "a.outcome",
+            "a.reason",
+            "a.timed_out",
+            "a.signal",
+            "a.exit_code",
+        );
+        let cause = if version >= 2 {
+            format!("COALESCE(a.cause, {v1})")
+        } else {
+            v1
+        };
         Ok(Journal {
             conn,
             path: path.to_path_buf(),
+            cause,
         })
+    }
+
+    /// The SELECT of [`JobRow`]s, before its WHERE.
+    fn job_select(&self) -> String {
+        format!("{JOB_COLUMNS}, {} {JOB_FROM}", self.cause)
     }
 
     /// The journal file.
@@ -737,7 +757,11 @@ impl Journal {
         E: From<JournalError>,
         F: FnMut(&JobRow) -> Result<(), E>,
     {
-        let sql = format!("{JOB_SELECT} WHERE {} ORDER BY j.seq", filter.sql());
+        let sql = format!(
+            "{} WHERE {} ORDER BY j.seq",
+            self.job_select(),
+            filter.sql()
+        );
         self.stream(&sql, [], f)
     }
 
@@ -747,7 +771,7 @@ impl Journal {
     ///
     /// [`JournalError::Sqlite`] on a read error.
     pub fn job(&self, seq: u64) -> Result<Option<JobRow>, JournalError> {
-        let sql = format!("{JOB_SELECT} WHERE j.seq = ?1");
+        let sql = format!("{} WHERE j.seq = ?1", self.job_select());
         let mut found = None;
         self.stream(&sql, [seq as i64], |r: &JobRow| {
             found = Some(r.clone());
@@ -763,7 +787,8 @@ impl Journal {
     /// [`JournalError::Sqlite`] on a read error.
     pub fn slowest(&self, n: usize) -> Result<Vec<JobRow>, JournalError> {
         let sql = format!(
-            "{JOB_SELECT} WHERE a.duration IS NOT NULL ORDER BY a.duration DESC, j.seq LIMIT ?1"
+            "{} WHERE a.duration IS NOT NULL ORDER BY a.duration DESC, j.seq LIMIT ?1",
+            self.job_select()
         );
         let mut out = Vec::new();
         self.stream(&sql, [n as i64], |r: &JobRow| {
@@ -771,6 +796,33 @@ impl Journal {
             Ok::<(), JournalError>(())
         })?;
         Ok(out)
+    }
+
+    /// Failed and dead jobs counted by the cause of their last attempt
+    /// (one of [`crate::outcome::CAUSES`]; `unknown` where the journal
+    /// does not say), most frequent first.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Sqlite`] on a read error.
+    pub fn failure_causes(&self) -> Result<Vec<(String, u64)>, JournalError> {
+        let what = "read failure causes";
+        let sql = format!(
+            "SELECT COALESCE({}, 'unknown') AS c, COUNT(*) AS n {JOB_FROM} \
+             WHERE j.state IN ('failed', 'dead') GROUP BY c ORDER BY n DESC, c",
+            self.cause
+        );
+        let mut st = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(JournalError::sqlite(&self.path, what))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(JournalError::sqlite(&self.path, what))
     }
 
     /// The `n` most frequent reasons of failed and dead jobs, with their
@@ -810,8 +862,9 @@ impl Journal {
         let what = "read memory deaths";
         let sql = format!(
             "SELECT a.seq, j.input, j.state, MAX(a.attempt), a.reason, a.max_rss_kb \
-             FROM attempt a JOIN job j ON j.seq = a.seq WHERE {DIED_OF_MEMORY} \
-             GROUP BY a.seq ORDER BY a.seq LIMIT ?1"
+             FROM attempt a JOIN job j ON j.seq = a.seq WHERE {} IN ('oom', 'memory-limit') \
+             GROUP BY a.seq ORDER BY a.seq LIMIT ?1",
+            self.cause
         );
         let mut st = self
             .conn
@@ -835,7 +888,10 @@ impl Journal {
         let total: i64 = self
             .conn
             .query_row(
-                &format!("SELECT COUNT(DISTINCT a.seq) FROM attempt a WHERE {DIED_OF_MEMORY}"),
+                &format!(
+                    "SELECT COUNT(DISTINCT a.seq) FROM attempt a WHERE {} IN ('oom', 'memory-limit')",
+                    self.cause
+                ),
                 [],
                 |r| r.get(0),
             )
@@ -940,6 +996,14 @@ impl Journal {
             row.timed_out = r.get::<_, Option<i64>>(11)?.unwrap_or(0) != 0;
             row.max_rss_kb = r.get(12)?;
             row.stdout_bytes = r.get::<_, Option<i64>>(13)?.map(|b| b.max(0) as u64);
+            match r.get_ref(14)?.as_str_or_null()? {
+                Some(s) => {
+                    let cause = row.cause.get_or_insert_with(String::new);
+                    cause.clear();
+                    cause.push_str(s);
+                }
+                None => row.cause = None,
+            }
             Ok(())
         })();
         res.map_err(e)?;
@@ -1076,18 +1140,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_causes_are_recognised_from_their_reason_text() {
+    fn the_cause_worked_out_from_a_reason_text_is_the_failures_own_cause() {
+        // What a v1 row (no cause column) is read as, and what the
+        // migration back-fills: for every kind of failure, its own cause,
+        // even for a worker whose message or detail talks about memory.
         use crate::job::FailReason;
         let conn = Connection::open_in_memory().unwrap();
-        let matches = |reason: &FailReason| -> bool {
+        let sql = format!(
+            "SELECT {} FROM (SELECT 'requeued' AS outcome, ?1 AS reason, ?2 AS timed_out, \
+             ?3 AS signal, ?4 AS exit_code) a",
+            super::super::cause_from_v1(
+                "a.outcome",
+                "a.reason",
+                "a.timed_out",
+                "a.signal",
+                "a.exit_code"
+            )
+        );
+        let worked_out = |reason: &FailReason| -> String {
+            let end = crate::outcome::AttemptEnd::Failed(reason.clone());
             conn.query_row(
-                &format!("SELECT {} FROM (SELECT ?1 AS reason) a", DIED_OF_MEMORY),
-                [reason.to_string()],
+                &sql,
+                rusqlite::params![
+                    reason.to_string(),
+                    i64::from(*reason == FailReason::Timeout),
+                    end.signal(),
+                    end.exit_code()
+                ],
                 |r| r.get(0),
             )
             .unwrap()
         };
-        for memory in [
+        for reason in [
+            FailReason::Exit { code: 3 },
+            FailReason::Signal { signal: 9 },
+            FailReason::Timeout,
+            FailReason::Spawn {
+                error: "cannot run `x`".into(),
+            },
             FailReason::OutOfMemory { likely: false },
             FailReason::OutOfMemory { likely: true },
             FailReason::MemoryLimit {
@@ -1098,12 +1188,6 @@ mod tests {
                 limit: 64 << 20,
                 likely: true,
             },
-        ] {
-            assert!(matches(&memory), "{memory}");
-        }
-        for other in [
-            FailReason::Signal { signal: 9 },
-            FailReason::Exit { code: 1 },
             FailReason::Reported {
                 message: "out of memory".into(),
             },
@@ -1111,7 +1195,7 @@ mod tests {
                 detail: "killed by the kernel's OOM killer (out of memory)".into(),
             },
         ] {
-            assert!(!matches(&other), "{other}");
+            assert_eq!(worked_out(&reason), reason.cause(), "{reason}");
         }
     }
 

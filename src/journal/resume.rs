@@ -453,15 +453,6 @@ pub struct PendingJobs {
     done: bool,
 }
 
-/// How the journal's `attempt.reason` (a [`FailReason`]'s text) begins
-/// for a lost attempt and for an OOM kill: resume rebuilds the lost and
-/// OOM counts from them. Tied to `FailReason`'s `Display` by a test.
-///
-/// [`FailReason`]: crate::job::FailReason
-const LOST: &str = "worker lost:";
-const OOM: &str = "killed by the kernel's OOM killer";
-const LIKELY_OOM: &str = "likely out of memory";
-
 impl PendingJobs {
     fn fill(&mut self) -> rusqlite::Result<()> {
         let Some(conn) = &self.conn else {
@@ -477,14 +468,13 @@ impl PendingJobs {
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
                        AND a.outcome IN ('requeued', 'failed', 'dead')),
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
-                       AND a.outcome = 'requeued' AND a.reason LIKE ?2 || '%'),
+                       AND a.outcome = 'requeued' AND a.cause = 'lost'),
                     (SELECT COUNT(*) FROM attempt a WHERE a.seq = job.seq
-                       AND a.outcome = 'requeued'
-                       AND (a.reason LIKE ?3 || '%' OR a.reason LIKE ?4 || '%'))
+                       AND a.outcome = 'requeued' AND a.cause = 'oom')
              FROM job WHERE seq > ?1 AND state IN {states} ORDER BY seq LIMIT 1024"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![self.last, LOST, OOM, LIKELY_OOM], |r| {
+        let rows = stmt.query_map(params![self.last], |r| {
             let seq: i64 = r.get(0)?;
             let input: Vec<u8> = r.get(1)?;
             let state: String = r.get(2)?;
@@ -535,26 +525,5 @@ impl Iterator for PendingJobs {
             }
         }
         self.batch.pop_front().map(Ok)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::job::FailReason;
-
-    #[test]
-    fn lost_and_oom_reasons_begin_as_resume_looks_for_them() {
-        let lost = FailReason::WorkerLost { detail: "x".into() }.to_string();
-        assert!(lost.starts_with(super::LOST), "{lost}");
-        let oom = FailReason::OutOfMemory { likely: false }.to_string();
-        assert!(oom.starts_with(super::OOM), "{oom}");
-        let likely = FailReason::OutOfMemory { likely: true }.to_string();
-        assert!(likely.starts_with(super::LIKELY_OOM), "{likely}");
-        let limit = FailReason::MemoryLimit {
-            limit: 1,
-            likely: false,
-        }
-        .to_string();
-        assert!(!limit.starts_with(super::OOM) && !limit.starts_with(super::LIKELY_OOM));
     }
 }
