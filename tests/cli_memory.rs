@@ -578,7 +578,7 @@ fn an_oom_killed_job_runs_again_with_fewer_beside_it_and_succeeds() {
         "no attempt was killed out of memory: {causes:?} {stderr}"
     );
     for seq in &oom {
-        let last = causes.iter().filter(|(s, _, _)| s == seq).last().unwrap();
+        let last = causes.iter().rfind(|(s, _, _)| s == seq).unwrap();
         assert_eq!(
             last.2.as_deref(),
             Some("succeeded"),
