@@ -1,13 +1,14 @@
 //! Retry policies by cause and memory-aware starts, end to end with real
 //! processes: `--retry-on`, `--retry-delay` with backoff (a delayed retry
-//! holds no slot, and survives Ctrl-C + `jobmill resume`), `--mem-per-job`
+//! holds no slot, and survives Ctrl-C + `jobmill resume`), `--halt` by
+//! cause, `--mem-per-job`
 //! (through the library, with a memory source the test controls), and the
 //! options' validation.
 //!
 //! The OOM requeue rule (`--max-oom`) is tested on the model (src/job.rs,
 //! tests/queue_memory.rs, tests/redis_queue.rs): a job that kills itself
 //! with SIGKILL is not out of memory, and a real OOM kill needs a memory
-//! cgroup, so its end-to-end test belongs with the cgroup code.
+//! cgroup, so its end-to-end test is in tests/cli_memory.rs.
 
 mod common;
 
@@ -380,4 +381,63 @@ mod mem_per_job {
         assert_eq!(done, 4);
         assert_eq!(most_at_once(&log), 1, "{log}");
     }
+}
+
+#[test]
+fn halt_by_cause_counts_only_jobs_that_ended_with_that_cause() {
+    // At -j1: a job exiting 1 does not trigger `--halt now,timeout=1`; the
+    // job that times out does, and the job after it never runs.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("h.sqlite");
+    let out = jobmill_in(dir.path())
+        .args([
+            "run",
+            "-j1",
+            "--timeout",
+            "0.5",
+            "--halt",
+            "now,timeout=1",
+            "--journal",
+        ])
+        .arg(&journal)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "case $1 in fail) exit 1;; slow) exec sleep 30;; *) echo ran $1;; esac",
+            "sh",
+            ":::",
+            "fail",
+            "after-fail",
+            "slow",
+            "never",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("ran after-fail"),
+        "an exit is not a timeout: {stdout} {stderr}"
+    );
+    assert!(!stdout.contains("ran never"), "{stdout}");
+    assert!(stderr.contains("--halt now,timeout=1 reached"), "{stderr}");
+    assert_ne!(out.status.code(), Some(0));
+    let states: Vec<(String, String)> = rusqlite::Connection::open(&journal)
+        .unwrap()
+        .prepare("SELECT CAST(input AS TEXT), state FROM job ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let state = |input: &str| {
+        states
+            .iter()
+            .find(|(i, _)| i == input)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(state("fail"), Some("failed"));
+    assert_eq!(state("slow"), Some("dead"));
+    assert_ne!(state("never"), Some("done"));
 }

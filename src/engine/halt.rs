@@ -6,6 +6,13 @@
 //! ones (done), or all `done` ones (finished either way). `never` is the
 //! default.
 //!
+//! Beyond GNU parallel, WHAT may be a failure cause (`exit`, `signal`,
+//! `timeout`, `oom`, `memory-limit`, `lost`, `spawn`, `reported`): it
+//! counts the jobs that ended failed or dead with that cause, so
+//! `--halt now,oom=1` stops the run at the first job that died of memory
+//! (after `--max-oom` requeues), and `--halt soon,timeout=10%` once a tenth
+//! of the finished jobs timed out.
+//!
 //! A percentage is taken of the jobs finished so far, and is only checked
 //! once at least 3 jobs have finished, so that the first failure of a run is
 //! not "100%". (Lazy input means the total is not known in advance.)
@@ -31,6 +38,9 @@ pub enum What {
     Success,
     /// Jobs that finished, either way.
     Done,
+    /// Jobs that ended failed or dead with this cause (one of
+    /// [`crate::outcome::CAUSES`], not `succeeded` or `stopped`).
+    Cause(&'static str),
 }
 
 /// The threshold of a halt condition.
@@ -55,7 +65,7 @@ pub struct Halt {
 
 /// A `--halt` value that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid --halt value {value:?}: {why} (expected e.g. `soon,fail=1`, `now,fail=10%`, `now,success=1` or `never`)")]
+#[error("invalid --halt value {value:?}: {why} (expected e.g. `soon,fail=1`, `now,fail=10%`, `now,success=1`, `now,oom=1` or `never`)")]
 pub struct HaltParseError {
     value: String,
     why: &'static str,
@@ -80,7 +90,19 @@ impl FromStr for Halt {
             "fail" => What::Fail,
             "success" => What::Success,
             "done" => What::Done,
-            _ => return Err(err("WHAT must be `fail`, `success` or `done`")),
+            cause => match crate::outcome::CAUSES
+                .iter()
+                .find(|c| **c == cause && !matches!(cause, "succeeded" | "stopped"))
+            {
+                Some(c) => What::Cause(c),
+                None => {
+                    return Err(err(
+                        "WHAT must be `fail`, `success`, `done` or a failure cause (`exit`, \
+                         `signal`, `timeout`, `oom`, `memory-limit`, `lost`, `spawn`, \
+                         `reported`)",
+                    ))
+                }
+            },
         };
         let threshold = if let Some(p) = n.strip_suffix('%') {
             let p: f64 = p.parse().map_err(|_| err("percentage is not a number"))?;
@@ -113,6 +135,7 @@ impl fmt::Display for Halt {
             What::Fail => "fail",
             What::Success => "success",
             What::Done => "done",
+            What::Cause(c) => c,
         };
         match self.threshold {
             Threshold::Count(n) => write!(f, "{when},{what}={n}"),
@@ -122,13 +145,23 @@ impl fmt::Display for Halt {
 }
 
 impl Halt {
+    /// The failure cause this condition counts, if it counts one.
+    pub fn cause(&self) -> Option<&'static str> {
+        match self.what {
+            What::Cause(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Whether the condition holds after `succeeded` jobs succeeded and
-    /// `failed` failed or died.
-    pub fn triggered(&self, succeeded: u64, failed: u64) -> bool {
+    /// `failed` failed or died, `of_cause` of them with the cause it counts
+    /// (see [`Halt::cause`]; ignored otherwise).
+    pub fn triggered(&self, succeeded: u64, failed: u64, of_cause: u64) -> bool {
         let counted = match self.what {
             What::Fail => failed,
             What::Success => succeeded,
             What::Done => succeeded + failed,
+            What::Cause(_) => of_cause,
         };
         match self.threshold {
             Threshold::Count(n) => counted >= n,
@@ -178,16 +211,32 @@ mod tests {
     #[test]
     fn count_threshold_triggers_at_n() {
         let h: Halt = "soon,fail=2".parse().unwrap();
-        assert!(!h.triggered(10, 1));
-        assert!(h.triggered(0, 2));
+        assert!(!h.triggered(10, 1, 0));
+        assert!(h.triggered(0, 2, 0));
     }
 
     #[test]
     fn percent_needs_three_finished_jobs() {
         let h: Halt = "now,fail=50%".parse().unwrap();
-        assert!(!h.triggered(0, 1));
-        assert!(!h.triggered(0, 2));
-        assert!(h.triggered(1, 2));
-        assert!(!h.triggered(3, 2));
+        assert!(!h.triggered(0, 1, 0));
+        assert!(!h.triggered(0, 2, 0));
+        assert!(h.triggered(1, 2, 0));
+        assert!(!h.triggered(3, 2, 0));
+    }
+
+    #[test]
+    fn a_cause_counts_only_the_jobs_that_ended_with_it() {
+        let h: Halt = "now,oom=1".parse().unwrap();
+        assert_eq!(h.cause(), Some("oom"));
+        assert_eq!(h.to_string(), "now,oom=1");
+        assert!(!h.triggered(5, 4, 0), "four failures, none of memory");
+        assert!(h.triggered(5, 4, 1));
+        let h: Halt = "soon,timeout=50%".parse().unwrap();
+        assert!(!h.triggered(2, 2, 1));
+        assert!(h.triggered(2, 2, 2));
+        for bad in ["now,succeeded=1", "now,stopped=1", "now,memory=1"] {
+            assert!(bad.parse::<Halt>().is_err(), "{bad}");
+        }
+        assert!("now,memory-limit=2".parse::<Halt>().is_ok());
     }
 }

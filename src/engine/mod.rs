@@ -181,6 +181,8 @@ pub struct Dispatch {
     read: AtomicU64,
     /// The loss of the guardian was told.
     guardian_told: AtomicBool,
+    /// Jobs that ended failed or dead with the cause `--halt` counts.
+    halt_cause: AtomicU64,
     input_complete: AtomicBool,
     running: AtomicUsize,
     done: AtomicU64,
@@ -490,6 +492,11 @@ impl Dispatch {
                         });
                     }
                 }
+                if let JobState::Failed { reason, .. } | JobState::Dead { reason, .. } = state {
+                    if self.opts.halt.and_then(|h| h.cause()) == Some(reason.cause()) {
+                        self.halt_cause.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 if matches!(state, JobState::Dead { .. }) {
                     self.dead.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -598,7 +605,8 @@ impl Dispatch {
         let Some(halt) = self.opts.halt else { return };
         let succeeded = self.done.load(Ordering::SeqCst);
         let failed = self.failed.load(Ordering::SeqCst) + self.dead.load(Ordering::SeqCst);
-        if !halt.triggered(succeeded, failed) || !self.may_start() {
+        let of_cause = self.halt_cause.load(Ordering::SeqCst);
+        if !halt.triggered(succeeded, failed, of_cause) || !self.may_start() {
             return;
         }
         let running = self.running();
@@ -818,6 +826,7 @@ pub fn run(
         kill: Mutex::new(Some(Arc::clone(&executor))),
         read: AtomicU64::new(0),
         guardian_told: AtomicBool::new(false),
+        halt_cause: AtomicU64::new(0),
         input_complete: AtomicBool::new(false),
         running: AtomicUsize::new(0),
         done: AtomicU64::new(0),
