@@ -373,3 +373,51 @@ fn a_worker_retries_by_its_retry_on_and_waits_its_retry_delay_on_the_queue() {
     // Lower bounds only: 0.3 s and 0.6 s, less the jitter of 20%.
     assert!(t[1] - t[0] >= 0.24 && t[2] - t[1] >= 0.48, "{t:?}");
 }
+
+#[test]
+fn a_worker_enforces_its_mem_limit_and_the_queue_keeps_the_cause() {
+    // Each host limits its own jobs: a job over the worker's --mem-limit
+    // ends with the cause "memory-limit" (in a job cgroup as root, by
+    // RLIMIT_AS elsewhere), a job under it is done.
+    let server = RedisServer::start();
+    let url = server.url("memlimit");
+    submit(&url, &[], "16\n300\n");
+    let worker = jobmill()
+        .args([
+            "worker",
+            "--queue",
+            &url,
+            "-j",
+            "2",
+            "--mem-limit",
+            "96M",
+            "--",
+        ])
+        .args([
+            "python3",
+            "-c",
+            "import sys; b = bytearray(int(sys.argv[1]) << 20); print(len(b))",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, _, err) = finish(worker);
+    let out = jobmill()
+        .args(["results", "--queue", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    let row = |input: &str| rows.iter().find(|r| r[10] == input).cloned();
+    assert_eq!(row("16").map(|r| r[1]), Some("done"), "{text} {err}");
+    let big = row("300").unwrap_or_else(|| panic!("{text}"));
+    assert_ne!(big[1], "done", "{text}");
+    assert_eq!(big[9], "memory-limit", "{text} {err}");
+    assert!(big[8].contains("memory limit of 96 MiB"), "{text}");
+}

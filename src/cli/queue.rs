@@ -440,6 +440,7 @@ fn work(plan: Plan, queue: Arc<RedisQueue>) -> anyhow::Result<RunSummary> {
 pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
     let policy = a.policy.retry_policy(0, jobmill::job::DEFAULT_MAX_LOST)?;
     let throttle = a.policy.queue_throttle(&a.command, a.persistent)?;
+    let memory = a.policy.queue_memory()?;
     let mut plan = WorkSpec {
         command: a.command,
         shell: a.shell,
@@ -454,6 +455,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
     }
     .into_plan()?;
     plan.throttle = Some(throttle);
+    plan.memory = memory;
     super::check_stdio(false)?;
     let queue = Arc::new(open_existing(&a.queue, policy)?);
     let summary = work(plan, queue)?;
@@ -526,7 +528,6 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
         || a.joblog.is_some()
         || a.delay.is_some()
         || a.memfree.is_some()
-        || a.mem_limit.is_some()
         || a.load.is_some()
         || a.tag
         || a.tagstring.is_some()
@@ -534,8 +535,8 @@ pub fn run_on_queue(url: &str, mut a: RunArgs) -> anyhow::Result<u8> {
         || a.ungroup
     {
         bail!(
-            "--tag, --tagstring, --line-buffer, -u, --results, --joblog, --delay, --memfree, \
-             --mem-limit and --load are \
+            "--tag, --tagstring, --line-buffer, -u, --results, --joblog, --delay, --memfree \
+             and --load are \
              not supported with --queue yet (for a joblog: `jobmill results --queue URL \
              --format joblog`)"
         );
@@ -559,6 +560,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     let (command, inputs) = split_command(a.command)?;
     let policy = a.policy.retry_policy(a.retries, a.max_lost)?;
     let throttle = a.policy.queue_throttle(&command, a.persistent)?;
+    let memory = a.policy.queue_memory()?;
     let mut plan = WorkSpec {
         command,
         shell: a.shell,
@@ -573,6 +575,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
     }
     .into_plan()?;
     plan.throttle = Some(throttle);
+    plan.memory = memory;
     let source = input_source(inputs, &a.arg_file.first().cloned())?;
     let queue = Arc::new(connect(url, policy)?);
     let submit = resume_plan(&queue)?;

@@ -266,17 +266,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = args::size)]
     pub memfree: Option<usize>,
 
-    /// Limit each job to SIZE of memory (e.g. 512M, 2G): the whole process
-    /// tree of each attempt runs in a memory cgroup of its own with that
-    /// limit, and a job over it ends with the cause "memory-limit". Where
-    /// no cgroup can be made (not root, no memory controller), SIZE is the
-    /// RLIMIT_AS (address space) of each process of the job instead, and a
-    /// failure that names an allocation failure is "likely" over the limit.
-    /// With --persistent, the limit applies to each worker. Also measures
-    /// each job's peak memory over its whole tree (see README, "Memory").
-    #[arg(long, value_name = "SIZE", value_parser = args::size)]
-    pub mem_limit: Option<usize>,
-
     /// Start a job only while fewer than N processes are running on the
     /// system (N% of the CPU threads with a `%`).
     #[arg(long, value_name = "N")]
@@ -327,6 +316,17 @@ pub struct PolicyArgs {
     /// the same command (one job at a time until the first estimate).
     #[arg(long, value_name = "SIZE|auto", value_parser = mem_per_job)]
     pub mem_per_job: Option<String>,
+
+    /// Limit each job to SIZE of memory (e.g. 512M, 2G): the whole process
+    /// tree of each attempt runs in a memory cgroup of its own with that
+    /// limit, and a job over it ends with the cause "memory-limit". Where
+    /// no cgroup can be made (not root, no memory controller), SIZE is the
+    /// RLIMIT_AS (address space) of each process of the job instead, and a
+    /// failure that names an allocation failure is "likely" over the limit.
+    /// With --persistent, the limit applies to each worker. Also measures
+    /// each job's peak memory over its whole tree (see README, "Memory").
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    pub mem_limit: Option<usize>,
 }
 
 impl PolicyArgs {
@@ -361,6 +361,20 @@ impl PolicyArgs {
                 factor: self.retry_backoff,
                 max: self.retry_max_delay,
             }))
+    }
+
+    /// The memory options of a run on a shared queue (`worker`, `run
+    /// --queue`): with `--mem-limit` or `--mem-per-job`, each job (each
+    /// worker, with --persistent) gets a memory cgroup of its own.
+    pub(super) fn queue_memory(&self) -> anyhow::Result<Option<MemoryOptions>> {
+        if self.mem_limit == Some(0) {
+            bail!("--mem-limit must be more than 0");
+        }
+        Ok(
+            (self.mem_limit.is_some() || self.mem_per_job.is_some()).then_some(MemoryOptions {
+                limit: self.mem_limit.map(|m| m as u64),
+            }),
+        )
     }
 
     /// The throttle of a run on a shared queue (`worker`, `run --queue`):
@@ -950,7 +964,7 @@ pub fn run(mut a: RunArgs) -> anyhow::Result<u8> {
         joblog: a.joblog.as_ref().map(|p| cwd.join(p)),
         delay: a.delay.map(|d| d.as_secs_f64()),
         memfree: a.memfree.map(|m| m as u64),
-        mem_limit: a.mem_limit.map(|m| m as u64),
+        mem_limit: a.policy.mem_limit.map(|m| m as u64),
         load: a.load.as_deref().map(parse_load).transpose()?,
         max_oom: a.policy.max_oom,
         retry_on: None,
