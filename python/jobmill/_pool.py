@@ -34,7 +34,7 @@ def _pair(mode, item):
         return tuple(item), {}
     return item
 
-DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
+DONE, RAISED, TIMED_OUT, LOST, OTHER, REFUSED = 0, 1, 2, 3, 4, 5
 # Payload bytes submitted and not yet answered, at most (see Pool._feed).
 MAX_INFLIGHT = 256 << 20
 _TERMINATED = 100  # the pool was terminated before the task ended
@@ -49,6 +49,12 @@ INPUT_CAP = 1 << 20
 class WorkerLost(Exception):
     """The worker running a task died (SIGKILL, segfault, ``os._exit``, the
     OOM killer) more than ``max_lost`` times."""
+
+
+class TaskRefused(RuntimeError):
+    """A worker of a shared queue (``Pool(queue=...)``) refused the task:
+    it was unsigned or its signature did not match (a wrong key, or the
+    task was changed in the queue). It was not run; its job is dead."""
 
 
 class RemoteTraceback(Exception):
@@ -318,13 +324,25 @@ class Pool:
     arguments match a task recorded done returns the recorded result
     without running; the rest run (see the package README for the rules).
     ``journal_reused`` counts the results taken from the journal.
+
+    ``queue``: ``"redis://host:port/NAME"``: the tasks go, signed, to that
+    shared queue for ``jobmill worker --queue URL --persistent -- python -m
+    jobmill.worker`` on any host, and the results come back from it. The
+    signing key comes from ``JOBMILL_KEY_FILE`` or ``JOBMILL_KEY`` (the
+    same on every side); without one the pool does not start.
     """
 
     def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *,
                  retries=0, max_lost=3, timeout=None, journal=None, progress=False, queue=None,
                  window=None):
         if queue is not None:
-            raise NotImplementedError("jobmill.Pool(queue=...) is not implemented yet")
+            unsupported = [name for name, value in (
+                ("initializer", initializer), ("maxtasksperchild", maxtasksperchild),
+                ("timeout", timeout), ("journal", journal)) if value is not None]
+            if unsupported:
+                raise ValueError(
+                    f"jobmill.Pool(queue=...) does not take {', '.join(unsupported)}: its workers "
+                    f"are `jobmill worker` processes on other hosts (give them --timeout there)")
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -345,10 +363,14 @@ class Pool:
         if window is None:
             window = 1 if timeout is not None or maxtasksperchild else 16
         journal_path = None if journal is None else os.fspath(journal)
-        self._core = _jobmill.PoolCore(
-            [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
-            retries, max_lost, timeout, window, journal_path,
-            [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP)
+        if queue is not None:
+            # The same tasks, signed, on a shared queue (see the README).
+            self._core = _jobmill.RemoteCore(queue, retries, max_lost)
+        else:
+            self._core = _jobmill.PoolCore(
+                [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
+                retries, max_lost, timeout, window, journal_path,
+                [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP)
         self._journal = journal_path is not None
         # key line -> deque of (seq, reusable) recorded by earlier sessions
         self._recorded = collections.defaultdict(collections.deque)
@@ -534,6 +556,8 @@ class Pool:
                 f"task {seq} ({desc}) ran past the timeout of {self._timeout} s; its worker was killed")
         elif code == LOST:
             err = WorkerLost(f"task {seq} ({desc}) was lost: {data.decode('utf-8', 'replace')}")
+        elif code == REFUSED:
+            err = TaskRefused(f"task {seq} ({desc}) was refused by a worker: {data.decode('utf-8', 'replace')}")
         elif code == _TERMINATED:
             err = RuntimeError(f"task {seq} ({desc}) did not run: {data.decode('utf-8', 'replace')}")
         else:

@@ -12,6 +12,7 @@ mod cli;
 
 mod pool;
 mod queue;
+mod remote;
 
 /// Runs the `jobmill` command line with `argv` (program name first) and
 /// returns its exit status. The GIL is released for the whole run.
@@ -27,5 +28,6 @@ fn _jobmill(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Empty", m.py().get_type::<queue::Empty>())?;
     m.add("Closed", m.py().get_type::<queue::Closed>())?;
     m.add_class::<pool::PoolCore>()?;
+    m.add_class::<remote::RemoteCore>()?;
     Ok(())
 }

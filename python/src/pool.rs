@@ -50,6 +50,9 @@ pub const TIMED_OUT: u8 = 2;
 pub const LOST: u8 = 3;
 /// Any other failure (the data says what).
 pub const OTHER: u8 = 4;
+/// A worker refused the task: unsigned or wrongly signed (shared queues;
+/// the data says why).
+pub const REFUSED: u8 = 5;
 
 const TICK: Duration = Duration::from_millis(50);
 
@@ -81,6 +84,7 @@ fn failure(reason: &FailReason) -> (u8, Vec<u8>) {
             LOST,
             format!("killed by {}", jobmill::job::signal_name(*signal)).into_bytes(),
         ),
+        FailReason::Refused { why } => (REFUSED, why.clone().into_bytes()),
         other => (OTHER, other.to_string().into_bytes()),
     }
 }

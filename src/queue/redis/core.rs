@@ -501,6 +501,7 @@ impl Inner {
                     ended_ms: None,
                     input: None,
                     input_bytes: None,
+                    output: None,
                 }
                 .with_input(input.bytes)
                 .with_size(input.size);
