@@ -156,7 +156,7 @@ def test_redis_pool_task_changed_in_redis_is_refused_and_recorded_dead(redis_por
     err.close()
     # The worker said why; the job is dead with the reason in its record.
     said = (tmp_path / "worker.err").read_text()
-    assert "refused job" in said and "signature does not match" in said, said
+    assert "refused job" in said and "(seq 1)" in said and "signature does not match" in said, said
     dead = redis(redis_port, "HGETALL", "jm:{tamper}:d")
     records = [json.loads(v) for v in dead[1::2]]
     assert [(r["state"], r["reason"]) for r in records] == [

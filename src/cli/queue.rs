@@ -460,7 +460,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
             }
             let on_refused = Box::new(|job: &jobmill::job::Job, why: &Refusal| {
                 eprintln!(
-                    "jobmill: refused job {} (seq {}): {why}; it was not run and is dead \
+                    "jobmill: refused {} (seq {}): {why}; it was not run and is dead \
                      (its producer and this worker need the same {KEY_FILE_ENV} or {KEY_ENV})",
                     job.id, job.seq
                 );
