@@ -493,19 +493,17 @@ class Pool:
     def _resubmit_single(self, chunk):
         """A chunk was lost: its tasks go again one job each."""
         with self._submit_lock:
-            first = None
-            payloads = []
+            seqs, payloads = [], []
             for i, item in enumerate(chunk.part):
                 args, kwargs = _pair(chunk.mode, item)
                 seq = next(self._seq)
-                if first is None:
-                    first = seq
                 payload = _wire.dumps((chunk.fkey, args, kwargs))
+                seqs.append(seq)
                 payloads.append(payload)
                 self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs, len(payload))
                 self._inflight += len(payload)
             if payloads:
-                self._core.submit(first, payloads)
+                self._submit_jobs(seqs, payloads, [None] * len(seqs))
 
     # -- waiting ---------------------------------------------------------
 

@@ -1,6 +1,7 @@
 //! The Python extension module `jobmill._jobmill`: the `jobmill` command
-//! (the root crate's CLI, compiled in), the queue behind `jobmill.Queue`
-//! and the engine behind `jobmill.Pool`.
+//! (the root crate's CLI, compiled in), the queue behind `jobmill.Queue`,
+//! the engine behind `jobmill.Pool` (`pool.rs`, with its journal) and the
+//! shared Redis queue behind `jobmill.Pool(queue=...)` (`remote.rs`).
 
 use pyo3::prelude::*;
 

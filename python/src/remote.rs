@@ -188,7 +188,9 @@ impl RemoteCore {
                 .allow_threads(|| self.queue.take_results(TAKE))
                 .map_err(err)?;
             if !records.is_empty() {
-                let n = records.len() as u64;
+                // Records of an earlier producer's jobs are taken too, and
+                // ignored: they answer none of ours.
+                let n = records.iter().filter(|r| r.seq >= self.first_seq).count() as u64;
                 let _ = self
                     .outstanding
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| {

@@ -195,3 +195,20 @@ def test_python_worker_refuses_a_shared_queue_without_signature_checks():
                          env=env, timeout=60)
     assert out.returncode == 2
     assert "JOBMILL_KEY_FILE" in out.stderr
+
+
+def test_redis_pool_task_that_kills_its_worker_raises_worker_lost_with_peak_rss(redis_port, key_file):
+    url = f"redis://127.0.0.1:{redis_port}/lost"
+    pool = jobmill.Pool(1, queue=url, max_lost=0)
+    worker = start_worker(url, key_file, subprocess.DEVNULL)
+    try:
+        lost = pool.apply_async(tasks.kill_self_always, (5,))
+        fine = pool.apply_async(tasks.square, (4,))
+        with pytest.raises(jobmill.WorkerLost, match=r"SIGKILL.*peak RSS \d+\.\d MiB"):
+            lost.get(timeout=120)
+        assert fine.get(timeout=120) == 16
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+    stop_workers([worker])
