@@ -157,9 +157,11 @@ def _main_env():
 
 def _rebuild_exception(data):
     text = data.decode("utf-8", "replace")
-    if not text.startswith(EXC_PREFIX):
+    # "SUMMARY jobmill-py-exc:BASE64" (older workers: no summary).
+    at = text.rfind(EXC_PREFIX)
+    if at < 0:
         return RuntimeError(f"the task failed: {text}")
-    exc, tb = pickle.loads(base64.b64decode(text[len(EXC_PREFIX):]))
+    exc, tb = pickle.loads(base64.b64decode(text[at + len(EXC_PREFIX):]))
     if exc is None:
         exc = RuntimeError(tb.strip().splitlines()[-1] if tb.strip() else "task failed")
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
@@ -669,7 +671,13 @@ class Pool:
         self._core.close()
 
     def terminate(self):
-        """Kill every worker now; tasks not done raise in their callers."""
+        """Kill every worker now; tasks not done raise in their callers.
+        (A pool with no task left to run is closed instead: its workers
+        exit, and a journal records the run complete.)"""
+        if self._state != "terminate" and not self._core_closed_killed():
+            self._state = "terminate"
+            self._finalizer.detach()
+            return
         self._state = "terminate"
         self._core_closed = True
         self._core.terminate()
@@ -681,6 +689,21 @@ class Pool:
             finally:
                 self._pump_lock.release()
         self._finalizer.detach()
+
+    def _core_closed_killed(self):
+        """Ends an idle pool gracefully: True if it had to be killed (tasks
+        left, or the workers did not exit in time), False if it ended."""
+        with self._submit_lock:
+            if self._pending or self._backlog:
+                return True
+            self._core_closed = True
+        self._core.close()
+        try:
+            if self._core.join(10.0):
+                return False
+        except KeyboardInterrupt:
+            pass
+        return True
 
     def join(self):
         """Wait for the workers to exit (after ``close`` or ``terminate``)."""

@@ -81,7 +81,14 @@ def _exception_message(exc):
         pickle.loads(blob)
     except BaseException:
         blob = pickle.dumps((None, tb), protocol=pickle.HIGHEST_PROTOCOL)
-    return EXC_PREFIX + base64.b64encode(blob).decode("ascii")
+    # A readable line first (what `jobmill status` shows of a journal's
+    # failures), then the pickle the caller raises again.
+    try:
+        summary = " ".join(traceback.format_exception_only(type(exc), exc)).strip()
+    except BaseException:
+        summary = type(exc).__name__
+    summary = " ".join(summary.split())[:300]
+    return summary + " " + EXC_PREFIX + base64.b64encode(blob).decode("ascii")
 
 
 def _check_feeder():

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use jobmill::engine::stop::Level;
 use jobmill::engine::{self, Dispatch, Executor, Options, Workers, WorkersOptions};
 use jobmill::events::{
-    AttemptReport, Notice, Observer, ObserverError, Resolution, RunSummary, SharedError, StopCause,
+    AttemptReport, AttemptStart, Notice, Observer, ObserverError, Resolution, RunSummary,
+    SharedError, StopCause,
 };
 use jobmill::exec::{SpillBudget, Supervisor};
 use jobmill::job::{FailReason, JobState, NewJob, RetryPolicy};
@@ -180,6 +181,8 @@ pub struct PoolCore {
     /// releases its lock for the next pool on the file).
     journal: Mutex<Option<JournalSide>>,
     first_seq: u64,
+    /// Closed by the Python side with every task submitted.
+    closed: Arc<AtomicBool>,
 }
 
 /// The journal of a pool run with `journal=PATH`.
@@ -190,6 +193,36 @@ struct JournalSide {
     jobs: Mutex<Vec<KeyedJob>>,
     /// The first sequence number free for new jobs.
     first_seq: u64,
+}
+
+/// The journal as the pool run's observer: [`Journal`]'s own, except
+/// that a pool closed with every task submitted (`closed`) and ended
+/// without a stop or an error records its run `complete` (the engine has
+/// no input of its own to say so).
+struct PoolJournal {
+    journal: Arc<Journal>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Observer for PoolJournal {
+    fn attempt_started(&self, start: &AttemptStart) -> Result<(), ObserverError> {
+        self.journal.attempt_started(start)
+    }
+
+    fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
+        self.journal.attempt_finished(report)
+    }
+
+    fn run_finished(&self, summary: &RunSummary) -> Result<(), ObserverError> {
+        let graceful = self.closed.load(Ordering::SeqCst)
+            && summary.error.is_none()
+            && matches!(summary.stop, StopCause::None);
+        if graceful {
+            self.journal.close("complete").map_err(ObserverError::new)
+        } else {
+            self.journal.run_finished(summary)
+        }
+    }
 }
 
 /// The key in `run.options` that marks a journal of `jobmill.Pool`.
@@ -222,7 +255,8 @@ fn open_journal(spec: &JournalSpec<'_>) -> Result<JournalSide, JournalError> {
         }
         let first_seq = r.run.jobs + 1;
         let config = r.options.writer_config();
-        let (journal, _pending) = r.start(false, false, config)?;
+        // The session's tasks are the whole run's: its end is the input's.
+        let (journal, _pending) = r.start(false, true, config)?;
         let keyed = Keyed::open(path)?;
         let jobs = keyed.jobs()?;
         return Ok(JournalSide {
@@ -343,9 +377,13 @@ impl PoolCore {
             results: Arc::clone(&results),
         });
         // The journal first: a result the caller has seen is recorded.
+        let closed = Arc::new(AtomicBool::new(false));
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some(j) = &journal {
-            observers.push(j.journal.clone());
+            observers.push(Arc::new(PoolJournal {
+                journal: Arc::clone(&j.journal),
+                closed: Arc::clone(&closed),
+            }));
         }
         observers.push(collector);
         let opts = Options {
@@ -377,6 +415,7 @@ impl PoolCore {
             summary: Mutex::new(None),
             first_seq: journal.as_ref().map_or(1, |j| j.first_seq),
             journal: Mutex::new(journal),
+            closed,
         })
     }
 
@@ -511,8 +550,14 @@ impl PoolCore {
         self.finished.load(Ordering::SeqCst)
     }
 
-    /// No more jobs: the workers end once every job is done.
+    /// No more jobs: the workers end once every job is done. With a
+    /// journal, the run's input is recorded complete.
     fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            if let Some(j) = &*self.journal.lock().unwrap_or_else(|e| e.into_inner()) {
+                let _ = j.journal.record_input_complete();
+            }
+        }
         let _ = self.queue.close();
     }
 

@@ -101,7 +101,8 @@ def test_journal_resume_after_sigkill_computes_only_what_was_not_done(tmp_path):
     st = subprocess.run([os.path.join(BIN, "jobmill"), "status", journal],
                         capture_output=True, text=True, timeout=120)
     assert st.returncode == 0, st.stderr
-    assert "done" in st.stdout and str(n) in st.stdout, st.stdout
+    assert f"jobs:      {n} total, {n} done" in st.stdout, st.stdout
+    assert "finished (complete)" in st.stdout, st.stdout
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
     try:
         states = dict(db.execute("SELECT state, COUNT(*) FROM job GROUP BY state").fetchall())
