@@ -193,6 +193,13 @@ pub enum FailReason {
         /// SIGKILL during which the kernel's `oom_kill` counter rose.
         likely: bool,
     },
+    /// The job was refused before it ran: a worker holding a signing key
+    /// found its task unsigned or wrongly signed (see [`crate::sign`]).
+    /// Never retried: the job is dead at once.
+    Refused {
+        /// Why, e.g. "the task is not signed".
+        why: String,
+    },
     /// The attempt went over its own memory limit (`--mem-limit`).
     MemoryLimit {
         /// The limit, in bytes.
@@ -220,7 +227,7 @@ impl FailReason {
 
     /// A short, stable name of the cause, as stored in journals and shown by
     /// `status`: `exit`, `signal`, `timeout`, `reported`, `lost`, `spawn`,
-    /// `oom`, `memory-limit`.
+    /// `oom`, `memory-limit`, `refused`.
     pub fn cause(&self) -> &'static str {
         match self {
             FailReason::Exit { .. } => "exit",
@@ -231,6 +238,7 @@ impl FailReason {
             FailReason::Spawn { .. } => "spawn",
             FailReason::OutOfMemory { .. } => "oom",
             FailReason::MemoryLimit { .. } => "memory-limit",
+            FailReason::Refused { .. } => "refused",
         }
     }
 
@@ -253,6 +261,7 @@ impl fmt::Display for FailReason {
             FailReason::Timeout => write!(f, "timed out"),
             FailReason::WorkerLost { detail } => write!(f, "worker lost: {detail}"),
             FailReason::Spawn { error } => write!(f, "could not start: {error}"),
+            FailReason::Refused { why } => write!(f, "refused: {why}"),
             FailReason::OutOfMemory { likely: false } => {
                 write!(f, "killed by the kernel's OOM killer (out of memory)")
             }
@@ -753,6 +762,15 @@ impl JobState {
                 lost: *lost,
                 oom: *oom,
             },
+            // A refused task never runs: dead at once, whatever is left.
+            (JobState::Leased { attempt, .. }, Transition::Fail { reason })
+                if matches!(reason, FailReason::Refused { .. }) =>
+            {
+                JobState::Dead {
+                    attempts: *attempt,
+                    reason: reason.clone(),
+                }
+            }
             (
                 JobState::Leased {
                     attempt, lost, oom, ..
@@ -855,6 +873,30 @@ mod tests {
             .apply(Transition::Lease { worker: W }, RetryPolicy::default())
             .unwrap();
         assert_eq!(next, leased(3));
+    }
+
+    #[test]
+    fn refused_task_is_dead_at_once_with_retries_left() {
+        let reason = FailReason::Refused {
+            why: "the task is not signed".into(),
+        };
+        let next = leased(1)
+            .apply(
+                Transition::Fail {
+                    reason: reason.clone(),
+                },
+                RetryPolicy::with_retries(5),
+            )
+            .unwrap();
+        assert_eq!(
+            next,
+            JobState::Dead {
+                attempts: 1,
+                reason: reason.clone()
+            }
+        );
+        assert_eq!(reason.cause(), "refused");
+        assert_eq!(reason.to_string(), "refused: the task is not signed");
     }
 
     #[test]

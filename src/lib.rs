@@ -64,6 +64,7 @@ pub mod pool;
 pub mod protocol;
 pub mod queue;
 pub mod report;
+pub mod sign;
 pub mod sys;
 pub mod template;
 pub mod worker;

@@ -24,7 +24,7 @@ use crate::job::FailReason;
 
 /// Every name [`AttemptEnd::cause`] gives, in a fixed order (the
 /// journal's `attempt.cause` column holds one of them).
-pub const CAUSES: [&str; 10] = [
+pub const CAUSES: [&str; 11] = [
     "succeeded",
     "stopped",
     "exit",
@@ -35,6 +35,7 @@ pub const CAUSES: [&str; 10] = [
     "spawn",
     "oom",
     "memory-limit",
+    "refused",
 ];
 
 /// How one attempt ended.

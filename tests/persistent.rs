@@ -263,6 +263,7 @@ fn worker_killed_mid_job_has_the_job_requeued_and_done_exactly_once() {
                 reason: FailReason::WorkerLost { detail },
                 disposition: Disposition::Requeued { attempts: 1 },
             } if detail.contains("SIGKILL") && detail.contains("while running job")
+                && detail.contains(" (peak RSS ") && detail.contains(" MiB)")
         ),
         "{item7:?}"
     );

@@ -11,8 +11,9 @@
 """
 from ._jobmill import Closed, Empty as _NativeEmpty  # noqa: F401
 from ._queue import Queue
-from ._pool import Pool, AsyncResult, WorkerLost, RemoteTraceback
+from ._pool import Pool, AsyncResult, WorkerLost, RemoteTraceback, TaskRefused
 from ._executor import Executor
 
-__all__ = ["Queue", "Pool", "Executor", "AsyncResult", "Closed", "WorkerLost", "RemoteTraceback"]
+__all__ = ["Queue", "Pool", "Executor", "AsyncResult", "Closed", "WorkerLost", "RemoteTraceback",
+           "TaskRefused"]
 __version__ = "0.2.0"

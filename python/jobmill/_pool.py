@@ -9,6 +9,7 @@ with the GIL released, checking for Ctrl-C every 50 ms.
 import base64
 import collections
 import concurrent.futures
+import hashlib
 import itertools
 import json
 import os
@@ -33,15 +34,27 @@ def _pair(mode, item):
         return tuple(item), {}
     return item
 
-DONE, RAISED, TIMED_OUT, LOST, OTHER = 0, 1, 2, 3, 4
+DONE, RAISED, TIMED_OUT, LOST, OTHER, REFUSED = 0, 1, 2, 3, 4, 5
 # Payload bytes submitted and not yet answered, at most (see Pool._feed).
 MAX_INFLIGHT = 256 << 20
 _TERMINATED = 100  # the pool was terminated before the task ended
+# With journal=PATH: a result is kept whole in the journal up to RESULT_CAP
+# bytes (its pickle); a larger one is computed again on resume. A task's
+# arguments are kept in the journal (after its key line) when their pickle
+# is at most INPUT_CAP bytes, else by their hash only.
+RESULT_CAP = 64 << 20
+INPUT_CAP = 1 << 20
 
 
 class WorkerLost(Exception):
     """The worker running a task died (SIGKILL, segfault, ``os._exit``, the
     OOM killer) more than ``max_lost`` times."""
+
+
+class TaskRefused(RuntimeError):
+    """A worker of a shared queue (``Pool(queue=...)``) refused the task:
+    it was unsigned or its signature did not match (a wrong key, or the
+    task was changed in the queue). It was not run; its job is dead."""
 
 
 class RemoteTraceback(Exception):
@@ -59,6 +72,43 @@ def _describe(args, kwargs):
     parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
     text = ", ".join(parts)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _function_name(func, fkey):
+    """The function part of a task's journal key: its module and qualified
+    name, plus a hash of its pickle when it travels by value (a lambda or a
+    closure through cloudpickle, whose name does not say which it is)."""
+    module = getattr(func, "__module__", None) or "?"
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) \
+        or type(func).__qualname__
+    name = f"{module}.{qual}"
+    try:
+        by_reference = pickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL) == fkey
+    except Exception:
+        by_reference = False
+    if not by_reference:
+        name += "#" + hashlib.sha256(fkey).hexdigest()[:16]
+    return name
+
+
+def _task_key(fname, args, kwargs):
+    """The journal input of a task: its key line (the function and the
+    SHA-256 of the pickle of its arguments, out-of-band buffers included),
+    then the arguments' pickle when it is at most INPUT_CAP bytes."""
+    buffers = []
+    data = pickle.dumps((args, kwargs), protocol=5, buffer_callback=buffers.append)
+    h = hashlib.sha256(data)
+    size = len(data)
+    for b in buffers:
+        raw = b.raw()
+        h.update(raw)
+        size += raw.nbytes
+    line = f"jobmill.Pool {fname} sha256:{h.hexdigest()}".encode()
+    if size <= INPUT_CAP:
+        if buffers:
+            data = pickle.dumps((args, kwargs), protocol=5)
+        return line, line + b"\n" + data
+    return line, line
 
 
 def _function_key(func):
@@ -107,9 +157,11 @@ def _main_env():
 
 def _rebuild_exception(data):
     text = data.decode("utf-8", "replace")
-    if not text.startswith(EXC_PREFIX):
+    # "SUMMARY jobmill-py-exc:BASE64" (older workers: no summary).
+    at = text.rfind(EXC_PREFIX)
+    if at < 0:
         return RuntimeError(f"the task failed: {text}")
-    exc, tb = pickle.loads(base64.b64decode(text[len(EXC_PREFIX):]))
+    exc, tb = pickle.loads(base64.b64decode(text[at + len(EXC_PREFIX):]))
     if exc is None:
         exc = RuntimeError(tb.strip().splitlines()[-1] if tb.strip() else "task failed")
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
@@ -267,15 +319,32 @@ class Pool:
     killed and the task raises ``TimeoutError`` (counted under ``retries``).
     ``chunksize`` arguments are accepted and ignored: tasks are pipelined to
     each worker through a window of ``window`` jobs.
+
+    ``journal``: the path of a jobmill journal (SQLite) recording every
+    task and its result. If the script runs again on the same file (after
+    a crash, Ctrl-C or a kill), each task whose function and pickled
+    arguments match a task recorded done returns the recorded result
+    without running; the rest run (see the package README for the rules).
+    ``journal_reused`` counts the results taken from the journal.
+
+    ``queue``: ``"redis://host:port/NAME"``: the tasks go, signed, to that
+    shared queue for ``jobmill worker --queue URL --persistent -- python -m
+    jobmill.worker`` on any host, and the results come back from it. The
+    signing key comes from ``JOBMILL_KEY_FILE`` or ``JOBMILL_KEY`` (the
+    same on every side); without one the pool does not start.
     """
 
     def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *,
                  retries=0, max_lost=3, timeout=None, journal=None, progress=False, queue=None,
                  window=None):
-        if journal is not None:
-            raise NotImplementedError("jobmill.Pool(journal=...) is not implemented yet")
         if queue is not None:
-            raise NotImplementedError("jobmill.Pool(queue=...) is not implemented yet")
+            unsupported = [name for name, value in (
+                ("initializer", initializer), ("maxtasksperchild", maxtasksperchild),
+                ("timeout", timeout), ("journal", journal)) if value is not None]
+            if unsupported:
+                raise ValueError(
+                    f"jobmill.Pool(queue=...) does not take {', '.join(unsupported)}: its workers "
+                    f"are `jobmill worker` processes on other hosts (give them --timeout there)")
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -295,9 +364,21 @@ class Pool:
             env["JOBMILL_PY_MAXTASKS"] = str(maxtasksperchild)
         if window is None:
             window = 1 if timeout is not None or maxtasksperchild else 16
-        self._core = _jobmill.PoolCore(
-            [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
-            retries, max_lost, timeout, window)
+        journal_path = None if journal is None else os.fspath(journal)
+        if queue is not None:
+            # The same tasks, signed, on a shared queue (see the README).
+            self._core = _jobmill.RemoteCore(queue, retries, max_lost)
+        else:
+            self._core = _jobmill.PoolCore(
+                [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
+                retries, max_lost, timeout, window, journal_path,
+                [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP)
+        self._journal = journal_path is not None
+        # key line -> deque of (seq, reusable) recorded by earlier sessions
+        self._recorded = collections.defaultdict(collections.deque)
+        for key, seq, reusable in self._core.journal_jobs():
+            self._recorded[key].append((seq, reusable))
+        self.journal_reused = 0
         self._timeout = timeout
         self._retries = retries
         self._progress = _Progress() if progress and sys.stderr.isatty() else None
@@ -305,8 +386,10 @@ class Pool:
         self._backlog = collections.deque()
         self._core_closed = False
         self._inflight = 0
-        self._seq = itertools.count(1)
-        self._submit_lock = threading.Lock()
+        self._seq = itertools.count(self._core.first_seq)
+        # Reentrant: a journal's recorded result may finish an AsyncResult
+        # (and run its callback) while jobs are fed.
+        self._submit_lock = threading.RLock()
         self._pump_lock = threading.Lock()
         self._state = "run"
         self._finalizer = weakref.finalize(self, _terminate_core, self._core)
@@ -326,22 +409,30 @@ class Pool:
         rule), so a task that kills its worker is named alone."""
         self._check_running()
         fkey = _function_key(func)
+        fname = _function_name(func, fkey) if self._journal else None
         n = len(arglist)
         size = 1
-        if chunked and self._timeout is None and self._retries == 0 and n > 1:
+        if chunked and self._timeout is None and self._retries == 0 and n > 1 and not self._journal:
             # Chunks are for tiny tasks: large items go one a job, through
-            # the arena.
+            # the arena. (With a journal, each task is a job of its own:
+            # each has its own key and recorded result.)
             if len(_wire.dumps(arglist[0])) <= 4096:
                 size = max(1, min(2048, n // (self._processes * 4)))
         def jobs():
             for start in range(0, n, size):
                 if size == 1:
                     args, kwargs = _pair(mode, arglist[start])
-                    yield (sink, start, args, kwargs), _wire.dumps((fkey, args, kwargs))
+                    seq, line = None, None
+                    if fname is not None:
+                        key, line = _task_key(fname, args, kwargs)
+                        seq = self._from_journal(key, sink, start)
+                        if seq is True:
+                            continue
+                    yield (sink, start, args, kwargs), _wire.dumps((fkey, args, kwargs)), seq, line
                 else:
                     part = arglist[start:start + size]
                     yield ((_Chunk(sink, start, fkey, part, mode), -1, None, None),
-                           _wire.dumps((fkey, _KIND[mode], part)))
+                           _wire.dumps((fkey, _KIND[mode], part)), None, None)
 
         with self._submit_lock:
             self._backlog.append(jobs())
@@ -349,46 +440,72 @@ class Pool:
             self._progress.total += n
         self._feed()
 
+    def _from_journal(self, key, sink, index):
+        """A task of ``key``: True if its result was recorded (then it is
+        given to ``sink``), else the sequence number of the recorded job it
+        runs again as (None: a new job)."""
+        recorded = self._recorded.get(key)
+        if not recorded:
+            return None
+        seq, reusable = recorded.popleft()
+        if reusable:
+            data = self._core.recorded(seq)
+            if data is not None:
+                if data.endswith(b"\n"):
+                    data = data[:-1]
+                try:
+                    value = _wire.loads(bytearray(data))
+                except Exception:
+                    return seq  # unreadable: computed again
+                self.journal_reused += 1
+                if self._progress is not None:
+                    self._progress.done += 1
+                sink._set(index, True, value)
+                return True
+        return seq
+
     def _feed(self):
         """Submit backlogged jobs while the payload bytes in flight stay under
         ``MAX_INFLIGHT`` (always at least two jobs a worker), so that the
         caller's memory holds a bounded part of a large map."""
         with self._submit_lock:
-            payloads, first = [], None
+            seqs, payloads, inputs = [], [], []
             while self._backlog and (self._inflight < MAX_INFLIGHT or len(self._pending) < 2 * self._processes):
                 try:
-                    entry, payload = next(self._backlog[0])
+                    entry, payload, seq, line = next(self._backlog[0])
                 except StopIteration:
                     self._backlog.popleft()
                     continue
-                seq = next(self._seq)
-                if first is None:
-                    first = seq
+                if seq is None:
+                    seq = next(self._seq)
+                seqs.append(seq)
                 payloads.append(payload)
+                inputs.append(line)
                 self._pending[seq] = entry + (len(payload),)
                 self._inflight += len(payload)
                 if len(payloads) >= 1024:
-                    self._core.submit(first, payloads)
-                    payloads, first = [], None
+                    self._submit_jobs(seqs, payloads, inputs)
+                    seqs, payloads, inputs = [], [], []
             if payloads:
-                self._core.submit(first, payloads)
+                self._submit_jobs(seqs, payloads, inputs)
+
+    def _submit_jobs(self, seqs, payloads, inputs):
+        self._core.submit_jobs(seqs, payloads, inputs if self._journal else None)
 
     def _resubmit_single(self, chunk):
         """A chunk was lost: its tasks go again one job each."""
         with self._submit_lock:
-            first = None
-            payloads = []
+            seqs, payloads = [], []
             for i, item in enumerate(chunk.part):
                 args, kwargs = _pair(chunk.mode, item)
                 seq = next(self._seq)
-                if first is None:
-                    first = seq
                 payload = _wire.dumps((chunk.fkey, args, kwargs))
+                seqs.append(seq)
                 payloads.append(payload)
                 self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs, len(payload))
                 self._inflight += len(payload)
             if payloads:
-                self._core.submit(first, payloads)
+                self._submit_jobs(seqs, payloads, [None] * len(seqs))
 
     # -- waiting ---------------------------------------------------------
 
@@ -439,6 +556,8 @@ class Pool:
                 f"task {seq} ({desc}) ran past the timeout of {self._timeout} s; its worker was killed")
         elif code == LOST:
             err = WorkerLost(f"task {seq} ({desc}) was lost: {data.decode('utf-8', 'replace')}")
+        elif code == REFUSED:
+            err = TaskRefused(f"task {seq} ({desc}) was refused by a worker: {data.decode('utf-8', 'replace')}")
         elif code == _TERMINATED:
             err = RuntimeError(f"task {seq} ({desc}) did not run: {data.decode('utf-8', 'replace')}")
         else:
@@ -449,8 +568,9 @@ class Pool:
         with self._submit_lock:
             # Jobs never submitted fail as those submitted and not done.
             while self._backlog:
-                for entry, payload in self._backlog.popleft():
-                    seq = next(self._seq)
+                for entry, payload, seq, _ in self._backlog.popleft():
+                    if seq is None:
+                        seq = next(self._seq)
                     self._pending[seq] = entry + (len(payload),)
                     self._inflight += len(payload)
         batch = [(seq, _TERMINATED, why.encode()) for seq in list(self._pending)]
@@ -551,7 +671,13 @@ class Pool:
         self._core.close()
 
     def terminate(self):
-        """Kill every worker now; tasks not done raise in their callers."""
+        """Kill every worker now; tasks not done raise in their callers.
+        (A pool with no task left to run is closed instead: its workers
+        exit, and a journal records the run complete.)"""
+        if self._state != "terminate" and not self._core_closed_killed():
+            self._state = "terminate"
+            self._finalizer.detach()
+            return
         self._state = "terminate"
         self._core_closed = True
         self._core.terminate()
@@ -563,6 +689,21 @@ class Pool:
             finally:
                 self._pump_lock.release()
         self._finalizer.detach()
+
+    def _core_closed_killed(self):
+        """Ends an idle pool gracefully: True if it had to be killed (tasks
+        left, or the workers did not exit in time), False if it ended."""
+        with self._submit_lock:
+            if self._pending or self._backlog:
+                return True
+            self._core_closed = True
+        self._core.close()
+        try:
+            if self._core.join(10.0):
+                return False
+        except KeyboardInterrupt:
+            pass
+        return True
 
     def join(self):
         """Wait for the workers to exit (after ``close`` or ``terminate``)."""

@@ -11,6 +11,11 @@ CHUNK = "jobmill-chunk"
 CHUNK_MAP = "jobmill-chunk-map"
 CHUNK_STAR = "jobmill-chunk-star"
 CHUNKS = (CHUNK, CHUNK_MAP, CHUNK_STAR)
+# A task on a shared queue (Pool(queue=...)) is signed: a 64-byte header
+# (TASK_MAGIC, the HMAC-SHA256 tag, zeros) before the payload, checked by
+# the `jobmill worker` coordinator before the worker sees it (jobmill::sign).
+TASK_MAGIC = b"JMTASK1\0"
+SIGNED_HEADER = 64
 
 import pickle
 import struct

@@ -81,10 +81,37 @@ def _exception_message(exc):
         pickle.loads(blob)
     except BaseException:
         blob = pickle.dumps((None, tb), protocol=pickle.HIGHEST_PROTOCOL)
-    return EXC_PREFIX + base64.b64encode(blob).decode("ascii")
+    # A readable line first (what `jobmill status` shows of a journal's
+    # failures), then the pickle the caller raises again.
+    try:
+        summary = " ".join(traceback.format_exception_only(type(exc), exc)).strip()
+    except BaseException:
+        summary = type(exc).__name__
+    summary = " ".join(summary.split())[:300]
+    return summary + " " + EXC_PREFIX + base64.b64encode(blob).decode("ascii")
+
+
+def _check_feeder():
+    """On a shared queue, run only tasks whose signatures the coordinator
+    checked: unpickling runs code, and anyone who can write to the queue
+    could otherwise run anything here."""
+    if os.environ.get("JOBMILL_PY_PARENT"):
+        return  # a local jobmill.Pool's worker: tasks come from its caller
+    if os.environ.get("JOBMILL_TASKS_VERIFIED") != "1":
+        sys.stderr.write(
+            "jobmill.worker: refusing to run: on a shared queue, start it as\n"
+            "  jobmill worker --queue URL --persistent -- python -m jobmill.worker\n"
+            "with JOBMILL_KEY_FILE (or JOBMILL_KEY) set to the key of the jobmill.Pool that\n"
+            "submits the tasks, so that every task's signature is checked before it is\n"
+            "unpickled.\n")
+        sys.stderr.flush()
+        sys.exit(2)
 
 
 def _load(payload, cache):
+    if payload[:len(_wire.TASK_MAGIC)] == _wire.TASK_MAGIC:
+        # Checked by the coordinator; the body keeps its alignment.
+        payload = memoryview(payload)[_wire.SIGNED_HEADER:]
     fkey, args, kwargs = _wire.loads(payload)
     fn = cache.get(fkey)
     if fn is None:
@@ -128,6 +155,7 @@ def _run_chunk(fn, kind, items):
 
 
 def main():
+    _check_feeder()
     _setup()
     maxtasks = int(os.environ.get("JOBMILL_PY_MAXTASKS") or 0)
     cache = {}

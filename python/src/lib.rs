@@ -1,6 +1,7 @@
 //! The Python extension module `jobmill._jobmill`: the `jobmill` command
-//! (the root crate's CLI, compiled in), the queue behind `jobmill.Queue`
-//! and the engine behind `jobmill.Pool`.
+//! (the root crate's CLI, compiled in), the queue behind `jobmill.Queue`,
+//! the engine behind `jobmill.Pool` (`pool.rs`, with its journal) and the
+//! shared Redis queue behind `jobmill.Pool(queue=...)` (`remote.rs`).
 
 use pyo3::prelude::*;
 
@@ -12,6 +13,7 @@ mod cli;
 
 mod pool;
 mod queue;
+mod remote;
 
 /// Runs the `jobmill` command line with `argv` (program name first) and
 /// returns its exit status. The GIL is released for the whole run.
@@ -27,5 +29,6 @@ fn _jobmill(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Empty", m.py().get_type::<queue::Empty>())?;
     m.add("Closed", m.py().get_type::<queue::Closed>())?;
     m.add_class::<pool::PoolCore>()?;
+    m.add_class::<remote::RemoteCore>()?;
     Ok(())
 }

@@ -71,6 +71,12 @@ def count_call(x, path):
     return x
 
 
+def count_call_sized(x, path, size):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return b"x" * size
+
+
 def init_env(value):
     os.environ["JOBMILL_TEST_INIT"] = value
 

@@ -78,7 +78,9 @@ def test_max_lost_0_raises_worker_lost_naming_the_item_others_complete():
         results = [pool.apply_async(tasks.kill_self_always, (x,)) for x in range(10)]
         for x, r in enumerate(results):
             if x == 5:
-                with pytest.raises(jobmill.WorkerLost, match=r"\(5\).*SIGKILL"):
+                # The item, the signal and the worker's peak RSS.
+                with pytest.raises(jobmill.WorkerLost,
+                                   match=r"\(5\).*SIGKILL.*peak RSS \d+\.\d MiB"):
                     r.get(timeout=300)
             else:
                 assert r.get(timeout=300) == x

@@ -684,6 +684,13 @@ pub fn status(a: StatusArgs) -> anyhow::Result<u8> {
             info.end_reason.as_deref().unwrap_or("snapshot"),
             format_utc(info.ended_at.unwrap_or(info.started_at))
         )?,
+        Liveness::Interrupted if info.options.get("pool").is_some() => writeln!(
+            out,
+            "state:     interrupted ({}); run its script again to continue it (a jobmill.Pool journal)",
+            info.end_reason
+                .as_deref()
+                .unwrap_or("the Python program was killed or crashed"),
+        )?,
         Liveness::Interrupted => writeln!(
             out,
             "state:     interrupted ({}); continue it with `jobmill resume {}`",

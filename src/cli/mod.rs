@@ -64,6 +64,12 @@ enum Command {
     ///
     /// Exit status: 0 once the queue is closed and drained; 3 if its
     /// producer was lost; 130 if interrupted; 255 on an error.
+    ///
+    /// With a signing key (the file named by JOBMILL_KEY_FILE, or
+    /// JOBMILL_KEY), every task must carry the HMAC of that key (the tasks
+    /// of a Python `jobmill.Pool(queue=...)`): one that does not is refused
+    /// before a worker sees it, recorded dead with the reason and named on
+    /// stderr; results go back to the queue, signed, instead of stdout.
     Worker(queue::WorkerArgs),
     /// Put the dead jobs of a shared queue (--queue) back, or its failed
     /// ones (--failed), all or those numbered; each gets a fresh retry

@@ -17,7 +17,9 @@ use jobmill::input::{InputError, Records, Source};
 use jobmill::job::{NewJob, RetryPolicy};
 use jobmill::outcome::exit;
 use jobmill::queue::redis::{OpenError, ProducerState, RedisConfig, RedisQueue};
+use jobmill::queue::signed::Signed;
 use jobmill::queue::{PutError, Queue};
+use jobmill::sign::{Key, Refusal, KEY_ENV, KEY_FILE_ENV};
 use jobmill::template::Template;
 
 use super::report::Reporter;
@@ -427,7 +429,7 @@ impl WorkSpec {
 
 /// Works on the shared `queue` under `plan` until it is closed and drained,
 /// or the worker stops.
-fn work(plan: Plan, queue: Arc<RedisQueue>) -> anyhow::Result<RunSummary> {
+fn work(plan: Plan, queue: Arc<dyn Queue>) -> anyhow::Result<RunSummary> {
     let reporter: Arc<dyn Observer> = Arc::new(Reporter::new(false));
     let summary = plan
         .run(queue, None, vec![reporter])
@@ -457,10 +459,39 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<u8> {
     plan.throttle = Some(throttle);
     plan.memory = memory;
     super::check_stdio(false)?;
-    let queue = Arc::new(open_existing(&a.queue, policy)?);
-    let summary = work(plan, queue)?;
+    let key = Key::from_env()?;
+    let redis = Arc::new(open_existing(&a.queue, policy)?);
+    let summary = match key {
+        None => work(plan, redis)?,
+        Some(key) => {
+            let mut plan = plan;
+            // Signed tasks (jobmill.Pool(queue=...)): each is checked before
+            // a worker process sees it; results go back to the queue,
+            // signed, instead of to stdout.
+            redis.keep_results(true);
+            plan.print_output = false;
+            if let Work::Persistent(opts) = &mut plan.work {
+                opts.config
+                    .env
+                    .push((TASKS_VERIFIED_ENV.into(), "1".into()));
+            }
+            let on_refused = Box::new(|job: &jobmill::job::Job, why: &Refusal| {
+                eprintln!(
+                    "jobmill: refused {} (seq {}): {why}; it was not run and is dead \
+                     (its producer and this worker need the same {KEY_FILE_ENV} or {KEY_ENV})",
+                    job.id, job.seq
+                );
+            });
+            work(plan, Arc::new(Signed::new(redis, key, on_refused)))?
+        }
+    };
     Ok(summary.worker_exit_code() as u8)
 }
+
+/// Set in the environment of the worker processes of a `jobmill worker`
+/// that checks task signatures: the Python worker (`python -m
+/// jobmill.worker`) refuses to run on a shared queue without it.
+const TASKS_VERIFIED_ENV: &str = "JOBMILL_TASKS_VERIFIED";
 
 /// How often a worker looks for a queue that does not exist yet.
 const QUEUE_POLL: Duration = Duration::from_millis(500);
@@ -592,7 +623,7 @@ fn submit_and_work(url: &str, a: RunArgs) -> anyhow::Result<u8> {
         }
         Submit::Nothing => None,
     };
-    let summary = work(plan, Arc::clone(&queue))?;
+    let summary = work(plan, Arc::clone(&queue) as Arc<dyn Queue>)?;
     if summary.worker_exit_code() != exit::SUCCESS {
         // The submitter may be blocked on input; do not wait for it.
         return Ok(summary.worker_exit_code() as u8);

@@ -44,6 +44,12 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<u8> {
     let path = std::path::absolute(&path)
         .with_context(|| format!("cannot resolve the path {}", path.display()))?;
     let r = resume::open(&path)?;
+    if r.run.options.get("pool").and_then(|v| v.as_str()) == Some("python") {
+        anyhow::bail!(
+            "{} is the journal of a Python jobmill.Pool(journal=...): run the Python script again to resume it (its tasks already done return their recorded results)",
+            path.display()
+        );
+    }
     super::journal::report_recovered(&path, &r.recovered);
     if a.verbose && r.recovered.applied + r.recovered.started > 0 {
         eprintln!(

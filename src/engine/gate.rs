@@ -147,6 +147,23 @@ impl Queue for Gate<'_> {
             .map_err(|e| self.failed(e))
     }
 
+    fn complete_many_results(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+        results: &[bytes::Bytes],
+    ) -> Result<Vec<Completion>, QueueError> {
+        self.usable("complete")?;
+        let info = AttemptInfo {
+            host: info.host.clone().or_else(|| self.d.opts.host.clone()),
+            duration: info.duration,
+        };
+        self.d
+            .queue
+            .complete_many_results(leases, &info, results)
+            .map_err(|e| self.failed(e))
+    }
+
     fn fail(&self, lease: &Lease, reason: FailReason) -> Result<Disposition, QueueError> {
         let info = AttemptInfo {
             host: self.d.opts.host.clone(),

@@ -7,7 +7,8 @@
 //! default.
 //!
 //! Beyond GNU parallel, WHAT may be a failure cause (`exit`, `signal`,
-//! `timeout`, `oom`, `memory-limit`, `lost`, `spawn`, `reported`): it
+//! `timeout`, `oom`, `memory-limit`, `lost`, `spawn`, `reported`,
+//! `refused`): it
 //! counts the jobs that ended failed or dead with that cause, so
 //! `--halt now,oom=1` stops the run at the first job that died of memory
 //! (after `--max-oom` requeues), and `--halt soon,timeout=10%` once a tenth
@@ -99,7 +100,7 @@ impl FromStr for Halt {
                     return Err(err(
                         "WHAT must be `fail`, `success`, `done` or a failure cause (`exit`, \
                          `signal`, `timeout`, `oom`, `memory-limit`, `lost`, `spawn`, \
-                         `reported`)",
+                         `reported`, `refused`)",
                     ))
                 }
             },

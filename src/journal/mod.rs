@@ -24,6 +24,7 @@
 //! | `resume.rs` | opening a journal to resume, and the [`resume::ResumePlan`] |
 //! | `private.rs` | private modes of the state directory and journal files |
 //! | `read.rs`, `snapshot.rs`, `prune.rs` | reading, snapshots of a queue, pruning |
+//! | `keyed.rs` | jobs found by key (their input's first line) and their reusable results: `jobmill.Pool(journal=...)` |
 //!
 //! The library never prints: what the person running jobmill should know
 //! comes back as a [`Warning`] (or in a report such as
@@ -31,6 +32,7 @@
 
 mod commit;
 pub mod completions;
+pub mod keyed;
 mod lock;
 mod observer;
 pub mod options;

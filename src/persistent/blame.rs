@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use crate::job::{FailReason, WorkerId};
 
 use super::link::{InFlight, Link};
-use super::proc::{describe_status, Ended, Life, Proc};
+use super::proc::{describe_peak, describe_status, Ended, Life, Proc};
 use super::{Ctx, Outcome, OutcomeKind, WorkerEvent, EXIT_GRACE};
 
 impl Ctx<'_> {
@@ -30,7 +30,7 @@ impl Ctx<'_> {
             proc.kill_group();
         }
         self.observer.reaping(slot, worker, proc.pid);
-        let status = proc.reap(EXIT_GRACE);
+        let (status, max_rss_kib) = proc.reap(EXIT_GRACE);
         let (inflight, taken, parked) = match link {
             Some(link) => {
                 let mut f = link.flight();
@@ -99,9 +99,16 @@ impl Ctx<'_> {
             Ended::Queue(e) => format!("{name} stopped: {}", crate::events::error_chain(e)),
         };
         let held = inflight.len();
+        // The worker's peak memory (wait4's rusage) names what a worker
+        // killed for memory had grown to.
+        let peak = if matches!(ended, Ended::Closed | Ended::Killed) {
+            String::new()
+        } else {
+            describe_peak(max_rss_kib)
+        };
         let detail = match (running, taken) {
-            (_, Some(_)) | (None, _) => what.clone(),
-            (Some(id), None) => format!("{what} while running {id}"),
+            (_, Some(_)) | (None, _) => format!("{what}{peak}"),
+            (Some(id), None) => format!("{what} while running {id}{peak}"),
         };
         // A worker that said LEAVING told how many jobs it took; without it,
         // the oldest in-flight job is taken to be the one it was running.

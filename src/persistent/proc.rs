@@ -89,21 +89,33 @@ impl Proc {
         }
     }
 
-    /// Waits for the process, killing its group after `grace`.
-    pub(super) fn reap(&mut self, grace: Duration) -> ExitStatus {
+    /// Waits for the process, killing its group after `grace`; returns
+    /// its status and its peak resident set size in KiB (`wait4`'s rusage;
+    /// `None` if it could not be read).
+    pub(super) fn reap(&mut self, grace: Duration) -> (ExitStatus, Option<u64>) {
         let deadline = Instant::now() + grace;
+        let pid = self.pid as i32;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
+            match crate::sys::process::try_wait4(pid) {
+                Ok(Some(r)) => return (ExitStatus::from_raw(r.status), Some(r.max_rss_kib)),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                _ => {
+                Ok(None) => {
                     self.kill_group();
-                    match self.child.wait() {
-                        Ok(s) => return s,
-                        Err(_) => return ExitStatus::from_raw(9),
-                    }
+                    return match crate::sys::process::wait4(pid) {
+                        Ok(r) => (ExitStatus::from_raw(r.status), Some(r.max_rss_kib)),
+                        Err(_) => (ExitStatus::from_raw(9), None),
+                    };
+                }
+                // Not our child to reap (SIGCHLD ignored, or reaped
+                // elsewhere): what std sees, without the memory.
+                Err(_) => {
+                    self.kill_group();
+                    return match self.child.wait() {
+                        Ok(s) => (s, None),
+                        Err(_) => (ExitStatus::from_raw(9), None),
+                    };
                 }
             }
         }
@@ -153,6 +165,15 @@ pub(super) fn describe_status(status: ExitStatus) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(sig)) => format!("was killed by {}", signal_name(sig)),
         _ => "ended".into(),
+    }
+}
+
+/// A worker's peak memory, as said after what happened to it:
+/// " (peak RSS 812.3 MiB)"; empty when unknown.
+pub(super) fn describe_peak(max_rss_kib: Option<u64>) -> String {
+    match max_rss_kib {
+        Some(kib) if kib > 0 => format!(" (peak RSS {:.1} MiB)", kib as f64 / 1024.0),
+        _ => String::new(),
     }
 }
 impl Ctx<'_> {

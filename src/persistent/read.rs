@@ -268,7 +268,13 @@ impl Ctx<'_> {
             }
         }
         if !leases.is_empty() {
-            let completions = self.queue.complete_many(&leases)?;
+            // The results go to the queue too: a backend told to keep them
+            // (a shared queue of signed pool tasks) stores them.
+            let completions = self.queue.complete_many_results(
+                &leases,
+                &crate::queue::AttemptInfo::default(),
+                &results,
+            )?;
             for ((lease, result), completion) in leases.into_iter().zip(results).zip(completions) {
                 done += 1;
                 self.observer.outcome(Outcome {

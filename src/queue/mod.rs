@@ -27,6 +27,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod signed;
 
 use std::time::Duration;
 
@@ -325,6 +326,25 @@ pub trait Queue: Send + Sync {
     ) -> Result<Vec<Completion>, QueueError> {
         let _ = info;
         self.complete_many(leases)
+    }
+
+    /// As [`Queue::complete_many_with`], with each job's result (what its
+    /// worker answered), one per lease. The default drops the results;
+    /// a backend keeps them only when told to (the Redis backend with
+    /// [`redis::RedisQueue::keep_results`], for the signed results of
+    /// `jobmill.Pool(queue=...)`, see [`crate::sign`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::complete_many`].
+    fn complete_many_results(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+        results: &[bytes::Bytes],
+    ) -> Result<Vec<Completion>, QueueError> {
+        let _ = results;
+        self.complete_many_with(leases, info)
     }
 
     /// As [`Queue::fail`], with what the worker observed of the attempt.

@@ -105,7 +105,7 @@ struct Data {
     /// Hosts that ran attempts, when the journal names them.
     hosts: Vec<String>,
     outcomes: [&'static str; 6],
-    causes: [&'static str; 10],
+    causes: [&'static str; crate::outcome::CAUSES.len()],
     /// The journal's schema version.
     schema: i64,
     /// Whether every job's read time is known (queued counts are drawn).

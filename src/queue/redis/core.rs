@@ -537,6 +537,7 @@ impl Inner {
                     ended_ms: None,
                     input: None,
                     input_bytes: None,
+                    output: None,
                 }
                 .with_input(input.bytes)
                 .with_size(input.size);

@@ -125,6 +125,8 @@ pub struct RedisQueue {
     inner: Arc<Inner>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     heartbeat: Option<JoinHandle<()>>,
+    /// Keep the results given to `complete_many_results` in the records.
+    keep_results: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -257,6 +259,7 @@ impl RedisQueue {
             inner,
             stop,
             heartbeat: Some(heartbeat),
+            keep_results: AtomicBool::new(false),
         })
     }
 
@@ -447,7 +450,54 @@ impl RedisQueue {
     ///
     /// Only backend failures.
     pub fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
-        self.complete_records(leases, None)
+        self.complete_records(leases, None, None)
+    }
+
+    /// Makes this client keep the results given to
+    /// [`Queue::complete_many_results`] in the jobs' result records
+    /// ([`JobRecord::output`]), for [`RedisQueue::take_results`] to hand
+    /// to the producer. Off by default: a queue keeps no output.
+    pub fn keep_results(&self, on: bool) {
+        self.keep_results.store(on, Ordering::SeqCst);
+    }
+
+    /// Takes result records out of the queue: returns up to about `max` of
+    /// them (one `HSCAN` page) and deletes them (`HDEL`), so each is taken
+    /// once and the next call finds the rest. For a producer that
+    /// collects its results as they come (`jobmill.Pool(queue=...)`);
+    /// records taken are no longer seen by `results`, `status` or
+    /// `requeue`.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures, or a record that is not valid JSON.
+    pub fn take_results(&self, max: usize) -> Result<Vec<JobRecord>, QueueError> {
+        const OP: &str = "take results";
+        let key = self.inner.keys.results();
+        let (_, flat): (u64, Vec<Vec<u8>>) = self.inner.pool.call(OP, None, |con, _, _| {
+            ::redis::cmd("HSCAN")
+                .arg(key)
+                .arg(0)
+                .arg("COUNT")
+                .arg(max.max(1))
+                .query(con)
+        })?;
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut records = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let [field, json] = pair else {
+                return Err(protocol(OP, "HSCAN reply"));
+            };
+            records.push(serde_json::from_slice::<JobRecord>(json).map_err(|e| protocol(OP, e))?);
+            fields.push(field.clone());
+        }
+        if !fields.is_empty() {
+            // Idempotent: replayed after a reconnection, it deletes nothing more.
+            let _: i64 = self.inner.pool.call(OP, None, |con, _, _| {
+                ::redis::cmd("HDEL").arg(key).arg(&fields).query(con)
+            })?;
+        }
+        Ok(records)
     }
 
     /// Marks many leases done in one round trip (one SETTLE script), storing
@@ -464,7 +514,7 @@ impl RedisQueue {
         leases: &[Lease],
         info: &AttemptInfo,
     ) -> Result<Vec<Completion>, QueueError> {
-        self.complete_records(leases, Some(info))
+        self.complete_records(leases, Some(info), None)
     }
 
     /// Marks a lease done and stores the job's result record (see
@@ -478,7 +528,7 @@ impl RedisQueue {
         lease: &Lease,
         info: &AttemptInfo,
     ) -> Result<Completion, QueueError> {
-        self.complete_records(std::slice::from_ref(lease), Some(info))?
+        self.complete_records(std::slice::from_ref(lease), Some(info), None)?
             .pop()
             .ok_or_else(|| protocol("complete", "no reply"))
     }
@@ -519,9 +569,11 @@ impl RedisQueue {
         &self,
         leases: &[Lease],
         info: Option<&AttemptInfo>,
+        results: Option<&[bytes::Bytes]>,
     ) -> Result<Vec<Completion>, QueueError> {
         let mut items = Vec::with_capacity(leases.len());
-        for lease in leases {
+        for (i, lease) in leases.iter().enumerate() {
+            let output = results.and_then(|r| r.get(i)).map(|b| b.to_vec());
             let record = match info {
                 None => String::new(),
                 Some(info) => serde_json::to_string(
@@ -541,6 +593,7 @@ impl RedisQueue {
                         ended_ms: None,
                         input: None,
                         input_bytes: None,
+                        output,
                     }
                     .with_input(Some(&lease.job.payload)),
                 )
@@ -969,11 +1022,21 @@ impl Queue for RedisQueue {
     /// One SETTLE script for the whole batch: one round trip, one atomic
     /// step; each lease is recorded only if it is still current.
     fn complete_many(&self, leases: &[Lease]) -> Result<Vec<Completion>, QueueError> {
-        self.complete_records(leases, None)
+        self.complete_records(leases, None, None)
+    }
+
+    fn complete_many_results(
+        &self,
+        leases: &[Lease],
+        info: &AttemptInfo,
+        results: &[bytes::Bytes],
+    ) -> Result<Vec<Completion>, QueueError> {
+        let keep = self.keep_results.load(Ordering::SeqCst);
+        self.complete_records(leases, Some(info), keep.then_some(results))
     }
 
     fn complete(&self, lease: &Lease) -> Result<Completion, QueueError> {
-        self.complete_records(std::slice::from_ref(lease), None)?
+        self.complete_records(std::slice::from_ref(lease), None, None)?
             .pop()
             .ok_or_else(|| protocol("complete", "no reply"))
     }

@@ -177,6 +177,17 @@ pub struct JobRecord {
     /// held it (also when the input itself is not kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_bytes: Option<u64>,
+    /// The job's result (what its worker answered), kept only by a queue
+    /// client told to ([`RedisQueue::keep_results`](super::RedisQueue::keep_results)):
+    /// the signed results of `jobmill.Pool(queue=...)`. Stored
+    /// base64-encoded as `output_b64`.
+    #[serde(
+        default,
+        rename = "output_b64",
+        skip_serializing_if = "Option::is_none",
+        with = "b64"
+    )]
+    pub output: Option<Vec<u8>>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -240,7 +251,7 @@ mod b64 {
         v.map(|s| {
             STANDARD
                 .decode(s)
-                .map_err(|e| serde::de::Error::custom(format!("invalid base64 in input_b64: {e}")))
+                .map_err(|e| serde::de::Error::custom(format!("invalid base64 in a record: {e}")))
         })
         .transpose()
     }
