@@ -771,36 +771,24 @@ impl JobState {
                     reason: reason.clone(),
                 }
             }
+            // Lost and OOM-killed attempts do not count against the
+            // retries; each kind has its own bound.
             (
                 JobState::Leased {
                     attempt, lost, oom, ..
                 },
                 Transition::Fail { reason },
-            ) if reason.is_lost() => {
-                if *lost < policy.max_lost {
-                    JobState::Queued {
-                        attempts: *attempt,
-                        lost: lost + 1,
-                        oom: *oom,
-                    }
+            ) if reason.is_lost() || reason.is_oom() => {
+                let (so_far, bound) = if reason.is_lost() {
+                    (*lost, policy.max_lost)
                 } else {
-                    JobState::Dead {
-                        attempts: *attempt,
-                        reason: reason.clone(),
-                    }
-                }
-            }
-            (
-                JobState::Leased {
-                    attempt, lost, oom, ..
-                },
-                Transition::Fail { reason },
-            ) if reason.is_oom() => {
-                if *oom < policy.max_oom {
+                    (*oom, policy.max_oom)
+                };
+                if so_far < bound {
                     JobState::Queued {
                         attempts: *attempt,
-                        lost: *lost,
-                        oom: oom + 1,
+                        lost: lost + u32::from(reason.is_lost()),
+                        oom: oom + u32::from(reason.is_oom()),
                     }
                 } else {
                     JobState::Dead {

@@ -592,7 +592,7 @@ impl PoolCore {
         let handle = self.run.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let text = match py.allow_threads(|| h.join()) {
-                Ok(Ok(s)) => s.error.map(|e| error_chain(&*e)),
+                Ok(Ok(s)) => s.error.map(|e| jobmill::events::error_chain(&*e)),
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("the engine panicked".to_string()),
             };
@@ -615,20 +615,6 @@ impl PoolCore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    line
 }
 
 impl Drop for PoolCore {
