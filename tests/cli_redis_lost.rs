@@ -44,7 +44,7 @@ fn results(url: &str) -> HashMap<u64, (String, u32, String, String)> {
             f[1].to_string(),
             f[2].parse().unwrap(),
             f[8].to_string(),
-            f[9].to_string(),
+            f[10].to_string(),
         );
         assert!(rows.insert(seq, row).is_none(), "job {seq} listed twice");
     }
