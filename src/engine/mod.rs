@@ -60,7 +60,7 @@ mod workers;
 pub use gate::Gate;
 pub use plan::{Plan, Work};
 pub use process::Processes;
-pub use workers::{Workers, WorkersOptions};
+pub use workers::{ResultEnd, Workers, WorkersOptions};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,6 +146,12 @@ pub struct Options {
     /// `--load`, `--mem-per-job`, the OOM cap); `None`: start as soon as a
     /// slot is free, and no cap after an OOM kill.
     pub throttle: Option<Arc<throttle::Throttle>>,
+    /// A stop asked from outside the run, by a library front end
+    /// (`jobmill::Pool`, the Python bindings' pool): the run drains or is
+    /// killed when the handle says so, with the cause
+    /// [`StopCause::Requested`]. `None`: only signals (with
+    /// [`Options::handle_signals`]) and the run's own causes stop it.
+    pub stop: Option<stop::StopHandle>,
 }
 
 impl Default for Options {
@@ -161,6 +167,7 @@ impl Default for Options {
             tag: None,
             live: None,
             throttle: None,
+            stop: None,
         }
     }
 }
@@ -858,9 +865,35 @@ pub fn run(
             .spawn(move || d.read_input(jobs))?;
     }
     let watcher = memory_watcher(&d, &executor)?;
-    if let Err(e) = executor.execute(&d) {
-        d.fatal(e);
+    // A library front end's stop: one thread sleeps on the handle until it
+    // is asked or the executor returns.
+    let requested = d.opts.stop.clone();
+    // One asked before the run started applies before any job starts.
+    if let Some(level) = requested
+        .as_ref()
+        .map(stop::StopHandle::asked)
+        .filter(|&l| l > Level::Running)
+    {
+        d.stop(level, StopCause::Requested);
     }
+    let ended = AtomicBool::new(false);
+    thread::scope(|s| -> std::io::Result<()> {
+        if let Some(handle) = &requested {
+            let (d, ended) = (&d, &ended);
+            thread::Builder::new()
+                .name("jobmill-stop".into())
+                .spawn_scoped(s, move || {
+                    handle.watch(ended, |level| d.stop(level, StopCause::Requested));
+                })?;
+        }
+        if let Err(e) = executor.execute(&d) {
+            d.fatal(e);
+        }
+        if let Some(handle) = &requested {
+            handle.wake(&ended);
+        }
+        Ok(())
+    })?;
     if let Some((done, thread)) = watcher {
         done.store(true, Ordering::SeqCst);
         let _ = thread.join();
