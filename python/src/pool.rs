@@ -3,7 +3,10 @@
 //! workers are `python -m jobmill.worker` processes. Results are not
 //! printed (`Options::print_output` is off): an [`Observer`] collects each
 //! job's final result for the Python side, which waits for them in
-//! [`PoolCore::collect`] with the GIL released.
+//! [`PoolCore::collect`] with the GIL released. `close` closes the queue
+//! (the workers end once every job is done); `terminate`, and dropping
+//! the core unfinished, kill the run through its [`StopHandle`] (the
+//! engine's stop for library front ends: no polling).
 //!
 //! With a journal (`jobmill.Pool(journal=PATH)`), the run's journal (the
 //! same file and writer as `jobmill run`'s, [`jobmill::journal`]) is an

@@ -20,6 +20,8 @@
 //! | `run --queue URL` | [`RedisQueue`](crate::queue::redis::RedisQueue) | the inputs | `Processes` or `Workers` |
 //! | `worker --queue URL` | `RedisQueue` | none | `Processes` or `Workers` |
 //! | `resume` | `MemoryQueue` | the journal's unfinished jobs, then the rest of the input | as the run was |
+//! | [`jobmill::Pool`](crate::pool::Pool) (a map) | `MemoryQueue` | none: the map's iterator puts the items | `Workers` (results kept byte for byte) |
+//! | the Python bindings' `Pool` | `MemoryQueue` | none: the Python side puts the tasks | `Workers` |
 //!
 //! What happens when an attempt ends is decided here once:
 //! [`Dispatch::finish`] resolves the lease against the queue (complete,
@@ -32,7 +34,9 @@
 //! [`Resolution::of_disposition`].
 //!
 //! Stopping is modelled once, in [`stop`]: running → draining → killing,
-//! with one signal thread for every front end.
+//! with one signal thread for every front end, and one
+//! [`StopHandle`](stop::StopHandle) ([`Options::stop`]) through which a
+//! library front end stops its run from outside.
 //!
 //! Options of GNU parallel live in this one loop too: `--delay`,
 //! `--memfree` and `--load` are a [`throttle::Throttle`] that
@@ -132,7 +136,8 @@ pub struct Options {
     /// What the queue stores of each attempt (the host, for Redis).
     pub host: Option<String>,
     /// Print each job's output (default). Off for front ends that collect
-    /// results with an [`Observer`] instead (the Python bindings' `Pool`).
+    /// results with an [`Observer`] instead (`jobmill::Pool`, the Python
+    /// bindings' `Pool`).
     pub print_output: bool,
     /// Prefix every line of a job's output (`--tag`, `--tagstring`).
     pub tag: Option<output::Tag>,
