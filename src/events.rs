@@ -220,8 +220,19 @@ pub enum Notice {
     WorkerOutput {
         /// The worker's slot.
         slot: usize,
+        /// Whether the worker wrote it to its stderr (else its stdout).
+        stderr: bool,
         /// The line, without its newline.
         line: Vec<u8>,
+    },
+    /// A slot of long-lived workers gave up restarting them (its workers
+    /// kept dying without finishing a job, or failed their handshake):
+    /// fewer workers than asked are left.
+    WorkerGaveUp {
+        /// The slot, from 1.
+        slot: usize,
+        /// Why, as one line.
+        detail: String,
     },
 }
 
@@ -256,9 +267,10 @@ impl fmt::Display for Notice {
                  (this worker was presumed lost); its result is not recorded"
             ),
             Notice::Info(line) => f.write_str(line),
-            Notice::WorkerOutput { slot, line } => {
+            Notice::WorkerOutput { slot, line, .. } => {
                 write!(f, "[worker {slot}] {}", String::from_utf8_lossy(line))
             }
+            Notice::WorkerGaveUp { detail, .. } => f.write_str(detail),
         }
     }
 }
@@ -279,6 +291,11 @@ pub enum StopCause {
     ProducerLost,
     /// An error (see [`RunSummary::error`]).
     Error,
+    /// The library front end that started the run asked it to stop (a
+    /// [`StopHandle`](crate::engine::stop::StopHandle): the Python pool's
+    /// `terminate`, a `jobmill::Pool` map dropped midway). Exits and is
+    /// recorded as a signal's stop is: 130, interrupted.
+    Requested,
 }
 
 /// The result of a run.
@@ -308,9 +325,9 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// Whether a signal stopped the run.
+    /// Whether a signal, or the front end's request, stopped the run.
     pub fn interrupted(&self) -> bool {
-        matches!(self.stop, StopCause::Signal(_))
+        matches!(self.stop, StopCause::Signal(_) | StopCause::Requested)
     }
 
     /// Whether `--halt` stopped the run.
@@ -319,7 +336,8 @@ impl RunSummary {
     }
 
     /// The exit status, in this order: 255 on an error; 130 when a signal
-    /// stopped it (even if every running job then finished); 141 when
+    /// or the front end's request stopped it (even if every running job
+    /// then finished); 141 when
     /// stdout's reader went away; 3 when a worker's producer was lost;
     /// otherwise the number of failed and dead jobs, capped at 101. A run
     /// stopped by `--halt` exits with its failures, as in GNU parallel.
@@ -329,7 +347,7 @@ impl RunSummary {
         }
         match self.stop {
             StopCause::Error => exit::ERROR,
-            StopCause::Signal(_) => exit::INTERRUPTED,
+            StopCause::Signal(_) | StopCause::Requested => exit::INTERRUPTED,
             StopCause::OutputClosed => exit::OUTPUT_CLOSED,
             StopCause::ProducerLost => exit::PRODUCER_LOST,
             StopCause::None | StopCause::Halt => exit::failures(self.failed + self.dead),
@@ -356,7 +374,7 @@ impl RunSummary {
         }
         match self.stop {
             StopCause::Error => "error",
-            StopCause::Signal(_) => "interrupted",
+            StopCause::Signal(_) | StopCause::Requested => "interrupted",
             StopCause::Halt => "halted",
             StopCause::OutputClosed => "output-closed",
             StopCause::ProducerLost => "producer-lost",
@@ -428,6 +446,19 @@ mod tests {
         };
         assert_eq!(s.exit_code(), 130);
         assert_eq!(s.ending(), "interrupted");
+    }
+
+    #[test]
+    fn a_front_ends_requested_stop_exits_130_and_is_recorded_interrupted() {
+        let s = RunSummary {
+            done: 2,
+            stop: StopCause::Requested,
+            input_complete: true,
+            ..RunSummary::default()
+        };
+        assert_eq!(s.exit_code(), 130);
+        assert_eq!(s.ending(), "interrupted");
+        assert!(s.interrupted());
     }
 
     #[test]

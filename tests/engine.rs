@@ -294,3 +294,93 @@ fn a_worker_on_a_shared_queue_stops_on_sighup_with_130_leaving_jobs_queued() {
     assert!(text.contains("queued"), "{text}");
     assert!(!text.contains("10 done"), "{text}");
 }
+
+mod stop_handle {
+    //! A library front end stops a run through an
+    //! `engine::stop::StopHandle`, not through signals: `drain` starts no
+    //! new job and lets the running one finish, `kill` stops the running
+    //! ones; either way the run ends with the cause `Requested` (exit 130,
+    //! recorded as interrupted).
+
+    use std::ffi::OsString;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use jobmill::engine::stop::StopHandle;
+    use jobmill::engine::{JobSource, Plan, Work};
+    use jobmill::events::{RunSummary, StopCause};
+    use jobmill::job::{NewJob, RetryPolicy};
+    use jobmill::queue::memory::MemoryQueue;
+    use jobmill::template::Template;
+
+    use super::common::wait_until;
+
+    /// Runs `n` jobs of `sh -c script` one at a time, stoppable by `stop`,
+    /// on a thread.
+    fn start(script: &str, n: u64, stop: &StopHandle) -> std::thread::JoinHandle<RunSummary> {
+        let argv: Vec<OsString> = ["sh", "-c", script, "sh"].iter().map(Into::into).collect();
+        let mut plan = Plan::new(Work::Command(Template::parse(&argv, false).unwrap()));
+        plan.jobs = 1;
+        plan.stop = Some(stop.clone());
+        let queue = Arc::new(MemoryQueue::new(64, RetryPolicy::default()));
+        let input: JobSource =
+            Box::new((1..=n).map(|i| Ok(NewJob::new(i, i.to_string().into_bytes()))));
+        std::thread::spawn(move || plan.run(queue, Some(input), Vec::new()).unwrap())
+    }
+
+    fn lines(p: &Path) -> usize {
+        std::fs::read_to_string(p).map_or(0, |s| s.lines().count())
+    }
+
+    #[test]
+    fn drain_lets_the_running_job_finish_starts_no_other_and_exits_130() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // Each job says it started, then waits until the test releases it.
+        let script =
+            format!("echo $1 >> {d}/started; while [ ! -e {d}/release ]; do sleep 0.01; done");
+        let stop = StopHandle::new();
+        let run = start(&script, 3, &stop);
+        let started = dir.path().join("started");
+        wait_until("the first job started", || lines(&started) == 1);
+        stop.drain();
+        std::fs::write(dir.path().join("release"), "").unwrap();
+        let summary = run.join().unwrap();
+        assert_eq!(summary.done, 1, "{summary:?}");
+        assert_eq!(lines(&started), 1, "no job started after the drain");
+        assert_eq!(summary.stop, StopCause::Requested, "{summary:?}");
+        assert_eq!(summary.exit_code(), 130);
+        assert_eq!(summary.ending(), "interrupted");
+    }
+
+    #[test]
+    fn kill_stops_the_running_job_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let script = format!("echo $1 >> {d}/started; exec sleep 600");
+        let stop = StopHandle::new();
+        let run = start(&script, 2, &stop);
+        wait_until("the first job started", || {
+            lines(&dir.path().join("started")) == 1
+        });
+        stop.kill();
+        let summary = run.join().unwrap();
+        assert_eq!((summary.done, summary.stopped), (0, 1), "{summary:?}");
+        assert_eq!(summary.stop, StopCause::Requested, "{summary:?}");
+        assert_eq!(summary.exit_code(), 130);
+    }
+
+    #[test]
+    fn a_stop_asked_before_the_run_starts_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let stop = StopHandle::new();
+        stop.kill();
+        let summary = start(&format!("echo $1 >> {d}/started"), 5, &stop)
+            .join()
+            .unwrap();
+        assert_eq!(summary.done, 0, "{summary:?}");
+        assert!(!dir.path().join("started").exists());
+        assert_eq!(summary.stop, StopCause::Requested, "{summary:?}");
+    }
+}

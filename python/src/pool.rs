@@ -3,7 +3,10 @@
 //! workers are `python -m jobmill.worker` processes. Results are not
 //! printed (`Options::print_output` is off): an [`Observer`] collects each
 //! job's final result for the Python side, which waits for them in
-//! [`PoolCore::collect`] with the GIL released.
+//! [`PoolCore::collect`] with the GIL released. `close` closes the queue
+//! (the workers end once every job is done); `terminate`, and dropping
+//! the core unfinished, kill the run through its [`StopHandle`] (the
+//! engine's stop for library front ends: no polling).
 //!
 //! With a journal (`jobmill.Pool(journal=PATH)`), the run's journal (the
 //! same file and writer as `jobmill run`'s, [`jobmill::journal`]) is an
@@ -18,17 +21,16 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use jobmill::engine::stop::Level;
-use jobmill::engine::{self, Dispatch, Executor, Options, Workers, WorkersOptions};
+use jobmill::engine::stop::StopHandle;
+use jobmill::engine::{self, Executor, Options, Workers, WorkersOptions};
 use jobmill::events::{
-    AttemptReport, AttemptStart, Notice, Observer, ObserverError, Resolution, RunSummary,
-    SharedError, StopCause,
+    AttemptReport, AttemptStart, Notice, Observer, ObserverError, Resolution, RunSummary, StopCause,
 };
 use jobmill::exec::{SpillBudget, Supervisor};
 use jobmill::job::{FailReason, JobState, NewJob, RetryPolicy};
@@ -115,56 +117,18 @@ impl Observer for Collector {
     fn notice(&self, notice: &Notice) {
         let mut err = std::io::stderr().lock();
         let _ = match notice {
-            Notice::WorkerOutput { slot, line } => {
+            // Both streams to stderr, tagged with the slot.
+            Notice::WorkerOutput { slot, line, .. } => {
                 let _ = write!(err, "[worker {slot}] ");
                 let _ = err.write_all(line);
                 writeln!(err)
             }
             // Task failures reach the caller as exceptions.
             Notice::AttemptFailed { .. } | Notice::JobEnded { .. } => Ok(()),
-            Notice::Info(line) if line.contains("lost") || line.contains("gave up") => {
-                writeln!(err, "jobmill: {line}")
-            }
+            Notice::WorkerGaveUp { detail, .. } => writeln!(err, "jobmill: {detail}"),
+            Notice::Info(line) if line.contains("lost") => writeln!(err, "jobmill: {line}"),
             _ => Ok(()),
         };
-    }
-}
-
-/// The Workers executor, stoppable from outside the run (`close` drains,
-/// `terminate` kills).
-struct Stoppable {
-    inner: Workers,
-    level: Arc<AtomicU8>,
-}
-
-impl Executor for Stoppable {
-    fn execute(&self, d: &Dispatch) -> Result<(), SharedError> {
-        let finished = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut raised = 0;
-                while !finished.load(Ordering::SeqCst) {
-                    let want = self.level.load(Ordering::SeqCst);
-                    if want > raised {
-                        raised = want;
-                        let level = if want >= 2 {
-                            Level::Killing
-                        } else {
-                            Level::Draining
-                        };
-                        d.stop(level, StopCause::Signal(libc::SIGTERM));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-            let r = self.inner.execute(d);
-            finished.store(true, Ordering::SeqCst);
-            r
-        })
-    }
-
-    fn kill(&self) {
-        self.inner.kill();
     }
 }
 
@@ -173,7 +137,8 @@ impl Executor for Stoppable {
 pub struct PoolCore {
     queue: Arc<MemoryQueue>,
     results: Arc<Results>,
-    level: Arc<AtomicU8>,
+    /// `terminate` (and dropping the core) kills the run through it.
+    stop: StopHandle,
     run: Mutex<Option<JoinHandle<std::io::Result<RunSummary>>>>,
     finished: Arc<AtomicBool>,
     summary: Mutex<Option<String>>,
@@ -372,11 +337,8 @@ impl PoolCore {
         wopts.config.env.extend(env);
         wopts.config.window = window.max(1);
         wopts.config.timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        let level = Arc::new(AtomicU8::new(0));
-        let executor: Arc<dyn Executor> = Arc::new(Stoppable {
-            inner: Workers::new(supervisor, wopts),
-            level: Arc::clone(&level),
-        });
+        let stop = StopHandle::new();
+        let executor: Arc<dyn Executor> = Arc::new(Workers::new(supervisor, wopts));
         let results = Arc::new(Results::default());
         let collector: Arc<dyn Observer> = Arc::new(Collector {
             results: Arc::clone(&results),
@@ -394,6 +356,7 @@ impl PoolCore {
         let opts = Options {
             budget,
             print_output: false,
+            stop: Some(stop.clone()),
             ..Options::default()
         };
         let finished = Arc::new(AtomicBool::new(false));
@@ -414,7 +377,7 @@ impl PoolCore {
         Ok(PoolCore {
             queue,
             results,
-            level,
+            stop,
             run: Mutex::new(Some(run)),
             finished,
             summary: Mutex::new(None),
@@ -569,7 +532,7 @@ impl PoolCore {
     /// Stops now: the workers are killed, jobs not done are dropped.
     fn terminate(&self) {
         let _ = self.queue.close();
-        self.level.store(2, Ordering::SeqCst);
+        self.stop.kill();
     }
 
     /// Waits for the engine to end (at most `timeout` seconds; `None`: as
@@ -621,7 +584,7 @@ impl Drop for PoolCore {
     fn drop(&mut self) {
         if !self.finished.load(Ordering::SeqCst) {
             let _ = self.queue.close();
-            self.level.store(2, Ordering::SeqCst);
+            self.stop.kill();
         }
     }
 }

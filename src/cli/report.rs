@@ -70,7 +70,8 @@ impl Observer for Reporter {
 
     fn notice(&self, notice: &Notice) {
         match notice {
-            // A worker's own line, as it wrote it, tagged with its slot.
+            // A worker's own line, as it wrote it, tagged with its slot;
+            // its stdout's lines too go to stderr (stdout carries results).
             Notice::WorkerOutput { .. } => self.progress.println(&notice.to_string()),
             _ => self.progress.println(&format!("jobmill: {notice}")),
         }

@@ -14,7 +14,7 @@ use jobmill::engine::joblog::{self, Joblog};
 use jobmill::engine::output::{Live, Tag};
 use jobmill::engine::results::{Results, Target};
 use jobmill::engine::throttle::{MemPerJob, ProcSource, Throttle};
-use jobmill::engine::{JobSource, Plan, Work, WorkersOptions};
+use jobmill::engine::{JobSource, Plan, ResultEnd, Work, WorkersOptions};
 use jobmill::events::{Observer, RunSummary};
 use jobmill::exec::MemoryOptions;
 use jobmill::input::plan::Payloads;
@@ -817,7 +817,9 @@ pub(super) fn prepare(command: &[OsString], o: &StoredOptions) -> anyhow::Result
         w.config.window = o.window;
         w.config.arena = o.arena.unwrap_or(jobmill::persistent::DEFAULT_ARENA);
         w.config.handshake_timeout = Duration::from_secs_f64(o.handshake_timeout.max(0.0));
-        w.nul_records = o.print0;
+        if o.print0 {
+            w.result_end = ResultEnd::Nul;
+        }
         Work::Persistent(w)
     } else {
         Work::Command(Template::parse_shaped(&command, o.shell, o.shape.clone())?)

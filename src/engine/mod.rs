@@ -20,6 +20,8 @@
 //! | `run --queue URL` | [`RedisQueue`](crate::queue::redis::RedisQueue) | the inputs | `Processes` or `Workers` |
 //! | `worker --queue URL` | `RedisQueue` | none | `Processes` or `Workers` |
 //! | `resume` | `MemoryQueue` | the journal's unfinished jobs, then the rest of the input | as the run was |
+//! | [`jobmill::Pool`](crate::pool::Pool) (a map) | `MemoryQueue` | none: the map's iterator puts the items | `Workers` (results kept byte for byte) |
+//! | the Python bindings' `Pool` | `MemoryQueue` | none: the Python side puts the tasks | `Workers` |
 //!
 //! What happens when an attempt ends is decided here once:
 //! [`Dispatch::finish`] resolves the lease against the queue (complete,
@@ -32,7 +34,9 @@
 //! [`Resolution::of_disposition`].
 //!
 //! Stopping is modelled once, in [`stop`]: running → draining → killing,
-//! with one signal thread for every front end.
+//! with one signal thread for every front end, and one
+//! [`StopHandle`](stop::StopHandle) ([`Options::stop`]) through which a
+//! library front end stops its run from outside.
 //!
 //! Options of GNU parallel live in this one loop too: `--delay`,
 //! `--memfree` and `--load` are a [`throttle::Throttle`] that
@@ -60,7 +64,7 @@ mod workers;
 pub use gate::Gate;
 pub use plan::{Plan, Work};
 pub use process::Processes;
-pub use workers::{Workers, WorkersOptions};
+pub use workers::{ResultEnd, Workers, WorkersOptions};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,7 +136,8 @@ pub struct Options {
     /// What the queue stores of each attempt (the host, for Redis).
     pub host: Option<String>,
     /// Print each job's output (default). Off for front ends that collect
-    /// results with an [`Observer`] instead (the Python bindings' `Pool`).
+    /// results with an [`Observer`] instead (`jobmill::Pool`, the Python
+    /// bindings' `Pool`).
     pub print_output: bool,
     /// Prefix every line of a job's output (`--tag`, `--tagstring`).
     pub tag: Option<output::Tag>,
@@ -146,6 +151,12 @@ pub struct Options {
     /// `--load`, `--mem-per-job`, the OOM cap); `None`: start as soon as a
     /// slot is free, and no cap after an OOM kill.
     pub throttle: Option<Arc<throttle::Throttle>>,
+    /// A stop asked from outside the run, by a library front end
+    /// (`jobmill::Pool`, the Python bindings' pool): the run drains or is
+    /// killed when the handle says so, with the cause
+    /// [`StopCause::Requested`]. `None`: only signals (with
+    /// [`Options::handle_signals`]) and the run's own causes stop it.
+    pub stop: Option<stop::StopHandle>,
 }
 
 impl Default for Options {
@@ -161,6 +172,7 @@ impl Default for Options {
             tag: None,
             live: None,
             throttle: None,
+            stop: None,
         }
     }
 }
@@ -858,9 +870,35 @@ pub fn run(
             .spawn(move || d.read_input(jobs))?;
     }
     let watcher = memory_watcher(&d, &executor)?;
-    if let Err(e) = executor.execute(&d) {
-        d.fatal(e);
+    // A library front end's stop: one thread sleeps on the handle until it
+    // is asked or the executor returns.
+    let requested = d.opts.stop.clone();
+    // One asked before the run started applies before any job starts.
+    if let Some(level) = requested
+        .as_ref()
+        .map(stop::StopHandle::asked)
+        .filter(|&l| l > Level::Running)
+    {
+        d.stop(level, StopCause::Requested);
     }
+    let ended = AtomicBool::new(false);
+    thread::scope(|s| -> std::io::Result<()> {
+        if let Some(handle) = &requested {
+            let (d, ended) = (&d, &ended);
+            thread::Builder::new()
+                .name("jobmill-stop".into())
+                .spawn_scoped(s, move || {
+                    handle.watch(ended, |level| d.stop(level, StopCause::Requested));
+                })?;
+        }
+        if let Err(e) = executor.execute(&d) {
+            d.fatal(e);
+        }
+        if let Some(handle) = &requested {
+            handle.wake(&ended);
+        }
+        Ok(())
+    })?;
     if let Some((done, thread)) = watcher {
         done.store(true, Ordering::SeqCst);
         let _ = thread.join();

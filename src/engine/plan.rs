@@ -67,6 +67,9 @@ pub struct Plan {
     /// made (see [`crate::exec::memory`]). `None`: no cgroup, and the
     /// plain spawn path.
     pub memory: Option<MemoryOptions>,
+    /// A stop asked from outside the run, by a library front end (see
+    /// [`Options::stop`]); `None` for the CLI, which stops on signals.
+    pub stop: Option<super::stop::StopHandle>,
 }
 
 impl Plan {
@@ -89,6 +92,7 @@ impl Plan {
             live: None,
             throttle: None,
             memory: None,
+            stop: None,
         }
     }
 
@@ -141,6 +145,7 @@ impl Plan {
             tag: self.tag,
             live,
             throttle: self.throttle,
+            stop: self.stop,
         };
         super::run(queue, input, executor, observers, opts)
     }

@@ -11,15 +11,18 @@
 //! - a job sent to a worker is an attempt started;
 //! - a result is the attempt's stdout, one record: a newline is added when
 //!   the result does not already end with one, or every result ends with a
-//!   NUL with [`WorkersOptions::nul_records`] (`--print0`), for binary
-//!   results;
+//!   NUL with [`ResultEnd::Nul`] (`--print0`), for binary results; or,
+//!   for a library front end that reads results back (`jobmill::Pool`),
+//!   nothing is added ([`ResultEnd::Raw`]);
 //! - a worker's result carries no duration or memory of its own (the worker
 //!   runs many jobs in one process), so the [`Outcome`] says `None` for
 //!   both;
 //! - the run's stop level is the coordinator's stop source;
 //! - worker process groups are registered with the run's guardian, so they
 //!   are stopped even if jobmill is killed;
-//! - worker output lines and worker ends become [`Notice`]s.
+//! - worker output lines ([`Notice::WorkerOutput`], saying which stream),
+//!   lost workers and dropped output ([`Notice::Info`]) and a slot that gave
+//!   up ([`Notice::WorkerGaveUp`]) become notices.
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -36,15 +39,28 @@ use crate::queue::QueueError;
 use super::stop::Level;
 use super::{Dispatch, Executor};
 
+/// How a worker's result is ended, as its attempt's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultEnd {
+    /// One line: a newline is added when the result does not already end
+    /// with one (the default).
+    #[default]
+    Newline,
+    /// A NUL is added to every result (`--print0`), for binary results.
+    Nul,
+    /// Nothing is added: the stdout is the result, byte for byte (a front
+    /// end that reads results back, `jobmill::Pool`).
+    Raw,
+}
+
 /// The options of the long-lived-worker executor.
 #[derive(Debug, Clone)]
 pub struct WorkersOptions {
     /// The coordinator's configuration: the command, `-j` workers, the
     /// window, the arena, timeouts.
     pub config: Config,
-    /// End every result with a NUL instead of ensuring it ends with a
-    /// newline (`--print0`).
-    pub nul_records: bool,
+    /// How each result is ended.
+    pub result_end: ResultEnd,
 }
 
 impl WorkersOptions {
@@ -53,8 +69,14 @@ impl WorkersOptions {
     pub fn new(command: Vec<OsString>, workers: usize) -> WorkersOptions {
         WorkersOptions {
             config: Config::new(command, workers.max(1)),
-            nul_records: false,
+            result_end: ResultEnd::Newline,
         }
+    }
+
+    /// Options for the workers of `config`, with results ended as
+    /// `result_end`.
+    pub fn from_config(config: Config, result_end: ResultEnd) -> WorkersOptions {
+        WorkersOptions { config, result_end }
     }
 }
 
@@ -125,10 +147,12 @@ impl persistent::Observer for Adapter<'_> {
         let (end, resolution) = match o.kind {
             OutcomeKind::Done { result, completion } => {
                 stdout.append(&result);
-                if self.workers.opts.nul_records {
-                    stdout.append(b"\0");
-                } else if result.last() != Some(&b'\n') {
-                    stdout.append(b"\n");
+                match self.workers.opts.result_end {
+                    ResultEnd::Nul => stdout.append(b"\0"),
+                    ResultEnd::Newline if result.last() != Some(&b'\n') => {
+                        stdout.append(b"\n");
+                    }
+                    ResultEnd::Newline | ResultEnd::Raw => {}
                 }
                 (AttemptEnd::Succeeded, Resolution::of_completion(completion))
             }
@@ -167,15 +191,18 @@ impl persistent::Observer for Adapter<'_> {
             WorkerEvent::Ended {
                 lost: true, detail, ..
             }
-            | WorkerEvent::GaveUp { detail, .. }
             | WorkerEvent::OutputDropped { detail, .. } => self.d.notice(Notice::Info(detail)),
+            WorkerEvent::GaveUp { slot, detail } => {
+                self.d.notice(Notice::WorkerGaveUp { slot, detail });
+            }
             _ => {}
         }
     }
 
-    fn output(&self, slot: usize, _worker: WorkerId, _stream: Stream, line: &[u8]) {
+    fn output(&self, slot: usize, _worker: WorkerId, stream: Stream, line: &[u8]) {
         self.d.notice(Notice::WorkerOutput {
             slot,
+            stderr: stream == Stream::Stderr,
             line: line.to_vec(),
         });
     }

@@ -1,6 +1,8 @@
-//! A map's engine: the coordinator thread driving the pool's workers
-//! ([`crate::persistent`] over a [`MemoryQueue`]), and the `Router` that
-//! turns its reports into item results and forwards worker output.
+//! A map's engine: [`engine::run`](crate::engine::run) with the pool's
+//! [`MemoryQueue`], the long-lived-worker executor ([`Workers`], results
+//! kept byte for byte) and one observer, the `Router`, that turns each
+//! item's final outcome into its result and forwards worker output. The
+//! run is stopped from outside through its [`StopHandle`].
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,23 +13,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::job::{FailReason, RetryPolicy, WorkerId};
-use crate::persistent::{self, Observer, Outcome, OutcomeKind, Stop, Stream};
+use crate::engine::stop::StopHandle;
+use crate::engine::{self, Executor, Options, ResultEnd, Workers, WorkersOptions};
+use crate::events::{self, AttemptReport, Notice, Observer, ObserverError, Resolution};
+use crate::exec::{SpillBudget, Supervisor};
+use crate::job::{FailReason, JobState, RetryPolicy};
 use crate::queue::memory::MemoryQueue;
-use crate::queue::{Completion, Disposition, Queue};
+use crate::queue::Queue;
 
 use super::{task, Pool, PoolError};
 
-/// What the coordinator reports to an iterator.
+/// What the engine reports to an iterator.
 pub(super) enum Event {
     /// An item's final outcome.
     Outcome(u64, Result<Bytes, PoolError>),
-    /// The coordinator returned; `Some` if it stopped abnormally.
+    /// The engine's run returned; `Some` if it stopped abnormally.
     Ended(Option<String>),
 }
 
-/// The [`Observer`] of a pool's coordinator: final outcomes go to the
-/// iterator, worker output to the program's stdout and stderr.
+/// The [`Observer`] of a pool's run: final outcomes go to the iterator,
+/// worker output to the program's stdout and stderr.
 struct Router {
     tx: Sender<Event>,
     timeout: Option<Duration>,
@@ -35,40 +40,48 @@ struct Router {
 }
 
 impl Observer for Router {
-    fn outcome(&self, o: Outcome) {
-        let index = o.job.seq;
-        let attempts = o.job.attempts;
-        let result = match o.kind {
-            OutcomeKind::Done {
-                result,
-                completion: Completion::Recorded,
-            } => Ok(result),
-            OutcomeKind::Done { .. } => return,
-            OutcomeKind::Failed {
-                reason,
-                disposition: Disposition::Final(_),
-            } => Err(item_error(index, attempts, reason, self.timeout)),
-            OutcomeKind::Failed { .. } => return,
+    fn attempt_finished(&self, report: &mut AttemptReport<'_>) -> Result<(), ObserverError> {
+        let index = report.seq;
+        let result = match report.resolution {
+            Resolution::Done => {
+                let len = usize::try_from(report.stdout.len()).unwrap_or(usize::MAX);
+                let (data, _) = report.stdout.head(len).map_err(ObserverError::new)?;
+                Ok(Bytes::from(data))
+            }
+            Resolution::Final(JobState::Failed { reason, .. } | JobState::Dead { reason, .. }) => {
+                Err(item_error(
+                    index,
+                    report.attempt,
+                    reason.clone(),
+                    self.timeout,
+                ))
+            }
+            // Not the item's end: it runs again (or the map was stopped).
+            Resolution::Final(_) | Resolution::Requeued { .. } | Resolution::Interrupted => {
+                return Ok(())
+            }
         };
         let _ = self.tx.send(Event::Outcome(index, result));
+        Ok(())
     }
 
-    fn worker(&self, event: persistent::WorkerEvent) {
-        // Deaths reach the caller as item errors; nothing is printed. A
-        // slot that gave up makes the engine unfit for another map.
-        if let persistent::WorkerEvent::GaveUp { .. } = event {
-            self.gave_up.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn output(&self, _slot: usize, _worker: WorkerId, stream: Stream, line: &[u8]) {
-        let write = |w: &mut dyn Write| {
-            let _ = w.write_all(line);
-            let _ = w.write_all(b"\n");
-        };
-        match stream {
-            Stream::Stdout => write(&mut std::io::stdout().lock()),
-            Stream::Stderr => write(&mut std::io::stderr().lock()),
+    fn notice(&self, notice: &Notice) {
+        // Deaths reach the caller as item errors; nothing else is printed.
+        match notice {
+            Notice::WorkerOutput { stderr, line, .. } => {
+                let write = |w: &mut dyn Write| {
+                    let _ = w.write_all(line);
+                    let _ = w.write_all(b"\n");
+                };
+                if *stderr {
+                    write(&mut std::io::stderr().lock());
+                } else {
+                    write(&mut std::io::stdout().lock());
+                }
+            }
+            // A slot that gave up makes the engine unfit for another map.
+            Notice::WorkerGaveUp { .. } => self.gave_up.store(true, Ordering::SeqCst),
+            _ => {}
         }
     }
 }
@@ -117,47 +130,67 @@ fn item_error(
     }
 }
 
-/// A coordinator and its workers. One iterator uses it at a time; the pool
-/// keeps the last one whose map finished cleanly, for the next map.
-/// Dropping it kills the workers and waits until they are reaped.
+/// A run of the engine and its workers. One iterator uses it at a time;
+/// the pool keeps the last one whose map finished cleanly, for the next
+/// map. Dropping it kills the workers and waits until they are reaped.
 pub(super) struct Engine {
     pub(super) queue: Arc<MemoryQueue>,
-    stop: Arc<Stop>,
+    stop: StopHandle,
     pub(super) rx: Receiver<Event>,
     run: Option<JoinHandle<()>>,
     /// A worker slot gave up: fewer workers than asked are left.
     gave_up: Arc<AtomicBool>,
 }
 
+/// The memory that results in transit may take before they spill to a
+/// temporary file (each is held only from its arrival to its hand-over).
+const RESULT_BUDGET: usize = 1 << 30;
+
 impl Engine {
     pub(super) fn start(pool: &Pool) -> Result<Engine, PoolError> {
+        let setup = |what: &str, e: std::io::Error| PoolError::Setup {
+            detail: format!("cannot start the pool's {what}: {e}"),
+        };
         let (tx, rx) = mpsc::channel();
         let gave_up = Arc::new(AtomicBool::new(false));
-        let router = Router {
-            tx,
+        let router: Arc<dyn Observer> = Arc::new(Router {
+            tx: tx.clone(),
             timeout: pool.builder.timeout,
             gave_up: Arc::clone(&gave_up),
-        };
+        });
         // Room for every item an iterator may have read and not yielded,
         // so that `put` never blocks.
         let queue = Arc::new(MemoryQueue::new(
             pool.buffer + 1,
             RetryPolicy::with_retries(pool.builder.retries).max_lost(pool.builder.max_lost),
         ));
-        let stop = Arc::new(Stop::new());
-        let config = pool.config.clone();
-        let (q, s) = (Arc::clone(&queue), Arc::clone(&stop));
+        let budget = SpillBudget::new(RESULT_BUDGET);
+        // No guardian: the workers die with the program by
+        // `PR_SET_PDEATHSIG` (set in `init`).
+        let supervisor =
+            Arc::new(Supervisor::new(None, budget.clone()).map_err(|e| setup("supervisor", e))?);
+        let executor: Arc<dyn Executor> = Arc::new(Workers::new(
+            supervisor,
+            WorkersOptions::from_config(pool.config.clone(), ResultEnd::Raw),
+        ));
+        let stop = StopHandle::new();
+        let opts = Options {
+            budget,
+            print_output: false,
+            stop: Some(stop.clone()),
+            ..Options::default()
+        };
+        let q: Arc<dyn Queue> = queue.clone();
         let run = std::thread::Builder::new()
             .name("jobmill-pool".into())
             .spawn(move || {
-                let result = persistent::run(&*q, &config, &router, &*s);
-                let _ = router
-                    .tx
-                    .send(Event::Ended(result.err().map(|e| e.to_string())));
+                let detail = match engine::run(q, None, executor, vec![router], opts) {
+                    Ok(summary) => summary.error.map(|e| events::error_chain(&*e)),
+                    Err(e) => Some(format!("cannot start the pool's engine: {e}")),
+                };
+                let _ = tx.send(Event::Ended(detail));
             })
-            .map_err(|e| PoolError::Setup {
-                detail: format!("cannot start the pool's coordinator thread: {e}"),
-            })?;
+            .map_err(|e| setup("engine thread", e))?;
         Ok(Engine {
             queue,
             stop,

@@ -34,7 +34,10 @@
 //! the running program (`std::env::current_exe()`) with [`WORKER_ENV`] in
 //! their environment; the map feeds them the items through a bounded
 //! [`MemoryQueue`](crate::queue::memory::MemoryQueue) and the
-//! long-lived worker protocol ([`crate::persistent`]); each item carries
+//! long-lived worker protocol ([`crate::persistent`]), run by the one
+//! engine ([`crate::engine::run`] with the [`Workers`](crate::engine::Workers)
+//! executor, on a thread of its own, stopped through a
+//! [`StopHandle`](crate::engine::stop::StopHandle)); each item carries
 //! its task's name. In the workers, [`init`] sees [`WORKER_ENV`], runs the
 //! named task on every item it is sent, and exits when the pool closes:
 //! that is why it must be called at the top of `main`, before the program
