@@ -7,7 +7,11 @@
 //!
 //! A [`job::Job`] is an input (bytes) with a sequence number and an attempt
 //! count. Its life cycle is one state machine, [`job::JobState::apply`]:
-//! `queued → leased → done | failed → (requeued | dead)`.
+//! `queued → leased → done | failed | dead`, with requeues under the retry
+//! policy ([`job::RetryPolicy`]: `--retries`, `--retry-on`, the retry
+//! delays) and the lost-worker and out-of-memory rules. How an attempt
+//! ended is one type, [`outcome::Outcome`], whose failures carry a
+//! [`job::FailReason`] with a stable cause name.
 //!
 //! A [`queue::Queue`] holds jobs between producers and consumers. Its
 //! semantics are exact, whatever the backend:
@@ -15,8 +19,9 @@
 //! - `try_get` never says "empty" while a job is queued;
 //! - a blocking `get` returns `Closed` only once the queue is closed *and*
 //!   drained, so consumers end without sentinels;
-//! - a lease whose worker dies is requeued with its attempt counted, and a
-//!   job ends done, failed or dead exactly once.
+//! - a lease whose worker vanishes is requeued without counting against
+//!   the retries (up to `--max-lost` times), and a job ends done, failed or
+//!   dead exactly once.
 //!
 //! ## The pieces
 //!
@@ -31,19 +36,23 @@
 //!   [`queue::redis`]);
 //! - [`template`] turns a command template and an input into an argument
 //!   vector, without a shell unless asked;
+//! - [`engine`] is the one dispatcher: any [`queue::Queue`] to any
+//!   executor (a process per attempt, or long-lived workers), with one
+//!   stop model, `--halt`, output and throttles; every front end (`run`,
+//!   `run --persistent`, `run --queue`, `worker`, `resume`, [`Pool`], the
+//!   Python package) is the engine with a queue, an executor and
+//!   [`events::Observer`]s;
 //! - [`exec`] runs one attempt of a command in its own process group, with
-//!   timeouts, output capture and resource usage;
-//! - [`run`] is the dispatcher of `jobmill run`: it feeds slots from the
-//!   queue and reports each outcome to the output, the journal and the
-//!   progress bar;
-//! - [`journal`] is the crash-safe SQLite record of a run;
+//!   timeouts, output capture, resource usage and, with a memory option,
+//!   a memory cgroup of its own;
+//! - [`journal`] is the crash-safe SQLite record of a run, an observer of
+//!   the engine's events; [`report`] draws it as one HTML page;
 //! - [`protocol`], [`worker`] and [`persistent`] are long-lived workers:
 //!   the frame codec, the worker-side library and the coordinator side;
 //! - [`pool`] is [`Pool`], a typed process pool for Rust programs: `map`
 //!   a serde-typed function over items in worker processes of the same
-//!   binary, on top of [`persistent`] and [`worker`];
-//! - [`remote`] is `jobmill worker --queue URL`: slots that run the jobs of
-//!   a shared Redis queue;
+//!   binary, on the engine with long-lived workers ([`worker`]);
+//! - [`sign`] signs tasks and results on a shared queue (HMAC-SHA256);
 //! - [`sys`] holds the few calls into the operating system that need
 //!   `unsafe`.
 

@@ -143,7 +143,7 @@ pub struct Options {
     pub tag: Option<output::Tag>,
     /// Print output as it comes (`--line-buffer`, `-u`) instead of whole
     /// when each job ends. Only for an executor that prints a running job's
-    /// output itself ([`Processes`]); [`Plan`](plan::Plan) sets it only
+    /// output itself ([`Processes`]); [`Plan`] sets it only
     /// then (a long-lived worker's output arrives whole, and is printed
     /// whole).
     pub live: Option<output::Live>,
@@ -529,11 +529,6 @@ impl Dispatch {
         self.check_halt();
     }
 
-    /// A failed attempt of job `seq` is about to be settled: the queue may
-    /// requeue the job, and another slot or worker may lease it before
-    /// this attempt's end is reported. Its next start waits for that
-    /// report ([`Dispatch::wait_reported`]), so observers (the journal)
-    /// always see an attempt end before the next attempt of the job starts.
     /// The prefix of every line of `job`'s output in `slot` (`--tag`,
     /// `--tagstring`); empty without one.
     pub fn tag(&self, job: &Job, slot: usize) -> Vec<u8> {
@@ -572,6 +567,11 @@ impl Dispatch {
         }
     }
 
+    /// A failed attempt of job `seq` is about to be settled: the queue may
+    /// requeue the job, and another slot or worker may lease it before
+    /// this attempt's end is reported. Its next start waits for that
+    /// report (`Dispatch::wait_reported`), so observers (the journal)
+    /// always see an attempt end before the next attempt of the job starts.
     fn mark_ending(&self, seq: u64) {
         let mut e = self.ending.lock().unwrap_or_else(|e| e.into_inner());
         if e.insert(seq) {

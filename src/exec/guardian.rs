@@ -36,7 +36,7 @@
 //! the set of registered groups next to the pipe, a thread waits on a
 //! pidfd of the guardian, and a failed write (`EPIPE`) is noticed too;
 //! either starts a new guardian with the same token and hands it every
-//! group still registered (see [`GuardianLink`]).
+//! group still registered (see `GuardianLink`).
 //!
 //! Known window: if a job's main process
 //! has already been reaped by init when the guardian signals its group, a
@@ -377,13 +377,14 @@ impl Shared {
         }
     }
 
-    /// Replaces a dead guardian with a new one that knows every registered
-    /// group. Called with the state locked.
+    /// The link is lost for good, for the reason `why`.
     fn mark_lost(&self, why: String) {
         *self.why_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         self.lost.store(true, Ordering::Release);
     }
 
+    /// Replaces a dead guardian with a new one that knows every registered
+    /// group. Called with the state locked.
     fn restart(&self, state: &mut State) {
         if let Some(mut old) = state.running.take() {
             // Dead or dying already; make sure, and reap it.

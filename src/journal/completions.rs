@@ -22,7 +22,7 @@
 //! writes them into it in one transaction, skipping those already there,
 //! then removes the file.
 //!
-//! The codec ([`encode`], [`decode`]) does no I/O; a malformed record is an
+//! The codec (`encode`, `decode`) does no I/O; a malformed record is an
 //! error, never a panic. Reading stops at the first record that is
 //! incomplete (a write torn by a machine crash: nothing after it was
 //! acknowledged) or fails its checksum; in the second case the file is
@@ -358,7 +358,7 @@ impl<'a> Reader<'a> {
 /// # Errors
 ///
 /// [`DecodeError::Incomplete`] with fewer than 8 bytes;
-/// [`DecodeError::Malformed`] for a length past [`MAX_BODY`].
+/// [`DecodeError::Malformed`] for a length past `MAX_BODY`.
 pub fn frame_len(bytes: &[u8]) -> Result<usize, DecodeError> {
     if bytes.len() < 8 {
         return Err(DecodeError::Incomplete {
@@ -638,7 +638,7 @@ pub struct Recovered {
 
 /// Writes the records of `journal`'s completions log that the journal
 /// lacks into it, in one `FULL` transaction (which first migrates a
-/// journal of an older schema version, [`super::schema::migrate_in`]),
+/// journal of an older schema version, `schema::migrate_in`),
 /// then removes the log. The caller holds the journal's lock and has
 /// checked the journal.
 ///

@@ -15,7 +15,7 @@
 //! ## The durability gate
 //!
 //! `Journal::record_end` buffers the attempt's end for the completions
-//! log ([`super::completions`]); [`Journal::record_start`] writes its own
+//! log ([`super::completions`]); `Journal::record_start` writes its own
 //! start record and every buffered end there (one `write(2)`, not a
 //! commit) before it returns. So no job starts before its start and every
 //! end recorded so far would survive jobmill's death: after a crash, an

@@ -9,7 +9,7 @@
 //! exit status with their inputs and stderr tails, and the slowest and
 //! largest jobs. A schema v1 journal (written by an older jobmill) lacks
 //! the workers, hosts, causes and read times: the causes are worked out
-//! from its reasons ([`crate::journal::cause_from_v1`]), and the page says
+//! from its reasons (`journal::cause_from_v1`), and the page says
 //! what else is missing. The data is embedded as one JSON blob (every `<`
 //! written as `\u003c`, so no `</script>` can end it early); the inline
 //! script draws everything in the browser. The page makes no network
