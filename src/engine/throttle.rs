@@ -244,6 +244,10 @@ pub enum MemPerJob {
     Auto,
 }
 
+/// How many learned peaks `--mem-per-job auto` keeps (a sample of them
+/// beyond that).
+pub const MAX_PEAKS: usize = 4096;
+
 /// The percentile of the learned peaks that `--mem-per-job auto` takes.
 pub const AUTO_PERCENTILE: f64 = 0.95;
 
@@ -256,8 +260,11 @@ struct Starts {
     running: HashSet<u64>,
     /// Memory available when none of the run's jobs ran (B).
     baseline: Option<u64>,
-    /// Peak memory of finished attempts, bytes, sorted.
+    /// Peak memory of finished attempts, bytes, sorted: learned only
+    /// under `--mem-per-job auto`, and at most [`MAX_PEAKS`] of them.
     peaks: Vec<u64>,
+    /// Peaks learned so far (more than `peaks` holds once it is full).
+    learned: u64,
     /// At most this many jobs at once, after an OOM kill.
     oom_cap: Option<usize>,
     /// Attempts ended since the cap last changed.
@@ -267,6 +274,21 @@ struct Starts {
 impl Starts {
     fn count(&self) -> usize {
         self.pending + self.running.len()
+    }
+
+    /// Learns one peak. Once [`MAX_PEAKS`] are held, one spread over the
+    /// sorted range by a multiplicative hash of the count is dropped first,
+    /// so memory and the cost of a learn stay bounded on runs of millions
+    /// of jobs while the sample keeps following the run.
+    fn learn(&mut self, bytes: u64) {
+        if self.peaks.len() >= MAX_PEAKS {
+            let i = (self.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+                % self.peaks.len();
+            self.peaks.remove(i);
+        }
+        let at = self.peaks.partition_point(|p| *p < bytes);
+        self.peaks.insert(at, bytes);
+        self.learned += 1;
     }
 
     fn estimate(&self, mode: MemPerJob) -> Option<u64> {
@@ -348,9 +370,7 @@ impl Throttle {
     /// Learns one peak (bytes) for `--mem-per-job auto`: of an attempt
     /// that finished, or of an earlier run of the same command.
     pub fn learn_peak(&self, bytes: u64) {
-        let mut s = self.starts();
-        let at = s.peaks.partition_point(|p| *p < bytes);
-        s.peaks.insert(at, bytes);
+        self.starts().learn(bytes);
     }
 
     /// The current estimate of one job's memory (`--mem-per-job`), if any.
@@ -454,10 +474,10 @@ impl Throttle {
             }
             return;
         }
-        if let Some(kib) = outcome.max_rss_kib.filter(|_| learn) {
-            let bytes = kib.saturating_mul(1024);
-            let at = s.peaks.partition_point(|p| *p < bytes);
-            s.peaks.insert(at, bytes);
+        // Only `auto` uses the peaks: other runs keep none.
+        let auto = self.mem_per_job == Some(MemPerJob::Auto);
+        if let Some(kib) = outcome.max_rss_kib.filter(|_| learn && auto) {
+            s.learn(kib.saturating_mul(1024));
         }
         if let Some(cap) = s.oom_cap {
             s.since_cap += 1;
@@ -708,6 +728,19 @@ mod tests {
         let t = Throttle::new(None, None, None, fake.clone())
             .with_mem_per_job(Some(MemPerJob::Size(1000)));
         assert_eq!(admit_all(&t, 1), 1);
+    }
+
+    #[test]
+    fn learned_peaks_stay_bounded_and_keep_their_percentile() {
+        let mut s = Starts::default();
+        // 100,000 peaks of 1..=100 MiB, in a scrambled order.
+        for i in 0..100_000u64 {
+            s.learn(((i * 7919) % 100 + 1) << 20);
+        }
+        assert_eq!(s.peaks.len(), MAX_PEAKS);
+        assert!(s.peaks.windows(2).all(|w| w[0] <= w[1]), "kept sorted");
+        let p95 = s.estimate(MemPerJob::Auto).unwrap() >> 20;
+        assert!((93..=97).contains(&p95), "p95 of 1..=100 MiB: {p95}");
     }
 
     #[test]
