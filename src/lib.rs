@@ -49,6 +49,7 @@
 //!   the engine's events; [`report`] draws it as one HTML page;
 //! - [`protocol`], [`worker`] and [`persistent`] are long-lived workers:
 //!   the frame codec, the worker-side library and the coordinator side;
+//!   [`arena`] allocates regions of their shared-memory arenas;
 //! - [`pool`] is [`Pool`], a typed process pool for Rust programs: `map`
 //!   a serde-typed function over items in worker processes of the same
 //!   binary, on the engine with long-lived workers ([`worker`]);
@@ -61,6 +62,7 @@
 
 pub use pool::Pool;
 
+pub mod arena;
 pub mod engine;
 pub mod events;
 pub mod exec;

@@ -9,9 +9,11 @@ with the GIL released, checking for Ctrl-C every 50 ms.
 import base64
 import collections
 import concurrent.futures
+import ctypes
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import pickle
 import sys
@@ -37,6 +39,18 @@ def _pair(mode, item):
 DONE, RAISED, TIMED_OUT, LOST, OTHER, REFUSED = 0, 1, 2, 3, 4, 5
 # Payload bytes submitted and not yet answered, at most (see Pool._feed).
 MAX_INFLIGHT = 256 << 20
+# The pool's shared arena (python/src/shared.rs): large out-of-band buffers
+# (numpy arrays) are copied into it once, and the workers read them in place.
+# Sparse: only the pages of the regions in use take memory. A payload larger
+# than the arena goes whole, as bytes.
+SHARED_ARENA = 2 << 30
+# Bytes of shared regions in flight, at most (always at least one job a
+# worker, and one more): few regions in use stay warm in the CPU caches, and
+# few regions of large items mean few pages to fault in the first time.
+SHARED_INFLIGHT = 16 << 20
+# A batch of jobs is submitted once its payloads add up to this many bytes
+# (or it holds 1024 jobs): see Pool._feed.
+SUBMIT_BYTES = 8 << 20
 _TERMINATED = 100  # the pool was terminated before the task ended
 # With journal=PATH: a result is kept whole in the journal up to RESULT_CAP
 # bytes (its pickle); a larger one is computed again on resume. A task's
@@ -372,7 +386,21 @@ class Pool:
             self._core = _jobmill.PoolCore(
                 [sys.executable, "-m", "jobmill.worker"], list(env.items()), processes,
                 retries, max_lost, timeout, window, journal_path,
-                [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP)
+                [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP,
+                SHARED_ARENA)
+        shared = getattr(self._core, "shared", None)
+        # The caller's writable mapping of the shared arena.
+        self._shared = None
+        if shared is not None:
+            # The core's descriptor, open as long as the core (for pwrite).
+            self._shared_fd, length = shared
+            mapping = mmap.mmap(self._shared_fd, length)
+            self._shared = memoryview(mapping)
+            # Its address, for the core to make its pages present ahead of
+            # use (the export also keeps the mapping from being closed).
+            self._shared_export = ctypes.c_char.from_buffer(mapping)
+            self._core.shared_mapped_at(ctypes.addressof(self._shared_export))
+        self._shared_inflight = 0
         self._journal = journal_path is not None
         # key line -> deque of (seq, reusable) recorded by earlier sessions
         self._recorded = collections.defaultdict(collections.deque)
@@ -416,7 +444,7 @@ class Pool:
             # Chunks are for tiny tasks: large items go one a job, through
             # the arena. (With a journal, each task is a job of its own:
             # each has its own key and recorded result.)
-            if len(_wire.dumps(arglist[0])) <= 4096:
+            if _wire.size(_wire.encode(arglist[0])) <= 4096:
                 size = max(1, min(2048, n // (self._processes * 4)))
         def jobs():
             for start in range(0, n, size):
@@ -428,11 +456,11 @@ class Pool:
                         seq = self._from_journal(key, sink, start)
                         if seq is True:
                             continue
-                    yield (sink, start, args, kwargs), _wire.dumps((fkey, args, kwargs)), seq, line
+                    yield (sink, start, args, kwargs), _wire.encode((fkey, args, kwargs)), seq, line
                 else:
                     part = arglist[start:start + size]
                     yield ((_Chunk(sink, start, fkey, part, mode), -1, None, None),
-                           _wire.dumps((fkey, _KIND[mode], part)), None, None)
+                           _wire.encode((fkey, _KIND[mode], part)), None, None)
 
         with self._submit_lock:
             self._backlog.append(jobs())
@@ -466,28 +494,66 @@ class Pool:
 
     def _feed(self):
         """Submit backlogged jobs while the payload bytes in flight stay under
-        ``MAX_INFLIGHT`` (always at least two jobs a worker), so that the
-        caller's memory holds a bounded part of a large map."""
+        ``MAX_INFLIGHT``, and those in shared regions under
+        ``SHARED_INFLIGHT`` (always at least one job a worker, and one
+        more), so that the caller's memory holds a bounded part of a large
+        map."""
         with self._submit_lock:
             seqs, payloads, inputs = [], [], []
-            while self._backlog and (self._inflight < MAX_INFLIGHT or len(self._pending) < 2 * self._processes):
+            # Bytes of the batch's payloads: a batch goes once it holds
+            # 1024 jobs or SUBMIT_BYTES, so a worker starts on a large item
+            # while the next is still being copied.
+            batched = 0
+            while self._backlog and (
+                    (self._inflight < MAX_INFLIGHT and self._shared_inflight < SHARED_INFLIGHT)
+                    or len(self._pending) <= self._processes):
                 try:
-                    entry, payload, seq, line = next(self._backlog[0])
+                    entry, encoded, seq, line = next(self._backlog[0])
                 except StopIteration:
                     self._backlog.popleft()
                     continue
                 if seq is None:
                     seq = next(self._seq)
                 seqs.append(seq)
-                payloads.append(payload)
+                payloads.append(self._pend(seq, entry, encoded))
                 inputs.append(line)
-                self._pending[seq] = entry + (len(payload),)
-                self._inflight += len(payload)
-                if len(payloads) >= 1024:
+                batched += _wire.size(encoded)
+                if len(payloads) >= 1024 or batched >= SUBMIT_BYTES:
                     self._submit_jobs(seqs, payloads, inputs)
                     seqs, payloads, inputs = [], [], []
+                    batched = 0
             if payloads:
                 self._submit_jobs(seqs, payloads, inputs)
+
+    def _pend(self, seq, entry, encoded):
+        """Records job ``seq`` as pending and returns its payload: a task
+        with large out-of-band buffers is placed in the shared arena (one
+        copy) when it has room, and travels as a reference to its region."""
+        size = _wire.size(encoded)
+        region = None
+        if isinstance(encoded, bytes):
+            payload = encoded
+        elif self._shared is not None and (got := self._core.shared_alloc(size)) is not None:
+            region, warm = got
+            payload = _wire.place(encoded, self._shared, region, None if warm else self._shared_fd)
+            self._shared_inflight += size
+        else:
+            payload = _wire.join(encoded)
+        self._pending[seq] = entry + (size, region)
+        self._inflight += size
+        return payload
+
+    def _settle(self, seq):
+        """Job ``seq`` has its final outcome: its pending entry, with its
+        shared region given back (None if it was not pending)."""
+        entry = self._pending.pop(seq, None)
+        if entry is not None:
+            size, region = entry[-2:]
+            self._inflight -= size
+            if region is not None:
+                self._shared_inflight -= size
+                self._core.shared_release(region)
+        return entry
 
     def _submit_jobs(self, seqs, payloads, inputs):
         self._core.submit_jobs(seqs, payloads, inputs if self._journal else None)
@@ -499,11 +565,9 @@ class Pool:
             for i, item in enumerate(chunk.part):
                 args, kwargs = _pair(chunk.mode, item)
                 seq = next(self._seq)
-                payload = _wire.dumps((chunk.fkey, args, kwargs))
+                encoded = _wire.encode((chunk.fkey, args, kwargs))
                 seqs.append(seq)
-                payloads.append(payload)
-                self._pending[seq] = (chunk.sink, chunk.start + i, args, kwargs, len(payload))
-                self._inflight += len(payload)
+                payloads.append(self._pend(seq, (chunk.sink, chunk.start + i, args, kwargs), encoded))
             if payloads:
                 self._submit_jobs(seqs, payloads, [None] * len(seqs))
 
@@ -513,11 +577,10 @@ class Pool:
         if self._progress is not None and batch:
             self._progress.update(self, batch)
         for seq, code, data in batch:
-            entry = self._pending.pop(seq, None)
+            entry = self._settle(seq)
             if entry is None:
                 continue
-            sink, index, args, kwargs, size = entry
-            self._inflight -= size
+            sink, index, args, kwargs = entry[:4]
             if isinstance(sink, _Chunk):
                 if code == DONE:
                     if data[:len(_wire.OOB_MAGIC)] == _wire.OOB_MAGIC:
@@ -568,11 +631,11 @@ class Pool:
         with self._submit_lock:
             # Jobs never submitted fail as those submitted and not done.
             while self._backlog:
-                for entry, payload, seq, _ in self._backlog.popleft():
+                for entry, encoded, seq, _ in self._backlog.popleft():
                     if seq is None:
                         seq = next(self._seq)
-                    self._pending[seq] = entry + (len(payload),)
-                    self._inflight += len(payload)
+                    self._pending[seq] = entry + (_wire.size(encoded), None)
+                    self._inflight += _wire.size(encoded)
         batch = [(seq, _TERMINATED, why.encode()) for seq in list(self._pending)]
         self._dispatch(batch)
 

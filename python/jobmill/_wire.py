@@ -17,6 +17,7 @@ CHUNKS = (CHUNK, CHUNK_MAP, CHUNK_STAR)
 TASK_MAGIC = b"JMTASK1\0"
 SIGNED_HEADER = 64
 
+import os
 import pickle
 import struct
 
@@ -36,7 +37,21 @@ _U64 = struct.Struct("<Q")
 _PAIR = struct.Struct("<QQ")
 
 
-def dumps(obj):
+# A payload laid out in the pool's shared arena (see encode and
+# python/src/shared.rs) travels as REF_MAGIC, u64 offset, u64 length: the
+# worker reads the OOB payload at that place of the arena it inherited
+# ($JOBMILL_PY_ARENA_FD, mapped read-only), with no copy.
+REF_MAGIC = b"JMREF1\0\0"
+ARENA_FD_ENV = "JOBMILL_PY_ARENA_FD"
+
+
+def encode(obj):
+    """The payload of ``obj``: bytes, or, when its out-of-band buffers add up
+    to OOB_THRESHOLD bytes or more, ``(prefix, parts, total)``: the OOB
+    payload of ``total`` bytes is ``prefix`` followed by each buffer of
+    ``parts`` (a list of ``(offset, memoryview)``) at its offset, zeros in
+    between. ``join`` makes it bytes; a pool places it in its shared arena
+    instead, with one copy."""
     buffers = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     if not buffers:
@@ -45,27 +60,81 @@ def dumps(obj):
     if sum(v.nbytes for v in views) < OOB_THRESHOLD:
         return pickle.dumps(obj, protocol=5)
     head = len(OOB_MAGIC) + _U32.size + _PAIR.size * len(views) + _U64.size + len(data)
-    parts, table, offset = [], [], head
+    parts, offset = [], head
     for v in views:
-        pad = (-offset) % _ALIGN
-        offset += pad
-        table.append((offset, v.nbytes, pad, v))
+        offset += (-offset) % _ALIGN
+        parts.append((offset, v))
         offset += v.nbytes
-    out = [OOB_MAGIC, _U32.pack(len(views))]
-    out += [_PAIR.pack(o, n) for o, n, _, _ in table]
-    out += [_U64.pack(len(data)), data]
-    for _, _, pad, v in table:
-        out.append(b"\0" * pad)
+    prefix = [OOB_MAGIC, _U32.pack(len(views))]
+    prefix += [_PAIR.pack(o, v.nbytes) for o, v in parts]
+    prefix += [_U64.pack(len(data)), data]
+    return b"".join(prefix), parts, offset
+
+
+def size(encoded):
+    """The length in bytes of a payload that ``encode`` gave."""
+    return len(encoded) if isinstance(encoded, bytes) else encoded[2]
+
+
+def join(encoded):
+    """The bytes of a payload that ``encode`` gave."""
+    if isinstance(encoded, bytes):
+        return encoded
+    prefix, parts, _ = encoded
+    out, end = [prefix], len(prefix)
+    for offset, v in parts:
+        out.append(b"\0" * (offset - end))
         out.append(v)
+        end = offset + v.nbytes
     return b"".join(out)
+
+
+def place(encoded, mapping, offset, fd=None):
+    """Copies a ``(prefix, parts, total)`` payload into the shared arena at
+    ``offset``: through ``mapping`` (a writable memoryview of it), or, when
+    ``fd`` is given (a cold region: pages not written yet), with
+    ``os.pwrite``, which fills new pages without zeroing them first. Returns
+    the payload's reference."""
+    prefix, parts, total = encoded
+    if fd is None:
+        mapping[offset:offset + len(prefix)] = prefix
+        for at, v in parts:
+            mapping[offset + at:offset + at + v.nbytes] = v
+    else:
+        for at, v in [(0, memoryview(prefix))] + parts:
+            done = 0
+            while done < v.nbytes:
+                done += os.pwrite(fd, v[done:], offset + at + done)
+    return REF_MAGIC + _PAIR.pack(offset, total)
+
+
+def dumps(obj):
+    return join(encode(obj))
+
+
+_shared = None
+
+
+def _shared_arena():
+    """The pool's shared arena, mapped read-only (once per worker)."""
+    global _shared
+    if _shared is None:
+        import mmap
+
+        fd = int(os.environ[ARENA_FD_ENV])
+        _shared = memoryview(mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ))
+    return _shared
 
 
 def loads(buf):
     """``buf``: bytes, bytearray or memoryview. Out-of-band buffers become
-    views of ``buf`` (no copy)."""
+    views of ``buf``, or of the shared arena for a reference (no copy)."""
     mv = memoryview(buf)
+    if mv[:len(REF_MAGIC)] == REF_MAGIC:
+        offset, length = _PAIR.unpack_from(mv, len(REF_MAGIC))
+        mv = _shared_arena()[offset:offset + length]
     if mv[:len(OOB_MAGIC)] != OOB_MAGIC:
-        return pickle.loads(buf)
+        return pickle.loads(mv)
     pos = len(OOB_MAGIC)
     (n,) = _U32.unpack_from(mv, pos)
     pos += _U32.size

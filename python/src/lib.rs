@@ -14,6 +14,7 @@ mod cli;
 mod pool;
 mod queue;
 mod remote;
+mod shared;
 
 /// Runs the `jobmill` command line with `argv` (program name first) and
 /// returns its exit status. The GIL is released for the whole run.

@@ -43,6 +43,8 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::shared::{SharedArena, ARENA_FD_ENV};
+
 /// How a job ended, as the Python side sees it.
 pub const DONE: u8 = 0;
 /// The task raised: the data is the worker's report.
@@ -148,6 +150,9 @@ pub struct PoolCore {
     first_seq: u64,
     /// Closed by the Python side with every task submitted.
     closed: Arc<AtomicBool>,
+    /// Where large out-of-band buffers are placed once (`shared_arena`
+    /// bytes; none if 0).
+    shared: Option<SharedArena>,
 }
 
 /// The journal of a pool run with `journal=PATH`.
@@ -294,10 +299,13 @@ impl PoolCore {
     /// Starts `workers` processes of `command` (with `env` added), feeding
     /// them the jobs submitted. With `journal`, records the run in that
     /// journal file (continuing it if it exists), as `run_command`, with
-    /// results kept whole up to `result_cap` bytes.
+    /// results kept whole up to `result_cap` bytes. With `shared_arena`
+    /// bytes, the workers share an arena of that size for large
+    /// out-of-band buffers ([`crate::shared`]).
     #[new]
     #[pyo3(signature = (command, env, workers, retries = 0, max_lost = 3, timeout = None, window = 64,
-                        journal = None, run_command = Vec::new(), result_cap = 64 << 20))]
+                        journal = None, run_command = Vec::new(), result_cap = 64 << 20,
+                        shared_arena = 0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         command: Vec<OsString>,
@@ -310,6 +318,7 @@ impl PoolCore {
         journal: Option<PathBuf>,
         run_command: Vec<OsString>,
         result_cap: usize,
+        shared_arena: usize,
     ) -> PyResult<PoolCore> {
         let policy = RetryPolicy::with_retries(retries).max_lost(max_lost);
         let journal = match &journal {
@@ -335,6 +344,22 @@ impl PoolCore {
         );
         let mut wopts = WorkersOptions::new(command, workers.max(1));
         wopts.config.env.extend(env);
+        let shared = match shared_arena {
+            0 => None,
+            len => {
+                let arena = SharedArena::create(len).map_err(|e| {
+                    PyOSError::new_err(format!(
+                        "jobmill.Pool: cannot create a shared arena of {len} bytes: {e}"
+                    ))
+                })?;
+                wopts
+                    .config
+                    .env
+                    .push((ARENA_FD_ENV.into(), arena.fd().to_string().into()));
+                wopts.config.inherit_fds.push(arena.fd());
+                Some(arena)
+            }
+        };
         wopts.config.window = window.max(1);
         wopts.config.timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
         let stop = StopHandle::new();
@@ -384,7 +409,49 @@ impl PoolCore {
             first_seq: journal.as_ref().map_or(1, |j| j.first_seq),
             journal: Mutex::new(journal),
             closed,
+            shared,
         })
+    }
+
+    /// The shared arena, if the pool has one: `(descriptor, length)`. The
+    /// caller maps it to fill the regions it allocates.
+    #[getter]
+    fn shared(&self) -> Option<(i32, usize)> {
+        self.shared.as_ref().map(|a| (a.fd(), a.size()))
+    }
+
+    /// A new region of `len` bytes in the shared arena, for one task's
+    /// payload: `(offset, warm)`, or `None` when the pool has no shared
+    /// arena or no room in it now (then the payload goes whole, as bytes).
+    /// A warm region is filled through the caller's mapping, a cold one
+    /// with `os.pwrite` ([`crate::shared`]).
+    fn shared_alloc(&self, len: u64) -> Option<(u64, bool)> {
+        self.shared.as_ref().and_then(|a| a.alloc(len))
+    }
+
+    /// The caller has mapped the shared arena, whole and writable, at
+    /// `addr`: its pages are made present ahead of use, off the GIL.
+    fn shared_mapped_at(&self, addr: usize) -> PyResult<()> {
+        match &self.shared {
+            Some(arena) => arena
+                .caller_mapped_at(addr)
+                .map_err(|e| PyOSError::new_err(format!("jobmill.Pool: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back the shared region at `offset` once its task has its final
+    /// outcome (an offset not given out is ignored).
+    fn shared_release(&self, offset: u64) {
+        if let Some(arena) = &self.shared {
+            arena.release(offset);
+        }
+    }
+
+    /// Bytes of the shared arena in regions not given back.
+    #[getter]
+    fn shared_in_use(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |a| a.in_use())
     }
 
     /// Queues the payloads as jobs `first`, `first + 1`, …

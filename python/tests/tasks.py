@@ -121,3 +121,15 @@ def count_and_fail_odd(x, path):
     if x % 2:
         raise ValueError(f"odd {x}")
     return x
+
+
+def sum_killing_once(a, marker):
+    """The array's sum; SIGKILLs its own worker the first time it runs."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(a.sum())
+
+
+def array_sum(a):
+    return float(a.sum())

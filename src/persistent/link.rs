@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::queue::Lease;
 use crate::sys::shm::{Arena, SharedPage};
 
-use super::arena::Extents;
+use crate::arena::Extents;
 
 /// One job sent to a worker and not yet resolved.
 pub(super) struct InFlight {

@@ -67,10 +67,9 @@
 //! conversation, reaping, replacement), `link.rs` (what a worker's reader
 //! and feeder share), `feed.rs` (filling the window), `read.rs` (reading
 //! results and applying them to the queue), `output.rs` (relaying worker
-//! output within its budget), `arena.rs` (the arena's
-//! allocator), `blame.rs` (which jobs a dead worker is blamed for).
+//! output within its budget), `blame.rs` (which jobs a dead worker is
+//! blamed for). The arena's allocator is [`crate::arena`].
 
-mod arena;
 mod blame;
 mod feed;
 mod link;
@@ -171,6 +170,10 @@ pub struct Config {
     /// [`FailReason::MemoryLimit`]
     /// instead of "worker lost".
     pub memory: Option<std::sync::Arc<crate::exec::memory::MemoryControl>>,
+    /// Descriptors every worker inherits, under the same numbers (say
+    /// which in [`Config::env`]). The caller keeps them open for the run.
+    /// The Python pool passes its shared arena this way.
+    pub inherit_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl Config {
@@ -197,6 +200,7 @@ impl Config {
             arena_threshold: DEFAULT_ARENA_THRESHOLD,
             arena_inflight: DEFAULT_ARENA_INFLIGHT,
             memory: None,
+            inherit_fds: Vec::new(),
         }
     }
 }

@@ -22,11 +22,11 @@ use crate::protocol::{
 use crate::queue::QueueError;
 use crate::sys::shm::{Arena, SharedPage};
 
-use super::arena::Extents;
 use super::link::{Flight, Link, Writer};
 use super::output::{Gate, Pipe};
 use super::read::read_error;
 use super::{Ctx, SlotEnd, StopLevel, StopSource, Stream, WorkerEvent, TICK};
+use crate::arena::Extents;
 
 /// How one worker incarnation ended.
 pub(super) enum Ended {
@@ -319,6 +319,9 @@ impl Ctx<'_> {
             .process_group(0);
         crate::sys::fd::keep_open_in_child(&mut cmd, fd);
         crate::sys::fd::keep_open_in_child(&mut cmd, page.fd());
+        for &inherited in &self.config.inherit_fds {
+            crate::sys::fd::keep_open_in_child(&mut cmd, inherited);
+        }
         if let Some(arena) = &arena {
             cmd.env(ARENA_FD_ENV, arena.fd().to_string());
             crate::sys::fd::keep_open_in_child(&mut cmd, arena.fd());

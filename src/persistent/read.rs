@@ -12,10 +12,10 @@ use crate::protocol::io::{FrameReader, ReadError};
 use crate::protocol::{decode, BatchEntry, Decoded, Frame, Payload, RESULTS_CONSUMED_SLOT};
 use crate::queue::{Lease, QueueError};
 
-use super::arena::release_beyond_keep;
 use super::link::Link;
 use super::proc::{Ended, Proc};
 use super::{Ctx, Outcome, OutcomeKind, StopLevel, TICK};
+use crate::arena::{release_beyond_keep, ARENA_KEEP};
 
 impl Ctx<'_> {
     /// Reads frames until the worker's channel ends or something goes wrong.
@@ -183,7 +183,7 @@ impl Ctx<'_> {
                         Err(e) => return Err(format!("result of job {id}: {e}")),
                     };
                     // Before the worker may reuse it (the count below).
-                    released += release_beyond_keep(arena, area, offset, len);
+                    released += release_beyond_keep(arena, area, ARENA_KEEP, offset, len);
                     Ok(copied)
                 }
                 Err(msg) => Err(String::from_utf8_lossy(msg).into_owned()),
@@ -211,7 +211,7 @@ impl Ctx<'_> {
             if let (Some((off, n)), Some(alloc)) = (held.region, f.alloc.as_mut()) {
                 // Before the allocator may hand the region out again.
                 if let Some((arena, _)) = &link.arena {
-                    released += release_beyond_keep(arena, 0, off, n);
+                    released += release_beyond_keep(arena, 0, ARENA_KEEP, off, n);
                 }
                 alloc.free(off, n);
                 freed = true;

@@ -1,12 +1,18 @@
-//! The payload arena's job area: a first-fit allocator of extents, and
-//! giving memory back after huge items.
+//! Regions of a shared-memory [`Arena`]: a first-fit allocator of extents,
+//! and giving memory back after huge items.
+//!
+//! Two users share it: the long-lived-worker executor
+//! ([`crate::persistent`]), which places job payloads in each worker's
+//! arena, and the Python pool, which places the out-of-band buffers of its
+//! tasks (numpy arrays) once in a pool-wide arena that every worker maps.
 
 use crate::sys::shm::Arena;
 
-/// How much of the start of each arena area stays in memory once used:
-/// regions beyond it are given back to the system when they are freed, so a
-/// worker that once handled a huge item does not keep its memory.
-const ARENA_KEEP: u64 = 256 << 20;
+/// How much of the start of each worker arena area stays in memory once
+/// used: regions beyond it are given back to the system when they are
+/// freed, so a worker that once handled a huge item does not keep its
+/// memory.
+pub const ARENA_KEEP: u64 = 256 << 20;
 
 /// Alignment of job payloads in the arena (a page: numpy-friendly).
 const ARENA_ALIGN: u64 = 4096;
@@ -16,18 +22,22 @@ const ARENA_ALIGN: u64 = 4096;
 /// cheap, and reusing the lowest addresses keeps the pages in use few and
 /// warm.
 #[derive(Debug)]
-pub(super) struct Extents {
+pub struct Extents {
     /// Free (offset, length) extents, sorted by offset, never adjacent.
-    pub(super) free: Vec<(u64, u64)>,
-    pub(super) in_use: u64,
+    free: Vec<(u64, u64)>,
+    /// Bytes allocated (rounded to the alignment) and not freed.
+    in_use: u64,
     /// Allocations made and not freed.
-    pub(super) count: usize,
-    /// Soft cap on `in_use` (see [`Config::arena_inflight`]).
-    pub(super) budget: u64,
+    count: usize,
+    /// Soft cap on `in_use` (for a worker's arena,
+    /// [`crate::persistent::Config::arena_inflight`]).
+    budget: u64,
 }
 
 impl Extents {
-    pub(super) fn new(len: u64, budget: u64) -> Extents {
+    /// An allocator of an area of `len` bytes, all free, whose allocations
+    /// stay within `budget` bytes (though two are always allowed).
+    pub fn new(len: u64, budget: u64) -> Extents {
         Extents {
             free: vec![(0, len)],
             in_use: 0,
@@ -36,12 +46,13 @@ impl Extents {
         }
     }
 
-    pub(super) fn rounded(n: u64) -> u64 {
+    /// `n` rounded up to the alignment of allocations (at least one page).
+    pub fn rounded(n: u64) -> u64 {
         n.max(1).div_ceil(ARENA_ALIGN) * ARENA_ALIGN
     }
 
     /// Whether `n` bytes could be allocated now, within the budget.
-    pub(super) fn fits(&self, n: u64) -> bool {
+    pub fn fits(&self, n: u64) -> bool {
         let n = Self::rounded(n);
         let within = self.count < 2 || self.in_use + n <= self.budget;
         within && self.free.iter().any(|&(_, len)| len >= n)
@@ -49,7 +60,7 @@ impl Extents {
 
     /// Allocates `n` bytes: (offset, allocated length), if it
     /// [`fits`](Extents::fits).
-    pub(super) fn alloc(&mut self, n: u64) -> Option<(u64, u64)> {
+    pub fn alloc(&mut self, n: u64) -> Option<(u64, u64)> {
         if !self.fits(n) {
             return None;
         }
@@ -66,7 +77,14 @@ impl Extents {
         Some((off, n))
     }
 
-    pub(super) fn free(&mut self, off: u64, n: u64) {
+    /// Bytes allocated and not freed.
+    pub fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Gives back the allocation `off, n` (as [`alloc`](Extents::alloc)
+    /// returned it).
+    pub fn free(&mut self, off: u64, n: u64) {
         self.in_use -= n;
         self.count -= 1;
         let i = self.free.partition_point(|&(o, _)| o < off);
@@ -88,10 +106,17 @@ impl Extents {
 }
 
 /// Gives back the memory of the part of a free region `offset, len` that
-/// lies beyond [`ARENA_KEEP`] bytes from its area's start `area_start`.
+/// lies beyond `keep` bytes from its area's start `area_start` (for a
+/// worker's arena, [`ARENA_KEEP`]).
 /// Returns the bytes released.
-pub(super) fn release_beyond_keep(arena: &Arena, area_start: u64, offset: u64, len: u64) -> u64 {
-    let keep_end = area_start + ARENA_KEEP;
+pub fn release_beyond_keep(
+    arena: &Arena,
+    area_start: u64,
+    keep: u64,
+    offset: u64,
+    len: u64,
+) -> u64 {
+    let keep_end = area_start + keep;
     let end = offset + len;
     if end <= keep_end {
         return 0;
