@@ -396,7 +396,7 @@ class Pool:
             self._shared_fd, length = shared
             mapping = mmap.mmap(self._shared_fd, length)
             self._shared = memoryview(mapping)
-            # Its address, for the core to make its pages present ahead of
+            # Its address, for the core to make its pages present before
             # use (the export also keeps the mapping from being closed).
             self._shared_export = ctypes.c_char.from_buffer(mapping)
             self._core.shared_mapped_at(ctypes.addressof(self._shared_export))
@@ -535,7 +535,9 @@ class Pool:
             payload = encoded
         elif self._shared is not None and (got := self._core.shared_alloc(size)) is not None:
             region, warm = got
-            payload = _wire.place(encoded, self._shared, region, None if warm else self._shared_fd)
+            payload = _wire.place(encoded, self._shared, region, self._shared_fd, warm)
+            if warm < size:
+                self._core.shared_filled(region)
             self._shared_inflight += size
         else:
             payload = _wire.join(encoded)

@@ -89,22 +89,21 @@ def join(encoded):
     return b"".join(out)
 
 
-def place(encoded, mapping, offset, fd=None):
+def place(encoded, mapping, offset, fd, warm):
     """Copies a ``(prefix, parts, total)`` payload into the shared arena at
-    ``offset``: through ``mapping`` (a writable memoryview of it), or, when
-    ``fd`` is given (a cold region: pages not written yet), with
-    ``os.pwrite``, which fills new pages without zeroing them first. Returns
-    the payload's reference."""
+    ``offset``: its first ``warm`` bytes through ``mapping`` (a writable
+    memoryview of the arena: pages present in it, copied at memory speed),
+    the rest with ``os.pwrite`` on ``fd``, which fills pages not used yet
+    without zeroing them first. Returns the payload's reference."""
     prefix, parts, total = encoded
-    if fd is None:
-        mapping[offset:offset + len(prefix)] = prefix
-        for at, v in parts:
-            mapping[offset + at:offset + at + v.nbytes] = v
-    else:
-        for at, v in [(0, memoryview(prefix))] + parts:
-            done = 0
-            while done < v.nbytes:
-                done += os.pwrite(fd, v[done:], offset + at + done)
+    for at, v in [(0, memoryview(prefix))] + parts:
+        n = v.nbytes
+        split = min(n, max(0, warm - at))
+        if split:
+            mapping[offset + at:offset + at + split] = v[:split]
+        done = split
+        while done < n:
+            done += os.pwrite(fd, v[done:], offset + at + done)
     return REF_MAGIC + _PAIR.pack(offset, total)
 
 

@@ -423,9 +423,9 @@ impl PoolCore {
     /// A new region of `len` bytes in the shared arena, for one task's
     /// payload: `(offset, warm)`, or `None` when the pool has no shared
     /// arena or no room in it now (then the payload goes whole, as bytes).
-    /// A warm region is filled through the caller's mapping, a cold one
-    /// with `os.pwrite` ([`crate::shared`]).
-    fn shared_alloc(&self, len: u64) -> Option<(u64, bool)> {
+    /// The first `warm` bytes are filled through the caller's mapping, the
+    /// rest with `os.pwrite` ([`crate::shared`]).
+    fn shared_alloc(&self, len: u64) -> Option<(u64, u64)> {
         self.shared.as_ref().and_then(|a| a.alloc(len))
     }
 
@@ -437,6 +437,15 @@ impl PoolCore {
                 .caller_mapped_at(addr)
                 .map_err(|e| PyOSError::new_err(format!("jobmill.Pool: {e}"))),
             None => Ok(()),
+        }
+    }
+
+    /// The caller has written the shared region at `offset`, partly with
+    /// `pwrite`: its pages are made present in the caller's mapping, off
+    /// the GIL, for the region's next use.
+    fn shared_filled(&self, offset: u64) {
+        if let Some(arena) = &self.shared {
+            arena.filled(offset);
         }
     }
 

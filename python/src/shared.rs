@@ -23,13 +23,14 @@
 //! ones with `pwrite(2)`, which fills new pages without first zeroing them
 //! and without a page fault on each (2.6 GB/s, against 1.0 through the
 //! mapping, and 2.4 for pages that exist but are not mapped yet). A
-//! thread of the arena's own makes the caller's mapping present ahead of
-//! the regions handed out (`MADV_POPULATE_WRITE`, [`prefault`]), without
-//! the GIL, so that regions are warm by the time they are used again.
+//! thread of the arena's own then makes the regions written with
+//! `pwrite(2)` present in the caller's mapping (`MADV_POPULATE_WRITE`,
+//! [`prefault`]), without the GIL, so that those are warm by the time they
+//! are used again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -44,12 +45,9 @@ pub const ARENA_FD_ENV: &str = "JOBMILL_PY_ARENA_FD";
 /// The rest is given back when its regions are released.
 pub const KEEP: u64 = 512 << 20;
 
-/// How far past the end of the latest region the caller's mapping is made
-/// present, at least (and at least twice that region's length).
-const AHEAD: u64 = 16 << 20;
-
-/// What the prefault thread makes present per call.
-const PREFAULT_STEP: u64 = 4 << 20;
+/// The unit in which the caller's mapping is made present: one
+/// `MADV_POPULATE_WRITE` call.
+const CHUNK: u64 = 2 << 20;
 
 /// A pool's shared arena and the allocator of its regions.
 pub struct SharedArena {
@@ -57,59 +55,104 @@ pub struct SharedArena {
     arena: Arc<Arena>,
     /// Its regions in use.
     regions: Mutex<Regions>,
-    /// The caller's mapping, made present ahead of use.
+    /// The caller's mapping, made present for regions written with
+    /// `pwrite(2)`.
     ready: Arc<Ready>,
     /// The thread that does it, once the caller's mapping is known.
     prefaulter: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The state of the caller's mapping, shared with the prefault thread.
+/// The state of the caller's mapping, shared with the prefault thread, in
+/// chunks of [`CHUNK`] bytes (the first [`KEEP`] bytes of the arena only:
+/// past them, released regions are given back to the system).
 struct Ready {
-    /// The end of the part of the caller's mapping made present (from its
-    /// start; at most [`KEEP`]).
-    present: AtomicU64,
+    /// Whether each chunk of the caller's mapping is present.
+    present: Vec<AtomicBool>,
     wanted: Mutex<Wanted>,
     cond: Condvar,
 }
 
 /// What the prefault thread is asked to do.
 struct Wanted {
-    /// Make the caller's mapping present up to here.
-    upto: u64,
+    /// Chunks to make present, first first.
+    todo: VecDeque<usize>,
+    /// Whether each chunk is in `todo` (or being made present).
+    queued: Vec<bool>,
     /// The arena is going away.
     stop: bool,
 }
 
 impl Ready {
+    fn new() -> Ready {
+        let chunks = (KEEP / CHUNK) as usize;
+        Ready {
+            present: (0..chunks).map(|_| AtomicBool::new(false)).collect(),
+            wanted: Mutex::new(Wanted {
+                todo: VecDeque::new(),
+                queued: vec![false; chunks],
+                stop: false,
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Wanted> {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The prefault thread: makes `addr..` present up to what is wanted,
-    /// a step at a time. A failure (a kernel without the advice, a mapping
-    /// gone) ends it: regions then stay cold, which costs speed only.
+    /// How many bytes from `off` on (at most `len`) are present.
+    fn warm(&self, off: u64, len: u64) -> u64 {
+        let mut chunk = off / CHUNK;
+        while (chunk as usize) < self.present.len()
+            && self.present[chunk as usize].load(Ordering::Acquire)
+            && chunk * CHUNK < off + len
+        {
+            chunk += 1;
+        }
+        (chunk * CHUNK).saturating_sub(off).min(len)
+    }
+
+    /// Asks for the chunks of `from..to` (clamped to [`KEEP`]) that are
+    /// neither present nor asked for.
+    fn want(&self, w: &mut Wanted, from: u64, to: u64) {
+        let to = to.min(KEEP);
+        let mut chunk = from / CHUNK;
+        while chunk * CHUNK < to {
+            let c = chunk as usize;
+            if !w.queued[c] && !self.present[c].load(Ordering::Acquire) {
+                w.queued[c] = true;
+                w.todo.push_back(c);
+            }
+            chunk += 1;
+        }
+    }
+
+    /// The prefault thread: makes the chunks asked for present, in order.
+    /// A failure (a kernel without the advice, a mapping gone) ends it:
+    /// regions then stay cold, which costs speed only.
     fn run(&self, addr: usize) {
         loop {
-            let (from, to) = {
+            let chunk = {
                 let mut w = self.lock();
                 loop {
-                    let from = self.present.load(Ordering::Acquire);
                     if w.stop {
                         return;
                     }
-                    if from < w.upto {
-                        break (from, w.upto.min(from + PREFAULT_STEP));
+                    if let Some(c) = w.todo.pop_front() {
+                        break c;
                     }
                     w = self.cond.wait(w).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            if prefault(addr + from as usize, (to - from) as usize).is_err() {
+            let at = chunk * CHUNK as usize;
+            if prefault(addr + at, CHUNK as usize).is_err() {
                 return;
             }
-            self.present.store(to, Ordering::Release);
+            self.present[chunk].store(true, Ordering::Release);
         }
     }
 }
+
 /// The allocator, and the regions it gave out by offset (so that a
 /// region is given back once, and only one that was given out).
 struct Regions {
@@ -133,21 +176,14 @@ impl SharedArena {
         Ok(SharedArena {
             arena: Arc::new(arena),
             regions,
-            ready: Arc::new(Ready {
-                present: AtomicU64::new(0),
-                wanted: Mutex::new(Wanted {
-                    upto: 0,
-                    stop: false,
-                }),
-                cond: Condvar::new(),
-            }),
+            ready: Arc::new(Ready::new()),
             prefaulter: Mutex::new(None),
         })
     }
 
     /// The caller has mapped the arena (read-write, whole) at `addr`: a
-    /// thread starts making that mapping present ahead of the regions
-    /// handed out. Once only; later calls are ignored.
+    /// thread starts making that mapping present for the regions
+    /// written with `pwrite(2)`. Once only; later calls are ignored.
     ///
     /// # Errors
     ///
@@ -177,23 +213,36 @@ impl SharedArena {
     }
 
     /// A new region of `len` bytes for one task's payload: its offset and
-    /// whether it is warm (see the module docs), or `None` if the arena has
-    /// no room for it now. The caller fills it (through its own mapping of
-    /// [`fd`](SharedArena::fd), or `pwrite(2)` when cold) before the task
-    /// is submitted.
-    pub fn alloc(&self, len: u64) -> Option<(u64, bool)> {
+    /// how many of its bytes, from its start, are warm (see the module
+    /// docs), or `None` if the arena has no room for it now. The caller
+    /// fills it (through its own mapping of [`fd`](SharedArena::fd) where
+    /// warm, with `pwrite(2)` past that), then calls
+    /// [`filled`](SharedArena::filled) if any of it was cold, before the
+    /// task is submitted.
+    pub fn alloc(&self, len: u64) -> Option<(u64, u64)> {
         let mut r = self.lock();
         let (off, alloc) = r.extents.alloc(len)?;
         r.given.insert(off, alloc);
-        let end = off + alloc;
-        let warm = end <= self.ready.present.load(Ordering::Acquire);
-        let upto = KEEP.min(end + AHEAD.max(2 * alloc));
+        drop(r);
+        Some((off, self.ready.warm(off, len)))
+    }
+
+    /// The caller has written the region at `offset`, partly with
+    /// `pwrite(2)`: the prefault thread makes its pages present in the
+    /// caller's mapping (they exist now, so only the mapping is filled in),
+    /// for the region's next use. Not before: making present a page not
+    /// written yet would zero it first, work that `pwrite(2)` spares.
+    pub fn filled(&self, offset: u64) {
+        let len = match self.lock().given.get(&offset) {
+            Some(&len) => len,
+            None => return,
+        };
         let mut w = self.ready.lock();
-        if upto > w.upto {
-            w.upto = upto;
+        let before = w.todo.len();
+        self.ready.want(&mut w, offset, offset + len);
+        if w.todo.len() > before {
             self.ready.cond.notify_one();
         }
-        Some((off, warm))
     }
 
     /// Gives back the region at `offset` that [`place`](SharedArena::place)

@@ -41,18 +41,24 @@ def test_encoded_payload_placed_in_a_mapping_reads_back_as_joined():
     assert isinstance(encoded, tuple), "large buffers are kept apart"
     joined = _wire.join(encoded)
     assert len(joined) == _wire.size(encoded)
+
+    def check(got):
+        f, (a2, x2, b2), kw = got
+        assert f == "f" and kw == {"k": 1} and x2 == b"x" * 70000
+        assert np.array_equal(a2, a) and np.array_equal(b2, b)
+
+    check(_wire.loads(joined))
     fd = os.memfd_create("jobmill-test")
     os.ftruncate(fd, 4 << 20)
     try:
         view = memoryview(mmap.mmap(fd, 4 << 20))
-        # Through the mapping (a warm region) and with pwrite (a cold one).
-        for offset, via_fd in ((4096, None), (1 << 20, fd)):
-            ref = _wire.place(encoded, view, offset, via_fd)
+        # Through the mapping (a warm region), with pwrite (a cold one), and
+        # both, split inside the prefix and inside a buffer.
+        for offset, warm in ((4096, 1 << 30), (1 << 20, 0), (2 << 20, 100), (3 << 20, 80000)):
+            view[offset:offset + len(joined)] = b"\xff" * len(joined)
+            ref = _wire.place(encoded, view, offset, fd, warm)
             assert ref.startswith(_wire.REF_MAGIC)
-            assert bytes(view[offset:offset + len(joined)]) == joined
-        f, (a2, x2, b2), kw = _wire.loads(joined)
-        assert f == "f" and kw == {"k": 1} and x2 == b"x" * 70000
-        assert np.array_equal(a2, a) and np.array_equal(b2, b)
+            check(_wire.loads(view[offset:offset + len(joined)]))
     finally:
         os.close(fd)
 
