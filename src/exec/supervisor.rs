@@ -58,6 +58,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// this much later.
 const LAZY_PIDFD: Duration = Duration::from_millis(5);
 
+/// How many times to yield the CPU, once a job's pipes are at end of file,
+/// for its main process to finish exiting before it is watched on a pidfd
+/// (each a `sched_yield` and a `waitid`, cheaper than a pidfd).
+const EXIT_YIELDS: usize = 4;
+
 /// Poll interval when `pidfd_open` is unavailable (old kernel, or out of
 /// file descriptors) and exit must be detected by polling `waitid`.
 const FALLBACK_TICK: Duration = Duration::from_millis(10);
@@ -497,8 +502,16 @@ impl Watch<'_> {
             let mut wait = None;
             if pidfd.is_none() && out.is_none() && err.is_none() {
                 // Both pipes at end of file: the main process has most
-                // likely exited; if not, it is waited for on a pidfd.
-                if self.exited_without_pidfd() {
+                // likely exited, or is in its last microseconds of exiting
+                // (a process's files are released before it becomes a
+                // zombie): a few yields let it finish. If not, it is
+                // waited for on a pidfd.
+                if (0..=EXIT_YIELDS).any(|i| {
+                    if i > 0 {
+                        std::thread::yield_now();
+                    }
+                    self.exited_without_pidfd()
+                }) {
                     break;
                 }
                 if pidfd_at.is_some() {
@@ -506,8 +519,7 @@ impl Watch<'_> {
                     pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
                 }
             }
-            if term_at.is_some() || kill_at.is_some() || sample_at.is_some() || pidfd_at.is_some()
-            {
+            if term_at.is_some() || kill_at.is_some() || sample_at.is_some() || pidfd_at.is_some() {
                 let now = Instant::now();
                 if pidfd_at.is_some_and(|t| now >= t) {
                     pidfd_at = None;
@@ -570,10 +582,15 @@ impl Watch<'_> {
                 !fds[2].revents().is_empty(),
                 !fds[3].revents().is_empty(),
             ];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
+            let eof = [hung_up(&fds[0]), hung_up(&fds[1])];
+            if eof[0]
+                || ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false))
+            {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
+            if eof[1]
+                || ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true))
+            {
                 err = None;
             }
             let exited = match &pidfd {
@@ -622,10 +639,15 @@ impl Watch<'_> {
                 Err(_) => break,
             }
             let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
+            let eof = [hung_up(&fds[0]), hung_up(&fds[1])];
+            if eof[0]
+                || ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false))
+            {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
+            if eof[1]
+                || ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true))
+            {
                 err = None;
             }
             if Instant::now() >= drain_until {
@@ -665,6 +687,14 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// Whether a pipe polled with `entry` is at end of file without a read:
+/// hung up (no writer left) with nothing to read (a pipe with data left
+/// reports `IN` too). Saves the `read` that would return 0.
+fn hung_up(entry: &PollFd<'_>) -> bool {
+    let revents = entry.revents();
+    revents.contains(PollFlags::HUP) && !revents.contains(PollFlags::IN)
 }
 
 /// A poll entry watching `fd` for input, or an inert entry on
