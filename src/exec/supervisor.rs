@@ -501,15 +501,14 @@ impl Watch<'_> {
         loop {
             let mut wait = None;
             if pidfd.is_none() && out.is_none() && err.is_none() {
-                // Both pipes at end of file: the main process has most
-                // likely exited, or is in its last microseconds of exiting
-                // (a process's files are released before it becomes a
-                // zombie): a few yields let it finish. If not, it is
-                // waited for on a pidfd.
-                if (0..=EXIT_YIELDS).any(|i| {
-                    if i > 0 {
-                        std::thread::yield_now();
-                    }
+                // Both pipes at end of file: the main process is most
+                // likely in its last microseconds of exiting (a process's
+                // files are released before it becomes a zombie; a check
+                // at once nearly always comes too early), or has exited:
+                // a few yields let it finish. If not, it is waited for on
+                // a pidfd.
+                if (0..EXIT_YIELDS).any(|_| {
+                    std::thread::yield_now();
                     self.exited_without_pidfd()
                 }) {
                     break;

@@ -131,7 +131,7 @@ struct Scratch {
 /// the same few descriptor numbers (the lowest free ones), so a handful
 /// covers nearly every spawn; building them anew costs glibc a `getrlimit`
 /// per descriptor of each `dup2` (six system calls) and an allocation.
-const KEPT_ACTIONS: usize = 4;
+const KEPT_ACTIONS: usize = 8;
 
 impl Scratch {
     /// The index in `actions` of file actions that duplicate `fds` onto 0,
