@@ -301,6 +301,53 @@ fn stray_background_child_of_an_exited_job_is_killed() {
 }
 
 #[test]
+fn a_job_that_closes_its_output_before_exiting_is_waited_for_to_its_own_exit() {
+    // Its pipes reach end of file while it still runs: its exit is then
+    // awaited (not guessed from the pipes), with its own status.
+    let sup = supervisor();
+    let a = run(&sup, &["sh", "-c", "exec >&- 2>&-; sleep 0.3; exit 3"]);
+    assert_eq!(a.end, End::Exited(3));
+    assert!(!a.timed_out && !a.terminated);
+}
+
+#[test]
+fn a_job_that_closed_its_output_is_still_timed_out_and_terminated() {
+    let sup = Arc::new(supervisor());
+    let a = run_with(
+        &sup,
+        &["sh", "-c", "exec >&- 2>&- </dev/null; exec sleep 100"],
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(2),
+    );
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+    assert!(a.timed_out);
+
+    let dir = tmp();
+    let ready = dir.path().join("ready");
+    let job = {
+        let sup = Arc::clone(&sup);
+        let ready = ready.to_str().unwrap().to_owned();
+        std::thread::spawn(move || {
+            run(
+                &sup,
+                &[
+                    "sh",
+                    "-c",
+                    "exec >&- 2>&-; touch \"$1\"; exec sleep 100",
+                    "sh",
+                    &ready,
+                ],
+            )
+        })
+    };
+    wait_until("the job to close its output", || ready.exists());
+    sup.terminate_all();
+    let a = job.join().unwrap();
+    assert_eq!(a.end, End::Signaled(libc::SIGTERM));
+    assert!(a.terminated && !a.timed_out);
+}
+
+#[test]
 fn terminate_all_stops_running_jobs() {
     let dir = tmp();
     let ready = dir.path().join("ready");

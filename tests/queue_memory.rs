@@ -120,6 +120,45 @@ fn full_queue_blocks_the_producer_until_a_job_is_taken() {
 }
 
 #[test]
+fn blocked_producers_are_woken_as_the_queue_drains_to_half_and_none_is_left_waiting() {
+    // Three producers block on a full queue of 4; the consumer leases one
+    // job at a time. Producers are woken only once the queue is down to
+    // half (2), and each lease at or below half wakes one: every job put
+    // is leased, and every producer returns.
+    for capacity in [1, 3, 4] {
+        let q = Arc::new(MemoryQueue::new(capacity, RetryPolicy::default()));
+        let first = capacity as u64;
+        for seq in 1..=first {
+            q.put(job(seq)).unwrap();
+        }
+        let producers: Vec<_> = (1..=3u64)
+            .map(|p| {
+                let q = Arc::clone(&q);
+                thread::spawn(move || {
+                    for i in 0..5 {
+                        q.put(job(first + p * 100 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let total = first as usize + 15;
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let lease = q.get(W1, Some(Duration::from_secs(60))).expect("a job");
+            seen.push(lease.job.seq);
+            q.complete(&lease).unwrap();
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), total, "capacity {capacity}");
+        assert_eq!(q.counts().unwrap().queued, 0);
+    }
+}
+
+#[test]
 fn close_wakes_a_blocked_producer_with_its_job() {
     let q = Arc::new(MemoryQueue::new(1, RetryPolicy::default()));
     q.put(job(1)).unwrap();

@@ -46,6 +46,23 @@ const BIG_CHUNK: usize = 1 << 20;
 /// job's group and keeps writing).
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
+/// How long a job may run before its exit is watched on a pidfd. A pidfd
+/// costs a file (`pidfd_open`, `close`: about 5 µs of jobmill's CPU per
+/// job, the most of any one step of a short job's supervision), and most
+/// short jobs need none: their main process exits, their pipes reach end
+/// of file, and one `waitid` confirms the exit. A job still running after
+/// this delay, or whose pipes closed before it exited, is watched on a
+/// pidfd as before. The price: a main process that exits within the delay
+/// while something else still holds its output pipes is seen to have
+/// exited only when the delay runs out (its group is killed then), at most
+/// this much later.
+const LAZY_PIDFD: Duration = Duration::from_millis(5);
+
+/// How many times to yield the CPU, once a job's pipes are at end of file,
+/// for its main process to finish exiting before it is watched on a pidfd
+/// (each a `sched_yield` and a `waitid`, cheaper than a pidfd).
+const EXIT_YIELDS: usize = 4;
+
 /// Poll interval when `pidfd_open` is unavailable (old kernel, or out of
 /// file descriptors) and exit must be detected by polling `waitid`.
 const FALLBACK_TICK: Duration = Duration::from_millis(10);
@@ -462,9 +479,14 @@ impl Watch<'_> {
         let (mut out, mut err) = pipes;
         let mut stopped = Stopped::default();
         let mut buf = ReadBuf::new();
-        // Without a pidfd, exit is found by polling `waitid` every tick.
-        let pidfd = if sup.use_pidfd {
-            pidfd_open(self.pid, PidfdFlags::empty()).ok()
+        // The pidfd is opened only for a job that outlives its pipes or
+        // [`LAZY_PIDFD`] (see there): most short jobs end with their pipes
+        // at end of file and a `waitid`, with no pidfd at all. Without a
+        // pidfd (`pidfd_open` unavailable), exit is found by polling
+        // `waitid` every tick.
+        let mut pidfd: Option<OwnedFd> = None;
+        let mut pidfd_at = if sup.use_pidfd {
+            Instant::now().checked_add(LAZY_PIDFD)
         } else {
             None
         };
@@ -478,8 +500,30 @@ impl Watch<'_> {
 
         loop {
             let mut wait = None;
-            if term_at.is_some() || kill_at.is_some() || sample_at.is_some() {
+            if pidfd.is_none() && out.is_none() && err.is_none() {
+                // Both pipes at end of file: the main process is most
+                // likely in its last microseconds of exiting (a process's
+                // files are released before it becomes a zombie; a check
+                // at once nearly always comes too early), or has exited:
+                // a few yields let it finish. If not, it is waited for on
+                // a pidfd.
+                if (0..EXIT_YIELDS).any(|_| {
+                    std::thread::yield_now();
+                    self.exited_without_pidfd()
+                }) {
+                    break;
+                }
+                if pidfd_at.is_some() {
+                    pidfd_at = None;
+                    pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
+                }
+            }
+            if term_at.is_some() || kill_at.is_some() || sample_at.is_some() || pidfd_at.is_some() {
                 let now = Instant::now();
+                if pidfd_at.is_some_and(|t| now >= t) {
+                    pidfd_at = None;
+                    pidfd = pidfd_open(self.pid, PidfdFlags::empty()).ok();
+                }
                 if let (Some(cg), Some(at)) = (sampled, sample_at) {
                     if now >= at {
                         cg.sample();
@@ -497,13 +541,13 @@ impl Watch<'_> {
                     kill_at = None;
                     self.signal(Signal::KILL);
                 }
-                wait = [term_at, kill_at, sample_at]
+                wait = [term_at, kill_at, sample_at, pidfd_at]
                     .into_iter()
                     .flatten()
                     .min()
                     .map(|d| d.saturating_duration_since(now));
             }
-            if pidfd.is_none() {
+            if pidfd.is_none() && pidfd_at.is_none() {
                 wait = Some(wait.map_or(FALLBACK_TICK, |w| w.min(FALLBACK_TICK)));
             }
             let placeholder = &sup.stop;
@@ -537,14 +581,22 @@ impl Watch<'_> {
                 !fds[2].revents().is_empty(),
                 !fds[3].revents().is_empty(),
             ];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
+            let eof = [hung_up(&fds[0]), hung_up(&fds[1])];
+            if eof[0]
+                || ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false))
+            {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
+            if eof[1]
+                || ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true))
+            {
                 err = None;
             }
             let exited = match &pidfd {
                 Some(_) => ready[2],
+                // Still within the pidfd's delay: exit is looked for once
+                // both pipes are at end of file, at the top of the loop.
+                None if pidfd_at.is_some() => false,
                 None => self.exited_without_pidfd(),
             };
             if exited {
@@ -586,10 +638,15 @@ impl Watch<'_> {
                 Err(_) => break,
             }
             let ready = [!fds[0].revents().is_empty(), !fds[1].revents().is_empty()];
-            if ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false)) {
+            let eof = [hung_up(&fds[0]), hung_up(&fds[1])];
+            if eof[0]
+                || ready[0] && !buf.read_once(out.as_ref(), &mut attempt.stdout, self.tee(false))
+            {
                 out = None;
             }
-            if ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true)) {
+            if eof[1]
+                || ready[1] && !buf.read_once(err.as_ref(), &mut attempt.stderr, self.tee(true))
+            {
                 err = None;
             }
             if Instant::now() >= drain_until {
@@ -629,6 +686,14 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// Whether a pipe polled with `entry` is at end of file without a read:
+/// hung up (no writer left) with nothing to read (a pipe with data left
+/// reports `IN` too). Saves the `read` that would return 0.
+fn hung_up(entry: &PollFd<'_>) -> bool {
+    let revents = entry.revents();
+    revents.contains(PollFlags::HUP) && !revents.contains(PollFlags::IN)
 }
 
 /// A poll entry watching `fd` for input, or an inert entry on

@@ -207,6 +207,15 @@ pub(crate) fn start(
     // slots wait for.
     conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
         .map_err(JournalError::sqlite(path, "disable automatic checkpoints"))?;
+    // The schema's CHECK constraints on `job.state`, `attempt.outcome` and
+    // `session.kind` stay in the file, for other writers; this writer's
+    // values are the fixed strings of the model (`rows.rs`), so it skips
+    // them: SQLite evaluates each `IN (...)` list by building a temporary
+    // b-tree (open, five inserts, close) on every insert and update, three
+    // times per job (measured: about 2 µs of jobmill's CPU per job, of the
+    // journal's 16 to 18, on 10,000 `true` jobs at -j2).
+    conn.execute_batch("PRAGMA ignore_check_constraints=ON;")
+        .map_err(JournalError::sqlite(path, "set ignore_check_constraints"))?;
     if !config.sync_interval.is_zero() {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(JournalError::sqlite(path, "set synchronous"))?;
@@ -625,6 +634,28 @@ mod tests {
             at += n;
         }
         out
+    }
+
+    #[test]
+    fn the_journals_check_constraints_still_hold_for_other_writers() {
+        // The writer skips the schema's CHECKs for its own fixed values;
+        // they stay in the file: another connection cannot write a state
+        // or an outcome outside the schema's lists.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let j = create(&path, &record(), WriterConfig::default()).unwrap();
+        j.record_job(1, &Bytes::from("in1")).unwrap();
+        j.record_start(1, 1, RanBy::default(), SystemTime::now())
+            .unwrap();
+        end(&j, 1, 1, b"");
+        j.close("complete").unwrap();
+        assert_eq!(state_of(&path, 1), "done");
+        let other = Connection::open(&path).unwrap();
+        let bad_state = other.execute("UPDATE job SET state = 'bogus' WHERE seq = 1", []);
+        assert!(bad_state.is_err(), "{bad_state:?}");
+        let bad_outcome = other.execute("UPDATE attempt SET outcome = 'bogus' WHERE seq = 1", []);
+        assert!(bad_outcome.is_err(), "{bad_outcome:?}");
+        assert_eq!(state_of(&path, 1), "done");
     }
 
     #[test]

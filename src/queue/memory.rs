@@ -5,7 +5,10 @@
 //! decided from the same snapshot as "nothing queued, nothing leased".
 //!
 //! Capacity bounds the jobs *waiting* (queued by producers). A blocked `put`
-//! waits for room. Jobs requeued after a failure are not held back by the
+//! waits for room, and is woken once the queue has drained to half its
+//! capacity, not at every lease: a producer reading its input ahead refills
+//! the queue in bursts, one wake-up per half a queue of jobs instead of one
+//! per job (each a context switch on the consumers' path). Jobs requeued after a failure are not held back by the
 //! capacity: a consumer must never block on its own requeue, so the queue may
 //! briefly hold up to `capacity + leased` jobs.
 //!
@@ -33,7 +36,8 @@ pub struct MemoryQueue {
     state: Mutex<State>,
     /// Signalled when a job is queued, or the queue becomes drained.
     available: Condvar,
-    /// Signalled when room appears, or the queue is closed.
+    /// Signalled when the queue drains to half its capacity while a `put`
+    /// waits ([`MemoryQueue::wake_putter`]), or when it is closed.
     room: Condvar,
     capacity: usize,
     policy: RetryPolicy,
@@ -63,6 +67,8 @@ struct State {
     /// Threads waiting in `get`: a put wakes one only if there is one
     /// (`notify_one` is a system call even when nobody waits).
     getters: usize,
+    /// Threads waiting in `put` for room.
+    putters: usize,
 }
 
 impl State {
@@ -214,6 +220,13 @@ impl MemoryQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a lease that left `state` should wake a waiting `put`: one
+    /// waits, and the queue is down to half its capacity (so a producer
+    /// wakes once per half a queue of jobs, not once per job).
+    fn wake_putter(&self, state: &State) -> bool {
+        state.putters > 0 && state.queued.len() <= self.capacity / 2
+    }
+
     /// Wakes consumers if the queue just became drained.
     fn notify_if_drained(&self, state: &State) {
         if state.drained() {
@@ -232,7 +245,9 @@ impl Queue for MemoryQueue {
             if state.queued.len() < self.capacity {
                 break;
             }
+            state.putters += 1;
             state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.putters -= 1;
         }
         state.next_id += 1;
         let id = JobId(state.next_id);
@@ -258,7 +273,7 @@ impl Queue for MemoryQueue {
         let mut state = self.lock();
         loop {
             if let Some(lease) = state.lease_front(worker, self.policy) {
-                let room = state.queued.len() < self.capacity;
+                let room = self.wake_putter(&state);
                 drop(state);
                 if room {
                     self.room.notify_one();
@@ -304,8 +319,11 @@ impl Queue for MemoryQueue {
     fn try_get(&self, worker: WorkerId) -> Result<Lease, TryGetError> {
         let mut state = self.lock();
         if let Some(lease) = state.lease_front(worker, self.policy) {
+            let room = self.wake_putter(&state);
             drop(state);
-            self.room.notify_one();
+            if room {
+                self.room.notify_one();
+            }
             return Ok(lease);
         }
         if state.drained() {
@@ -333,8 +351,11 @@ impl Queue for MemoryQueue {
             }
         }
         if n > 0 {
+            let room = self.wake_putter(&state);
             drop(state);
-            self.room.notify_all();
+            if room {
+                self.room.notify_all();
+            }
             return Ok(n);
         }
         if state.drained() {

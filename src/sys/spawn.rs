@@ -5,10 +5,14 @@
 //! `envp` array from it (as soon as one variable is set, which jobmill
 //! always does), opens `/dev/null`, and allocates the argument strings and
 //! several vectors. [`Spawner`] builds the environment block once, keeps
-//! one `/dev/null` descriptor open for all jobs, and reuses one scratch
-//! buffer per thread for the per-job strings (arguments, per-job
-//! variables) and pointer arrays, so that a spawn in steady state
-//! allocates only what glibc's file actions allocate.
+//! one `/dev/null` descriptor open for all jobs and one set of spawn
+//! attributes, and reuses one scratch buffer per thread for the per-job
+//! strings (arguments, per-job variables) and pointer arrays, and the
+//! file actions of the last few descriptor numbers the thread's pipes
+//! had, so that a spawn in steady state allocates nothing and makes no
+//! system call besides its two `pipe2`, `posix_spawnp` and the `close`s
+//! (new file actions cost glibc a `getrlimit` per descriptor of each
+//! `dup2`: six system calls).
 //!
 //! What the child gets is exactly what jobmill's `Command` gave it:
 //!
@@ -99,6 +103,9 @@ pub struct Spawner {
     entries: Vec<(usize, usize)>,
     /// `/dev/null`, read-only, close-on-exec, at a descriptor above 2.
     dev_null: OwnedFd,
+    /// The spawn attributes, the same for every child (`posix_spawnp`
+    /// only reads them).
+    attrs: Attrs,
 }
 
 /// Per-thread buffers reused by every spawn of the thread.
@@ -113,6 +120,45 @@ struct Scratch {
     /// The `argv` and `envp` arrays, each closed by a null pointer.
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
+    /// File actions built for earlier spawns, by the descriptors they
+    /// duplicate onto 0, 1 and 2 (see [`Scratch::actions_for`]).
+    actions: Vec<([i32; 3], FileActions)>,
+    /// The entry of `actions` the next new one replaces once it is full.
+    next_evicted: usize,
+}
+
+/// File actions kept per thread. The pipes of a slot's jobs come back at
+/// the same few descriptor numbers (the lowest free ones), so a handful
+/// covers nearly every spawn; building them anew costs glibc a `getrlimit`
+/// per descriptor of each `dup2` (six system calls) and an allocation.
+const KEPT_ACTIONS: usize = 8;
+
+impl Scratch {
+    /// The index in `actions` of file actions that duplicate `fds` onto 0,
+    /// 1 and 2: kept ones for the same descriptors, or new ones (then
+    /// kept). Actions hold descriptor numbers only, so those built for the
+    /// same numbers are the same.
+    fn actions_for(&mut self, fds: [i32; 3]) -> io::Result<usize> {
+        let at = match self.actions.iter().position(|(k, _)| *k == fds) {
+            Some(at) => at,
+            None => {
+                let mut actions = FileActions::new()?;
+                for (target, fd) in fds.into_iter().enumerate() {
+                    actions.dup2(fd, target as i32)?;
+                }
+                if self.actions.len() < KEPT_ACTIONS {
+                    self.actions.push((fds, actions));
+                    self.actions.len() - 1
+                } else {
+                    let at = self.next_evicted;
+                    self.next_evicted = (at + 1) % KEPT_ACTIONS;
+                    self.actions[at] = (fds, actions);
+                    at
+                }
+            }
+        };
+        Ok(at)
+    }
 }
 
 thread_local! {
@@ -159,6 +205,7 @@ impl Spawner {
             env,
             entries,
             dev_null,
+            attrs: Attrs::new()?,
         })
     }
 
@@ -276,18 +323,21 @@ impl Spawner {
             });
         }
 
-        let mut actions = FileActions::new()?;
-        actions.dup2(&self.dev_null, 0)?;
-        actions.dup2(&out_w, 1)?;
-        actions.dup2(&err_w, 2)?;
-        let attrs = Attrs::new()?;
+        let fds = [
+            self.dev_null.as_raw_fd(),
+            out_w.as_raw_fd(),
+            err_w.as_raw_fd(),
+        ];
+        let kept = s.actions_for(fds)?;
+        let actions = &s.actions[kept].1;
 
         let mut pid: libc::pid_t = 0;
         // SAFETY: `argv` and `envp` are null-terminated arrays of pointers
         // to NUL-terminated strings in `s.strings` and `self.env`, which
         // are neither changed nor freed during the call; the file actions
-        // and attributes are initialized and live until after it; `pid` is
-        // a valid place to write. glibc's `posix_spawnp` runs the child on
+        // and attributes are initialized and live until after it (the
+        // actions name `fds`, which are open until after it); `pid` is a
+        // valid place to write. glibc's `posix_spawnp` runs the child on
         // its own stack with all signals blocked (`CLONE_VFORK`), so no
         // Rust code of ours runs in the child.
         let rc = unsafe {
@@ -295,7 +345,7 @@ impl Spawner {
                 &mut pid,
                 s.argv[0],
                 &actions.0,
-                &attrs.0,
+                &self.attrs.0,
                 s.argv.as_ptr().cast(),
                 s.envp.as_ptr().cast(),
             )
@@ -545,13 +595,12 @@ impl FileActions {
         Ok(Self(unsafe { raw.assume_init() }))
     }
 
-    /// Adds `dup2(fd, target)` in the child.
-    fn dup2(&mut self, fd: &OwnedFd, target: i32) -> io::Result<()> {
+    /// Adds `dup2(fd, target)` in the child. `fd` is only a number here:
+    /// the caller spawns with these actions only while `fd` is open.
+    fn dup2(&mut self, fd: i32, target: i32) -> io::Result<()> {
         // SAFETY: the object is initialized and exclusively borrowed; glibc
-        // appends to the action list it owns. `fd` is open and stays open
-        // until after the spawn.
-        let rc =
-            unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd.as_raw_fd(), target) };
+        // appends to the action list it owns (it records the numbers only).
+        let rc = unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, target) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -609,6 +658,12 @@ impl Attrs {
     }
 }
 
+impl std::fmt::Debug for Attrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attrs")
+    }
+}
+
 impl Drop for Attrs {
     fn drop(&mut self) {
         // SAFETY: initialized in `new` and destroyed only here.
@@ -657,6 +712,39 @@ mod tests {
         let ign = lines.next().unwrap();
         let mask = u64::from_str_radix(ign.split_whitespace().nth(1).unwrap(), 16).unwrap();
         assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE not ignored");
+    }
+
+    #[test]
+    fn kept_file_actions_give_each_child_its_own_pipes() {
+        // Sequential spawns get their pipes at the same descriptors (kept
+        // actions reused); spawns while earlier pipes are held get new
+        // ones (more numbers than are kept: entries replaced). Every child
+        // writes to its own pipes either way.
+        let spawner = Spawner::new(&[]).unwrap();
+        let script = "printf 'out %s' \"$1\"; printf 'err %s' \"$1\" >&2";
+        for i in 0..6 {
+            let sp = spawner
+                .spawn(&args(&["sh", "-c", script, "sh", &i.to_string()]), [])
+                .unwrap();
+            let (out, err, status) = output(sp);
+            assert_eq!(status, 0);
+            assert_eq!(out, format!("out {i}").into_bytes());
+            assert_eq!(err, format!("err {i}").into_bytes());
+        }
+        let held: Vec<Spawned> = (0..2 * KEPT_ACTIONS)
+            .map(|i| {
+                spawner
+                    .spawn(&args(&["sh", "-c", script, "sh", &i.to_string()]), [])
+                    .unwrap()
+            })
+            .collect();
+        for (i, sp) in held.into_iter().enumerate() {
+            let (out, err, status) = output(sp);
+            assert_eq!(status, 0);
+            assert_eq!(out, format!("out {i}").into_bytes());
+            assert_eq!(err, format!("err {i}").into_bytes());
+        }
+        SCRATCH.with(|s| assert_eq!(s.borrow().actions.len(), KEPT_ACTIONS));
     }
 
     #[test]
