@@ -3,7 +3,8 @@
 side by side in one run with 2 workers (issue 11's benchmark).
 
 Workloads: tiny tasks (the identity function), numpy arrays of 1 MiB and
-64 MiB summed in the worker, and faults: a worker SIGKILLed mid-map, and
+64 MiB summed in the worker (each peer in a fresh process per round, rounds
+interleaved, the median of --rounds), and faults: a worker SIGKILLed mid-map, and
 Ctrl-C (SIGINT to the process group) mid-map, each in a fresh process, a
 trial counted as passed when the map completes (killed worker) or the caller
 exits (Ctrl-C) before a deadline; a hang counts as a failure.
@@ -11,7 +12,7 @@ exits (Ctrl-C) before a deadline; a hang counts as a failure.
 Needs: the jobmill package, numpy, joblib (pip install ./python numpy joblib).
 Not part of the test command.
 
-usage: python bench/python_pool.py [--tiny N] [--faults TRIALS] [--skip-arrays]
+usage: python bench/python_pool.py [--tiny N] [--faults TRIALS] [--skip-arrays] [--rounds R]
 """
 import argparse
 import multiprocessing as mp
@@ -76,33 +77,77 @@ def tiny(n):
     line("jobmill.Pool.map vs mp map", "tiny", jm_map, "items/s", mp_map)
 
 
-def arrays():
-    for size, count in [(1 << 20, 400), (64 << 20, 12)]:
-        wl = f"{size >> 20}MiB"
-        print(f"# numpy arrays of {wl}, {count} items summed in the worker, {W} workers", flush=True)
-        base = [np.full(size // 8, i, dtype=np.float64) for i in range(4)]
-        items = [base[i % 4] for i in range(count)]
-        total = size * count / 1e6
-        with mp.Pool(W) as p:
-            mpr = rate(lambda: list(p.imap(array_sum, items)), 1) * total
-        with ProcessPoolExecutor(W) as ex:
-            ppe = rate(lambda: list(ex.map(array_sum, items)), 1) * total
-        try:
-            from joblib import Parallel, delayed
+SIZES = {"1MiB": (1 << 20, 400), "64MiB": (64 << 20, 12)}
+PEERS = ["mp", "ppe", "jl", "jm"]
 
-            jl = rate(lambda: Parallel(n_jobs=W)(delayed(array_sum)(a) for a in items), 1) * total
-        except ImportError:
-            jl = None
-        with jobmill.Pool(W) as p:
+
+def one(peer, wl):
+    """Two maps of ``wl``'s arrays through one pool of ``peer``, in this
+    (fresh) process: MB/s of the first and of the second."""
+    size, count = SIZES[wl]
+    base = [np.full(size // 8, i, dtype=np.float64) for i in range(4)]
+    items = [base[i % 4] for i in range(count)]
+    total = size * count / 1e6
+    # Every pool's workers are started (a map of tiny tasks) before timing.
+    if peer == "mp":
+        with mp.Pool(W) as p:
             p.map(ident, range(10))
-            jm = rate(lambda: list(p.imap(array_sum, items)), 1) * total
-        line("mp.Pool.imap", wl, mpr, "MB/s")
-        line("ProcessPoolExecutor.map", wl, ppe, "MB/s")
-        if jl is not None:
-            line("joblib (loky, memmap)", wl, jl, "MB/s")
-        line("jobmill.Pool.imap vs mp.Pool", wl, jm, "MB/s", mpr)
-        if jl is not None:
-            line("jobmill.Pool.imap vs joblib", wl, jm, "MB/s", jl)
+            return [rate(lambda: list(p.imap(array_sum, items)), 1) * total for _ in range(2)]
+    if peer == "ppe":
+        with ProcessPoolExecutor(W) as ex:
+            list(ex.map(ident, range(10)))
+            return [rate(lambda: list(ex.map(array_sum, items)), 1) * total for _ in range(2)]
+    if peer == "jl":
+        from joblib import Parallel, delayed
+
+        with Parallel(n_jobs=W) as par:
+            par(delayed(ident)(i) for i in range(10))
+            return [rate(lambda: par(delayed(array_sum)(a) for a in items), 1) * total for _ in range(2)]
+    with jobmill.Pool(W) as p:
+        p.map(ident, range(10))
+        return [rate(lambda: list(p.imap(array_sum, items)), 1) * total for _ in range(2)]
+
+
+def arrays(rounds):
+    """Each peer in a fresh process and a fresh pool per round (as the
+    issue measured its peers: a second workload in the same process finds
+    the allocator warmed by the first, which doubled mp.Pool's 1 MiB figure
+    here), rounds interleaved so that load on a shared machine hits every
+    peer alike. Each figure is the median over the rounds of the pool's
+    first map of arrays (its workers started by a map of tiny tasks,
+    nothing of the arrays cached); the second map through the same pool is
+    shown beside it (joblib then reuses the files of the same arrays)."""
+    from statistics import median
+
+    try:
+        import joblib  # noqa: F401
+
+        peers = PEERS
+    except ImportError:
+        peers = [p for p in PEERS if p != "jl"]
+    for wl, (size, count) in SIZES.items():
+        print(f"# numpy arrays of {wl}, {count} items summed in the worker, {W} workers, "
+              f"median of {rounds} rounds (first map; second map)", flush=True)
+        got = {k: [] for k in peers}
+        for _ in range(rounds):
+            for k in peers:
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", k, wl],
+                                     capture_output=True, text=True, timeout=600, check=True)
+                got[k].append([float(x) for x in out.stdout.split()[-2:]])
+        first = {k: median(r[0] for r in v) for k, v in got.items()}
+        second = {k: median(r[1] for r in v) for k, v in got.items()}
+        print("# first maps, MB/s: " + "; ".join(f"{k} {[round(r[0]) for r in v]}" for k, v in got.items()),
+              flush=True)
+        names = {"mp": "mp.Pool.imap", "ppe": "ProcessPoolExecutor.map", "jl": "joblib (loky, memmap)"}
+        for k in peers:
+            if k != "jm":
+                line(names[k], wl, first[k], "MB/s")
+        line("jobmill.Pool.imap vs mp.Pool", wl, first["jm"], "MB/s", first["mp"])
+        if "jl" in first:
+            line("jobmill.Pool.imap vs joblib", wl, first["jm"], "MB/s", first["jl"])
+        line("  second map: jobmill vs mp.Pool", wl, second["jm"], "MB/s", second["mp"])
+        if "jl" in second:
+            line("  second map: jobmill vs joblib", wl, second["jm"], "MB/s", second["jl"])
 
 
 FAULT = textwrap.dedent('''
@@ -188,10 +233,15 @@ def main():
     ap.add_argument("--tiny", type=int, default=20000)
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--skip-arrays", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the array workloads (median)")
+    ap.add_argument("--one", nargs=2, metavar=("PEER", "SIZE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.one:
+        print(*one(*a.one))
+        return
     tiny(a.tiny)
     if not a.skip_arrays:
-        arrays()
+        arrays(a.rounds)
     if a.faults:
         faults(a.faults)
 

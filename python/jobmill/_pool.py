@@ -9,11 +9,9 @@ with the GIL released, checking for Ctrl-C every 50 ms.
 import base64
 import collections
 import concurrent.futures
-import ctypes
 import hashlib
 import itertools
 import json
-import mmap
 import os
 import pickle
 import sys
@@ -388,18 +386,8 @@ class Pool:
                 retries, max_lost, timeout, window, journal_path,
                 [sys.executable] + [a for a in sys.argv if isinstance(a, str)], RESULT_CAP,
                 SHARED_ARENA)
-        shared = getattr(self._core, "shared", None)
-        # The caller's writable mapping of the shared arena.
-        self._shared = None
-        if shared is not None:
-            # The core's descriptor, open as long as the core (for pwrite).
-            self._shared_fd, length = shared
-            mapping = mmap.mmap(self._shared_fd, length)
-            self._shared = memoryview(mapping)
-            # Its address, for the core to make its pages present before
-            # use (the export also keeps the mapping from being closed).
-            self._shared_export = ctypes.c_char.from_buffer(mapping)
-            self._core.shared_mapped_at(ctypes.addressof(self._shared_export))
+        # The pool's shared arena (not on a shared queue's pool).
+        self._shared = getattr(self._core, "has_shared", False)
         self._shared_inflight = 0
         self._journal = journal_path is not None
         # key line -> deque of (seq, reusable) recorded by earlier sessions
@@ -506,7 +494,7 @@ class Pool:
             batched = 0
             while self._backlog and (
                     (self._inflight < MAX_INFLIGHT and self._shared_inflight < SHARED_INFLIGHT)
-                    or len(self._pending) <= self._processes):
+                    or len(self._pending) < self._processes):
                 try:
                     entry, encoded, seq, line = next(self._backlog[0])
                 except StopIteration:
@@ -533,11 +521,8 @@ class Pool:
         region = None
         if isinstance(encoded, bytes):
             payload = encoded
-        elif self._shared is not None and (got := self._core.shared_alloc(size)) is not None:
-            region, warm = got
-            payload = _wire.place(encoded, self._shared, region, self._shared_fd, warm)
-            if warm < size:
-                self._core.shared_filled(region)
+        elif self._shared and (region := _wire.place(encoded, self._core)) is not None:
+            payload = _wire.ref(region, size)
             self._shared_inflight += size
         else:
             payload = _wire.join(encoded)

@@ -17,7 +17,6 @@ CHUNKS = (CHUNK, CHUNK_MAP, CHUNK_STAR)
 TASK_MAGIC = b"JMTASK1\0"
 SIGNED_HEADER = 64
 
-import os
 import pickle
 import struct
 
@@ -51,7 +50,7 @@ def encode(obj):
     payload of ``total`` bytes is ``prefix`` followed by each buffer of
     ``parts`` (a list of ``(offset, memoryview)``) at its offset, zeros in
     between. ``join`` makes it bytes; a pool places it in its shared arena
-    instead, with one copy."""
+    instead (``place``), with one copy."""
     buffers = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     if not buffers:
@@ -89,21 +88,24 @@ def join(encoded):
     return b"".join(out)
 
 
-def place(encoded, mapping, offset, fd, warm):
-    """Copies a ``(prefix, parts, total)`` payload into the shared arena at
-    ``offset``: its first ``warm`` bytes through ``mapping`` (a writable
-    memoryview of the arena: pages present in it, copied at memory speed),
-    the rest with ``os.pwrite`` on ``fd``, which fills pages not used yet
-    without zeroing them first. Returns the payload's reference."""
+def place(encoded, core):
+    """Places a ``(prefix, parts, total)`` payload in ``core``'s shared
+    arena (one copy, by the core, from the buffers themselves). Returns its
+    region's offset (``ref`` makes the job's payload), or None when the
+    arena has no room for it now or numpy, through which the core reads the
+    buffers, is not installed."""
+    try:
+        import numpy
+    except ImportError:
+        return None
     prefix, parts, total = encoded
-    for at, v in [(0, memoryview(prefix))] + parts:
-        n = v.nbytes
-        split = min(n, max(0, warm - at))
-        if split:
-            mapping[offset + at:offset + at + split] = v[:split]
-        done = split
-        while done < n:
-            done += os.pwrite(fd, v[done:], offset + at + done)
+    arrays = [(at, numpy.frombuffer(v, dtype=numpy.uint8)) for at, v in parts]
+    return core.shared_place(prefix, arrays, total)
+
+
+def ref(offset, total):
+    """The payload of a job whose payload of ``total`` bytes lies in the
+    pool's shared arena at ``offset``."""
     return REF_MAGIC + _PAIR.pack(offset, total)
 
 
@@ -119,6 +121,7 @@ def _shared_arena():
     global _shared
     if _shared is None:
         import mmap
+        import os
 
         fd = int(os.environ[ARENA_FD_ENV])
         _shared = memoryview(mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ))

@@ -39,7 +39,8 @@ use jobmill::journal::options::{StoredInput, OPTIONS_VERSION};
 use jobmill::journal::{self, resume, Journal, JournalError, RunRecord, StoredOptions};
 use jobmill::queue::memory::MemoryQueue;
 use jobmill::queue::Queue;
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use numpy::PyReadonlyArray1;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -413,40 +414,36 @@ impl PoolCore {
         })
     }
 
-    /// The shared arena, if the pool has one: `(descriptor, length)`. The
-    /// caller maps it to fill the regions it allocates.
+    /// Whether the pool has a shared arena.
     #[getter]
-    fn shared(&self) -> Option<(i32, usize)> {
-        self.shared.as_ref().map(|a| (a.fd(), a.size()))
+    fn has_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
-    /// A new region of `len` bytes in the shared arena, for one task's
-    /// payload: `(offset, warm)`, or `None` when the pool has no shared
-    /// arena or no room in it now (then the payload goes whole, as bytes).
-    /// The first `warm` bytes are filled through the caller's mapping, the
-    /// rest with `os.pwrite` ([`crate::shared`]).
-    fn shared_alloc(&self, len: u64) -> Option<(u64, u64)> {
-        self.shared.as_ref().and_then(|a| a.alloc(len))
-    }
-
-    /// The caller has mapped the shared arena, whole and writable, at
-    /// `addr`: its pages are made present ahead of use, off the GIL.
-    fn shared_mapped_at(&self, addr: usize) -> PyResult<()> {
-        match &self.shared {
-            Some(arena) => arena
-                .caller_mapped_at(addr)
-                .map_err(|e| PyOSError::new_err(format!("jobmill.Pool: {e}"))),
-            None => Ok(()),
-        }
-    }
-
-    /// The caller has written the shared region at `offset`, partly with
-    /// `pwrite`: its pages are made present in the caller's mapping, off
-    /// the GIL, for the region's next use.
-    fn shared_filled(&self, offset: u64) {
-        if let Some(arena) = &self.shared {
-            arena.filled(offset);
-        }
+    /// Lays out a task's payload of `total` bytes once in the shared arena:
+    /// `prefix` at the start of a new region and each `(offset, array)` of
+    /// `parts` (one-dimensional `uint8` numpy arrays over the out-of-band
+    /// buffers) at its offset. Returns the region's offset, or `None` when
+    /// the pool has no shared arena or no room in it now (then the payload
+    /// goes whole, as bytes). The GIL stays held: no Python code can change
+    /// the buffers while they are copied ([`crate::shared`]).
+    fn shared_place(
+        &self,
+        prefix: &[u8],
+        parts: Vec<(u64, PyReadonlyArray1<'_, u8>)>,
+        total: u64,
+    ) -> PyResult<Option<u64>> {
+        let Some(arena) = &self.shared else {
+            return Ok(None);
+        };
+        let slices = parts
+            .iter()
+            .map(|(at, a)| Ok((*at, a.as_slice()?)))
+            .collect::<Result<Vec<_>, numpy::NotContiguousError>>()
+            .map_err(|e| PyValueError::new_err(format!("jobmill.Pool: {e}")))?;
+        arena
+            .place(prefix, &slices, total)
+            .map_err(|e| PyOSError::new_err(format!("jobmill.Pool: {e}")))
     }
 
     /// Gives back the shared region at `offset` once its task has its final
