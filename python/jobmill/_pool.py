@@ -43,7 +43,7 @@ MAX_INFLIGHT = 256 << 20
 # than the arena goes whole, as bytes.
 SHARED_ARENA = 2 << 30
 # Bytes of shared regions in flight, at most (always at least one job a
-# worker, and one more): few regions in use stay warm in the CPU caches, and
+# worker): few regions in use stay warm in the CPU caches, and
 # few regions of large items mean few pages to fault in the first time.
 SHARED_INFLIGHT = 16 << 20
 # A batch of jobs is submitted once its payloads add up to this many bytes
@@ -483,9 +483,8 @@ class Pool:
     def _feed(self):
         """Submit backlogged jobs while the payload bytes in flight stay under
         ``MAX_INFLIGHT``, and those in shared regions under
-        ``SHARED_INFLIGHT`` (always at least one job a worker, and one
-        more), so that the caller's memory holds a bounded part of a large
-        map."""
+        ``SHARED_INFLIGHT`` (always at least one job a worker), so that the
+        caller's memory holds a bounded part of a large map."""
         with self._submit_lock:
             seqs, payloads, inputs = [], [], []
             # Bytes of the batch's payloads: a batch goes once it holds
