@@ -27,7 +27,7 @@
 //!   pages without first zeroing them and without a page fault on each
 //!   (2.6 GB/s here, against 1.0 through the mapping). A thread of the
 //!   arena's own then makes those pages present in the mapping
-//!   (`MADV_POPULATE_WRITE`, [`Arena::populate`]), so that they are warm by
+//!   (`MADV_POPULATE_READ`, [`Arena::populate`]), so that they are warm by
 //!   the time the region is used again.
 
 use std::collections::{HashMap, VecDeque};
@@ -51,7 +51,7 @@ pub const KEEP: u64 = 512 << 20;
 const PARALLEL_COPY: usize = 4 << 20;
 
 /// The unit in which the mapping is made present: one
-/// `MADV_POPULATE_WRITE` call.
+/// `MADV_POPULATE_READ` call.
 const CHUNK: u64 = 2 << 20;
 
 /// A pool's shared arena and the allocator of its regions.
