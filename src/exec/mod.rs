@@ -2,9 +2,10 @@
 //!
 //! ## The model
 //!
-//! - **Spawn.** One `posix_spawnp` ([`crate::sys::spawn`]): a `vfork`-style
-//!   clone, independent of the parent's size, with only the attributes a
-//!   job needs. The environment block is built once per supervisor (so
+//! - **Spawn.** One `clone(CLONE_VM | CLONE_VFORK)` on a stack reused by
+//!   the thread, then `exec` ([`crate::sys::spawn`]): independent of the
+//!   parent's size, with only the setup a job needs, and without the
+//!   stack that `posix_spawnp` maps and unmaps for every child. The environment block is built once per supervisor (so
 //!   jobs see jobmill's environment as it was when the supervisor was
 //!   made); only the per-job variables are added per spawn. The program is
 //!   looked up in `PATH`; arguments are passed as bytes, unchanged.
@@ -70,21 +71,22 @@
 //!   allocate nothing and large outputs move in few system calls.
 //! - **Memory** (only with a memory option, [`Supervisor::with_memory`]):
 //!   the attempt runs in a cgroup of its own ([`cgroup`]), joined by the
-//!   child before `exec` (so started by `fork` and `exec`, not
-//!   `posix_spawnp`), or under `RLIMIT_AS` where no cgroup can be made.
+//!   child before `exec` (on the same spawn path), or under `RLIMIT_AS`
+//!   where no cgroup can be made.
 //!   While it runs, the watch loop also samples the cgroup's memory (5 ms,
 //!   doubling to 100 ms); after reaping, the cgroup's counters say whether
 //!   it died of memory and its tree's peak, and the cgroup is removed.
 //!   Without a cgroup, a SIGKILL during which the kernel's OOM kill count
 //!   rose is "likely out of memory" ([`memory`]).
-//! - **Cost per attempt**, beyond `posix_spawnp` and two pipes: one or
+//! - **Cost per attempt**, beyond the spawn and two pipes: one or
 //!   two `poll`s, for a short job a `sched_yield` and a `waitid` (a longer
 //!   one gets a `pidfd_open` instead), a read per stream that had output
 //!   (a hung-up empty pipe is not read), one `kill` of the group, `wait4`,
 //!   and with a guardian two 8-byte writes (under a lock that also keeps
 //!   the set of live groups for a new guardian). On 2,000 `true 1` jobs at
 //!   `-j2`, jobmill's own threads make about 20 system calls per job
-//!   (`posix_spawnp` itself 5 of them), 22 with the journal.
+//!   (the spawn itself 3 of them: `clone` and two `pthread_sigmask`), 20
+//!   with the journal.
 //!
 //! A supervisor never installs signal handlers and never reaps other
 //! children. It needs `SIGCHLD` not to be ignored (auto-reaping would take

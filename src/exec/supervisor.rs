@@ -90,8 +90,8 @@ pub struct Supervisor {
     /// Starts the jobs; holds the environment block, built once, with
     /// `JOBMILL_GUARD` in it.
     spawner: Spawner,
-    /// Memory options: a cgroup (or `RLIMIT_AS`) per attempt. `None`: the
-    /// plain `posix_spawnp` path, no cgroup.
+    /// Memory options: a cgroup (or `RLIMIT_AS`) per attempt. `None`: no
+    /// cgroup, nothing set up in the child.
     memory: Option<Arc<MemoryControl>>,
 }
 
@@ -147,7 +147,7 @@ impl Supervisor {
     /// Runs every attempt from now on under `options`: in a cgroup of its
     /// own, or under `RLIMIT_AS` where no cgroup can be made (see
     /// [`super::memory`]). Without this, attempts start with
-    /// `posix_spawnp` and no cgroup.
+    /// nothing set up in the child and no cgroup.
     pub fn with_memory(mut self, options: MemoryOptions) -> Self {
         self.memory = Some(Arc::new(MemoryControl::new(options)));
         self

@@ -1,64 +1,64 @@
-//! Starting a job's process with one `posix_spawnp` and nothing else.
+//! Starting a job's process with one `clone(CLONE_VM | CLONE_VFORK)` and
+//! an `exec`, and nothing else.
 //!
-//! std's `Command` does the same system call, but around it, for every
+//! std's `Command` does the same system calls, but around them, for every
 //! job: it copies jobmill's whole environment into a map and rebuilds the
 //! `envp` array from it (as soon as one variable is set, which jobmill
 //! always does), opens `/dev/null`, and allocates the argument strings and
 //! several vectors. [`Spawner`] builds the environment block once, keeps
-//! one `/dev/null` descriptor open for all jobs and one set of spawn
-//! attributes, and reuses one scratch buffer per thread for the per-job
-//! strings (arguments, per-job variables) and pointer arrays, and the
-//! file actions of the last few descriptor numbers the thread's pipes
-//! had, so that a spawn in steady state allocates nothing and makes no
-//! system call besides its two `pipe2`, `posix_spawnp` and the `close`s
-//! (new file actions cost glibc a `getrlimit` per descriptor of each
-//! `dup2`: six system calls).
+//! one `/dev/null` descriptor open for all jobs, and reuses per thread one
+//! scratch buffer for the per-job strings (arguments, per-job variables)
+//! and pointer arrays, and one stack for the child, so that a spawn in
+//! steady state allocates nothing and makes no system call besides its two
+//! `pipe2`, the `clone`, two `pthread_sigmask` and the `close`s.
 //!
-//! What the child gets is exactly what jobmill's `Command` gave it:
+//! Why not `posix_spawnp`: glibc's maps a new stack for every child and
+//! unmaps it after, and the unmapping of memory shared by several threads
+//! sends every other CPU running one of them an interrupt to flush its TLB
+//! and waits for it. On 2,000 `true 1` jobs at `-j2`, `perf` put a third of
+//! the slot threads' CPU in that `munmap`; a C loop of `clone` on a reused
+//! stack took 5–10% less time than the same loop of `posix_spawnp` here.
 //!
-//! - its own process group (`POSIX_SPAWN_SETPGROUP`, group 0);
+//! The child (`child_main`) runs on the thread's reused stack, in the
+//! parent's memory, while the parent waits in `clone` until it has
+//! `exec`ed or exited (`CLONE_VFORK`). It makes only async-signal-safe
+//! system calls on memory prepared before the `clone`, allocates nothing
+//! and never returns into Rust code. What it gets is exactly what
+//! jobmill's `Command` gave it:
+//!
+//! - its own process group (`setpgid(0, 0)`);
 //! - stdin `/dev/null`, stdout and stderr the write ends of two new pipes
 //!   (the read ends are returned; every descriptor is close-on-exec in
 //!   jobmill, so concurrent spawns never inherit another job's pipes);
-//! - `SIGPIPE` at its default action (`POSIX_SPAWN_SETSIGDEF`: the Rust
-//!   runtime ignores it in jobmill, and ignored signals survive `exec`) and
-//!   an empty signal mask (`POSIX_SPAWN_SETSIGMASK`); handled signals are
-//!   reset by `exec` itself;
-//! - the program looked up in jobmill's `PATH` (`posix_spawnp`; a name with
-//!   a `/` is used as is), the arguments as bytes, unchanged;
+//! - every signal that jobmill handles, and `SIGPIPE` (which the Rust
+//!   runtime ignores, and ignored signals survive `exec`), at its default
+//!   action, and an empty signal mask. All signals are blocked in the
+//!   parent across the `clone`, so no handler of jobmill's ever runs in the
+//!   child, whose memory is jobmill's;
+//! - the program looked up in jobmill's `PATH` as it was when the
+//!   [`Spawner`] was made, as `execvp` does but without its fallback of
+//!   running a file that is not an executable through `/bin/sh` (what
+//!   `posix_spawnp` does too): a name with a `/` is used as is;
+//! - the arguments as bytes, unchanged;
 //! - jobmill's environment as it was when the [`Spawner`] was made, with
 //!   the per-spawn variables added or replacing those of the same name.
 //!
 //! A program that cannot be started (`ENOENT`, `EACCES`, `ENOEXEC`…) is an
-//! error returned by `posix_spawnp` itself: glibc's child reports the
-//! `exec` failure before the call returns.
+//! error returned by the spawn itself: the child leaves its `errno` in the
+//! shared memory before it exits, and the parent reaps it.
 //!
 //! **With a memory option** (`--mem-limit`, `--mem-per-job`) a job must
 //! join its own cgroup before `exec` (cgroup v1 has no
-//! `CLONE_INTO_CGROUP`), or get an `RLIMIT_AS`: [`Spawner::spawn_with_setup`]
-//! then `fork`s and `exec`s itself, with the same argument and
-//! environment arrays, the same descriptors, group and signal state, plus
-//! a [`ChildSetup`] applied in the child (write `0` to the cgroup's
-//! `cgroup.procs`, `setrlimit`). The child does only async-signal-safe
-//! calls on memory prepared before the `fork`; an error in it (joining the
-//! cgroup, `exec`) comes back through a close-on-exec pipe, as
-//! `posix_spawnp` reports its own. Without a memory option this path is
-//! never taken.
-//!
-//! What it saves is small next to a job's own cost. On 2,000 `true 1` jobs
-//! at `-j2` (issue 10), `perf` puts about 87% of all CPU in the `true`
-//! processes (exec, dynamic loading, exit), about 9% in the slot threads
-//! (mostly the kernel side of clone, pipes, poll and pidfd; std's
-//! `Command::spawn` itself was 0.5%), 2.5% in the journal's thread; per
-//! job, `strace` shows std's extra `open`/`close` of `/dev/null` and two
-//! `fcntl`s, gone here, against about 270 system calls of the child.
+//! `CLONE_INTO_CGROUP`), or get an `RLIMIT_AS`: [`ChildSetup`] then has
+//! the child write `0` to the cgroup's `cgroup.procs` and call `setrlimit`
+//! before its `exec`, on the same path.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, OsStr, OsString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use rustix::fs::{open, Mode, OFlags};
 use rustix::io::fcntl_dupfd_cloexec;
@@ -103,9 +103,9 @@ pub struct Spawner {
     entries: Vec<(usize, usize)>,
     /// `/dev/null`, read-only, close-on-exec, at a descriptor above 2.
     dev_null: OwnedFd,
-    /// The spawn attributes, the same for every child (`posix_spawnp`
-    /// only reads them).
-    attrs: Attrs,
+    /// Where programs are looked up: jobmill's `PATH` when the spawner was
+    /// made (`/bin:/usr/bin` without one, as glibc's `execvp`).
+    path: Vec<u8>,
 }
 
 /// Per-thread buffers reused by every spawn of the thread.
@@ -120,46 +120,17 @@ struct Scratch {
     /// The `argv` and `envp` arrays, each closed by a null pointer.
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
-    /// File actions built for earlier spawns, by the descriptors they
-    /// duplicate onto 0, 1 and 2 (see [`Scratch::actions_for`]).
-    actions: Vec<([i32; 3], FileActions)>,
-    /// The entry of `actions` the next new one replaces once it is full.
-    next_evicted: usize,
+    /// Where the child builds each `PATH` entry joined with the program
+    /// name: room for the longest.
+    candidate: Vec<u8>,
+    /// The child's stack ([`CHILD_STACK`] bytes once used).
+    stack: Vec<u8>,
 }
 
-/// File actions kept per thread. The pipes of a slot's jobs come back at
-/// the same few descriptor numbers (the lowest free ones), so a handful
-/// covers nearly every spawn; building them anew costs glibc a `getrlimit`
-/// per descriptor of each `dup2` (six system calls) and an allocation.
-const KEPT_ACTIONS: usize = 8;
-
-impl Scratch {
-    /// The index in `actions` of file actions that duplicate `fds` onto 0,
-    /// 1 and 2: kept ones for the same descriptors, or new ones (then
-    /// kept). Actions hold descriptor numbers only, so those built for the
-    /// same numbers are the same.
-    fn actions_for(&mut self, fds: [i32; 3]) -> io::Result<usize> {
-        let at = match self.actions.iter().position(|(k, _)| *k == fds) {
-            Some(at) => at,
-            None => {
-                let mut actions = FileActions::new()?;
-                for (target, fd) in fds.into_iter().enumerate() {
-                    actions.dup2(fd, target as i32)?;
-                }
-                if self.actions.len() < KEPT_ACTIONS {
-                    self.actions.push((fds, actions));
-                    self.actions.len() - 1
-                } else {
-                    let at = self.next_evicted;
-                    self.next_evicted = (at + 1) % KEPT_ACTIONS;
-                    self.actions[at] = (fds, actions);
-                    at
-                }
-            }
-        };
-        Ok(at)
-    }
-}
+/// The size of the child's stack. The child's own frames take a few
+/// hundred bytes and `exec` takes its arguments from the heap; glibc's
+/// `posix_spawn` gives its child 32 KiB plus the argument pointers.
+const CHILD_STACK: usize = 64 << 10;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -201,11 +172,14 @@ impl Spawner {
             entries.push((env.len(), key.len()));
             push_var(&mut env, key, value);
         }
+        let path = std::env::var_os("PATH")
+            .map(|p| p.into_vec())
+            .unwrap_or_else(|| b"/bin:/usr/bin".to_vec());
         Ok(Self {
             env,
             entries,
             dev_null,
-            attrs: Attrs::new()?,
+            path,
         })
     }
 
@@ -216,8 +190,8 @@ impl Spawner {
     /// # Errors
     ///
     /// `InvalidInput` when `argv` is empty or an argument, name or value
-    /// holds a NUL byte; otherwise the OS error of the pipes or of
-    /// `posix_spawnp` (the `exec` error when the program cannot be run).
+    /// holds a NUL byte; otherwise the OS error of the pipes or of the
+    /// `clone`, or the `exec` error when the program cannot be run.
     pub fn spawn<'a>(
         &self,
         argv: &[OsString],
@@ -227,8 +201,7 @@ impl Spawner {
     }
 
     /// As [`Spawner::spawn`], with `setup` applied in the child before
-    /// `exec`: a `fork` and `exec` of our own when `setup` is not empty
-    /// (see the module documentation), `posix_spawnp` otherwise.
+    /// `exec` (see the module documentation).
     ///
     /// # Errors
     ///
@@ -313,47 +286,37 @@ impl Spawner {
         let out_w = above_stdio(out_w)?;
         let err_w = above_stdio(err_w)?;
 
-        if !setup.is_empty() {
-            let pid = fork_exec(&s.argv, &s.envp, [&self.dev_null, &out_w, &err_w], setup)?;
-            drop((out_w, err_w));
-            return Ok(Spawned {
-                pid,
-                stdout: above_stdio(out_r)?,
-                stderr: above_stdio(err_r)?,
-            });
+        let name = &s.strings[s.args[0]..s.args[0] + argv[0].len()];
+        let need = self.path.len() + name.len() + 2;
+        if s.candidate.len() < need {
+            s.candidate.resize(need, 0);
         }
-
-        let fds = [
-            self.dev_null.as_raw_fd(),
-            out_w.as_raw_fd(),
-            err_w.as_raw_fd(),
-        ];
-        let kept = s.actions_for(fds)?;
-        let actions = &s.actions[kept].1;
-
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: `argv` and `envp` are null-terminated arrays of pointers
-        // to NUL-terminated strings in `s.strings` and `self.env`, which
-        // are neither changed nor freed during the call; the file actions
-        // and attributes are initialized and live until after it (the
-        // actions name `fds`, which are open until after it); `pid` is a
-        // valid place to write. glibc's `posix_spawnp` runs the child on
-        // its own stack with all signals blocked (`CLONE_VFORK`), so no
-        // Rust code of ours runs in the child.
-        let rc = unsafe {
-            libc::posix_spawnp(
-                &mut pid,
-                s.argv[0],
-                &actions.0,
-                &self.attrs.0,
-                s.argv.as_ptr().cast(),
-                s.envp.as_ptr().cast(),
-            )
+        if s.stack.len() < CHILD_STACK {
+            s.stack.resize(CHILD_STACK, 0);
+        }
+        let mut child = Child {
+            argv: s.argv.as_ptr(),
+            envp: s.envp.as_ptr(),
+            name: name.as_ptr(),
+            name_len: name.len(),
+            path: self.path.as_ptr(),
+            path_len: self.path.len(),
+            candidate: s.candidate.as_mut_ptr(),
+            fds: [
+                self.dev_null.as_raw_fd(),
+                out_w.as_raw_fd(),
+                err_w.as_raw_fd(),
+            ],
+            procs: setup.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+            limit: setup.rlimit_as.map(|l| libc::rlimit {
+                rlim_cur: l as libc::rlim_t,
+                rlim_max: l as libc::rlim_t,
+            }),
+            errno: 0,
         };
+        let pid = clone_exec(&mut child, &mut s.stack);
         drop((out_w, err_w));
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
+        let pid = pid?;
         Ok(Spawned {
             pid,
             stdout: above_stdio(out_r)?,
@@ -362,33 +325,41 @@ impl Spawner {
     }
 }
 
-/// Starts `argv[0]` with a `fork` and `exec` of our own, `setup` applied in
-/// the child: its own process group, `stdio` as descriptors 0, 1 and 2,
-/// `SIGPIPE` at its default action and an empty signal mask (what
-/// [`Attrs`] gives `posix_spawnp`'s children). `argv` and `envp` are
-/// null-terminated arrays of pointers to NUL-terminated strings that stay
-/// valid during the call. Returns the child's pid once it has `exec`ed; an
-/// error of the child (joining the cgroup, `setrlimit`, `exec`) is returned
-/// after reaping it.
-fn fork_exec(
-    argv: &[*const c_char],
-    envp: &[*const c_char],
-    stdio: [&OwnedFd; 3],
-    setup: ChildSetup<'_>,
-) -> io::Result<i32> {
-    // The child reports an error as its errno on this pipe; `exec` closes
-    // the write end (close-on-exec), so end of file means success.
-    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let limit = setup.rlimit_as.map(|l| libc::rlimit {
-        rlim_cur: l as libc::rlim_t,
-        rlim_max: l as libc::rlim_t,
-    });
-    let procs = setup.cgroup_procs.map(|fd| fd.as_raw_fd());
-    let fds = stdio.map(|fd| fd.as_raw_fd());
-    let err_fd = err_w.as_raw_fd();
+/// What the child of a spawn needs, prepared by the parent: every pointer
+/// points into memory that stays put and unchanged until the child has
+/// `exec`ed or exited (the parent waits in `clone` until then).
+struct Child {
+    /// The `argv` array, closed by a null pointer.
+    argv: *const *const c_char,
+    /// The `envp` array, closed by a null pointer.
+    envp: *const *const c_char,
+    /// The program name (`argv[0]`, without its NUL).
+    name: *const u8,
+    name_len: usize,
+    /// jobmill's `PATH`.
+    path: *const u8,
+    path_len: usize,
+    /// Room for `PATH`'s longest entry, a `/`, the name and a NUL.
+    candidate: *mut u8,
+    /// The descriptors that become the child's 0, 1 and 2 (all above 2).
+    fds: [i32; 3],
+    /// The `cgroup.procs` descriptor to write `0` to, or -1.
+    procs: i32,
+    /// The `RLIMIT_AS` to set, if any.
+    limit: Option<libc::rlimit>,
+    /// Written by the child when it fails before `exec`: its `errno`.
+    errno: i32,
+}
+
+/// Starts the child of `child` on `stack` and waits until it has `exec`ed
+/// or failed: its pid, or the error it failed with (it is reaped then).
+fn clone_exec(child: &mut Child, stack: &mut [u8]) -> io::Result<i32> {
+    // The stack grows down from its end, which must be 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
     // SAFETY: `sigfillset` and `pthread_sigmask` write only into the sigsets
-    // we own. All signals are blocked across the `fork` so that no handler
-    // of jobmill's runs in the child; the parent restores its mask at once.
+    // we own. All signals are blocked across the `clone` so that no handler
+    // of jobmill's runs in the child (in jobmill's memory); the parent
+    // restores its mask as soon as `clone` returns.
     let old = unsafe {
         let mut all = MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigfillset(all.as_mut_ptr());
@@ -396,109 +367,140 @@ fn fork_exec(
         libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
         old.assume_init()
     };
-    // SAFETY: `fork` in a multi-threaded process: the child only makes
-    // async-signal-safe calls (`setpgid`, `write`, `setrlimit`, `dup2`,
-    // `sigaction`, `sigprocmask`, `execvpe`, `_exit`) on memory prepared
-    // before the fork (the pointer arrays, `limit`, the descriptors), and
-    // never returns into Rust code: it `exec`s or `_exit`s. (`execvpe` is
-    // not on POSIX's list, but glibc's searches `PATH` in stack buffers and
-    // allocates nothing, which is what `posix_spawnp`'s child does too.)
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: in the child, see above.
-        unsafe { child_after_fork(argv, envp, fds, procs, limit, err_fd) }
-    }
-    let fork_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above, in the parent.
+    // SAFETY: `child_main` runs in the new process on `stack`, which this
+    // thread owns and does not touch until `clone` returns (`CLONE_VFORK`
+    // suspends it until the child `exec`s or exits); `top` lies within it,
+    // aligned. The child reads `child` and the memory its pointers name,
+    // all valid and unchanged meanwhile, writes only `child.errno` and the
+    // `candidate` buffer, and makes only async-signal-safe system calls
+    // (see `child_main`). Exit signal `SIGCHLD`: reaped like any child.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (child as *mut Child).cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(err_w);
     if pid < 0 {
-        return Err(fork_error);
+        return Err(clone_error);
     }
-    // End of file (the child `exec`ed) before four bytes: success.
-    let mut errno = [0u8; 4];
-    let mut got = 0;
-    while got < errno.len() {
-        match rustix::io::read(&err_r, &mut errno[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => break,
-        }
+    // SAFETY: the child is done with `child` (it `exec`ed or exited): a
+    // plain read of a field it may have written.
+    let errno = unsafe { std::ptr::read_volatile(&child.errno) };
+    if errno != 0 {
+        let _ = super::process::wait4(pid);
+        return Err(io::Error::from_raw_os_error(errno));
     }
-    if got < errno.len() {
-        return Ok(pid);
-    }
-    // The child failed before `exec` and `_exit`ed: reap it.
-    let _ = super::process::wait4(pid);
-    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+    Ok(pid)
 }
 
-/// The child's side of [`fork_exec`]: never returns.
+/// The child's side of [`clone_exec`]: sets up the new process and
+/// `exec`s the program, or leaves its `errno` in `Child::errno` and exits
+/// 127. Never returns.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Child` that `clone_exec` passed, valid and not
+    // used by anyone else until this process `exec`s or exits. Every call
+    // below is an async-signal-safe system call wrapper, on memory prepared
+    // before the `clone`; nothing here allocates, panics or unwinds.
+    unsafe {
+        let c = &mut *arg.cast::<Child>();
+        let fail = |c: &mut Child| -> ! {
+            std::ptr::write_volatile(&mut c.errno, *libc::__errno_location());
+            libc::_exit(127)
+        };
+        if libc::setpgid(0, 0) != 0 {
+            fail(c);
+        }
+        if c.procs >= 0 && libc::write(c.procs, b"0".as_ptr().cast(), 1) != 1 {
+            // `0` is the writing process itself (cgroup v1 and v2).
+            fail(c);
+        }
+        if let Some(limit) = &c.limit {
+            if libc::setrlimit(libc::RLIMIT_AS, limit) != 0 {
+                fail(c);
+            }
+        }
+        for target in 0..3 {
+            // The sources are above 2 (`above_stdio`), so no `dup2`
+            // overwrites a descriptor still to be duplicated; `dup2`
+            // clears close-on-exec.
+            if libc::dup2(c.fds[target], target as i32) < 0 {
+                fail(c);
+            }
+        }
+        // Handlers would be reset by `exec`, but a signal arriving between
+        // unblocking and `exec` would run jobmill's handler in the child
+        // (in jobmill's memory): reset every handled signal first. SIGPIPE
+        // (ignored by the Rust runtime) goes back to its default action.
+        for sig in 1..32 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) != 0 {
+                continue;
+            }
+            let handler = (*old.as_ptr()).sa_sigaction;
+            if sig == libc::SIGPIPE || (handler != libc::SIG_DFL && handler != libc::SIG_IGN) {
+                let mut dfl = MaybeUninit::<libc::sigaction>::zeroed();
+                (*dfl.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, dfl.as_ptr(), std::ptr::null_mut());
+            }
+        }
+        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+        exec_path(c);
+        fail(c)
+    }
+}
+
+/// `execvp` without its `/bin/sh` fallback: `execve` of the name as is
+/// when it holds a `/`, else of each `PATH` entry joined with it (an empty
+/// entry is the current directory) until one starts. Returns only when
+/// none did, with `errno` set: `EACCES` if some entry was found but not
+/// executable, else the last error of a kind that lets the search go on
+/// (`ENOENT`…), or at once the first error of another kind (`ENOEXEC`,
+/// `E2BIG`…).
 ///
 /// # Safety
 ///
-/// Only to be called in the child of a `fork`, with the arguments of
-/// [`fork_exec`].
-unsafe fn child_after_fork(
-    argv: &[*const c_char],
-    envp: &[*const c_char],
-    fds: [i32; 3],
-    procs: Option<i32>,
-    limit: Option<libc::rlimit>,
-    err_fd: i32,
-) -> ! {
-    let fail = |err_fd: i32| -> ! {
-        let errno = *libc::__errno_location();
-        let bytes = errno.to_ne_bytes();
-        libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    };
-    if libc::setpgid(0, 0) != 0 {
-        fail(err_fd);
+/// Only in the child of [`clone_exec`], with the `Child` it passed.
+unsafe fn exec_path(c: &mut Child) {
+    let name = std::slice::from_raw_parts(c.name, c.name_len);
+    if name.is_empty() {
+        *libc::__errno_location() = libc::ENOENT;
+        return;
     }
-    if let Some(fd) = procs {
-        // `0` is the writing process itself (cgroup v1 and v2).
-        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-            fail(err_fd);
+    if name.contains(&b'/') {
+        libc::execve(*c.argv, c.argv, c.envp);
+        return;
+    }
+    let path = std::slice::from_raw_parts(c.path, c.path_len);
+    let mut eacces = false;
+    for dir in path.split(|&b| b == b':') {
+        let mut at = 0;
+        if !dir.is_empty() {
+            std::ptr::copy_nonoverlapping(dir.as_ptr(), c.candidate, dir.len());
+            *c.candidate.add(dir.len()) = b'/';
+            at = dir.len() + 1;
         }
-    }
-    if let Some(limit) = limit {
-        if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-            fail(err_fd);
-        }
-    }
-    for (target, fd) in fds.into_iter().enumerate() {
-        // The sources are above 2 (`above_stdio`), so no `dup2` overwrites
-        // a descriptor still to be duplicated; `dup2` clears close-on-exec.
-        if libc::dup2(fd, target as i32) < 0 {
-            fail(err_fd);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), c.candidate.add(at), name.len());
+        *c.candidate.add(at + name.len()) = 0;
+        libc::execve(c.candidate.cast(), c.argv, c.envp);
+        match *libc::__errno_location() {
+            libc::EACCES => eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => return,
         }
     }
-    // Handlers would be reset by `exec`, but a signal arriving between
-    // unblocking and `exec` would run jobmill's handler in the child: reset
-    // every handled signal first. SIGPIPE (ignored by the Rust runtime)
-    // goes back to its default action, as `POSIX_SPAWN_SETSIGDEF` does.
-    for sig in 1..32 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        let mut old = MaybeUninit::<libc::sigaction>::zeroed();
-        if libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) != 0 {
-            continue;
-        }
-        let handler = old.assume_init().sa_sigaction;
-        if sig == libc::SIGPIPE || (handler != libc::SIG_DFL && handler != libc::SIG_IGN) {
-            let mut dfl = MaybeUninit::<libc::sigaction>::zeroed();
-            (*dfl.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(sig, dfl.as_ptr(), std::ptr::null_mut());
-        }
+    if eacces {
+        *libc::__errno_location() = libc::EACCES;
     }
-    let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
-    libc::sigemptyset(empty.as_mut_ptr());
-    libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-    libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
-    fail(err_fd)
 }
 
 /// Applies `setup` in the child of `cmd` before its `exec` (long-lived
@@ -579,98 +581,6 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// An initialized `posix_spawn_file_actions_t`, destroyed on drop.
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl FileActions {
-    fn new() -> io::Result<Self> {
-        let mut raw = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-        // SAFETY: `init` initializes the object `raw` points to.
-        let rc = unsafe { libc::posix_spawn_file_actions_init(raw.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: initialized by the successful `init` above; the object
-        // holds no pointer to itself, so it may move.
-        Ok(Self(unsafe { raw.assume_init() }))
-    }
-
-    /// Adds `dup2(fd, target)` in the child. `fd` is only a number here:
-    /// the caller spawns with these actions only while `fd` is open.
-    fn dup2(&mut self, fd: i32, target: i32) -> io::Result<()> {
-        // SAFETY: the object is initialized and exclusively borrowed; glibc
-        // appends to the action list it owns (it records the numbers only).
-        let rc = unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, target) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialized in `new` and destroyed only here.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-/// An initialized `posix_spawnattr_t` with jobmill's attributes: own
-/// process group, empty signal mask, SIGPIPE at its default action.
-struct Attrs(libc::posix_spawnattr_t);
-
-impl Attrs {
-    fn new() -> io::Result<Self> {
-        let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-        // SAFETY: `init` initializes the object `raw` points to.
-        let rc = unsafe { libc::posix_spawnattr_init(raw.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: initialized by the successful `init` above.
-        let mut attrs = Self(unsafe { raw.assume_init() });
-        let flags = libc::POSIX_SPAWN_SETPGROUP
-            | libc::POSIX_SPAWN_SETSIGMASK
-            | libc::POSIX_SPAWN_SETSIGDEF;
-        // SAFETY: `sigemptyset`/`sigaddset` write only into the sigsets we
-        // own; the setters copy from them into the initialized attribute
-        // object, which nothing else uses.
-        let rc = unsafe {
-            let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(empty.as_mut_ptr());
-            let mut pipe = MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(pipe.as_mut_ptr());
-            libc::sigaddset(pipe.as_mut_ptr(), libc::SIGPIPE);
-            let a = &mut attrs.0;
-            [
-                libc::posix_spawnattr_setflags(a, flags as libc::c_short),
-                libc::posix_spawnattr_setpgroup(a, 0),
-                libc::posix_spawnattr_setsigmask(a, empty.as_ptr()),
-                libc::posix_spawnattr_setsigdefault(a, pipe.as_ptr()),
-            ]
-            .into_iter()
-            .find(|&rc| rc != 0)
-        };
-        match rc {
-            Some(rc) => Err(io::Error::from_raw_os_error(rc)),
-            None => Ok(attrs),
-        }
-    }
-}
-
-impl std::fmt::Debug for Attrs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Attrs")
-    }
-}
-
-impl Drop for Attrs {
-    fn drop(&mut self) {
-        // SAFETY: initialized in `new` and destroyed only here.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,11 +625,10 @@ mod tests {
     }
 
     #[test]
-    fn kept_file_actions_give_each_child_its_own_pipes() {
-        // Sequential spawns get their pipes at the same descriptors (kept
-        // actions reused); spawns while earlier pipes are held get new
-        // ones (more numbers than are kept: entries replaced). Every child
-        // writes to its own pipes either way.
+    fn each_child_writes_to_its_own_pipes_whether_earlier_ones_are_held_or_not() {
+        // Sequential spawns get their pipes at the same descriptors (and
+        // reuse the thread's stack); spawns while earlier pipes are held
+        // get new ones. Every child writes to its own pipes either way.
         let spawner = Spawner::new(&[]).unwrap();
         let script = "printf 'out %s' \"$1\"; printf 'err %s' \"$1\" >&2";
         for i in 0..6 {
@@ -731,7 +640,7 @@ mod tests {
             assert_eq!(out, format!("out {i}").into_bytes());
             assert_eq!(err, format!("err {i}").into_bytes());
         }
-        let held: Vec<Spawned> = (0..2 * KEPT_ACTIONS)
+        let held: Vec<Spawned> = (0..16)
             .map(|i| {
                 spawner
                     .spawn(&args(&["sh", "-c", script, "sh", &i.to_string()]), [])
@@ -744,7 +653,82 @@ mod tests {
             assert_eq!(out, format!("out {i}").into_bytes());
             assert_eq!(err, format!("err {i}").into_bytes());
         }
-        SCRATCH.with(|s| assert_eq!(s.borrow().actions.len(), KEPT_ACTIONS));
+    }
+
+    #[test]
+    fn the_path_search_skips_what_cannot_run_and_never_falls_back_to_a_shell() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, runnable) = (dir.path().join("plain"), dir.path().join("runnable"));
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::create_dir_all(&runnable).unwrap();
+        let write = |path: &std::path::Path, text: &str, mode: u32| {
+            std::fs::write(path, text).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // Found first, but not executable: skipped, as `execvp` does.
+        write(&plain.join("jm-tool"), "#!/bin/sh\necho plain\n", 0o644);
+        write(
+            &runnable.join("jm-tool"),
+            "#!/bin/sh\necho runnable\n",
+            0o755,
+        );
+        // Executable but neither a binary nor a script: not run by a shell.
+        write(
+            &runnable.join("jm-noshebang"),
+            "echo ran by a shell\n",
+            0o755,
+        );
+
+        let mut spawner = Spawner::new(&[]).unwrap();
+        let mut path = b"/jobmill-no-such-dir:".to_vec();
+        path.extend_from_slice(plain.as_os_str().as_bytes());
+        path.push(b':');
+        path.extend_from_slice(runnable.as_os_str().as_bytes());
+        spawner.path = path;
+        let (out, _, status) = output(spawner.spawn(&args(&["jm-tool"]), []).unwrap());
+        assert_eq!((out, status), (b"runnable\n".to_vec(), 0));
+
+        let err = spawner.spawn(&args(&["jm-noshebang"]), []).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOEXEC));
+
+        spawner.path = plain.as_os_str().as_bytes().to_vec();
+        let err = spawner.spawn(&args(&["jm-tool"]), []).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EACCES),
+            "found but not executable"
+        );
+        let err = spawner.spawn(&args(&["jm-missing"]), []).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+
+        // A name with a slash is used as it is, never looked up.
+        let tool = runnable.join("jm-tool");
+        let (out, _, _) = output(spawner.spawn(&[tool.into_os_string()], []).unwrap());
+        assert_eq!(out, b"runnable\n");
+        let err = spawner.spawn(&args(&["./jm-tool"]), []).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn the_child_blocks_no_signal_even_when_the_spawning_thread_blocks_some() {
+        // The parent blocks every signal across the `clone`; the child
+        // must start its program with an empty mask all the same.
+        // SAFETY: changes this test thread's own mask only.
+        unsafe {
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        }
+        let spawner = Spawner::new(&[]).unwrap();
+        // Not through `sh`, which clears its own mask when it starts.
+        let grep = args(&["grep", "SigBlk", "/proc/self/status"]);
+        let (out, _, status) = output(spawner.spawn(&grep, []).unwrap());
+        assert_eq!(status, 0);
+        let out = String::from_utf8(out).unwrap();
+        let mask = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(mask, 0, "{out}");
     }
 
     #[test]
@@ -765,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fork_path_gives_the_same_child_plus_its_setup() {
+    fn a_setup_joins_the_cgroup_and_sets_the_limit_in_an_otherwise_identical_child() {
         // A regular file stands in for `cgroup.procs`: the child writes
         // `0` (itself) to it before `exec`.
         let procs = tempfile::tempfile().unwrap();
@@ -803,7 +787,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fork_path_reports_a_missing_program_and_a_failed_join() {
+    fn a_setup_reports_a_missing_program_and_a_failed_join() {
         let spawner = Spawner::new(&[]).unwrap();
         let limit = ChildSetup {
             cgroup_procs: None,
