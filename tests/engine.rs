@@ -226,6 +226,13 @@ fn a_closed_stdout_or_stdin_is_refused_with_255() {
     assert_eq!(out.status.code(), Some(0));
     let out = sh(r#""$1" run -- echo ::: a >/dev/null"#);
     assert_eq!(out.status.code(), Some(0));
+    // Nor is one opened read-write, as Python's `subprocess.DEVNULL` and
+    // systemd's `StandardOutput=null` give it (and as Rust's runtime puts
+    // it on a closed one).
+    let out = sh(r#""$1" run -- echo ::: a 1<>/dev/null"#);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = sh(r#"printf 'a\n' | "$1" run -- echo 0<>/dev/null"#);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[test]

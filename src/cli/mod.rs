@@ -93,25 +93,11 @@ enum Command {
 /// (`<&-`, `>&-`).
 static CLOSED_STDIO: std::sync::OnceLock<[bool; 3]> = std::sync::OnceLock::new();
 
-/// Rust's runtime opens `/dev/null` read-write on a standard descriptor
-/// that was closed at exec, so that no file opened later takes its place.
-/// A user's own `>/dev/null` or `</dev/null` is opened for writing or for
-/// reading only: a read-write `/dev/null` on 0, 1 or 2 was a closed one.
+/// Which standard streams were closed at start, as the library recorded
+/// them before Rust's runtime put `/dev/null` on them (all open if it
+/// could not record).
 fn closed_stdio() -> [bool; 3] {
-    let mut closed = [false; 3];
-    for (fd, c) in closed.iter_mut().enumerate() {
-        let null = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .is_ok_and(|p| p == std::path::Path::new("/dev/null"));
-        let read_write = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-            .ok()
-            .and_then(|info| {
-                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
-                u32::from_str_radix(flags.trim(), 8).ok()
-            })
-            .is_some_and(|flags| flags & 0o3 == 0o2);
-        *c = null && read_write;
-    }
-    closed
+    jobmill::sys::closed_stdio_at_start().unwrap_or_default()
 }
 
 /// Refuses to run jobs whose output (or input, with `stdin`) would be
