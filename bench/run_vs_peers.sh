@@ -10,8 +10,10 @@
 # given the command's full path, as jobmill looks a program up in PATH once
 # per run: with a bare name, posix_spawnp would try every PATH entry before
 # the right one for every job (8 failed execve per job with this machine's
-# PATH). No tool that starts a process per job can beat it, so each ratio
-# there is that tool's time over the least possible.
+# PATH). No tool that starts its jobs with posix_spawnp can beat it; jobmill
+# starts them with a clone on a reused stack (src/sys/spawn.rs), which saves
+# glibc's mapping and unmapping of a stack per child and can come in under
+# it. Each ratio there is that tool's time over the floor's.
 #
 # Environment: N (jobs, 2000), RUNS (rounds, 9), FLOOR_SRC (the floor's C
 # source), JM (the jobmill binary to time, default a release build of this
