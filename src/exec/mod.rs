@@ -84,8 +84,8 @@
 //!   (a hung-up empty pipe is not read), one `kill` of the group, `wait4`,
 //!   and with a guardian two 8-byte writes (under a lock that also keeps
 //!   the set of live groups for a new guardian). On 2,000 `true 1` jobs at
-//!   `-j2`, jobmill's own threads make about 20 system calls per job
-//!   (the spawn itself 3 of them: `clone` and two `pthread_sigmask`), 20
+//!   `-j2`, jobmill's own threads make about 19 system calls per job
+//!   (the spawn itself 3 of them: `clone` and two `pthread_sigmask`), 23
 //!   with the journal.
 //!
 //! A supervisor never installs signal handlers and never reaps other
