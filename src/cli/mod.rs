@@ -89,22 +89,13 @@ enum Command {
     Report(page::ReportArgs),
 }
 
-/// Which of stdin, stdout and stderr were closed when jobmill started
-/// (`<&-`, `>&-`).
-static CLOSED_STDIO: std::sync::OnceLock<[bool; 3]> = std::sync::OnceLock::new();
-
-/// Which standard streams were closed at start, as the library recorded
-/// them before Rust's runtime put `/dev/null` on them (all open if it
-/// could not record).
-fn closed_stdio() -> [bool; 3] {
-    jobmill::sys::closed_stdio_at_start().unwrap_or_default()
-}
-
 /// Refuses to run jobs whose output (or input, with `stdin`) would be
 /// lost: a closed stdout, or a closed stdin that the inputs come from.
 /// A run that did not run all its jobs never exits 0 (it exits 255).
 pub(crate) fn check_stdio(reads_stdin: bool) -> anyhow::Result<()> {
-    let closed = CLOSED_STDIO.get().copied().unwrap_or_default();
+    // As recorded before Rust's runtime put `/dev/null` on a closed one
+    // (all open if nothing was recorded).
+    let closed = jobmill::sys::closed_stdio_at_start().unwrap_or_default();
     if closed[1] {
         anyhow::bail!("stdout is closed: the jobs' output would be lost (run nothing)");
     }
@@ -125,7 +116,6 @@ pub fn main_from(args: Vec<std::ffi::OsString>) -> u8 {
     if let Some(code) = hidden_modes(&args) {
         return code;
     }
-    CLOSED_STDIO.get_or_init(closed_stdio);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

@@ -307,11 +307,7 @@ impl Spawner {
                 out_w.as_raw_fd(),
                 err_w.as_raw_fd(),
             ],
-            procs: setup.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
-            limit: setup.rlimit_as.map(|l| libc::rlimit {
-                rlim_cur: l as libc::rlim_t,
-                rlim_max: l as libc::rlim_t,
-            }),
+            setup: Prepared::of(setup),
             errno: 0,
         };
         let pid = clone_exec(&mut child, &mut s.stack);
@@ -343,10 +339,8 @@ struct Child {
     candidate: *mut u8,
     /// The descriptors that become the child's 0, 1 and 2 (all above 2).
     fds: [i32; 3],
-    /// The `cgroup.procs` descriptor to write `0` to, or -1.
-    procs: i32,
-    /// The `RLIMIT_AS` to set, if any.
-    limit: Option<libc::rlimit>,
+    /// What to do before `exec` besides the above.
+    setup: Prepared,
     /// Written by the child when it fails before `exec`: its `errno`.
     errno: i32,
 }
@@ -415,14 +409,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(c);
         }
-        if c.procs >= 0 && libc::write(c.procs, b"0".as_ptr().cast(), 1) != 1 {
-            // `0` is the writing process itself (cgroup v1 and v2).
+        if !c.setup.apply() {
             fail(c);
-        }
-        if let Some(limit) = &c.limit {
-            if libc::setrlimit(libc::RLIMIT_AS, limit) != 0 {
-                fail(c);
-            }
         }
         for target in 0..3 {
             // The sources are above 2 (`above_stdio`), so no `dup2`
@@ -512,28 +500,61 @@ pub fn setup_in_child(cmd: &mut std::process::Command, setup: ChildSetup<'_>) {
     if setup.is_empty() {
         return;
     }
-    let procs = setup.cgroup_procs.map(|fd| fd.as_raw_fd());
-    let limit = setup.rlimit_as.map(|l| libc::rlimit {
-        rlim_cur: l as libc::rlim_t,
-        rlim_max: l as libc::rlim_t,
-    });
+    let prepared = Prepared::of(setup);
     // SAFETY: the closure runs in the child between fork and exec; it only
-    // calls `write` and `setrlimit`, which are async-signal-safe, on values
-    // copied into it, and allocates nothing.
+    // calls `Prepared::apply` (async-signal-safe, see there) on a value
+    // copied into it, and allocates nothing on success.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(fd) = procs {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
+            if prepared.apply() {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
             }
-            if let Some(limit) = limit {
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
         });
+    }
+}
+
+/// A [`ChildSetup`] as plain values the child can use after `fork` or
+/// `clone`: the one place where a child joins its cgroup and takes its
+/// `RLIMIT_AS`.
+#[derive(Clone, Copy)]
+struct Prepared {
+    /// The `cgroup.procs` descriptor to write `0` to, or -1.
+    procs: i32,
+    /// The `RLIMIT_AS` to set, if any.
+    limit: Option<libc::rlimit>,
+}
+
+impl Prepared {
+    fn of(setup: ChildSetup<'_>) -> Prepared {
+        Prepared {
+            procs: setup.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+            limit: setup.rlimit_as.map(|l| libc::rlimit {
+                rlim_cur: l as libc::rlim_t,
+                rlim_max: l as libc::rlim_t,
+            }),
+        }
+    }
+
+    /// Joins the cgroup and sets the limit, in the child before `exec`:
+    /// `false`, with `errno` set, if either failed. Only async-signal-safe
+    /// system calls (`write`, `setrlimit`), no allocation.
+    fn apply(&self) -> bool {
+        // SAFETY: `write` of a static byte to a descriptor number, and
+        // `setrlimit` of a value we own: neither touches other memory.
+        unsafe {
+            // `0` is the writing process itself (cgroup v1 and v2).
+            if self.procs >= 0 && libc::write(self.procs, b"0".as_ptr().cast(), 1) != 1 {
+                return false;
+            }
+            if let Some(limit) = &self.limit {
+                if libc::setrlimit(libc::RLIMIT_AS, limit) != 0 {
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 
